@@ -1,0 +1,28 @@
+"""meshconnect's runtime: everything a connector author imports comes from here."""
+
+from runtime.config import ConnectorConfig, Secret
+from runtime.connector import Rejection, Sink, SinkContext, Source, SourceContext
+from runtime.errors import (
+    ConfigError,
+    DataError,
+    FencedError,
+    MeshConnectError,
+    RetriableError,
+)
+from runtime.record import ConnectorRecord
+
+__all__ = [
+    "ConfigError",
+    "ConnectorConfig",
+    "ConnectorRecord",
+    "DataError",
+    "FencedError",
+    "MeshConnectError",
+    "Rejection",
+    "RetriableError",
+    "Secret",
+    "Sink",
+    "SinkContext",
+    "Source",
+    "SourceContext",
+]

@@ -1,0 +1,47 @@
+"""The ``meshconnect`` command: each command group lives in ``runtime/commands/<group>.py``.
+
+A group module exposes ``register(subparsers)``, which adds its parser(s) and sets
+``func`` to a callable taking the parsed namespace and returning the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+COMMAND_MODULES = (
+    "runtime.commands.protocol",
+    "runtime.commands.mesh",
+    "runtime.commands.connectors",
+    "runtime.commands.registry",
+    "runtime.commands.dlq",
+    "runtime.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshconnect", description="Connectors for Apache EventMesh.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

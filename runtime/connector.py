@@ -1,0 +1,150 @@
+"""The connector API: subclass :class:`Source` or :class:`Sink`, declare a config model, done.
+
+Lifecycle, as the worker drives it (the order is a promise):
+
+Source
+    1. ``__init__(config)`` parses nothing more than the typed config; it does no IO.
+    2. ``await start(context)`` connects to the external system. ``context.offset(partition)``
+       returns the last committed offset of any partition (``None`` when it has none);
+       ``context.assigned_groups`` says which partition groups this replica owns.
+    3. ``await poll()`` is called in a loop and returns the next records (``[]`` when idle). It must
+       return within about a second when there is nothing to read, and never block forever.
+       Each record carries its ``partition`` and ``offset``.
+    4. The worker publishes every record to the mesh and, once the mesh acknowledged every record
+       of a partition up to some offset, checkpoints that offset to the registry.
+    5. ``await commit(records)`` is called with the records whose offsets are now durable, in
+       order: the place to ack upstream (a queue message, an HTTP response) if the system needs it.
+    6. ``await stop()`` releases everything; it is called once, after the last poll and commit.
+
+Sink
+    1. ``__init__(config)``; 2. ``await start(context)`` connects.
+    3. ``await put(records)`` writes a batch. When it returns, the writes are durable: the worker
+       then acknowledges the events to the mesh. It returns the records it could not handle as
+       :class:`Rejection` s (they go to the dead-letter topic; the rest count as written).
+       Raise :class:`~runtime.errors.RetriableError` when the target is unavailable (the same
+       batch is retried with backoff and never dead-lettered), or
+       :class:`~runtime.errors.DataError` when the batch as a whole is bad (the worker retries
+       record by record to single out the poison).
+    4. ``await stop()``.
+
+A complete source, runnable with ``meshconnect run`` once registered::
+
+    from runtime import ConnectorConfig, ConnectorRecord, Source, SourceContext
+    from pydantic import Field
+
+    class CounterConfig(ConnectorConfig):
+        limit: int = Field(10, description="How many numbers to emit.")
+
+    class CounterSource(Source[CounterConfig]):
+        name = "counter-source"
+        description = "Emits the numbers 0..limit-1, resuming where it stopped."
+        config_model = CounterConfig
+
+        async def start(self, context: SourceContext) -> None:
+            last = context.offset({"counter": "main"})
+            self.next = 0 if last is None else last["n"] + 1
+
+        async def poll(self) -> list[ConnectorRecord]:
+            if self.next >= self.config.limit:
+                await anyio.sleep(0.5)
+                return []
+            n, self.next = self.next, self.next + 1
+            return [ConnectorRecord(data={"n": n}, partition={"counter": "main"}, offset={"n": n})]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
+
+from runtime.config import ConnectorConfig
+from runtime.record import ConnectorRecord, JsonValue, partition_key
+
+__all__ = ["Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
+
+ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record a sink could not handle, and why; the worker dead-letters it."""
+
+    record: ConnectorRecord
+    reason: str
+
+
+@dataclass(slots=True)
+class SourceContext:
+    """What a running source may know about its place in the deployment."""
+
+    connector_name: str
+    committed_offsets: Mapping[str, Mapping[str, JsonValue]]
+    assigned_groups: frozenset[str] = frozenset({"default"})
+    log: Any = field(default_factory=structlog.get_logger)
+
+    def offset(self, partition: Mapping[str, JsonValue]) -> Mapping[str, JsonValue] | None:
+        """The last committed offset of ``partition``, or ``None`` when nothing was committed."""
+        return self.committed_offsets.get(partition_key(partition))
+
+
+@dataclass(slots=True)
+class SinkContext:
+    """What a running sink may know about its place in the deployment."""
+
+    connector_name: str
+    log: Any = field(default_factory=structlog.get_logger)
+
+
+class _Connector(Generic[ConfigT]):
+    name: ClassVar[str]
+    """The registered connector name, ``<system>-source`` or ``<system>-sink``."""
+    description: ClassVar[str]
+    """One line for ``meshconnect list``."""
+    config_model: ClassVar[type[ConnectorConfig]]
+    """The typed model of this connector's ``connector:`` config block."""
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    async def stop(self) -> None:
+        """Release every resource; called once."""
+
+
+class Source(_Connector[ConfigT]):
+    """Reads an external system and hands records to the worker. See the module docstring."""
+
+    side: ClassVar[str] = "source"
+
+    async def start(self, context: SourceContext) -> None:
+        """Connect; resume from ``context.offset(...)``."""
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        """The next records, or ``[]`` after at most about a second of nothing to read."""
+        raise NotImplementedError
+
+    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        """Called after the offsets of ``records`` are durable; ack upstream here if needed."""
+
+    async def partition_groups(self) -> Sequence[str]:
+        """The groups this source's partitions fall into, for spreading work over replicas.
+
+        One group (the default) means one active replica at a time, the others standby.
+        Called before ``start``; may connect to list tables, files or queues.
+        """
+        return ["default"]
+
+
+class Sink(_Connector[ConfigT]):
+    """Writes records to an external system. See the module docstring."""
+
+    side: ClassVar[str] = "sink"
+
+    async def start(self, context: SinkContext) -> None:
+        """Connect."""
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        """Write ``records`` durably; return the ones that could not be handled."""
+        raise NotImplementedError

@@ -1,0 +1,328 @@
+"""Throwaway server processes for tests: each in its own temp dir, on a free loopback port.
+
+Every server can be killed (SIGKILL) and restarted on the same port and data dir, for fault tests.
+Under ``CI=true`` a missing binary fails the test; elsewhere it skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "MariaDBServer",
+    "MosquittoServer",
+    "NatsServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerProcess",
+    "free_port",
+    "require_binary",
+    "wait_for_port",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_binary(*candidates: str) -> str:
+    """The first of ``candidates`` found on PATH (or as an absolute path); skip or fail if none."""
+    for name in candidates:
+        found = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
+        if found:
+            return found
+    message = f"none of {', '.join(candidates)} is installed"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (CI must install it: see .ci/run)")
+    pytest.skip(message)
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+class ServerProcess:
+    """One server process bound to a fixed port and data dir, restartable."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"meshconnect-{self.name}-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+
+    def command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """One-time set-up of the data dir before the first start."""
+
+    def ready(self) -> None:
+        wait_for_port(self.port, proc=self.proc)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            list(self.command()),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+        self.ready()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
+    @classmethod
+    def running(cls, *args: object, **kwargs: object) -> ServerProcess:
+        server = cls(*args, **kwargs)  # type: ignore[arg-type]
+        server.prepare()
+        server.start()
+        return server
+
+
+class RedisServer(ServerProcess):
+    name = "redis"
+
+    def __init__(self, password: str | None = None) -> None:
+        self.binary = require_binary("redis-server")
+        self.password = password
+        super().__init__()
+
+    def command(self) -> Sequence[str]:
+        cmd = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+        ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+
+class MariaDBServer(ServerProcess):
+    """MariaDB with the binlog on in ROW format (for CDC) and root without password over TCP."""
+
+    name = "mariadb"
+
+    def __init__(self, server_id: int = 1) -> None:
+        self.binary = require_binary("mariadbd", "/usr/sbin/mariadbd", "mysqld")
+        self.install_db = require_binary("mariadb-install-db", "mysql_install_db")
+        self.server_id = server_id
+        super().__init__()
+        self.socket = str(self.dir / "mysqld.sock")
+
+    def prepare(self) -> None:
+        subprocess.run(
+            [
+                self.install_db,
+                "--no-defaults",
+                f"--datadir={self.dir / 'data'}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ],
+            check=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def command(self) -> Sequence[str]:
+        return [
+            self.binary,
+            "--no-defaults",
+            f"--datadir={self.dir / 'data'}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.dir / 'mysqld.pid'}",
+            "--user=root",
+            "--log-bin=mysql-bin",
+            "--binlog-format=ROW",
+            f"--server-id={self.server_id}",
+            "--binlog-row-image=FULL",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-log-file-size=48M",
+            "--max-connections=500",
+            "--local-infile=1",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+        ]
+
+    def ready(self) -> None:
+        wait_for_port(self.port, timeout=60, proc=self.proc)
+
+    def sql(self, statement: str, database: str | None = None) -> str:
+        """Run ``statement`` with the mariadb client; returns tab-separated output."""
+        client = require_binary("mariadb", "mysql")
+        cmd = [client, "-uroot", "-h127.0.0.1", f"-P{self.port}", "-N", "-B", "-e", statement]
+        if database:
+            cmd.insert(1, f"-D{database}")
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+class MosquittoServer(ServerProcess):
+    name = "mosquitto"
+
+    def __init__(self) -> None:
+        self.binary = require_binary("mosquitto", "/usr/sbin/mosquitto")
+        super().__init__()
+
+    def prepare(self) -> None:
+        (self.dir / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.dir}/\nmax_queued_messages 100000\n"
+        )
+
+    def command(self) -> Sequence[str]:
+        return [self.binary, "-c", str(self.dir / "mosquitto.conf")]
+
+
+class NatsServer(ServerProcess):
+    name = "nats"
+
+    def __init__(self) -> None:
+        self.binary = require_binary("nats-server", "/usr/sbin/nats-server")
+        super().__init__()
+
+    def command(self) -> Sequence[str]:
+        return [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "js")]
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+class PostgresServer(ServerProcess):
+    """PostgreSQL with wal_level=logical, trust auth for the OS user running the tests."""
+
+    name = "postgres"
+
+    def __init__(self) -> None:
+        self.initdb = require_binary("initdb", "/usr/lib/postgresql/15/bin/initdb")
+        self.binary = require_binary("postgres", "/usr/lib/postgresql/15/bin/postgres")
+        super().__init__()
+        self.user = "postgres"
+
+    def _as_postgres(self) -> Callable[[], None] | None:
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        entry = pwd.getpwnam("postgres")
+
+        def demote() -> None:
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+        return demote
+
+    def prepare(self) -> None:
+        demote = self._as_postgres()
+        if demote is not None:
+            shutil.chown(self.dir, "postgres", "postgres")
+            os.chmod(self.dir, 0o755)
+            shutil.chown(self.dir / "server.log", "postgres", "postgres")
+        else:
+            import getpass
+
+            self.user = getpass.getuser()
+        subprocess.run(
+            [self.initdb, "-D", str(self.dir / "data"), "-A", "trust", "-U", self.user],
+            check=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=demote,
+        )
+
+    def command(self) -> Sequence[str]:
+        return [
+            self.binary,
+            "-D",
+            str(self.dir / "data"),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.dir}",
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_replication_slots=10",
+            "-c",
+            "max_wal_senders=10",
+        ]
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            list(self.command()),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+            preexec_fn=self._as_postgres(),  # noqa: PLW1509
+        )
+        self.ready()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
