@@ -117,6 +117,10 @@ class Source(_Connector[ConfigT]):
     """Reads an external system and hands records to the worker. See the module docstring."""
 
     side: ClassVar[str] = "source"
+    exclusive: ClassVar[bool] = True
+    """True: one active replica per partition group holds a lease, the others stand by (a source
+    that reads a replayable position: binlog, file, stream). False: every replica is active and
+    needs no lease (a source that is pushed to: an HTTP endpoint behind a load balancer)."""
 
     async def start(self, context: SourceContext) -> None:
         """Connect; resume from ``context.offset(...)``."""
