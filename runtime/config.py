@@ -19,11 +19,21 @@ logged. Every error names the key, the problem and the fix (:class:`~runtime.err
 
 from __future__ import annotations
 
+import copy
+import difflib
+import enum
 import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+import structlog
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from runtime.errors import ConfigError
 
 __all__ = [
     "AdminSettings",
@@ -35,6 +45,12 @@ __all__ = [
     "SinkSettings",
     "SourceSettings",
     "WorkerConfig",
+    "ENV_PREFIX",
+    "apply_env_overrides",
+    "config_error",
+    "connector_config",
+    "load_config",
+    "validate_model",
 ]
 
 
@@ -128,6 +144,8 @@ class LogSettings(_Strict):
 
 
 class WorkerConfig(_Strict):
+    """A whole worker config file (see the module docstring)."""
+
     name: str = Field(description="Instance name: registry keys and default group derive from it.")
     connector: str = Field(description="Registered connector type, e.g. mysql-sink.")
     mesh: MeshSettings = Field(default_factory=MeshSettings)
@@ -139,3 +157,242 @@ class WorkerConfig(_Strict):
     config: dict[str, Any] = Field(
         default_factory=dict, description="The connector's own settings, validated by its config model."
     )
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ConnectorConfigT = TypeVar("ConnectorConfigT", bound=ConnectorConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loader: YAML file (our layout or the Java connectors' layout), then environment overrides,
+# then validation; pydantic's errors become ConfigError here and nowhere else.
+# --------------------------------------------------------------------------------------------------
+
+ENV_PREFIX = "MESHCONNECT__"
+"""Environment variables starting with this override config keys: ``MESHCONNECT__SINK__BATCH_SIZE=1000``."""
+
+_JAVA_KEYS = frozenset(
+    {"pubSubConfig", "connectorConfig", "sourceConnectorConfig", "sinkConnectorConfig", "offsetStorageConfig", "pollConfig"}
+)
+_JAVA_PUBSUB = {
+    "meshAddress": ("mesh", "address"),
+    "group": ("mesh", "group"),
+    "idc": ("mesh", "idc"),
+    "env": ("mesh", "env"),
+    "appId": ("mesh", "subsystem"),
+    "userName": ("mesh", "username"),
+    "passWord": ("mesh", "password"),
+}
+_JAVA_POLL = {
+    "source": {"capacity": ("source", "poll_queue")},
+    "sink": {"maxBatchSize": ("sink", "batch_size"), "maxWaitTime": ("sink", "linger_ms")},
+}
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    connector: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerConfig:
+    """Read a worker config file, apply ``MESHCONNECT__...`` overrides and validate it.
+
+    ``connector`` (e.g. from ``meshconnect run <name>``) fills in the connector type when the file
+    gives none, which files in the Java layout never do. Raises :class:`ConfigError`.
+    """
+    data = _read_yaml(Path(path))
+    if _JAVA_KEYS & data.keys():
+        data = _from_java_layout(data, connector)
+    data = apply_env_overrides(data, os.environ if environ is None else environ)
+    if connector is not None:
+        given = data.setdefault("connector", connector)
+        if given != connector:
+            raise ConfigError(
+                "connector", f"the file says {given!r} but {connector!r} was asked for", f"run {given!r} or fix the file"
+            )
+    return validate_model(WorkerConfig, data)
+
+
+def connector_config(model: type[ConnectorConfigT], worker: WorkerConfig) -> ConnectorConfigT:
+    """Validate the ``config:`` block of ``worker`` with the connector's own model."""
+    return validate_model(model, worker.config, prefix="config")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            str(path), f"cannot read the config file ({exc.strerror})", "pass the path of a readable YAML file"
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}", "fix the YAML syntax at the position shown") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            str(path), f"the file holds a {type(data).__name__}, not a mapping", "write `name:`, `connector:`... keys"
+        )
+    return data
+
+
+def apply_env_overrides(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``data`` with every ``MESHCONNECT__A__B=value`` set at ``a.b`` (value parsed as a YAML scalar).
+
+    Names are matched to existing keys ignoring case (environment variables are upper case by
+    habit); a key not in the file is written in lower case.
+    """
+    result = copy.deepcopy(dict(data))
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        parts = [part for part in variable[len(ENV_PREFIX) :].split("__") if part]
+        if not parts:
+            continue
+        try:
+            value = yaml.safe_load(environ[variable])
+        except yaml.YAMLError:
+            value = environ[variable]
+        node: dict[str, Any] = result
+        for depth, part in enumerate(parts):
+            key = next((existing for existing in node if str(existing).lower() == part.lower()), part.lower())
+            if depth == len(parts) - 1:
+                node[key] = value
+                break
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+    return result
+
+
+def _from_java_layout(data: Mapping[str, Any], connector: str | None) -> dict[str, Any]:
+    """Map a config file of the Java connectors to our layout, warning about keys that mean nothing here."""
+    log = structlog.get_logger()
+    result: dict[str, Any] = {key: value for key, value in data.items() if key in WorkerConfig.model_fields}
+    connector = connector or result.get("connector")
+    if not connector:
+        raise ConfigError(
+            "connector",
+            "this file is in the Java connector layout, which does not name the connector type",
+            "add `connector: <type>` to the file (see `meshconnect list`) or pass the type on the command line",
+        )
+    result["connector"] = connector
+    side = "sink" if str(connector).endswith("-sink") else "source"
+
+    def put(section: str, key: str, value: Any) -> None:
+        result.setdefault(section, {}).setdefault(key, value)
+
+    def ignore(key: str, why: str) -> None:
+        log.warning("config key has no meaning here and is ignored", key=key, why=why)
+
+    pubsub = data.get("pubSubConfig") or {}
+    for key, value in pubsub.items():
+        if key in _JAVA_PUBSUB:
+            put(*_JAVA_PUBSUB[key], str(value) if key == "appId" else value)
+        elif key == "subject":
+            if side == "source":
+                put("source", "topic", value)
+            else:
+                put("sink", "topics", [value])
+        else:
+            ignore(f"pubSubConfig.{key}", "not a pubSubConfig key")
+    blocks = [key for key in ("connectorConfig", "sourceConnectorConfig", "sinkConnectorConfig") if key in data]
+    block: dict[str, Any] = {}
+    for key in blocks:
+        block.update(data[key] or {})
+    if "connectorName" in block:
+        result.setdefault("name", block.pop("connectorName"))
+    if block:
+        result.setdefault("config", block)
+    for key, value in (data.get("pollConfig") or {}).items():
+        if key in _JAVA_POLL[side]:
+            put(*_JAVA_POLL[side][key], value)
+        else:
+            ignore(f"pollConfig.{key}", f"a {side} does not use it")
+    if "offsetStorageConfig" in data:
+        ignore("offsetStorageConfig", "offsets are kept by the registry: set `registry:` (kind redis or file)")
+    for key in data:
+        if key not in _JAVA_KEYS and key not in WorkerConfig.model_fields:
+            ignore(key, "not a key of the Java layout nor of ours")
+    result.setdefault("name", pubsub.get("group") or connector)
+    return result
+
+
+def validate_model(model: type[ModelT], data: Any, *, prefix: str = "") -> ModelT:
+    """``model.model_validate(data)``, with a :class:`ValidationError` turned into one :class:`ConfigError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(model, exc, prefix=prefix) from None
+
+
+def config_error(model: type[BaseModel], exc: ValidationError, *, prefix: str = "") -> ConfigError:
+    """The :class:`ConfigError` for a pydantic error: the first problem in full, the others listed after it."""
+    described = [_describe(model, error, prefix) for error in exc.errors(include_url=False, include_input=False)]
+    key, problem, fix = described[0]
+    if len(described) > 1:
+        fix += ". Other problems: " + "; ".join(f"'{k}': {p} (fix: {f})" for k, p, f in described[1:])
+    return ConfigError(key, problem, fix)
+
+
+def _describe(model: type[BaseModel], error: Any, prefix: str) -> tuple[str, str, str]:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc) or (prefix or "(top level)")
+    problem = str(error["msg"]).removeprefix("Value error, ")
+    kind = error["type"]
+    parent, field = _field_at(model, loc)
+    if kind == "extra_forbidden":
+        known = sorted(parent.model_fields) if parent is not None else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return key, "unknown key", f"{hint}remove it; the keys here are: {', '.join(known) or 'none'}"
+    description = (field.description or "").rstrip(".") if field is not None else ""
+    allowed = _allowed_values(field)
+    if kind == "missing":
+        fix = f"set it ({description})" if description else "set it"
+    elif allowed:
+        fix = f"use one of {', '.join(allowed)}"
+    elif description:
+        fix = f"give a valid value: {description}"
+    else:
+        fix = "give a value of the expected type"
+    return key, problem, fix
+
+
+def _field_at(model: type[BaseModel], loc: list[str]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The model holding the last key of ``loc`` and that key's field (``None`` where the path leaves the models)."""
+    owner: type[BaseModel] | None = model
+    for depth, part in enumerate(loc):
+        if owner is None:
+            return None, None
+        field = owner.model_fields.get(part)
+        if depth == len(loc) - 1:
+            return owner, field
+        owner = _model_of(field)
+    return owner, None
+
+
+def _model_of(field: FieldInfo | None) -> type[BaseModel] | None:
+    if field is None:
+        return None
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _allowed_values(field: FieldInfo | None) -> list[str]:
+    if field is None:
+        return []
+    annotation = field.annotation
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if typing.get_origin(candidate) is Literal:
+            return [repr(value) for value in typing.get_args(candidate)]
+        if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+            return [repr(member.value) for member in candidate]
+    return []

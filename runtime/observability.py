@@ -1,0 +1,240 @@
+"""What a running connector tells its operators: logs, Prometheus metrics and the admin HTTP endpoint.
+
+* Logs are structlog key/value events: JSON lines when stderr is not a terminal, a readable console
+  format on one. :func:`mask_secrets` runs on every event, so a ``SecretStr``, a value under a key
+  that smells of a secret (password, token, secret...) and the password inside a URL never reach
+  a log line, whoever logged them.
+* Metrics are defined once, here, with the labels ``connector`` (the type, e.g. ``mysql-sink``) and
+  ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker.
+* :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
+  held or standing by, dependency healthy), ``/metrics`` and ``/status`` (JSON) from a
+  :class:`StatusBoard` that the worker keeps current.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import SecretStr
+
+from runtime.config import AdminSettings, LogSettings
+
+__all__ = [
+    "AdminServer",
+    "ConnectorMetrics",
+    "StatusBoard",
+    "configure_logging",
+    "mask_secrets",
+]
+
+MASK = "**********"
+_SECRET_KEY = re.compile(r"pass(word|wd)?|token|secret|credential|api[_-]?key|authorization|private[_-]?key", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+
+def _masked(key: str, value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return MASK
+    if _SECRET_KEY.search(key) and value is not None and not isinstance(value, bool | int | float):
+        return MASK
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", value)
+    if isinstance(value, Mapping):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(key, v) for v in value]
+    return value
+
+
+def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: replace secrets anywhere in the event by a mask."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _masked(key, value)
+    return event_dict
+
+
+def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
+    """Set up structlog for this process (call once, before the first log line)."""
+    out = stream if stream is not None else sys.stderr
+    as_json = settings.format == "json" or (settings.format == "auto" and not out.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            mask_secrets,
+            structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[settings.level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+_LABELS = ("connector", "name")
+RECORDS_IN = Counter("meshconnect_records_in_total", "Records read: polled by a source, pushed to a sink.", _LABELS)
+RECORDS_OUT = Counter("meshconnect_records_out_total", "Records done: acked by the mesh (source), written (sink).", _LABELS)
+BYTES_OUT = Counter("meshconnect_bytes_out_total", "Bytes of event data published or written.", _LABELS)
+ERRORS = Counter("meshconnect_errors_total", "Errors by kind (retriable, data, fenced, protocol, internal).", (*_LABELS, "kind"))
+RETRIES = Counter("meshconnect_retries_total", "Retries of a failed batch or publish.", _LABELS)
+DEAD_LETTERS = Counter("meshconnect_dead_letters_total", "Records sent to the dead-letter topic.", _LABELS)
+BATCH_LATENCY = Histogram(
+    "meshconnect_batch_latency_seconds",
+    "Time from a batch's first record to its completion (acked or written).",
+    _LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+IN_FLIGHT = Gauge("meshconnect_in_flight", "Records taken but not yet done.", _LABELS)
+OFFSET_LAG = Gauge("meshconnect_offset_lag", "Records acknowledged by the mesh but not yet checkpointed.", _LABELS)
+LEASE_HELD = Gauge("meshconnect_lease_held", "1 while this replica holds the lease of the group.", (*_LABELS, "group"))
+TAKEOVERS = Counter("meshconnect_takeovers_total", "Leases this replica took over.", _LABELS)
+READY = Gauge("meshconnect_ready", "1 when /readyz says ready.", _LABELS)
+LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
+
+
+class ConnectorMetrics:
+    """The metrics of one worker, with its ``connector`` and ``name`` labels bound."""
+
+    def __init__(self, connector: str, name: str) -> None:
+        self.connector = connector
+        self.name = name
+        labels = {"connector": connector, "name": name}
+        self.records_in = RECORDS_IN.labels(**labels)
+        self.records_out = RECORDS_OUT.labels(**labels)
+        self.bytes_out = BYTES_OUT.labels(**labels)
+        self.retries = RETRIES.labels(**labels)
+        self.dead_letters = DEAD_LETTERS.labels(**labels)
+        self.batch_latency = BATCH_LATENCY.labels(**labels)
+        self.in_flight = IN_FLIGHT.labels(**labels)
+        self.offset_lag = OFFSET_LAG.labels(**labels)
+        self.takeovers = TAKEOVERS.labels(**labels)
+        self.ready = READY.labels(**labels)
+        self.last_checkpoint = LAST_CHECKPOINT.labels(**labels)
+
+    def error(self, kind: str) -> None:
+        ERRORS.labels(connector=self.connector, name=self.name, kind=kind).inc()
+
+    def lease_held(self, group: str, held: bool) -> None:
+        LEASE_HELD.labels(connector=self.connector, name=self.name, group=group).set(1 if held else 0)
+
+
+@dataclass
+class StatusBoard:
+    """The live state of one worker, kept current by the worker and read by the admin endpoint.
+
+    ``state`` is one of starting, running, standby, retrying, draining, stopped.
+    """
+
+    connector: str
+    name: str
+    side: str
+    metrics: ConnectorMetrics
+    state: str = "starting"
+    mesh_connected: bool = False
+    exclusive: bool = False
+    groups: frozenset[str] = frozenset()
+    owned: frozenset[str] = frozenset()
+    dependency_error: str | None = None
+    last_offsets: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.refresh()
+
+    def set_mesh(self, connected: bool) -> None:
+        self.mesh_connected = connected
+        self.refresh()
+
+    def set_dependency(self, error: str | None) -> None:
+        self.dependency_error = error
+        self.refresh()
+
+    def set_owned(self, owned: frozenset[str]) -> None:
+        self.owned = owned
+        for group in self.groups:
+            self.metrics.lease_held(group, group in owned)
+        self.refresh()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready or not, and why not."""
+        reasons = []
+        if self.state not in ("running", "standby"):
+            reasons.append(f"state is {self.state}")
+        if not self.mesh_connected:
+            reasons.append("mesh session is down")
+        if self.dependency_error is not None:
+            reasons.append(f"dependency unhealthy: {self.dependency_error}")
+        return not reasons, reasons
+
+    def refresh(self) -> None:
+        self.metrics.ready.set(1 if self.readiness()[0] else 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        ready, reasons = self.readiness()
+        lease: dict[str, Any] | None = None
+        if self.exclusive:
+            lease = {"groups": sorted(self.groups), "held": sorted(self.owned), "standby": not self.owned}
+        return {
+            "connector": self.connector,
+            "name": self.name,
+            "side": self.side,
+            "state": self.state,
+            "ready": ready,
+            "not_ready_because": reasons,
+            "mesh_connected": self.mesh_connected,
+            "lease": lease,
+            "dependency_error": self.dependency_error,
+            "last_offsets": self.last_offsets,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+        }
+
+
+class AdminServer:
+    """``/healthz``, ``/readyz``, ``/metrics`` and ``/status`` over aiohttp; ``port`` is the bound port."""
+
+    def __init__(self, settings: AdminSettings, board: StatusBoard, *, registry: CollectorRegistry = REGISTRY) -> None:
+        self.settings = settings
+        self.board = board
+        self.registry = registry
+        self.port = settings.port
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, shutdown_timeout=1.0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        structlog.get_logger().info("admin endpoint listening", host=self.settings.host, port=self.port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"alive": True, "state": self.board.state})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ready, reasons = self.board.readiness()
+        return web.json_response({"ready": ready, "not_ready_because": reasons}, status=200 if ready else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.board.snapshot())
