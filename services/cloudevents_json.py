@@ -1,0 +1,119 @@
+"""Records as structured-mode CloudEvents JSON (``application/cloudevents+json``), with orjson.
+
+The connectors that carry whole events through another system (file lines, Redis, RabbitMQ, MQTT,
+NATS, PostgreSQL) store each event in the CloudEvents JSON format, so a sink's output is a source's
+input and any CloudEvents SDK can read it. Data follows the format's rules: JSON data (a JSON
+content type, or none with non-text data) is embedded as a JSON value, text as a string, bytes as
+``data_base64``. The CloudEvents SDK's own JSON format uses the standard ``json`` module; this one
+is several times faster and keeps the record's data types exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from runtime.errors import DataError
+from runtime.record import ConnectorRecord, JsonValue, is_json_content_type
+
+__all__ = ["CONTENT_TYPE", "record_from_json", "record_from_mapping", "record_to_json", "record_to_mapping"]
+
+CONTENT_TYPE = "application/cloudevents+json"
+_REQUIRED = ("id", "source", "type")
+_OPTIONAL = ("subject", "datacontenttype", "dataschema")
+
+
+def record_to_mapping(record: ConnectorRecord) -> dict[str, Any]:
+    """The structured CloudEvent of ``record`` as a dict ready for orjson (raw JSON data kept as a Fragment)."""
+    missing = [name for name in _REQUIRED if not getattr(record, name)]
+    if missing:
+        raise DataError(f"event has no {', '.join(missing)}: a CloudEvent needs id, source and type")
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": record.id,
+        "source": record.source,
+        "type": record.type,
+    }
+    for name in _OPTIONAL:
+        value = getattr(record, name)
+        if value is not None:
+            event[name] = value
+    event["time"] = record.timestamp
+    event.update(record.extensions)
+    data = record.data
+    content_type = record.effective_content_type
+    if isinstance(data, bytes):
+        if is_json_content_type(content_type):
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise DataError(f"data is declared {content_type} but is not valid JSON: {exc}") from exc
+            event["data"] = orjson.Fragment(data)
+        else:
+            event["data_base64"] = base64.b64encode(data).decode("ascii")
+    elif data is not None:
+        if not isinstance(data, str) and not is_json_content_type(content_type):
+            raise DataError(f"data of type {type(data).__name__} needs a JSON content type, not {content_type!r}")
+        event["data"] = data
+    return event
+
+
+def record_to_json(record: ConnectorRecord) -> bytes:
+    """``record`` as one line of structured CloudEvents JSON (no trailing newline)."""
+    try:
+        return orjson.dumps(record_to_mapping(record), option=orjson.OPT_UTC_Z)
+    except TypeError as exc:
+        raise DataError(f"event data cannot be written as JSON: {exc}") from exc
+
+
+def record_from_json(body: bytes | str) -> ConnectorRecord:
+    """Parse one structured CloudEvent; raises :class:`DataError` saying what is wrong with it."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"not a structured CloudEvent: invalid JSON ({exc})") from exc
+    return record_from_mapping(event)
+
+
+def record_from_mapping(event: Any) -> ConnectorRecord:
+    """The record of a decoded structured CloudEvent (a JSON object)."""
+    if not isinstance(event, dict):
+        raise DataError(f"not a structured CloudEvent: expected a JSON object, got {type(event).__name__}")
+    attributes: dict[str, Any] = dict(event)
+    if attributes.pop("specversion", None) != "1.0":
+        raise DataError("not a CloudEvent 1.0: 'specversion' must be \"1.0\"")
+    for name in _REQUIRED:
+        if not isinstance(attributes.get(name), str) or not attributes[name]:
+            raise DataError(f"CloudEvent attribute '{name}' is missing or not a non-empty string")
+    for name in _OPTIONAL:
+        if name in attributes and (not isinstance(attributes[name], str) or not attributes[name]):
+            raise DataError(f"CloudEvent attribute '{name}' must be a non-empty string")
+    timestamp = _parse_time(attributes.pop("time", None))
+    data: JsonValue | bytes = attributes.pop("data", None)
+    encoded = attributes.pop("data_base64", None)
+    if encoded is not None:
+        if data is not None:
+            raise DataError("a CloudEvent carries 'data' or 'data_base64', not both")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise DataError(f"'data_base64' is not valid base64: {exc}") from exc
+    fixed: Mapping[str, Any] = {name: attributes.pop(name, None) for name in (*_REQUIRED, *_OPTIONAL)}
+    return ConnectorRecord(data=data, timestamp=timestamp, extensions=attributes, **fixed)
+
+
+def _parse_time(value: Any) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    if not isinstance(value, str):
+        raise DataError("CloudEvent attribute 'time' must be an RFC 3339 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise DataError(f"CloudEvent attribute 'time' is not RFC 3339: {value!r}") from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""file-sink: write events as CloudEvents JSON lines."""

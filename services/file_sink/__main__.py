@@ -1,0 +1,5 @@
+from runtime.app import main_for
+
+from services.file_sink.connector import FileSink
+
+main_for(FileSink)

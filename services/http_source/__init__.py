@@ -1,0 +1,1 @@
+"""http-source: receive CloudEvents and JSON webhooks over HTTP."""

@@ -1,0 +1,269 @@
+"""http-source: an HTTP endpoint that turns CloudEvents and JSON webhooks into mesh events.
+
+Accepted requests (``POST <path>``):
+
+* CloudEvents, binary mode (``ce-*`` headers, the body is the data);
+* CloudEvents, structured mode (``Content-Type: application/cloudevents+json``);
+* CloudEvents batches (``application/cloudevents-batch+json``, a JSON array of structured events);
+* plain JSON webhooks (``application/json``): the body becomes the data of one event whose id is
+  the ``X-GitHub-Delivery`` (or ``X-Request-Id``) header when given, and whose type is
+  ``com.github.<X-GitHub-Event>`` for GitHub deliveries.
+
+The response is held until the events are durably in the mesh (the worker calls :meth:`commit`
+after the mesh acknowledged them): 200 then means "stored", so a sender that retries on anything
+else loses nothing. A request waits at most ``response_timeout`` seconds (then 503); when more than
+``queue_size`` events are waiting the answer is 503 with ``Retry-After``; malformed input gets a
+4xx with the reason (415 content type, 400 JSON or attributes, 413 body size, 401 signature/token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, cast
+
+import orjson
+import structlog
+from aiohttp import web
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import Field
+
+from runtime.config import ConnectorConfig, Secret
+from runtime.connector import Source, SourceContext
+from runtime.errors import ConfigError, DataError, RetriableError
+from runtime.record import ConnectorRecord, cloudevent_to_record, is_json_content_type
+
+__all__ = ["HttpSource", "HttpSourceConfig"]
+
+log = structlog.get_logger()
+
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+_FORMAT = JSONFormat()
+
+
+class HttpSourceConfig(ConnectorConfig):
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    path: str = Field("/", pattern=r"^/", description="URL path that accepts POSTed events.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
+    queue_size: int = Field(1000, ge=1, description="Events received but not yet in the mesh, at most (503 above).")
+    batch_size: int = Field(100, ge=1, description="Events handed to the worker per poll, at most.")
+    response_timeout: float = Field(30.0, gt=0, description="Seconds a request waits for its events to be stored (503 after).")
+    retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 503.")
+    webhooks: bool = Field(True, description="Accept plain JSON bodies (webhooks) besides CloudEvents.")
+    hmac_secret: Secret | None = Field(
+        None, description="Require a GitHub-style X-Hub-Signature-256 (HMAC-SHA256 of the body) made with this secret."
+    )
+    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' with this shared token.")
+
+
+class _Rejected(Exception):
+    """A request answered with an HTTP error before anything was queued."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    """One request whose events are in flight; answered when the last one is committed."""
+
+    last_seq: int
+    done: asyncio.Future[None]
+
+
+class HttpSource(Source[HttpSourceConfig]):
+    name = "http-source"
+    description = "HTTP endpoint receiving CloudEvents (binary, structured, batch) and JSON webhooks."
+    config_model = HttpSourceConfig
+    exclusive: ClassVar[bool] = False
+
+    def __init__(self, config: HttpSourceConfig) -> None:
+        super().__init__(config)
+        self.port = config.port
+        self._queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(maxsize=config.queue_size)
+        self._waiting: deque[_Waiting] = deque()
+        self._next_seq = 0
+        self._committed_seq = -1
+        self._runner: web.AppRunner | None = None
+        self._partition = {"path": config.path}
+
+    async def start(self, context: SourceContext) -> None:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post(self.config.path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno == 98:  # EADDRINUSE: a config problem, not a passing one
+                raise ConfigError("config.port", f"port {self.config.port} is already in use", "choose a free port") from exc
+            raise RetriableError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
+        self.port = int(self._runner.addresses[0][1])  # the OS's choice when port is 0
+        log.info("http source listening", host=self.config.host, port=self.port, path=self.config.path)
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        try:
+            first = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+        except TimeoutError:
+            return []
+        records = [first]
+        while len(records) < self.config.batch_size and not self._queue.empty():
+            records.append(self._queue.get_nowait())
+        return records
+
+    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        seqs = [int(record.offset["seq"]) for record in records if "seq" in record.offset]
+        if seqs:
+            self._committed_seq = max(self._committed_seq, *seqs)
+        while self._waiting and self._waiting[0].last_seq <= self._committed_seq:
+            waiting = self._waiting.popleft()
+            if not waiting.done.done():
+                waiting.done.set_result(None)
+
+    async def stop(self) -> None:
+        for waiting in self._waiting:
+            if not waiting.done.done():
+                waiting.done.set_exception(RetriableError("http source stopping"))
+        self._waiting.clear()
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
+            self._runner = None
+
+    # -- request handling -------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+            self._authenticate(request, body)
+            records = self._parse(request, body)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {self.config.max_body_bytes} bytes")
+        except _Rejected as rejected:
+            log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
+            return _error(rejected.status, rejected.reason)
+        if not records:
+            return web.json_response({"accepted": 0})
+        if self._pending() + len(records) > self.config.queue_size:
+            return _error(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for record in records:
+            self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": self._next_seq}))
+            self._next_seq += 1
+        self._waiting.append(_Waiting(last_seq=self._next_seq - 1, done=done))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout=self.config.response_timeout)
+        except TimeoutError:
+            return _error(503, "events not yet stored in the mesh; retry later", retry_after=self.config.retry_after)
+        except RetriableError:
+            return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
+        return web.json_response({"accepted": len(records)})
+
+    def _pending(self) -> int:
+        return self._next_seq - 1 - self._committed_seq
+
+    def _authenticate(self, request: web.Request, body: bytes) -> None:
+        if self.config.token is not None:
+            expected = f"Bearer {self.config.token.get_secret_value()}"
+            if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected.encode()):
+                raise _Rejected(401, "missing or wrong bearer token")
+        if self.config.hmac_secret is not None:
+            given = request.headers.get("X-Hub-Signature-256", "")
+            digest = hmac.new(self.config.hmac_secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(given.encode(), f"sha256={digest}".encode()):
+                raise _Rejected(401, "missing or wrong X-Hub-Signature-256")
+
+    def _parse(self, request: web.Request, body: bytes) -> list[ConnectorRecord]:
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        message = ce_http.HTTPMessage(headers=headers, body=body)
+        if any(key.startswith("ce-") for key in headers):
+            if is_json_content_type(content_type) and body:
+                _parse_json(body)  # the SDK silently turns invalid JSON into text: refuse it instead
+            _require_attributes({key[3:] for key in headers if key.startswith("ce-")}, "ce-")
+            return [_to_record(ce_http.from_binary, message)]
+        if content_type == STRUCTURED:
+            event = _parse_json(body)
+            if not isinstance(event, dict):
+                raise _Rejected(400, "a structured CloudEvent must be a JSON object")
+            _require_attributes(set(event), "")
+            return [_to_record(ce_http.from_structured, message)]
+        if content_type == BATCH:
+            return self._parse_batch(body)
+        if self.config.webhooks and is_json_content_type(content_type):
+            return [self._webhook_record(headers, _parse_json(body))]
+        accepted = f"{STRUCTURED}, {BATCH}, binary mode (ce-* headers)" + (", application/json" if self.config.webhooks else "")
+        raise _Rejected(415, f"unsupported content type {content_type or '(none)'}; send {accepted}")
+
+    def _parse_batch(self, body: bytes) -> list[ConnectorRecord]:
+        events = _parse_json(body)
+        if not isinstance(events, list):
+            raise _Rejected(400, "a CloudEvents batch must be a JSON array")
+        if len(events) > self.config.queue_size:
+            raise _Rejected(413, f"batch of {len(events)} events is larger than queue_size {self.config.queue_size}")
+        records = []
+        for index, item in enumerate(events):
+            if not isinstance(item, dict):
+                raise _Rejected(400, f"batch item {index} is not a JSON object")
+            item_message = ce_http.HTTPMessage(headers={"content-type": STRUCTURED}, body=orjson.dumps(item))
+            try:
+                _require_attributes(set(item), "")
+                records.append(_to_record(ce_http.from_structured, item_message))
+            except _Rejected as rejected:
+                raise _Rejected(400, f"batch item {index}: {rejected.reason}") from rejected
+        return records
+
+    def _webhook_record(self, headers: dict[str, str], data: Any) -> ConnectorRecord:
+        github_event = headers.get("x-github-event")
+        delivery = headers.get("x-github-delivery") or headers.get("x-request-id") or str(uuid.uuid4())
+        return ConnectorRecord(
+            data=data,
+            id=delivery,
+            type=f"com.github.{github_event}" if github_event else None,
+            datacontenttype="application/json",
+        )
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Rejected(400, f"invalid JSON: {exc}") from exc
+
+
+def _require_attributes(present: set[str], prefix: str) -> None:
+    # The SDK fills in a missing id and specversion; a sender that forgot them made a mistake we report.
+    missing = [prefix + name for name in ("specversion", "id", "source", "type") if name not in present]
+    if missing:
+        raise _Rejected(400, f"invalid CloudEvent: missing required attribute(s) {', '.join(missing)}")
+
+
+def _to_record(parse: Callable[..., BaseCloudEvent], message: ce_http.HTTPMessage) -> ConnectorRecord:
+    """Run an SDK parser and map its errors (and ours) to a 400 with the reason, at one seam."""
+    try:
+        return cloudevent_to_record(cast(CloudEvent, parse(message, _FORMAT, CloudEvent)))
+    except BaseCloudEventException as exc:
+        raise _Rejected(400, f"invalid CloudEvent: {exc}") from exc
+    except DataError as exc:
+        raise _Rejected(400, f"invalid CloudEvent: {exc.reason}") from exc
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed attribute values (e.g. time)
+        raise _Rejected(400, f"invalid CloudEvent: {exc}") from exc
+
+
+def _error(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": reason}, status=status, headers=headers)

@@ -1,0 +1,226 @@
+"""http-source and http-sink against real HTTP servers and clients (aiohttp), driven directly."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from runtime.config import ConnectorConfig
+from runtime.connector import SourceContext
+from runtime.record import ConnectorRecord
+from services.http_source.connector import HttpSource, HttpSourceConfig
+
+
+def _config(**overrides: Any) -> HttpSourceConfig:
+    return HttpSourceConfig.model_validate({"host": "127.0.0.1", "port": 0, "path": "/events", **overrides})
+
+
+async def _started(config: ConnectorConfig) -> HttpSource:
+    source = HttpSource(config)  # type: ignore[arg-type]
+    await source.start(SourceContext(connector_name="test", committed_offsets={}))
+    return source
+
+
+class _Pump:
+    """Stands in for the worker: polls, and commits what it polled (unless paused)."""
+
+    def __init__(self, source: HttpSource) -> None:
+        self.source = source
+        self.seen: list[ConnectorRecord] = []
+        self.committing = asyncio.Event()
+        self.committing.set()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            records = await self.source.poll()
+            self.seen.extend(records)
+            await self.committing.wait()
+            if records:
+                await self.source.commit(records)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[HttpSource]:
+    source = await _started(_config())
+    yield source
+    await source.stop()
+
+
+@pytest.fixture
+async def pump(source: HttpSource) -> AsyncIterator[_Pump]:
+    pump = _Pump(source)
+    yield pump
+    await pump.close()
+
+
+def _url(source: HttpSource) -> str:
+    return f"http://127.0.0.1:{source.port}/events"
+
+
+async def _post(source: HttpSource, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(_url(source), data=io.BytesIO(body), headers=headers, timeout=aiohttp.ClientTimeout(total=20)) as response,
+    ):
+        return response.status, orjson.loads(await response.read()), dict(response.headers)
+
+
+BINARY_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "evt-1",
+    "ce-source": "/tests",
+    "ce-type": "com.example.created",
+    "ce-subject": "orders",
+    "ce-traceparent": "00-abc",
+    "content-type": "application/json",
+}
+
+
+async def test_binary_mode_event_becomes_a_record_and_200_only_after_commit(source: HttpSource, pump: _Pump) -> None:
+    status, body, _ = await _post(source, b'{"n": 1}', BINARY_HEADERS)
+    assert (status, body) == (200, {"accepted": 1})
+    [record] = pump.seen
+    assert (record.id, record.source, record.type, record.subject) == ("evt-1", "/tests", "com.example.created", "orders")
+    assert record.data == {"n": 1}
+    assert record.extensions == {"traceparent": "00-abc"}
+    assert record.partition == {"path": "/events"}
+
+
+async def test_response_is_held_until_commit(source: HttpSource, pump: _Pump) -> None:
+    pump.committing.clear()
+    request = asyncio.create_task(_post(source, b'{"n": 1}', BINARY_HEADERS))
+    await asyncio.sleep(0.5)
+    assert pump.seen and not request.done()
+    pump.committing.set()
+    status, _, _ = await asyncio.wait_for(request, 10)
+    assert status == 200
+
+
+async def test_structured_and_text_and_binary_data(source: HttpSource, pump: _Pump) -> None:
+    event = {
+        "specversion": "1.0",
+        "id": "s-1",
+        "source": "/s",
+        "type": "t",
+        "subject": "orders",
+        "time": "2026-01-02T03:04:05Z",
+        "datacontenttype": "text/plain",
+        "data": "hello",
+    }
+    status, _, _ = await _post(source, orjson.dumps(event), {"content-type": "application/cloudevents+json"})
+    assert status == 200
+    binary = {**event, "id": "s-2", "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}
+    del binary["data"]
+    status, _, _ = await _post(source, orjson.dumps(binary), {"content-type": "application/cloudevents+json"})
+    assert status == 200
+    text, raw = pump.seen
+    assert text.data == "hello" and text.timestamp.year == 2026
+    assert raw.data == b"\x00\x01\x02"
+
+
+async def test_batch_mode_answers_once_every_event_is_committed(source: HttpSource, pump: _Pump) -> None:
+    events = [{"specversion": "1.0", "id": f"b-{i}", "source": "/b", "type": "t", "data": {"i": i}} for i in range(5)]
+    status, body, _ = await _post(source, orjson.dumps(events), {"content-type": "application/cloudevents-batch+json"})
+    assert (status, body) == (200, {"accepted": 5})
+    assert [record.id for record in pump.seen] == [f"b-{i}" for i in range(5)]
+    assert len({orjson.dumps(record.offset) for record in pump.seen}) == 5
+
+
+async def test_plain_json_webhook_with_github_headers(source: HttpSource, pump: _Pump) -> None:
+    headers = {"content-type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-42"}
+    status, _, _ = await _post(source, b'{"ref": "main"}', headers)
+    assert status == 200
+    [record] = pump.seen
+    assert (record.id, record.type, record.data) == ("d-42", "com.github.push", {"ref": "main"})
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (b"hello", {"content-type": "text/plain"}, 415, "unsupported content type"),
+        (b"{not json", {"content-type": "application/json"}, 400, "invalid JSON"),
+        (b"{not json", {**BINARY_HEADERS}, 400, "invalid JSON"),
+        (b'{"id": "x", "source": "/s"}', {"content-type": "application/cloudevents+json"}, 400, "type"),
+        (b"[1]", {"content-type": "application/cloudevents+json"}, 400, "JSON object"),
+        (b"{}", {"content-type": "application/cloudevents-batch+json"}, 400, "JSON array"),
+        (b"{}", {k: v for k, v in BINARY_HEADERS.items() if k != "ce-source"}, 400, "ce-source"),
+        (b"{}", {**BINARY_HEADERS, "ce-Bad_Name": "x"}, 400, "bad_name"),
+        (b"x" * 2_000_000, {"content-type": "application/json"}, 413, "larger than"),
+    ],
+)
+async def test_malformed_requests_get_a_4xx_with_the_reason(
+    source: HttpSource, pump: _Pump, case: tuple[bytes, dict[str, str], int, str]
+) -> None:
+    body, headers, status, reason = case
+    got_status, got_body, _ = await _post(source, body, headers)
+    assert got_status == status
+    assert reason in got_body["error"]
+    assert pump.seen == []
+
+
+async def test_full_queue_answers_503_with_retry_after() -> None:
+    source = await _started(_config(queue_size=2, retry_after=7))
+    try:  # nobody polls: the first request's two events fill the queue
+        batch = [{"specversion": "1.0", "id": f"q-{i}", "source": "/q", "type": "t"} for i in range(2)]
+        held = asyncio.create_task(_post(source, orjson.dumps(batch), {"content-type": "application/cloudevents-batch+json"}))
+        await asyncio.sleep(0.3)
+        status, body, headers = await _post(source, b"{}", {"content-type": "application/json"})
+        assert status == 503 and headers["Retry-After"] == "7" and "retry" in body["error"]
+        records = await source.poll()
+        await source.commit(records)
+        assert (await held)[0] == 200
+    finally:
+        await source.stop()
+
+
+async def test_uncommitted_request_times_out_with_503() -> None:
+    source = await _started(_config(response_timeout=0.3))
+    try:
+        status, _, headers = await _post(source, b"{}", {"content-type": "application/json"})
+        assert status == 503 and "Retry-After" in headers
+    finally:
+        await source.stop()
+
+
+async def test_hmac_signature_and_token_are_checked() -> None:
+    source = await _started(_config(hmac_secret="s3cret", token="tok"))
+    pump = _Pump(source)
+    try:
+        body = b'{"a": 1}'
+        signature = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        good = {"content-type": "application/json", "Authorization": "Bearer tok", "X-Hub-Signature-256": signature}
+        assert (await _post(source, body, good))[0] == 200
+        assert (await _post(source, body, {**good, "X-Hub-Signature-256": "sha256=00"}))[0] == 401
+        assert (await _post(source, body, {**good, "Authorization": "Bearer nope"}))[0] == 401
+        assert (await _post(source, b'{"a": 2}', good))[0] == 401  # signature of another body
+        assert len(pump.seen) == 1
+    finally:
+        await pump.close()
+        await source.stop()
+
+
+async def test_stop_answers_waiting_requests_with_503() -> None:
+    source = await _started(_config())
+    request = asyncio.create_task(_post(source, b"{}", {"content-type": "application/json"}))
+    await asyncio.sleep(0.3)
+    await source.stop()
+    status, _, _ = await asyncio.wait_for(request, 10)
+    assert status == 503
+
+
+async def test_poll_returns_empty_within_about_a_second(source: HttpSource) -> None:
+    records: Sequence[ConnectorRecord] = await asyncio.wait_for(source.poll(), 3)
+    assert records == []
