@@ -1,0 +1,184 @@
+"""JSON bytes exactly as the Java runtime's Jackson ``ObjectMapper`` writes them, and Java ``HashMap`` order.
+
+The EventMesh Java codec serializes headers and non-CloudEvents bodies with Jackson (compact, no pretty
+printing). To be byte-compatible we reproduce its output rules:
+
+* members in the order given (Java beans write fields in declaration order; maps in iteration order);
+* non-ASCII characters as raw UTF-8, except characters outside the Basic Multilingual Plane, which are
+  written as a surrogate pair of escapes with upper-case hex (``\\uD83C\\uDF89``);
+* ``"`` and ``\\`` escaped; control characters below U+0020 as ``\\b \\t \\n \\f \\r`` or ``\\u00XX``
+  (upper-case hex); ``/``, DEL and U+2028 written as they are;
+* numbers as Java prints them: integers in decimal, doubles with ``Double.toString`` (``1.0E10``).
+
+orjson produces the same bytes for most strings and is an order of magnitude faster, so it is used
+whenever a string holds none of the characters where the two differ.
+
+``java_hashmap_order`` gives the iteration order of a ``java.util.HashMap<String, ?>`` filled with the
+given keys, which is the order Java writes header properties and CloudEvent extensions in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+__all__ = ["JsonBean", "dumps", "dumps_str", "java_double_to_string", "java_hashmap_order", "java_string_hash"]
+
+
+@runtime_checkable
+class JsonBean(Protocol):
+    """A value that knows its Jackson bean shape: its non-null fields in Java declaration order."""
+
+    def json_fields(self) -> Mapping[str, Any]: ...
+
+
+# Characters for which orjson's output differs from Jackson's: control characters whose \u00XX escape
+# contains a hex letter (orjson writes lower case), surrogates, and characters beyond the BMP.
+_ORJSON_DIFFERS = re.compile("[\x0b\x0e\x0f\x1a-\x1f\ud800-\udfff\U00010000-\U0010ffff]")
+_NEEDS_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff\U00010000-\U0010ffff]')
+
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04X}\\u{0xDC00 + (code & 0x3FF):04X}"
+    return f"\\u{code:04X}"
+
+
+def dumps_str(text: str) -> bytes:
+    """A JSON string literal (quotes included) as Jackson writes it, UTF-8 encoded."""
+    if _ORJSON_DIFFERS.search(text) is None:
+        return orjson.dumps(text)
+    return b'"' + _NEEDS_ESCAPE.sub(_escape_char, text).encode("utf-8") + b'"'
+
+
+def java_double_to_string(value: float) -> str:
+    """``Double.toString``: plain decimal for 1e-3 <= |v| < 1e7, computerized scientific notation otherwise."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    digits, exponent = _shortest_digits(abs(value))
+    magnitude = abs(value)
+    if 1e-3 <= magnitude < 1e7:
+        point = exponent + 1
+        if point <= 0:
+            return f"{sign}0.{'0' * -point}{digits}"
+        if point >= len(digits):
+            return f"{sign}{digits}{'0' * (point - len(digits))}.0"
+        return f"{sign}{digits[:point]}.{digits[point:]}"
+    fraction = digits[1:] or "0"
+    return f"{sign}{digits[0]}.{fraction}E{exponent}"
+
+
+def _shortest_digits(magnitude: float) -> tuple[str, int]:
+    """The shortest round-tripping significant digits of a positive finite double and its decimal exponent."""
+    mantissa, _, exp_text = repr(magnitude).partition("e")
+    exponent = int(exp_text) if exp_text else 0
+    integer, _, fraction = mantissa.partition(".")
+    all_digits = integer + fraction
+    exponent += len(integer) - 1
+    stripped = all_digits.lstrip("0")
+    exponent -= len(all_digits) - len(stripped)
+    return stripped.rstrip("0") or "0", exponent
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize ``value`` (JSON values, mappings in their own order, ``JsonBean`` objects) like Jackson."""
+    parts: list[bytes] = []
+    _write(value, parts)
+    return b"".join(parts)
+
+
+def _write(value: Any, parts: list[bytes]) -> None:
+    if isinstance(value, str):
+        parts.append(dumps_str(value))
+    elif value is None:
+        parts.append(b"null")
+    elif value is True:
+        parts.append(b"true")
+    elif value is False:
+        parts.append(b"false")
+    elif isinstance(value, int):
+        parts.append(str(int(value)).encode())
+    elif isinstance(value, float):
+        parts.append(java_double_to_string(value).encode())
+    elif isinstance(value, Mapping):
+        _write_members(value, parts)
+    elif isinstance(value, list | tuple):
+        parts.append(b"[")
+        for index, item in enumerate(value):
+            if index:
+                parts.append(b",")
+            _write(item, parts)
+        parts.append(b"]")
+    elif isinstance(value, JsonBean):
+        _write_members(value.json_fields(), parts)
+    else:
+        raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _write_members(members: Mapping[Any, Any], parts: list[bytes]) -> None:
+    parts.append(b"{")
+    first = True
+    for key, item in members.items():
+        if not first:
+            parts.append(b",")
+        first = False
+        parts.append(dumps_str(str(key)))
+        parts.append(b":")
+        _write(item, parts)
+    parts.append(b"}")
+
+
+def java_string_hash(text: str) -> int:
+    """``String.hashCode`` over UTF-16 code units, as a signed 32-bit int."""
+    value = 0
+    for unit in _utf16_units(text):
+        value = (31 * value + unit) & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _utf16_units(text: str) -> Iterable[int]:
+    for char in text:
+        code = ord(char)
+        if code > 0xFFFF:
+            code -= 0x10000
+            yield 0xD800 + (code >> 10)
+            yield 0xDC00 + (code & 0x3FF)
+        else:
+            yield code
+
+
+def java_hashmap_order(keys: Iterable[str]) -> list[str]:
+    """Iteration order of a ``new HashMap<>()`` after putting ``keys`` in this order (duplicates ignored).
+
+    Buckets are ``spread(hashCode) & (capacity - 1)``; capacity starts at 16 and doubles whenever the
+    size exceeds 0.75 x capacity; a resize keeps the relative order inside a bucket, so the final order
+    is (bucket in the final table, insertion order). Bins of 8+ colliding keys (tree bins) are not modelled.
+    """
+    unique = list(dict.fromkeys(keys))
+    capacity = 16
+    while len(unique) > capacity * 3 // 4:
+        capacity *= 2
+    mask = capacity - 1
+
+    def bucket(key: str) -> int:
+        hashed = java_string_hash(key) & 0xFFFFFFFF
+        return (hashed ^ (hashed >> 16)) & mask
+
+    return sorted(unique, key=bucket)  # sorted() is stable: insertion order within a bucket
