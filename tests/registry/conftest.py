@@ -10,11 +10,18 @@ import pytest
 
 from runtime.registry import Registry
 from runtime.registry.file import FileRegistry
+from runtime.registry.redis import RedisRegistry
+from tests.servers import RedisServer
 
 
-@pytest.fixture(params=["file"])
+@pytest.fixture(params=["file", "redis"])
 async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
-    store: Registry = FileRegistry(tmp_path / "state")
+    store: Registry
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisRegistry(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    else:
+        store = FileRegistry(tmp_path / "state")
     yield store
     await store.close()
 
