@@ -195,7 +195,10 @@ class HttpSource(Source[HttpSourceConfig]):
             if is_json_content_type(content_type) and body:
                 _parse_json(body)  # the SDK silently turns invalid JSON into text: refuse it instead
             _require_attributes({key[3:] for key in headers if key.startswith("ce-")}, "ce-")
-            return [_to_record(ce_http.from_binary, message)]
+            record = _to_record(ce_http.from_binary, message)
+            if body and content_type and not content_type.startswith("text/") and not is_json_content_type(content_type):
+                record = dataclasses.replace(record, data=body)  # the SDK decodes any UTF-8 body to text: keep binary binary
+            return [record]
         if content_type == STRUCTURED:
             event = _parse_json(body)
             if not isinstance(event, dict):

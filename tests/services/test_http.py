@@ -12,11 +12,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from runtime.config import ConnectorConfig
-from runtime.connector import SourceContext
+from runtime.connector import SinkContext, SourceContext
+from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from services.http_sink.connector import HttpSink, HttpSinkConfig
 from services.http_source.connector import HttpSource, HttpSourceConfig
+from tests.servers import free_port
 
 
 def _config(**overrides: Any) -> HttpSourceConfig:
@@ -224,3 +228,143 @@ async def test_stop_answers_waiting_requests_with_503() -> None:
 async def test_poll_returns_empty_within_about_a_second(source: HttpSource) -> None:
     records: Sequence[ConnectorRecord] = await asyncio.wait_for(source.poll(), 3)
     assert records == []
+
+
+# -- http-sink ------------------------------------------------------------------------------
+
+
+class _Endpoint:
+    """A real HTTP server that records what it is sent and answers with scripted statuses."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.script: list[tuple[int, dict[str, str]]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _Endpoint:
+        app = web.Application()
+        app.router.add_post("/in", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.port = int(self.runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/in"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
+        status, headers = self.script.pop(0) if self.script else (204, {})
+        return web.Response(status=status, headers=headers, text="nope" if status >= 400 else "")
+
+
+async def _http_sink(**config: Any) -> HttpSink:
+    sink = HttpSink(HttpSinkConfig.model_validate(config))
+    await sink.start(SinkContext(connector_name="test"))
+    return sink
+
+
+def _sink_record(n: int, **overrides: Any) -> ConnectorRecord:
+    fields: dict[str, Any] = {
+        "data": {"n": n, "text": "ünïcode"},
+        "id": f"e-{n}",
+        "source": "/tests/sink",
+        "type": "com.example.t",
+        "subject": "orders",
+        "extensions": {"traceparent": "00-1 2", "hops": 3, "urgent": True},
+        **overrides,
+    }
+    return ConnectorRecord(**fields)
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+async def test_sink_posts_cloudevents_that_the_http_source_reads_back(source: HttpSource, pump: _Pump, mode: str) -> None:
+    sink = await _http_sink(urls=[_url(source)], mode=mode)
+    records = [_sink_record(1), _sink_record(2, data="plain", datacontenttype="text/plain"), _sink_record(3, data=b"\x00\x01")]
+    try:
+        assert await sink.put(records) == []
+    finally:
+        await sink.stop()
+    received = {record.id: record for record in pump.seen}
+    for sent in records:
+        got = received[sent.id]
+        assert (got.data, got.source, got.type, got.subject) == (sent.data, sent.source, sent.type, sent.subject)
+        assert (
+            got.extensions == {"traceparent": "00-1 2", "hops": 3, "urgent": True}
+            if mode == "structured"
+            else {
+                "traceparent": "00-1 2",
+                "hops": "3",
+                "urgent": "true",
+            }
+        )
+        assert got.timestamp == sent.timestamp
+
+
+async def test_sink_retries_on_5xx_and_429_honouring_retry_after_then_delivers() -> None:
+    async with _Endpoint() as endpoint:
+        sink = await _http_sink(urls=[endpoint.url])
+        try:
+            endpoint.script = [(503, {"Retry-After": "7"})]
+            with pytest.raises(RetriableError) as info:
+                await sink.put([_sink_record(1)])
+            assert info.value.retry_after == 7
+            endpoint.script = [(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})]
+            with pytest.raises(RetriableError) as info:
+                await sink.put([_sink_record(1)])
+            assert info.value.retry_after == 0
+            assert await sink.put([_sink_record(1)]) == []
+        finally:
+            await sink.stop()
+        assert [headers["ce-id"] for headers, _ in endpoint.requests] == ["e-1", "e-1", "e-1"]
+
+
+async def test_sink_rejects_on_other_4xx_and_delivers_the_rest() -> None:
+    async with _Endpoint() as endpoint:
+        sink = await _http_sink(urls=[endpoint.url], concurrency=1)
+        try:
+            endpoint.script = [(204, {}), (400, {}), (204, {})]
+            rejections = await sink.put([_sink_record(1), _sink_record(2), _sink_record(3)])
+        finally:
+            await sink.stop()
+        assert [(r.record.id, "400" in r.reason and "nope" in r.reason) for r in rejections] == [("e-2", True)]
+
+
+async def test_sink_connection_refused_is_retriable_and_broadcast_reaches_every_url() -> None:
+    async with _Endpoint() as first, _Endpoint() as second:
+        dead = f"http://127.0.0.1:{free_port()}/in"
+        sink = await _http_sink(urls=[first.url, dead], timeout=2)
+        try:
+            with pytest.raises(RetriableError, match="failed"):
+                await sink.put([_sink_record(1)])
+        finally:
+            await sink.stop()
+        sink = await _http_sink(urls=[first.url, second.url], token="t0ken")
+        try:
+            await sink.put([_sink_record(2)])
+        finally:
+            await sink.stop()
+        assert second.requests[0][0]["authorization"] == "Bearer t0ken"
+        assert [h["ce-id"] for h, _ in first.requests] == ["e-1", "e-2"]
+
+
+async def test_sink_round_robin_spreads_events() -> None:
+    async with _Endpoint() as first, _Endpoint() as second:
+        sink = await _http_sink(urls=[first.url, second.url], delivery="round_robin")
+        try:
+            await sink.put([_sink_record(n) for n in range(4)])
+        finally:
+            await sink.stop()
+        assert len(first.requests) == len(second.requests) == 2
+
+
+def test_sink_config_refuses_a_non_http_url() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        HttpSinkConfig.model_validate({"urls": ["ftp://x"]})

@@ -1,0 +1,1 @@
+"""http-sink: POST events to HTTP endpoints as CloudEvents."""
