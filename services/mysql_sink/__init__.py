@@ -1,0 +1,1 @@
+"""mysql-sink: writes CloudEvents into MySQL/MariaDB (events table, mapped columns, or CDC apply)."""

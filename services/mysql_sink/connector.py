@@ -1,0 +1,580 @@
+"""mysql-sink: CloudEvents into MySQL/MariaDB, one transaction per batch, idempotent on replay.
+
+Three modes (``mode``):
+
+* ``events``: one row per event in ``table`` (created if missing), primary key (source, id).
+* ``mapped``: fields of the JSON data (``fields``: path -> column, nested paths with dots) upserted
+  into ``table`` on its primary key (or ``key_columns``); an event whose ``delete_field`` holds one
+  of ``delete_values``, or whose type is in ``delete_types``, deletes the row instead.
+* ``cdc``: applies mysql-source change envelopes (c/u/d/r with before/after images, DDL) to the same
+  tables in ``database``, so source -> mesh -> sink replicates tables.
+
+Within a batch, changes to one key collapse to their net effect (deletes run before upserts), so
+each batch is a few multi-row statements. When the server refuses a row's values the batch is
+rolled back and replayed row by row under savepoints: the bad rows come back as rejections, the
+rest commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import aiomysql
+import orjson
+import structlog
+from pydantic import Field, model_validator
+
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, Rejection, Secret, Sink, SinkContext
+from runtime.record import is_json_content_type
+from services.mysql_sink.schema import SchemaCatalog, sql_type_from_json_schema, sql_type_from_value
+from services.mysql_sink.sql import (
+    TableSchema,
+    check_identifier,
+    is_data_error,
+    load_table,
+    quote,
+    translate_mysql_errors,
+)
+from services.mysql_source.envelope import OPS, decode_row
+
+__all__ = ["MysqlSink", "MysqlSinkConfig"]
+
+log = structlog.get_logger()
+
+# Replaying DDL must not fail on what is already there: table exists, duplicate column/key, unknown column/key to drop.
+_ALREADY_APPLIED = frozenset({1050, 1051, 1060, 1061, 1091, 1146})
+_DELETE_CHUNK = 1000
+
+
+class MysqlSinkConfig(ConnectorConfig):
+    host: str = Field("127.0.0.1", description="MySQL/MariaDB host.")
+    port: int = Field(3306, ge=1, le=65535, description="MySQL/MariaDB port.")
+    user: str = Field("root", description="MySQL user.")
+    password: Secret | None = Field(None, description="MySQL password.")
+    database: str = Field(description="Target database (schema) of every table written.")
+    mode: Literal["events", "mapped", "cdc"] = Field("events", description="events table, mapped columns, or CDC apply.")
+    table: str | None = Field(None, description="Target table (events: default 'cloudevents'; mapped: required).")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="mapped: data field path (dots for nesting) -> column; empty = top-level keys as is."
+    )
+    key_columns: list[str] = Field(default_factory=list, description="mapped: upsert key; default the table's primary key.")
+    delete_field: str | None = Field(None, description="mapped: data field path whose value marks a delete, e.g. 'op'.")
+    delete_values: list[Any] = Field(
+        default_factory=lambda: ["d", "delete"], description="mapped: values of delete_field meaning delete."
+    )
+    delete_types: list[str] = Field(default_factory=list, description="mapped: CloudEvent types meaning delete.")
+    table_map: dict[str, str] = Field(default_factory=dict, description="cdc: source 'db.table' -> target table name.")
+    apply_ddl: bool = Field(True, description="cdc: run schema-change events against the target database.")
+    auto_create: bool = Field(False, description="Create a missing table (and database) from the dataschema or observed JSON.")
+    auto_evolve: bool = Field(False, description="Add missing nullable columns from the dataschema or observed JSON.")
+    schemas: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="JSON Schemas by dataschema URI, for auto_create/evolve (file:// URIs are read too)."
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="Connections in the pool.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
+    write_timeout: float = Field(60.0, gt=0, description="Seconds one batch may take before it is retried.")
+
+    @model_validator(mode="after")
+    def _check(self) -> MysqlSinkConfig:
+        try:
+            check_identifier(self.database, "database")
+            if self.table is not None:
+                check_identifier(self.table, "table")
+            for column in [*self.fields.values(), *self.key_columns]:
+                check_identifier(column, "column")
+            for target in self.table_map.values():
+                check_identifier(target, "table")
+        except DataError as exc:
+            raise ValueError(exc.reason) from exc
+        if self.mode == "mapped" and self.table is None:
+            raise ValueError("mode 'mapped' needs 'table': the table the data fields are written to")
+        return self
+
+    @property
+    def events_table(self) -> str:
+        return self.table or "cloudevents"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One net row operation: upsert ``values`` or delete the row with ``key``."""
+
+    table: str
+    op: Literal["upsert", "delete"]
+    key_columns: tuple[str, ...]
+    key: tuple[Any, ...]
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ddl:
+    statement: str
+
+
+@dataclass(slots=True)
+class _Planned:
+    record: ConnectorRecord
+    steps: list[Change | Ddl] = field(default_factory=list)
+
+
+_EVENTS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
+  `source` VARCHAR(255) NOT NULL,
+  `id` VARCHAR(255) NOT NULL,
+  `type` VARCHAR(255) NOT NULL,
+  `subject` VARCHAR(255) NULL,
+  `time` DATETIME(6) NULL,
+  `datacontenttype` VARCHAR(255) NULL,
+  `dataschema` VARCHAR(1024) NULL,
+  `data` JSON NULL,
+  `extensions` JSON NULL,
+  PRIMARY KEY (`source`, `id`)
+) DEFAULT CHARSET=utf8mb4"""
+_EVENT_COLUMNS = ("source", "id", "type", "subject", "time", "datacontenttype", "dataschema", "data", "extensions")
+
+
+class MysqlSink(Sink[MysqlSinkConfig]):
+    name: ClassVar[str] = "mysql-sink"
+    description: ClassVar[str] = (
+        "Writes events to MySQL/MariaDB: events table, mapped columns or CDC apply; upserts, one transaction per batch."
+    )
+    config_model: ClassVar[type[ConnectorConfig]] = MysqlSinkConfig
+
+    def __init__(self, config: MysqlSinkConfig) -> None:
+        super().__init__(config)
+        self._pool: Any = None
+        self._tables: dict[str, TableSchema | None] = {}
+        self._catalog = SchemaCatalog(config.schemas)
+        self._paths = {path: tuple(path.split(".")) for path in config.fields}
+        self._delete_path = tuple(config.delete_field.split(".")) if config.delete_field else None
+        self._log: Any = log
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, context: SinkContext) -> None:
+        self._log = context.log.bind(connector=self.name, name=context.connector_name)
+        config = self.config
+        with translate_mysql_errors(f"connecting to {config.host}:{config.port}"):
+            self._pool = await asyncio.wait_for(
+                aiomysql.create_pool(
+                    host=config.host,
+                    port=config.port,
+                    user=config.user,
+                    password=config.password.get_secret_value() if config.password else "",
+                    minsize=1,
+                    maxsize=config.pool_size,
+                    autocommit=False,
+                    charset="utf8mb4",
+                    connect_timeout=config.connect_timeout,
+                    init_command="SET SESSION sql_mode='STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', time_zone='+00:00'",
+                ),
+                config.connect_timeout * 2,
+            )
+        try:
+            await self._prepare_target()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _prepare_target(self) -> None:
+        config = self.config
+        async with self._connection() as conn, conn.cursor() as cursor:
+            await cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (config.database,))
+            if await cursor.fetchone() is None:
+                if not (config.auto_create or config.mode == "events"):
+                    raise ConfigError(
+                        "config.database", f"database {config.database!r} does not exist", "create it or set auto_create: true"
+                    )
+                await cursor.execute(f"CREATE DATABASE IF NOT EXISTS {quote(config.database)} DEFAULT CHARSET utf8mb4")
+            if config.mode == "events":
+                await cursor.execute(_EVENTS_DDL.format(table=quote(config.database, config.events_table)))
+            elif config.mode == "mapped":
+                assert config.table is not None
+                schema = await load_table(cursor, config.database, config.table)
+                if schema is None and not (config.auto_create and config.key_columns):
+                    raise ConfigError(
+                        "config.table",
+                        f"table {config.database}.{config.table} does not exist",
+                        "create it, or set auto_create: true with key_columns",
+                    )
+                if schema is not None and not (config.key_columns or schema.primary_key):
+                    raise ConfigError(
+                        "config.key_columns", f"table {config.table} has no primary key", "list the upsert key in key_columns"
+                    )
+                if schema is not None:
+                    for column in config.key_columns:
+                        if schema.column(column) is None:
+                            raise ConfigError(
+                                "config.key_columns", f"column {column!r} is not in table {config.table}", "name existing columns"
+                            )
+            await conn.commit()
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    # -- put ---------------------------------------------------------------------------------------
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}"):
+            async with asyncio.timeout(self.config.write_timeout):
+                return await self._put(records)
+
+    async def _put(self, records: Sequence[ConnectorRecord]) -> list[Rejection]:
+        rejections: list[Rejection] = []
+        segment: list[_Planned] = []
+        async with self._connection() as conn:
+            for record in records:
+                try:
+                    planned = await self._plan(conn, record)
+                except DataError as exc:
+                    rejections.append(Rejection(record, exc.reason))
+                    continue
+                if any(isinstance(step, Ddl) for step in planned.steps):
+                    rejections += await self._write_segment(conn, segment)
+                    segment = []
+                    await self._apply_ddl(conn, [step for step in planned.steps if isinstance(step, Ddl)])
+                else:
+                    segment.append(planned)
+            rejections += await self._write_segment(conn, segment)
+        return rejections
+
+    async def _write_segment(self, conn: Any, segment: list[_Planned]) -> list[Rejection]:
+        """Write ``segment`` in one transaction; on a data error, again row by row to isolate it."""
+        if not segment:
+            return []
+        changes = [step for planned in segment for step in planned.steps if isinstance(step, Change)]
+        try:
+            await conn.begin()
+            async with conn.cursor() as cursor:
+                await self._execute_net(cursor, changes)
+            await conn.commit()
+            return []
+        except Exception as exc:
+            await self._rollback(conn)
+            if not is_data_error(exc):
+                raise
+            self._log.info("batch refused by the server; isolating the bad rows", reason=str(exc))
+            self._tables.clear()
+        rejections: list[Rejection] = []
+        await conn.begin()
+        async with conn.cursor() as cursor:
+            for planned in segment:
+                await cursor.execute("SAVEPOINT row_write")
+                try:
+                    for step in planned.steps:
+                        if isinstance(step, Change):
+                            await self._execute_net(cursor, [step])
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    await cursor.execute("ROLLBACK TO SAVEPOINT row_write")
+                    rejections.append(Rejection(planned.record, f"MySQL refused the row: {exc.args[-1]}"))
+        await conn.commit()
+        return rejections
+
+    async def _rollback(self, conn: Any) -> None:
+        try:
+            await conn.rollback()
+        except Exception:  # the connection is already broken; the pool drops it on release
+            conn.close()
+
+    async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
+        """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
+        # (table, key) -> (key columns, deleted first?, values to upsert after)
+        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]] = {}
+        for change in changes:
+            slot = (change.table, change.key)
+            _, deleted, values = net.get(slot, (change.key_columns, False, None))
+            if change.op == "delete":
+                net[slot] = (change.key_columns, True, None)
+            else:
+                net[slot] = (
+                    change.key_columns,
+                    deleted,
+                    {**values, **change.values} if values is not None else dict(change.values),
+                )
+        deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        for (table, key), (key_columns, deleted, values) in net.items():
+            if deleted:
+                deletes.setdefault((table, key_columns), []).append(key)
+            if values is not None:
+                columns = tuple(values)
+                upserts.setdefault((table, columns, key_columns), []).append(tuple(values[c] for c in columns))
+        for (table, key_columns), keys in deletes.items():
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                chunk = keys[start : start + _DELETE_CHUNK]
+                tuple_sql = "(" + ",".join(["%s"] * len(key_columns)) + ")"
+                target = quote(*key_columns) if len(key_columns) == 1 else "(" + ",".join(quote(c) for c in key_columns) + ")"
+                await cursor.execute(
+                    f"DELETE FROM {quote(self.config.database, table)} WHERE {target} IN ({','.join([tuple_sql] * len(chunk))})",
+                    [value for key in chunk for value in key],
+                )
+        for (table, columns, key_columns), rows in upserts.items():
+            updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
+                f"{quote(key_columns[0])}={quote(key_columns[0])}"
+            ]
+            await cursor.executemany(
+                f"INSERT INTO {quote(self.config.database, table)} ({','.join(quote(c) for c in columns)})"
+                f" VALUES ({','.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE {','.join(updates)}",
+                rows,
+            )
+
+    async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"USE {quote(self.config.database)}")
+            for step in steps:
+                try:
+                    await cursor.execute(step.statement)
+                except Exception as exc:
+                    if getattr(exc, "args", (None,))[0] not in _ALREADY_APPLIED:
+                        raise
+                    self._log.info("schema change already applied", statement=step.statement[:200])
+        await conn.commit()
+        self._tables.clear()
+
+    # -- planning: record -> changes ---------------------------------------------------------------
+
+    async def _plan(self, conn: Any, record: ConnectorRecord) -> _Planned:
+        if self.config.mode == "events":
+            return _Planned(record, [self._event_row(record)])
+        data = record.data
+        if self.config.mode == "cdc":
+            return _Planned(record, await self._cdc_steps(conn, record))
+        if not isinstance(data, dict):
+            raise DataError(f"mapped mode needs a JSON object as data, got {type(data).__name__}")
+        return _Planned(record, [await self._mapped_change(conn, record, data)])
+
+    def _event_row(self, record: ConnectorRecord) -> Change:
+        if not record.id or not record.source:
+            raise DataError("event has no id or source")
+        data: Any = record.data
+        if isinstance(data, bytes) and is_json_content_type(record.datacontenttype):
+            try:
+                data = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise DataError(f"data is declared JSON but does not parse: {exc}") from exc
+        elif isinstance(data, bytes):
+            data = base64.b64encode(data).decode("ascii")
+        time = record.timestamp.astimezone(dt.UTC).replace(tzinfo=None)
+        values = {
+            "source": record.source,
+            "id": record.id,
+            "type": record.type or "",
+            "subject": record.subject,
+            "time": time,
+            "datacontenttype": record.datacontenttype,
+            "dataschema": record.dataschema,
+            "data": None if data is None else orjson.dumps(data).decode(),
+            "extensions": orjson.dumps(dict(record.extensions)).decode() if record.extensions else None,
+        }
+        return Change(self.config.events_table, "upsert", ("source", "id"), (record.source, record.id), values)
+
+    async def _mapped_change(self, conn: Any, record: ConnectorRecord, data: dict[str, Any]) -> Change:
+        config = self.config
+        assert config.table is not None
+        if config.fields:
+            values: dict[str, Any] = {}
+            for path, column in config.fields.items():
+                found, value = _lookup(data, self._paths[path])
+                if found:
+                    values[column] = value
+        else:
+            values = {check_identifier(name, "column"): value for name, value in data.items()}
+        is_delete = record.type in config.delete_types
+        if self._delete_path is not None:
+            found, marker = _lookup(data, self._delete_path)
+            is_delete = is_delete or (found and marker in config.delete_values)
+            if not config.fields and len(self._delete_path) == 1:
+                values.pop(self._delete_path[0], None)
+        schema = await self._table(conn, config.table, record, values, tuple(config.key_columns))
+        key_columns = tuple(config.key_columns) or schema.primary_key
+        return self._change(schema, key_columns, "delete" if is_delete else "upsert", values)
+
+    async def _cdc_steps(self, conn: Any, record: ConnectorRecord) -> list[Change | Ddl]:
+        data = record.data
+        if record.type is not None and record.type.endswith(".heartbeat"):
+            return []
+        if not isinstance(data, dict) or not isinstance(data.get("source"), dict):
+            raise DataError("cdc mode needs a mysql-source change envelope (an object with 'source')")
+        source = data["source"]
+        if "ddl" in data:
+            if not self.config.apply_ddl:
+                return []
+            return [Ddl(_strip_database(str(data["ddl"]), str(source.get("db") or "")))]
+        op = data.get("op")
+        if op not in OPS:
+            raise DataError(f"change envelope has op {op!r}; expected one of c, u, d, r")
+        db, table = str(source.get("db")), str(source.get("table"))
+        target = self.config.table_map.get(f"{db}.{table}", table)
+        binary = data.get("binary") or []
+        before = decode_row(data["before"], binary) if isinstance(data.get("before"), dict) else None
+        after = decode_row(data["after"], binary) if isinstance(data.get("after"), dict) else None
+        image = after if after is not None else before
+        if image is None:
+            raise DataError(f"change envelope with op {op!r} has neither before nor after image")
+        declared_key = tuple(str(c) for c in data.get("key") or ())
+        schema = await self._table(conn, target, record, image, declared_key)
+        key_columns = schema.primary_key or declared_key
+        if op == "d":
+            return [self._change(schema, key_columns, "delete", before or image)]
+        assert after is not None
+        steps: list[Change | Ddl] = []
+        if op == "u" and before is not None and any(before.get(c) != after.get(c) for c in key_columns):
+            steps.append(self._change(schema, key_columns, "delete", before))
+        steps.append(self._change(schema, key_columns, "upsert", after))
+        return steps
+
+    def _change(
+        self, schema: TableSchema, key_columns: tuple[str, ...], op: Literal["upsert", "delete"], values: dict[str, Any]
+    ) -> Change:
+        if not key_columns:
+            raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
+        bound: dict[str, Any] = {}
+        for name, value in values.items():
+            column = schema.column(name)
+            if column is None:
+                raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
+            bound[column.name] = _bindable(value, column.data_type)
+        missing = [c for c in key_columns if bound.get(c) is None]
+        if missing:
+            raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
+        key = tuple(bound[c] for c in key_columns)
+        if op == "delete":
+            return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns})
+        return Change(schema.table, "upsert", key_columns, key, bound)
+
+    # -- live schema, auto_create / auto_evolve -----------------------------------------------------
+
+    async def _table(
+        self, conn: Any, table: str, record: ConnectorRecord, values: Mapping[str, Any], key_columns: tuple[str, ...]
+    ) -> TableSchema:
+        check_identifier(table, "table")
+        schema = await self._load(conn, table)
+        if schema is None:
+            if not self.config.auto_create:
+                raise DataError(f"table {self.config.database}.{table} does not exist (create it or set auto_create)")
+            if not key_columns:
+                raise DataError(f"cannot create table {table}: the event names no key columns and key_columns is empty")
+            await self._create_table(conn, table, record, values, key_columns)
+            schema = await self._load(conn, table, fresh=True)
+            assert schema is not None
+        missing = [name for name in values if schema.column(name) is None]
+        if missing and self.config.auto_evolve:
+            await self._add_columns(conn, table, record, {name: values[name] for name in missing})
+            schema = await self._load(conn, table, fresh=True)
+            assert schema is not None
+        return schema
+
+    async def _load(self, conn: Any, table: str, *, fresh: bool = False) -> TableSchema | None:
+        if fresh or table not in self._tables or self._tables[table] is None:
+            async with conn.cursor() as cursor:
+                self._tables[table] = await load_table(cursor, self.config.database, table)
+        return self._tables[table]
+
+    def _column_type(self, record: ConnectorRecord, column: str, value: Any, *, key: bool) -> str:
+        schema = self._catalog.get(record.dataschema)
+        if schema is not None:
+            path = next((self._paths[p] for p, c in self.config.fields.items() if c == column), (column,))
+            node = SchemaCatalog.property_at(schema, path)
+            declared = sql_type_from_json_schema(node, key=key) if node is not None else None
+            if declared is not None:
+                return declared
+        return sql_type_from_value(value, key=key)
+
+    async def _create_table(
+        self, conn: Any, table: str, record: ConnectorRecord, values: Mapping[str, Any], key_columns: tuple[str, ...]
+    ) -> None:
+        definitions = []
+        for name in dict.fromkeys([*key_columns, *values]):
+            key = name in key_columns
+            sql_type = self._column_type(record, name, values.get(name), key=key)
+            definitions.append(f"{quote(name)} {sql_type} {'NOT NULL' if key else 'NULL'}")
+        primary = ",".join(quote(c) for c in key_columns)
+        statement = (
+            f"CREATE TABLE IF NOT EXISTS {quote(self.config.database, table)} ({', '.join(definitions)}, PRIMARY KEY ({primary}))"
+        )
+        self._log.info("creating table", table=table, columns=len(definitions))
+        async with conn.cursor() as cursor:
+            await cursor.execute(statement + " DEFAULT CHARSET=utf8mb4")
+        await conn.commit()
+
+    async def _add_columns(self, conn: Any, table: str, record: ConnectorRecord, values: Mapping[str, Any]) -> None:
+        async with conn.cursor() as cursor:
+            for name, value in values.items():
+                sql_type = self._column_type(record, name, value, key=False)
+                self._log.info("adding column", table=table, column=name, type=sql_type)
+                try:
+                    await cursor.execute(
+                        f"ALTER TABLE {quote(self.config.database, table)} ADD COLUMN {quote(name)} {sql_type} NULL"
+                    )
+                except Exception as exc:
+                    if getattr(exc, "args", (None,))[0] != 1060:  # added meanwhile by another writer
+                        raise
+        await conn.commit()
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connection(self) -> _Acquired:
+        return _Acquired(self._pool, self.config.connect_timeout)
+
+
+class _Acquired:
+    """A pooled connection under a timeout; a connection that failed is closed so the pool drops it."""
+
+    def __init__(self, pool: Any, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        if self._pool is None:
+            raise ConfigError("mysql-sink", "put() before start()", "start the sink first")
+        self._conn = await asyncio.wait_for(self._pool.acquire(), self._timeout)
+        return self._conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and not isinstance(exc, DataError | ConfigError):
+            self._conn.close()
+        self._pool.release(self._conn)
+
+
+def _lookup(data: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    """Follow a dotted path through objects (and list indexes); (found, value)."""
+    node = data
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _bindable(value: Any, data_type: str) -> Any:
+    """A JSON value as a bound parameter for a column of ``data_type``."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    if isinstance(value, str) and data_type in ("datetime", "timestamp") and ("T" in value or value.endswith("Z")):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value  # the server judges it
+        return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return value
+
+
+def _strip_database(statement: str, database: str) -> str:
+    """DDL from another database, made to act on the target: drop ``db.`` qualifiers of the source db."""
+    if not database:
+        return statement
+    return re.sub(rf"(`{re.escape(database)}`|\b{re.escape(database)}\b)\s*\.\s*(?=[`A-Za-z0-9_$])", "", statement)

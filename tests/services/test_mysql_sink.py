@@ -1,0 +1,236 @@
+"""mysql-sink against a throwaway MariaDB: every mode, replays, poison rows, the server dying mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
+from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
+from tests.servers import MariaDBServer
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def database(mariadb_server: MariaDBServer) -> str:
+    name = f"sink_{next(_databases)}"
+    mariadb_server.sql(f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")
+    return name
+
+
+async def started(server: MariaDBServer, **config: Any) -> MysqlSink:
+    sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, **config}))
+    await sink.start(SinkContext("sink-test"))
+    return sink
+
+
+def rows(server: MariaDBServer, query: str, database: str) -> list[list[str]]:
+    return [line.split("\t") for line in server.sql(query, database).splitlines()]
+
+
+def event(data: Any, *, id: str, type: str = "order.v1", **extra: Any) -> ConnectorRecord:
+    return ConnectorRecord(data=data, id=id, source="/shop", type=type, subject="orders", **extra)
+
+
+async def test_events_mode_creates_the_table_and_replays_are_idempotent(mariadb_server: MariaDBServer, database: str) -> None:
+    sink = await started(mariadb_server, database=database, mode="events")
+    try:
+        when = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+        batch = [
+            event({"n": 1}, id="a", timestamp=when, extensions={"tenant": "x"}),
+            event("plain text", id="b", datacontenttype="text/plain"),
+            event(b"\x00\xff", id="c", datacontenttype="application/octet-stream"),
+        ]
+        assert await sink.put(batch) == []
+        assert await sink.put(batch) == []  # a replay
+    finally:
+        await sink.stop()
+    table = rows(mariadb_server, "SELECT id, type, subject, time, data, extensions FROM cloudevents ORDER BY id", database)
+    assert [r[0] for r in table] == ["a", "b", "c"]
+    assert table[0][1:] == ["order.v1", "orders", "2026-01-02 03:04:05.123456", '{"n":1}', '{"tenant":"x"}']
+    assert json.loads(table[1][4]) == "plain text"
+    assert json.loads(table[2][4]) == "AP8="
+
+
+async def test_mapped_mode_upserts_nested_fields_and_deletes(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE orders (order_id BIGINT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),"
+        " placed DATETIME, tags JSON)",
+        database,
+    )
+    sink = await started(
+        mariadb_server,
+        database=database,
+        mode="mapped",
+        table="orders",
+        fields={"id": "order_id", "customer.name": "customer", "amount.total": "total", "at": "placed", "tags": "tags"},
+        delete_field="op",
+        delete_types=["order.cancelled"],
+    )
+    try:
+        batch = [
+            event(
+                {"id": 1, "customer": {"name": "ann"}, "amount": {"total": 10.5}, "at": "2026-03-01T10:00:00Z", "tags": ["a"]},
+                id="1",
+            ),
+            event({"id": 2, "customer": {"name": "bob"}, "amount": {"total": 3}}, id="2"),
+            event({"id": 3, "customer": {"name": "cy"}}, id="3"),
+            event({"id": 1, "amount": {"total": 11}}, id="4"),  # partial update of 1 in the same batch
+            event({"id": 2, "op": "d"}, id="5"),
+            event({"id": 3}, id="6", type="order.cancelled"),
+            event({"id": 3, "customer": {"name": "cy again"}}, id="7"),  # delete then insert: back, with new values
+        ]
+        assert await sink.put(batch) == []
+        assert await sink.put(batch) == []
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT order_id, customer, total, placed, tags FROM orders ORDER BY order_id", database) == [
+        ["1", "ann", "11.00", "2026-03-01 10:00:00", '["a"]'],
+        ["3", "cy again", "NULL", "NULL", "NULL"],
+    ]
+
+
+async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY, qty INT NOT NULL, name VARCHAR(5))", database)
+    sink = await started(mariadb_server, database=database, mode="mapped", table="t")
+    try:
+        batch = [
+            event({"id": 1, "qty": 1}, id="1"),
+            event({"qty": 2}, id="2"),  # no key
+            event({"id": 3, "qty": "many"}, id="3"),  # wrong type (server refuses)
+            event({"id": 4, "qty": 4, "colour": "red"}, id="4"),  # unknown column
+            event({"id": 5, "qty": 5, "name": "far too long"}, id="5"),  # too long (server refuses)
+            event(["not", "an", "object"], id="6"),
+            event({"id": 7, "qty": 7}, id="7"),
+        ]
+        rejections = await sink.put(batch)
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == {"2", "3", "4", "5", "6"}
+    assert "id" in reasons["2"] and "colour" in reasons["4"] and "object" in reasons["6"]
+    assert "Incorrect integer value" in reasons["3"] and "too long" in reasons["5"]
+    assert rows(mariadb_server, "SELECT id, qty FROM t ORDER BY id", database) == [["1", "1"], ["7", "7"]]
+
+
+async def test_mapped_mode_auto_create_and_evolve_from_json_and_schema(
+    mariadb_server: MariaDBServer, database: str, tmp_path: Path
+) -> None:
+    schema = tmp_path / "reading.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"sensor": {"type": "string", "maxLength": 40}, "at": {"type": "string", "format": "date-time"}},
+            }
+        )
+    )
+    sink = await started(
+        mariadb_server,
+        database=database,
+        mode="mapped",
+        table="readings",
+        key_columns=["sensor", "seq"],
+        auto_create=True,
+        auto_evolve=True,
+    )
+    try:
+        first = event(
+            {"sensor": "s1", "seq": 1, "value": 1.5, "at": "2026-01-01T00:00:00Z"}, id="1", dataschema=f"file://{schema}"
+        )
+        assert await sink.put([first]) == []
+        later = event({"sensor": "s1", "seq": 2, "value": 2.5, "ok": True, "meta": {"unit": "C"}}, id="2")
+        assert await sink.put([later]) == []
+    finally:
+        await sink.stop()
+    types = dict(
+        rows(
+            mariadb_server,
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS"
+            " WHERE TABLE_NAME='readings' AND TABLE_SCHEMA=DATABASE()",
+            database,
+        )
+    )
+    assert types["sensor"] == "varchar(40)" and types["seq"] == "bigint(20)" and types["value"] == "double"
+    assert types["at"] == "datetime(6)" and types["ok"] == "tinyint(1)" and types["meta"] == "longtext"
+    assert rows(mariadb_server, "SELECT seq, value, at, ok FROM readings ORDER BY seq", database) == [
+        ["1", "1.5", "2026-01-01 00:00:00.000000", "NULL"],
+        ["2", "2.5", "NULL", "1"],
+    ]
+
+
+async def test_cdc_mode_applies_changes_and_ddl(mariadb_server: MariaDBServer, database: str) -> None:
+    sink = await started(mariadb_server, database=database, mode="cdc")
+
+    def change(op: str, before: Any, after: Any, n: int) -> ConnectorRecord:
+        source = {"db": "shop", "table": "items", "file": "mysql-bin.000001", "pos": n, "snapshot": False}
+        return event(
+            {"op": op, "before": before, "after": after, "key": ["id"], "source": source}, id=str(n), type=f"mysql.change.{op}"
+        )
+
+    ddl = event(
+        {"ddl": "CREATE TABLE `shop`.`items` (id INT PRIMARY KEY, name VARCHAR(20))", "source": {"db": "shop"}},
+        id="0",
+        type="mysql.change.ddl",
+    )
+    batch = [
+        ddl,
+        change("c", None, {"id": 1, "name": "one"}, 1),
+        change("c", None, {"id": 2, "name": "two"}, 2),
+        change("u", {"id": 1, "name": "one"}, {"id": 10, "name": "ten"}, 3),  # key change
+        change("d", {"id": 2, "name": "two"}, None, 4),
+        event({"ddl": "ALTER TABLE items ADD COLUMN price INT", "source": {"db": "shop"}}, id="5", type="mysql.change.ddl"),
+        change("r", None, {"id": 3, "name": "three", "price": 7}, 6),
+        event({"ts_ms": 1}, id="7", type="mysql.change.heartbeat"),
+    ]
+    try:
+        assert await sink.put(batch) == []
+        assert await sink.put(batch) == []  # replay, DDL included
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT id, name, price FROM items ORDER BY id", database) == [
+        ["3", "three", "7"],
+        ["10", "ten", "NULL"],
+    ]
+
+
+async def test_mapped_table_missing_fails_at_start(mariadb_server: MariaDBServer, database: str) -> None:
+    with pytest.raises(ConfigError, match=r"config\.table"):
+        await started(mariadb_server, database=database, mode="mapped", table="nope")
+
+
+@pytest.mark.slow
+async def test_server_killed_mid_batch_every_event_lands_exactly_once(mariadb_server: MariaDBServer, database: str) -> None:
+    sink = await started(mariadb_server, database=database, mode="events", write_timeout=10)
+    batches = [[event({"n": n}, id=f"{b}-{n}") for n in range(2000)] for b in range(6)]
+    retried = 0
+    try:
+        for index, batch in enumerate(batches):
+            if index == 2:
+                # Kill while the batch is being written.
+                writing = asyncio.ensure_future(sink.put(batch))
+                await asyncio.sleep(0.02)
+                await asyncio.to_thread(mariadb_server.kill)
+                with pytest.raises(RetriableError):
+                    await writing
+                with pytest.raises(RetriableError):  # still down: retriable, never dead-lettered
+                    await sink.put(batch)
+                await asyncio.to_thread(mariadb_server.start)
+            while True:
+                try:
+                    assert await sink.put(batch) == []
+                    break
+                except RetriableError:
+                    retried += 1
+                    assert retried < 50
+                    await asyncio.sleep(0.2)
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT COUNT(*), COUNT(DISTINCT id) FROM cloudevents", database) == [["12000", "12000"]]
