@@ -1,0 +1,282 @@
+"""The lossless mapping between a CloudEvent and an EventMesh TCP message body.
+
+Why a mapping at all
+--------------------
+The Java runtime reads every TCP message body with the CloudEvents JSON format and, when it pushes
+the event to a subscriber, writes it again with the format of the event's ``datacontenttype``. Only
+``application/cloudevents+json`` has a format there, and under that content type the ``data`` member
+must be JSON (it is embedded raw). So on the wire every event has ``datacontenttype:
+application/cloudevents+json`` and JSON ``data``; what the event really carried travels in two
+extensions:
+
+==================  ==========================================================================
+``meshcontenttype``  the original ``datacontenttype`` (present only when the event had one)
+``meshdataenc``      how ``data`` was put into JSON:
+                     ``json``   JSON data (dict, list, number, bool, or a str under a JSON
+                                content type), embedded as it is;
+                     ``text``   a str under a non-JSON (or no) content type, as a JSON string;
+                     ``base64`` bytes, as a base64 JSON string;
+                     ``none``   no data, written as ``""`` (the Java runtime rejects null data).
+==================  ==========================================================================
+
+``body_to_event`` undoes this when ``meshdataenc`` is present, so any event (binary, text, JSON,
+XML, none) comes back with the same attributes, content type and data type. Events without
+``meshdataenc`` (published by Java clients) are returned as they are: ``application/cloudevents+json``
+with the parsed JSON value as data (``data_base64`` becomes bytes).
+
+Transport extensions
+--------------------
+The Java runtime copies the publisher's header properties into the event and stamps it on its way
+(``protocoltype``, ``protocolversion``, ``protocoldesc``, ``req*``/``rsp*`` timestamps and addresses,
+``rsp0sys``, ``rsp0group``, ``rsp0idc``, ``rsp0ip``). ``body_to_event`` removes them;
+``body_to_event_and_transport`` returns them as well, for logging and tracing.
+
+Rules for events
+----------------
+* Extension names must be ``[a-z0-9]+`` (the runtime turns header properties into extensions and
+  refuses other names); ``meshcontenttype`` and ``meshdataenc`` are reserved. Extension values are
+  str, bool or int (32-bit, the largest the Java format reads); a datetime is sent as RFC 3339 text.
+* Size: the Java runtime refuses events whose ``data`` (its JSON text) is longer than
+  ``eventMesh.server.maxEventSize`` characters, **1000 by default**. Raise it on the runtime for real
+  payloads; base64 makes binary data 4/3 longer, and text gains its quotes and escapes.
+* The body is written in Java ``JsonFormat`` order: specversion, id, source, type, datacontenttype,
+  dataschema, subject, time, the extensions in Java ``HashMap`` order, data. ``time`` is RFC 3339 as
+  the CloudEvents SDK writes it (``Z`` for UTC).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+from cloudevents.core.v1.event import CloudEvent
+
+from runtime.errors import DataError, LocalProtocolError
+from runtime.protocol import jackson
+from runtime.protocol.frames import Command, Header, Package
+
+__all__ = [
+    "CLOUDEVENTS_CONTENT_TYPE",
+    "CONTENT_TYPE_EXTENSION",
+    "DATA_ENCODING_EXTENSION",
+    "TRANSPORT_EXTENSIONS",
+    "ack_package",
+    "body_to_event",
+    "body_to_event_and_transport",
+    "event_to_body",
+    "publish_package",
+    "push_package",
+]
+
+CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"
+CONTENT_TYPE_EXTENSION: Final = "meshcontenttype"
+DATA_ENCODING_EXTENSION: Final = "meshdataenc"
+_RESERVED_EXTENSIONS = frozenset({CONTENT_TYPE_EXTENSION, DATA_ENCODING_EXTENSION})
+
+_STAMPS: tuple[str, ...] = ("c2eventmeshtimestamp", "eventmesh2mqtimestamp", "sendeventmeship", "mq2eventmeshtimestamp")
+_STAMPS += ("receiveeventmeship", "eventmesh2ctimestamp")
+TRANSPORT_EXTENSIONS: Final = frozenset(
+    {"protocoltype", "protocolversion", "protocoldesc", "rsp0sys", "rsp0group", "rsp0idc", "rsp0ip"}
+    | {prefix + stamp for prefix in ("req", "rsp") for stamp in _STAMPS}
+)
+"""Extensions the Java runtime adds to an event between publisher and subscriber."""
+
+_ATTRIBUTES_BEFORE_EXTENSIONS = ("id", "source", "type")
+_ATTRIBUTES_AFTER_CONTENT_TYPE = ("dataschema", "subject")
+_CONTEXT_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+_JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
+# orjson writes these differently from Jackson: \u00XX escapes with a hex letter (lower case) and raw 4-byte UTF-8.
+_ORJSON_DIFFERS = re.compile(rb"\\u00(?:0[bef]|1[a-f])|[\xf0-\xf4]")
+_INT32 = range(-(2**31), 2**31)
+
+# Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
+_PUBLISH_PROPERTIES = {
+    version: MappingProxyType(
+        {
+            key: {"protocoltype": "cloudevents", "protocolversion": version, "protocoldesc": "tcp"}[key]
+            for key in jackson.java_hashmap_order(["protocoltype", "protocolversion", "protocoldesc"])
+        }
+    )
+    for version in ("1.0", "0.3")
+}
+_PUSH_PROPERTIES = MappingProxyType({"protocoltype": "cloudevents"})
+_ACK_OF_PUSH = {
+    Command.ASYNC_MESSAGE_TO_CLIENT: Command.ASYNC_MESSAGE_TO_CLIENT_ACK,
+    Command.BROADCAST_MESSAGE_TO_CLIENT: Command.BROADCAST_MESSAGE_TO_CLIENT_ACK,
+    Command.REQUEST_TO_CLIENT: Command.REQUEST_TO_CLIENT_ACK,
+    Command.RESPONSE_TO_CLIENT: Command.RESPONSE_TO_CLIENT_ACK,
+}
+
+
+def _rfc3339(moment: datetime) -> str:
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as JSON: orjson's bytes unless they could differ from Jackson's escaping."""
+    try:
+        fast = orjson.dumps(value)
+    except TypeError as exc:
+        raise DataError(f"event data is not JSON-serializable: {exc}") from exc
+    return jackson.dumps(value) if _ORJSON_DIFFERS.search(fast) else fast
+
+
+def _extension_bytes(name: str, value: Any) -> bytes:
+    if isinstance(value, str):
+        return jackson.dumps_str(value)
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, int):
+        if value not in _INT32:
+            raise DataError(
+                f"extension {name!r} = {value} does not fit the 32-bit integer the Java runtime reads; send it as a string"
+            )
+        return str(value).encode()
+    if isinstance(value, datetime):
+        return jackson.dumps_str(_rfc3339(value))
+    raise DataError(f"extension {name!r} must be a string, boolean or integer, got {type(value).__name__}")
+
+
+def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
+    """(meshdataenc, the JSON text of ``data`` on the wire)."""
+    if data is None:
+        return "none", b'""'
+    if isinstance(data, bytes | bytearray | memoryview):
+        return "base64", b'"' + base64.b64encode(data) + b'"'
+    if isinstance(data, str) and (content_type is None or _JSON_CONTENT_TYPE.match(content_type) is None):
+        return "text", jackson.dumps_str(data)
+    return "json", _json_bytes(data)
+
+
+def event_to_body(event: CloudEvent) -> bytes:
+    """The TCP message body for ``event`` (see the module docstring). Raises ``DataError`` for events
+    that cannot travel (bad extension names or values, data that is not JSON-serializable)."""
+    attributes = event.get_attributes()
+    content_type = attributes.get("datacontenttype")
+    encoding, data = _wire_data(event.get_data(), content_type)
+    extensions: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if name in _CONTEXT_ATTRIBUTES:
+            continue
+        if name in _RESERVED_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
+            raise DataError(
+                f"extension name {name!r} cannot travel over EventMesh TCP: use lower-case letters and digits, "
+                f"and not {CONTENT_TYPE_EXTENSION} or {DATA_ENCODING_EXTENSION}"
+            )
+        extensions[name] = value
+    if content_type is not None:
+        extensions[CONTENT_TYPE_EXTENSION] = content_type
+    extensions[DATA_ENCODING_EXTENSION] = encoding
+
+    parts = [b'{"specversion":', jackson.dumps_str(attributes.get("specversion", "1.0"))]
+    for name in _ATTRIBUTES_BEFORE_EXTENSIONS:
+        parts += (b',"', name.encode(), b'":', jackson.dumps_str(attributes[name]))
+    parts.append(b',"datacontenttype":"application/cloudevents+json"')
+    for name in _ATTRIBUTES_AFTER_CONTENT_TYPE:
+        value = attributes.get(name)
+        if value is not None:
+            parts += (b',"', name.encode(), b'":', jackson.dumps_str(value))
+    moment = attributes.get("time")
+    if moment is not None:
+        parts += (b',"time":', jackson.dumps_str(_rfc3339(moment) if isinstance(moment, datetime) else str(moment)))
+    for name in jackson.java_hashmap_order(extensions):
+        parts += (b',"', name.encode(), b'":', _extension_bytes(name, extensions[name]))
+    parts += (b',"data":', data, b"}")
+    return b"".join(parts)
+
+
+def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]]:
+    """The original event of a message body, and the transport extensions the runtime added to it.
+
+    Raises ``DataError`` when the body is not a valid CloudEvent (the caller dead-letters it).
+    """
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"message body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise DataError(f"message body is a JSON {type(document).__name__}, not a CloudEvent object")
+    wire_data = document.pop("data", None)
+    wire_base64 = document.pop("data_base64", None)
+    transport = {name: document.pop(name) for name in list(document) if name in TRANSPORT_EXTENSIONS}
+    encoding = document.pop(DATA_ENCODING_EXTENSION, None)
+    original_type = document.pop(CONTENT_TYPE_EXTENSION, None)
+    if encoding is None:
+        data = _decode_base64(wire_base64) if wire_data is None and wire_base64 is not None else wire_data
+    else:
+        data = _restore_data(encoding, wire_data)
+        if original_type is None:
+            document.pop("datacontenttype", None)
+        else:
+            document["datacontenttype"] = original_type
+    moment = document.get("time")
+    if isinstance(moment, str):
+        try:
+            document["time"] = datetime.fromisoformat(moment)
+        except ValueError as exc:
+            raise DataError(f"event time {moment!r} is not RFC 3339") from exc
+    try:
+        event = CloudEvent(document, data)
+    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
+        raise DataError(f"message body is not a valid CloudEvent: {exc}") from exc
+    if moment is None:
+        # The SDK stamps a missing time with "now"; an event published without one stays without one.
+        event.get_attributes().pop("time", None)
+    return event, transport
+
+
+def body_to_event(body: bytes) -> CloudEvent:
+    """The original event of a message body (see ``body_to_event_and_transport``)."""
+    return body_to_event_and_transport(body)[0]
+
+
+def _restore_data(encoding: Any, wire_data: Any) -> Any:
+    if encoding == "json":
+        return wire_data
+    if encoding == "none":
+        return None
+    if not isinstance(wire_data, str):
+        raise DataError(f"{DATA_ENCODING_EXTENSION}={encoding!r} needs string data, got {type(wire_data).__name__}")
+    if encoding == "text":
+        return wire_data
+    if encoding == "base64":
+        return _decode_base64(wire_data)
+    raise DataError(f"unknown {DATA_ENCODING_EXTENSION} {encoding!r}; expected json, text, base64 or none")
+
+
+def _decode_base64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise DataError("data_base64 must be a string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise DataError(f"event data is not valid base64: {exc}") from exc
+
+
+def publish_package(event: CloudEvent, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> Package:
+    """The frame a client sends to publish ``event`` (ASYNC/BROADCAST_MESSAGE_TO_SERVER, REQUEST/RESPONSE_TO_SERVER)."""
+    version = event.get_specversion()
+    properties = _PUBLISH_PROPERTIES.get(version)
+    if properties is None:
+        raise DataError(f"specversion {version!r} is not one the Java runtime accepts (1.0 or 0.3)")
+    return Package(Header(command, seq=seq, properties=properties), event_to_body(event))
+
+
+def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes | None = None) -> Package:
+    """The frame a mesh pushes to a subscriber; ``body`` (already encoded) avoids encoding ``event`` again."""
+    return Package(Header(command, seq=seq, properties=_PUSH_PROPERTIES), event_to_body(event) if body is None else body)
+
+
+def ack_package(push: Package) -> Package:
+    """The acknowledgement of a pushed frame: ``<cmd>_ACK``, the same seq, code 0, no properties, no body."""
+    command = _ACK_OF_PUSH.get(push.header.command)
+    if command is None:
+        raise LocalProtocolError(f"{push.header.command.name} is not a push and cannot be acknowledged")
+    return Package(Header(command, seq=push.header.seq))
