@@ -1,0 +1,695 @@
+"""The asyncio shell of the embedded mesh: one :class:`_Session` per TCP connection, one tick per loop turn.
+
+Frames go through the sans-IO codec (:mod:`runtime.protocol.frames`). Each session buffers what it
+has to say; at the end of every loop turn that did something, :meth:`EmbeddedMesh._tick` lets the
+broker push what it can, commits the turn's changes to the store (when there is one) and only then
+writes every session's buffer with one transport write. A timer does the rest: redelivery of pushes
+not acked in time, expiry of sessions that stopped heartbeating, expiry of unanswered requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import structlog
+
+from runtime.errors import RemoteProtocolError
+from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout
+from runtime.mesh.store import MeshStore
+from runtime.protocol.frames import (
+    Command,
+    FrameDecoder,
+    Header,
+    HeaderlessFrame,
+    Package,
+    SubscriptionItem,
+    SubscriptionMode,
+    SubscriptionType,
+    UserAgent,
+    encode,
+)
+from runtime.record import EXTENSION_NAME
+
+__all__ = ["EmbeddedMesh"]
+
+log = structlog.get_logger("meshconnect.mesh")
+
+SUCCESS = "success"
+NO_SESSION = "no session is found"
+GRACEFUL_QUIT = "graceful normal quit from eventmesh"
+STOP_GRACE_SECONDS = 5.0  # how long stop() lets sessions read their goodbye before cutting them off
+DEFAULT_REQUEST_TTL_MS = 3000  # as the Java runtime, when the request carries no 'ttl' extension
+PUSH_PROPERTIES: Mapping[str, Any] = {"protocoltype": "cloudevents"}
+PUBLISH_PROPERTIES = ("protocoltype", "protocolversion", "protocoldesc")
+CONTEXT_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}
+)
+
+# The answer to each request command (and to a command sent before HELLO), as the Java runtime's table.
+REPLY_COMMAND = {
+    Command.HELLO_REQUEST: Command.HELLO_RESPONSE,
+    Command.RECOMMEND_REQUEST: Command.RECOMMEND_RESPONSE,
+    Command.HEARTBEAT_REQUEST: Command.HEARTBEAT_RESPONSE,
+    Command.SUBSCRIBE_REQUEST: Command.SUBSCRIBE_RESPONSE,
+    Command.UNSUBSCRIBE_REQUEST: Command.UNSUBSCRIBE_RESPONSE,
+    Command.LISTEN_REQUEST: Command.LISTEN_RESPONSE,
+    Command.REQUEST_TO_SERVER: Command.RESPONSE_TO_CLIENT,
+    Command.ASYNC_MESSAGE_TO_SERVER: Command.ASYNC_MESSAGE_TO_SERVER_ACK,
+    Command.BROADCAST_MESSAGE_TO_SERVER: Command.BROADCAST_MESSAGE_TO_SERVER_ACK,
+    Command.CLIENT_GOODBYE_REQUEST: Command.CLIENT_GOODBYE_RESPONSE,
+}
+
+
+class _Refused(Exception):
+    """A request the mesh answers with code 1 and this reason."""
+
+
+@dataclass(slots=True, eq=False)
+class _RequestPush:
+    """A REQUEST_TO_CLIENT from request-reply, in the responder's in-flight map until acked."""
+
+    deadline: float
+
+
+@dataclass(slots=True, eq=False)
+class _PendingRequest:
+    """A REQUEST_TO_SERVER waiting for its RESPONSE_TO_SERVER."""
+
+    requester: _Session
+    seq: str | None
+    deadline: float
+
+
+def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]:
+    """The published CloudEvent as JSON, validated the way the Java runtime validates a publish."""
+    properties = package.header.properties
+    for key in PUBLISH_PROPERTIES:
+        if not properties.get(key):
+            raise _Refused(f"header property '{key}' is missing: publish with protocoltype, protocolversion and protocoldesc")
+    if properties["protocoltype"] != "cloudevents":
+        raise _Refused(f"protocoltype {properties['protocoltype']!r} is not supported by the embedded mesh: publish CloudEvents")
+    for key in properties:
+        if not EXTENSION_NAME.match(key):
+            raise _Refused(f"header property name {key!r} is invalid: extension names are [a-z0-9]+")
+    if not package.body:
+        raise _Refused("the publish has no body: send the CloudEvent in structured JSON")
+    try:
+        event = orjson.loads(package.body)
+    except orjson.JSONDecodeError as exc:
+        raise _Refused(f"the body is not CloudEvents JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise _Refused("the body is not a CloudEvents JSON object")
+    for attribute in ("specversion", "id", "source", "type"):
+        if not isinstance(event.get(attribute), str) or not event[attribute]:
+            raise _Refused(f"the event has no '{attribute}' attribute")
+    subject = event.get("subject")
+    if not isinstance(subject, str) or not subject.strip():
+        raise _Refused("the event has no subject: the subject is the topic to publish to")
+    for name in event:
+        if name not in CONTEXT_ATTRIBUTES and not EXTENSION_NAME.match(name):
+            raise _Refused(f"extension name {name!r} is invalid: extension names are [a-z0-9]+")
+    data = event.get("data")
+    if data is None and event.get("data_base64") is None:
+        raise _Refused("the event data is null: the mesh needs data (send an empty string for none)")
+    if max_event_size is not None:
+        size = len(event["data_base64"]) * 3 // 4 if data is None else len(orjson.dumps(data))
+        if size > max_event_size:
+            raise _Refused(f"the event data is {size} bytes, above the mesh's max_event_size of {max_event_size}")
+    return event
+
+
+class _Session(asyncio.Protocol):
+    """One client connection: its HELLO, subscriptions, pushes in flight and output buffer."""
+
+    def __init__(self, mesh: EmbeddedMesh) -> None:
+        self._mesh = mesh
+        self._decoder = FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._close_after_flush = False
+        self.peer = "?"
+        self.user_agent: UserAgent | None = None
+        self.subscriptions: dict[str, SubscriptionItem] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.push_commands: dict[str, Command] = {}
+        self.inflight: dict[str, Delivery | _RequestPush] = {}
+        self.listening = False
+        self.last_heartbeat = 0.0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"_Session({self.peer})"
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.last_heartbeat = self._mesh.now()
+        self._mesh.session_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        frames, error = self._decoder.feed_java(data)
+        mesh = self._mesh
+        for frame in frames:
+            if isinstance(frame, HeaderlessFrame):
+                # As the Java runtime: a frame without a command ends the session with a goodbye.
+                log.warning("mesh.session.headerless_frame", peer=self.peer)
+                self.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, code=1, desc="a frame had no header or no cmd"), None))
+                self.close_after_flush()
+                break
+            mesh.handle(self, frame)
+            if self._close_after_flush:
+                break
+        else:
+            if error is not None:
+                # As the Java runtime: bytes that do not decode close the connection without an answer.
+                log.warning("mesh.session.undecodable", peer=self.peer, error=str(error))
+                self.abort()
+                return
+        mesh.schedule_tick()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._mesh.session_closed(self)
+
+    def pause_writing(self) -> None:
+        # The peer does not read what we write: stop reading what it sends until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # -- output --------------------------------------------------------------------------------
+
+    def send(self, package: Package) -> None:
+        if not self.closed:
+            self._out.append(encode(package))
+            self._mesh.output_pending(self)
+
+    def reply(self, request: Package, code: int = 0, desc: str | None = SUCCESS, command: Command | None = None) -> None:
+        reply_command = command or REPLY_COMMAND.get(request.header.command, request.header.command)
+        self.send(Package(Header(reply_command, code=code, desc=desc, seq=request.header.seq), None))
+
+    @property
+    def closing(self) -> bool:
+        return self.closed or self._close_after_flush
+
+    def close_after_flush(self) -> None:
+        self._close_after_flush = True
+        self._mesh.output_pending(self)
+
+    def flush(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._out.clear()
+            return
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            transport.write(data)
+        if self._close_after_flush:
+            transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- broker.Subscriber ----------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return len(self.inflight) < self._mesh.max_unacked_per_session
+
+    def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
+        mesh = self._mesh
+        seq = mesh.next_seq()
+        self.inflight[seq] = Delivery(consumer, offset, mesh.now() + mesh.redelivery_timeout, fanout)
+        command = self.push_commands.get(consumer.topic.name, Command.ASYNC_MESSAGE_TO_CLIENT)
+        self.send(Package(Header(command, seq=seq, properties=PUSH_PROPERTIES), body))
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    def expire_pushes(self, now: float) -> None:
+        """Take back the pushes not acked in time; CLUSTERING ones go to the group again."""
+        inflight = self.inflight
+        while inflight:
+            seq, entry = next(iter(inflight.items()))
+            if entry.deadline > now:
+                return
+            del inflight[seq]
+            if not isinstance(entry, Delivery):
+                continue  # a request push: its requester has its own deadline
+            log.info("mesh.push.expired", peer=self.peer, topic=entry.consumer.topic.name, offset=entry.offset)
+            if entry.fanout is not None and self.listening and entry.consumer in self.consumers.values():
+                self.push(entry.consumer, entry.offset, entry.consumer.topic.events[entry.offset], entry.fanout)
+            else:
+                self._mesh.broker.abandoned(self, entry)
+
+
+class EmbeddedMesh:
+    """An EventMesh TCP server for tests and single-machine runs; see :mod:`runtime.mesh`.
+
+    ``users`` (user -> password) turns on the HELLO password check. ``data_dir`` makes events,
+    cursors and acks survive a crash. ``redelivery_timeout`` (s): a push not acked in time is pushed
+    again. ``session_timeout`` (s): a session that sent no HEARTBEAT_REQUEST for that long is closed.
+    ``max_topic_events``: retained events per topic before publishes are refused.
+    ``max_unacked_per_session``: pushes in flight per session. ``max_event_size``: data bytes per event.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        users: Mapping[str, str] | None = None,
+        data_dir: Path | None = None,
+        redelivery_timeout: float = 30.0,
+        session_timeout: float = 60.0,
+        max_topic_events: int = 100_000,
+        max_unacked_per_session: int = 1000,
+        max_event_size: int | None = None,
+    ) -> None:
+        if redelivery_timeout <= 0 or session_timeout <= 0:
+            raise ValueError("redelivery_timeout and session_timeout must be positive")
+        if max_topic_events < 1 or max_unacked_per_session < 1:
+            raise ValueError("max_topic_events and max_unacked_per_session must be at least 1")
+        self.host = host
+        self._requested_port = port
+        self.users = dict(users) if users is not None else None
+        self.data_dir = data_dir
+        self.redelivery_timeout = redelivery_timeout
+        self.session_timeout = session_timeout
+        self.max_unacked_per_session = max_unacked_per_session
+        self.max_event_size = max_event_size
+        self.broker = Broker(max_topic_events=max_topic_events, durable=data_dir is not None)
+        self._store: MeshStore | None = None
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._sessions: set[_Session] = set()
+        self._to_flush: dict[_Session, None] = {}
+        self._tick_scheduled = False
+        self._seq = itertools.count(1)
+        self._requests: dict[str, _PendingRequest] = {}
+        self._request_turn = 0
+        self._all_closed = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the mesh is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.data_dir is not None:
+            self._store = MeshStore(self.data_dir)
+            loaded = self._store.load(self.broker)
+            log.info("mesh.store.loaded", path=str(self._store.path), events=loaded, consumers=len(self.broker.consumers))
+        self._server = await self._loop.create_server(lambda: _Session(self), self.host, self._requested_port)
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="mesh-housekeeping")
+        log.info("mesh.started", host=self.host, port=self.port, durable=self._store is not None)
+
+    async def stop(self) -> None:
+        """Say SERVER_GOODBYE to every session, close them, stop listening and close the store."""
+        if self._server is None:
+            return
+        self._server.close()
+        for session in list(self._sessions):
+            session.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, desc=GRACEFUL_QUIT), None))
+            session.close_after_flush()
+        self._tick()
+        if self._sessions:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), STOP_GRACE_SECONDS)
+        for session in list(self._sessions):
+            session.abort()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+        await self._server.wait_closed()
+        self._server = None
+        self._tick()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        log.info("mesh.stopped")
+
+    async def __aenter__(self) -> EmbeddedMesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- introspection --------------------------------------------------------------------------------
+
+    def topic_depth(self, topic: str) -> int:
+        """Events retained in ``topic``'s log (not yet acked by every group that subscribed it)."""
+        found = self.broker.topics.get(topic)
+        return len(found.events) if found is not None else 0
+
+    def unacked(self, group: str, topic: str) -> int:
+        """Events of ``topic`` that ``group`` has not acked yet."""
+        return sum(consumer.unacked for consumer in self.broker.iter_consumers(topic) if consumer.group == group)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "address": self.address if self._server is not None else None,
+            "durable": self.data_dir is not None,
+            "sessions": len(self._sessions),
+            "topics": {
+                name: {
+                    "depth": len(topic.events),
+                    "groups": {f"{c.group}/{c.mode.name}": {"unacked": c.unacked} for c in topic.consumers},
+                }
+                for name, topic in self.broker.topics.items()
+            },
+        }
+
+    # -- plumbing used by sessions ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def next_seq(self) -> str:
+        return str(next(self._seq))
+
+    def session_opened(self, session: _Session) -> None:
+        self._sessions.add(session)
+        log.debug("mesh.session.opened", peer=session.peer)
+
+    def session_closed(self, session: _Session) -> None:
+        self._sessions.discard(session)
+        self._to_flush.pop(session, None)
+        broker = self.broker
+        for consumer in session.consumers.values():
+            broker.detach(session, consumer)
+        for seq, entry in session.inflight.items():
+            if isinstance(entry, Delivery):
+                broker.abandoned(session, entry)
+            else:
+                self._answer_request(seq, None, "the responder left before answering")
+        session.inflight.clear()
+        for seq, pending in list(self._requests.items()):
+            if pending.requester is session:
+                del self._requests[seq]
+        log.info("mesh.session.closed", peer=session.peer, group=session.user_agent.group if session.user_agent else None)
+        if not self._sessions:
+            self._all_closed.set()
+        self.schedule_tick()
+
+    def output_pending(self, session: _Session) -> None:
+        self._to_flush[session] = None
+        self.schedule_tick()
+
+    def schedule_tick(self) -> None:
+        if not self._tick_scheduled and self._loop is not None:
+            self._tick_scheduled = True
+            self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """End of a loop turn: push, make the turn's changes durable, then say what we have to say."""
+        try:
+            self.broker.settle()
+            changes = self.broker.take_changes()
+            if changes is not None and self._store is not None:
+                try:
+                    self._store.commit(changes)
+                except sqlite3.Error as exc:
+                    # Nothing of this turn may be acked: the mesh cannot keep its promise any more.
+                    log.error("mesh.store.failed", error=str(exc))
+                    for session in list(self._sessions):
+                        session.abort()
+                    self._to_flush.clear()
+                    return
+            to_flush, self._to_flush = self._to_flush, {}
+            for session in to_flush:
+                session.flush()
+        finally:
+            self._tick_scheduled = False
+
+    async def _housekeeping(self) -> None:
+        interval = min(1.0, max(0.01, min(self.redelivery_timeout, self.session_timeout) / 5))
+        while True:
+            await asyncio.sleep(interval)
+            now = self.now()
+            for session in list(self._sessions):
+                if session.closing:
+                    continue
+                if now - session.last_heartbeat > self.session_timeout:
+                    log.warning("mesh.session.expired", peer=session.peer)
+                    session.send(
+                        Package(
+                            Header(Command.SERVER_GOODBYE_REQUEST, code=1, desc=f"no heartbeat for {self.session_timeout:g} s"),
+                            None,
+                        )
+                    )
+                    session.close_after_flush()
+                    continue
+                session.expire_pushes(now)
+            for seq, pending in list(self._requests.items()):
+                if pending.deadline <= now:
+                    del self._requests[seq]
+            self.schedule_tick()
+
+    # -- the protocol -----------------------------------------------------------------------------------------
+
+    def handle(self, session: _Session, package: Package) -> None:
+        command = package.header.command
+        if command is Command.HELLO_REQUEST:
+            self._hello(session, package)
+            return
+        if session.user_agent is None:
+            if command is Command.RECOMMEND_REQUEST:
+                self._recommend(session, package)
+            else:
+                session.reply(package, code=1, desc=NO_SESSION)
+            return
+        handler = self._HANDLERS.get(command)
+        if handler is None:
+            session.reply(package, code=1, desc=f"{command.name} is not a command a client sends", command=command)
+            return
+        handler(self, session, package)
+
+    def _hello(self, session: _Session, package: Package) -> None:
+        try:
+            agent = package.user_agent()
+        except RemoteProtocolError:
+            agent = None
+        reason = self._refusal(agent)
+        if reason is not None:
+            log.warning("mesh.hello.refused", peer=session.peer, reason=reason)
+            session.reply(package, code=1, desc=reason)
+            session.close_after_flush()
+            return
+        assert agent is not None
+        if session.user_agent is None:
+            session.user_agent = agent
+            log.info("mesh.session.hello", peer=session.peer, group=agent.group, purpose=agent.purpose, user=agent.username)
+        session.reply(package)
+
+    def _refusal(self, agent: UserAgent | None) -> str | None:
+        if agent is None:
+            return "HELLO_REQUEST needs a UserAgent body"
+        if agent.version is None:
+            return "user agent version is null"
+        if agent.purpose not in ("pub", "sub"):
+            return f"user agent purpose {agent.purpose!r} is invalid: use 'pub' or 'sub'"
+        if agent.group is None or not agent.group.strip():
+            return "user agent group is blank: name the producer or consumer group"
+        if self.users is not None:
+            expected = self.users.get(agent.username or "")
+            given = agent.password or ""
+            if expected is None or not hmac.compare_digest(expected.encode(), given.encode()):
+                return f"authentication failed for user {agent.username!r}: unknown user or wrong password"
+        return None
+
+    def _recommend(self, session: _Session, package: Package) -> None:
+        header = Header(Command.RECOMMEND_RESPONSE, desc=SUCCESS, seq=package.header.seq)
+        session.send(Package.with_json(header, self.address))
+
+    def _heartbeat(self, session: _Session, package: Package) -> None:
+        session.last_heartbeat = self.now()
+        session.reply(package)
+
+    def _goodbye(self, session: _Session, package: Package) -> None:
+        session.reply(package)
+        session.close_after_flush()
+
+    def _server_goodbye_response(self, session: _Session, package: Package) -> None:
+        log.debug("mesh.session.goodbye_answered", peer=session.peer)
+
+    def _subscribe(self, session: _Session, package: Package) -> None:
+        assert session.user_agent is not None
+        try:
+            subscription = package.subscription()
+        except RemoteProtocolError:
+            subscription = None
+        items = subscription.topic_list if subscription is not None else ()
+        if not items:
+            session.reply(package, code=1, desc="the subscription names no topic")
+            return
+        for item in items:
+            if not item.topic or not item.topic.strip():
+                session.reply(package, code=1, desc="a subscription item has a blank topic")
+                return
+        for item in items:
+            if item.topic in session.subscriptions:
+                continue  # as the Java runtime: the first subscription of a topic wins
+            consumer = self.broker.consumer(session.user_agent.group or "", item.topic, item.mode)
+            session.subscriptions[item.topic] = item
+            session.consumers[item.topic] = consumer
+            if item.mode is SubscriptionMode.BROADCASTING:
+                session.push_commands[item.topic] = Command.BROADCAST_MESSAGE_TO_CLIENT
+            elif item.type is SubscriptionType.SYNC:
+                session.push_commands[item.topic] = Command.REQUEST_TO_CLIENT
+            else:
+                session.push_commands[item.topic] = Command.ASYNC_MESSAGE_TO_CLIENT
+            self.broker.attach(session, consumer)
+        log.info("mesh.session.subscribed", peer=session.peer, group=session.user_agent.group, topics=[i.topic for i in items])
+        session.reply(package)
+
+    def _unsubscribe(self, session: _Session, package: Package) -> None:
+        # As the Java runtime: the body is ignored and every topic of the session is dropped.
+        for consumer in session.consumers.values():
+            self.broker.detach(session, consumer)
+        session.subscriptions.clear()
+        session.consumers.clear()
+        session.push_commands.clear()
+        session.reply(package)
+
+    def _listen(self, session: _Session, package: Package) -> None:
+        assert session.user_agent is not None
+        if session.user_agent.purpose != "sub":
+            session.reply(package, code=1, desc="client purpose config is not sub")
+            return
+        session.reply(package)
+        session.listening = True
+        self.broker.pump_all_of(session.consumers.values())
+
+    def _publish(self, session: _Session, package: Package) -> None:
+        try:
+            event = _parse_event(package, self.max_event_size)
+        except _Refused as refused:
+            session.reply(package, code=1, desc=str(refused))
+            return
+        assert package.body is not None
+        topic: str = event["subject"]
+        if self.broker.append(topic, package.body) is None:
+            groups = sorted({consumer.group for consumer in self.broker.iter_consumers(topic)})
+            reason = f"topic {topic!r} is full ({self.broker.max_topic_events} events wait for groups {groups}): retry later"
+            session.reply(package, code=1, desc=reason)
+            return
+        session.reply(package)
+
+    def _push_ack(self, session: _Session, package: Package) -> None:
+        seq = package.header.seq
+        entry = session.inflight.pop(seq, None) if seq is not None else None
+        if entry is None:
+            return  # late (already redelivered) or unknown: nothing to do
+        if isinstance(entry, Delivery):
+            self.broker.acked(session, entry)
+        self.broker.pump_all_of(session.consumers.values())
+
+    def _request(self, session: _Session, package: Package) -> None:
+        try:
+            event = _parse_event(package, self.max_event_size)
+        except _Refused as refused:
+            session.reply(package, code=1, desc=str(refused))
+            return
+        topic: str = event["subject"]
+        responder = self._pick_responder(topic)
+        if responder is None:
+            session.reply(package, code=1, desc=f"no session listens to topic {topic!r} with a SYNC subscription")
+            return
+        try:
+            ttl = int(event.get("ttl", DEFAULT_REQUEST_TTL_MS)) / 1000
+        except (TypeError, ValueError):
+            ttl = DEFAULT_REQUEST_TTL_MS / 1000
+        now = self.now()
+        seq = self.next_seq()
+        self._requests[seq] = _PendingRequest(session, package.header.seq, now + ttl)
+        responder.inflight[seq] = _RequestPush(now + self.redelivery_timeout)
+        responder.send(Package(Header(Command.REQUEST_TO_CLIENT, seq=seq, properties=PUSH_PROPERTIES), package.body))
+
+    def _pick_responder(self, topic: str) -> _Session | None:
+        candidates = [
+            session
+            for consumer in self.broker.iter_consumers(topic)
+            for session in consumer.sessions
+            if isinstance(session, _Session)
+            and session.listening
+            and session.has_room()
+            and session.push_commands.get(topic) is Command.REQUEST_TO_CLIENT
+        ]
+        if not candidates:
+            return None
+        self._request_turn += 1
+        return candidates[self._request_turn % len(candidates)]
+
+    def _response(self, session: _Session, package: Package) -> None:
+        # The responder answers with the seq of the REQUEST_TO_CLIENT it answers.
+        seq = package.header.seq
+        if seq is None or not self._answer_request(seq, package.body, None):
+            log.info("mesh.response.unmatched", peer=session.peer, seq=seq)
+
+    def _answer_request(self, seq: str, body: bytes | None, failure: str | None) -> bool:
+        pending = self._requests.pop(seq, None)
+        if pending is None or pending.requester.closed:
+            return False
+        if failure is None:
+            header = Header(Command.RESPONSE_TO_CLIENT, seq=pending.seq, properties=PUSH_PROPERTIES)
+        else:
+            header = Header(Command.RESPONSE_TO_CLIENT, code=1, desc=failure, seq=pending.seq)
+        pending.requester.send(Package(header, body if failure is None else None))
+        return True
+
+    def _response_ack(self, session: _Session, package: Package) -> None:
+        """RESPONSE_TO_CLIENT_ACK: the requester got its answer; nothing is kept for it."""
+
+    _HANDLERS: ClassVar[Mapping[Command, Callable[[EmbeddedMesh, _Session, Package], None]]] = {
+        Command.HEARTBEAT_REQUEST: _heartbeat,
+        Command.CLIENT_GOODBYE_REQUEST: _goodbye,
+        Command.SERVER_GOODBYE_RESPONSE: _server_goodbye_response,
+        Command.RECOMMEND_REQUEST: _recommend,
+        Command.SUBSCRIBE_REQUEST: _subscribe,
+        Command.UNSUBSCRIBE_REQUEST: _unsubscribe,
+        Command.LISTEN_REQUEST: _listen,
+        Command.ASYNC_MESSAGE_TO_SERVER: _publish,
+        Command.BROADCAST_MESSAGE_TO_SERVER: _publish,
+        Command.REQUEST_TO_SERVER: _request,
+        Command.RESPONSE_TO_SERVER: _response,
+        Command.ASYNC_MESSAGE_TO_CLIENT_ACK: _push_ack,
+        Command.BROADCAST_MESSAGE_TO_CLIENT_ACK: _push_ack,
+        Command.REQUEST_TO_CLIENT_ACK: _push_ack,
+        Command.RESPONSE_TO_CLIENT_ACK: _response_ack,
+    }
