@@ -14,14 +14,22 @@ import base64
 import binascii
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from runtime.errors import DataError
 from runtime.record import ConnectorRecord, JsonValue, is_json_content_type
 
-__all__ = ["CONTENT_TYPE", "record_from_json", "record_from_mapping", "record_to_json", "record_to_mapping"]
+__all__ = [
+    "CONTENT_TYPE",
+    "PayloadFormat",
+    "record_from_payload",
+    "record_from_json",
+    "record_from_mapping",
+    "record_to_json",
+    "record_to_mapping",
+]
 
 CONTENT_TYPE = "application/cloudevents+json"
 _REQUIRED = ("id", "source", "type")
@@ -117,3 +125,35 @@ def _parse_time(value: Any) -> datetime:
     except ValueError as exc:
         raise DataError(f"CloudEvent attribute 'time' is not RFC 3339: {value!r}") from exc
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+PayloadFormat = Literal["cloudevents", "json", "text", "binary"]
+"""How a source reads message payloads: a structured CloudEvent, JSON data, UTF-8 text or raw bytes."""
+
+
+def record_from_payload(payload: bytes, payload_format: PayloadFormat) -> ConnectorRecord:
+    """The record of one message payload read by a source.
+
+    A payload that is not what ``payload_format`` promises is not dropped: invalid JSON keeps its
+    JSON content type, so the worker dead-letters it with the parse error as the reason; a payload
+    that is no valid CloudEvent travels on as binary data with the reason in the ``meshformaterror``
+    extension, so a stray message on a shared queue is visible, not lost.
+    """
+    if payload_format == "cloudevents":
+        try:
+            return record_from_json(payload)
+        except DataError as exc:
+            return ConnectorRecord(
+                data=payload, datacontenttype="application/octet-stream", extensions={"meshformaterror": exc.reason[:500]}
+            )
+    if payload_format == "json":
+        try:
+            return ConnectorRecord(data=orjson.loads(payload), datacontenttype="application/json")
+        except orjson.JSONDecodeError:
+            return ConnectorRecord(data=payload, datacontenttype="application/json")
+    if payload_format == "text":
+        try:
+            return ConnectorRecord(data=payload.decode(), datacontenttype="text/plain")
+        except UnicodeDecodeError:
+            return ConnectorRecord(data=payload, datacontenttype="text/plain")
+    return ConnectorRecord(data=payload, datacontenttype="application/octet-stream")

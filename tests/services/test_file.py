@@ -9,11 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runtime.connector import SinkContext
-from runtime.errors import ConfigError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime.connector import SinkContext, SourceContext
+from runtime.errors import ConfigError, DataError, RetriableError
+from runtime.record import ConnectorRecord, partition_key, record_to_cloudevent
 from services.cloudevents_json import record_from_json
 from services.file_sink.connector import FileSink, FileSinkConfig
+from services.file_source.connector import FileSource, FileSourceConfig
 
 
 def _event(n: int, **overrides: object) -> ConnectorRecord:
@@ -128,3 +129,120 @@ async def test_write_failure_is_retriable_and_the_next_batch_goes_to_a_new_file(
     await sink.put([_event(2)])  # the disk has room again: the retried batch lands
     await sink.stop()
     assert sorted(line["id"] for line in _lines(tmp_path / "out")) == ["id-1", "id-2"]
+
+
+# -- file-source ------------------------------------------------------------------------------
+
+
+async def _source(paths: list[str], offsets: dict[str, dict[str, object]] | None = None, **overrides: object) -> FileSource:
+    source = FileSource(FileSourceConfig.model_validate({"paths": paths, "scan_interval": 0.05, **overrides}))
+    await source.start(SourceContext(connector_name="file-source", committed_offsets=offsets or {}))
+    return source
+
+
+async def _drain(source: FileSource, rounds: int = 3) -> list[ConnectorRecord]:
+    records: list[ConnectorRecord] = []
+    for _ in range(rounds):
+        records.extend(await source.poll())
+    return records
+
+
+def _committed(records: list[ConnectorRecord]) -> dict[str, dict[str, object]]:
+    return {partition_key(record.partition): dict(record.offset) for record in records}
+
+
+async def test_source_reads_complete_lines_and_waits_for_the_rest(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_bytes(b"one\ntwo\r\nthr")
+    source = await _source([str(tmp_path / "*.log")])
+    try:
+        first = await _drain(source)
+        assert [record.data for record in first] == ["one", "two"]
+        assert [record.offset for record in first] == [{"position": 4}, {"position": 9}]
+        with log_file.open("ab") as handle:
+            handle.write(b"ee\n")
+        assert [record.data for record in await _drain(source)] == ["three"]
+        stat = log_file.stat()
+        assert first[0].partition == {"device": stat.st_dev, "inode": stat.st_ino}
+        assert first[0].extensions["file"] == str(log_file)
+    finally:
+        await source.stop()
+
+
+async def test_source_follows_rotation_by_rename_without_loss_or_duplicates(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_text("a1\na2\n")
+    source = await _source([str(tmp_path / "app.log*")])
+    try:
+        seen = await _drain(source)
+        with log_file.open("a") as handle:
+            handle.write("a3\n")  # written just before the rotation, not yet read
+        log_file.rename(tmp_path / "app.log.1")
+        log_file.write_text("b1\n")
+        await asyncio.sleep(0.1)
+        seen += await _drain(source)
+        assert sorted(str(record.data) for record in seen) == ["a1", "a2", "a3", "b1"]
+        assert len({partition_key(record.partition) for record in seen}) == 2
+    finally:
+        await source.stop()
+
+
+async def test_source_resumes_from_committed_positions(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_text("".join(f"line {n}\n" for n in range(10)))
+    source = await _source([str(log_file)], batch_size=4)
+    first = await source.poll()
+    await source.stop()
+    assert len(first) == 4
+    with log_file.open("a") as handle:
+        handle.write("line 10\n")
+    source = await _source([str(log_file)], offsets=_committed(first))
+    try:
+        rest = await _drain(source)
+    finally:
+        await source.stop()
+    assert [record.data for record in first + rest] == [f"line {n}" for n in range(11)]
+    ids = {
+        record_to_cloudevent(r, connector="file-source", default_source="/s", default_type="t", default_subject="x").get_id()
+        for r in first + rest
+    }
+    assert len(ids) == 11
+
+
+async def test_source_rereads_a_truncated_file_and_can_start_at_the_end(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_text("old 1\nold 2\n")
+    source = await _source([str(log_file)], from_beginning=False)
+    try:
+        assert await _drain(source) == []
+        log_file.write_text("new\n")  # truncated and rewritten in place
+        assert [record.data for record in await _drain(source)] == ["new"]
+    finally:
+        await source.stop()
+
+
+async def test_file_sink_output_reads_back_through_the_source_as_the_same_events(tmp_path: Path) -> None:
+    sink = await _sink(tmp_path)
+    sent = [_event(1), _event(2, data=b"\x01", datacontenttype=None), _event(3, extensions={"k": "v"})]
+    await sink.put(sent)
+    await sink.stop()
+    source = await _source([str(tmp_path / "out" / "*.jsonl")], format="cloudevents")
+    try:
+        got = await _drain(source)
+    finally:
+        await source.stop()
+    assert [(r.id, r.data, r.subject, r.timestamp) for r in got] == [(r.id, r.data, r.subject, r.timestamp) for r in sent]
+    assert got[2].extensions["k"] == "v"
+
+
+async def test_source_bad_json_line_is_dead_lettered_by_the_worker_with_the_reason(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.jsonl"
+    log_file.write_text('{"ok": 1}\n{broken\n')
+    source = await _source([str(log_file)], format="json")
+    try:
+        good, bad = await _drain(source)
+    finally:
+        await source.stop()
+    assert good.data == {"ok": 1}
+    with pytest.raises(DataError, match="not valid JSON"):
+        record_to_cloudevent(bad, connector="file-source", default_source="/s", default_type="t", default_subject="x")

@@ -1,0 +1,1 @@
+"""file-source: tail files line by line."""

@@ -1,0 +1,5 @@
+from runtime.app import main_for
+
+from services.file_source.connector import FileSource
+
+main_for(FileSource)
