@@ -1,5 +1,13 @@
 """Sans-IO EventMesh TCP protocol: frames (``frames``), Jackson-exact JSON (``jackson``), CloudEvent mapping (``events``)."""
 
+from runtime.protocol.events import (
+    ack_package,
+    body_to_event,
+    body_to_event_and_transport,
+    event_to_body,
+    publish_package,
+    push_package,
+)
 from runtime.protocol.frames import (
     MAX_FRAME,
     Command,
@@ -30,6 +38,12 @@ __all__ = [
     "SubscriptionMode",
     "SubscriptionType",
     "UserAgent",
+    "ack_package",
+    "body_to_event",
+    "body_to_event_and_transport",
     "encode",
+    "event_to_body",
     "java_hashmap_order",
+    "publish_package",
+    "push_package",
 ]

@@ -558,15 +558,17 @@ class FrameDecoder:
     many bytes. A length prefix announcing an oversized frame is refused as soon as it arrives.
     """
 
-    __slots__ = ("_buffer", "_error")
+    __slots__ = ("_buffer", "_error", "_stranded")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._error: RemoteProtocolError | None = None
+        self._stranded = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Bytes received but not delivered as packages (after an error: those from the bad frame on)."""
+        return len(self._buffer) + self._stranded
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Package]:
         """Packages completed by ``data``. Raises ``RemoteProtocolError`` on any malformed or headerless frame."""
@@ -612,6 +614,7 @@ class FrameDecoder:
                 position += frame_size
         except RemoteProtocolError as exc:
             self._error = exc
+            self._stranded = end - position
             view.release()
             self._buffer = bytearray()
             return frames, exc
