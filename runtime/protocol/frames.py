@@ -174,20 +174,34 @@ def _reject_constant(name: str) -> Any:
 
 _LENIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_JAVA_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
-def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
-    """Parse the first JSON value; like Jackson, ignore bytes after it and replace invalid UTF-8."""
+def _parse_json(raw: bytes | bytearray | memoryview, *, from_bytes: bool = False) -> Any:
+    """Parse the first JSON value and ignore what follows it, as Jackson does by default.
+
+    Java reads bodies from a ``String`` (invalid UTF-8 already replaced) but the header from the bytes,
+    where invalid UTF-8 inside the value is an error and a leading byte order mark is skipped.
+    """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    text = bytes(raw).decode("utf-8", "replace")
+    if from_bytes:
+        text = bytes(raw).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    else:
+        text = bytes(raw).decode("utf-8", "replace")
     start = _JSON_WHITESPACE.match(text)
+    begin = start.end() if start else 0
     try:
-        value, _ = _LENIENT_JSON.raw_decode(text, start.end() if start else 0)
+        value, end = _LENIENT_JSON.raw_decode(text, begin)
     except json.JSONDecodeError as exc:
         raise _JsonInvalid(f"not JSON ({exc.msg} at character {exc.pos})") from exc
+    except RecursionError as exc:
+        raise _JsonInvalid("JSON nested too deeply") from exc
+    if from_bytes and _ESCAPED_BYTE.search(text, begin, end):
+        raise _JsonInvalid("invalid UTF-8")
     return value
 
 
@@ -216,10 +230,9 @@ def _as_int(value: Any, name: str) -> int:
         text = value.strip()
         if not text:
             return 0
-        try:
-            value = int(text)
-        except ValueError as exc:
-            raise _JsonInvalid(f"'{name}' must be an int, got {value!r}") from exc
+        if not _JAVA_INT_TEXT.fullmatch(text):
+            raise _JsonInvalid(f"'{name}' must be an int, got {value!r}")
+        value = int(text)
     elif not isinstance(value, int):
         raise _JsonInvalid(f"'{name}' must be an int, got {type(value).__name__}")
     if not _INT_MIN <= value <= _INT_MAX:
@@ -506,7 +519,7 @@ def encode_raw(header_json: bytes, body: bytes) -> bytes:
 def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]:
     """Jackson's reading of ``Header``: (header, None), or (None, view) when cmd is missing or null."""
     try:
-        value = _as_object(_parse_json(raw), "the header")
+        value = _as_object(_parse_json(raw, from_bytes=True), "the header")
         if value is None:
             return None, None
         command = _as_enum(value.get("cmd"), Command, "cmd")
