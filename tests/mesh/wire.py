@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from typing import Any
@@ -46,7 +47,15 @@ def event_body(topic: str, data: Any = None, *, event_id: str | None = None, **e
 
 
 def user_agent(group: str = "group", purpose: str = "sub", **fields: Any) -> UserAgent:
-    values: dict[str, Any] = {"env": "test", "subsystem": "5017", "pid": 1, "version": "2.0", "idc": "FT", "group": group, "purpose": purpose}
+    values: dict[str, Any] = {
+        "env": "test",
+        "subsystem": "5017",
+        "pid": 1,
+        "version": "2.0",
+        "idc": "FT",
+        "group": group,
+        "purpose": purpose,
+    }
     values.update(fields)
     return UserAgent(**values)
 
@@ -68,7 +77,9 @@ class Peer:
     @classmethod
     async def hello(cls, port: int, group: str = "group", purpose: str = "sub", **fields: Any) -> Peer:
         peer = await cls.connect(port)
-        answer = await peer.request(Package.with_json(Header(Command.HELLO_REQUEST, seq=peer.seq()), user_agent(group, purpose, **fields).json_fields()))
+        answer = await peer.request(
+            Package.with_json(Header(Command.HELLO_REQUEST, seq=peer.seq()), user_agent(group, purpose, **fields).json_fields())
+        )
         assert answer.header.code == 0, answer.header.desc
         return peer
 
@@ -82,9 +93,9 @@ class Peer:
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def receive(self, timeout: float = 5.0) -> Package:
+    async def receive(self, within: float = 5.0) -> Package:
         """The next frame from the mesh."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while not self.inbox:
                 data = await self.reader.read(65536)
                 if not data:
@@ -100,23 +111,24 @@ class Peer:
             return
         raise AssertionError(f"unexpected {package.header.command.name} seq={package.header.seq}")
 
-    async def closed_within(self, timeout: float = 5.0) -> list[Package]:
+    async def closed_within(self, within: float = 5.0) -> list[Package]:
         """Wait until the mesh closes the connection; the frames it sent before."""
         received = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 try:
-                    received.append(await self.receive(timeout))
+                    received.append(await self.receive(within))
                 except ConnectionError:
+                    self.writer.close()
                     return received
 
-    async def request(self, package: Package, timeout: float = 5.0) -> Package:
+    async def request(self, package: Package, within: float = 5.0) -> Package:
         """Send ``package`` and return the answer with its seq (pushes arriving first are kept)."""
         self.send(package)
         kept = []
         try:
             while True:
-                answer = await self.receive(timeout)
+                answer = await self.receive(within)
                 if answer.header.seq == package.header.seq and answer.header.command not in PUSH_ACK:
                     return answer
                 kept.append(answer)
@@ -135,13 +147,17 @@ class Peer:
         listen: bool = True,
     ) -> None:
         subscription = Subscription((SubscriptionItem(topic, mode, kind),))
-        answer = await self.request(Package.with_json(Header(Command.SUBSCRIBE_REQUEST, seq=self.seq()), subscription.json_fields()))
+        answer = await self.request(
+            Package.with_json(Header(Command.SUBSCRIBE_REQUEST, seq=self.seq()), subscription.json_fields())
+        )
         assert answer.header.code == 0, answer.header.desc
         if listen:
             answer = await self.call(Command.LISTEN_REQUEST)
             assert answer.header.code == 0, answer.header.desc
 
-    def publish_package(self, body: bytes, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, properties: dict[str, Any] | None = None) -> Package:
+    def publish_package(
+        self, body: bytes, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, properties: dict[str, Any] | None = None
+    ) -> Package:
         return Package(Header(command, seq=self.seq(), properties=PUBLISH_PROPERTIES if properties is None else properties), body)
 
     async def publish(self, body: bytes, command: Command = Command.ASYNC_MESSAGE_TO_SERVER) -> Package:
@@ -161,19 +177,19 @@ class Peer:
             wanted.remove(answer.header.seq)
         return bodies
 
-    async def push(self, timeout: float = 5.0) -> Package:
-        package = await self.receive(timeout)
+    async def push(self, within: float = 5.0) -> Package:
+        package = await self.receive(within)
         assert package.header.command in PUSH_ACK, f"{package.header.command.name}: {package.header.desc}"
         return package
 
     def ack(self, push: Package) -> None:
         self.send(Package(Header(PUSH_ACK[push.header.command], seq=push.header.seq), None))
 
-    async def take(self, count: int, *, ack: bool = True, timeout: float = 5.0) -> list[Package]:
+    async def take(self, count: int, *, ack: bool = True, within: float = 5.0) -> list[Package]:
         """Receive ``count`` pushes, acking each (unless told not to)."""
         pushes = []
         for _ in range(count):
-            push = await self.push(timeout)
+            push = await self.push(within)
             if ack:
                 self.ack(push)
             pushes.append(push)
@@ -181,10 +197,8 @@ class Peer:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 def numbers(pushes: list[Package]) -> list[int]:
