@@ -1,0 +1,57 @@
+"""The worker's mesh sessions: the client built from the config, opened with retries, watched for /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from runtime.client import MeshClient
+from runtime.config import WorkerConfig
+from runtime.errors import RetriableError
+from runtime.observability import StatusBoard
+from runtime.worker.retry import Backoff, retry_retriable
+
+__all__ = ["build_client", "mesh_session"]
+
+
+def build_client(config: WorkerConfig, purpose: Literal["pub", "sub"]) -> MeshClient:
+    """A :class:`MeshClient` for ``config.mesh``, in the group ``mesh.group`` or else the instance name."""
+    return MeshClient.from_settings(config.mesh, group=config.name, purpose=purpose)
+
+
+@contextlib.asynccontextmanager
+async def mesh_session(
+    config: WorkerConfig, purpose: Literal["pub", "sub"], board: StatusBoard, stop: asyncio.Event, *, watch: bool = True
+) -> AsyncIterator[MeshClient]:
+    """An open client (retrying the first connect with backoff); ``watch`` keeps ``board.mesh_connected`` current."""
+    backoff = Backoff(0.2, 5.0)
+
+    def failed(exc: RetriableError) -> None:
+        if watch:
+            board.set_mesh(False)
+
+    async def connect() -> MeshClient:
+        client = build_client(config, purpose)
+        await client.__aenter__()
+        return client
+
+    client = await retry_retriable(connect, what=f"mesh {config.mesh.address}", backoff=backoff, stop=stop, on_failure=failed)
+    watcher = asyncio.create_task(_watch(client, board)) if watch else None
+    try:
+        yield client
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            board.set_mesh(False)
+        await client.__aexit__(None, None, None)
+
+
+async def _watch(client: MeshClient, board: StatusBoard) -> None:
+    while True:
+        if client.connected != board.mesh_connected:
+            board.set_mesh(client.connected)
+        await asyncio.sleep(0.1)

@@ -1,0 +1,251 @@
+"""The sink worker: subscribe -> batch (size, linger) -> ``Sink.put`` -> ack, dead letters on the side.
+
+The order is the promise of at-least-once, stated once here:
+
+1. The session says HELLO as ``sub`` in the group ``mesh.group`` (default: the instance name),
+   subscribes every ``sink.topics`` (CLUSTERING, ASYNC) and listens. Pushed events queue in a
+   bounded buffer; when it is full the worker stops reading (TCP backpressure up to the mesh).
+2. A batch closes at ``sink.batch_size`` events or ``sink.linger_ms`` after its first event.
+3. ``put(records)`` runs. Only when it returned are the events acknowledged to the mesh: an
+   event is never acked before its write is durable.
+4. :class:`~runtime.errors.RetriableError` (the target is down): the same batch is retried with
+   exponential backoff and jitter (``retry_after`` honoured), for as long as it takes, with
+   ``/readyz`` not ready meanwhile; nothing is acked, nothing is dead-lettered.
+5. :class:`~runtime.errors.DataError` for the batch: it is retried record by record to single out
+   the poison; a record that fails as data ``sink.max_attempts`` times, and every
+   :class:`~runtime.connector.Rejection`, is published to the dead-letter topic
+   (``sink.dead_letter_topic`` or ``<name>-dlq``, see :mod:`runtime.worker.deadletter`) and then
+   acknowledged.
+
+Duplicates (a redelivery after a crash, the same source+id twice in a batch) reach ``put``
+unchanged: sinks are idempotent. Stop (SIGTERM): reading stops, the batch in hand is finished
+(bounded by ``drain_timeout``), events buffered but not written stay unacknowledged for the mesh
+to deliver again, the session says goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from cloudevents.core.v1.event import CloudEvent
+
+from runtime.client import MeshClient, PushedEvent
+from runtime.config import WorkerConfig
+from runtime.connector import Rejection, Sink, SinkContext
+from runtime.errors import DataError, RetriableError
+from runtime.observability import ConnectorMetrics, StatusBoard
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
+from runtime.record import ConnectorRecord, cloudevent_to_record
+from runtime.worker.deadletter import dead_letter_event
+from runtime.worker.retry import Backoff, Stopped, retry_retriable
+from runtime.worker.session import mesh_session
+
+__all__ = ["SinkWorker"]
+
+
+class _Item:
+    """A pushed event and what became of it."""
+
+    __slots__ = ("attempts", "pushed", "reason", "record")
+
+    def __init__(self, pushed: PushedEvent, record: ConnectorRecord | None, reason: str | None) -> None:
+        self.pushed = pushed
+        self.record = record
+        self.reason = reason
+        self.attempts = 0
+
+
+class SinkWorker:
+    """Runs one :class:`Sink` until ``stop`` is set. See the module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink[Any],
+        config: WorkerConfig,
+        *,
+        board: StatusBoard,
+        metrics: ConnectorMetrics,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.sink = sink
+        self.config = config
+        self.settings = config.sink
+        self.board = board
+        self.metrics = metrics
+        self.drain_timeout = drain_timeout
+        self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
+        self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until ``stop`` is set, then finish the batch in hand and return."""
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        try:
+            await retry_retriable(
+                lambda: self.sink.start(SinkContext(self.config.name, log=self.log)),
+                what="sink start",
+                backoff=backoff,
+                stop=stop,
+                on_failure=self._unhealthy,
+            )
+            try:
+                async with (
+                    mesh_session(self.config, "pub", self.board, stop, watch=False) as publisher,
+                    mesh_session(self.config, "sub", self.board, stop) as client,
+                ):
+                    for topic in self.settings.topics:
+                        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+                    await client.listen()
+                    self.board.set_dependency(None)
+                    self.board.set_state("running")
+                    self.log.info("sink running", topics=self.settings.topics, group=self.config.mesh.group or self.config.name)
+                    await self._serve(client, publisher, stop)
+            finally:
+                with contextlib.suppress(RetriableError):
+                    await asyncio.wait_for(self.sink.stop(), self.drain_timeout)
+        except Stopped:
+            self.log.info("stopped while waiting for a dependency")
+        self.board.set_state("stopped")
+
+    def _unhealthy(self, exc: RetriableError) -> None:
+        self.metrics.error("retriable")
+        self.metrics.retries.inc()
+        self.board.set_dependency(str(exc))
+        self.board.set_state("retrying")
+
+    async def _serve(self, client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+        buffer: asyncio.Queue[PushedEvent] = asyncio.Queue(max(2 * self.settings.batch_size, 16))
+        reader = asyncio.create_task(self._read(client, buffer), name="read pushes")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            while not stop.is_set():
+                first = asyncio.create_task(buffer.get())
+                done, _ = await asyncio.wait([first, stopping, reader], return_when=asyncio.FIRST_COMPLETED)
+                if first not in done:
+                    first.cancel()
+                    if reader in done:
+                        reader.result()  # the push stream ended: raise its error if any
+                        return
+                    break
+                batch = [first.result()]
+                await self._fill(batch, buffer, stop)
+                self.board.set_state("draining" if stop.is_set() else "running")
+                await self._handle(batch, publisher, stop)
+        finally:
+            reader.cancel()
+            stopping.cancel()
+            await asyncio.gather(reader, stopping, return_exceptions=True)
+        self.board.set_state("draining")
+
+    async def _read(self, client: MeshClient, buffer: asyncio.Queue[PushedEvent]) -> None:
+        async for pushed in client.pushed():
+            await buffer.put(pushed)
+
+    async def _fill(self, batch: list[PushedEvent], buffer: asyncio.Queue[PushedEvent], stop: asyncio.Event) -> None:
+        """Add to ``batch`` until it is full or the linger time since its first event passed."""
+        deadline = time.monotonic() + self.settings.linger_ms / 1000
+        while len(batch) < self.settings.batch_size:
+            while not buffer.empty() and len(batch) < self.settings.batch_size:
+                batch.append(buffer.get_nowait())
+            left = deadline - time.monotonic()
+            if len(batch) >= self.settings.batch_size or left <= 0 or stop.is_set():
+                return
+            try:
+                batch.append(await asyncio.wait_for(buffer.get(), left))
+            except TimeoutError:
+                return
+
+    async def _handle(self, batch: list[PushedEvent], publisher: MeshClient, stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        self.metrics.records_in.inc(len(batch))
+        self.metrics.in_flight.set(len(batch))
+        items = [self._item(pushed) for pushed in batch]
+        good = [item for item in items if item.record is not None]
+        if good:
+            await self._write(good, stop)
+        for item in items:
+            if item.reason is not None:
+                await self._dead_letter(item, publisher, stop)
+        for item in items:
+            await item.pushed.ack()
+        written = sum(1 for item in items if item.reason is None)
+        self.metrics.records_out.inc(written)
+        self.metrics.in_flight.set(0)
+        self.metrics.batch_latency.observe(time.monotonic() - started)
+
+    def _item(self, pushed: PushedEvent) -> _Item:
+        try:
+            return _Item(pushed, cloudevent_to_record(pushed.event), None)
+        except DataError as exc:
+            return _Item(pushed, None, f"event cannot become a record: {exc.reason}")
+
+    async def _write(self, items: list[_Item], stop: asyncio.Event) -> None:
+        """``put`` the batch; on a data error, isolate the poison record by record."""
+        try:
+            rejections = await self._put(items, stop)
+        except DataError as exc:
+            self.log.warning("batch failed as data: retrying record by record", size=len(items), reason=exc.reason)
+            for item in items:
+                await self._write_alone(item, stop)
+            return
+        self._apply(items, rejections)
+
+    async def _write_alone(self, item: _Item, stop: asyncio.Event) -> None:
+        while True:
+            item.attempts += 1
+            try:
+                rejections = await self._put([item], stop)
+            except DataError as exc:
+                self.metrics.error("data")
+                if item.attempts >= self.settings.max_attempts:
+                    item.reason = exc.reason
+                    return
+                continue
+            self._apply([item], rejections)
+            return
+
+    async def _put(self, items: list[_Item], stop: asyncio.Event) -> Sequence[Rejection]:
+        """``put`` until it does not raise a retriable error; a draining worker gives up (nothing acked)."""
+        records = [item.record for item in items if item.record is not None]
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        rejections = await retry_retriable(
+            lambda: self.sink.put(records), what="sink put", backoff=backoff, stop=stop, on_failure=self._unhealthy
+        )
+        if self.board.dependency_error is not None:
+            self.board.set_dependency(None)
+            self.board.set_state("running")
+        return rejections
+
+    def _apply(self, items: list[_Item], rejections: Sequence[Rejection]) -> None:
+        if not rejections:
+            return
+        by_record = {id(item.record): item for item in items}
+        for rejection in rejections:
+            item = by_record.get(id(rejection.record))
+            if item is None:
+                self.log.error("sink rejected a record it was not given: ignored", reason=rejection.reason)
+                continue
+            item.attempts = max(item.attempts, 1)
+            item.reason = rejection.reason
+
+    async def _dead_letter(self, item: _Item, publisher: MeshClient, stop: asyncio.Event) -> None:
+        event: CloudEvent = dead_letter_event(
+            item.pushed.event,
+            topic=self.dead_letter_topic,
+            reason=item.reason or "unknown",
+            connector=self.config.connector,
+            attempts=max(item.attempts, 1),
+        )
+        await retry_retriable(
+            lambda: publisher.publish(event),
+            what="dead-letter publish",
+            backoff=Backoff(self.settings.retry_initial, self.settings.retry_max),
+            stop=stop,
+        )
+        self.metrics.dead_letters.inc()
+        self.metrics.error("data")
+        self.log.warning("event dead-lettered", id=event.get_id(), topic=self.dead_letter_topic, reason=item.reason)

@@ -1,0 +1,428 @@
+"""The source worker: poll -> convert -> publish (bounded window) -> acks -> checkpoint -> ``Source.commit``.
+
+The order is the promise of at-least-once, stated once here:
+
+1. ``poll()`` fills a bounded queue (``source.poll_queue`` records); when it is full, polling
+   waits. A slow mesh therefore slows polling down instead of growing memory.
+2. Each record becomes a CloudEvent (:func:`~runtime.record.record_to_cloudevent`) and is published
+   through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
+   cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
+   instead, and counts as done once that publish is acknowledged.
+3. Acks come back in any order; an offset becomes committable only when every earlier record of
+   its partition was acknowledged (:class:`~runtime.worker.offsets.OffsetTracker`).
+4. Every ``checkpoint_every`` acknowledged records or ``checkpoint_interval`` seconds, the
+   committable offsets are written to the registry under the lease of their partition group, and
+   only then is ``Source.commit(records)`` called (the place to ack upstream).
+
+Partition groups: a record belongs to the group named by its partition's ``"group"`` key, or to
+``"default"``; a source with a single group puts every record in it, and a source may define a
+method ``group_of(partition) -> str`` to decide itself.
+
+Leases: an exclusive source (the default) runs only while its replica holds at least one group's
+lease. On a lease lost (renewal refused, local deadline passed, or a fenced commit) polling and
+publishing stop at once, uncommitted state is dropped, the source is stopped and the replica
+stands by; when it owns groups again it starts a fresh source instance from the committed
+offsets. A non-exclusive source (``exclusive = False``: pushed-to sources such as an HTTP
+endpoint) runs on every replica and writes no offsets; ``commit`` still follows the acks.
+
+Stop (SIGTERM): polling stops, what was polled is published, acks are awaited (bounded by
+``drain_timeout``), a last checkpoint is written, the source stops, the session says goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import structlog
+from cloudevents.core.v1.event import CloudEvent
+
+from runtime.client import MeshClient
+from runtime.config import WorkerConfig
+from runtime.connector import Source, SourceContext
+from runtime.errors import DataError, FencedError, MeshRejectedError, RetriableError
+from runtime.observability import ConnectorMetrics, StatusBoard
+from runtime.record import ConnectorRecord, JsonValue, derive_event_id, record_to_cloudevent
+from runtime.registry import Registry
+from runtime.registry.coordinator import Coordinator
+from runtime.worker.deadletter import dead_letter_event, record_dead_letter_event
+from runtime.worker.offsets import OffsetTracker, Submitted
+from runtime.worker.retry import Backoff, Stopped, retry_retriable
+from runtime.worker.session import mesh_session
+
+__all__ = ["SourceWorker", "group_of"]
+
+# A publish the mesh refuses (a full topic, a rule it enforces) is tried this often before the
+# event is dead-lettered; a mesh that is unreachable is retried for as long as it takes.
+_REJECTED_ATTEMPTS = 5
+
+
+def group_of(source: Source[Any], groups: tuple[str, ...], partition: Mapping[str, JsonValue]) -> str:
+    """The partition group of ``partition`` (see the module docstring)."""
+    if len(groups) == 1:
+        return groups[0]
+    custom = getattr(source, "group_of", None)
+    if custom is not None:
+        return str(custom(partition))
+    return str(partition.get("group", "default"))
+
+
+class _LeaseLost(Exception):
+    """Ownership changed under an active session: drop uncommitted state."""
+
+
+class SourceWorker:
+    """Runs one :class:`Source` until ``stop`` is set. See the module docstring."""
+
+    def __init__(
+        self,
+        source: Source[Any],
+        config: WorkerConfig,
+        *,
+        registry: Registry,
+        board: StatusBoard,
+        metrics: ConnectorMetrics,
+        holder: str | None = None,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.registry = registry
+        self.board = board
+        self.metrics = metrics
+        self.holder = holder or f"{config.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.drain_timeout = drain_timeout
+        self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
+        self.default_source = config.source.event_source or f"/meshconnect/{config.name}"
+        self.default_type = config.source.event_type or f"{config.connector}.record"
+        self.dead_letter_topic = config.sink.dead_letter_topic or f"{config.name}-dlq"
+        self.coordinator: Coordinator | None = None
+        self._changed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set, then drain and return."""
+        backoff = Backoff(0.2, 5.0)
+        try:
+            groups = tuple(
+                await retry_retriable(self.source.partition_groups, what="partition groups", backoff=backoff, stop=stop)
+            )
+            self.board.groups = frozenset(groups)
+            self.board.exclusive = self.source.exclusive
+            async with mesh_session(self.config, "pub", self.board, stop) as client:
+                if self.source.exclusive:
+                    self.coordinator = Coordinator(
+                        self.registry,
+                        self.config.name,
+                        self.holder,
+                        groups,
+                        self.config.registry.lease_ttl,
+                        on_change=lambda _owned: self._changed.set(),
+                        info={"connector": self.config.connector, "host": socket.gethostname(), "pid": os.getpid()},
+                    )
+                    await retry_retriable(self.coordinator.start, what="registry", backoff=backoff, stop=stop)
+                try:
+                    await self._serve(client, groups, stop)
+                finally:
+                    if self.coordinator is not None:
+                        await self.coordinator.stop()
+                        self.board.set_owned(frozenset())
+        except Stopped:
+            self.log.info("stopped while waiting for a dependency")
+        self.board.set_state("stopped")
+
+    def _owned(self, groups: tuple[str, ...]) -> frozenset[str]:
+        return self.coordinator.owned if self.coordinator is not None else frozenset(groups)
+
+    async def _serve(self, client: MeshClient, groups: tuple[str, ...], stop: asyncio.Event) -> None:
+        takeovers = 0
+        while not stop.is_set():
+            owned = self._owned(groups)
+            self.board.set_owned(owned)
+            if self.coordinator is not None and self.coordinator.takeovers > takeovers:
+                self.metrics.takeovers.inc(self.coordinator.takeovers - takeovers)
+                takeovers = self.coordinator.takeovers
+            if not owned:
+                self.board.set_state("standby")
+                self._changed.clear()
+                await _first_of(stop.wait(), self._changed.wait(), seconds=0.2)
+                continue
+            session = _ActiveSession(self, client, groups, owned, stop)
+            try:
+                await session.run()
+            except _LeaseLost as exc:
+                self.metrics.error("fenced")
+                self.log.warning("lease lost: dropped uncommitted state, standing by", reason=str(exc))
+            self.source = type(self.source)(self.source.config)
+
+
+class _ActiveSession:
+    """One run of a source instance while this replica owns ``owned``."""
+
+    def __init__(
+        self, worker: SourceWorker, client: MeshClient, groups: tuple[str, ...], owned: frozenset[str], stop: asyncio.Event
+    ) -> None:
+        self.worker = worker
+        self.client = client
+        self.groups = groups
+        self.owned = owned
+        self.stop = stop
+        self.source = worker.source
+        self.config = worker.config
+        self.metrics = worker.metrics
+        self.log = worker.log
+        self.tracker = OffsetTracker()
+        self.queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(self.config.source.poll_queue)
+        self.checkpoint_due = asyncio.Event()
+        self.retries: set[asyncio.Task[None]] = set()
+        self.backoff = Backoff(0.2, 5.0)
+
+    async def run(self) -> None:
+        worker = self.worker
+        offsets = await retry_retriable(
+            lambda: worker.registry.load_offsets(self.config.name), what="registry offsets", backoff=self.backoff, stop=self.stop
+        )
+        context = SourceContext(self.config.name, offsets, assigned_groups=self.owned, log=self.log)
+        await retry_retriable(
+            lambda: self.source.start(context),
+            what="source start",
+            backoff=self.backoff,
+            stop=self.stop,
+            on_failure=self._unhealthy,
+        )
+        self.worker.board.set_dependency(None)
+        self.worker.board.set_state("running")
+        self.log.info("source running", groups=sorted(self.owned), partitions=len(offsets))
+        tasks = [
+            asyncio.create_task(self._poll(), name="poll"),
+            asyncio.create_task(self._publish(), name="publish"),
+            asyncio.create_task(self._checkpoints(), name="checkpoint"),
+        ]
+        watch = asyncio.create_task(self._watch_ownership(), name="ownership")
+        stopping = asyncio.create_task(self.stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, watch, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task is stopping or task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+            if watch in done and not self.owned <= self.worker._owned(self.groups):
+                raise _LeaseLost("a partition group was lost")
+            self.worker.board.set_state("draining")
+            await self._drain(tasks)
+        except FencedError as exc:
+            raise _LeaseLost(str(exc)) from exc
+        finally:
+            for task in [*tasks, watch, stopping, *self.retries]:
+                task.cancel()
+            await asyncio.gather(*tasks, watch, stopping, *self.retries, return_exceptions=True)
+            self.metrics.in_flight.set(0)
+            with contextlib.suppress(RetriableError):
+                await asyncio.wait_for(self.source.stop(), self.worker.drain_timeout)
+
+    def _unhealthy(self, exc: RetriableError) -> None:
+        self.metrics.error("retriable")
+        self.metrics.retries.inc()
+        self.worker.board.set_dependency(str(exc))
+
+    async def _watch_ownership(self) -> None:
+        while self.worker._owned(self.groups) == self.owned:
+            self.worker._changed.clear()
+            await _first_of(self.worker._changed.wait(), seconds=0.1)
+
+    async def _poll(self) -> None:
+        backoff = Backoff(0.2, 30.0)
+        while True:
+            try:
+                records = await self.source.poll()
+            except RetriableError as exc:
+                self._unhealthy(exc)
+                delay = backoff.next_delay(exc.retry_after)
+                self.log.warning("poll failed, retrying", error=str(exc), retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            if backoff.attempts:
+                backoff.reset()
+                self.worker.board.set_dependency(None)
+            self.metrics.records_in.inc(len(records))
+            for record in records:
+                await self.queue.put(record)
+
+    async def _publish(self) -> None:
+        while True:
+            record = await self.queue.get()
+            await self._publish_one(record)
+            while not self.queue.empty():
+                await self._publish_one(self.queue.get_nowait())
+
+    def _event_for(self, record: ConnectorRecord) -> CloudEvent:
+        source_settings = self.config.source
+        try:
+            event = record_to_cloudevent(
+                record,
+                connector=self.config.name,
+                default_source=self.worker.default_source,
+                default_type=self.worker.default_type,
+                default_subject=source_settings.topic,
+            )
+        except DataError as exc:
+            return self._dead_letter_for(record, exc.reason)
+        return event
+
+    def _dead_letter_for(self, record: ConnectorRecord, reason: str) -> CloudEvent:
+        self.metrics.error("data")
+        self.metrics.dead_letters.inc()
+        self.log.warning("record cannot become an event: dead-lettered", reason=reason, partition=dict(record.partition))
+        event_id = record.id or (
+            derive_event_id(self.config.name, record.partition, record.offset) if record.offset else str(uuid.uuid4())
+        )
+        return record_dead_letter_event(
+            record,
+            event_id=event_id,
+            topic=self.worker.dead_letter_topic,
+            reason=reason,
+            connector=self.config.connector,
+            default_source=self.worker.default_source,
+            original_topic=record.subject or self.config.source.topic or "",
+        )
+
+    async def _publish_one(self, record: ConnectorRecord) -> None:
+        event = self._event_for(record)
+        entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
+        self.metrics.in_flight.set(self.tracker.in_flight)
+        try:
+            ack = await self.client.start_publish(event)
+        except RetriableError as exc:  # the window stayed full or the session is down: retry on the side
+            self._acked(entry, event, _failed(exc))
+            return
+        ack.add_done_callback(functools.partial(self._acked, entry, event))
+
+    def _acked(self, entry: Submitted, event: CloudEvent, ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled():
+            return
+        error = ack.exception()
+        if error is not None:
+            task = asyncio.create_task(self._republish(entry, event, error))
+            self.retries.add(task)
+            task.add_done_callback(self.retries.discard)
+            return
+        self._done(entry, event)
+
+    def _done(self, entry: Submitted, event: CloudEvent) -> None:
+        self.tracker.ack(entry)
+        self.metrics.records_out.inc()
+        data = event.get_data()
+        if isinstance(data, bytes | str):
+            self.metrics.bytes_out.inc(len(data))
+        elif data is not None:
+            self.metrics.bytes_out.inc(len(orjson.dumps(data)))
+        self.metrics.in_flight.set(self.tracker.in_flight)
+        self.metrics.offset_lag.set(self.tracker.committable_count)
+        if self.tracker.committable_count >= self.config.source.checkpoint_every:
+            self.checkpoint_due.set()
+
+    async def _republish(self, entry: Submitted, event: CloudEvent, error: BaseException) -> None:
+        """Publish ``event`` again until the mesh takes it: a refused event ends in the dead-letter topic."""
+        backoff = Backoff(0.2, 30.0)
+        rejected = 0
+        while True:
+            if isinstance(error, MeshRejectedError):
+                rejected += 1
+                if rejected >= _REJECTED_ATTEMPTS and event.get_extension("dlqreason") is None:
+                    self.metrics.dead_letters.inc()
+                    self.log.warning("mesh keeps refusing an event: dead-lettered", id=event.get_id(), reason=error.desc)
+                    event = dead_letter_event(
+                        event,
+                        topic=self.worker.dead_letter_topic,
+                        reason=f"mesh refused the event: {error.desc}",
+                        connector=self.config.connector,
+                        attempts=rejected,
+                    )
+            elif not isinstance(error, RetriableError):
+                raise error
+            self.metrics.retries.inc()
+            self.metrics.error("retriable" if isinstance(error, RetriableError) else "rejected")
+            await asyncio.sleep(backoff.next_delay(getattr(error, "retry_after", None)))
+            try:
+                await self.client.publish(event)
+            except (MeshRejectedError, RetriableError) as exc:
+                error = exc
+                continue
+            self._done(entry, event)
+            return
+
+    async def _checkpoints(self) -> None:
+        interval = self.config.source.checkpoint_interval
+        while True:
+            await _first_of(self.checkpoint_due.wait(), seconds=interval)
+            self.checkpoint_due.clear()
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        checkpoint = self.tracker.checkpoint()
+        if checkpoint.empty:
+            return
+        coordinator = self.worker.coordinator
+        if coordinator is not None:
+            for group, offsets in checkpoint.offsets.items():
+                lease = coordinator.lease(group)
+                if lease is None:
+                    raise FencedError(f"no lease on partition group {group!r} any more: offsets not written")
+                # While draining, the last checkpoint is retried until the drain deadline cancels it.
+                await retry_retriable(
+                    functools.partial(self._commit, offsets, lease),
+                    what="registry commit",
+                    backoff=self.backoff,
+                    stop=asyncio.Event() if self.stop.is_set() else self.stop,
+                    on_failure=self._unhealthy,
+                )
+            self.worker.board.set_dependency(None)
+            for offsets in checkpoint.offsets.values():
+                self.worker.board.last_offsets.update(offsets)
+            self.metrics.last_checkpoint.set(time.time())
+        self.tracker.written(checkpoint)
+        self.metrics.offset_lag.set(self.tracker.committable_count)
+        await self.source.commit(checkpoint.records)
+
+    async def _commit(self, offsets: Mapping[str, Mapping[str, Any]], lease: Any) -> None:
+        await asyncio.wait_for(
+            self.worker.registry.commit_offsets(self.config.name, offsets, lease), self.config.registry.lease_ttl
+        )
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop polling, publish what was polled, await the acks (bounded), write the last checkpoint."""
+        poller, _publisher, checkpointer = tasks
+        poller.cancel()
+        checkpointer.cancel()
+        deadline = time.monotonic() + self.worker.drain_timeout
+        # Acks land from callbacks and the publisher empties the queue: a short poll is the simplest join.
+        while (not self.queue.empty() or self.tracker.in_flight) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        if self.tracker.in_flight:
+            self.log.warning("drain timed out: unacknowledged events will be published again", in_flight=self.tracker.in_flight)
+        await asyncio.wait_for(self._checkpoint(), max(1.0, deadline - time.monotonic()))
+        self.log.info("drained", last_offsets=len(self.worker.board.last_offsets))
+
+
+def _failed(error: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+async def _first_of(*waits: Any, seconds: float) -> None:
+    """Wait until the first of ``waits`` completes or ``seconds`` pass; cancel the rest."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

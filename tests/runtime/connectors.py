@@ -1,0 +1,77 @@
+"""Small connectors for the runtime's own tests: a counting source and a sink that keeps what it got."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Sink, Source, SourceContext
+
+
+class CounterConfig(ConnectorConfig):
+    limit: int = Field(100, description="Numbers per partition.")
+    partitions: int = Field(2, description="How many partitions.")
+    batch: int = Field(10, description="Records per poll.")
+    poison_every: int = Field(0, description="Every n-th number cannot become an event (0: none).")
+
+
+class CounterSource(Source[CounterConfig]):
+    name = "counter-source"
+    description = "Emits 0..limit-1 on each partition, resuming from its offsets."
+    config_model = CounterConfig
+
+    async def start(self, context: SourceContext) -> None:
+        self.next = {}
+        for p in range(self.config.partitions):
+            last = context.offset({"p": p})
+            self.next[p] = 0 if last is None else int(last["n"]) + 1
+        self.committed: list[ConnectorRecord] = []
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        records = []
+        for p, n in self.next.items():
+            for k in range(n, min(n + self.config.batch, self.config.limit)):
+                poison = self.config.poison_every and k % self.config.poison_every == self.config.poison_every - 1
+                records.append(
+                    ConnectorRecord(
+                        data="not json" if poison else {"p": p, "n": k},
+                        datacontenttype="application/json" if poison else None,
+                        partition={"p": p},
+                        offset={"n": k},
+                    )
+                )
+            self.next[p] = min(n + self.config.batch, self.config.limit)
+        if not records:
+            await asyncio.sleep(0.05)
+        return records
+
+    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        self.committed.extend(records)
+
+
+class ListSinkConfig(ConnectorConfig):
+    fail_first: int = Field(0, description="Raise RetriableError on this many first puts.")
+
+
+RECEIVED: list[ConnectorRecord] = []
+PUTS: list[int] = []
+
+
+class ListSink(Sink[ListSinkConfig]):
+    """Keeps records in RECEIVED; data {"reject": ...} is rejected, {"bad": ...} fails the batch as data."""
+
+    name = "list-sink"
+    description = "Keeps what it receives in memory."
+    config_model = ListSinkConfig
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        PUTS.append(len(records))
+        if len(PUTS) <= self.config.fail_first:
+            raise RetriableError("target is down", retry_after=0.05)
+        if any(isinstance(r.data, dict) and "bad" in r.data for r in records):
+            raise DataError("a record in the batch is bad")
+        rejections = [Rejection(r, "rejected by the test") for r in records if isinstance(r.data, dict) and "reject" in r.data]
+        RECEIVED.extend(r for r in records if not (isinstance(r.data, dict) and "reject" in r.data))
+        return rejections

@@ -1,0 +1,150 @@
+"""Source and sink workers through the embedded mesh: delivery, checkpoints, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+
+from runtime.app import serve
+from runtime.client import MeshClient, user_agent_for
+from runtime.config import WorkerConfig
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
+from runtime.record import partition_key
+from runtime.registry.file import FileRegistry
+from tests.runtime import connectors
+from tests.runtime.connectors import CounterSource, ListSink
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sink_state() -> None:
+    connectors.RECEIVED.clear()
+    connectors.PUTS.clear()
+
+
+def source_config(mesh: EmbeddedMesh, state: Path, **config: Any) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "name": "counter",
+            "connector": "counter-source",
+            "mesh": {"address": f"127.0.0.1:{mesh.port}"},
+            "source": {"topic": "numbers", "checkpoint_every": 20, "checkpoint_interval": 0.2},
+            "registry": {"kind": "file", "path": str(state), "lease_ttl": 2},
+            "admin": {"host": "127.0.0.1", "port": 0},
+            "config": config,
+        }
+    )
+
+
+def sink_config(mesh: EmbeddedMesh, **sink: Any) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "name": "lister",
+            "connector": "list-sink",
+            "mesh": {"address": f"127.0.0.1:{mesh.port}"},
+            "sink": {"topics": ["numbers"], "batch_size": 32, "linger_ms": 20, "retry_initial": 0.02, "retry_max": 0.1, **sink},
+            "admin": {"host": "127.0.0.1", "port": 0},
+        }
+    )
+
+
+async def eventually(condition: Callable[[], bool], within: float = 20.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - the condition is plain state, not an event
+            await asyncio.sleep(0.02)
+
+
+def received_numbers() -> set[tuple[int, int]]:
+    return {(r.data["p"], r.data["n"]) for r in connectors.RECEIVED if isinstance(r.data, dict)}
+
+
+async def test_source_to_sink_delivers_everything_and_checkpoints_the_last_offsets(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=100), stop=stop_source, install_signals=False)
+        )
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        await eventually(lambda: len(received_numbers()) == 200)
+        stop_source.set()
+        stop_sink.set()
+        assert await source == 0
+        assert await sink == 0
+    offsets = await FileRegistry(tmp_path).load_offsets("counter")
+    assert offsets == {partition_key({"p": 0}): {"n": 99}, partition_key({"p": 1}): {"n": 99}}
+    first = next(r for r in connectors.RECEIVED if r.data == {"p": 0, "n": 0})
+    assert first.subject == "numbers"
+    assert first.source == "/meshconnect/counter"
+
+
+async def test_source_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        registry = FileRegistry(tmp_path)
+        coordinatorless = {partition_key({"p": 0}): {"n": 49}, partition_key({"p": 1}): {"n": 89}}
+        await registry.set_offsets("counter", coordinatorless, replace=True, force=True)
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=100), stop=stop_source, install_signals=False)
+        )
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        await eventually(lambda: len(received_numbers()) == 60)
+        await asyncio.sleep(0.3)
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+    assert received_numbers() == {(0, n) for n in range(50, 100)} | {(1, n) for n in range(90, 100)}
+
+
+async def test_sink_retries_retriable_errors_then_writes_without_dead_letters(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        config = sink_config(mesh).model_copy(update={"config": {"fail_first": 3}})
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, config, stop=stop_sink, install_signals=False))
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=20, partitions=1), stop=stop_source, install_signals=False)
+        )
+        await eventually(lambda: len(received_numbers()) == 20)
+        assert len(connectors.PUTS) > 3
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+        assert mesh.topic_depth("lister-dlq") == 0
+
+
+async def collect(mesh: EmbeddedMesh, topic: str, count: int, into: list[Any]) -> None:
+    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("dlq-reader", "sub")) as client:
+        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+        await client.listen()
+        async for pushed in client.pushed():
+            into.append(pushed.event)
+            await pushed.ack()
+            if len(into) >= count:
+                return
+
+
+async def test_rejections_and_poison_records_go_to_the_dead_letter_topic(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh, max_attempts=2), stop=stop_sink, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            for n, data in enumerate([{"ok": 1}, {"reject": 1}, {"bad": 1}, {"ok": 2}]):
+                attributes = {"id": f"e{n}", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+                await producer.publish(CloudEvent(attributes, data))
+        letters: list[Any] = []
+        await asyncio.wait_for(collect(mesh, "lister-dlq", 2, letters), 20)
+        stop_sink.set()
+        assert await sink == 0
+    by_id = {event.get_id(): event for event in letters}
+    assert set(by_id) == {"e1", "e2"}
+    assert by_id["e1"].get_extension("dlqreason") == "rejected by the test"
+    assert by_id["e2"].get_extension("dlqreason") == "a record in the batch is bad"
+    assert by_id["e2"].get_extension("dlqattempts") == 2
+    assert by_id["e1"].get_extension("dlqtopic") == "numbers"
+    assert by_id["e1"].get_extension("dlqconnector") == "list-sink"
+    assert by_id["e1"].get_data() == {"reject": 1}
+    assert sorted(r.data["ok"] for r in connectors.RECEIVED) == [1, 2]
