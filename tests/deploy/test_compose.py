@@ -1,0 +1,152 @@
+"""docker-compose.yml: valid against the compose specification, one service per connector, each runnable."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.layout import (
+    PLANNED,
+    ROOT,
+    Connector,
+    connector_ids,
+    registered_connectors,
+    require_tool,
+    resolve_config,
+    run,
+)
+
+CONNECTORS = registered_connectors()
+INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats"}
+CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The compose file as docker-compose understands it: anchors merged, variables at their defaults."""
+    docker_compose = require_tool("docker-compose")
+    rendered: dict[str, Any] = yaml.safe_load(run([docker_compose, "--file", "docker-compose.yml", "config"]))
+    return rendered
+
+
+def connector_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: service for name, service in compose["services"].items() if name not in INFRASTRUCTURE}
+
+
+def built_connector(service: dict[str, Any]) -> str:
+    return str(service["build"]["args"]["CONNECTOR"])
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of the service's volumes, in the short form compose 1.29 prints or the long form of v2."""
+    result = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *_mode = volume.split(":")
+        else:
+            source, target = volume["source"], volume["target"]
+        result[target] = source
+    return result
+
+
+def mounted_config(service: dict[str, Any]) -> Path:
+    return Path(mounts(service)[CONFIG_MOUNT])
+
+
+def test_compose_file_is_valid() -> None:
+    run([require_tool("docker-compose"), "--file", "docker-compose.yml", "config", "--quiet"])
+
+
+def test_compose_validation_rejects_a_broken_file(tmp_path: Path) -> None:
+    """The check above can fail: a service with an unknown key is refused."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  app:\n    image: redis\n    restart_policy: always\n")
+    result = subprocess.run(
+        [require_tool("docker-compose"), "--file", str(broken), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "restart_policy" in result.stderr
+
+
+def test_every_connector_service_builds_a_known_connector_from_its_sample(compose: dict[str, Any]) -> None:
+    registered = {connector.name: connector for connector in CONNECTORS}
+    for name, service in connector_services(compose).items():
+        connector = built_connector(service)
+        assert connector in PLANNED | registered.keys(), f"service {name} builds unknown connector {connector}"
+        if connector not in registered:
+            continue  # planned, not written yet: nothing to run
+        config = mounted_config(service)
+        assert config == registered[connector].sample, f"service {name} mounts {config}"
+        assert config.is_file(), f"service {name}: {config} does not exist"
+        assert yaml.safe_load(config.read_text())["connector"] == connector
+
+
+@pytest.mark.parametrize("connector", CONNECTORS, ids=connector_ids(CONNECTORS))
+def test_every_registered_connector_has_its_service_and_profile(compose: dict[str, Any], connector: Connector) -> None:
+    service = compose["services"].get(connector.name)
+    assert service is not None, f"docker-compose.yml has no service {connector.name}"
+    assert built_connector(service) == connector.name
+    assert connector.name in service["profiles"], "`docker compose --profile <name> up` must start it"
+    assert service["image"].startswith(f"meshconnect/{connector.name}:")
+
+
+@pytest.mark.parametrize("connector", CONNECTORS, ids=connector_ids(CONNECTORS))
+def test_connector_waits_for_healthy_dependencies(compose: dict[str, Any], connector: Connector) -> None:
+    service = compose["services"][connector.name]
+    depends_on = service["depends_on"]
+    assert {"eventmesh", "redis"} <= depends_on.keys()
+    for dependency, condition in depends_on.items():
+        assert condition == {"condition": "service_healthy"}, f"{connector.name} -> {dependency}"
+        assert "healthcheck" in compose["services"][dependency], f"{dependency} has no healthcheck to wait for"
+
+
+@pytest.mark.parametrize("connector", CONNECTORS, ids=connector_ids(CONNECTORS))
+def test_sample_config_runs_in_compose(compose: dict[str, Any], connector: Connector) -> None:
+    """The sample plus the service's environment is a valid config that reaches the compose services, not localhost."""
+    service = compose["services"][connector.name]
+    environment = {key: str(value) for key, value in service["environment"].items()}
+    resolved = resolve_config(mounted_config(service), environment)
+    assert resolved["connector"] == connector.name
+    assert resolved["local_address_keys"] == [], f"override these with MESHCONNECT__... in compose: {resolved}"
+    assert resolved["worker"]["mesh"]["address"] == "eventmesh:10000"
+    assert resolved["worker"]["registry"]["kind"] == "redis"
+    assert resolved["worker"]["admin"]["port"] == 8090
+
+
+def test_cdc_profile_chains_mysql_source_to_mysql_sink(compose: dict[str, Any]) -> None:
+    in_profile = {name: service for name, service in compose["services"].items() if "cdc" in service.get("profiles", [])}
+    by_connector = {built_connector(service): service for service in in_profile.values()}
+    assert {"mysql-source", "mysql-sink"} <= by_connector.keys(), f"cdc profile has {sorted(in_profile)}"
+    source = resolve_config(mounted_config(by_connector["mysql-source"]), dict(by_connector["mysql-source"]["environment"]))
+    sink = resolve_config(mounted_config(by_connector["mysql-sink"]), dict(by_connector["mysql-sink"]["environment"]))
+    assert sink["config"]["mode"] == "cdc"
+    assert sink["worker"]["sink"]["topics"], "the cdc sink subscribes no topic"
+    assert source["config"]["database"] != sink["config"]["database"] or source["config"]["host"] != sink["config"]["host"], (
+        "the cdc sink would write into the tables the source reads"
+    )
+
+
+def test_eventmesh_accepts_real_payloads(compose: dict[str, Any]) -> None:
+    source = mounts(compose["services"]["eventmesh"])["/data/app/eventmesh/conf/eventmesh.properties"]
+    lines = Path(source).read_text().splitlines()
+    properties = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    assert int(properties["eventMesh.server.maxEventSize"]) >= 1024 * 1024
+    assert properties["eventMesh.server.tcp.port"] == "10000"
+
+
+def test_compose_paths_are_in_the_repository(compose: dict[str, Any]) -> None:
+    registered = {connector.name for connector in CONNECTORS}
+    for name, service in compose["services"].items():
+        for source in map(Path, mounts(service).values()):
+            if not source.is_absolute():
+                continue  # a named volume
+            assert source.is_relative_to(ROOT), f"{name} mounts {source} from outside the repository"
+            if "build" not in service or built_connector(service) in registered:
+                assert source.exists(), f"{name} mounts missing {source}"
