@@ -248,6 +248,7 @@ class MeshClient:
         self._pushes: deque[PushedEvent] = deque()
         self._push_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._closing = False
 
     @classmethod
     def from_settings(cls, settings: MeshSettings, *, group: str, purpose: Literal["pub", "sub"]) -> MeshClient:
@@ -360,8 +361,9 @@ class MeshClient:
 
     async def aclose(self) -> None:
         """Say goodbye, close the connection and fail whatever still waits (MeshUnavailableError)."""
-        if self._state is ClientState.CLOSED:
+        if self._state is ClientState.CLOSED or self._closing:
             return
+        self._closing = True
         supervisor = [task for task in self._tasks if task.get_name() == "mesh-client-supervisor"]
         await _cancel(supervisor)
         conn = self._conn
@@ -414,7 +416,7 @@ class MeshClient:
             conn.abort()
             raise
         self._next_heartbeat = loop.time() + self._heartbeat_interval
-        log.info("mesh connected", address=f"{host}:{port}", subscriptions=len(self._subscriptions), resent=self._in_flight)
+        log.info("mesh connected", address=f"{host}:{port}", subscriptions=len(self._subscriptions), in_flight=self._in_flight)
         self._set_state(ClientState.CONNECTED)
 
     async def _supervise(self) -> None:
@@ -628,7 +630,7 @@ class MeshClient:
             return
         self._conn = None
         self._resolve(self._session.connection_lost())
-        if self._state is not ClientState.CLOSED:
+        if not self._closing:
             log.warning("mesh connection lost", address=self._describe_address(), reason=str(exc) if exc else "closed")
             self._disconnected.set()
 
@@ -668,7 +670,7 @@ class MeshClient:
         if event.token is None or event.token.done():
             return
         if event.connection_lost:
-            reason = "the connection closed" if self._state is not ClientState.CLOSED else "the client closed"
+            reason = "the client closed" if self._closing else "the connection closed"
             error = MeshUnavailableError(f"{event.kind.command.name} (seq {event.seq}) got no answer: {reason}")
         else:
             error = MeshUnavailableError(f"{event.kind.command.name} (seq {event.seq}) got no answer in time from the mesh")
