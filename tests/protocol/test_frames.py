@@ -101,11 +101,11 @@ def test_header_length_zero_or_negative_is_a_headerless_frame(header_length: int
         (b'{"cmd":"36","code":"7"}', Header(Command.RECOMMEND_RESPONSE, 7)),
         (b'{"cmd":"LISTEN_RESPONSE","code":1.9,"seq":42,"desc":true}', Header(Command.LISTEN_RESPONSE, 1, "true", "42")),
         (
-            '  {"cmd":"HEARTBEAT_REQUEST","extra":[1,{}],"command":"nonsense"} trailing junk \xff',
+            b'  {"cmd":"HEARTBEAT_REQUEST","extra":[1,{}],"command":"nonsense"} trailing junk \xff',
             Header(Command.HEARTBEAT_REQUEST),
         ),
         (
-            '\ufeff{"cmd":"HEARTBEAT_REQUEST","code":null,"properties":{"k":[1,2]}}',
+            b'\xef\xbb\xbf{"cmd":"HEARTBEAT_REQUEST","code":null,"properties":{"k":[1,2]}}',
             Header(Command.HEARTBEAT_REQUEST, properties={"k": [1, 2]}),
         ),
     ],
