@@ -45,7 +45,7 @@ def mesh_process() -> Iterator[MeshProcess]:
     server.stop()
 
 
-async def publish_all(client: MeshClient, published: set[int]) -> None:
+async def publish_all(client: MeshClient, published: set[int], quarter_done: asyncio.Event) -> None:
     """Publish 0..TOTAL-1 pipelined, in a steady stream; an event whose ack never came goes again."""
     retry: list[int] = []
     upcoming = iter(range(TOTAL))
@@ -53,6 +53,8 @@ async def publish_all(client: MeshClient, published: set[int]) -> None:
     def settle(number: int, waiter: asyncio.Future[None]) -> None:
         if waiter.exception() is None:
             published.add(number)
+            if len(published) >= TOTAL // 4:
+                quarter_done.set()
         else:
             retry.append(number)
 
@@ -92,10 +94,10 @@ async def test_kill_and_restart_of_the_mesh_loses_no_event(mesh_process: MeshPro
         received: set[int] = set()
         states: list[ClientState] = []
         pub.add_state_listener(states.append)
-        publishing = asyncio.create_task(publish_all(pub, published))
+        quarter_done = asyncio.Event()
+        publishing = asyncio.create_task(publish_all(pub, published, quarter_done))
         consuming = asyncio.create_task(consume(sub, received))
-        while len(published) < TOTAL // 4:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(quarter_done.wait(), 30)
         mesh_process.kill()
         await asyncio.sleep(0.5)
         assert not publishing.done(), "the outage happens mid-stream"
