@@ -34,7 +34,7 @@ The Java runtime copies the publisher's header properties into the event and sta
 Rules for events
 ----------------
 * Extension names must be ``[a-z0-9]+`` (the runtime turns header properties into extensions and
-  refuses other names); ``meshcontenttype`` and ``meshdataenc`` are reserved. Extension values are
+  refuses other names); ``meshcontenttype``, ``meshdataenc`` and the transport extensions are reserved. Extension values are
   str, bool or int (32-bit, the largest the Java format reads); a datetime is sent as RFC 3339 text.
 * Size: the Java runtime refuses events whose ``data`` (its JSON text) is longer than
   ``eventMesh.server.maxEventSize`` characters, **1000 by default**. Raise it on the runtime for real
@@ -165,10 +165,10 @@ def event_to_body(event: CloudEvent) -> bytes:
     for name, value in attributes.items():
         if name in _CONTEXT_ATTRIBUTES:
             continue
-        if name in _RESERVED_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
+        if name in _RESERVED_EXTENSIONS or name in TRANSPORT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
             raise DataError(
                 f"extension name {name!r} cannot travel over EventMesh TCP: use lower-case letters and digits, "
-                f"and not {CONTENT_TYPE_EXTENSION} or {DATA_ENCODING_EXTENSION}"
+                "and none of the names the mapping and the runtime use (meshcontenttype, meshdataenc, protocol*, req*/rsp*)"
             )
         extensions[name] = value
     if content_type is not None:
