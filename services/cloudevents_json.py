@@ -79,6 +79,21 @@ def record_to_json(record: ConnectorRecord) -> bytes:
         raise DataError(f"event data cannot be written as JSON: {exc}") from exc
 
 
+def data_bytes(record: ConnectorRecord) -> bytes:
+    """The data of ``record`` alone, as the body of a message: bytes as they are, text as UTF-8, JSON encoded."""
+    data = record.data
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str) and not is_json_content_type(record.effective_content_type):
+        return data.encode()
+    try:
+        return orjson.dumps(data)
+    except TypeError as exc:
+        raise DataError(f"event data cannot be written as JSON: {exc}") from exc
+
+
 def record_from_json(body: bytes | str) -> ConnectorRecord:
     """Parse one structured CloudEvent; raises :class:`DataError` saying what is wrong with it."""
     try:

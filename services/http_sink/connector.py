@@ -20,15 +20,14 @@ from typing import Literal
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 import structlog
 from pydantic import Field, field_validator
 
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord, is_json_content_type
-from services.cloudevents_json import CONTENT_TYPE, record_to_json
+from runtime.record import ConnectorRecord
+from services.cloudevents_json import CONTENT_TYPE, data_bytes, record_to_json
 
 __all__ = ["HttpSink", "HttpSinkConfig"]
 
@@ -143,7 +142,7 @@ class HttpSink(Sink[HttpSinkConfig]):
     def _encode(self, record: ConnectorRecord) -> tuple[dict[str, str], bytes]:
         if self.config.mode == "structured":
             return {"Content-Type": CONTENT_TYPE}, record_to_json(record)
-        return _binary_headers(record), _binary_body(record)
+        return _binary_headers(record), data_bytes(record)
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -177,20 +176,6 @@ def _header_text(value: str | int | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _binary_body(record: ConnectorRecord) -> bytes:
-    data = record.data
-    if data is None:
-        return b""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str) and not is_json_content_type(record.effective_content_type):
-        return data.encode()
-    try:
-        return orjson.dumps(data)
-    except TypeError as exc:
-        raise DataError(f"event data cannot be written as JSON: {exc}") from exc
 
 
 def _retry_after(value: str | None) -> float | None:

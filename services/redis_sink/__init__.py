@@ -1,0 +1,1 @@
+"""redis-sink: XADD events to Redis Streams or PUBLISH them."""

@@ -1,0 +1,1 @@
+"""redis-source: read Redis Streams (consumer group) or Pub/Sub channels."""
