@@ -325,7 +325,9 @@ class _ActiveSession:
             self.metrics.bytes_out.inc(len(orjson.dumps(data)))
         self.metrics.in_flight.set(self.tracker.in_flight)
         self.metrics.offset_lag.set(self.tracker.committable_count)
-        if self.tracker.committable_count >= self.config.source.checkpoint_every:
+        # Without a lease there is no registry write to amortize: commit upstream as soon as acked
+        # (an HTTP source holds its response until then).
+        if self.worker.coordinator is None or self.tracker.committable_count >= self.config.source.checkpoint_every:
             self.checkpoint_due.set()
 
     async def _republish(self, entry: Submitted, event: CloudEvent, error: BaseException) -> None:

@@ -1,0 +1,147 @@
+"""``meshconnect list``, ``meshconnect run <name> --config FILE`` and ``meshconnect check <name> --config FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+import structlog
+from cloudevents.core.v1.event import CloudEvent
+
+from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open_registry, run_connector
+from runtime.config import WorkerConfig, connector_config, load_config
+from runtime.connector import Sink, SinkContext, Source, SourceContext
+from runtime.errors import ConfigError, DataError, MeshConnectError
+from runtime.observability import configure_logging
+from runtime.plugins import ConnectorClass, catalogue, load_connector
+from runtime.record import record_to_cloudevent
+from runtime.worker.session import build_client
+
+__all__ = ["register"]
+
+_PREVIEW_RECORDS = 5
+_PREVIEW_SECONDS = 5.0
+
+
+def register(subparsers: Any) -> None:
+    listing = subparsers.add_parser("list", help="list the installed connectors")
+    listing.set_defaults(func=list_connectors)
+
+    run = subparsers.add_parser("run", help="run a connector until SIGTERM/SIGINT")
+    run.add_argument("name", help="connector type, e.g. mysql-sink (see meshconnect list)")
+    run.add_argument("--config", required=True, help="worker config file (YAML; the Java layout is accepted too)")
+    run.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT, help="seconds to drain on SIGTERM")
+    run.set_defaults(func=run_command)
+
+    check = subparsers.add_parser("check", help="validate a connector config (and with --connect, try it)")
+    check.add_argument("name", help="connector type, e.g. mysql-sink")
+    check.add_argument("--config", required=True, help="worker config file")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the mesh, the registry and the connector's system; a source shows its first records",
+    )
+    check.set_defaults(func=check_command)
+
+
+def list_connectors(_args: argparse.Namespace) -> int:
+    entries = catalogue()
+    width = max((len(entry.name) for entry in entries), default=4)
+    for entry in entries:
+        text = entry.description if entry.problem is None else f"(not usable here: {entry.problem})"
+        print(f"{entry.name:<{width}}  {entry.side:<6}  {text}")
+    if not entries:
+        print("no connectors installed", file=sys.stderr)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        cls = load_connector(args.name)
+    except ConfigError as exc:
+        print(f"meshconnect: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_connector(args.config, connector_class=cls, shutdown_timeout=args.shutdown_timeout)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    try:
+        cls = load_connector(args.name)
+        config = load_config(args.config, connector=args.name)
+        typed = connector_config(cls.config_model, config)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"ok: {args.config} is a valid {cls.name} config for instance {config.name!r}")
+    if not args.connect:
+        return 0
+    configure_logging(config.log, stream=sys.stderr)
+    try:
+        asyncio.run(_try_connections(cls, config, typed))
+    except MeshConnectError as exc:
+        print(f"connection check failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TimeoutError:
+        print("connection check failed: timed out", file=sys.stderr)
+        return EXIT_FAILED
+    print("ok: every system the config names answered")
+    return 0
+
+
+async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any) -> None:
+    mesh = config.mesh
+    async with asyncio.timeout(mesh.connect_timeout + mesh.request_timeout):
+        async with build_client(config, "pub" if cls.side == "source" else "sub"):
+            print(f"ok: mesh {mesh.address} accepted the handshake")
+    instance = cls(typed)
+    if isinstance(instance, Sink):
+        await instance.start(SinkContext(config.name, log=structlog.get_logger()))
+        await instance.stop()
+        print(f"ok: {cls.name} connected")
+        return
+    assert isinstance(instance, Source)
+    registry = open_registry(config.registry)
+    try:
+        offsets = await registry.load_offsets(config.name)
+        print(f"ok: registry ({config.registry.kind}) answered: {len(offsets)} committed partition offset(s)")
+        groups = frozenset(await instance.partition_groups())
+        await instance.start(SourceContext(config.name, offsets, assigned_groups=groups))
+        try:
+            await _preview(instance, config)
+        finally:
+            await instance.stop()
+    finally:
+        await registry.close()
+
+
+async def _preview(source: Source[Any], config: WorkerConfig) -> None:
+    """Print the first few events the source would publish (nothing is published or committed)."""
+    shown = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _PREVIEW_SECONDS
+    while shown < _PREVIEW_RECORDS and loop.time() < deadline:
+        for record in await source.poll():
+            if shown >= _PREVIEW_RECORDS:
+                break
+            shown += 1
+            try:
+                event = record_to_cloudevent(
+                    record,
+                    connector=config.name,
+                    default_source=config.source.event_source or f"/meshconnect/{config.name}",
+                    default_type=config.source.event_type or f"{config.connector}.record",
+                    default_subject=config.source.topic,
+                )
+            except DataError as exc:
+                print(f"record {shown}: would be dead-lettered: {exc.reason}")
+                continue
+            print(f"record {shown}: {_event_json(event)}")
+    print(f"ok: {config.connector} connected; {shown} record(s) shown, nothing published or committed")
+
+
+def _event_json(event: CloudEvent) -> str:
+    document = {**event.get_attributes(), "data": event.get_data()}
+    return orjson.dumps(document, default=str).decode()

@@ -1,0 +1,209 @@
+"""``meshconnect demo``: a whole pipeline on one machine, no Docker, no external service.
+
+Four processes, as in production: the embedded mesh (``meshconnect mesh``), an ``http-source``
+receiving events on ``--http-port`` and a ``file-sink`` writing them as CloudEvents JSON lines under
+``--out``, both run with ``meshconnect run`` from configs written to a state directory (with a
+file registry there). The demo prints the commands to send events and where they land; Ctrl-C
+stops the source, then the sink, then the mesh, each draining cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+__all__ = ["register"]
+
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 20.0
+_TOPIC = "demo"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("demo", help="run http-source -> embedded mesh -> file-sink on this machine")
+    parser.add_argument("--http-port", type=int, default=8080, help="port the http-source listens on (default 8080)")
+    parser.add_argument("--out", default="./demo-out", help="directory the file-sink writes to (default ./demo-out)")
+    parser.add_argument("--state-dir", default=None, help="where configs, registry and logs go (default: a temp dir)")
+    parser.set_defaults(func=run_demo)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _worker_config(name: str, connector: str, mesh_port: int, admin_port: int, state: Path, **sections: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "connector": connector,
+        "mesh": {"address": f"127.0.0.1:{mesh_port}"},
+        "registry": {"kind": "file", "path": str(state / "registry"), "lease_ttl": 5},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "log": {"format": "json"},
+        **sections,
+    }
+
+
+class _Demo:
+    def __init__(self, http_port: int, out: Path, state: Path) -> None:
+        self.http_port = http_port
+        self.out = out
+        self.state = state
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def spawn(self, label: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.state / f"{label}.log", "ab")  # noqa: SIM115 - handed to the child for its lifetime
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.children.append((label, process))
+        return process
+
+    def wait_ready(self, label: str, process: subprocess.Popen[bytes], probe: Any) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{label} exited with {process.returncode}; see {self.state / (label + '.log')}")
+            if probe():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{label} did not become ready within {_START_TIMEOUT}s; see {self.state / (label + '.log')}")
+
+    def start(self) -> None:
+        mesh_port = _free_port()
+        mesh = self.spawn(
+            "mesh", [sys.executable, "-m", "runtime.commands.mesh", "--host", "127.0.0.1", "--port", str(mesh_port)]
+        )
+        self.wait_ready("mesh", mesh, lambda: _port_open(mesh_port))
+        sink_admin, source_admin = _free_port(), _free_port()
+        sink_config = _worker_config(
+            "demo-files",
+            "file-sink",
+            mesh_port,
+            sink_admin,
+            self.state,
+            sink={"topics": [_TOPIC], "batch_size": 100, "linger_ms": 20},
+            config={"directory": str(self.out), "prefix": "events"},
+        )
+        source_config = _worker_config(
+            "demo-http",
+            "http-source",
+            mesh_port,
+            source_admin,
+            self.state,
+            source={"topic": _TOPIC, "event_source": "/demo", "checkpoint_interval": 0.5},
+            config={"host": "127.0.0.1", "port": self.http_port, "path": "/events"},
+        )
+        for label, admin_port, connector, config in (
+            ("file-sink", sink_admin, "file-sink", sink_config),
+            ("http-source", source_admin, "http-source", source_config),
+        ):
+            path = self.state / f"{label}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            process = self.spawn(label, [sys.executable, "-m", "runtime.cli", "run", connector, "--config", str(path)])
+            self.wait_ready(label, process, lambda port=admin_port: _ready(port))
+
+    def stop(self) -> int:
+        """SIGTERM the children newest first (source, sink, mesh), each drained before the next."""
+        code = 0
+        for label, process in reversed(self.children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                print(f"{label} did not stop within {_STOP_TIMEOUT}s: killed", file=sys.stderr)
+                code = 1
+        return code
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _ready(admin_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _instructions(http_port: int, out: Path, state: Path) -> str:
+    url = f"http://127.0.0.1:{http_port}/events"
+    return f"""
+meshconnect demo is running: http-source -> embedded mesh (topic '{_TOPIC}') -> file-sink
+
+Send a CloudEvent (binary mode):
+  curl -i -X POST {url} -H 'ce-specversion: 1.0' -H 'ce-id: demo-1' -H 'ce-source: /curl' \\
+       -H 'ce-type: demo.greeting' -H 'content-type: application/json' -d '{{"hello": "mesh"}}'
+Or a plain JSON webhook:
+  curl -i -X POST {url} -H 'content-type: application/json' -d '{{"order": 42}}'
+
+Events land as CloudEvents JSON lines in: {out}/events-*.jsonl
+  tail -f {out}/events-*.jsonl
+Configs, registry and logs: {state}
+Press Ctrl-C to stop everything cleanly.
+"""
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state = Path(args.state_dir).resolve() if args.state_dir else Path(tempfile.mkdtemp(prefix="meshconnect-demo-"))
+    state.mkdir(parents=True, exist_ok=True)
+    if _port_open(args.http_port):
+        print(f"port {args.http_port} is taken: pass --http-port with a free port", file=sys.stderr)
+        return 2
+    demo = _Demo(args.http_port, out, state)
+    stop_requested = False
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print("starting the embedded mesh, file-sink and http-source...", flush=True)
+        try:
+            demo.start()
+        except RuntimeError as exc:
+            print(f"demo failed to start: {exc}", file=sys.stderr)
+            demo.stop()
+            return 1
+        print(_instructions(args.http_port, out, state), flush=True)
+        while not stop_requested:
+            dead = [(label, process.returncode) for label, process in demo.children if process.poll() is not None]
+            if dead:
+                print(f"{dead[0][0]} exited with {dead[0][1]}; see {state / (dead[0][0] + '.log')}", file=sys.stderr)
+                demo.stop()
+                return 1
+            time.sleep(0.2)
+        print("\nstopping: http-source, file-sink, mesh...", flush=True)
+        code = demo.stop()
+        print("stopped." if code == 0 else "stopped, not cleanly.", flush=True)
+        return code
+    finally:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
