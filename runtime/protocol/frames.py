@@ -645,6 +645,8 @@ class FrameDecoder:
             flag = bytes(frame[:9]).decode("latin-1")
             version = bytes(frame[9:13]).decode("latin-1")
             raise RemoteProtocolError(f"invalid magic flag or version: flag={flag!r} version={version!r}")
+        if length < _HEADER_START - 8:
+            raise RemoteProtocolError(f"frame length {length} leaves no room for the header length field (minimum 13)")
         (header_length,) = _INT32.unpack_from(frame, _LENGTH_FIELD_END)
         body_length = length - 13 - header_length
         if header_length <= 0:

@@ -66,6 +66,12 @@ def test_encode_refuses_frames_over_4_mib_like_java_and_decoder_refuses_frames_o
     assert FrameDecoder().feed(encode(fits)) == [fits]
 
 
+@pytest.mark.parametrize("length", [9, 12])
+def test_frame_too_short_for_the_header_length_field_is_an_error(length: int) -> None:
+    with pytest.raises(RemoteProtocolError, match="no room"):
+        FrameDecoder().feed(PREFIX + struct.pack(">I", length) + b"\0" * (length - 9))
+
+
 @pytest.mark.parametrize("length", [0, 8, 2**31, 2**32 - 1])
 def test_length_field_is_unsigned_and_bounded(length: int) -> None:
     decoder = FrameDecoder()
