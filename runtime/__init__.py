@@ -1,6 +1,7 @@
 """meshconnect's runtime: everything a connector author imports comes from here."""
 
-from runtime.config import ConnectorConfig, Secret
+from runtime.app import main_for
+from runtime.config import ConnectorConfig, Secret, load_config
 from runtime.connector import Rejection, Sink, SinkContext, Source, SourceContext
 from runtime.errors import (
     ConfigError,
@@ -25,4 +26,6 @@ __all__ = [
     "SinkContext",
     "Source",
     "SourceContext",
+    "load_config",
+    "main_for",
 ]
