@@ -13,24 +13,27 @@ source_dir="${3:-.}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${source_dir}[${connector}]"
 
-# pip only warns about an unknown extra: fail the build for a name that is not a registered connector.
+# pip only warns about an unknown extra: fail the build for a name that is not a registered connector,
+# or one that cannot be imported with only its own extra installed.
 "$venv/bin/python" - "$connector" <<'PY'
 import sys
-from importlib.metadata import entry_points
 
-known = sorted(entry_point.name for entry_point in entry_points(group="meshconnect.connectors"))
-if sys.argv[1] not in known:
-    sys.exit(f"CONNECTOR={sys.argv[1]!r} is not a registered connector; choose one of: {', '.join(known)}")
+from runtime.errors import ConfigError
+from runtime.plugins import load_connector
+
+try:
+    load_connector(sys.argv[1])
+except ConfigError as exc:
+    sys.exit(f"CONNECTOR={sys.argv[1]}: {exc}")
 PY
 
 # The launcher is the image's entrypoint: Python itself is the process (no shell in between), so
 # SIGTERM reaches the connector's main(), which drains, checkpoints and exits.
 cat > "$venv/bin/meshconnect-connector" <<PY
 #!$venv/bin/python
-import sys
+from runtime.app import main_for
+from runtime.plugins import load_connector
 
-from runtime.cli import main
-
-sys.exit(main(["run", "$connector", *sys.argv[1:]]))
+main_for(load_connector("$connector"))
 PY
 chmod 0755 "$venv/bin/meshconnect-connector"
