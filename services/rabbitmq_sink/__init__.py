@@ -1,0 +1,1 @@
+"""rabbitmq-sink: publish events to RabbitMQ with publisher confirms."""

@@ -1,0 +1,1 @@
+"""rabbitmq-source: consume a RabbitMQ queue, ack after the mesh stored the event."""
