@@ -86,13 +86,11 @@ TRANSPORT_EXTENSIONS: Final = frozenset(
 )
 """Extensions the Java runtime adds to an event between publisher and subscriber."""
 
-_ATTRIBUTES_BEFORE_EXTENSIONS = ("id", "source", "type")
+_ATTRIBUTES_BEFORE_EXTENSIONS = ("id", "source", "type")  # after specversion
 _ATTRIBUTES_AFTER_CONTENT_TYPE = ("dataschema", "subject")
 _CONTEXT_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 _JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
-# orjson writes these differently from Jackson: \u00XX escapes with a hex letter (lower case) and raw 4-byte UTF-8.
-_ORJSON_DIFFERS = re.compile(rb"\\u00(?:0[bef]|1[a-f])|[\xf0-\xf4]")
 _INT32 = range(-(2**31), 2**31)
 
 # Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
@@ -125,23 +123,7 @@ def _json_bytes(value: Any) -> bytes:
         fast = orjson.dumps(value)
     except TypeError as exc:
         raise DataError(f"event data is not JSON-serializable: {exc}") from exc
-    return jackson.dumps(value) if _ORJSON_DIFFERS.search(fast) else fast
-
-
-def _extension_bytes(name: str, value: Any) -> bytes:
-    if isinstance(value, str):
-        return jackson.dumps_str(value)
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, int):
-        if value not in _INT32:
-            raise DataError(
-                f"extension {name!r} = {value} does not fit the 32-bit integer the Java runtime reads; send it as a string"
-            )
-        return str(value).encode()
-    if isinstance(value, datetime):
-        return jackson.dumps_str(_rfc3339(value))
-    raise DataError(f"extension {name!r} must be a string, boolean or integer, got {type(value).__name__}")
+    return jackson.dumps(value) if jackson.ORJSON_DIFFERS.search(fast) else fast
 
 
 def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
@@ -170,26 +152,43 @@ def event_to_body(event: CloudEvent) -> bytes:
                 f"extension name {name!r} cannot travel over EventMesh TCP: use lower-case letters and digits, "
                 "and none of the names the mapping and the runtime use (meshcontenttype, meshdataenc, protocol*, req*/rsp*)"
             )
-        extensions[name] = value
+        extensions[name] = _extension_value(name, value)
     if content_type is not None:
         extensions[CONTENT_TYPE_EXTENSION] = content_type
     extensions[DATA_ENCODING_EXTENSION] = encoding
 
-    parts = [b'{"specversion":', jackson.dumps_str(attributes.get("specversion", "1.0"))]
+    document: dict[str, Any] = {"specversion": attributes.get("specversion", "1.0")}
     for name in _ATTRIBUTES_BEFORE_EXTENSIONS:
-        parts += (b',"', name.encode(), b'":', jackson.dumps_str(attributes[name]))
-    parts.append(b',"datacontenttype":"application/cloudevents+json"')
+        document[name] = attributes[name]
+    document["datacontenttype"] = CLOUDEVENTS_CONTENT_TYPE
     for name in _ATTRIBUTES_AFTER_CONTENT_TYPE:
         value = attributes.get(name)
         if value is not None:
-            parts += (b',"', name.encode(), b'":', jackson.dumps_str(value))
+            document[name] = value
     moment = attributes.get("time")
     if moment is not None:
-        parts += (b',"time":', jackson.dumps_str(_rfc3339(moment) if isinstance(moment, datetime) else str(moment)))
+        document["time"] = _rfc3339(moment) if isinstance(moment, datetime) else str(moment)
     for name in jackson.java_hashmap_order(extensions):
-        parts += (b',"', name.encode(), b'":', _extension_bytes(name, extensions[name]))
-    parts += (b',"data":', data, b"}")
-    return b"".join(parts)
+        document[name] = extensions[name]
+    # One orjson call writes the attributes as Jackson does, unless a string needs Jackson's own escapes.
+    fast = orjson.dumps({**document, "data": orjson.Fragment(data)})
+    if jackson.ORJSON_DIFFERS.search(fast) is None:
+        return fast
+    return jackson.dumps(document)[:-1] + b',"data":' + data + b"}"
+
+
+def _extension_value(name: str, value: Any) -> str | bool | int:
+    if isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        if value not in _INT32:
+            raise DataError(
+                f"extension {name!r} = {value} does not fit the 32-bit integer the Java runtime reads; send it as a string"
+            )
+        return value
+    if isinstance(value, datetime):
+        return _rfc3339(value)
+    raise DataError(f"extension {name!r} must be a string, boolean or integer, got {type(value).__name__}")
 
 
 def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]]:

@@ -126,6 +126,7 @@ class SubscriptionType(enum.Enum):
     UNRECOGNIZED = 2
 
 
+_COMMANDS: Mapping[str, Command] = Command.__members__
 _USER_AGENT_COMMANDS = frozenset({Command.HELLO_REQUEST, Command.RECOMMEND_REQUEST})
 _SUBSCRIPTION_COMMANDS = frozenset({Command.SUBSCRIBE_REQUEST, Command.UNSUBSCRIBE_REQUEST})
 # Commands whose body the Java decoder keeps as a raw string for the protocol plugin.
@@ -518,6 +519,27 @@ def encode_raw(header_json: bytes, body: bytes) -> bytes:
 
 def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]:
     """Jackson's reading of ``Header``: (header, None), or (None, view) when cmd is missing or null."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    else:
+        # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
+        if type(value) is dict:
+            name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")
+            properties = value.get("properties")
+            if properties is None:
+                properties = {}
+            if (
+                type(name) is str
+                and (command := _COMMANDS.get(name)) is not None
+                and type(code) is int
+                and _INT_MIN <= code <= _INT_MAX
+                and (desc is None or type(desc) is str)
+                and (seq is None or type(seq) is str)
+                and type(properties) is dict
+            ):
+                return Header(command, code, desc, seq, properties), None
     try:
         value = _as_object(_parse_json(raw, from_bytes=True), "the header")
         if value is None:

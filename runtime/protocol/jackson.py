@@ -19,6 +19,7 @@ given keys, which is the order Java writes header properties and CloudEvent exte
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -26,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-__all__ = ["JsonBean", "dumps", "dumps_str", "java_double_to_string", "java_hashmap_order", "java_string_hash"]
+__all__ = ["ORJSON_DIFFERS", "JsonBean", "dumps", "dumps_str", "java_double_to_string", "java_hashmap_order", "java_string_hash"]
 
 
 @runtime_checkable
@@ -38,7 +39,11 @@ class JsonBean(Protocol):
 
 # Characters for which orjson's output differs from Jackson's: control characters whose \u00XX escape
 # contains a hex letter (orjson writes lower case), surrogates, and characters beyond the BMP.
-_ORJSON_DIFFERS = re.compile("[\x0b\x0e\x0f\x1a-\x1f\ud800-\udfff\U00010000-\U0010ffff]")
+_ORJSON_DIFFERS_TEXT = re.compile("[\x0b\x0e\x0f\x1a-\x1f\ud800-\udfff\U00010000-\U0010ffff]")
+# The same test on orjson's output bytes: a lower-case hex escape of a control character, or a 4-byte UTF-8
+# sequence. A false positive (a literal backslash followed by such text) only costs the slow path.
+ORJSON_DIFFERS = re.compile(rb"\\u00(?:0[bef]|1[a-f])|[\xf0-\xf4]")
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
 _NEEDS_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff\U00010000-\U0010ffff]')
 
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
@@ -58,7 +63,7 @@ def _escape_char(match: re.Match[str]) -> str:
 
 def dumps_str(text: str) -> bytes:
     """A JSON string literal (quotes included) as Jackson writes it, UTF-8 encoded."""
-    if _ORJSON_DIFFERS.search(text) is None:
+    if _ORJSON_DIFFERS_TEXT.search(text) is None:
         return orjson.dumps(text)
     return b'"' + _NEEDS_ESCAPE.sub(_escape_char, text).encode("utf-8") + b'"'
 
@@ -99,6 +104,16 @@ def _shortest_digits(magnitude: float) -> tuple[str, int]:
 
 def dumps(value: Any) -> bytes:
     """Serialize ``value`` (JSON values, mappings in their own order, ``JsonBean`` objects) like Jackson."""
+    if isinstance(value, Mapping) and all(type(item) in _FLAT_TYPES for item in value.values()):
+        # Flat maps (header properties) are the hot case: orjson writes them as Jackson does unless a
+        # string holds one of the characters where the two differ.
+        try:
+            fast = orjson.dumps(value if type(value) is dict else dict(value))
+        except TypeError:  # keys that are not strings, integers beyond 64 bits
+            pass
+        else:
+            if ORJSON_DIFFERS.search(fast) is None:
+                return fast
     parts: list[bytes] = []
     _write(value, parts)
     return b"".join(parts)
@@ -171,14 +186,19 @@ def java_hashmap_order(keys: Iterable[str]) -> list[str]:
     size exceeds 0.75 x capacity; a resize keeps the relative order inside a bucket, so the final order
     is (bucket in the final table, insertion order). Bins of 8+ colliding keys (tree bins) are not modelled.
     """
-    unique = list(dict.fromkeys(keys))
+    return list(_hashmap_order(tuple(dict.fromkeys(keys))))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hashmap_order(unique: tuple[str, ...]) -> tuple[str, ...]:
     capacity = 16
     while len(unique) > capacity * 3 // 4:
         capacity *= 2
     mask = capacity - 1
+    return tuple(sorted(unique, key=lambda key: _spread_hash(key) & mask))  # stable: insertion order within a bucket
 
-    def bucket(key: str) -> int:
-        hashed = java_string_hash(key) & 0xFFFFFFFF
-        return (hashed ^ (hashed >> 16)) & mask
 
-    return sorted(unique, key=bucket)  # sorted() is stable: insertion order within a bucket
+@functools.lru_cache(maxsize=4096)
+def _spread_hash(key: str) -> int:
+    hashed = java_string_hash(key) & 0xFFFFFFFF
+    return hashed ^ (hashed >> 16)
