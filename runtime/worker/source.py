@@ -183,6 +183,8 @@ class _ActiveSession:
         self.checkpoint_due = asyncio.Event()
         self.retries: set[asyncio.Task[None]] = set()
         self.backoff = Backoff(0.2, 5.0)
+        self.acked = 0
+        self.acked_bytes = 0
 
     async def run(self) -> None:
         worker = self.worker
@@ -223,6 +225,7 @@ class _ActiveSession:
             for task in [*tasks, watch, stopping, *self.retries]:
                 task.cancel()
             await asyncio.gather(*tasks, watch, stopping, *self.retries, return_exceptions=True)
+            self._flush_metrics()
             self.metrics.in_flight.set(0)
             with contextlib.suppress(RetriableError):
                 await asyncio.wait_for(self.source.stop(), self.worker.drain_timeout)
@@ -296,7 +299,6 @@ class _ActiveSession:
     async def _publish_one(self, record: ConnectorRecord) -> None:
         event = self._event_for(record)
         entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
-        self.metrics.in_flight.set(self.tracker.in_flight)
         try:
             ack = await self.client.start_publish(event)
         except RetriableError as exc:  # the window stayed full or the session is down: retry on the side
@@ -317,18 +319,24 @@ class _ActiveSession:
 
     def _done(self, entry: Submitted, event: CloudEvent) -> None:
         self.tracker.ack(entry)
-        self.metrics.records_out.inc()
+        self.acked += 1
         data = event.get_data()
         if isinstance(data, bytes | str):
-            self.metrics.bytes_out.inc(len(data))
+            self.acked_bytes += len(data)
         elif data is not None:
-            self.metrics.bytes_out.inc(len(orjson.dumps(data)))
-        self.metrics.in_flight.set(self.tracker.in_flight)
-        self.metrics.offset_lag.set(self.tracker.committable_count)
+            self.acked_bytes += len(orjson.dumps(data))
         # Without a lease there is no registry write to amortize: commit upstream as soon as acked
         # (an HTTP source holds its response until then).
         if self.worker.coordinator is None or self.tracker.committable_count >= self.config.source.checkpoint_every:
             self.checkpoint_due.set()
+
+    def _flush_metrics(self) -> None:
+        """Counters are summed per record and published here, once per checkpoint tick (the hot path stays cheap)."""
+        self.metrics.records_out.inc(self.acked)
+        self.metrics.bytes_out.inc(self.acked_bytes)
+        self.acked = self.acked_bytes = 0
+        self.metrics.in_flight.set(self.tracker.in_flight)
+        self.metrics.offset_lag.set(self.tracker.committable_count)
 
     async def _republish(self, entry: Submitted, event: CloudEvent, error: BaseException) -> None:
         """Publish ``event`` again until the mesh takes it: a refused event ends in the dead-letter topic."""
@@ -365,6 +373,7 @@ class _ActiveSession:
         while True:
             await _first_of(self.checkpoint_due.wait(), seconds=interval)
             self.checkpoint_due.clear()
+            self._flush_metrics()
             await self._checkpoint()
 
     async def _checkpoint(self) -> None:
@@ -390,7 +399,6 @@ class _ActiveSession:
                 self.worker.board.last_offsets.update(offsets)
             self.metrics.last_checkpoint.set(time.time())
         self.tracker.written(checkpoint)
-        self.metrics.offset_lag.set(self.tracker.committable_count)
         await self.source.commit(checkpoint.records)
 
     async def _commit(self, offsets: Mapping[str, Mapping[str, Any]], lease: Any) -> None:

@@ -1,0 +1,193 @@
+"""End-to-end pipeline: events/s from a source worker through the embedded mesh to a sink worker.
+
+Three processes, as in production: the embedded mesh (``python -m runtime.commands.mesh``), a
+source worker running a no-op source that emits 1 KiB JSON records as fast as it is polled, and
+a sink worker running a no-op sink that only counts. Everything the runtime does is on the path:
+record -> CloudEvent, publish window and acks, per-partition offset tracking and checkpoints to a
+file registry, pushes, batching, acks after ``put``. The rate is events delivered to the sink per
+second from the source's first poll to the sink's last record.
+
+Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/protocol.py``
+(length-prefixed frames of the same size, an ack per frame, the same window), one way only.
+The last line is ``ratio: <pipeline events/s / raw events/s>`` (target >= 0.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+from protocol import RAW_SERVER, free_port, one_kib_event, publish_raw, spawn, stop  # noqa: E402
+
+from runtime import ConnectorConfig, ConnectorRecord, Rejection, Sink, Source, SourceContext  # noqa: E402
+from runtime.protocol.events import publish_package  # noqa: E402
+from runtime.protocol.frames import Command, encode  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
+WINDOW = 1000
+PAYLOAD = "x" * 800
+PARTITION = {"bench": 0}
+
+
+class NoopSourceConfig(ConnectorConfig):
+    limit: int = Field(EVENTS, description="Records to emit in all.")
+    batch: int = Field(500, description="Records per poll.")
+    report: str = Field(description="File to write the time of the first poll to.")
+
+
+class NoopSource(Source[NoopSourceConfig]):
+    name = "noop-source"
+    description = "Emits numbered 1 KiB JSON records as fast as it is polled."
+    config_model = NoopSourceConfig
+
+    async def start(self, context: SourceContext) -> None:
+        last = context.offset({"bench": 0})
+        self.next = 0 if last is None else int(last["n"]) + 1
+        self.first_poll: float | None = None
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        if self.first_poll is None:
+            self.first_poll = time.time()
+            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"first_poll": self.first_poll}))
+        end = min(self.next + self.config.batch, self.config.limit)
+        if self.next >= end:
+            await asyncio.sleep(0.1)
+            return []
+        records = [
+            ConnectorRecord(data={"n": n, "payload": PAYLOAD}, partition=PARTITION, offset={"n": n})
+            for n in range(self.next, end)
+        ]
+        self.next = end
+        return records
+
+
+class NoopSinkConfig(ConnectorConfig):
+    expect: int = Field(EVENTS, description="Records after which the time is reported.")
+    report: str = Field(description="File to write the count and the time of the last record to.")
+
+
+class NoopSink(Sink[NoopSinkConfig]):
+    name = "noop-sink"
+    description = "Counts what it receives."
+    config_model = NoopSinkConfig
+
+    def __init__(self, config: NoopSinkConfig) -> None:
+        super().__init__(config)
+        self.count = 0
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        self.count += len(records)
+        if self.count >= self.config.expect:
+            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"count": self.count, "last": time.time()}))
+        return []
+
+
+def worker_config(name: str, connector: str, mesh_port: int, state: Path, **sections: object) -> Path:
+    config = {
+        "name": name,
+        "connector": connector,
+        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": WINDOW},
+        "registry": {"kind": "file", "path": str(state / "registry")},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json", "level": "warning"},
+        **sections,
+    }
+    path = state / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_worker(target: str, config: Path) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.testing", target, str(config)],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def pipeline_rate(run: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
+        state = Path(directory)
+        mesh_port = free_port()
+        mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port)
+        topic = f"bench-{run}"
+        sink_report, source_report = state / "sink.json", state / "source.json"
+        sink_config = worker_config(
+            "bench-sink",
+            "noop-sink",
+            mesh_port,
+            state,
+            sink={"topics": [topic], "batch_size": 500, "linger_ms": 5},
+            config={"expect": EVENTS, "report": str(sink_report)},
+        )
+        source_config = worker_config(
+            "bench-source",
+            "noop-source",
+            mesh_port,
+            state,
+            source={"topic": topic, "checkpoint_every": 1000},
+            config={"limit": EVENTS, "report": str(source_report)},
+        )
+        workers = [run_worker("pipeline:NoopSink", sink_config)]
+        try:
+            time.sleep(1.0)  # the sink subscribes first, so the rate is not a replay of a backlog
+            workers.append(run_worker("pipeline:NoopSource", source_config))
+            deadline = time.monotonic() + 300
+            while not sink_report.exists():
+                if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
+                    raise RuntimeError("the pipeline did not deliver every event")
+                time.sleep(0.05)
+            time.sleep(0.05)
+            first = json.loads(source_report.read_text())["first_poll"]
+            last = json.loads(sink_report.read_text())["last"]
+            return EVENTS / (last - first)
+        finally:
+            for worker in workers:
+                stop(worker)
+            stop(mesh)
+
+
+def raw_rate() -> float:
+    payloads = [encode(publish_package(one_kib_event(n), Command.ASYNC_MESSAGE_TO_SERVER, "0000000001")) for n in range(EVENTS)]
+    port = free_port()
+    server = spawn(["-c", RAW_SERVER, str(port), "per-frame"], port)
+    try:
+        return asyncio.run(publish_raw(port, payloads, False))
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    print(f"events: {EVENTS} of about 1 KiB; window {WINDOW}; runs: {RUNS}")
+    pipeline_rates, raw_rates = [], []
+    for run in range(RUNS):
+        pipeline_rates.append(pipeline_rate(run))
+        raw_rates.append(raw_rate())
+        print(f"    run {run + 1}: pipeline {pipeline_rates[-1]:,.0f} events/s, raw publish-with-ack {raw_rates[-1]:,.0f}/s")
+    pipeline, raw = statistics.median(pipeline_rates), statistics.median(raw_rates)
+    print(f"source -> embedded mesh -> sink (3 processes): {pipeline:,.0f} events/s (median)")
+    print(f"raw asyncio publish with ack, one way (baseline): {raw:,.0f} events/s (median)")
+    print(f"ratio: {pipeline / raw:.3f}")
+
+
+if __name__ == "__main__":
+    main()
