@@ -176,6 +176,7 @@ def _reject_constant(name: str) -> Any:
 _LENIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_JAVA_BLANK = "".join(map(chr, range(33)))  # what Java's String.trim() removes
 _JAVA_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
@@ -228,8 +229,8 @@ def _as_int(value: Any, name: str) -> int:
             raise _JsonInvalid(f"'{name}' must be an int, got {value}")
         value = int(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if not text:
+        text = value.strip(_JAVA_BLANK)
+        if not text or text == "null":
             return 0
         if not _JAVA_INT_TEXT.fullmatch(text):
             raise _JsonInvalid(f"'{name}' must be an int, got {value!r}")
@@ -246,16 +247,14 @@ def _as_enum(value: Any, enum_type: type[_E], name: str) -> _E | None:
     if value is None:
         return None
     if isinstance(value, str):
-        member = enum_type.__members__.get(value) or enum_type.__members__.get(value.strip())
+        text = value.strip(_JAVA_BLANK)
+        member = enum_type.__members__.get(value) or enum_type.__members__.get(text)
         if member is not None:
             return member
-        text = value.strip()
-        if not text:
-            return None
-        if text.isdigit() and text.isascii():
-            value = int(text)
-        else:
+        if not (text[:1].isdigit() and text.isascii() and text.isdigit()):
+            # Empty and blank strings are refused too: Jackson's default coercion for enums is to fail.
             raise _JsonInvalid(f"'{name}' has an unknown {enum_type.__name__} value {value!r}")
+        value = int(text)
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return enum_type(value)

@@ -105,6 +105,8 @@ def test_header_length_zero_or_negative_is_a_headerless_frame(header_length: int
     [
         (b'{"cmd":2}', Header(Command.HELLO_REQUEST)),
         (b'{"cmd":"36","code":"7"}', Header(Command.RECOMMEND_RESPONSE, 7)),
+        (b'{"cmd":" HELLO_RESPONSE\\n","code":" +5 "}', Header(Command.HELLO_RESPONSE, 5)),
+        (b'{"cmd":"HELLO_RESPONSE","code":"null","properties":null}', Header(Command.HELLO_RESPONSE)),
         (b'{"cmd":"LISTEN_RESPONSE","code":1.9,"seq":42,"desc":true}', Header(Command.LISTEN_RESPONSE, 1, "true", "42")),
         (
             b'  {"cmd":"HEARTBEAT_REQUEST","extra":[1,{}],"command":"nonsense"} trailing junk \xff',
@@ -129,6 +131,9 @@ def test_header_is_read_like_jackson(header: bytes, expected: Header) -> None:
         '"HELLO_REQUEST"',
         '{"cmd":"hello_request"}',
         '{"cmd":"NO_SUCH_COMMAND"}',
+        '{"cmd":""}',
+        '{"cmd":"  "}',
+        '{"cmd":"1x"}',
         '{"cmd":37}',
         '{"cmd":-1}',
         '{"cmd":true}',
