@@ -1,0 +1,5 @@
+from runtime.app import main_for
+
+from services.mysql_sink.connector import MysqlSink
+
+main_for(MysqlSink)
