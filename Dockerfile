@@ -44,8 +44,7 @@ WORKDIR /var/lib/meshconnect
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MESHCONNECT_CONFIG=/etc/meshconnect/config.yaml \
-    MESHCONNECT_CONNECTOR=${CONNECTOR}
+    MESHCONNECT_CONFIG=/etc/meshconnect/config.yaml
 
 USER 10001:10001
 # Admin HTTP: /healthz, /readyz, /metrics (Prometheus), /status.
