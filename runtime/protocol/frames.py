@@ -9,7 +9,8 @@ The decoder mirrors the Java runtime's ``Codec.Decoder`` (a Netty ``LengthFieldB
 
 * the length field is read unsigned as soon as 17 bytes are there; ``length < 9`` or ``length + 8 > 4 MiB``
   is rejected at once, before the rest of the frame arrives;
-* magic and version are checked once the whole frame is buffered;
+* magic and version are checked once the whole frame is buffered, then a frame too short to hold the
+  header length field (``length < 13``) is refused;
 * ``headerLen <= 0`` (or a JSON ``null`` header) gives a frame without header, ``bodyLen <= 0`` no body;
 * the header is read like Jackson reads ``Header``: unknown keys and ``command`` ignored, ``cmd`` by name
   or by ordinal, scalars coerced, trailing bytes after the JSON value ignored;
