@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
+from runtime.testing import SinkHarness, run_sink_conformance
 from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer
 
@@ -234,3 +235,25 @@ async def test_server_killed_mid_batch_every_event_lands_exactly_once(mariadb_se
     finally:
         await sink.stop()
     assert rows(mariadb_server, "SELECT COUNT(*), COUNT(DISTINCT id) FROM cloudevents", database) == [["12000", "12000"]]
+
+
+def restart_with_cdc_settings(server: MariaDBServer) -> None:
+    server.restart()
+    server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+
+
+@pytest.mark.slow
+async def test_conformance(mariadb_server: MariaDBServer, database: str, tmp_path: Path) -> None:
+    async def read() -> list[str]:
+        return [row[0] for row in await asyncio.to_thread(rows, mariadb_server, "SELECT id FROM cloudevents", database)]
+
+    await run_sink_conformance(
+        SinkHarness(
+            connector=MysqlSink,
+            config=lambda: {"port": mariadb_server.port, "database": database, "mode": "events", "write_timeout": 5},
+            read=read,
+            kill_system=mariadb_server.kill,
+            restart_system=lambda: restart_with_cdc_settings(mariadb_server),
+        ),
+        workdir=tmp_path,
+    )

@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runtime import ConfigError, ConnectorRecord, SourceContext
 from runtime.record import derive_event_id, partition_key
+from runtime.testing import SourceHarness, run_source_conformance
 from services.mysql_source.connector import MysqlSource, MysqlSourceConfig
 from services.mysql_source.snapshot import SNAPSHOT_ROWS_DONE
 from tests.servers import MariaDBServer
@@ -239,3 +241,34 @@ async def test_polling_mode_by_incrementing_and_timestamp_columns(mariadb_server
         assert await again.poll() == [] and await again.poll() == []
     finally:
         await again.stop()
+
+
+@pytest.mark.slow
+async def test_conformance(mariadb_server: MariaDBServer, database: str, tmp_path: Path) -> None:
+    mariadb_server.sql("CREATE TABLE items (n INT PRIMARY KEY, text VARCHAR(40))", database)
+
+    async def produce(start: int, count: int) -> None:
+        values = ",".join(f"({n}, 'item {n}')" for n in range(start, start + count))
+        await asyncio.to_thread(mariadb_server.sql, f"INSERT INTO items VALUES {values}", database)
+
+    def restart() -> None:
+        mariadb_server.restart()
+        mariadb_server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=MysqlSource,
+            config=lambda: {
+                "port": mariadb_server.port,
+                "include_tables": [f"{database}.items"],
+                "topic_template": "conformance",
+                "replica_id": 61000 + next(_ids),
+                "heartbeat_interval": 1,
+            },
+            produce=produce,
+            number_of=lambda event: int((event.get_data().get("after") or {"n": -1})["n"]),  # -1: the table's schema
+            kill_system=mariadb_server.kill,
+            restart_system=restart,
+        ),
+        workdir=tmp_path,
+    )
