@@ -127,10 +127,14 @@ def test_cdc_profile_chains_mysql_source_to_mysql_sink(compose: dict[str, Any]) 
     source = resolve_config(mounted_config(by_connector["mysql-source"]), dict(by_connector["mysql-source"]["environment"]))
     sink = resolve_config(mounted_config(by_connector["mysql-sink"]), dict(by_connector["mysql-sink"]["environment"]))
     assert sink["config"]["mode"] == "cdc"
-    assert sink["worker"]["sink"]["topics"], "the cdc sink subscribes no topic"
-    assert source["config"]["database"] != sink["config"]["database"] or source["config"]["host"] != sink["config"]["host"], (
-        "the cdc sink would write into the tables the source reads"
-    )
+    assert source["config"]["host"] == sink["config"]["host"] == "mysql"
+    captured = source["config"]["include_databases"]
+    assert sink["config"]["database"] not in captured, "the cdc sink would write into the tables the source reads"
+    topics = sink["worker"]["sink"]["topics"]
+    assert topics, "the cdc sink subscribes no topic"
+    for topic in topics:
+        database, _, table = topic.partition(".")
+        assert database in captured and table, f"the sink's topic {topic} is not one the source publishes ({captured})"
 
 
 def test_eventmesh_accepts_real_payloads(compose: dict[str, Any]) -> None:
