@@ -25,7 +25,7 @@ import orjson
 
 from runtime.errors import LocalProtocolError
 from runtime.protocol import jackson
-from runtime.protocol.frames import FrameDecoder, HeaderlessFrame, Package, encode_raw
+from runtime.protocol.frames import FrameDecoder, HeaderlessFrame, Package, encode_raw, java_header_view
 
 __all__ = ["decode_line", "encode_line", "register"]
 
@@ -97,17 +97,7 @@ def decode_line(line: str) -> str:
 def _package_view(frame: Package | HeaderlessFrame) -> dict[str, Any]:
     if isinstance(frame, HeaderlessFrame):
         return {"header": None if frame.header is None else dict(frame.header), "body_text": None}
-    header = frame.header
-    return {
-        "header": {
-            "cmd": header.command.name,
-            "code": header.code,
-            "desc": header.desc,
-            "seq": header.seq,
-            "properties": dict(header.properties),
-        },
-        "body_text": frame.text(),
-    }
+    return {"header": java_header_view(frame.header), "body_text": frame.text()}
 
 
 def _dumps(value: Any) -> str:

@@ -33,6 +33,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -42,6 +43,7 @@ from runtime.protocol import jackson
 
 __all__ = [
     "MAX_FRAME",
+    "NULL_PROPERTIES",
     "PREFIX",
     "Command",
     "FrameDecoder",
@@ -128,6 +130,8 @@ class SubscriptionType(enum.Enum):
 
 
 _COMMANDS: Mapping[str, Command] = Command.__members__
+NULL_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+"""The (empty) properties of a received header whose JSON said ``"properties": null``; Java keeps null there."""
 _USER_AGENT_COMMANDS = frozenset({Command.HELLO_REQUEST, Command.RECOMMEND_REQUEST})
 _SUBSCRIPTION_COMMANDS = frozenset({Command.SUBSCRIBE_REQUEST, Command.UNSUBSCRIBE_REQUEST})
 # Commands whose body the Java decoder keeps as a raw string for the protocol plugin.
@@ -528,8 +532,6 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
         if type(value) is dict:
             name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")
             properties = value.get("properties")
-            if properties is None:
-                properties = {}
             if (
                 type(name) is str
                 and (command := _COMMANDS.get(name)) is not None
@@ -537,9 +539,9 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
                 and _INT_MIN <= code <= _INT_MAX
                 and (desc is None or type(desc) is str)
                 and (seq is None or type(seq) is str)
-                and type(properties) is dict
+                and (type(properties) is dict or (properties is None and "properties" not in value))
             ):
-                return Header(command, code, desc, seq, properties), None
+                return Header(command, code, desc, seq, {} if properties is None else properties), None
     try:
         value = _as_object(_parse_json(raw, from_bytes=True), "the header")
         if value is None:
@@ -553,7 +555,7 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
         raise RemoteProtocolError(f"frame header is invalid: {exc}") from exc
     if command is None:
         return None, {"cmd": None, "code": code, "desc": desc, "seq": seq, "properties": properties}
-    return Header(command, code, desc, seq, {} if properties is None else properties), None
+    return Header(command, code, desc, seq, NULL_PROPERTIES if properties is None else properties), None
 
 
 def _check_body(command: Command, body: bytes) -> bytes | None:
@@ -572,6 +574,12 @@ def _check_body(command: Command, body: bytes) -> bytes | None:
     except _JsonInvalid as exc:
         raise RemoteProtocolError(f"{command.name} body is not a valid {java_type}: {exc}") from exc
     return body
+
+
+def java_header_view(header: Header) -> dict[str, Any]:
+    """The header as Java's decoder holds it (cmd, code, desc, seq, properties), for conformance tooling."""
+    properties = None if header.properties is NULL_PROPERTIES else dict(header.properties)
+    return {"cmd": header.command.name, "code": header.code, "desc": header.desc, "seq": header.seq, "properties": properties}
 
 
 def java_body_view(package: Package) -> tuple[str | None, Any]:

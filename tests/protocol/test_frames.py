@@ -10,6 +10,7 @@ from runtime.errors import LocalProtocolError, RemoteProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.frames import (
     MAX_FRAME,
+    NULL_PROPERTIES,
     PREFIX,
     Command,
     FrameDecoder,
@@ -24,6 +25,7 @@ from runtime.protocol.frames import (
     UserAgent,
     encode,
     encode_raw,
+    java_header_view,
 )
 
 
@@ -106,7 +108,7 @@ def test_header_length_zero_or_negative_is_a_headerless_frame(header_length: int
         (b'{"cmd":2}', Header(Command.HELLO_REQUEST)),
         (b'{"cmd":"36","code":"7"}', Header(Command.RECOMMEND_RESPONSE, 7)),
         (b'{"cmd":" HELLO_RESPONSE\\n","code":" +5 "}', Header(Command.HELLO_RESPONSE, 5)),
-        (b'{"cmd":"HELLO_RESPONSE","code":"null","properties":null}', Header(Command.HELLO_RESPONSE)),
+        (b'{"cmd":"HELLO_RESPONSE","code":"null","properties":null}', Header(Command.HELLO_RESPONSE, properties=NULL_PROPERTIES)),
         (b'{"cmd":"LISTEN_RESPONSE","code":1.9,"seq":42,"desc":true}', Header(Command.LISTEN_RESPONSE, 1, "true", "42")),
         (
             b'  {"cmd":"HEARTBEAT_REQUEST","extra":[1,{}],"command":"nonsense"} trailing junk \xff',
@@ -149,6 +151,13 @@ def test_header_is_read_like_jackson(header: bytes, expected: Header) -> None:
 def test_header_jackson_would_refuse_is_an_error(header: str) -> None:
     with pytest.raises(RemoteProtocolError, match="header"):
         FrameDecoder().feed(frame(header))
+
+
+def test_null_properties_read_as_empty_but_show_as_null_in_javas_view() -> None:
+    header = decode_one(frame('{"cmd":"HEARTBEAT_REQUEST","properties":null}')).header
+    assert header.properties == {}
+    assert java_header_view(header)["properties"] is None
+    assert java_header_view(decode_one(frame('{"cmd":"HEARTBEAT_REQUEST"}')).header)["properties"] == {}
 
 
 def test_header_with_invalid_utf8_inside_the_json_is_an_error() -> None:

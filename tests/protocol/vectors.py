@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.protocol.frames import HeaderlessFrame, Package, java_body_view
+from runtime.protocol.frames import HeaderlessFrame, Package, java_body_view, java_header_view
 
 # The full conformance set has the same shape; point MESHCONNECT_TCP_VECTORS at it to run it too.
 VECTORS_PATH = Path(
@@ -23,19 +23,8 @@ def java_view(frame: Package | HeaderlessFrame) -> dict[str, Any]:
     """A decoded frame shaped like the vectors' ``decoded_by_java`` packages."""
     if isinstance(frame, HeaderlessFrame):
         return {"header": None if frame.header is None else dict(frame.header), "body_java_type": None, "body": None}
-    header = frame.header
     java_type, body = java_body_view(frame)
-    return {
-        "header": {
-            "cmd": header.command.name,
-            "code": header.code,
-            "desc": header.desc,
-            "seq": header.seq,
-            "properties": dict(header.properties),
-        },
-        "body_java_type": java_type,
-        "body": body,
-    }
+    return {"header": java_header_view(frame.header), "body_java_type": java_type, "body": body}
 
 
 def expected_packages(vector: dict[str, Any]) -> list[dict[str, Any]]:
