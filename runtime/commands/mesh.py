@@ -76,19 +76,23 @@ def load_users(path: Path) -> Mapping[str, str]:
     return {user: str(password) for user, password in loaded.items()}
 
 
-async def serve(mesh: EmbeddedMesh) -> None:
-    """Run ``mesh`` until SIGTERM or SIGINT, then stop it gracefully."""
+async def serve(mesh: EmbeddedMesh) -> bool:
+    """Run ``mesh`` until SIGTERM or SIGINT (then stop it gracefully) or until its store fails; True if it failed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await mesh.start()
     try:
-        await stop.wait()
+        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(mesh.wait_failed())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await mesh.stop()
+    return mesh.failed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             max_topic_events=args.max_topic_events,
             max_event_size=args.max_event_size,
         )
-        asyncio.run(serve(mesh))
+        failed = asyncio.run(serve(mesh))
     except ConfigError as exc:
         log.error("mesh.config_error", error=str(exc))
         return 2
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("mesh.listen_failed", host=args.host, port=args.port, error=str(exc))
         return 1
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,16 +59,21 @@ class Delivery:
 
 @dataclass(slots=True)
 class Changes:
-    """What happened since the last commit, for the durable store (empty when nothing is stored)."""
+    """What happened since the last commit, for the durable store (nothing is kept without one).
+
+    Values are copied when they change, so the store may write them from another thread while the
+    broker goes on: ``cursors`` maps a consumer to its ``acked_upto``, ``trims`` a topic to its
+    first retained offset.
+    """
 
     events: list[tuple[str, int, bytes]] = field(default_factory=list)
-    new_consumers: list[Consumer] = field(default_factory=list)
-    moved_consumers: set[Consumer] = field(default_factory=set)
+    new_consumers: list[tuple[Consumer, int]] = field(default_factory=list)
+    cursors: dict[Consumer, int] = field(default_factory=dict)
     acks_above: list[tuple[Consumer, int]] = field(default_factory=list)
-    trimmed_topics: set[TopicLog] = field(default_factory=set)
+    trims: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.new_consumers or self.moved_consumers or self.acks_above or self.trimmed_topics)
+        return bool(self.events or self.new_consumers or self.cursors or self.acks_above or self.trims)
 
 
 class TopicLog:
@@ -162,7 +167,7 @@ class Consumer:
         self.acked_upto = upto
         self._broker.trim_later(self.topic)
         if changes is not None:
-            changes.moved_consumers.add(self)
+            changes.cursors[self] = upto
 
     def requeue(self, offset: int) -> None:
         """Dispatch ``offset`` again (its push timed out or its session left)."""
@@ -246,7 +251,7 @@ class Broker:
             consumer = self.consumers[key] = Consumer(self, group, log, mode, log.first_offset)
             log.consumers.append(consumer)
             if self.changes is not None:
-                self.changes.new_consumers.append(consumer)
+                self.changes.new_consumers.append((consumer, consumer.acked_upto))
         return consumer
 
     # -- the flows -----------------------------------------------------------------------------
@@ -317,7 +322,7 @@ class Broker:
                 consumer.pump()
         for topic in self._to_trim:
             if topic.trim() and self.changes is not None:
-                self.changes.trimmed_topics.add(topic)
+                self.changes.trims[topic.name] = topic.first_offset
         self._to_trim.clear()
 
     def take_changes(self) -> Changes | None:
@@ -325,6 +330,8 @@ class Broker:
         if changes is None or not changes:
             return None
         self.changes = Changes()
+        # An ack above the cursor that the cursor has passed since needs no row of its own.
+        changes.acks_above = [(consumer, offset) for consumer, offset in changes.acks_above if offset >= consumer.acked_upto]
         return changes
 
     def iter_consumers(self, topic: str) -> Iterator[Consumer]:

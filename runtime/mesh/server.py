@@ -10,10 +10,11 @@ not acked in time, expiry of sessions that stopped heartbeating, expiry of unans
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hmac
 import itertools
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ class _Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._close_after_flush = False
+        self._close_pending = False
         self.peer = "?"
         self.user_agent: UserAgent | None = None
         self.subscriptions: dict[str, SubscriptionItem] = {}
@@ -211,19 +213,24 @@ class _Session(asyncio.Protocol):
         return self.closed or self._close_after_flush
 
     def close_after_flush(self) -> None:
-        self._close_after_flush = True
+        self._close_after_flush = self._close_pending = True
         self._mesh.output_pending(self)
 
-    def flush(self) -> None:
+    def take_output(self) -> tuple[bytes, bool]:
+        """What to write next and whether to close the connection after it; the buffer starts afresh."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        close, self._close_pending = self._close_pending, False
+        return data, close
+
+    def write(self, data: bytes, close: bool) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
-            self._out.clear()
             return
-        if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
+        if data:
             transport.write(data)
-        if self._close_after_flush:
+        if close:
             transport.close()
 
     def abort(self) -> None:
@@ -298,6 +305,9 @@ class EmbeddedMesh:
         self.max_event_size = max_event_size
         self.broker = Broker(max_topic_events=max_topic_events, durable=data_dir is not None)
         self._store: MeshStore | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commit: asyncio.Future[None] | None = None
+        self._failed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._housekeeper: asyncio.Task[None] | None = None
@@ -325,6 +335,7 @@ class EmbeddedMesh:
         self._loop = asyncio.get_running_loop()
         if self.data_dir is not None:
             self._store = MeshStore(self.data_dir)
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mesh-store")
             loaded = self._store.load(self.broker)
             log.info("mesh.store.loaded", path=str(self._store.path), events=loaded, consumers=len(self.broker.consumers))
         self._server = await self._loop.create_server(lambda: _Session(self), self.host, self._requested_port)
@@ -339,7 +350,7 @@ class EmbeddedMesh:
         for session in list(self._sessions):
             session.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, desc=GRACEFUL_QUIT), None))
             session.close_after_flush()
-        self._tick()
+        await self._drain_commits()
         if self._sessions:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
@@ -352,11 +363,30 @@ class EmbeddedMesh:
                 await self._housekeeper
         await self._server.wait_closed()
         self._server = None
-        self._tick()
+        await self._drain_commits()
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
         log.info("mesh.stopped")
+
+    @property
+    def failed(self) -> bool:
+        """True once the store failed; the mesh then serves nobody until restarted."""
+        return self._failed.is_set()
+
+    async def wait_failed(self) -> None:
+        """Return when the store failed and the mesh cut every session off (it must be restarted)."""
+        await self._failed.wait()
+
+    async def _drain_commits(self) -> None:
+        """Commit everything that happened and write every answer that waited for it."""
+        self._tick()
+        while self._commit is not None:
+            await asyncio.wait({self._commit})
+            self._tick()
 
     async def __aenter__(self) -> EmbeddedMesh:
         await self.start()
@@ -437,25 +467,42 @@ class EmbeddedMesh:
             self._loop.call_soon(self._tick)
 
     def _tick(self) -> None:
-        """End of a loop turn: push, make the turn's changes durable, then say what we have to say."""
+        """End of a loop turn: push what can be pushed, make it durable, then say what we have to say."""
         try:
             self.broker.settle()
-            changes = self.broker.take_changes()
-            if changes is not None and self._store is not None:
-                try:
-                    self._store.commit(changes)
-                except sqlite3.Error as exc:
-                    # Nothing of this turn may be acked: the mesh cannot keep its promise any more.
-                    log.error("mesh.store.failed", error=str(exc))
-                    for session in list(self._sessions):
-                        session.abort()
-                    self._to_flush.clear()
-                    return
+            if self._commit is not None or self._failed.is_set():
+                return  # the output waits for the next commit, which starts when the running one returns
+            changes = self.broker.take_changes() if self._store is not None else None
             to_flush, self._to_flush = self._to_flush, {}
-            for session in to_flush:
-                session.flush()
+            batch = [(session, *session.take_output()) for session in to_flush]
+            if changes is None:
+                self._write(batch)
+                return
+            assert self._loop is not None and self._store is not None
+            self._commit = self._loop.run_in_executor(self._executor, self._store.commit, changes)
+            self._commit.add_done_callback(functools.partial(self._committed, batch))
         finally:
             self._tick_scheduled = False
+
+    def _committed(self, batch: list[tuple[_Session, bytes, bool]], commit: asyncio.Future[None]) -> None:
+        self._commit = None
+        error = commit.exception()
+        if error is not None:
+            # Nothing of this batch may be acked: the mesh cannot keep its promises any more.
+            log.error("mesh.store.failed", error=str(error), action="every session is cut off; restart the mesh")
+            self._failed.set()
+            if self._server is not None:
+                self._server.close()
+            for session in list(self._sessions):
+                session.abort()
+            return
+        self._write(batch)
+        self.schedule_tick()
+
+    @staticmethod
+    def _write(batch: list[tuple[_Session, bytes, bool]]) -> None:
+        for session, data, close in batch:
+            session.write(data, close)
 
     async def _housekeeping(self) -> None:
         interval = min(1.0, max(0.01, min(self.redelivery_timeout, self.session_timeout) / 5))

@@ -1,22 +1,35 @@
 """The mesh's durable state in one SQLite file (WAL): retained events, consumer cursors, acks.
 
-The server commits the broker's :class:`~runtime.mesh.broker.Changes` once per loop tick, in one
-transaction, *before* it writes that tick's answers: a publish is acked only once its event is in
-the file, and an ack a consumer sent is on disk before the consumer hears anything else from us.
+The server commits the broker's :class:`~runtime.mesh.broker.Changes` in one transaction on a
+worker thread, and writes the answers of those changes only once the commit returned: a publish is
+acked only once its event is in the file, and an ack a consumer sent is on disk before the consumer
+hears anything else from us. While one commit runs, the next turns' changes pile up into the next
+(group commit), so the batch grows with the load.
+
 ``synchronous=NORMAL`` in WAL mode survives a crash of the process (kill -9): a commit is in the
 operating system's page cache before ``commit()`` returns. It does not survive a power cut of the
 machine, which a development stand-in does not need to.
 
 Tables::
 
-    events(topic, offset, body)                 the retained events
+    topics(id, name)                            a number for each topic
+    batches(id, last_offset, data)              the events one commit appended to one topic
     consumers(id, grp, topic, mode, acked_upto) one row per consumer group, topic and mode
     acks(consumer, offset)                      acks above a consumer's acked_upto (out of order)
+
+A batch's id is its topic's id times 2**40 plus its first offset, so the batches of a topic are one
+range of the table's B-tree; ``data`` is the big-endian uint32 length of each event, then the
+events. One row per commit and topic (not per event) keeps the commit to a few calls into SQLite,
+which matters because the worker thread must win the GIL back from the event loop for each call.
+A batch is deleted once every event in it was acked by every consumer of the topic; loading skips
+the events of a batch that every consumer acked already.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 from runtime.errors import ConfigError
@@ -26,17 +39,33 @@ from runtime.protocol.frames import SubscriptionMode
 __all__ = ["MeshStore"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events(topic TEXT NOT NULL, offset INTEGER NOT NULL, body BLOB NOT NULL,
-    PRIMARY KEY (topic, offset)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, last_offset INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS consumers(id INTEGER PRIMARY KEY, grp TEXT NOT NULL, topic TEXT NOT NULL,
     mode TEXT NOT NULL, acked_upto INTEGER NOT NULL, UNIQUE (grp, topic, mode));
 CREATE TABLE IF NOT EXISTS acks(consumer INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (consumer, offset)) WITHOUT ROWID;
 """
+_OFFSET_BITS = 40
+
+
+def pack_batch(bodies: list[bytes]) -> bytes:
+    return struct.pack(f">{len(bodies)}I", *map(len, bodies)) + b"".join(bodies)
+
+
+def unpack_batch(data: bytes, count: int) -> Iterable[bytes]:
+    position = 4 * count
+    for length in struct.unpack_from(f">{count}I", data):
+        yield data[position : position + length]
+        position += length
 
 
 class MeshStore:
-    """One SQLite database under ``data_dir``; all calls are quick and made from the event loop."""
+    """One SQLite database under ``data_dir``.
+
+    :meth:`load` and :meth:`close` run on the event loop; :meth:`commit` runs on one worker thread,
+    one call at a time, while the loop goes on (SQLite releases the GIL while it works).
+    """
 
     FILE_NAME = "mesh.sqlite3"
 
@@ -52,37 +81,45 @@ class MeshStore:
             raise ConfigError(
                 "data_dir", f"cannot open the mesh store {self.path}: {exc}", "point it at a writable directory"
             ) from exc
+        self._topic_ids: dict[str, int] = {}
 
     def load(self, broker: Broker) -> int:
-        """Fill ``broker`` with the stored events and cursors; returns the number of events loaded."""
+        """Fill ``broker`` with the stored cursors and events; returns the number of events loaded."""
         db = self._db
-        loaded = 0
-        for topic, offset, body in db.execute("SELECT topic, offset, body FROM events ORDER BY topic, offset"):
-            log = broker.topic(topic)
-            if not log.events:
-                log.first_offset = offset
-            log.events[offset] = bytes(body)
-            log.next_offset = offset + 1
-            loaded += 1
+        self._topic_ids = {name: topic_id for topic_id, name in db.execute("SELECT id, name FROM topics")}
+        names = {topic_id: name for name, topic_id in self._topic_ids.items()}
         changes, broker.changes = broker.changes, None  # loading is not a change
         try:
             for consumer_id, group, topic, mode, acked_upto in db.execute(
                 "SELECT id, grp, topic, mode, acked_upto FROM consumers ORDER BY id"
             ):
-                log = broker.topic(topic)
-                if not log.events:
-                    # Everything was acked and trimmed: new events continue after the cursor.
-                    log.first_offset = log.next_offset = max(log.next_offset, acked_upto)
                 consumer = broker.consumer(group, topic, SubscriptionMode[mode])
                 consumer.id = consumer_id
                 consumer.acked_upto = consumer.next_offset = acked_upto
-            by_id = {consumer.id: consumer for consumer in broker.consumers.values()}
-            for consumer_id, offset in db.execute("SELECT consumer, offset FROM acks"):
-                found = by_id.get(consumer_id)
-                if found is not None and offset >= found.acked_upto:
-                    found.acked_above.add(offset)
+                log = consumer.topic
+                # New events continue after the cursor even when everything was acked and deleted.
+                log.first_offset = log.next_offset = max(log.next_offset, acked_upto)
         finally:
             broker.changes = changes
+        by_id = {consumer.id: consumer for consumer in broker.consumers.values()}
+        for consumer_id, offset in db.execute("SELECT consumer, offset FROM acks"):
+            found = by_id.get(consumer_id)
+            if found is not None and offset >= found.acked_upto:
+                found.acked_above.add(offset)
+        loaded = 0
+        lowest = {name: log.trim_point() for name, log in broker.topics.items()}
+        for batch_id, last_offset, data in db.execute("SELECT id, last_offset, data FROM batches ORDER BY id"):
+            topic_id, first_offset = divmod(batch_id, 1 << _OFFSET_BITS)
+            name = names[topic_id]
+            log = broker.topic(name)
+            low = lowest.get(name, 0)
+            if not log.events:
+                log.first_offset = max(first_offset, low)
+            for offset, body in enumerate(unpack_batch(data, last_offset - first_offset + 1), first_offset):
+                if offset >= low:
+                    log.events[offset] = body
+                    loaded += 1
+            log.next_offset = max(log.next_offset, last_offset + 1)
         return loaded
 
     def commit(self, changes: Changes) -> None:
@@ -91,27 +128,53 @@ class MeshStore:
         db.execute("BEGIN")
         try:
             if changes.events:
-                db.executemany("INSERT OR REPLACE INTO events(topic, offset, body) VALUES (?, ?, ?)", changes.events)
-            for consumer in changes.new_consumers:
+                db.executemany("INSERT INTO batches(id, last_offset, data) VALUES (?, ?, ?)", self._batches(changes.events))
+            for consumer, acked_upto in changes.new_consumers:
                 cursor = db.execute(
                     "INSERT INTO consumers(grp, topic, mode, acked_upto) VALUES (?, ?, ?, ?)",
-                    (consumer.group, consumer.topic.name, consumer.mode.name, consumer.acked_upto),
+                    (consumer.group, consumer.topic.name, consumer.mode.name, acked_upto),
                 )
                 consumer.id = cursor.lastrowid
             if changes.acks_above:
                 db.executemany(
                     "INSERT OR IGNORE INTO acks(consumer, offset) VALUES (?, ?)",
-                    [(consumer.id, offset) for consumer, offset in changes.acks_above if offset >= consumer.acked_upto],
+                    [(consumer.id, offset) for consumer, offset in changes.acks_above],
                 )
-            for consumer in changes.moved_consumers:
-                db.execute("UPDATE consumers SET acked_upto = ? WHERE id = ?", (consumer.acked_upto, consumer.id))
-                db.execute("DELETE FROM acks WHERE consumer = ? AND offset < ?", (consumer.id, consumer.acked_upto))
-            for topic in changes.trimmed_topics:
-                db.execute("DELETE FROM events WHERE topic = ? AND offset < ?", (topic.name, topic.first_offset))
+            for consumer, acked_upto in changes.cursors.items():
+                db.execute("UPDATE consumers SET acked_upto = ? WHERE id = ?", (acked_upto, consumer.id))
+                db.execute("DELETE FROM acks WHERE consumer = ? AND offset < ?", (consumer.id, acked_upto))
+            for topic, first_offset in changes.trims.items():
+                db.execute(
+                    "DELETE FROM batches WHERE id >= ? AND id < ? AND last_offset < ?",
+                    (self._row_id(topic, 0), self._row_id(topic, first_offset), first_offset),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _batches(self, events: list[tuple[str, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        """One row per run of consecutive offsets of one topic."""
+        rows: list[tuple[int, int, bytes]] = []
+        bodies: list[bytes] = []
+        topic, first, last = "", 0, -2
+        for event_topic, offset, body in events:
+            if event_topic != topic or offset != last + 1:
+                if bodies:
+                    rows.append((self._row_id(topic, first), last, pack_batch(bodies)))
+                topic, first, bodies = event_topic, offset, []
+            bodies.append(body)
+            last = offset
+        if bodies:
+            rows.append((self._row_id(topic, first), last, pack_batch(bodies)))
+        return rows
+
+    def _row_id(self, topic: str, offset: int) -> int:
+        topic_id = self._topic_ids.get(topic)
+        if topic_id is None:
+            cursor = self._db.execute("INSERT INTO topics(name) VALUES (?)", (topic,))
+            topic_id = self._topic_ids[topic] = int(cursor.lastrowid or 0)
+        return (topic_id << _OFFSET_BITS) + offset
 
     def close(self) -> None:
         self._db.close()
