@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.layout import ROOT, registered_connectors, require_tool, run
+from tests.deploy.layout import ROOT, Connector, connector_ids, registered_connectors, require_tool, run
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_CONNECTOR = "http-source"  # no external system needed besides the mesh
@@ -111,6 +112,13 @@ def test_dockerignore_keeps_the_context_small() -> None:
             *sources, _target = instruction.arguments.split()
             for source in sources:
                 assert source in let_in, f"COPY {source} but .dockerignore keeps it out"
+
+
+@pytest.mark.parametrize("connector", registered_connectors(), ids=connector_ids(registered_connectors()))
+def test_every_connector_has_the_extra_its_image_installs(connector: Connector) -> None:
+    """`--build-arg CONNECTOR=<name>` installs `meshconnect[<name>]`; pip would only warn about a missing extra."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert connector.name in extras, f"pyproject.toml has no extra {connector.name!r} for its image"
 
 
 def free_port() -> int:
