@@ -413,7 +413,9 @@ class MeshClient:
             if self._listening:
                 await self._control(self._session.listen)
         except BaseException:
+            # Forget this connection now, not when its close callback runs, so the next attempt starts clean.
             conn.abort()
+            self._connection_lost(conn, None)
             raise
         self._next_heartbeat = loop.time() + self._heartbeat_interval
         log.info("mesh connected", address=f"{host}:{port}", subscriptions=len(self._subscriptions), in_flight=self._in_flight)
@@ -447,12 +449,16 @@ class MeshClient:
         tick = min(_TICK, self._heartbeat_interval / 4, self._request_timeout / 4)
         while True:
             await asyncio.sleep(tick)
-            now = loop.time()
-            self._resolve(self._session.expire(now))
-            if self._state is ClientState.CONNECTED and now >= self._next_heartbeat:
-                self._next_heartbeat = now + self._heartbeat_interval
-                self._session.heartbeat(None, now, min(self._request_timeout, self._heartbeat_interval))
-                self._schedule_flush()
+            try:
+                now = loop.time()
+                self._resolve(self._session.expire(now))
+                if self._session.state is SessionState.READY and self.connected and now >= self._next_heartbeat:
+                    self._next_heartbeat = now + self._heartbeat_interval
+                    self._session.heartbeat(None, now, min(self._request_timeout, self._heartbeat_interval))
+                    self._schedule_flush()
+            except Exception:
+                # Every deadline of the client hangs on this loop: a bug in one turn must not stop it.
+                log.exception("mesh client ticker failed")
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -632,6 +638,8 @@ class MeshClient:
         self._resolve(self._session.connection_lost())
         if not self._closing:
             log.warning("mesh connection lost", address=self._describe_address(), reason=str(exc) if exc else "closed")
+            if self._state is ClientState.CONNECTED:
+                self._set_state(ClientState.RECONNECTING)
             self._disconnected.set()
 
     def _resolve(self, events: Sequence[SessionEvent[_Token]]) -> None:

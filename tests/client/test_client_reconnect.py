@@ -102,9 +102,17 @@ async def test_kill_and_restart_of_the_mesh_loses_no_event(mesh_process: MeshPro
         await asyncio.sleep(0.5)
         assert not publishing.done(), "the outage happens mid-stream"
         await asyncio.to_thread(mesh_process.start)
-        async with asyncio.timeout(60):
-            await publishing
-            await consuming
+        try:
+            async with asyncio.timeout(60):
+                await publishing
+                await consuming
+        except TimeoutError:
+            missing_acks = sorted(set(range(TOTAL)) - published)
+            missing_pushes = sorted(set(range(TOTAL)) - received)
+            pytest.fail(
+                f"stuck: publisher {pub.state.value} in flight {pub.in_flight}, {len(missing_acks)} unacked {missing_acks[:10]}; "
+                f"subscriber {sub.state.value}, {len(missing_pushes)} not received {missing_pushes[:10]}"
+            )
         assert published == set(range(TOTAL))
         assert received == set(range(TOTAL))
         assert ClientState.RECONNECTING in states and states[-1] is ClientState.CONNECTED
