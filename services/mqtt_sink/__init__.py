@@ -1,0 +1,1 @@
+"""mqtt-sink: publish events to MQTT at QoS 1."""
