@@ -15,6 +15,7 @@ The last line is ``ratio: <client events/s / raw events/s>`` (target >= 0.5).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import statistics
@@ -25,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from cloudevents.core.v1.event import CloudEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +239,7 @@ async def publish_raw(port: int, payloads: list[bytes], batched: bool) -> float:
 
 
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     events = [one_kib_event(n) for n in range(max(CODEC_EVENTS, PUBLISH_EVENTS))]
     frame_size = len(encode(publish_package(events[0], Command.ASYNC_MESSAGE_TO_SERVER, "0000000001")))
     print(f"event: {len(publish_package(events[0]).body or b'')} body bytes, {frame_size} frame bytes; runs: {RUNS}")

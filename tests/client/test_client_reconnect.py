@@ -40,9 +40,11 @@ class MeshProcess(ServerProcess):
 @pytest.fixture
 def mesh_process() -> Iterator[MeshProcess]:
     server = MeshProcess()
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 async def publish_all(client: MeshClient, published: set[int], quarter_done: asyncio.Event) -> None:
