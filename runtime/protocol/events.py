@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from datetime import datetime
 from types import MappingProxyType
@@ -59,6 +60,7 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.frames import Command, Header, Package
+from runtime.record import is_json_content_type
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -78,8 +80,14 @@ CONTENT_TYPE_EXTENSION: Final = "meshcontenttype"
 DATA_ENCODING_EXTENSION: Final = "meshdataenc"
 _RESERVED_EXTENSIONS = frozenset({CONTENT_TYPE_EXTENSION, DATA_ENCODING_EXTENSION})
 
-_STAMPS: tuple[str, ...] = ("c2eventmeshtimestamp", "eventmesh2mqtimestamp", "sendeventmeship", "mq2eventmeshtimestamp")
-_STAMPS += ("receiveeventmeship", "eventmesh2ctimestamp")
+_STAMPS = (
+    "c2eventmeshtimestamp",
+    "eventmesh2mqtimestamp",
+    "sendeventmeship",
+    "mq2eventmeshtimestamp",
+    "receiveeventmeship",
+    "eventmesh2ctimestamp",
+)
 TRANSPORT_EXTENSIONS: Final = frozenset(
     {"protocoltype", "protocolversion", "protocoldesc", "rsp0sys", "rsp0group", "rsp0idc", "rsp0ip"}
     | {prefix + stamp for prefix in ("req", "rsp") for stamp in _STAMPS}
@@ -90,7 +98,6 @@ _ATTRIBUTES_BEFORE_EXTENSIONS = ("id", "source", "type")  # after specversion
 _ATTRIBUTES_AFTER_CONTENT_TYPE = ("dataschema", "subject")
 _CONTEXT_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
-_JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
 _INT32 = range(-(2**31), 2**31)
 
 # Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
@@ -121,9 +128,14 @@ def _json_bytes(value: Any) -> bytes:
     """``value`` as JSON: orjson's bytes unless they could differ from Jackson's escaping."""
     try:
         fast = orjson.dumps(value)
+        if jackson.ORJSON_DIFFERS.search(fast) is None:
+            return fast
+    except TypeError:
+        pass  # e.g. integers beyond 64 bits, which Jackson writes (and Java reads as BigInteger)
+    try:
+        return jackson.dumps(value)
     except TypeError as exc:
         raise DataError(f"event data is not JSON-serializable: {exc}") from exc
-    return jackson.dumps(value) if jackson.ORJSON_DIFFERS.search(fast) else fast
 
 
 def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
@@ -132,7 +144,7 @@ def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
         return "none", b'""'
     if isinstance(data, bytes | bytearray | memoryview):
         return "base64", b'"' + base64.b64encode(data) + b'"'
-    if isinstance(data, str) and (content_type is None or _JSON_CONTENT_TYPE.match(content_type) is None):
+    if isinstance(data, str) and not is_json_content_type(content_type):
         return "text", jackson.dumps_str(data)
     return "json", _json_bytes(data)
 
@@ -196,10 +208,7 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 
     Raises ``DataError`` when the body is not a valid CloudEvent (the caller dead-letters it).
     """
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise DataError(f"message body is not JSON: {exc}") from exc
+    document = _load_json(body)
     if not isinstance(document, dict):
         raise DataError(f"message body is a JSON {type(document).__name__}, not a CloudEvent object")
     wire_data = document.pop("data", None)
@@ -229,6 +238,23 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
         # The SDK stamps a missing time with "now"; an event published without one stays without one.
         event.get_attributes().pop("time", None)
     return event, transport
+
+
+def _load_json(body: bytes) -> Any:
+    # orjson reads integers beyond 64 bits as floats; the standard parser keeps them exact (Java's BigInteger).
+    if jackson.LONG_DIGITS.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise DataError(f"message body is not JSON: {exc}") from exc
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"message body is not JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def body_to_event(body: bytes) -> CloudEvent:

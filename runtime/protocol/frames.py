@@ -191,10 +191,11 @@ def _parse_json(raw: bytes | bytearray | memoryview, *, from_bytes: bool = False
     Java reads bodies from a ``String`` (invalid UTF-8 already replaced) but the header from the bytes,
     where invalid UTF-8 inside the value is an error and a leading byte order mark is skipped.
     """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    if jackson.LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     if from_bytes:
         text = bytes(raw).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     else:
@@ -528,6 +529,8 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
     except orjson.JSONDecodeError:
         value = None
     else:
+        if jackson.LONG_DIGITS.search(raw) is not None:
+            value = None  # integers beyond 64 bits: let the general path read them exactly
         # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
         if type(value) is dict:
             name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")

@@ -27,7 +27,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-__all__ = ["ORJSON_DIFFERS", "JsonBean", "dumps", "dumps_str", "java_double_to_string", "java_hashmap_order", "java_string_hash"]
+__all__ = [
+    "LONG_DIGITS",
+    "ORJSON_DIFFERS",
+    "JsonBean",
+    "dumps",
+    "dumps_str",
+    "java_double_to_string",
+    "java_hashmap_order",
+    "java_string_hash",
+]
 
 
 @runtime_checkable
@@ -43,6 +52,8 @@ _ORJSON_DIFFERS_TEXT = re.compile("[\x0b\x0e\x0f\x1a-\x1f\ud800-\udfff\U00010000
 # The same test on orjson's output bytes: a lower-case hex escape of a control character, or a 4-byte UTF-8
 # sequence. A false positive (a literal backslash followed by such text) only costs the slow path.
 ORJSON_DIFFERS = re.compile(rb"\\u00(?:0[bef]|1[a-f])|[\xf0-\xf4]")
+# Digit runs long enough to hold an integer beyond 64 bits, which orjson would read as a float.
+LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _FLAT_TYPES = frozenset({str, int, bool, type(None)})
 _NEEDS_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff\U00010000-\U0010ffff]')
 
