@@ -85,7 +85,7 @@ async def test_lease_loss_stops_publishing_and_regaining_resumes_from_the_checkp
                 "connector": "counter-source",
                 "mesh": {"address": f"127.0.0.1:{mesh.port}"},
                 "source": {"topic": "numbers", "checkpoint_every": 20, "checkpoint_interval": 0.05},
-                "registry": {"kind": "file", "path": str(tmp_path), "lease_ttl": 0.6},
+                "registry": {"kind": "file", "path": str(tmp_path), "lease_ttl": 1.5},
                 "admin": {"host": "127.0.0.1", "port": 0},
                 "config": {"limit": 10**9, "partitions": 1, "batch": 5},
             }
@@ -97,7 +97,7 @@ async def test_lease_loss_stops_publishing_and_regaining_resumes_from_the_checkp
                 await asyncio.sleep(0.02)
         registry.fenced = True
         fenced_at = time.monotonic()
-        await asyncio.sleep(1.5)  # past the TTL: the lease is lost whatever the timing of the renewals
+        await asyncio.sleep(2.5)  # past the TTL: the lease is lost whatever the timing of the renewals
         depth_when_standing_by = mesh.topic_depth("numbers")
         await asyncio.sleep(0.5)
         assert mesh.topic_depth("numbers") == depth_when_standing_by, "a replica without the lease kept publishing"
