@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-topic-events", type=int, default=100_000, help="retained events per topic before publishes are refused"
     )
     parser.add_argument(
+        "--max-unacked-per-session", type=int, default=1000, help="pushes in flight per session (default: %(default)s)"
+    )
+    parser.add_argument(
         "--max-event-size", type=int, default=None, help="largest event data accepted, in bytes (default: no limit)"
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -107,13 +110,11 @@ def run(args: argparse.Namespace) -> int:
             redelivery_timeout=args.redelivery_timeout,
             session_timeout=args.session_timeout,
             max_topic_events=args.max_topic_events,
+            max_unacked_per_session=args.max_unacked_per_session,
             max_event_size=args.max_event_size,
         )
         failed = asyncio.run(serve(mesh))
     except ConfigError as exc:
-        log.error("mesh.config_error", error=str(exc))
-        return 2
-    except ValueError as exc:
         log.error("mesh.config_error", error=str(exc))
         return 2
     except OSError as exc:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import orjson
 import structlog
 
-from runtime.errors import RemoteProtocolError
+from runtime.errors import ConfigError, RemoteProtocolError
 from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout
 from runtime.mesh.store import MeshStore
 from runtime.protocol.frames import (
@@ -240,7 +240,7 @@ class _Session(asyncio.Protocol):
     # -- broker.Subscriber ----------------------------------------------------------------------
 
     def has_room(self) -> bool:
-        return len(self.inflight) < self._mesh.max_unacked_per_session
+        return len(self.inflight) < self._mesh.max_unacked_per_session and not self.closing
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
         mesh = self._mesh
@@ -291,10 +291,14 @@ class EmbeddedMesh:
         max_unacked_per_session: int = 1000,
         max_event_size: int | None = None,
     ) -> None:
-        if redelivery_timeout <= 0 or session_timeout <= 0:
-            raise ValueError("redelivery_timeout and session_timeout must be positive")
-        if max_topic_events < 1 or max_unacked_per_session < 1:
-            raise ValueError("max_topic_events and max_unacked_per_session must be at least 1")
+        for key, value in (("redelivery_timeout", redelivery_timeout), ("session_timeout", session_timeout)):
+            if value <= 0:
+                raise ConfigError(key, f"{value} is not a positive number of seconds", "give a number of seconds above 0")
+        for key, count in (("max_topic_events", max_topic_events), ("max_unacked_per_session", max_unacked_per_session)):
+            if count < 1:
+                raise ConfigError(key, f"{count} is below 1", "give a count of at least 1")
+        if max_event_size is not None and max_event_size < 1:
+            raise ConfigError("max_event_size", f"{max_event_size} is below 1", "give a size in bytes, or none for no limit")
         self.host = host
         self._requested_port = port
         self.users = dict(users) if users is not None else None

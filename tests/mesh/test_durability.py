@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,43 +11,16 @@ import pytest
 
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import Command
+from tests.mesh.process import MeshProcess
 from tests.mesh.wire import Peer, numbers
-from tests.servers import free_port, wait_for_port
-
-
-class MeshProcess:
-    """``python -m runtime.commands.mesh`` on a fixed port and data dir, killable and restartable."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "runtime.commands.mesh", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        with open(self.data_dir.parent / "mesh.log", "ab") as log_file:
-            self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, timeout=30, proc=self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
 
 
 @pytest.fixture
 def mesh_process(tmp_path: Path) -> Iterator[MeshProcess]:
-    process = MeshProcess(tmp_path / "data")
-    process.data_dir.mkdir()
+    process = MeshProcess(tmp_path, tmp_path / "data")
     process.start()
     yield process
-    if process.proc is not None and process.proc.poll() is None:
-        process.kill()
+    process.ensure_stopped()
 
 
 async def drain(peer: Peer, quiet: float = 0.5) -> list[int]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType
 from tests.mesh.wire import PUBLISH_PROPERTIES, Peer, event_body, numbers, user_agent
@@ -435,3 +436,73 @@ async def test_garbage_closes_the_connection_and_others_are_still_served(mesh: E
     assert numbers(await other.take(1)) == [0]
     await other.close()
     await pub.close()
+
+
+async def test_sync_subscribers_get_published_events_as_requests(mesh: EmbeddedMesh) -> None:
+    sub = await Peer.hello(mesh.port)
+    await sub.subscribe("t", kind=SubscriptionType.SYNC)
+    pub = await Peer.hello(mesh.port, purpose="pub")
+    await pub.publish_ok("t", 1)
+    push = await sub.push()
+    assert push.header.command is Command.REQUEST_TO_CLIENT
+    sub.ack(push)
+    await sub.call(Command.HEARTBEAT_REQUEST)
+    assert mesh.unacked("group", "t") == 0
+    await sub.close()
+    await pub.close()
+
+
+async def test_broadcast_event_acked_by_one_session_is_not_redelivered_when_the_other_leaves(mesh: EmbeddedMesh) -> None:
+    s1, s2 = await Peer.hello(mesh.port), await Peer.hello(mesh.port)
+    for peer in (s1, s2):
+        await peer.subscribe("news", SubscriptionMode.BROADCASTING)
+    pub = await Peer.hello(mesh.port, purpose="pub")
+    await pub.publish_ok("news", 1)
+    await s1.take(1)
+    await s2.take(1, ack=False)
+    await s2.close()
+    await s1.call(Command.HEARTBEAT_REQUEST)
+    assert mesh.unacked("group", "news") == 0
+    await s1.nothing_within(0.2)
+    await s1.close()
+    await pub.close()
+
+
+async def test_broadcast_event_nobody_acked_goes_to_the_next_listener(mesh: EmbeddedMesh) -> None:
+    s1 = await Peer.hello(mesh.port)
+    await s1.subscribe("news", SubscriptionMode.BROADCASTING)
+    pub = await Peer.hello(mesh.port, purpose="pub")
+    await pub.publish_ok("news", 2)
+    await s1.take(2, ack=False)
+    await s1.close()
+    s2 = await Peer.hello(mesh.port)
+    await s2.subscribe("news", SubscriptionMode.BROADCASTING)
+    assert numbers(await s2.take(2)) == [0, 1]
+    await s2.close()
+    await pub.close()
+
+
+async def test_unacked_broadcast_push_is_redelivered_to_the_same_session() -> None:
+    async with EmbeddedMesh(port=0, redelivery_timeout=0.3) as mesh:
+        s1, s2 = await Peer.hello(mesh.port), await Peer.hello(mesh.port)
+        for peer in (s1, s2):
+            await peer.subscribe("news", SubscriptionMode.BROADCASTING)
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        await pub.publish_ok("news", 1)
+        await s1.take(1)
+        first = await s2.push()
+        again = await s2.push(within=3)
+        assert again.body == first.body
+        s2.ack(again)
+        await s1.nothing_within(0.5)
+        await s2.call(Command.HEARTBEAT_REQUEST)
+        assert mesh.unacked("group", "news") == 0
+        for peer in (s1, s2, pub):
+            await peer.close()
+
+
+def test_bad_settings_fail_at_construction_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="redelivery_timeout"):
+        EmbeddedMesh(redelivery_timeout=0)
+    with pytest.raises(ConfigError, match="max_unacked_per_session"):
+        EmbeddedMesh(max_unacked_per_session=0)
