@@ -288,6 +288,11 @@ class MeshClient:
         """Messages sent (or queued for the next connection) and not yet answered."""
         return self._in_flight
 
+    @property
+    def pushes_waiting(self) -> int:
+        """Pushed events received and not yet taken by the receiver."""
+        return len(self._pushes)
+
     def add_state_listener(self, callback: Callable[[ClientState], None]) -> None:
         """Call ``callback(new_state)`` on every state change (from the event loop; keep it quick)."""
         self._state_listeners.append(callback)

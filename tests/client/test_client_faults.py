@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime.client import ClientState, MeshClient, user_agent_for
+from runtime.config import MeshSettings
 from runtime.errors import ConfigError, MeshUnavailableError
 from runtime.protocol.frames import Command, Header, Package, RedirectInfo
 from tests.client.fakes import FakeMesh, make_event
@@ -192,3 +193,22 @@ async def test_tls(tls_files: tuple[Path, Path]) -> None:
             await untrusting.start()
     finally:
         await fake.stop()
+
+
+async def test_from_settings_sends_the_full_identity(fake: FakeMesh) -> None:
+    settings = MeshSettings(address=f"127.0.0.1:{fake.port}", username="alice", password="s3cret", idc="FT", env="TEST")
+    async with MeshClient.from_settings(settings, group="orders-sink", purpose="sub"):
+        pass
+    (hello,) = fake.commands(Command.HELLO_REQUEST)
+    agent = hello.user_agent()
+    assert agent is not None
+    assert (agent.group, agent.purpose, agent.username, agent.password, agent.idc, agent.env) == (
+        "orders-sink",
+        "sub",
+        "alice",
+        "s3cret",
+        "FT",
+        "TEST",
+    )
+    assert agent.version and agent.pid > 0 and agent.host
+    assert "s3cret" not in repr(agent)

@@ -231,3 +231,22 @@ async def test_unsubscribe_stops_pushes(mesh: EmbeddedMesh) -> None:
         await sub.unsubscribe()
         await pub.publish(make_event(2))
         assert await drain(sub, 0.8) == []
+
+
+async def test_a_full_push_buffer_stops_reading_the_socket() -> None:
+    server = EmbeddedMesh(port=0, max_unacked_per_session=5000)
+    await server.start()
+    try:
+        async with publisher(server, max_in_flight=500) as pub, subscriber(server, "sinks", push_buffer=10) as sub:
+            await sub.subscribe("orders")
+            await sub.listen()
+            await asyncio.gather(*[await pub.start_publish(make_event(n, size=1000)) for n in range(1500)])
+            await asyncio.sleep(0.5)
+            # Reading stopped once 10 waited: at most one more read chunk (256 KiB, ~200 frames) came in.
+            assert sub._reading_paused
+            assert 10 <= sub.pushes_waiting <= 10 + 256 * 1024 // 1000
+            assert server.unacked("sinks", "orders") > sub.pushes_waiting, "the rest waits in the socket and the mesh"
+            assert sorted(numbers(await collect(sub, 1500))) == list(range(1500))
+            assert not sub._reading_paused
+    finally:
+        await server.stop()
