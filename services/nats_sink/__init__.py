@@ -1,0 +1,1 @@
+"""nats-sink: publish events to JetStream with acks and Nats-Msg-Id dedup."""
