@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from datetime import datetime
@@ -155,20 +156,6 @@ def event_to_body(event: CloudEvent) -> bytes:
     attributes = event.get_attributes()
     content_type = attributes.get("datacontenttype")
     encoding, data = _wire_data(event.get_data(), content_type)
-    extensions: dict[str, Any] = {}
-    for name, value in attributes.items():
-        if name in _CONTEXT_ATTRIBUTES:
-            continue
-        if name in _RESERVED_EXTENSIONS or name in TRANSPORT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
-            raise DataError(
-                f"extension name {name!r} cannot travel over EventMesh TCP: use lower-case letters and digits, "
-                "and none of the names the mapping and the runtime use (meshcontenttype, meshdataenc, protocol*, req*/rsp*)"
-            )
-        extensions[name] = _extension_value(name, value)
-    if content_type is not None:
-        extensions[CONTENT_TYPE_EXTENSION] = content_type
-    extensions[DATA_ENCODING_EXTENSION] = encoding
-
     document: dict[str, Any] = {"specversion": attributes.get("specversion", "1.0")}
     for name in _ATTRIBUTES_BEFORE_EXTENSIONS:
         document[name] = attributes[name]
@@ -180,13 +167,28 @@ def event_to_body(event: CloudEvent) -> bytes:
     moment = attributes.get("time")
     if moment is not None:
         document["time"] = _rfc3339(moment) if isinstance(moment, datetime) else str(moment)
-    for name in jackson.java_hashmap_order(extensions):
-        document[name] = extensions[name]
+    mapping_values = {CONTENT_TYPE_EXTENSION: content_type, DATA_ENCODING_EXTENSION: encoding}
+    for name in _extension_order(tuple(name for name in attributes if name not in _CONTEXT_ATTRIBUTES), content_type is not None):
+        value = mapping_values.get(name)
+        document[name] = _extension_value(name, attributes[name]) if value is None else value
     # One orjson call writes the attributes as Jackson does, unless a string needs Jackson's own escapes.
     fast = orjson.dumps({**document, "data": orjson.Fragment(data)})
     if jackson.ORJSON_DIFFERS.search(fast) is None:
         return fast
     return jackson.dumps(document)[:-1] + b',"data":' + data + b"}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _extension_order(names: tuple[str, ...], has_content_type: bool) -> tuple[str, ...]:
+    """The extensions of an event with these names, in Java HashMap order, after checking the names."""
+    for name in names:
+        if name in _RESERVED_EXTENSIONS or name in TRANSPORT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
+            raise DataError(
+                f"extension name {name!r} cannot travel over EventMesh TCP: use lower-case letters and digits, "
+                "and none of the names the mapping and the runtime use (meshcontenttype, meshdataenc, protocol*, req*/rsp*)"
+            )
+    added = (CONTENT_TYPE_EXTENSION, DATA_ENCODING_EXTENSION) if has_content_type else (DATA_ENCODING_EXTENSION,)
+    return tuple(jackson.java_hashmap_order(names + added))
 
 
 def _extension_value(name: str, value: Any) -> str | bool | int:
