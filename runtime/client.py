@@ -537,7 +537,10 @@ class MeshClient:
         if self._state in (ClientState.IDLE, ClientState.CLOSED):
             raise MeshUnavailableError(f"cannot send {kind.command.name}: mesh client is {self._state.value}")
         timeout = self._request_timeout if within is None else within
-        await self._acquire_slot(timeout)
+        if self._in_flight < self._max_in_flight and not self._slot_waiters:
+            self._in_flight += 1  # the common case, without a coroutine
+        else:
+            await self._acquire_slot(timeout)
         loop = asyncio.get_running_loop()
         waiter: _Waiter = loop.create_future()
         try:
@@ -550,9 +553,6 @@ class MeshClient:
         return waiter
 
     async def _acquire_slot(self, within: float) -> None:
-        if self._in_flight < self._max_in_flight and not self._slot_waiters:
-            self._in_flight += 1
-            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         try:
