@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import IO, Any
 
@@ -44,10 +45,13 @@ def register(subparsers: Any) -> None:
 def _run(path: str, convert: Any) -> int:
     with _open(path) as lines:
         out = sys.stdout
-        for line in lines:
-            if line.strip():
-                out.write(convert(line) + "\n")
-                out.flush()
+        try:
+            for line in lines:
+                if line.strip():
+                    out.write(convert(line) + "\n")
+                    out.flush()
+        except BrokenPipeError:  # the reader went away (e.g. `| head`); keep the exit-time flush quiet too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
