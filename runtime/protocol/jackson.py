@@ -142,7 +142,9 @@ def _write(value: Any, parts: list[bytes]) -> None:
     elif isinstance(value, int):
         parts.append(str(int(value)).encode())
     elif isinstance(value, float):
-        parts.append(java_double_to_string(value).encode())
+        text = java_double_to_string(value).encode()
+        # Jackson writes NaN and the infinities as strings (WRITE_NAN_AS_STRINGS is on by default).
+        parts.append(text if math.isfinite(value) else b'"' + text + b'"')
     elif isinstance(value, Mapping):
         _write_members(value, parts)
     elif isinstance(value, list | tuple):

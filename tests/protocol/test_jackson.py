@@ -45,6 +45,7 @@ def test_doubles_are_written_like_java_double_to_string(value: float, expected: 
 
 def test_containers_keep_the_given_order_and_write_nulls_in_maps() -> None:
     assert dumps({"z": [1, True, None, 2.5], "a": {"b": "c"}}) == b'{"z":[1,true,null,2.5],"a":{"b":"c"}}'
+    assert dumps([float("nan"), float("-inf"), 1e300, 2**70]) == b'["NaN","-Infinity",1.0E300,1180591620717411303424]'
 
 
 def test_string_hash_matches_java() -> None:
