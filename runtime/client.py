@@ -440,7 +440,7 @@ class MeshClient:
             self._redirect = None
             try:
                 await self._establish(address)
-            except (MeshUnavailableError, MeshRejectedError) as exc:
+            except MeshConnectError as exc:  # ours, all of them: refused, unavailable, protocol broken
                 attempt = min(attempt + 1, 30)
                 self._address_index = (self._address_index + 1) % len(self._addresses)
                 level = log.error if isinstance(exc, HelloRefusedError) else log.warning
