@@ -282,8 +282,7 @@ class ClientSession(Generic[Token]):
         assert seq is not None  # every request is built with one
         frame = encode(package)
         self._pending[seq] = _Pending(kind, token, deadline, frame)
-        if deadline < self._earliest_deadline:
-            self._earliest_deadline = deadline
+        self._earliest_deadline = min(self._earliest_deadline, deadline)
         if send:
             self._outbound.append(frame)
         return seq
