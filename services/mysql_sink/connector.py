@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import aiomysql
 import orjson
+import pymysql
 import structlog
 from pydantic import Field, model_validator
 
@@ -149,6 +150,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         super().__init__(config)
         self._pool: Any = None
         self._tables: dict[str, TableSchema | None] = {}
+        self._columns: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, bool], ...]] = {}
         self._catalog = SchemaCatalog(config.schemas)
         self._paths = {path: tuple(path.split(".")) for path in config.fields}
         self._delete_path = tuple(config.delete_field.split(".")) if config.delete_field else None
@@ -251,20 +253,19 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         if not segment:
             return []
         changes = [step for planned in segment for step in planned.steps if isinstance(step, Change)]
+        # autocommit is off: everything since the last commit or rollback is this batch's one transaction.
         try:
-            await conn.begin()
             async with conn.cursor() as cursor:
                 await self._execute_net(cursor, changes)
             await conn.commit()
             return []
-        except Exception as exc:
+        except pymysql.MySQLError as exc:
             await self._rollback(conn)
             if not is_data_error(exc):
                 raise
             self._log.info("batch refused by the server; isolating the bad rows", reason=str(exc))
-            self._tables.clear()
+            self._forget_schemas()
         rejections: list[Rejection] = []
-        await conn.begin()
         async with conn.cursor() as cursor:
             for planned in segment:
                 await cursor.execute("SAVEPOINT row_write")
@@ -272,7 +273,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     for step in planned.steps:
                         if isinstance(step, Change):
                             await self._execute_net(cursor, [step])
-                except Exception as exc:
+                except pymysql.MySQLError as exc:
                     if not is_data_error(exc):
                         raise
                     await cursor.execute("ROLLBACK TO SAVEPOINT row_write")
@@ -286,21 +287,27 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         except Exception:  # the connection is already broken; the pool drops it on release
             conn.close()
 
-    async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
-        """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
-        # (table, key) -> (key columns, deleted first?, values to upsert after)
-        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]] = {}
+    @staticmethod
+    def _collapse(
+        changes: list[Change],
+    ) -> dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]:
+        """(table, key) -> (key columns, delete first?, values to upsert after): the net effect of the changes, in order."""
+        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]] = {}
         for change in changes:
             slot = (change.table, change.key)
             _, deleted, values = net.get(slot, (change.key_columns, False, None))
             if change.op == "delete":
                 net[slot] = (change.key_columns, True, None)
             else:
-                net[slot] = (
-                    change.key_columns,
-                    deleted,
-                    {**values, **change.values} if values is not None else dict(change.values),
-                )
+                net[slot] = (change.key_columns, deleted, {**values, **change.values} if values is not None else change.values)
+        return net
+
+    async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
+        """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
+        if len({(change.table, change.key) for change in changes}) == len(changes) and all(c.op == "upsert" for c in changes):
+            net = {(c.table, c.key): (c.key_columns, False, c.values) for c in changes}  # nothing to collapse
+        else:
+            net = self._collapse(changes)
         deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
         for (table, key), (key_columns, deleted, values) in net.items():
@@ -308,7 +315,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 deletes.setdefault((table, key_columns), []).append(key)
             if values is not None:
                 columns = tuple(values)
-                upserts.setdefault((table, columns, key_columns), []).append(tuple(values[c] for c in columns))
+                upserts.setdefault((table, columns, key_columns), []).append(tuple(values.values()))
         for (table, key_columns), keys in deletes.items():
             for start in range(0, len(keys), _DELETE_CHUNK):
                 chunk = keys[start : start + _DELETE_CHUNK]
@@ -339,7 +346,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                         raise
                     self._log.info("schema change already applied", statement=step.statement[:200])
         await conn.commit()
-        self._tables.clear()
+        self._forget_schemas()
 
     # -- planning: record -> changes ---------------------------------------------------------------
 
@@ -438,12 +445,15 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     ) -> Change:
         if not key_columns:
             raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
-        bound: dict[str, Any] = {}
-        for name, value in values.items():
-            column = schema.column(name)
-            if column is None:
-                raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
-            bound[column.name] = _bindable(value, column.data_type)
+        names = tuple(values)
+        columns = self._columns.get((schema.table, names))
+        if columns is None:
+            columns = self._resolve_columns(schema, names)
+            self._columns[(schema.table, names)] = columns
+        bound = {
+            column: _bindable(value, temporal) if temporal or isinstance(value, dict | list) else value
+            for (column, temporal), value in zip(columns, values.values(), strict=True)
+        }
         missing = [c for c in key_columns if bound.get(c) is None]
         if missing:
             raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
@@ -452,12 +462,22 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns})
         return Change(schema.table, "upsert", key_columns, key, bound)
 
+    @staticmethod
+    def _resolve_columns(schema: TableSchema, names: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+        """The table's spelling of each field's column, and whether it holds dates (ISO text is converted)."""
+        resolved = []
+        for name in names:
+            column = schema.column(name)
+            if column is None:
+                raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
+            resolved.append((column.name, column.data_type in ("datetime", "timestamp")))
+        return tuple(resolved)
+
     # -- live schema, auto_create / auto_evolve -----------------------------------------------------
 
     async def _table(
         self, conn: Any, table: str, record: ConnectorRecord, values: Mapping[str, Any], key_columns: tuple[str, ...]
     ) -> TableSchema:
-        check_identifier(table, "table")
         schema = await self._load(conn, table)
         if schema is None:
             if not self.config.auto_create:
@@ -467,18 +487,26 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             await self._create_table(conn, table, record, values, key_columns)
             schema = await self._load(conn, table, fresh=True)
             assert schema is not None
-        missing = [name for name in values if schema.column(name) is None]
-        if missing and self.config.auto_evolve:
+        missing = [name for name in values if schema.column(name) is None] if self.config.auto_evolve else []
+        if missing:
             await self._add_columns(conn, table, record, {name: values[name] for name in missing})
             schema = await self._load(conn, table, fresh=True)
             assert schema is not None
         return schema
 
     async def _load(self, conn: Any, table: str, *, fresh: bool = False) -> TableSchema | None:
-        if fresh or table not in self._tables or self._tables[table] is None:
+        schema = self._tables.get(table)
+        if fresh or schema is None:
+            check_identifier(table, "table")
             async with conn.cursor() as cursor:
-                self._tables[table] = await load_table(cursor, self.config.database, table)
-        return self._tables[table]
+                schema = self._tables[table] = await load_table(cursor, self.config.database, table)
+            self._columns.clear()
+        return schema
+
+    def _forget_schemas(self) -> None:
+        """After DDL or a refused batch: read the live schema again."""
+        self._tables.clear()
+        self._columns.clear()
 
     def _column_type(self, record: ConnectorRecord, column: str, value: Any, *, key: bool) -> str:
         schema = self._catalog.get(record.dataschema)
@@ -560,11 +588,11 @@ def _lookup(data: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
     return True, node
 
 
-def _bindable(value: Any, data_type: str) -> Any:
-    """A JSON value as a bound parameter for a column of ``data_type``."""
+def _bindable(value: Any, temporal: bool) -> Any:
+    """A JSON value as a bound parameter (objects as JSON text, ISO date-times for date columns as UTC)."""
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
-    if isinstance(value, str) and data_type in ("datetime", "timestamp") and ("T" in value or value.endswith("Z")):
+    if isinstance(value, str) and temporal and ("T" in value or value.endswith("Z")):
         try:
             parsed = dt.datetime.fromisoformat(value)
         except ValueError:
