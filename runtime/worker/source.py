@@ -251,6 +251,10 @@ class _ActiveSession:
                 self.log.warning("poll failed, retrying", error=str(exc), retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
                 continue
+            except DataError as exc:
+                self.metrics.error("data")
+                self.log.warning("poll could not read a record; going on", reason=exc.reason)
+                continue
             if backoff.attempts:
                 backoff.reset()
                 self.worker.board.set_dependency(None)
@@ -399,7 +403,12 @@ class _ActiveSession:
                 self.worker.board.last_offsets.update(offsets)
             self.metrics.last_checkpoint.set(time.time())
         self.tracker.written(checkpoint)
-        await self.source.commit(checkpoint.records)
+        try:
+            await self.source.commit(checkpoint.records)
+        except RetriableError as exc:
+            # The offsets are durable; an upstream ack that failed means the upstream redelivers: duplicates, no loss.
+            self.metrics.error("retriable")
+            self.log.warning("upstream commit failed; the upstream system will deliver these again", error=str(exc))
 
     async def _commit(self, offsets: Mapping[str, Mapping[str, Any]], lease: Any) -> None:
         await asyncio.wait_for(

@@ -14,6 +14,7 @@ import orjson
 from runtime.app import serve
 from runtime.config import WorkerConfig
 from runtime.mesh import EmbeddedMesh
+from runtime.observability import RECORDS_IN
 from runtime.protocol.events import body_to_event
 from runtime.protocol.frames import Command, FrameDecoder, Package, encode
 from runtime.record import derive_event_id, partition_key
@@ -29,6 +30,8 @@ class ReorderingProxy:
         self.mesh_port = mesh_port
         self.acked_ids: set[str] = set()
         self.reordered = 0
+        self.frozen = False
+        """Hold every ack for ever: a mesh that stopped answering."""
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -80,7 +83,7 @@ class ReorderingProxy:
         """Every tick, let a random half of the held acks through, shuffled; the rest wait for later ticks."""
         while True:
             await asyncio.sleep(0.01)
-            released = [package for package in held if random.random() < 0.5]
+            released = [package for package in held if random.random() < 0.5 and not self.frozen]
             if not released:
                 continue
             self.reordered += sum(1 for a, b in zip(held, released, strict=False) if a is not b)
@@ -145,3 +148,31 @@ async def test_offsets_are_checkpointed_only_behind_a_contiguous_acked_prefix(tm
     assert registry.violations == []
     offsets = await FileRegistry(tmp_path).load_offsets("counter")
     assert offsets == {partition_key({"p": p}): {"n": 599} for p in range(3)}
+
+
+async def test_a_mesh_that_stops_acking_pauses_polling_instead_of_growing_memory(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        proxy = ReorderingProxy(mesh.port)
+        proxy.frozen = True
+        proxy_port = await proxy.start()
+        config = WorkerConfig.model_validate(
+            {
+                "name": "counter",
+                "connector": "counter-source",
+                "mesh": {"address": f"127.0.0.1:{proxy_port}", "max_in_flight": 50, "request_timeout": 30},
+                "source": {"topic": "numbers", "poll_queue": 40},
+                "registry": {"kind": "file", "path": str(tmp_path)},
+                "admin": {"host": "127.0.0.1", "port": 0},
+                "config": {"limit": 100_000, "partitions": 1, "batch": 10},
+            }
+        )
+        polled_before = RECORDS_IN.labels(connector="counter-source", name="counter")._value.get()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False, shutdown_timeout=2))
+        await asyncio.sleep(2.0)
+        polled = RECORDS_IN.labels(connector="counter-source", name="counter")._value.get()
+        # window + queue + the batch in the poller's hand, far from the 100 000 the source could give
+        assert 50 <= polled - polled_before <= 50 + 40 + 10 + 10
+        stop.set()
+        assert await worker == 0
+        await proxy.stop()

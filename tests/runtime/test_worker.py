@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.app import serve
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import WorkerConfig
+from runtime.config import AdminSettings, WorkerConfig
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import partition_key
 from runtime.registry.file import FileRegistry
 from tests.runtime import connectors
 from tests.runtime.connectors import CounterSource, ListSink
+from tests.servers import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -148,3 +151,38 @@ async def test_rejections_and_poison_records_go_to_the_dead_letter_topic(tmp_pat
     assert by_id["e1"].get_extension("dlqconnector") == "list-sink"
     assert by_id["e1"].get_data() == {"reject": 1}
     assert sorted(r.data["ok"] for r in connectors.RECEIVED) == [1, 2]
+
+
+async def test_sink_is_not_ready_while_its_target_is_down(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        admin_port = free_port()
+        config = sink_config(mesh, retry_max=0.05).model_copy(
+            update={"config": {"fail_first": 40}, "admin": AdminSettings(host="127.0.0.1", port=admin_port)}
+        )
+        stop = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, config, stop=stop, install_signals=False))
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as http:
+
+            async def readiness() -> int:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+                        return response.status
+                return 0
+
+            async with asyncio.timeout(20):
+                while await readiness() != 200:  # noqa: ASYNC110 - polling an HTTP endpoint
+                    await asyncio.sleep(0.02)
+            async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+                attributes = {"id": "r1", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+                await producer.publish(CloudEvent(attributes, {"p": 0, "n": 0}))
+            async with asyncio.timeout(20):
+                while not connectors.RECEIVED:
+                    statuses.append(await readiness())
+                    await asyncio.sleep(0.02)
+            after = await readiness()
+        stop.set()
+        assert await sink == 0
+    assert 503 in statuses, "the sink must say not ready while put keeps failing"
+    assert after == 200
+    assert len(connectors.PUTS) > 40
