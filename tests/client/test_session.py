@@ -219,3 +219,29 @@ def test_seq_wraps_after_ten_digits() -> None:
     session._next_seq = 10**10 - 1
     assert session.next_seq() == "9999999999"
     assert session.next_seq() == "0000000000"
+
+
+def test_request_reply_correlates_the_response_and_acks_it() -> None:
+    session = ready_session()
+    seq = session.message(RequestKind.REQUEST, event(1), "ask", now=0.0, timeout=5.0)
+    (request,) = sent(session)
+    assert request.header.command is Command.REQUEST_TO_SERVER
+    response = Package(Header(Command.RESPONSE_TO_CLIENT, seq=seq, properties={"protocoltype": "cloudevents"}), b"{}")
+    (completed,) = session.receive_data(encode(response))
+    assert isinstance(completed, Completed) and completed.token == "ask" and completed.package.body == b"{}"
+    (ack,) = sent(session)
+    assert (ack.header.command, ack.header.seq) == (Command.RESPONSE_TO_CLIENT_ACK, seq)
+
+
+def test_reply_answers_a_request_push_with_its_seq() -> None:
+    session = ready_session()
+    push = Package(Header(Command.REQUEST_TO_CLIENT, seq="41", properties={"protocoltype": "cloudevents"}), b"{}")
+    (pushed,) = session.receive_data(encode(push))
+    assert isinstance(pushed, Pushed)
+    assert session.reply(pushed, event(2))
+    (reply,) = sent(session)
+    assert (reply.header.command, reply.header.seq) == (Command.RESPONSE_TO_SERVER, "41")
+    async_push = Package(Header(Command.ASYNC_MESSAGE_TO_CLIENT, seq="42"), b"{}")
+    (not_a_request,) = session.receive_data(encode(async_push))
+    with pytest.raises(LocalProtocolError, match="only a REQUEST_TO_CLIENT"):
+        session.reply(not_a_request, event(3))  # type: ignore[arg-type]
