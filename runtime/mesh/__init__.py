@@ -1,10 +1,9 @@
 """The embedded mesh: an EventMesh TCP server for the test suite and for running on one machine.
 
 **A development and test stand-in.** Production points every connector at a real Apache
-EventMesh runtime; this server speaks the same TCP protocol (see
-``/work/shared/spec/eventmesh-tcp-protocol.md`` in the design notes: HELLO, SUBSCRIBE, LISTEN,
-publish and ack, push and ack, request-reply, heartbeat, goodbye) so that connectors, tests and
-``meshconnect demo`` run without one. ``meshconnect mesh`` starts it on port 10000::
+EventMesh runtime; this server speaks the same TCP protocol (HELLO, SUBSCRIBE, LISTEN, publish
+and ack, push and ack, request-reply, heartbeat, goodbye; codec in :mod:`runtime.protocol.frames`)
+so that connectors, tests and ``meshconnect demo`` run without one. ``meshconnect mesh`` starts it on port 10000::
 
     async with EmbeddedMesh(port=0) as mesh:          # or: await mesh.start() ... await mesh.stop()
         address = f"127.0.0.1:{mesh.port}"
@@ -52,7 +51,8 @@ Where the Java runtime loses events, this mesh does better:
 * When a topic's log holds ``max_topic_events`` events the publish is answered code 1
   ``topic ... is full``: the publisher backs off and retries, nothing is dropped silently. Each
   session has at most ``max_unacked_per_session`` pushes in flight, so a slow consumer slows its
-  group down instead of filling memory.
+  group down instead of filling memory, and a peer that does not read what the mesh writes is not
+  read from until it does.
 
 Durability: with ``data_dir`` the accepted events, group cursors and acks go to a SQLite file
 (see :mod:`runtime.mesh.store`) in one transaction per loop turn, before that turn's answers are

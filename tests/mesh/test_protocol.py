@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType
+from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType, encode
 from tests.mesh.wire import PUBLISH_PROPERTIES, Peer, event_body, numbers, user_agent
 
 
@@ -506,3 +507,40 @@ def test_bad_settings_fail_at_construction_naming_the_key() -> None:
         EmbeddedMesh(redelivery_timeout=0)
     with pytest.raises(ConfigError, match="max_unacked_per_session"):
         EmbeddedMesh(max_unacked_per_session=0)
+
+
+async def test_publisher_that_does_not_read_its_acks_is_paused_not_buffered(mesh: EmbeddedMesh) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", mesh.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    pub = Peer(reader, writer)
+    hello = Package.with_json(Header(Command.HELLO_REQUEST, seq=pub.seq()), user_agent(purpose="pub").json_fields())
+    assert (await pub.request(hello)).header.code == 0
+    total = 30_000
+    frames = b"".join(encode(pub.publish_package(event_body("flood", {"n": n}))) for n in range(total))
+
+    async def flood() -> None:
+        writer.write(frames)
+        await writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    plateau = -1
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        depth = mesh.topic_depth("flood")
+        if depth == plateau:
+            break
+        plateau = depth
+    assert 0 < plateau < total  # the mesh stopped reading the publisher it cannot answer
+    other = await Peer.hello(mesh.port)
+    assert (await other.call(Command.HEARTBEAT_REQUEST)).header.code == 0
+    acks = 0
+    while acks < total:  # reading the acks lets the mesh read the rest
+        answer = await pub.receive(within=10)
+        assert answer.header.code == 0
+        acks += 1
+    await flooding
+    assert mesh.topic_depth("flood") == total
+    await other.close()
+    await pub.close()
