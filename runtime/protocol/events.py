@@ -129,7 +129,7 @@ def _json_bytes(value: Any) -> bytes:
     """``value`` as JSON: orjson's bytes unless they could differ from Jackson's escaping."""
     try:
         fast = orjson.dumps(value)
-        if jackson.ORJSON_DIFFERS.search(fast) is None:
+        if not jackson.orjson_differs(fast):
             return fast
     except TypeError:
         pass  # e.g. integers beyond 64 bits, which Jackson writes (and Java reads as BigInteger)
@@ -173,7 +173,7 @@ def event_to_body(event: CloudEvent) -> bytes:
         document[name] = _extension_value(name, attributes[name]) if value is None else value
     # One orjson call writes the attributes as Jackson does, unless a string needs Jackson's own escapes.
     fast = orjson.dumps({**document, "data": orjson.Fragment(data)})
-    if jackson.ORJSON_DIFFERS.search(fast) is None:
+    if not jackson.orjson_differs(fast):
         return fast
     return jackson.dumps(document)[:-1] + b',"data":' + data + b"}"
 

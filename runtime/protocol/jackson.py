@@ -29,13 +29,13 @@ import orjson
 
 __all__ = [
     "LONG_DIGITS",
-    "ORJSON_DIFFERS",
     "JsonBean",
     "dumps",
     "dumps_str",
     "java_double_to_string",
     "java_hashmap_order",
     "java_string_hash",
+    "orjson_differs",
 ]
 
 
@@ -49,9 +49,18 @@ class JsonBean(Protocol):
 # Characters for which orjson's output differs from Jackson's: control characters whose \u00XX escape
 # contains a hex letter (orjson writes lower case), surrogates, and characters beyond the BMP.
 _ORJSON_DIFFERS_TEXT = re.compile("[\x0b\x0e\x0f\x1a-\x1f\ud800-\udfff\U00010000-\U0010ffff]")
-# The same test on orjson's output bytes: a lower-case hex escape of a control character, or a 4-byte UTF-8
-# sequence. A false positive (a literal backslash followed by such text) only costs the slow path.
-ORJSON_DIFFERS = re.compile(rb"\\u00(?:0[bef]|1[a-f])|[\xf0-\xf4]")
+_HEX_LETTER_ESCAPE = re.compile(rb"\\u00(?:0[bef]|1[a-f])")
+_FOUR_BYTE_LEAD = re.compile(b"[\xf0-\xf4]")
+
+
+def orjson_differs(output: bytes) -> bool:
+    """Whether orjson's ``output`` may differ from Jackson's: a control character escaped with lower-case hex,
+    or a 4-byte UTF-8 sequence (a false positive, a literal backslash before such text, only costs the slow path)."""
+    if b"\\u00" in output and _HEX_LETTER_ESCAPE.search(output) is not None:
+        return True
+    return not output.isascii() and _FOUR_BYTE_LEAD.search(output) is not None
+
+
 # Digit runs long enough to hold an integer beyond 64 bits, which orjson would read as a float.
 LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _FLAT_TYPES = frozenset({str, int, bool, type(None)})
@@ -123,7 +132,7 @@ def dumps(value: Any) -> bytes:
         except TypeError:  # keys that are not strings, integers beyond 64 bits
             pass
         else:
-            if ORJSON_DIFFERS.search(fast) is None:
+            if not orjson_differs(fast):
                 return fast
     parts: list[bytes] = []
     _write(value, parts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.protocol.jackson import dumps, dumps_str, java_double_to_string, java_hashmap_order, java_string_hash
 
@@ -88,3 +90,29 @@ def test_hashmap_order_keeps_insertion_order_within_a_bucket_and_grows_the_table
     keys = [chr(code) for code in range(ord("a"), ord("a") + 13)]
     assert java_hashmap_order(keys) == sorted(keys, key=lambda key: ord(key) & 31)
     assert java_hashmap_order(keys[:12]) == sorted(keys[:12], key=lambda key: ord(key) & 15)
+
+
+def _reference_escape(text: str) -> bytes:
+    """Jackson's string rules spelled out one character at a time."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[char])
+        elif code < 0x20 or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04X}")
+        elif code > 0xFFFF:
+            out.append(f"\\u{0xD800 + ((code - 0x10000) >> 10):04X}\\u{0xDC00 + ((code - 0x10000) & 0x3FF):04X}")
+        else:
+            out.append(char)
+    return ('"' + "".join(out) + '"').encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+def test_fast_and_slow_string_paths_agree_with_the_rules(text: str) -> None:
+    expected = _reference_escape(text)
+    assert dumps_str(text) == expected
+    assert dumps({"k": text, "n": 1}) == b'{"k":' + expected + b',"n":1}'
