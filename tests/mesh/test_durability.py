@@ -12,7 +12,7 @@ import pytest
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import Command
 from tests.mesh.process import MeshProcess
-from tests.mesh.wire import Peer, numbers
+from tests.mesh.wire import Peer, event_body, numbers
 
 
 @pytest.fixture
@@ -152,3 +152,15 @@ async def test_graceful_stop_keeps_unacked_pushes_for_the_next_start(tmp_path: P
         await sub.subscribe("t")
         assert numbers(await sub.take(3)) == [0, 2, 3]
         await sub.close()
+
+
+async def test_a_failing_store_cuts_every_session_off_without_acking(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0, data_dir=tmp_path) as mesh:
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        await pub.publish_ok("t", 1)
+        assert mesh._store is not None
+        mesh._store._db.close()  # the file is gone from under the mesh: the next commit fails
+        pub.send(pub.publish_package(event_body("t")))
+        assert await pub.closed_within() == []
+        assert mesh.failed
+        await asyncio.wait_for(mesh.wait_failed(), 1)
