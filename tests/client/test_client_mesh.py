@@ -161,7 +161,7 @@ async def test_an_ack_after_the_connection_dropped_is_not_sent_and_the_event_com
 
 
 async def test_a_client_that_stops_heartbeating_is_expired_and_reconnects() -> None:
-    server = EmbeddedMesh(port=0, session_timeout=0.6)
+    server = EmbeddedMesh(port=0, session_timeout=1.0)
     await server.start()
     try:
         async with (
