@@ -2,9 +2,11 @@
 
 Frames go through the sans-IO codec (:mod:`runtime.protocol.frames`). Each session buffers what it
 has to say; at the end of every loop turn that did something, :meth:`EmbeddedMesh._tick` lets the
-broker push what it can, commits the turn's changes to the store (when there is one) and only then
-writes every session's buffer with one transport write. A timer does the rest: redelivery of pushes
-not acked in time, expiry of sessions that stopped heartbeating, expiry of unanswered requests.
+broker push what it can, then writes every session's buffer with one transport write. With a store,
+the turn's changes are first committed on the store's thread and the buffers taken at that moment
+are written when the commit returns; turns that end while a commit runs wait for the next one
+(group commit). A timer does the rest: redelivery of pushes not acked in time, expiry of sessions
+that stopped heartbeating, expiry of unanswered requests.
 """
 
 from __future__ import annotations
