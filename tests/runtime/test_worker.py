@@ -14,7 +14,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.app import serve
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import AdminSettings, WorkerConfig
+from runtime.config import AdminSettings, RegistrySettings, WorkerConfig
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import partition_key
@@ -186,3 +186,25 @@ async def test_sink_is_not_ready_while_its_target_is_down(tmp_path: Path) -> Non
     assert 503 in statuses, "the sink must say not ready while put keeps failing"
     assert after == 200
     assert len(connectors.PUTS) > 40
+
+
+async def test_source_checkpoints_to_redis_too(tmp_path: Path, redis_server: Any) -> None:
+    from runtime.registry.redis import RedisRegistry
+
+    prefix = f"worker-test-{tmp_path.name}"
+    async with EmbeddedMesh(port=0) as mesh:
+        config = source_config(mesh, tmp_path, limit=50).model_copy(
+            update={"registry": RegistrySettings.model_validate({"kind": "redis", "url": redis_server.url, "prefix": prefix})}
+        )
+        stop = asyncio.Event()
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        async with asyncio.timeout(20):
+            while mesh.topic_depth("numbers") < 100:  # noqa: ASYNC110 - the mesh offers no event for it
+                await asyncio.sleep(0.02)
+        stop.set()
+        assert await source == 0
+    registry = RedisRegistry(redis_server.url, prefix=prefix)
+    try:
+        assert await registry.load_offsets("counter") == {partition_key({"p": 0}): {"n": 49}, partition_key({"p": 1}): {"n": 49}}
+    finally:
+        await registry.close()
