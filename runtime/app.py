@@ -96,7 +96,9 @@ async def serve(
     log = structlog.get_logger().bind(connector=config.connector, name=config.name)
     try:
         instance = cls(connector_config(cls.config_model, config))
-        registry = open_registry(config.registry) if cls.side == "source" else None
+        # A sink only reports its membership, and only to a registry its config names.
+        wants_registry = cls.side == "source" or "registry" in config.model_fields_set
+        registry = open_registry(config.registry) if wants_registry else None
     except ConfigError as exc:
         log.error("bad configuration", key=exc.key, problem=exc.problem, fix=exc.fix)
         return EXIT_CONFIG
@@ -158,4 +160,4 @@ def _worker(
     if isinstance(instance, Source):
         assert registry is not None
         return SourceWorker(instance, config, registry=registry, board=board, metrics=board.metrics, drain_timeout=drain)
-    return SinkWorker(instance, config, board=board, metrics=board.metrics, drain_timeout=drain)
+    return SinkWorker(instance, config, board=board, metrics=board.metrics, registry=registry, drain_timeout=drain)

@@ -20,13 +20,16 @@ The order is the promise of at-least-once, stated once here:
 Duplicates (a redelivery after a crash, the same source+id twice in a batch) reach ``put``
 unchanged: sinks are idempotent. Stop (SIGTERM): reading stops, the batch in hand is finished
 (bounded by ``drain_timeout``), events buffered but not written stay unacknowledged for the mesh
-to deliver again, the session says goodbye.
+to deliver again, the session says goodbye. With a ``registry`` (given when the config names one),
+the sink also heartbeats its membership there, for status; it holds no lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +44,8 @@ from runtime.errors import DataError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord, cloudevent_to_record
+from runtime.registry import Registry
+from runtime.registry.coordinator import Coordinator
 from runtime.worker.deadletter import dead_letter_event
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
@@ -70,9 +75,11 @@ class SinkWorker:
         *,
         board: StatusBoard,
         metrics: ConnectorMetrics,
+        registry: Registry | None = None,
         drain_timeout: float = 10.0,
     ) -> None:
         self.sink = sink
+        self.registry = registry
         self.config = config
         self.settings = config.sink
         self.board = board
@@ -84,6 +91,13 @@ class SinkWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Write until ``stop`` is set, then finish the batch in hand and return."""
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        membership = None
+        if self.registry is not None:
+            # A sink holds no lease; it only says it is alive, for `meshconnect leases show` and status.
+            holder = f"{self.config.name}@{socket.gethostname()}:{os.getpid()}"
+            info = {"connector": self.config.connector, "side": "sink", "host": socket.gethostname(), "pid": os.getpid()}
+            membership = Coordinator(self.registry, self.config.name, holder, (), self.config.registry.lease_ttl, info=info)
+            await membership.start()
         try:
             await retry_retriable(
                 lambda: self.sink.start(SinkContext(self.config.name, log=self.log)),
@@ -109,6 +123,9 @@ class SinkWorker:
                     await asyncio.wait_for(self.sink.stop(), self.drain_timeout)
         except Stopped:
             self.log.info("stopped while waiting for a dependency")
+        finally:
+            if membership is not None:
+                await membership.stop()
         self.board.set_state("stopped")
 
     def _unhealthy(self, exc: RetriableError) -> None:

@@ -208,3 +208,18 @@ async def test_source_checkpoints_to_redis_too(tmp_path: Path, redis_server: Any
         assert await registry.load_offsets("counter") == {partition_key({"p": 0}): {"n": 49}, partition_key({"p": 1}): {"n": 49}}
     finally:
         await registry.close()
+
+
+async def test_sink_reports_its_membership_to_a_configured_registry(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        config = sink_config(mesh).model_copy(update={"registry": RegistrySettings(kind="file", path=str(tmp_path))})
+        stop = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, config, stop=stop, install_signals=False))
+        registry = FileRegistry(tmp_path)
+        async with asyncio.timeout(10):
+            while not (members := await registry.members("lister")):  # noqa: ASYNC110 - the store has no events
+                await asyncio.sleep(0.05)
+        assert [info["side"] for info in members.values()] == ["sink"]
+        stop.set()
+        assert await sink == 0
+        assert await registry.members("lister") == {}
