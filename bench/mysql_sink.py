@@ -36,7 +36,10 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from protocol import free_port, spawn, stop  # noqa: E402
 
+from runtime import SinkContext  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
+from runtime.record import cloudevent_to_record  # noqa: E402
+from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
@@ -185,6 +188,28 @@ async def raw_rate(server: MariaDBServer, mode: str, run: int) -> float:
         conn.close()
 
 
+async def put_only_rate(server: MariaDBServer, mode: str, run: int) -> float:
+    """The connector alone: MysqlSink.put() in batches in this process, no worker, no mesh (where the time goes)."""
+    database = f"put_{mode}_{run}"
+    server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
+    table = "orders" if mode == "mapped" else "cloudevents"
+    if mode == "mapped":
+        server.sql(f"CREATE TABLE orders {MAPPED_DDL}", database)
+    config = {"port": server.port, "database": database, "mode": mode, "table": table} | (
+        {"fields": FIELDS} if mode == "mapped" else {}
+    )
+    sink = MysqlSink(MysqlSinkConfig.model_validate(config))
+    await sink.start(SinkContext("bench-put-only"))
+    records = [cloudevent_to_record(event_of(n, "orders")) for n in range(EVENTS)]
+    try:
+        started = time.perf_counter()
+        for offset in range(0, EVENTS, BATCH):
+            await sink.put(records[offset : offset + BATCH])
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        await sink.stop()
+
+
 async def main() -> None:
     server = MariaDBServer.running()
     mesh_port = free_port()
@@ -198,12 +223,14 @@ async def main() -> None:
                 for mode in ("events", "mapped"):
                     sink, peak = await sink_rate(server, mesh_port, mode, run, Path(directory))
                     raw = await raw_rate(server, mode, run)
+                    alone = await put_only_rate(server, mode, run)
                     rss.append(peak)
                     ratios[mode].append(sink / raw)
                     print(
                         f"    run {run + 1} {mode:>6}: mysql-sink {sink:,.0f} events/s, raw aiomysql {raw:,.0f} rows/s,"
                         f" ratio {sink / raw:.2f}, sink peak RSS {peak:.0f} MiB"
                     )
+                    print(f"{'':18}MysqlSink.put() alone (no worker, no mesh): {alone:,.0f} events/s ({alone / raw:.2f} of raw)")
     finally:
         stop(mesh)
         server.stop()

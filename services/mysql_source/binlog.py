@@ -187,6 +187,14 @@ class BinlogReader:
                         end_transaction()
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 accepted = self._accept(event.schema, event.table)
+                if accepted and event.rows and any(name.startswith("UNKNOWN_COL") for name in _image(event.rows[0])):
+                    # Written while binlog_row_metadata was not FULL: the names are gone; never guess them.
+                    raise BinlogMetadataMissing(
+                        f"rows of {event.schema}.{event.table} at {self._boundary.file}:{self._boundary.pos}"
+                        " carry no column names:"
+                        " set binlog_row_metadata=FULL on the server; for changes already written without it, re-snapshot"
+                        " (meshconnect offsets reset, then restart)"
+                    )
                 key = _key_columns(event.primary_key)
                 for change in event.rows:
                     row += 1
@@ -252,6 +260,14 @@ class BinlogReader:
                 return
             except queue.Full:
                 continue
+
+
+class BinlogMetadataMissing(Exception):
+    """Row events without column names (the server wrote them with binlog_row_metadata below FULL)."""
+
+
+def _image(change: Mapping[str, Any]) -> Mapping[str, Any]:
+    return change.get("values") or change.get("after_values") or {}
 
 
 def _key_columns(primary_key: Any) -> list[str]:

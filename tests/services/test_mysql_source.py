@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runtime import ConfigError, ConnectorRecord, SourceContext
+from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
 from runtime.record import derive_event_id, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
 from services.mysql_source.connector import MysqlSource, MysqlSourceConfig
@@ -272,3 +272,17 @@ async def test_conformance(mariadb_server: MariaDBServer, database: str, tmp_pat
         ),
         workdir=tmp_path,
     )
+
+
+async def test_rows_written_without_column_names_stop_the_stream_with_a_fix(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY)", database)
+    source = await started(mariadb_server, include_databases=[database], snapshot_mode="never")
+    try:
+        mariadb_server.sql("SET GLOBAL binlog_row_metadata = 'MINIMAL'; INSERT INTO t VALUES (1)", database)
+        deadline = time.monotonic() + 10
+        with pytest.raises(RetriableError, match="binlog_row_metadata=FULL"):  # retried, never published with made-up names
+            while time.monotonic() < deadline:
+                assert await source.poll() == []
+    finally:
+        mariadb_server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+        await source.stop()

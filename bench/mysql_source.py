@@ -1,0 +1,201 @@
+"""mysql-source throughput: change events/s from the binlog to the mesh for a bulk insert of ROWS rows.
+
+A throwaway MariaDB (binlog ROW, full row metadata), the embedded mesh and the mysql-source worker
+(each its own process) start; a consumer in this process subscribes to the table's topic and acks
+every event. Then ROWS rows are inserted (transactions of 10,000 rows). The rate counts change
+events from the first to the last one the consumer receives: binlog read and decode, envelope,
+CloudEvent, publish with ack, offset checkpoints, push to the consumer.
+
+Baseline, measured in the same run: python-mysql-replication alone reading the same row events
+from the same binlog position (non-blocking, in this process, no mesh).
+The last line is ``ratio: <mysql-source events/s / bare binlog rows/s>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+from protocol import free_port, spawn, stop  # noqa: E402
+from pymysqlreplication import BinLogStreamReader  # noqa: E402
+from pymysqlreplication.row_event import WriteRowsEvent  # noqa: E402
+
+from runtime import SourceContext  # noqa: E402
+from runtime.client import MeshClient, user_agent_for  # noqa: E402
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType  # noqa: E402
+from services.mysql_source.connector import MysqlSource, MysqlSourceConfig  # noqa: E402
+from tests.servers import MariaDBServer  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "2"))
+ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
+CHUNK = 10_000
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_worker(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.mysql_source", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def master_position(server: MariaDBServer) -> tuple[str, int]:
+    file, pos = server.sql("SHOW MASTER STATUS").split("\t")[:2]
+    return file, int(pos)
+
+
+def bulk_insert(server: MariaDBServer, database: str) -> None:
+    for start in range(1, ROWS + 1, CHUNK):
+        end = min(start + CHUNK - 1, ROWS)
+        server.sql(
+            f"INSERT INTO t (id, name, qty, note) SELECT seq, CONCAT('row ', seq), seq % 100, REPEAT('x', 100)"
+            f" FROM seq_{start}_to_{end}",
+            database,
+        )
+
+
+async def source_rate(server: MariaDBServer, mesh_port: int, run: int, state: Path) -> tuple[float, float, tuple[str, int]]:
+    database = f"bench_{run}"
+    server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
+    server.sql("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40), qty INT, note VARCHAR(200))", database)
+    topic = f"{database}.t"
+    config = {
+        "name": f"bench-source-{run}",
+        "connector": "mysql-source",
+        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
+        "source": {"checkpoint_every": 1000},
+        "registry": {"kind": "file", "path": str(state / "registry")},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json", "level": "warning"},
+        "config": {"port": server.port, "include_databases": [database], "snapshot_mode": "never", "replica_id": 63000 + run},
+    }
+    path = state / f"source-{run}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    received = 0
+    first = last = 0.0
+    done = asyncio.Event()
+    async with MeshClient(f"127.0.0.1:{mesh_port}", user_agent_for(f"bench-reader-{run}", "sub"), request_timeout=30) as client:
+        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+        await client.listen()
+
+        async def consume() -> None:
+            nonlocal received, first, last
+            async for pushed in client.pushed():
+                await pushed.ack()
+                received += 1
+                if received == 1:
+                    first = time.perf_counter()
+                if received >= ROWS:
+                    last = time.perf_counter()
+                    done.set()
+
+        consumer = asyncio.create_task(consume())
+        worker = start_worker(path)
+        try:
+            await asyncio.sleep(2.0)  # the worker connects and starts streaming from the current position
+            position = await asyncio.to_thread(master_position, server)
+            await asyncio.to_thread(bulk_insert, server, database)
+            try:
+                await asyncio.wait_for(done.wait(), 600)
+            except TimeoutError:
+                raise RuntimeError(f"only {received} of {ROWS} change events arrived") from None
+            return (ROWS - 1) / (last - first), peak_rss_mib(worker.pid), position
+        finally:
+            stop(worker)
+            consumer.cancel()
+
+
+async def poll_only_rate(server: MariaDBServer, run: int) -> float:
+    """The connector alone: MysqlSource.poll() in this process, no worker, no mesh (where the time goes)."""
+    database = f"poll_{run}"
+    server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
+    server.sql("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40), qty INT, note VARCHAR(200))", database)
+    config = {"port": server.port, "include_databases": [database], "snapshot_mode": "never", "replica_id": 65000 + run}
+    source = MysqlSource(MysqlSourceConfig.model_validate(config))
+    await source.start(SourceContext("bench-poll-only", {}))
+    try:
+        await asyncio.to_thread(bulk_insert, server, database)
+        received, first = 0, 0.0
+        while received < ROWS:
+            records = await source.poll()
+            if records and not first:
+                first = time.perf_counter()
+            received += len(records)
+        return ROWS / (time.perf_counter() - first)
+    finally:
+        await source.stop()
+
+
+def bare_binlog_rate(server: MariaDBServer, position: tuple[str, int]) -> float:
+    stream = BinLogStreamReader(
+        connection_settings={"host": "127.0.0.1", "port": server.port, "user": "root", "passwd": ""},
+        server_id=64000,
+        resume_stream=True,
+        blocking=False,
+        log_file=position[0],
+        log_pos=position[1],
+        only_events=[WriteRowsEvent],
+        enable_logging=False,
+    )
+    rows = 0
+    started = time.perf_counter()
+    try:
+        for event in stream:
+            rows += len(event.rows)
+            if rows >= ROWS:
+                break
+    finally:
+        stream.close()
+    return rows / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    server = MariaDBServer.running()
+    server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+    mesh_port = free_port()
+    mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port)
+    ratios: list[float] = []
+    rss: list[float] = []
+    print(f"rows: {ROWS} inserted in transactions of {CHUNK}; runs: {RUNS}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
+            for run in range(RUNS):
+                rate, peak, position = await source_rate(server, mesh_port, run, Path(directory))
+                bare = await asyncio.to_thread(bare_binlog_rate, server, position)
+                alone = await poll_only_rate(server, run)
+                ratios.append(rate / bare)
+                rss.append(peak)
+                print(
+                    f"    run {run + 1}: mysql-source -> mesh {rate:,.0f} events/s, bare binlog read {bare:,.0f} rows/s,"
+                    f" ratio {rate / bare:.2f}, source peak RSS {peak:.0f} MiB"
+                )
+                print(f"           MysqlSource.poll() alone (no worker, no mesh): {alone:,.0f} events/s")
+    finally:
+        stop(mesh)
+        server.stop()
+    print(f"source worker peak RSS: {max(rss):.0f} MiB")
+    print(f"ratio: {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
