@@ -1,0 +1,1 @@
+"""postgres-sink: upsert events into PostgreSQL."""

@@ -1,0 +1,1 @@
+"""postgres-source: stream row changes by logical decoding (pgoutput)."""

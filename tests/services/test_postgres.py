@@ -1,0 +1,223 @@
+"""postgres-source (logical decoding) and postgres-sink against a throwaway PostgreSQL, driven directly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from runtime.connector import SinkContext, SourceContext
+from runtime.errors import DataError, RetriableError
+from runtime.record import ConnectorRecord, partition_key
+from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
+from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
+from tests.servers import PostgresServer
+
+
+async def _connect(dsn: str, within: float = 30.0) -> asyncpg.Connection:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await asyncpg.connect(dsn)
+        except (asyncpg.CannotConnectNowError, OSError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def db(postgres_server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
+    connection = await _connect(postgres_server.dsn)
+    yield connection
+    if not connection.is_closed():
+        await connection.close()
+
+
+@pytest.fixture
+async def table(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh table with a slot and publication name of its own; the slot is dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    connection = await _connect(postgres_server.dsn)
+    await connection.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, name text, doc jsonb, price numeric, ok bool)")
+    await connection.close()
+    yield name
+    connection = await _connect(postgres_server.dsn)
+    await connection.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name)
+    await connection.close()
+
+
+async def _source(dsn: str, name: str, offsets: dict[str, Any] | None = None, **config: Any) -> PostgresSource:
+    settings = {"dsn": dsn, "slot": name, "publication": name, "tables": [name], "idle_wait": 0.1, **config}
+    source = PostgresSource(PostgresSourceConfig.model_validate(settings))
+    await source.start(SourceContext(connector_name="pg-test", committed_offsets=offsets or {}))
+    return source
+
+
+async def _poll_until(source: PostgresSource, count: int, within: float = 10.0) -> list[ConnectorRecord]:
+    records: list[ConnectorRecord] = []
+    deadline = asyncio.get_running_loop().time() + within
+    while len(records) < count and asyncio.get_running_loop().time() < deadline:
+        try:
+            records.extend(await source.poll())
+        except RetriableError:
+            await asyncio.sleep(0.2)
+    return records
+
+
+def _offsets(records: list[ConnectorRecord]) -> dict[str, Any]:
+    return {partition_key(records[-1].partition): dict(records[-1].offset)}
+
+
+async def test_source_streams_inserts_updates_deletes_in_commit_order(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    source = await _source(postgres_server.dsn, table)
+    try:
+        await db.execute(f"INSERT INTO {table} VALUES (1, 'a', '{{\"k\": [1]}}', 1.50, true), (2, NULL, NULL, NULL, false)")
+        await db.execute(f"UPDATE {table} SET name = 'b' WHERE id = 1")
+        await db.execute(f"DELETE FROM {table} WHERE id = 2")
+        records = await _poll_until(source, 4)
+        await source.commit(records)
+    finally:
+        await source.stop()
+    assert [(r.data["op"], r.type) for r in records] == [
+        ("insert", "postgres.insert"),
+        ("insert", "postgres.insert"),
+        ("update", "postgres.update"),
+        ("delete", "postgres.delete"),
+    ]
+    assert records[0].data["row"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
+    assert records[0].data["table"] == table and records[0].extensions["pgtable"] == f"public.{table}"
+    assert records[3].data["old"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
+    assert records[0].timestamp.tzinfo is not None
+    pending = await db.fetchval(
+        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
+        table,
+        table,
+    )
+    assert pending == 0  # the slot moved past everything committed
+
+
+async def test_source_resumes_inside_a_transaction_without_duplicates(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await (await _source(postgres_server.dsn, table)).stop()  # creates the slot before the writes
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 5)")
+    source = await _source(postgres_server.dsn, table, batch_size=2)
+    first = await source.poll()
+    await source.commit(first)  # two of five: the slot cannot move yet
+    await source.stop()
+    assert [r.data["row"]["id"] for r in first] == [1, 2]
+    source = await _source(postgres_server.dsn, table, offsets=_offsets(first))
+    try:
+        rest = await _poll_until(source, 3)
+        await source.commit(rest)
+        assert await _poll_until(source, 1, within=0.5) == []
+    finally:
+        await source.stop()
+    assert [r.data["row"]["id"] for r in rest] == [3, 4, 5]
+
+
+async def test_source_loses_nothing_across_a_server_restart(postgres_server: PostgresServer, table: str) -> None:
+    db = await _connect(postgres_server.dsn)
+    source = await _source(postgres_server.dsn, table)
+    try:
+        await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
+        first = await _poll_until(source, 10)
+        await source.commit(first[:4])
+        await db.close()
+        await asyncio.to_thread(postgres_server.restart)
+        db = await _connect(postgres_server.dsn)
+        await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(11, 15)")
+        await source.commit(first[4:])  # retried by the worker after the restart
+        rest = await _poll_until(source, 5, within=20)
+        await source.commit(rest)
+    finally:
+        await source.stop()
+        await db.close()
+    assert sorted(r.data["row"]["id"] for r in first + rest) == list(range(1, 16))
+
+
+def _event(n: int, **overrides: Any) -> ConnectorRecord:
+    return ConnectorRecord(
+        **{"data": {"id": n, "name": f"n{n}"}, "id": f"id-{n}", "source": "/tests", "type": "t", "subject": "s", **overrides}
+    )
+
+
+async def _sink(dsn: str, **config: Any) -> PostgresSink:
+    sink = PostgresSink(PostgresSinkConfig.model_validate({"dsn": dsn, **config}))
+    await sink.start(SinkContext(connector_name="pg-test"))
+    return sink
+
+
+async def test_events_sink_is_idempotent_and_keeps_data_types(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    table = f"events_{uuid.uuid4().hex[:6]}"
+    sink = await _sink(postgres_server.dsn, table=table)
+    try:
+        batch = [
+            _event(1),
+            _event(2, data="text", datacontenttype="text/plain"),
+            _event(3, data=b"\x00\x01"),
+            _event(4, extensions={"k": "v"}),
+        ]
+        assert await sink.put(batch) == []
+        assert await sink.put([*batch[2:], _event(5)]) == []  # redelivered 3 and 4
+        assert [r.record.id for r in await sink.put([_event(6, id=None)])] == [None]
+    finally:
+        await sink.stop()
+    rows = await db.fetch(f"SELECT id, data, data_bytes, extensions FROM {table} ORDER BY id")
+    assert [row["id"] for row in rows] == ["id-1", "id-2", "id-3", "id-4", "id-5"]
+    assert rows[0]["data"] == '{"id": 1, "name": "n1"}' and rows[1]["data"] == '"text"'
+    assert rows[2]["data_bytes"] == b"\x00\x01" and rows[3]["extensions"] == '{"k": "v"}'
+
+
+async def test_mapped_sink_upserts_and_singles_out_poison(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    await db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text NOT NULL)")
+    sink = await _sink(postgres_server.dsn, mode="mapped", table=table, key=["id"])
+    try:
+        await sink.put([_event(1), _event(2), _event(1, data={"id": 1, "name": "again"})])
+        rejected = await sink.put([_event(3, data="not an object")])
+        assert "object" in rejected[0].reason
+        with pytest.raises(DataError, match="PostgreSQL refused"):
+            await sink.put([_event(4), _event(5, data={"id": "five", "name": "x"})])
+        await sink.put([_event(4)])  # the worker retries one by one: the good one lands
+    finally:
+        await sink.stop()
+    assert [tuple(row) for row in await db.fetch(f"SELECT id, name FROM {table} ORDER BY id")] == [
+        (1, "again"),
+        (2, "n2"),
+        (4, "n4"),
+    ]
+
+
+async def test_sink_bad_config_fails_at_start(postgres_server: PostgresServer) -> None:
+    with pytest.raises(Exception, match="does not exist"):
+        await _sink(postgres_server.dsn, mode="mapped", table="no_such_table", key=["id"])
+
+
+async def test_sink_while_the_server_is_down_is_retriable(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    table = f"events_{uuid.uuid4().hex[:6]}"
+    sink = await _sink(postgres_server.dsn, table=table, timeout=5)
+    await db.close()
+    try:
+        await sink.put([_event(1)])
+        await asyncio.to_thread(postgres_server.kill)
+        with pytest.raises(RetriableError):
+            await sink.put([_event(2)])
+        await asyncio.to_thread(postgres_server.start)
+        for _ in range(50):  # the worker's retry loop
+            try:
+                await sink.put([_event(2)])
+                break
+            except RetriableError:
+                await asyncio.sleep(0.2)
+    finally:
+        await sink.stop()
+    check = await _connect(postgres_server.dsn)
+    assert await check.fetchval(f"SELECT count(*) FROM {table}") == 2
+    await check.close()
