@@ -45,8 +45,6 @@ def open_registry(settings: RegistrySettings) -> Registry:
     if settings.kind == "redis":
         from runtime.registry.redis import RedisRegistry
 
-        if settings.url is None:
-            raise ConfigError("registry.url", "kind is redis but no url is given", "set registry.url: redis://host:6379/0")
         return RedisRegistry.from_settings(settings)
     from runtime.registry.file import FileRegistry
 

@@ -34,24 +34,21 @@ async def mesh_session(
 
     async def connect() -> MeshClient:
         client = build_client(config, purpose)
-        await client.__aenter__()
+        await client.start()
         return client
 
     client = await retry_retriable(connect, what=f"mesh {config.mesh.address}", backoff=backoff, stop=stop, on_failure=failed)
-    watcher = asyncio.create_task(_watch(client, board)) if watch else None
+
+    def track(_state: object) -> None:
+        board.set_mesh(client.connected)
+
+    if watch:
+        track(client.state)
+        client.add_state_listener(track)
     try:
         yield client
     finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        if watch:
+            client.remove_state_listener(track)
             board.set_mesh(False)
-        await client.__aexit__(None, None, None)
-
-
-async def _watch(client: MeshClient, board: StatusBoard) -> None:
-    while True:
-        if client.connected != board.mesh_connected:
-            board.set_mesh(client.connected)
-        await asyncio.sleep(0.1)
+        await client.aclose()
