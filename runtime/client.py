@@ -94,7 +94,7 @@ PROTOCOL_VERSION = "2.0"
 
 _Waiter = asyncio.Future[Any]
 _Token = _Waiter | None  # None: nobody waits for the answer (heartbeats)
-_ACKED_ONLY = frozenset({RequestKind.PUBLISH, RequestKind.BROADCAST})  # their waiters resolve to None
+_REQUEST = RequestKind.REQUEST  # a module constant: identity checks on the hot path, no enum hashing
 _GOODBYE_TIMEOUT = 2.0
 _TICK = 0.1
 
@@ -534,7 +534,8 @@ class MeshClient:
         return body_to_event(response.body)
 
     async def _start_message(self, kind: RequestKind, event: CloudEvent, within: float | None) -> _Waiter:
-        if self._state in (ClientState.IDLE, ClientState.CLOSED):
+        state = self._state
+        if state is ClientState.IDLE or state is ClientState.CLOSED:
             raise MeshUnavailableError(f"cannot send {kind.command.name}: mesh client is {self._state.value}")
         timeout = self._request_timeout if within is None else within
         if self._in_flight < self._max_in_flight and not self._slot_waiters:
@@ -653,7 +654,8 @@ class MeshClient:
                 if event.kind.is_message:
                     self._release_slot()
                 if event.token is not None and not event.token.done():
-                    event.token.set_result(None if event.kind in _ACKED_ONLY else event.package)
+                    # Publishes and broadcasts resolve to None; requests and control requests to the answer.
+                    event.token.set_result(event.package if event.kind is _REQUEST or not event.kind.is_message else None)
             elif type(event) is Pushed:
                 self._push(event)
             elif type(event) is Failed:

@@ -51,7 +51,6 @@ from runtime.protocol.frames import (
 )
 
 __all__ = [
-    "PUSH_COMMANDS",
     "TRANSITIONS",
     "ClientSession",
     "Completed",
@@ -118,8 +117,14 @@ TRANSITIONS: Mapping[tuple[SessionState, Trigger], SessionState] = {
 }
 
 
+_MESSAGE_COMMANDS = (Command.ASYNC_MESSAGE_TO_SERVER, Command.BROADCAST_MESSAGE_TO_SERVER, Command.REQUEST_TO_SERVER)
+
+
 class RequestKind(Enum):
-    """What a pending request is; ``value`` = (request command, answer command)."""
+    """What a pending request is: the command that asks and the command that answers.
+
+    Plain attributes rather than properties: they are read for every message on the hot path.
+    """
 
     HELLO = (Command.HELLO_REQUEST, Command.HELLO_RESPONSE)
     HEARTBEAT = (Command.HEARTBEAT_REQUEST, Command.HEARTBEAT_RESPONSE)
@@ -131,22 +136,21 @@ class RequestKind(Enum):
     BROADCAST = (Command.BROADCAST_MESSAGE_TO_SERVER, Command.BROADCAST_MESSAGE_TO_SERVER_ACK)
     REQUEST = (Command.REQUEST_TO_SERVER, Command.RESPONSE_TO_CLIENT)
 
-    @property
-    def command(self) -> Command:
-        return self.value[0]
-
-    @property
-    def answer(self) -> Command:
-        return self.value[1]
-
-    @property
-    def is_message(self) -> bool:
-        """Messages outlive their connection and are re-sent; control requests die with it."""
-        return self in _MESSAGE_KINDS
+    def __init__(self, command: Command, answer: Command) -> None:
+        self.command = command
+        self.answer = answer
+        # Messages outlive their connection and are re-sent; control requests die with it.
+        self.is_message = command in _MESSAGE_COMMANDS
 
 
-_MESSAGE_KINDS = frozenset({RequestKind.PUBLISH, RequestKind.BROADCAST, RequestKind.REQUEST})
-PUSH_COMMANDS = frozenset({Command.ASYNC_MESSAGE_TO_CLIENT, Command.BROADCAST_MESSAGE_TO_CLIENT, Command.REQUEST_TO_CLIENT})
+# Module constants: comparing by identity with these is cheaper than hashing an enum member.
+_HELLO = RequestKind.HELLO
+_REQUEST = RequestKind.REQUEST
+_ASYNC_PUSH, _BROADCAST_PUSH, _REQUEST_PUSH = (
+    Command.ASYNC_MESSAGE_TO_CLIENT,
+    Command.BROADCAST_MESSAGE_TO_CLIENT,
+    Command.REQUEST_TO_CLIENT,
+)
 
 
 @dataclass(slots=True)
@@ -361,43 +365,43 @@ class ClientSession(Generic[Token]):
     def _receive_package(self, package: Package, events: list[SessionEvent[Token]]) -> None:
         header = package.header
         command = header.command
-        if command in PUSH_COMMANDS:
+        seq = header.seq
+        # Answers first (the publisher's hot path). A push never matches: no request is answered by a push command.
+        pending = self._pending.get(seq) if seq is not None else None
+        # A server that cannot dispatch a command answers with the command itself and code 1.
+        if pending is not None and (command is pending.kind.answer or command is pending.kind.command):
+            del self._pending[seq]  # type: ignore[arg-type]
+            self._answered(pending, package, events)
+        elif command is _ASYNC_PUSH or command is _BROADCAST_PUSH or command is _REQUEST_PUSH:
             events.append(Pushed(package, self.connection))
-            return
-        if command is Command.SERVER_GOODBYE_REQUEST:
+        elif command is Command.SERVER_GOODBYE_REQUEST:
             self._move(Trigger.SERVER_GOODBYE)
-            self._outbound.append(encode(Package(Header(Command.SERVER_GOODBYE_RESPONSE, seq=header.seq), None)))
+            self._outbound.append(encode(Package(Header(Command.SERVER_GOODBYE_RESPONSE, seq=seq), None)))
             events.append(ServerGoodbye(header.code, header.desc))
-            return
-        if command is Command.REDIRECT_TO_CLIENT:
+        elif command is Command.REDIRECT_TO_CLIENT:
             target = package.redirect_info()
             if target is None:
                 raise RemoteProtocolError("REDIRECT_TO_CLIENT names no address")
             self._move(Trigger.REDIRECTED)
             events.append(Redirected(target.ip, target.port))
-            return
-        pending = self._pending.get(header.seq) if header.seq is not None else None
-        if pending is None:
-            return  # an answer to a request we gave up on, or a repeated LISTEN_RESPONSE
-        # A server that cannot dispatch a command answers with the command itself and code 1.
-        if command is not pending.kind.answer and command is not pending.kind.command:
-            return  # not an answer to this request: a confused peer, ignored like an unknown seq
-        del self._pending[header.seq]  # type: ignore[arg-type]
+        # Anything else answers a request we gave up on, or repeats a LISTEN_RESPONSE: ignored.
+
+    def _answered(self, pending: _Pending[Token], package: Package, events: list[SessionEvent[Token]]) -> None:
+        header = package.header
         kind = pending.kind
         if header.code == 0:
-            if kind is RequestKind.HELLO:
+            if kind is _HELLO:
                 self._move(Trigger.HELLO_ACCEPTED)
                 if self.state is SessionState.READY:
                     self._resend_messages()
-            elif kind is RequestKind.REQUEST:
+            elif kind is _REQUEST:
                 self._outbound.append(encode(ack_package(package)))
             events.append(Completed(kind, pending.token, package))
-            return
-        if kind is RequestKind.HELLO:
+        elif kind is _HELLO:
             self._move(Trigger.HELLO_REFUSED)
-            events.append(Failed(kind, pending.token, HelloRefusedError(command.name, header.code, header.desc)))
-            return
-        events.append(Failed(kind, pending.token, MeshRejectedError(kind.command.name, header.code, header.desc)))
+            events.append(Failed(kind, pending.token, HelloRefusedError(header.command.name, header.code, header.desc)))
+        else:
+            events.append(Failed(kind, pending.token, MeshRejectedError(kind.command.name, header.code, header.desc)))
 
     def _resend_messages(self) -> None:
         # Only messages are pending right after a HELLO; all of them were written on an earlier
