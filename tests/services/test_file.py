@@ -12,6 +12,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord, partition_key, record_to_cloudevent
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_from_json
 from services.file_sink.connector import FileSink, FileSinkConfig
 from services.file_source.connector import FileSource, FileSourceConfig
@@ -246,3 +247,36 @@ async def test_source_bad_json_line_is_dead_lettered_by_the_worker_with_the_reas
     assert good.data == {"ok": 1}
     with pytest.raises(DataError, match="not valid JSON"):
         record_to_cloudevent(bad, connector="file-source", default_source="/s", default_type="t", default_subject="x")
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_file_sink_conformance(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    async def read() -> list[str]:
+        return [str(line["id"]) for line in await asyncio.to_thread(_lines, out)]
+
+    await run_sink_conformance(
+        SinkHarness(connector=FileSink, config=lambda: {"directory": str(out)}, read=read, idempotent=False),
+        workdir=tmp_path / "work",
+    )
+
+
+async def test_file_source_conformance(tmp_path: Path) -> None:
+    log_file = tmp_path / "in.log"
+
+    async def produce(start: int, count: int) -> None:
+        with log_file.open("a") as handle:
+            handle.writelines(f"item {n}\n" for n in range(start, start + count))
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=FileSource,
+            config=lambda: {"paths": [str(log_file)], "scan_interval": 0.2},
+            produce=produce,
+            number_of=lambda event: int(str(event.get_data()).split()[1]),
+        ),
+        workdir=tmp_path / "work",
+    )
