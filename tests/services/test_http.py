@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import io
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from runtime.config import ConnectorConfig
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.http_sink.connector import HttpSink, HttpSinkConfig
 from services.http_source.connector import HttpSource, HttpSourceConfig
 from tests.servers import free_port
@@ -368,3 +370,54 @@ async def test_sink_round_robin_spreads_events() -> None:
 def test_sink_config_refuses_a_non_http_url() -> None:
     with pytest.raises(ValueError, match="not an http"):
         HttpSinkConfig.model_validate({"urls": ["ftp://x"]})
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_http_source_conformance(tmp_path: Path) -> None:
+    port = free_port()
+
+    async def produce(start: int, count: int) -> None:
+        events = [
+            {"specversion": "1.0", "id": f"item-{n}", "source": "/conformance", "type": "t", "data": {"n": n}}
+            for n in range(start, start + count)
+        ]
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):  # the worker may still be starting: retry as a webhook sender would
+                try:
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/events",
+                        data=orjson.dumps(events),
+                        headers={"content-type": "application/cloudevents-batch+json"},
+                        timeout=aiohttp.ClientTimeout(total=30),
+                    ) as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError("the http source never accepted the batch")
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=HttpSource,
+            config=lambda: {"host": "127.0.0.1", "port": port, "path": "/events"},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
+        ),
+        workdir=tmp_path,
+        checks=("open_close", "batches", "redelivery", "mesh_drop"),  # a killed endpoint cannot take requests
+    )
+
+
+async def test_http_sink_conformance(tmp_path: Path) -> None:
+    async with _Endpoint() as endpoint:
+
+        async def read() -> list[str]:
+            return [headers["ce-id"] for headers, _ in endpoint.requests]
+
+        await run_sink_conformance(
+            SinkHarness(connector=HttpSink, config=lambda: {"urls": [endpoint.url]}, read=read, idempotent=False),
+            workdir=tmp_path,
+        )
