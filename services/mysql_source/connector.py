@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import aiomysql
+import pymysql
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -298,9 +299,20 @@ class MysqlSource(Source[MysqlSourceConfig]):
 
     async def _poll_snapshot(self) -> list[ConnectorRecord]:
         assert self._snapshot is not None and self._stream_from is not None
-        with translate_mysql_errors("reading the snapshot"):
-            async with asyncio.timeout(self.config.query_timeout):
-                rows = await self._snapshot.next_rows()
+        if self._snapshot_conn is None:
+            # The server went away mid-snapshot: a new consistent view, continuing after the last row handed over.
+            self._snapshot_conn = await self._connect()
+            with translate_mysql_errors("restarting the snapshot"):
+                await SnapshotReader.begin(self._snapshot_conn)
+            self._snapshot.reconnect(self._snapshot_conn)
+        try:
+            with translate_mysql_errors("reading the snapshot"):
+                async with asyncio.timeout(self.config.query_timeout):
+                    rows = await self._snapshot.next_rows()
+        except RetriableError:
+            self._snapshot_conn.close()
+            self._snapshot_conn = None
+            raise
         records = [self._snapshot_record(row) for row in rows or ()]
         if self._snapshot.exhausted:
             with translate_mysql_errors("ending the snapshot"):
@@ -483,10 +495,17 @@ class MysqlSource(Source[MysqlSourceConfig]):
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         statement = f"SELECT * FROM {quote(db, name)}{where} ORDER BY {order} LIMIT {self.config.max_batch}"
         with translate_mysql_errors(f"polling {table.table}"):
-            async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
-                await cursor.execute(statement, params)
-                columns = [d[0] for d in cursor.description]
-                fetched = await cursor.fetchall()
+            if self._conn is None:
+                self._conn = await self._connect()
+            try:
+                async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
+                    await cursor.execute(statement, params)
+                    columns = [d[0] for d in cursor.description]
+                    fetched = await cursor.fetchall()
+            except (pymysql.OperationalError, pymysql.InterfaceError, OSError, TimeoutError):
+                self._conn.close()  # reconnect on the next poll
+                self._conn = None
+                raise
         records = []
         now = dt.datetime.now(dt.UTC)
         for values in fetched:

@@ -92,6 +92,10 @@ class SnapshotReader:
                 await cursor.execute("UNLOCK TABLES")
             return Position(str(file), int(pos))
 
+    def reconnect(self, conn: Any) -> None:
+        """Go on over ``conn`` (a new consistent view) after the last row handed over."""
+        self._conn = conn
+
     @property
     def exhausted(self) -> bool:
         """Every table read: the transaction can end (it holds metadata locks that block DDL)."""
@@ -103,7 +107,9 @@ class SnapshotReader:
             if self._current is None:
                 if not self._tables:
                     return None
-                return [await self._open_table(self._tables.pop(0))]
+                opened = await self._open_table(self._tables[0])
+                self._tables.pop(0)  # only once opened: a failed open is tried again
+                return [opened]
             rows = await self._read_chunk()
             if len(rows) < self._chunk:
                 self._progress(final=True)

@@ -286,3 +286,28 @@ async def test_rows_written_without_column_names_stop_the_stream_with_a_fix(mari
     finally:
         mariadb_server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
         await source.stop()
+
+
+@pytest.mark.slow
+async def test_snapshot_goes_on_after_the_server_restarts_mid_snapshot(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t SELECT seq FROM seq_1_to_60", database)
+    source = await started(mariadb_server, include_databases=[database], snapshot_chunk_size=7)
+    try:
+        records = await drain(source, lambda rs: len(changes(rs)) >= 14)
+        await asyncio.to_thread(mariadb_server.restart)
+        mariadb_server.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+        failures = 0
+        deadline = time.monotonic() + 30
+        while len(changes(records)) < 60:
+            assert time.monotonic() < deadline
+            try:
+                records.extend(await source.poll())
+            except RetriableError:
+                failures += 1
+                await asyncio.sleep(0.2)
+        mariadb_server.sql("INSERT INTO t VALUES (61)", database)
+        records.extend(await drain(source, lambda rs: len(changes(rs)) >= 1))
+    finally:
+        await source.stop()
+    assert failures >= 1
+    assert [r.data["after"]["id"] for r in changes(records)] == list(range(1, 62))
