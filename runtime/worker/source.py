@@ -32,7 +32,6 @@ Stop (SIGTERM): polling stops, what was polled is published, acks are awaited (b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import socket
@@ -105,7 +104,7 @@ class SourceWorker:
         self.default_type = config.source.event_type or f"{config.connector}.record"
         self.dead_letter_topic = config.sink.dead_letter_topic or f"{config.name}-dlq"
         self.coordinator: Coordinator | None = None
-        self._changed = asyncio.Event()
+        self.ownership_changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, then drain and return."""
@@ -124,7 +123,7 @@ class SourceWorker:
                         self.holder,
                         groups,
                         self.config.registry.lease_ttl,
-                        on_change=lambda _owned: self._changed.set(),
+                        on_change=lambda _owned: self.ownership_changed.set(),
                         info={"connector": self.config.connector, "host": socket.gethostname(), "pid": os.getpid()},
                     )
                     await retry_retriable(self.coordinator.start, what="registry", backoff=backoff, stop=stop)
@@ -138,21 +137,22 @@ class SourceWorker:
             self.log.info("stopped while waiting for a dependency")
         self.board.set_state("stopped")
 
-    def _owned(self, groups: tuple[str, ...]) -> frozenset[str]:
+    def owned_groups(self, groups: tuple[str, ...]) -> frozenset[str]:
+        """The groups this replica may work on now: those it holds the lease of (all, for a non-exclusive source)."""
         return self.coordinator.owned if self.coordinator is not None else frozenset(groups)
 
     async def _serve(self, client: MeshClient, groups: tuple[str, ...], stop: asyncio.Event) -> None:
         takeovers = 0
         while not stop.is_set():
-            owned = self._owned(groups)
+            owned = self.owned_groups(groups)
             self.board.set_owned(owned)
             if self.coordinator is not None and self.coordinator.takeovers > takeovers:
                 self.metrics.takeovers.inc(self.coordinator.takeovers - takeovers)
                 takeovers = self.coordinator.takeovers
             if not owned:
                 self.board.set_state("standby")
-                self._changed.clear()
-                await _first_of(stop.wait(), self._changed.wait(), seconds=0.2)
+                self.ownership_changed.clear()
+                await _first_of(stop.wait(), self.ownership_changed.wait(), seconds=0.2)
                 continue
             session = _ActiveSession(self, client, groups, owned, stop)
             try:
@@ -160,7 +160,8 @@ class SourceWorker:
             except _LeaseLost as exc:
                 self.metrics.error("fenced")
                 self.log.warning("lease lost: dropped uncommitted state, standing by", reason=str(exc))
-            self.source = type(self.source)(self.source.config)
+            if not stop.is_set():  # the next session starts a fresh instance from the committed offsets
+                self.source = type(self.source)(self.source.config)
 
 
 class _ActiveSession:
@@ -192,43 +193,49 @@ class _ActiveSession:
             lambda: worker.registry.load_offsets(self.config.name), what="registry offsets", backoff=self.backoff, stop=self.stop
         )
         context = SourceContext(self.config.name, offsets, assigned_groups=self.owned, log=self.log)
-        await retry_retriable(
-            lambda: self.source.start(context),
-            what="source start",
-            backoff=self.backoff,
-            stop=self.stop,
-            on_failure=self._unhealthy,
-        )
-        self.worker.board.set_dependency(None)
-        self.worker.board.set_state("running")
-        self.log.info("source running", groups=sorted(self.owned), partitions=len(offsets))
-        tasks = [
-            asyncio.create_task(self._poll(), name="poll"),
-            asyncio.create_task(self._publish(), name="publish"),
-            asyncio.create_task(self._checkpoints(), name="checkpoint"),
-        ]
-        watch = asyncio.create_task(self._watch_ownership(), name="ownership")
-        stopping = asyncio.create_task(self.stop.wait(), name="stop")
+        tasks: list[asyncio.Task[Any]] = []
         try:
-            done, _ = await asyncio.wait([*tasks, watch, stopping], return_when=asyncio.FIRST_COMPLETED)
+            await retry_retriable(
+                lambda: self.source.start(context),
+                what="source start",
+                backoff=self.backoff,
+                stop=self.stop,
+                on_failure=self._unhealthy,
+            )
+            self.worker.board.set_dependency(None)
+            self.worker.board.set_state("running")
+            self.log.info("source running", groups=sorted(self.owned), partitions=len(offsets))
+            poller = asyncio.create_task(self._poll(), name="poll")
+            checkpointer = asyncio.create_task(self._checkpoints(), name="checkpoint")
+            watch = asyncio.create_task(self._watch_ownership(), name="ownership")
+            stopping = asyncio.create_task(self.stop.wait(), name="stop")
+            tasks = [poller, asyncio.create_task(self._publish(), name="publish"), checkpointer, watch, stopping]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = None if task is stopping or task.cancelled() else task.exception()
                 if error is not None:
                     raise error
-            if watch in done and not self.owned <= self.worker._owned(self.groups):
+            if watch in done and not self.owned <= self.worker.owned_groups(self.groups):
                 raise _LeaseLost("a partition group was lost")
             self.worker.board.set_state("draining")
-            await self._drain(tasks)
+            await self._drain(poller, checkpointer)
         except FencedError as exc:
             raise _LeaseLost(str(exc)) from exc
         finally:
-            for task in [*tasks, watch, stopping, *self.retries]:
-                task.cancel()
-            await asyncio.gather(*tasks, watch, stopping, *self.retries, return_exceptions=True)
-            self._flush_metrics()
-            self.metrics.in_flight.set(0)
-            with contextlib.suppress(RetriableError):
-                await asyncio.wait_for(self.source.stop(), self.worker.drain_timeout)
+            await self._close(tasks)
+
+    async def _close(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel whatever still runs (a lost lease stops at once) and stop the source instance."""
+        running = [*tasks, *self.retries]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self._flush_metrics()
+        self.metrics.in_flight.set(0)
+        try:
+            await asyncio.wait_for(self.source.stop(), self.worker.drain_timeout)
+        except (RetriableError, TimeoutError) as exc:
+            self.log.warning("source did not stop cleanly", error=repr(exc))
 
     def _unhealthy(self, exc: RetriableError) -> None:
         self.metrics.error("retriable")
@@ -236,9 +243,9 @@ class _ActiveSession:
         self.worker.board.set_dependency(str(exc))
 
     async def _watch_ownership(self) -> None:
-        while self.worker._owned(self.groups) == self.owned:
-            self.worker._changed.clear()
-            await _first_of(self.worker._changed.wait(), seconds=0.1)
+        while self.worker.owned_groups(self.groups) == self.owned:
+            self.worker.ownership_changed.clear()
+            await _first_of(self.worker.ownership_changed.wait(), seconds=0.1)
 
     async def _poll(self) -> None:
         backoff = Backoff(0.2, 30.0)
@@ -415,9 +422,8 @@ class _ActiveSession:
             self.worker.registry.commit_offsets(self.config.name, offsets, lease), self.config.registry.lease_ttl
         )
 
-    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _drain(self, poller: asyncio.Task[None], checkpointer: asyncio.Task[None]) -> None:
         """Stop polling, publish what was polled, await the acks (bounded), write the last checkpoint."""
-        poller, _publisher, checkpointer = tasks
         poller.cancel()
         checkpointer.cancel()
         deadline = time.monotonic() + self.worker.drain_timeout
