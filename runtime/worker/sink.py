@@ -40,7 +40,7 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.client import MeshClient, PushedEvent
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import DataError, RetriableError
+from runtime.errors import DataError, MeshRejectedError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord, cloudevent_to_record
@@ -257,8 +257,15 @@ class SinkWorker:
             connector=self.config.connector,
             attempts=max(item.attempts, 1),
         )
+
+        async def publish() -> None:
+            try:
+                await publisher.publish(event)
+            except MeshRejectedError as exc:  # e.g. the dead-letter topic is full: wait for room, never drop it
+                raise RetriableError(f"mesh refused the dead letter: {exc.desc}") from exc
+
         await retry_retriable(
-            lambda: publisher.publish(event),
+            publish,
             what="dead-letter publish",
             backoff=Backoff(self.settings.retry_initial, self.settings.retry_max),
             stop=stop,
