@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.redis_sink.connector import RedisSink, RedisSinkConfig
 from services.redis_source.connector import RedisSource, RedisSourceConfig
@@ -228,3 +231,37 @@ async def test_sink_while_redis_is_down_is_retriable_and_recovers() -> None:
         await check.aclose()
     finally:
         server.stop()
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_redis_sink_conformance(redis_server: RedisServer, client: aioredis.Redis, tmp_path: Path) -> None:
+    stream = _key()
+
+    async def read() -> list[str]:
+        return [orjson.loads(fields[b"event"])["id"] for _, fields in await client.xrange(stream)]
+
+    await run_sink_conformance(
+        SinkHarness(connector=RedisSink, config=lambda: {"url": redis_server.url, "key": stream}, read=read),
+        workdir=tmp_path,
+    )
+
+
+async def test_redis_source_conformance(redis_server: RedisServer, client: aioredis.Redis, tmp_path: Path) -> None:
+    stream = _key()
+
+    async def produce(start: int, count: int) -> None:
+        for n in range(start, start + count):
+            # no subject: the topic is the worker's
+            await client.xadd(stream, {"event": record_to_json(_event(n, subject=None))})
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=RedisSource,
+            config=lambda: {"url": redis_server.url, "streams": [stream]},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
+        ),
+        workdir=tmp_path,
+    )
