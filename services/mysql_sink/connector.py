@@ -42,6 +42,7 @@ from services.mysql_sink.sql import (
     quote,
     translate_mysql_errors,
 )
+from services.mysql_source.binlog import ddl_target
 from services.mysql_source.envelope import OPS, decode_row
 
 __all__ = ["MysqlSink", "MysqlSinkConfig"]
@@ -416,7 +417,10 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         if "ddl" in data:
             if not self.config.apply_ddl:
                 return []
-            return [Ddl(_strip_database(str(data["ddl"]), str(source.get("db") or "")))]
+            statement = str(data["ddl"])
+            if ddl_target(statement, "") is None:  # only table DDL; never a database, user or routine statement
+                raise DataError(f"schema change {statement[:80]!r} is not a table-level DDL statement")
+            return [Ddl(_strip_database(statement, str(source.get("db") or "")))]
         op = data.get("op")
         if op not in OPS:
             raise DataError(f"change envelope has op {op!r}; expected one of c, u, d, r")

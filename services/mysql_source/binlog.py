@@ -32,13 +32,24 @@ from runtime.record import ConnectorRecord
 
 __all__ = ["BinlogReader", "Failure", "Position", "ddl_target"]
 
-_DDL = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(?:TEMPORARY\s+)?(?:TABLE|INDEX|VIEW)?\s*"
-    r"(?:IF\s+(?:NOT\s+)?EXISTS\s+)?(?:`?(?P<db>[\w$]+)`?\s*\.\s*)?`?(?P<table>[\w$]+)`?",
-    re.IGNORECASE | re.DOTALL,
+_NAME = r"(?:`?(?P<db>[\w$]+)`?\s*\.\s*)?`?(?P<table>[\w$]+)`?"
+# Table-level DDL only: database, view, routine and trigger statements are not row data.
+_DDL = (
+    re.compile(
+        r"^\s*(?:/\*.*?\*/\s*)*(?:CREATE|ALTER|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE\s+"
+        r"(?:IF\s+(?:NOT\s+)?EXISTS\s+)?" + _NAME,
+        re.IGNORECASE | re.DOTALL,
+    ),
+    re.compile(r"^\s*(?:/\*.*?\*/\s*)*(?:TRUNCATE(?:\s+TABLE)?|RENAME\s+TABLE)\s+" + _NAME, re.IGNORECASE | re.DOTALL),
+    re.compile(
+        r"^\s*(?:/\*.*?\*/\s*)*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+|FULLTEXT\s+|SPATIAL\s+)?INDEX|DROP\s+INDEX)\s+"
+        r"(?:IF\s+(?:NOT\s+)?EXISTS\s+)?`?[\w$]+`?\s+ON\s+" + _NAME,
+        re.IGNORECASE | re.DOTALL,
+    ),
 )
 _SYSTEM_SCHEMAS = ["mysql", "information_schema", "performance_schema", "sys"]
 _MARKER_EVERY = 1.0
+_FL_STANDALONE = 0x01  # MariaDB GTID event flag: the transaction is a single statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +76,11 @@ class Failure:
 
 def ddl_target(statement: str, default_db: str) -> tuple[str, str] | None:
     """(db, table) a DDL statement acts on, or ``None`` when it is not DDL."""
-    match = _DDL.match(statement)
-    if match is None:
-        return None
-    return match.group("db") or default_db, match.group("table")
+    for pattern in _DDL:
+        match = pattern.match(statement)
+        if match is not None:
+            return match.group("db") or default_db, match.group("table")
+    return None
 
 
 class BinlogReader:
@@ -145,6 +157,7 @@ class BinlogReader:
         )
         batch: list[ConnectorRecord] = []
         in_transaction = False
+        standalone = True
         row = 0
         gtid: str | None = None
         delivered = 0
@@ -166,10 +179,13 @@ class BinlogReader:
                     self._boundary = Position(event.next_binlog, event.position)
             elif isinstance(event, GtidEvent | MariadbGtidEvent):
                 in_transaction, row, delivered, gtid = True, 0, 0, str(event.gtid)
+                # A statement on its own (DDL) ends with itself; MariaDB flags it, MySQL sends no BEGIN for it.
+                standalone = bool(event.flags & _FL_STANDALONE) if isinstance(event, MariadbGtidEvent) else True
             elif isinstance(event, QueryEvent):
                 statement = event.query if isinstance(event.query, str) else event.query.decode("utf-8", "replace")
                 upper = statement.strip().upper()
                 if upper == "BEGIN":
+                    standalone = False
                     if not in_transaction:
                         in_transaction, row, delivered, gtid = True, 0, 0, None
                 elif upper == "COMMIT":
@@ -184,6 +200,7 @@ class BinlogReader:
                                 self._build(op="ddl", db=target[0], table=target[1], ddl=statement, **self._at(row, gtid, event))
                             )
                             delivered += 1
+                    if target is not None or standalone or not in_transaction:
                         end_transaction()
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 accepted = self._accept(event.schema, event.table)

@@ -190,10 +190,12 @@ async def test_cdc_mode_applies_changes_and_ddl(mariadb_server: MariaDBServer, d
         event({"ddl": "ALTER TABLE items ADD COLUMN price INT", "source": {"db": "shop"}}, id="5", type="mysql.change.ddl"),
         change("r", None, {"id": 3, "name": "three", "price": 7}, 6),
         event({"ts_ms": 1}, id="7", type="mysql.change.heartbeat"),
+        event({"ddl": f"DROP DATABASE {database}", "source": {"db": "shop"}}, id="8", type="mysql.change.ddl"),
     ]
     try:
-        assert await sink.put(batch) == []
-        assert await sink.put(batch) == []  # replay, DDL included
+        for _ in range(2):  # the second time a replay, DDL included
+            rejections = await sink.put(batch)
+            assert [r.record.id for r in rejections] == ["8"] and "not a table-level DDL" in rejections[0].reason
     finally:
         await sink.stop()
     assert rows(mariadb_server, "SELECT id, name, price FROM items ORDER BY id", database) == [
