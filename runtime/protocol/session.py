@@ -10,7 +10,8 @@ State table rules (``TRANSITIONS`` below is the whole machine):
 * ``DISCONNECTED`` -> ``GREETING`` when a connection is made: the HELLO is queued at once.
 * ``GREETING`` -> ``READY`` when the HELLO is accepted; refused HELLO, server goodbye and redirect
   go to ``LEAVING`` (the connection is about to close).
-* ``READY`` -> ``LEAVING`` on our goodbye, the server's goodbye or a redirect.
+* ``READY`` -> ``LEAVING`` on our goodbye, the server's goodbye or a redirect. While ``LEAVING``
+  the peer may still repeat itself or answer the HELLO: the state stays ``LEAVING``.
 * Every connected state -> ``DISCONNECTED`` when the connection is lost; every state -> ``CLOSED``
   on close, which is final.
 * A trigger missing from the table for the current state is a bug of the caller: it raises
