@@ -305,6 +305,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
 
     async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
         """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
+        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]
         if len({(change.table, change.key) for change in changes}) == len(changes) and all(c.op == "upsert" for c in changes):
             net = {(c.table, c.key): (c.key_columns, False, c.values) for c in changes}  # nothing to collapse
         else:
