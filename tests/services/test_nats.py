@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+import orjson
 import pytest
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.nats_sink.connector import NatsSink, NatsSinkConfig
 from services.nats_source.connector import NatsSource, NatsSourceConfig
@@ -164,3 +168,70 @@ async def test_sink_while_the_server_is_down_is_retriable_and_recovers(private_n
     finally:
         await source.stop()
     assert [r.id for r in records] == ["id-1", "id-2"]
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_nats_sink_conformance(private_nats: NatsServer, tmp_path: Path) -> None:
+    stream, subject = _names()
+
+    async def read() -> list[str]:
+        client = await nats.connect(private_nats.url)
+        try:
+            js = client.jetstream()
+            info = await js.stream_info(stream)
+            ids = []
+            for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+                message = await js.get_msg(stream, sequence)
+                ids.append(orjson.loads(message.data)["id"])
+            return ids
+        finally:
+            await client.close()
+
+    await run_sink_conformance(
+        SinkHarness(
+            connector=NatsSink,
+            config=lambda: {
+                "servers": [private_nats.url],
+                "subject": f"{subject}.{{topic}}",
+                "stream": stream,
+                "subjects": [f"{subject}.>"],
+            },
+            read=read,
+            kill_system=private_nats.kill,
+            restart_system=private_nats.start,
+        ),
+        workdir=tmp_path,
+    )
+
+
+async def test_nats_source_conformance(private_nats: NatsServer, tmp_path: Path) -> None:
+    stream, subject = _names()
+
+    async def produce(start: int, count: int) -> None:
+        for _ in range(50):  # the server may be restarting
+            try:
+                client = await nats.connect(private_nats.url)
+                try:
+                    js = client.jetstream()
+                    for n in range(start, start + count):  # no CloudEvent subject: the topic is the worker's
+                        await js.publish(f"{subject}.in", record_to_json(_event(n, subject=None)))
+                finally:
+                    await client.close()
+                return
+            except (nats.errors.Error, OSError):
+                await asyncio.sleep(0.2)
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=NatsSource,
+            config=lambda: {"servers": [private_nats.url], "stream": stream, "subjects": [f"{subject}.>"], "ack_wait": 5},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
+            kill_system=private_nats.kill,
+            restart_system=private_nats.start,
+            source_settings={"topic": "conformance"},
+        ),
+        workdir=tmp_path,
+    )
