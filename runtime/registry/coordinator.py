@@ -1,6 +1,6 @@
 """Spreads a connector's partition groups over its live replicas and keeps their leases.
 
-One background task per replica, every ``ttl/3`` (with jitter):
+One background task per replica, every ``ttl/3`` (at most every second; with jitter):
 
 1. heartbeat this replica's membership (TTL ``ttl``) and read the live member set;
 2. compute the desired owner of every group from that set by rendezvous hashing (highest
@@ -9,7 +9,8 @@ One background task per replica, every ``ttl/3`` (with jitter):
 3. renew the groups held here; release at once those desired by another live replica (the
    rebalance); try to acquire the free groups desired here, and any group that stayed free for
    ``grace`` seconds whoever desires it (its desired owner may have died before its membership
-   expired), so no group stays idle much longer than one TTL.
+   expired). A replica also wakes when a lease it desires expires in the store, so a group whose
+   holder died is idle for at most its TTL plus a round trip or so.
 
 The holder's side of a lease is bounded by a **local monotonic deadline**: the time the acquire or
 renew request was *sent* plus ``ttl``. The store starts its own TTL when it receives the request,
@@ -21,7 +22,7 @@ drops the group at once too.
 
 Ownership changes are reported three ways: the ``on_change(owned)`` callback, the :attr:`changed`
 event (set, then replaced, on every change) and the :attr:`lost` event (likewise, when a group was
-lost rather than released). :meth:`stop` leaves the member set first and then releases every lease,
+lost rather than released; :attr:`losses` counts those). :meth:`stop` leaves the member set first and then releases every lease,
 so a standby takes over on its next tick instead of after a TTL. Sinks use a Coordinator with no
 groups: it only heartbeats membership (for ``meshconnect leases show`` and status).
 """
@@ -46,6 +47,11 @@ __all__ = ["Coordinator", "desired_owner"]
 
 log = structlog.get_logger()
 
+MAX_ROUND_INTERVAL = 1.0
+"""Seconds between rounds at most, whatever the TTL, so a free group waits about a second for its owner."""
+EXPIRY_MARGIN = 0.02
+"""Seconds after the store's expiry of another holder's lease before trying to take it."""
+
 
 def desired_owner(group: str, members: Iterable[str]) -> str | None:
     """The member that should hold ``group``: rendezvous (highest random weight) hashing."""
@@ -67,7 +73,7 @@ class _Held:
 class Coordinator:
     """Keeps the leases of ``groups`` of ``connector`` for replica ``holder``.
 
-    ``ttl`` is the lease and membership time-to-live in seconds; ``grace`` (default ``ttl/2``)
+    ``ttl`` is the lease and membership time-to-live in seconds; ``grace`` (default ``ttl/2``, 1.5 s at most)
     how long a free group waits for its desired owner before anyone takes it; ``info`` is what
     this replica reports as a member (host, pid, version...).
     """
@@ -91,17 +97,23 @@ class Coordinator:
         self.holder = holder
         self.groups = tuple(dict.fromkeys(groups))
         self.ttl = ttl
-        self.grace = ttl / 2 if grace is None else grace
+        # Longer than a round, so the desired owner normally wins; short, so an idle group is rare.
+        self.grace = min(ttl / 2, 1.5 * MAX_ROUND_INTERVAL) if grace is None else grace
         self.info = dict(info or {})
         self.takeovers = 0
         """Leases acquired with a new fencing token on a group that had a lease before."""
+        self.losses = 0
+        """Groups lost (fenced, or local deadline passed), as opposed to released."""
         self._on_change = on_change
         self._held: dict[str, _Held] = {}
         self._free_since: dict[str, float] = {}
+        self._expiring: dict[str, float] = {}
+        """Groups desired here but held elsewhere -> when the store says that lease expires (monotonic)."""
         self._reported: frozenset[str] = frozenset()
         self._changed = asyncio.Event()
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- what the worker reads -----------------------------------------------------------------
 
@@ -143,6 +155,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         """Leave the member set and release every lease, so standbys take over at once."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,7 +175,9 @@ class Coordinator:
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # Checked as well as cancelled: on 3.11 a cancel racing an expiring asyncio.timeout can
+        # surface as TimeoutError and be lost, e.g. when a paused process wakes up.
+        while not self._stopping:
             await self._sleep_until_next_round()
             try:
                 async with asyncio.timeout(self.ttl):
@@ -172,10 +187,12 @@ class Coordinator:
             self._expire()
 
     async def _sleep_until_next_round(self) -> None:
-        interval = self.ttl / 3 * random.uniform(0.7, 1.0)
-        deadlines = [held.deadline - time.monotonic() for held in self._held.values()]
-        # Wake at a deadline too, so a lost lease is reported when it is lost, not a round later.
-        await asyncio.sleep(max(0.0, min([interval, *deadlines])))
+        interval = min(self.ttl / 3, MAX_ROUND_INTERVAL) * random.uniform(0.7, 1.0)
+        now = time.monotonic()
+        # Wake at one of our deadlines too, so a lost lease is reported when it is lost, and when a
+        # lease we should hold expires elsewhere, so a dead holder is replaced as soon as possible.
+        wake_ups = [held.deadline - now for held in self._held.values()] + [at - now for at in self._expiring.values()]
+        await asyncio.sleep(max(0.0, min([interval, *wake_ups])))
         self._expire()
 
     async def _round(self) -> None:
@@ -184,15 +201,19 @@ class Coordinator:
         if not self.groups:
             return
         members = set(await self.registry.members(self.connector)) | {self.holder}
-        holders = {info.group: info.holder for info in await self.registry.leases(self.connector)}
+        leases = {info.group: info for info in await self.registry.leases(self.connector)}
+        self._expiring.clear()
         for group in self.groups:
             desired = desired_owner(group, members)
+            current = leases.get(group)
             if group in self._held:
                 await self._keep_or_hand_over(group, desired)
-            elif holders.get(group) is None:
+            elif current is None or current.holder is None:
                 await self._maybe_acquire(group, desired)
             else:
                 self._free_since.pop(group, None)
+                if desired == self.holder and current.ttl_left is not None:
+                    self._expiring[group] = time.monotonic() + current.ttl_left + EXPIRY_MARGIN
 
     async def _keep_or_hand_over(self, group: str, desired: str | None) -> None:
         held = self._held[group]
@@ -237,6 +258,7 @@ class Coordinator:
             log.warning(
                 "lease lost", connector=self.connector, group=group, holder=self.holder, token=held.lease.token, reason=reason
             )
+            self.losses += 1
             self._notify(lost=True)
 
     def _notify(self, *, lost: bool) -> None:

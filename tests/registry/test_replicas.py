@@ -1,0 +1,271 @@
+"""Replicas as separate processes (tests/registry/replica.py) under kill -9, SIGSTOP and a Redis restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from runtime.record import partition_key
+from runtime.registry.coordinator import desired_owner
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+TTL = 1.0
+BATCH = 5
+"""The replica's default batch."""
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Replica:
+    """One replica process; its stdout (JSON lines) and its "published" integers go to files."""
+
+    def __init__(self, directory: Path, redis_url: str, prefix: str, holder: str, *options: str) -> None:
+        self.holder = holder
+        self.report = directory / f"{holder}.jsonl"
+        self.published = directory / f"{holder}.out"
+        self.stderr = directory / f"{holder}.err"
+        with open(self.report, "ab") as stdout, open(self.stderr, "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "tests.registry.replica", "--redis-url", redis_url, "--prefix", prefix),
+                    *("--holder", holder, "--ttl", str(TTL), "--out", str(self.published), *options),
+                ],
+                cwd=REPO,
+                stdout=stdout,
+                stderr=stderr,
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        lines = self.report.read_bytes().splitlines()
+        events = [orjson.loads(line) for line in lines if line.strip()]
+        return [event for event in events if kind is None or event["event"] == kind]
+
+    def signal(self, signum: int) -> float:
+        os.kill(self.proc.pid, signum)
+        return time.monotonic()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+class Cluster:
+    """Replica processes of one connector sharing a Redis namespace."""
+
+    def __init__(self, directory: Path, redis_url: str) -> None:
+        self.directory = directory
+        self.redis_url = redis_url
+        self.prefix = f"replicas-{uuid.uuid4().hex[:8]}"
+        self.replicas: list[Replica] = []
+
+    def start(self, holder: str, *options: str) -> Replica:
+        replica = Replica(self.directory, self.redis_url, self.prefix, holder, *options)
+        self.replicas.append(replica)
+        return replica
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, "{counter-source}", *parts))
+
+    def stored_offset(self, group: str) -> int | None:
+        with redis.Redis.from_url(self.redis_url) as client:
+            raw = client.hget(self.key("offsets"), partition_key({"group": group}))
+        return None if raw is None else int(orjson.loads(raw)["n"])
+
+    def active(self, group: str = "g0") -> Replica:
+        """The replica holding ``group`` once ownership settled, after it committed a few batches."""
+        wait_for(lambda: all(replica.events("member") for replica in self.replicas), 10, "every replica is a member")
+        time.sleep(TTL / 2)  # one round: a replica that is not the desired owner hands over
+
+        def settled() -> Replica | None:
+            with redis.Redis.from_url(self.redis_url) as client:
+                holder, token = client.hmget(self.key("lease", group), "holder", "token")
+            desired = desired_owner(group, [replica.holder for replica in self.replicas])
+            for replica in self.replicas:
+                if holder is not None and replica.holder == holder.decode() == desired:
+                    commits = [event for event in replica.events("commit") if event["token"] == int(token)]
+                    return replica if len(commits) >= 3 else None
+            return None
+
+        active: Replica = wait_for(settled, 10, f"an active replica commits {group}")
+        return active
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            if replica.proc.poll() is None:
+                replica.proc.kill()
+                replica.proc.wait(10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+    replicas = Cluster(tmp_path, redis_server.url)
+    yield replicas
+    replicas.stop()
+
+
+def wait_for(condition: Callable[[], Any], within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"{what}: not within {within}s")
+
+
+def published(replica: Replica, group: str) -> list[int]:
+    if not replica.published.exists():
+        return []
+    lines = (line.split() for line in replica.published.read_text().splitlines())
+    return [int(number) for line_group, number in lines if line_group == group]
+
+
+def assert_no_gap(replicas: Sequence[Replica], groups: Sequence[str]) -> None:
+    """Every integer published, and published again only if it followed the checkpoint a replica resumed from."""
+    for group in groups:
+        counts = Counter(n for replica in replicas for n in published(replica, group))
+        assert set(counts) == set(range(1, max(counts) + 1)), f"{group} has a gap"
+        resumed_from = [event["n"] for replica in replicas for event in replica.events("resume") if event["group"] == group]
+        for n, times in counts.items():
+            if times > 1:
+                # A replica publishes one batch past its last commit at most, so only that can repeat.
+                assert any(r < n <= r + BATCH for r in resumed_from), f"{group}: {n} published {times} times"
+
+
+def commits_in_time_order(replicas: Sequence[Replica], group: str) -> list[int]:
+    events = sorted((event for replica in replicas for event in replica.events("commit")), key=lambda event: event["t"])
+    return [event["n"] for event in events if event["group"] == group]
+
+
+def commits_since(replica: Replica, since: float) -> list[dict[str, Any]]:
+    return [event for event in replica.events("commit") if event["t"] > since]
+
+
+def acquired_by(replicas: Sequence[Replica], after: float) -> tuple[Replica, float] | None:
+    for replica in replicas:
+        for event in replica.events("acquired"):
+            if event["t"] > after:
+                return replica, event["t"]
+    return None
+
+
+def test_a_standby_takes_over_a_killed_active_from_its_last_checkpoint(cluster: Cluster) -> None:
+    cluster.start("a")
+    cluster.start("b")
+    active = cluster.active()
+    [standby] = [replica for replica in cluster.replicas if replica is not active]
+    killed_at = active.signal(signal.SIGKILL)
+    active.proc.wait(5)
+    last_checkpoint = cluster.stored_offset("g0")
+
+    _, took_at = wait_for(lambda: acquired_by([standby], killed_at), TTL + 3, "standby takes over")
+    assert took_at - killed_at <= TTL + 1
+    wait_for(lambda: len(commits_since(standby, killed_at)) >= 5, 10, "standby commits")
+    assert standby.stop() == 0
+
+    resumes = [event for event in standby.events("resume") if event["t"] > killed_at]
+    assert len(resumes) == 1, (active.events(), standby.events())
+    [resume] = resumes
+    assert resume["n"] == last_checkpoint, "the standby resumes from the last checkpoint"
+    assert_no_gap(cluster.replicas, ["g0"])
+    commits = commits_in_time_order(cluster.replicas, "g0")
+    assert commits == sorted(set(commits)), "offsets only move forward"
+
+
+def test_three_replicas_survive_two_kills(cluster: Cluster) -> None:
+    for name in ("a", "b", "c"):
+        cluster.start(name)
+    alive = list(cluster.replicas)
+    active = cluster.active()
+    for _ in range(2):
+        killed_at = active.signal(signal.SIGKILL)
+        active.proc.wait(5)
+        alive.remove(active)
+        active, took_at = wait_for(lambda since=killed_at: acquired_by(alive, since), TTL + 3, "a standby takes over")
+        assert took_at - killed_at <= TTL + 1
+        wait_for(lambda active=active, since=killed_at: len(commits_since(active, since)) >= 3, 10, "the new active commits")
+    for replica in alive:
+        assert replica.stop() == 0
+    assert_no_gap(cluster.replicas, ["g0"])
+    commits = commits_in_time_order(cluster.replicas, "g0")
+    assert commits == sorted(set(commits))
+
+
+def test_a_paused_active_is_fenced_and_stops_by_itself(cluster: Cluster) -> None:
+    # A long ack delay: the pause most likely lands between "publish" and "commit", the zombie's worst moment.
+    for name in ("a", "b"):
+        cluster.start(name, "--exit-on-loss", "--ack-delay", "0.2", "--interval", "0")
+    zombie = cluster.active()
+    [standby] = [replica for replica in cluster.replicas if replica is not zombie]
+    paused_at = zombie.signal(signal.SIGSTOP)
+    _, took_at = wait_for(lambda: acquired_by([standby], paused_at), TTL + 3, "standby takes over")
+    assert took_at - paused_at <= TTL + 1
+    wait_for(lambda: len(commits_since(standby, paused_at)) >= 3, 10, "standby commits")
+
+    zombie.signal(signal.SIGCONT)
+    assert zombie.proc.wait(TTL) == 3, "the zombie stops by itself"
+    after = [event for event in zombie.events() if event["t"] > took_at]
+    assert not [event for event in after if event["event"] == "commit"], after
+    assert {event["event"] for event in after} & {"fenced", "dropped"}, after
+    assert standby.stop() == 0
+    assert_no_gap(cluster.replicas, ["g0"])
+    commits = commits_in_time_order(cluster.replicas, "g0")
+    assert commits == sorted(set(commits))
+    assert cluster.stored_offset("g0") == commits[-1]
+
+
+class PersistentRedisServer(RedisServer):
+    """Redis with an append-only file fsynced on every write, as a production registry must run."""
+
+    def command(self) -> Sequence[str]:
+        command = list(super().command())
+        command[command.index("--appendonly") + 1] = "yes"
+        return [*command, "--appendfsync", "always"]
+
+
+def test_a_redis_restart_loses_and_regresses_nothing(tmp_path: Path) -> None:
+    server = PersistentRedisServer.running()
+    cluster = Cluster(tmp_path, server.url)
+    try:
+        groups = ["g0", "g1"]
+        replica = cluster.start("a", "--groups", ",".join(groups))
+        wait_for(lambda: len(replica.events("commit")) >= 10, 10, "replica commits")
+        server.kill()
+        killed_at = time.monotonic()
+        last_before = {group: commits_in_time_order([replica], group)[-1] for group in groups}
+        wait_for(lambda: replica.events("unavailable"), 5, "replica notices the outage")
+        time.sleep(TTL + 0.5)  # long enough for the leases to be lost on the replica's side
+        assert replica.proc.poll() is None, "no crash while Redis is down"
+        assert [event for event in replica.events("dropped") if event["losses"]], "leases not renewed for a TTL are lost"
+        server.start()
+        for group in groups:
+            wait_for(lambda group=group: commits_since(replica, killed_at + TTL), 10, f"{group} resumes")
+        assert replica.stop() == 0
+        for group in groups:
+            commits = commits_in_time_order([replica], group)
+            assert commits == sorted(set(commits)), f"{group} offsets regressed"
+            assert commits[-1] > last_before[group]
+            assert cluster.stored_offset(group) == commits[-1]
+        assert_no_gap([replica], groups)
+    finally:
+        cluster.stop()
+        server.stop()
