@@ -8,6 +8,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -16,6 +17,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.mqtt_sink.connector import MqttSink, MqttSinkConfig
 from services.mqtt_source.connector import MqttSource, MqttSourceConfig
@@ -28,11 +30,16 @@ def _event(n: int, subject: str = "orders", **overrides: Any) -> ConnectorRecord
     )
 
 
-def _graceful_restart(server: MosquittoServer) -> None:
-    """SIGTERM (mosquitto saves its sessions) and start again on the same port: every client is dropped."""
+def _graceful_stop(server: MosquittoServer) -> None:
+    """SIGTERM: mosquitto saves its sessions (and the messages queued for them) before it exits."""
     assert server.proc is not None
     os.killpg(server.proc.pid, signal.SIGTERM)
     server.proc.wait(10)
+
+
+def _graceful_restart(server: MosquittoServer) -> None:
+    """Stop gracefully and start again on the same port: every client is dropped, no session is lost."""
+    _graceful_stop(server)
     server.start()
 
 
@@ -169,3 +176,57 @@ async def test_sink_rejects_an_event_it_cannot_encode(mosquitto_server: Mosquitt
     finally:
         await sink.stop()
     assert [r.record.id for r in rejections] == [None]
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_mqtt_sink_conformance(private_broker: MosquittoServer, tmp_path: Path) -> None:
+    topic = "conformance-out/#"
+    reader = await _source(private_broker.port, topic, "conformance-reader")
+    seen: list[str] = []
+
+    async def read() -> list[str]:
+        batch = await _poll_until(reader, 1_000_000, within=0.3)
+        await reader.commit(batch)
+        seen.extend(str(record.id) for record in batch)
+        return seen
+
+    try:
+        await run_sink_conformance(
+            SinkHarness(
+                connector=MqttSink,
+                config=lambda: {"port": private_broker.port, "topic": "conformance-out/{topic}", "timeout": 3},
+                read=read,
+                idempotent=False,  # MQTT keeps duplicates; consumers dedupe on source + id
+                kill_system=lambda: _graceful_stop(private_broker),
+                restart_system=private_broker.start,
+            ),
+            workdir=tmp_path,
+        )
+    finally:
+        await reader.stop()
+
+
+async def test_mqtt_source_conformance(private_broker: MosquittoServer, tmp_path: Path) -> None:
+    async def produce(start: int, count: int) -> None:
+        for _ in range(50):  # the broker may be restarting
+            try:
+                await _publish(
+                    private_broker.port, "conformance-in", [_event(n, subject=None) for n in range(start, start + count)]
+                )
+                return
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=MqttSource,
+            config=lambda: {"port": private_broker.port, "topics": ["conformance-in"], "timeout": 3},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
+            kill_system=lambda: _graceful_stop(private_broker),
+            restart_system=private_broker.start,
+        ),
+        workdir=tmp_path,
+    )

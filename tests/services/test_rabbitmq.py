@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -14,6 +15,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import CONTENT_TYPE, record_to_json
 from services.rabbitmq_sink.connector import RabbitmqSink, RabbitmqSinkConfig
 from services.rabbitmq_source.connector import RabbitmqSource, RabbitmqSourceConfig
@@ -183,3 +185,46 @@ async def test_sink_data_payload_keeps_the_content_type(vhost_url: str, channel:
     message = await (await channel.declare_queue(topic, passive=True)).get(timeout=5)
     assert message is not None and (message.body, message.content_type) == (b"hello", "text/plain")
     await message.ack()
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_rabbitmq_sink_conformance(vhost_url: str, channel: aio_pika.abc.AbstractChannel, tmp_path: Path) -> None:
+    queue_name = f"conf-{uuid.uuid4().hex[:6]}"
+    queue = await channel.declare_queue(queue_name, durable=True)
+    seen: list[str] = []
+
+    async def read() -> list[str]:
+        while (message := await queue.get(fail=False, timeout=5)) is not None:
+            seen.append(str(message.message_id))
+            await message.ack()
+        return seen
+
+    await run_sink_conformance(
+        SinkHarness(
+            connector=RabbitmqSink,
+            config=lambda: {"url": vhost_url, "routing_key": queue_name},
+            read=read,
+            idempotent=False,  # a queue keeps duplicates; consumers dedupe on message_id
+        ),
+        workdir=tmp_path,
+    )
+
+
+async def test_rabbitmq_source_conformance(vhost_url: str, channel: aio_pika.abc.AbstractChannel, tmp_path: Path) -> None:
+    queue = f"conf-{uuid.uuid4().hex[:6]}"
+    await channel.declare_queue(queue, durable=True)
+
+    async def produce(start: int, count: int) -> None:
+        await _publish(channel, queue, [_event(n, subject=None) for n in range(start, start + count)])
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=RabbitmqSource,
+            config=lambda: {"url": vhost_url, "queue": queue},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
+        ),
+        workdir=tmp_path,
+    )
