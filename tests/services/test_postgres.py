@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord, partition_key
+from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
 from tests.servers import PostgresServer
@@ -221,3 +223,55 @@ async def test_sink_while_the_server_is_down_is_retriable(postgres_server: Postg
     check = await _connect(postgres_server.dsn)
     assert await check.fetchval(f"SELECT count(*) FROM {table}") == 2
     await check.close()
+
+
+# -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_postgres_sink_conformance(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    table = f"events_{uuid.uuid4().hex[:6]}"
+
+    async def read() -> list[str]:
+        connection = await _connect(postgres_server.dsn)
+        try:
+            return [row["id"] for row in await connection.fetch(f"SELECT id FROM {table}")]
+        except asyncpg.UndefinedTableError:
+            return []
+        finally:
+            await connection.close()
+
+    await run_sink_conformance(
+        SinkHarness(
+            connector=PostgresSink,
+            config=lambda: {"dsn": postgres_server.dsn, "table": table, "timeout": 5},
+            read=read,
+            kill_system=postgres_server.kill,
+            restart_system=postgres_server.start,
+        ),
+        workdir=tmp_path,
+        within=60,
+    )
+
+
+async def test_postgres_source_conformance(postgres_server: PostgresServer, table: str, tmp_path: Path) -> None:
+    async def produce(start: int, count: int) -> None:
+        connection = await _connect(postgres_server.dsn)
+        try:
+            await connection.execute(
+                f"INSERT INTO {table} (id) SELECT generate_series($1::int, $2::int)", start, start + count - 1
+            )
+        finally:
+            await connection.close()
+
+    await run_source_conformance(
+        SourceHarness(
+            connector=PostgresSource,
+            config=lambda: {"dsn": postgres_server.dsn, "slot": table, "publication": table, "tables": [table], "timeout": 5},
+            produce=produce,
+            number_of=lambda event: int(event.get_data()["row"]["id"]),  # type: ignore[index]
+            kill_system=postgres_server.kill,
+            restart_system=postgres_server.start,
+        ),
+        workdir=tmp_path,
+        within=60,
+    )
