@@ -165,18 +165,19 @@ class WorkerProcess:
         await self.wait_ready(within)
 
     async def wait_ready(self, within: float) -> None:
-        url = f"http://127.0.0.1:{self.admin_port}/readyz"
+        """Until ``/readyz`` says ready and ``/status`` says running (a standby replica is ready, not yet at work)."""
+        base = f"http://127.0.0.1:{self.admin_port}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             deadline = time.monotonic() + within
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.returncode is not None:
                     raise AssertionError(f"{self.connector.name} exited with {self.process.returncode}: {self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(url) as response:
-                        if response.status == 200:
+                    async with http.get(f"{base}/readyz") as ready, http.get(f"{base}/status") as status:
+                        if ready.status == 200 and (await status.json())["state"] == "running":
                             return
                 await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.connector.name} not ready within {within}s: {self.log_tail()}")
+        raise AssertionError(f"{self.connector.name} not running within {within}s: {self.log_tail()}")
 
     async def terminate(self, within: float) -> int:
         """SIGTERM and wait (bounded): the exit code."""
@@ -291,7 +292,7 @@ async def run_sink_conformance(
         return all(f"conformance-{n}" in stored for n in range(published))
 
     def missing() -> str:
-        return f"{published} events published, some never reached {harness.connector.name}"
+        return f"{published} events published, some never reached {harness.connector.name}; worker log:\n{worker.log_tail()}"
 
     worker = WorkerProcess(harness.connector, config, workdir)
     try:
@@ -380,6 +381,10 @@ class _Collector:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
 
+    def raise_if_failed(self) -> None:
+        if self.task is not None and self.task.done() and not self.task.cancelled() and self.task.exception() is not None:
+            raise AssertionError(f"the suite's reader of the topic failed: {self.task.exception()!r}")
+
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -420,11 +425,12 @@ async def run_source_conformance(
         produced += count
 
     async def all_published() -> bool:
+        collector.raise_if_failed()
         return all(n in collector.ids_by_number for n in range(produced))
 
     def missing() -> str:
         lost = [n for n in range(produced) if n not in collector.ids_by_number]
-        return f"{len(lost)} of {produced} items never reached the mesh (first: {lost[:5]})"
+        return f"{len(lost)} of {produced} items never reached the mesh (first: {lost[:5]}); worker log:\n{worker.log_tail()}"
 
     worker = WorkerProcess(harness.connector, config, workdir)
     try:
