@@ -138,6 +138,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
         self._boundary: Position | None = None
         self._poll_offsets: dict[str, dict[str, Any]] = {}
         self._poll_next = 0
+        self._poll_due = 0.0
         self._log: Any = log
         self._instance = "mysql-source"
 
@@ -463,6 +464,10 @@ class MysqlSource(Source[MysqlSourceConfig]):
         return {"server": self.config.server_name, "table": table.table}
 
     async def _poll_tables(self) -> list[ConnectorRecord]:
+        wait = self._poll_due - time.monotonic()
+        if wait > 0:  # poll() returns within a second even when poll_interval is longer
+            await asyncio.sleep(min(wait, 1.0))
+            return []
         tables = self.config.poll_tables
         for _ in range(len(tables)):
             table = tables[self._poll_next % len(tables)]
@@ -470,7 +475,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
             records = await self._poll_table(table)
             if records:
                 return records
-        await asyncio.sleep(self.config.poll_interval)
+        self._poll_due = time.monotonic() + self.config.poll_interval
         return []
 
     async def _poll_table(self, table: PolledTable) -> list[ConnectorRecord]:
