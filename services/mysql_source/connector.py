@@ -13,7 +13,7 @@ transaction start, row index; see :mod:`services.mysql_source.binlog`). Heartbea
 quiet but the binlog is not.
 
 A committed offset whose binlog file the server has purged stops the source with the way out:
-``meshconnect offsets reset <name>`` and restart, which re-snapshots (``snapshot_mode: when_needed``
+``meshconnect offsets reset <name> --config <file>`` and restart, which re-snapshots (``snapshot_mode: when_needed``
 does that by itself).
 """
 
@@ -216,8 +216,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
                 raise ConfigError(
                     "offset",
                     f"binlog file {start.file} of the committed offset was purged from the server: changes since then are gone",
-                    f"re-snapshot: stop every replica, run 'meshconnect offsets reset {self._instance}', then start again "
-                    "(or set snapshot_mode: when_needed to re-snapshot by itself)",
+                    f"re-snapshot: stop every replica, run 'meshconnect offsets reset {self._instance}"
+                    " --config <this worker config>', then start again (or set snapshot_mode: when_needed to do it itself)",
                 )
             self._log.warning("committed binlog position was purged; taking a new snapshot", file=start.file)
         if config.snapshot_mode == "never" and offset is None:
