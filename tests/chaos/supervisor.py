@@ -57,6 +57,7 @@ class Managed:
     peak_rss_kb: int = 0
     paused: bool = False
     down_until: float = 0.0
+    hold_until: float = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -132,18 +133,19 @@ class Supervisor:
                     managed.down_until = now + _RESTART_DELAY
                     if code not in (0, -signal.SIGKILL):
                         log.warning("process exited", name=managed.name, code=code, tail=managed.log_tail(5))
-                elif now >= managed.down_until:
+                elif now >= max(managed.down_until, managed.hold_until):
                     managed.down_until = 0.0
                     self.spawn(managed)
             await asyncio.sleep(_WATCH_INTERVAL)
 
-    def kill(self, name: str) -> int | None:
-        """SIGKILL the process (the supervisor restarts it); its pid, or None when it was not running."""
+    def kill(self, name: str, *, hold: float = 0.0) -> int | None:
+        """SIGKILL the process (restarted once ``hold`` seconds passed); its pid, or None when it was not running."""
         managed = self.processes[name]
         pid = managed.pid
         if pid is None:
             return None
         managed.sample_rss()
+        managed.hold_until = time.monotonic() + hold
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         return pid

@@ -1,0 +1,625 @@
+"""The chaos run: the whole topology in separate processes, load and faults and bad input at once, then the verdict.
+
+Topology (every connector a ``python -m runtime.cli run <connector> --config <generated yaml>``
+process, restarted by :class:`~tests.chaos.supervisor.Supervisor` whenever it dies)::
+
+    load generator --HTTP--> http-source x2 ---+                   +--> mysql-sink "http" x3 (mapped) --> sink MariaDB
+    load generator --SQL---> source MariaDB    +--> chaos proxy -->|    mysql-sink "cdc"  x3 (cdc)    --> sink MariaDB
+                             mysql-source x2 --+    --> mesh       +--> mysql-sink "dlq"  x1 (events) --> sink MariaDB
+                                    (leases and offsets in Redis, appendonly)
+
+One mysql-sink config has one ``mode``, so the sink side is two deployments (mapped for the HTTP
+events, cdc for the source database's changes) plus a third, small one that writes every
+dead-letter topic into a table, where the checker finds the dead letters and their reasons.
+
+Faults while the load runs: kill -9 of a random connector every few seconds; SIGSTOP of the
+active mysql-source replica for longer than its lease TTL, then SIGCONT (a zombie); Redis killed
+and restarted; the sink-side MariaDB killed and restarted; the mesh killed and restarted; and all
+the while the proxy between every connector and the mesh splits, delays and cuts connections.
+Bad input arrives all the while as well (:mod:`tests.chaos.badinput`). Then the load stops, the
+system drains, and :mod:`tests.chaos.checker` gives the verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+import yaml
+
+from tests.chaos.badinput import BadConfig, BadInput
+from tests.chaos.checker import Verdict, judge, observe, percentile
+from tests.chaos.loadgen import SOURCE_TABLES, HttpLoad, SqlLoad
+from tests.chaos.proxy import ChaosProxy
+from tests.chaos.supervisor import Managed, Supervisor, peak_rss_kb
+from tests.servers import MariaDBServer, RedisServer, free_port, wait_for_port
+
+__all__ = ["ChaosReport", "ChaosSettings", "FAULT_KINDS", "run_chaos"]
+
+log = structlog.get_logger("chaos")
+
+FAULT_KINDS = ("connector_kill", "zombie_source", "redis_restart", "sink_db_restart", "mesh_restart", "proxy_cut")
+SOURCE_DB = "shop"
+REPLICA_DB = "replica"
+HTTP_DB = "sink_http"
+DEAD_LETTER_DB = "chaos_dlq"
+HTTP_TOPIC = "chaos.http"
+HEARTBEAT_TOPIC = "chaos.heartbeat"
+MAX_BODY_BYTES = 64 * 1024
+
+SINK_TABLES = f"""
+CREATE DATABASE {REPLICA_DB};
+CREATE TABLE {REPLICA_DB}.items (id INT PRIMARY KEY, version INT NOT NULL, note VARCHAR(64) NOT NULL, updated_us BIGINT NOT NULL);
+CREATE TABLE {REPLICA_DB}.journal (change_id BIGINT PRIMARY KEY, item_id INT NOT NULL, op CHAR(1) NOT NULL, at_us BIGINT NOT NULL,
+  landed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));
+CREATE DATABASE {HTTP_DB};
+CREATE TABLE {HTTP_DB}.http_events (uid VARCHAR(64) PRIMARY KEY, n BIGINT NOT NULL, sent_us BIGINT NOT NULL,
+  payload VARCHAR(100) NOT NULL, landed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));
+CREATE DATABASE {DEAD_LETTER_DB};
+"""
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    duration: float = 60.0
+    http_rate: float = 40.0
+    sql_rate: float = 15.0
+    http_replicas: int = 2
+    source_replicas: int = 2
+    sink_replicas: int = 3
+    kill_every: tuple[float, float] = (3.0, 6.0)
+    major_fault_every: float = 10.0
+    lease_ttl: float = 2.0
+    bad_fit_share: float = 0.02
+    drain_timeout: float = 90.0
+    ready_timeout: float = 60.0
+    seed: int = 1
+
+
+class AppendOnlyRedis(RedisServer):
+    """Redis with the append-only file on (fsync always): a kill -9 and restart keeps offsets and leases."""
+
+    def command(self) -> Sequence[str]:
+        command = list(super().command())
+        at = command.index("--appendonly")
+        command[at + 1] = "yes"
+        return [*command, "--appendfsync", "always"]
+
+
+@dataclass
+class ChaosReport:
+    settings: ChaosSettings
+    verdict: Verdict
+    faults: Counter[str]
+    takeovers: list[float]
+    bad_input_sent: Counter[str]
+    bad_input_handled: Counter[str]
+    bad_input_mishandled: list[str]
+    bad_input_reasons: dict[str, str]
+    http: HttpLoad
+    sql: SqlLoad
+    proxy_stats: dict[str, int]
+    peak_rss_kb: dict[str, int]
+    restarts: dict[str, int]
+    exit_codes: dict[str, int | None]
+    drained_in: float
+    load_seconds: float
+    timeline: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        v = self.verdict
+        latency = sorted(v.latencies)
+        rows: list[tuple[str, Any]] = [
+            ("load seconds", f"{self.load_seconds:.1f}"),
+            (
+                "events accepted",
+                f"{v.accepted} (http {v.accepted_http}, does-not-fit {v.accepted_bad_fit}, row changes {v.accepted_changes})",
+            ),
+            ("landed", f"{v.landed} (http {v.landed_http}, row changes {v.landed_changes})"),
+            (
+                "dead-lettered",
+                f"{v.dead_lettered} (of {v.accepted_bad_fit} does-not-fit; unexpected {len(v.unexpected_dead_letters)})",
+            ),
+            ("lost (must be 0)", v.lost),
+            ("duplicate rows (must be 0)", v.duplicates),
+            ("replica mismatches", f"{v.mismatches} (missing {v.items_missing}, stale {v.items_stale}, extra {v.items_extra})"),
+            ("landed without a 2xx", v.landed_without_2xx),
+            ("http sends / retries / gave up", f"{self.http.sent} / {self.http.retries} / {len(self.http.gave_up)}"),
+            ("http answers", " ".join(f"{k}:{n}" for k, n in sorted(self.http.statuses.items()))),
+            ("source transactions ok / failed", f"{self.sql.committed} / {self.sql.failed}"),
+        ]
+        rows += [(f"fault {kind}", self.faults.get(kind, 0)) for kind in FAULT_KINDS]
+        rows.append(("proxy", " ".join(f"{k}={n}" for k, n in self.proxy_stats.items())))
+        rows.append(
+            ("max takeover time", f"{max(self.takeovers):.2f} s ({len(self.takeovers)} takeovers)" if self.takeovers else "n/a")
+        )
+        rows.append(
+            ("latency p50 / p99", f"{percentile(latency, 0.5) * 1000:.0f} ms / {percentile(latency, 0.99) * 1000:.0f} ms")
+        )
+        rows.append(("drained in", f"{self.drained_in:.1f} s"))
+        for label in sorted(self.bad_input_sent):
+            handled = self.bad_input_handled.get(label, 0)
+            reason = self.bad_input_reasons.get(label, "")
+            rows.append((f"bad input {label}", f"{handled}/{self.bad_input_sent[label]} handled: {reason}"))
+        for problem in self.bad_input_mishandled[:10]:
+            rows.append(("MISHANDLED", problem))
+        for name in sorted(self.peak_rss_kb):
+            detail = f" (starts {self.restarts[name]}, last exit {self.exit_codes.get(name)})" if name in self.restarts else ""
+            rows.append((f"peak RSS {name}", f"{self.peak_rss_kb[name] / 1024:.0f} MiB{detail}"))
+        width = max(len(label) for label, _ in rows)
+        out = [f"{label:<{width}}  {value}" for label, value in rows]
+        if v.lost:
+            out.append(f"lost http: {v.lost_http[:10]} does-not-fit: {v.lost_bad_fit[:10]} changes: {v.lost_changes[:10]}")
+        if v.mismatch_examples:
+            out.append(f"replica mismatches: {v.mismatch_examples}")
+        if v.unexpected_dead_letters:
+            out.append(f"unexpected dead letters: {dict(list(v.unexpected_dead_letters.items())[:5])}")
+        out.append(v.line())
+        return out
+
+
+class Topology:
+    """The servers, the mesh, the proxy and the connector processes of one run."""
+
+    def __init__(self, settings: ChaosSettings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.supervisor = Supervisor(workdir)
+        self.redis: AppendOnlyRedis | None = None
+        self.source_db: MariaDBServer | None = None
+        self.sink_db: MariaDBServer | None = None
+        self.mesh_port = free_port()
+        self.proxy = ChaosProxy(self.mesh_port, seed=settings.seed)
+        self.http_ports = [free_port() for _ in range(settings.http_replicas)]
+        self._stopped: dict[str, int | None] | None = None
+
+    @property
+    def http_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}/events" for port in self.http_ports]
+
+    async def start(self) -> None:
+        self.redis = AppendOnlyRedis()
+        self.source_db = MariaDBServer(server_id=1)
+        self.sink_db = MariaDBServer(server_id=2)
+        servers = (self.redis, self.source_db, self.sink_db)
+        for server in servers:  # one at a time: two mariadb-install-db runs at once can fail
+            await asyncio.to_thread(server.prepare)
+        await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
+        await asyncio.to_thread(
+            self.source_db.sql,
+            f"SET GLOBAL binlog_row_metadata = 'FULL'; CREATE DATABASE {SOURCE_DB}; USE {SOURCE_DB};" + SOURCE_TABLES,
+        )
+        await asyncio.to_thread(self.sink_db.sql, SINK_TABLES)
+        await self.proxy.start()
+        python = sys.executable
+        self.supervisor.add(
+            Managed(
+                "mesh",
+                "mesh",
+                [
+                    python,
+                    "-m",
+                    "runtime.cli",
+                    "mesh",
+                    "--port",
+                    str(self.mesh_port),
+                    "--data-dir",
+                    str(self.workdir / "mesh"),
+                    "--redelivery-timeout",
+                    "3",
+                    "--log-level",
+                    "warning",
+                ],
+                self.workdir / "mesh.log",
+            )
+        )
+        for managed in self._connectors():
+            self.supervisor.add(managed)
+        self.supervisor.start()
+        await asyncio.to_thread(wait_for_port, self.mesh_port, 30.0)
+        await self.wait_ready(self.settings.ready_timeout)
+
+    def _worker(self, name: str, connector: str, admin_port: int, **sections: Any) -> dict[str, Any]:
+        assert self.redis is not None
+        return {
+            "name": name,
+            "connector": connector,
+            "mesh": {
+                "address": f"127.0.0.1:{self.proxy.port}",
+                "connect_timeout": 3,
+                "request_timeout": 5,
+                "heartbeat_interval": 5,
+            },
+            "registry": {"kind": "redis", "url": self.redis.url, "prefix": "chaos", "lease_ttl": self.settings.lease_ttl},
+            "admin": {"host": "127.0.0.1", "port": admin_port},
+            "log": {"format": "json", "level": "info"},
+            **sections,
+        }
+
+    def _managed(self, replica: str, kind: str, config: dict[str, Any]) -> Managed:
+        path = self.workdir / f"{replica}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return Managed(
+            replica,
+            kind,
+            [sys.executable, "-m", "runtime.cli", "run", config["connector"], "--config", str(path), "--shutdown-timeout", "10"],
+            self.workdir / f"{replica}.log",
+            env={"PYTHONUNBUFFERED": "1"},
+            admin_port=int(config["admin"]["port"]),
+        )
+
+    def _connectors(self) -> list[Managed]:
+        assert self.source_db is not None and self.sink_db is not None
+        settings = self.settings
+        out: list[Managed] = []
+        for index, port in enumerate(self.http_ports):
+            config = self._worker(
+                "chaos-http",
+                "http-source",
+                free_port(),
+                source={"topic": HTTP_TOPIC, "event_source": "/chaos/http"},
+                config={
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "path": "/events",
+                    "max_body_bytes": MAX_BODY_BYTES,
+                    "queue_size": 2000,
+                    "response_timeout": 10,
+                },
+            )
+            out.append(self._managed(f"http-source-{index + 1}", "http-source", config))
+        for index in range(settings.source_replicas):
+            config = self._worker(
+                "chaos-cdc",
+                "mysql-source",
+                free_port(),
+                source={"checkpoint_every": 200, "checkpoint_interval": 0.5},
+                config={
+                    "host": "127.0.0.1",
+                    "port": self.source_db.port,
+                    "user": "root",
+                    "server_name": "shop",
+                    "replica_id": 62001 + index,
+                    "include_databases": [SOURCE_DB],
+                    "heartbeat_interval": 1,
+                    "heartbeat_topic": HEARTBEAT_TOPIC,
+                },
+            )
+            out.append(self._managed(f"mysql-source-{index + 1}", "mysql-source", config))
+        sink = {"batch_size": 200, "linger_ms": 20, "retry_initial": 0.1, "retry_max": 2.0, "max_attempts": 3}
+        database = {"host": "127.0.0.1", "port": self.sink_db.port, "user": "root", "pool_size": 2, "connect_timeout": 3}
+        for index in range(settings.sink_replicas):
+            config = self._worker(
+                "chaos-http-sink",
+                "mysql-sink",
+                free_port(),
+                sink={**sink, "topics": [HTTP_TOPIC]},
+                config={**database, "database": HTTP_DB, "mode": "mapped", "table": "http_events"},
+            )
+            out.append(self._managed(f"http-sink-{index + 1}", "mysql-sink", config))
+        for index in range(settings.sink_replicas):
+            config = self._worker(
+                "chaos-cdc-sink",
+                "mysql-sink",
+                free_port(),
+                sink={**sink, "topics": [f"{SOURCE_DB}.items", f"{SOURCE_DB}.journal", HEARTBEAT_TOPIC]},
+                config={**database, "database": REPLICA_DB, "mode": "cdc", "apply_ddl": False},
+            )
+            out.append(self._managed(f"cdc-sink-{index + 1}", "mysql-sink", config))
+        dead_letter_topics = ["chaos-http-sink-dlq", "chaos-cdc-sink-dlq", "chaos-http-dlq", "chaos-cdc-dlq"]
+        config = self._worker(
+            "chaos-dlq",
+            "mysql-sink",
+            free_port(),
+            sink={**sink, "topics": dead_letter_topics},
+            config={**database, "database": DEAD_LETTER_DB, "mode": "events", "table": "dead_letters"},
+        )
+        out.append(self._managed("dlq-sink", "mysql-sink", config))
+        return out
+
+    def bad_configs(self) -> list[BadConfig]:
+        def worker(connector: str, **sections: Any) -> dict[str, Any]:
+            return {"name": "chaos-bad", "connector": connector, "admin": {"host": "127.0.0.1", "port": 0}, **sections}
+
+        return [
+            BadConfig("unknown_key", "mysql-sink", worker("mysql-sink", config={"database": "x", "tabel": "y"}), "config.tabel"),
+            BadConfig(
+                "wrong_type",
+                "http-source",
+                worker("http-source", source={"checkpoint_every": "often"}),
+                "source.checkpoint_every",
+            ),
+            BadConfig("missing_key", "mysql-sink", worker("mysql-sink", config={"mode": "events"}), "config.database"),
+            BadConfig("bad_choice", "mysql-source", worker("mysql-source", config={"mode": "magic"}), "config.mode"),
+            BadConfig("redis_without_url", "mysql-source", worker("mysql-source", registry={"kind": "redis"}), "registry.url"),
+        ]
+
+    async def status(self, http: aiohttp.ClientSession, managed: Managed) -> dict[str, Any] | None:
+        if managed.admin_port is None or managed.pid is None or managed.paused:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with http.get(f"http://127.0.0.1:{managed.admin_port}/status") as response:
+                answer = await response.json()
+                return answer if isinstance(answer, dict) else None
+        return None
+
+    async def wait_ready(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        pending = [m for m in self.supervisor.processes.values() if m.admin_port is not None]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while pending:
+                if time.monotonic() > deadline:
+                    names = ", ".join(m.name for m in pending)
+                    raise AssertionError(f"not ready within {within}s: {names}\n{pending[0].log_tail()}")
+                still = []
+                for managed in pending:
+                    ready = False
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with http.get(f"http://127.0.0.1:{managed.admin_port}/readyz") as response:
+                            ready = response.status == 200
+                    if not ready:
+                        still.append(managed)
+                pending = still
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> dict[str, int | None]:
+        if self._stopped is not None:
+            return self._stopped
+        codes = self._stopped = await self.supervisor.stop()
+        await self.proxy.stop()
+        for server in (self.redis, self.source_db, self.sink_db):
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+        return codes
+
+
+class Faults:
+    """Injects the faults of the module docstring and measures source takeovers."""
+
+    def __init__(self, topology: Topology, settings: ChaosSettings) -> None:
+        self.topology = topology
+        self.supervisor = topology.supervisor
+        self.settings = settings
+        self.random = random.Random(settings.seed + 100)
+        self.counts: Counter[str] = Counter()
+        self.takeovers: list[float] = []
+        self.timeline: list[str] = []
+        self._measures: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+
+    def note(self, what: str) -> None:
+        self.timeline.append(f"{time.monotonic() - self._started:6.1f}s {what}")
+        log.info("fault", what=what)
+
+    async def close(self) -> None:
+        if self._measures:
+            await asyncio.wait(set(self._measures), timeout=35)
+        await self._http.close()
+
+    def connectors(self) -> list[Managed]:
+        return [m for m in self.supervisor.processes.values() if m.kind != "mesh"]
+
+    async def active_source(self) -> Managed | None:
+        for managed in self.supervisor.of_kind("mysql-source"):
+            status = await self.topology.status(self._http, managed)
+            if status and (status.get("lease") or {}).get("held"):
+                return managed
+        return None
+
+    async def _offsets(self) -> dict[tuple[str, int], Any]:
+        seen: dict[tuple[str, int], Any] = {}
+        for managed in self.supervisor.of_kind("mysql-source"):
+            pid = managed.pid
+            status = await self.topology.status(self._http, managed)
+            if status is not None and pid is not None:
+                seen[(managed.name, pid)] = status.get("last_offsets")
+        return seen
+
+    async def _measure_takeover(self, victim: tuple[str, int], baseline: dict[tuple[str, int], Any], started: float) -> None:
+        """Seconds from losing the active replica to the first offset commit by another process."""
+        while time.monotonic() - started < 30:
+            for managed in self.supervisor.of_kind("mysql-source"):
+                pid = managed.pid
+                if pid is None or (managed.name, pid) == victim:
+                    continue
+                status = await self.topology.status(self._http, managed)
+                if not status or not (status.get("lease") or {}).get("held"):
+                    continue
+                offsets = status.get("last_offsets")
+                if offsets and offsets != baseline.get((managed.name, pid)):
+                    seconds = time.monotonic() - started
+                    self.takeovers.append(seconds)
+                    self.note(f"takeover by {managed.name} (pid {pid}) after {seconds:.2f}s")
+                    return
+            await asyncio.sleep(0.05)
+        self.note(f"no takeover within 30s after losing {victim[0]}")
+
+    async def _lose_active(self, action: Callable[[str], int | None], managed: Managed) -> None:
+        baseline = await self._offsets()
+        pid = action(managed.name)
+        if pid is None:
+            return
+        task = asyncio.create_task(self._measure_takeover((managed.name, pid), baseline, time.monotonic()))
+        self._measures.add(task)
+        task.add_done_callback(self._measures.discard)
+
+    async def kill_loop(self, stop: asyncio.Event) -> None:
+        while not await _sleep_or_stop(stop, self.random.uniform(*self.settings.kill_every)):
+            candidates = [m for m in self.connectors() if m.pid is not None and not m.paused]
+            if not candidates:
+                continue
+            victim = self.random.choice(candidates)
+            active = await self.active_source() if victim.kind == "mysql-source" else None
+            if active is victim:
+                await self._lose_active(self.supervisor.kill, victim)
+            elif self.supervisor.kill(victim.name) is None:
+                continue
+            self.counts["connector_kill"] += 1
+            self.note(f"kill -9 {victim.name}{' (active source)' if active is victim else ''}")
+
+    async def major_loop(self, stop: asyncio.Event) -> None:
+        faults = [self.zombie, self.redis_restart, self.sink_db_restart, self.mesh_restart]
+        spacing = min(self.settings.major_fault_every, max(4.0, self.settings.duration / (len(faults) + 1)))
+        index = 0
+        while not await _sleep_or_stop(stop, spacing):
+            await faults[index % len(faults)]()
+            index += 1
+
+    async def zombie(self) -> None:
+        active = None
+        for _ in range(100):  # the active replica may have just been killed: wait for the next one
+            active = await self.active_source()
+            if active is not None:
+                break
+            await asyncio.sleep(0.1)
+        if active is None:
+            self.note("zombie skipped: no active source replica")
+            return
+        await self._lose_active(self.supervisor.pause, active)
+        self.counts["zombie_source"] += 1
+        hold = self.settings.lease_ttl * 2 + 1
+        self.note(f"SIGSTOP {active.name} for {hold:.1f}s (lease TTL {self.settings.lease_ttl}s)")
+        await asyncio.sleep(hold)
+        self.supervisor.resume(active.name)
+        self.note(f"SIGCONT {active.name}")
+
+    async def redis_restart(self) -> None:
+        redis = self.topology.redis
+        assert redis is not None
+        await asyncio.to_thread(redis.kill)
+        self.note("Redis killed")
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(redis.start)
+        self.counts["redis_restart"] += 1
+        self.note("Redis restarted")
+
+    async def sink_db_restart(self) -> None:
+        database = self.topology.sink_db
+        assert database is not None
+        await asyncio.to_thread(database.kill)
+        self.note("sink MariaDB killed")
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(database.start)
+        self.counts["sink_db_restart"] += 1
+        self.note("sink MariaDB restarted")
+
+    async def mesh_restart(self) -> None:
+        if self.supervisor.kill("mesh", hold=2.0) is None:
+            return
+        self.counts["mesh_restart"] += 1
+        self.note("mesh killed (restarted after 2s)")
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set first; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def run_chaos(settings: ChaosSettings, workdir: Path, *, progress: Callable[[str], None] | None = None) -> ChaosReport:
+    """Build the topology, run load + faults + bad input for ``settings.duration`` seconds, drain, judge, tear down."""
+    say = progress or (lambda _line: None)
+    topology = Topology(settings, workdir)
+    try:
+        say("starting servers and connectors")
+        await topology.start()
+        assert topology.source_db is not None and topology.sink_db is not None
+        http = HttpLoad(topology.http_urls, settings.http_rate, settings.bad_fit_share, seed=settings.seed)
+        sql = SqlLoad("127.0.0.1", topology.source_db.port, SOURCE_DB, settings.sql_rate, seed=settings.seed + 1)
+        bad = BadInput(topology.http_urls, topology.mesh_port, MAX_BODY_BYTES, workdir, topology.bad_configs())
+        faults = Faults(topology, settings)
+        stop_load, stop_faults = asyncio.Event(), asyncio.Event()
+        say(f"load and faults for {settings.duration:.0f}s")
+        started = time.monotonic()
+        give_up_at = started + settings.duration + 30
+        http_task = asyncio.create_task(http.run(stop_load, give_up_at))
+        other = [
+            asyncio.create_task(sql.run(stop_load)),
+            asyncio.create_task(bad.run(stop_load)),
+            asyncio.create_task(faults.kill_loop(stop_faults)),
+            asyncio.create_task(faults.major_loop(stop_faults)),
+        ]
+        await _sleep_or_stop(stop_load, settings.duration)
+        stop_faults.set()
+        stop_load.set()
+        load_seconds = time.monotonic() - started
+        await asyncio.gather(*other)
+        for managed in topology.supervisor.processes.values():
+            topology.supervisor.resume(managed.name)
+        topology.proxy.cutting = False
+        say("draining")
+        drain_started = time.monotonic()
+        await http_task
+        await faults.close()
+        verdict = await _drain(topology, http, settings.drain_timeout - (time.monotonic() - drain_started))
+        drained_in = time.monotonic() - drain_started
+        rss = {name: managed.peak_rss_kb for name, managed in topology.supervisor.processes.items()}
+        codes = await topology.stop()
+        rss = {name: max(kb, topology.supervisor.processes[name].peak_rss_kb) for name, kb in rss.items()}
+        rss["harness"] = peak_rss_kb(os.getpid())
+        stats = topology.proxy.stats
+        faults.counts["proxy_cut"] = stats.cuts
+        return ChaosReport(
+            settings=settings,
+            verdict=verdict,
+            faults=faults.counts,
+            takeovers=faults.takeovers,
+            bad_input_sent=bad.sent,
+            bad_input_handled=bad.handled,
+            bad_input_mishandled=bad.mishandled,
+            bad_input_reasons=bad.reasons,
+            http=http,
+            sql=sql,
+            proxy_stats={
+                "connections": stats.connections,
+                "cuts": stats.cuts,
+                "fragments": stats.fragments,
+                "delayed": stats.delayed_pieces,
+            },
+            peak_rss_kb=rss,
+            restarts={name: managed.starts for name, managed in topology.supervisor.processes.items()},
+            exit_codes=codes,
+            drained_in=drained_in,
+            load_seconds=load_seconds,
+            timeline=faults.timeline,
+        )
+    finally:
+        await topology.stop()
+
+
+async def _drain(topology: Topology, http: HttpLoad, within: float) -> Verdict:
+    """Judge every two seconds until nothing is missing or ``within`` seconds passed; the last verdict."""
+    assert topology.source_db is not None and topology.sink_db is not None
+    deadline = time.monotonic() + max(within, 5.0)
+    verdict: Verdict | None = None
+    while True:
+        try:
+            seen = await observe(
+                source_port=topology.source_db.port,
+                source_db=SOURCE_DB,
+                sink_port=topology.sink_db.port,
+                replica_db=REPLICA_DB,
+                http_db=HTTP_DB,
+                dead_letter_db=DEAD_LETTER_DB,
+            )
+            verdict = judge(http.accepted, http.bad_fit_accepted, seen)
+        except Exception as exc:  # a database still restarting: look again
+            log.warning("checker could not read the databases yet", error=repr(exc))
+        if verdict is not None and (verdict.settled or time.monotonic() > deadline):
+            return verdict
+        if time.monotonic() > deadline + 30:
+            raise AssertionError("the checker could not read the databases after the drain")
+        await asyncio.sleep(2.0)
