@@ -1,0 +1,1 @@
+"""dingtalk-sink: post a message rendered from each event through a DingTalk custom robot webhook."""

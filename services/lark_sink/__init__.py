@@ -1,0 +1,1 @@
+"""lark-sink: post a message rendered from each event through a Lark/Feishu custom bot webhook."""

@@ -1,0 +1,1 @@
+"""slack-sink: post a message rendered from each event to a Slack channel (chat.postMessage)."""

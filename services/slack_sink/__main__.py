@@ -1,0 +1,4 @@
+from runtime.app import main_for
+from services.slack_sink.connector import SlackSink
+
+main_for(SlackSink)
