@@ -100,7 +100,7 @@ class BadInput:
     mishandled: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
 
-    async def run(self, stop: asyncio.Event, *, every: float = 1.0, configs_every: float = 12.0) -> None:
+    async def run(self, stop: asyncio.Event, *, every: float = 1.0, configs_every: float = 10.0) -> None:
         """One bad HTTP request or frame each ``every`` seconds, one bad config each ``configs_every``, until ``stop``."""
         kinds = itertools.cycle([("http", kind) for kind in MALFORMED_HTTP] + [("frame", kind) for kind in GARBAGE_FRAMES])
         urls = itertools.cycle(self.http_urls)

@@ -107,6 +107,7 @@ class ChaosReport:
     bad_input_handled: Counter[str]
     bad_input_mishandled: list[str]
     bad_input_reasons: dict[str, str]
+    bad_configs: list[BadConfig]
     http: HttpLoad
     sql: SqlLoad
     proxy_stats: dict[str, int]
@@ -307,7 +308,7 @@ class Topology:
                 sink={**sink, "topics": [HTTP_TOPIC]},
                 config={**database, "database": HTTP_DB, "mode": "mapped", "table": "http_events"},
             )
-            out.append(self._managed(f"http-sink-{index + 1}", "mysql-sink", config))
+            out.append(self._managed(f"http-sink-{index + 1}", "http-sink", config))
         for index in range(settings.sink_replicas):
             config = self._worker(
                 "chaos-cdc-sink",
@@ -316,7 +317,7 @@ class Topology:
                 sink={**sink, "topics": [f"{SOURCE_DB}.items", f"{SOURCE_DB}.journal", HEARTBEAT_TOPIC]},
                 config={**database, "database": REPLICA_DB, "mode": "cdc", "apply_ddl": False},
             )
-            out.append(self._managed(f"cdc-sink-{index + 1}", "mysql-sink", config))
+            out.append(self._managed(f"cdc-sink-{index + 1}", "cdc-sink", config))
         dead_letter_topics = ["chaos-http-sink-dlq", "chaos-cdc-sink-dlq", "chaos-http-dlq", "chaos-cdc-dlq"]
         config = self._worker(
             "chaos-dlq",
@@ -325,7 +326,7 @@ class Topology:
             sink={**sink, "topics": dead_letter_topics},
             config={**database, "database": DEAD_LETTER_DB, "mode": "events", "table": "dead_letters"},
         )
-        out.append(self._managed("dlq-sink", "mysql-sink", config))
+        out.append(self._managed("dlq-sink", "dlq-sink", config))
         return out
 
     def bad_configs(self) -> list[BadConfig]:
@@ -456,8 +457,13 @@ class Faults:
         task.add_done_callback(self._measures.discard)
 
     async def kill_loop(self, stop: asyncio.Event) -> None:
+        """Every few seconds kill -9 one replica of the next deployment (a shuffled round, so each is hit)."""
+        deployments: list[str] = []
         while not await _sleep_or_stop(stop, self.random.uniform(*self.settings.kill_every)):
-            candidates = [m for m in self.connectors() if m.pid is not None and not m.paused]
+            if not deployments:
+                deployments = sorted({m.kind for m in self.connectors()})
+                self.random.shuffle(deployments)
+            candidates = [m for m in self.supervisor.of_kind(deployments.pop()) if m.pid is not None and not m.paused]
             if not candidates:
                 continue
             victim = self.random.choice(candidates)
@@ -581,6 +587,7 @@ async def run_chaos(settings: ChaosSettings, workdir: Path, *, progress: Callabl
             bad_input_handled=bad.handled,
             bad_input_mishandled=bad.mishandled,
             bad_input_reasons=bad.reasons,
+            bad_configs=bad.bad_configs,
             http=http,
             sql=sql,
             proxy_stats={

@@ -1,0 +1,39 @@
+"""Sixty seconds of load, faults and bad input against the whole topology in processes; then nothing may be lost.
+
+The topology, the faults and the verdict are described in :mod:`tests.chaos.harness`;
+``python bench/chaos.py --duration 600`` runs the same for longer. Run this one with ``-s`` to see
+the table (it is in the assertion message when the test fails).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.badinput import GARBAGE_FRAMES, MALFORMED_HTTP
+from tests.chaos.harness import FAULT_KINDS, ChaosSettings, run_chaos
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_sixty_seconds_of_chaos_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    settings = ChaosSettings(duration=60.0, drain_timeout=60.0)
+    report = await run_chaos(settings, tmp_path)
+    table = "\n".join([*report.timeline, *report.lines()])
+    print(table)
+    verdict = report.verdict
+
+    assert verdict.lost == 0, table
+    assert verdict.duplicates == 0, table
+    assert not verdict.unexpected_dead_letters, table
+    assert verdict.accepted_http >= settings.http_rate * settings.duration * 0.5, f"the HTTP load did not flow\n{table}"
+    assert verdict.accepted_changes >= settings.sql_rate * settings.duration * 0.5, f"the SQL load did not flow\n{table}"
+    assert verdict.accepted_bad_fit > 0 and verdict.dead_lettered == verdict.accepted_bad_fit, table
+    assert all(report.faults[kind] >= 1 for kind in FAULT_KINDS), f"a fault kind was never injected\n{table}"
+    assert report.takeovers, f"no source takeover was measured\n{table}"
+    expected_bad = {f"http.{kind}" for kind in MALFORMED_HTTP} | {f"frame.{kind}" for kind in GARBAGE_FRAMES}
+    expected_bad |= {f"config.{bad.kind}" for bad in report.bad_configs}
+    assert {label for label, sent in report.bad_input_sent.items() if sent > 0} >= expected_bad, table
+    assert not report.bad_input_mishandled, table
+    assert report.bad_input_handled == report.bad_input_sent, table
