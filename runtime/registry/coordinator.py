@@ -20,6 +20,10 @@ and :meth:`Coordinator.lease` check that deadline on every call: a process that 
 before its next heartbeat. A renewal refused by the store (:class:`~runtime.errors.FencedError`)
 drops the group at once too.
 
+A handover drops the group here *before* the store frees it, so two replicas never both own a
+group; a checkpoint of that group still in flight is then refused (fenced) and the new owner
+resumes from the previous one: duplicates, never loss.
+
 Ownership changes are reported three ways: the ``on_change(owned)`` callback, the :attr:`changed`
 event (set, then replaced, on every change) and the :attr:`lost` event (likewise, when a group was
 lost rather than released; :attr:`losses` counts those). :meth:`stop` leaves the member set first and then releases every lease,
@@ -148,9 +152,12 @@ class Coordinator:
         A store that cannot be reached does not fail the start: the background task keeps trying.
         """
         try:
-            await self._round()
-        except RegistryUnavailableError as exc:
-            log.warning("registry unavailable, will retry", connector=self.connector, holder=self.holder, error=str(exc))
+            async with asyncio.timeout(self.ttl):
+                await self._round()
+        except (RegistryUnavailableError, TimeoutError) as exc:
+            log.warning(
+                "registry unavailable, will retry", connector=self.connector, holder=self.holder, error=str(exc) or "timeout"
+            )
         self._task = asyncio.create_task(self._run(), name=f"coordinator-{self.connector}-{self.holder}")
 
     async def stop(self) -> None:

@@ -324,10 +324,14 @@ class RedisRegistry(Registry):
 
     async def heartbeat_member(self, connector: str, holder: str, ttl: float, info: Mapping[str, Any]) -> None:
         keys = [self._key(connector, "members"), self._key(connector, "member-info")]
-        async with self._reaching(f"heartbeating {connector}/{holder}"):
+        args: list[str | int | bytes] = [holder, _ms(ttl) if ttl > 0 else 0, orjson.dumps(dict(info))]
+        async with self._reaching(f"heartbeating {connector}/{holder}"), self._redis.pipeline(transaction=False) as pipe:
+            await self._heartbeat(keys=keys, args=args, client=pipe)
             if ttl > 0:
-                await self._announce(connector)
-            await self._heartbeat(keys=keys, args=[holder, _ms(ttl) if ttl > 0 else 0, orjson.dumps(dict(info))])
+                # Every round, in the same round trip: a live connector reappears in the listing
+                # even after an operator deleted it under its feet.
+                pipe.sadd(f"{self.prefix}:connectors", connector)
+            await pipe.execute()
 
     async def members(self, connector: str) -> dict[str, dict[str, Any]]:
         keys = [self._key(connector, "members"), self._key(connector, "member-info")]

@@ -68,7 +68,7 @@ async def test_a_graceful_stop_hands_over_within_one_round(replicas: Callable[..
     changed = b.changed
     await a.stop()
     took = await wait_until(lambda: b.owned == set(GROUPS), 3 * TTL)
-    assert took < TTL / 3 + 0.3
+    assert took < TTL - 0.1, "taken over before the released lease would have expired"
     assert changed.is_set()
     assert b.takeovers >= 1
 
