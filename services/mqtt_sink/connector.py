@@ -68,6 +68,7 @@ class MqttSink(Sink[MqttSinkConfig]):
             timeout=self.config.timeout,
             max_inflight_messages=self.config.max_inflight,
         )
+        client.pending_calls_threshold = self.config.max_inflight + 1  # a full batch in flight is normal, not a warning
         await mqtt_call("connect", client.__aenter__(), self.config.timeout)
         self._client = client
         return client
