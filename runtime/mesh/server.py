@@ -38,6 +38,7 @@ from runtime.protocol.frames import (
     SubscriptionMode,
     SubscriptionType,
     UserAgent,
+    constant_properties,
     encode,
 )
 from runtime.record import EXTENSION_NAME
@@ -51,7 +52,7 @@ NO_SESSION = "no session is found"
 GRACEFUL_QUIT = "graceful normal quit from eventmesh"
 STOP_GRACE_SECONDS = 5.0  # how long stop() lets sessions read their goodbye before cutting them off
 DEFAULT_REQUEST_TTL_MS = 3000  # as the Java runtime, when the request carries no 'ttl' extension
-PUSH_PROPERTIES: Mapping[str, Any] = {"protocoltype": "cloudevents"}
+PUSH_PROPERTIES: Mapping[str, Any] = constant_properties({"protocoltype": "cloudevents"})
 PUBLISH_PROPERTIES = ("protocoltype", "protocolversion", "protocoldesc")
 CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}

@@ -52,7 +52,6 @@ import functools
 import json
 import re
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -60,7 +59,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
-from runtime.protocol.frames import Command, Header, Package
+from runtime.protocol.frames import Command, Header, Package, constant_properties
 from runtime.record import is_json_content_type
 
 __all__ = [
@@ -103,7 +102,7 @@ _INT32 = range(-(2**31), 2**31)
 
 # Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
 _PUBLISH_PROPERTIES = {
-    version: MappingProxyType(
+    version: constant_properties(
         {
             key: {"protocoltype": "cloudevents", "protocolversion": version, "protocoldesc": "tcp"}[key]
             for key in jackson.java_hashmap_order(["protocoltype", "protocolversion", "protocoldesc"])
@@ -111,7 +110,7 @@ _PUBLISH_PROPERTIES = {
     )
     for version in ("1.0", "0.3")
 }
-_PUSH_PROPERTIES = MappingProxyType({"protocoltype": "cloudevents"})
+_PUSH_PROPERTIES = constant_properties({"protocoltype": "cloudevents"})
 _ACK_OF_PUSH = {
     Command.ASYNC_MESSAGE_TO_CLIENT: Command.ASYNC_MESSAGE_TO_CLIENT_ACK,
     Command.BROADCAST_MESSAGE_TO_CLIENT: Command.BROADCAST_MESSAGE_TO_CLIENT_ACK,

@@ -56,6 +56,7 @@ __all__ = [
     "SubscriptionMode",
     "SubscriptionType",
     "UserAgent",
+    "constant_properties",
     "encode",
 ]
 
@@ -67,6 +68,7 @@ _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 _LENGTHS = struct.Struct(">ii")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_FLAT_JSON = frozenset({str, int, bool, type(None)})  # JSON values that orjson and the general path read alike
 _E = TypeVar("_E", bound=enum.Enum)
 _T = TypeVar("_T")
 
@@ -291,16 +293,59 @@ class Header:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        """The header JSON exactly as Java writes it: cmd, code, desc?, seq?, properties, command."""
-        name = self.command.name
-        parts = [b'{"cmd":"', name.encode(), b'","code":', str(self.code).encode()]
-        if self.desc is not None:
-            parts += (b',"desc":', jackson.dumps_str(self.desc))
-        if self.seq is not None:
-            parts += (b',"seq":', jackson.dumps_str(self.seq))
-        parts += (b',"properties":', jackson.dumps(self.properties) if self.properties else b"{}")
-        parts += (b',"command":"', name.encode(), b'"}')
-        return b"".join(parts)
+        """The header JSON exactly as Java writes it: cmd, code, desc?, seq?, properties, command.
+
+        Only ``seq`` differs between the headers of one kind, so the rest comes from templates: the
+        start per (command, code, desc), the properties when they are a ``constant_properties`` mapping.
+        """
+        command, code = self.command, self.code
+        start = _HEADER_STARTS.get((command._value_, code, self.desc)) if type(code) is int else None
+        if start is None:
+            start = _header_start(command, code, self.desc)
+        seq = self.seq
+        if seq is None:
+            seq_json = b""
+        elif seq.isascii() and seq.isdigit():  # every seq we write: digits need no escaping
+            seq_json = b',"seq":"' + seq.encode() + b'"'
+        else:
+            seq_json = b',"seq":' + jackson.dumps_str(seq)
+        properties = self.properties
+        if not properties:
+            properties_json = b',"properties":{}'
+        else:
+            constant = _CONSTANT_PROPERTIES.get(id(properties))
+            if constant is not None and constant[0] is properties:
+                properties_json = constant[1]
+            else:
+                properties_json = b',"properties":' + jackson.dumps(properties)
+        return b"".join((start, seq_json, properties_json, _HEADER_ENDS[command._value_]))
+
+
+# Templates of Header.to_json: the JSON before the seq, keyed by (command ordinal, code, desc), and after the properties.
+_HEADER_STARTS: dict[tuple[int, int, str | None], bytes] = {}
+_HEADER_STARTS_LIMIT = 512  # descs of refusals carry free text: keep the cache bounded
+_HEADER_ENDS: Final = {command.value: b',"command":"' + command.name.encode() + b'"}' for command in Command}
+# Properties mappings made by constant_properties, by id, with the mapping itself (so the id stays its own) and its JSON.
+_CONSTANT_PROPERTIES: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+
+
+def _header_start(command: Command, code: int, desc: str | None) -> bytes:
+    start = b'{"cmd":"' + command.name.encode() + b'","code":' + str(code).encode()
+    if desc is not None:
+        start += b',"desc":' + jackson.dumps_str(desc)
+    if type(code) is int and len(_HEADER_STARTS) < _HEADER_STARTS_LIMIT:
+        _HEADER_STARTS[(command.value, code, desc)] = start
+    return start
+
+
+def constant_properties(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy of ``values`` for the headers sent again and again: its JSON is written once.
+
+    Make these at import time (module constants): each one is kept for the life of the process.
+    """
+    frozen = MappingProxyType(dict(values))
+    _CONSTANT_PROPERTIES[id(frozen)] = (frozen, b',"properties":' + (jackson.dumps(frozen) if frozen else b"{}"))
+    return frozen
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,23 +573,25 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         value = None
-    else:
-        if jackson.LONG_DIGITS.search(raw) is not None:
-            value = None  # integers beyond 64 bits: let the general path read them exactly
-        # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
-        if type(value) is dict:
-            name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")
-            properties = value.get("properties")
-            if (
-                type(name) is str
-                and (command := _COMMANDS.get(name)) is not None
-                and type(code) is int
-                and _INT_MIN <= code <= _INT_MAX
-                and (desc is None or type(desc) is str)
-                and (seq is None or type(seq) is str)
-                and (type(properties) is dict or (properties is None and "properties" not in value))
-            ):
-                return Header(command, code, desc, seq, {} if properties is None else properties), None
+    # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
+    # orjson reads an integer beyond 64 bits as a float: the fast path takes no float anywhere it reads, so
+    # such a header goes the general way, which reads it exactly (digits inside strings read the same in both).
+    if type(value) is dict:
+        name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")
+        properties = value.get("properties")
+        if (
+            type(name) is str
+            and (command := _COMMANDS.get(name)) is not None
+            and type(code) is int
+            and _INT_MIN <= code <= _INT_MAX
+            and (desc is None or type(desc) is str)
+            and (seq is None or type(seq) is str)
+            and (
+                (type(properties) is dict and all(type(item) in _FLAT_JSON for item in properties.values()))
+                or (properties is None and "properties" not in value)
+            )
+        ):
+            return Header(command, code, desc, seq, {} if properties is None else properties), None
     try:
         value = _as_object(_parse_json(raw, from_bytes=True), "the header")
         if value is None:

@@ -1,0 +1,112 @@
+"""The codec's fast paths give exactly what the general paths give: same bytes out, same values in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.protocol import jackson
+from runtime.protocol.frames import Command, FrameDecoder, Header, Package, constant_properties, encode
+
+_flat_values = st.one_of(st.text(max_size=12), st.integers(-(2**63), 2**64 - 1), st.booleans(), st.none())
+_odd_values = st.one_of(
+    st.integers(2**64, 2**90),
+    st.integers(-(2**90), -(2**63) - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(2**64, 2**70), max_size=2),
+)
+_properties = st.dictionaries(st.text(max_size=10), _flat_values | _odd_values, max_size=5)
+_texts = st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)), max_size=20)
+_headers = st.builds(
+    Header,
+    command=st.sampled_from(list(Command)),
+    code=st.integers(-(2**31), 2**31 - 1),
+    desc=st.none() | _texts | st.just("success"),
+    seq=st.none() | st.text(alphabet="0123456789", min_size=1, max_size=25) | _texts,
+    properties=_properties,
+)
+
+
+def general_header_json(header: Header) -> bytes:
+    """The header written member by member by the general Jackson writer (no template, no cache)."""
+    document: dict[str, Any] = {"cmd": header.command.name, "code": header.code}
+    if header.desc is not None:
+        document["desc"] = header.desc
+    if header.seq is not None:
+        document["seq"] = header.seq
+    document["properties"] = dict(header.properties)
+    document["command"] = header.command.name
+    return jackson.dumps(document)  # a nested map: never the flat orjson shortcut
+
+
+@settings(max_examples=400, deadline=None)
+@given(_headers)
+def test_header_templates_write_the_bytes_of_the_general_writer(header: Header) -> None:
+    expected = general_header_json(header)
+    assert header.to_json() == expected
+    assert header.to_json() == expected  # the second time from the cached start
+    constant = Header(header.command, header.code, header.desc, header.seq, constant_properties(header.properties))
+    assert constant.to_json() == expected
+
+
+def test_publish_and_ack_headers_match_the_java_sdk_shape() -> None:
+    properties = constant_properties({"protocolversion": "1.0", "protocoldesc": "tcp", "protocoltype": "cloudevents"})
+    assert Header(Command.ASYNC_MESSAGE_TO_SERVER, seq="0000000042", properties=properties).to_json() == (
+        b'{"cmd":"ASYNC_MESSAGE_TO_SERVER","code":0,"seq":"0000000042",'
+        b'"properties":{"protocolversion":"1.0","protocoldesc":"tcp","protocoltype":"cloudevents"},'
+        b'"command":"ASYNC_MESSAGE_TO_SERVER"}'
+    )
+    assert Header(Command.ASYNC_MESSAGE_TO_SERVER_ACK, desc="success", seq="0000000042").to_json() == (
+        b'{"cmd":"ASYNC_MESSAGE_TO_SERVER_ACK","code":0,"desc":"success","seq":"0000000042",'
+        b'"properties":{},"command":"ASYNC_MESSAGE_TO_SERVER_ACK"}'
+    )
+
+
+def test_a_boolean_code_does_not_take_the_template_of_its_integer() -> None:
+    Header(Command.HEARTBEAT_RESPONSE, code=1).to_json()  # caches the start for code 1
+    assert b'"code":true' not in Header(Command.HEARTBEAT_RESPONSE, code=1).to_json()
+    assert Header(Command.HEARTBEAT_RESPONSE, code=True).to_json() == general_header_json(
+        Header(Command.HEARTBEAT_RESPONSE, code=True)
+    ).replace(b'"code":true', b'"code":True')  # what str(True) always gave: not JSON, but unchanged
+
+
+def test_constant_properties_are_a_read_only_copy() -> None:
+    source = {"protocoltype": "cloudevents"}
+    frozen = constant_properties(source)
+    source["protocoltype"] = "changed"
+    assert frozen == {"protocoltype": "cloudevents"}
+    with pytest.raises(TypeError):
+        frozen["protocoltype"] = "changed"  # type: ignore[index]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_headers)
+def test_decoded_header_equals_the_encoded_one_whichever_path_reads_it(header: Header) -> None:
+    decoded = FrameDecoder().feed(encode(Package(header)))[0].header
+    assert decoded == header
+    for name, value in header.properties.items():
+        assert type(decoded.properties[name]) is type(value)  # integers beyond 64 bits stay exact integers
+
+
+@pytest.mark.parametrize(
+    ("properties_json", "expected"),
+    [
+        (b'{"n":123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
+        (b'{"n":-18446744073709551617}', {"n": -18446744073709551617}),
+        (b'{"n":18446744073709551615}', {"n": 18446744073709551615}),
+        (b'{"n":{"m":[99999999999999999999]}}', {"n": {"m": [99999999999999999999]}}),
+        (b'{"n":"12345678901234567890123"}', {"n": "12345678901234567890123"}),
+        (b'{"n":1.5,"m":2}', {"n": 1.5, "m": 2}),
+    ],
+)
+def test_long_integers_in_properties_are_read_exactly(properties_json: bytes, expected: dict[str, Any]) -> None:
+    header_json = b'{"cmd":"HEARTBEAT_REQUEST","seq":"123456789012345678901","properties":' + properties_json + b"}"
+    frame = b"EventMesh0000" + (13 + len(header_json)).to_bytes(4, "big") + len(header_json).to_bytes(4, "big") + header_json
+    header = FrameDecoder().feed(frame)[0].header
+    assert header.properties == expected
+    assert repr(header.properties) == repr(expected)
+    assert header.seq == "123456789012345678901"
