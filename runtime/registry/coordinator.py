@@ -215,7 +215,9 @@ class Coordinator:
             current = leases.get(group)
             if group in self._held:
                 await self._keep_or_hand_over(group, desired)
-            elif current is None or current.holder is None:
+            elif current is None or current.holder in (None, self.holder):
+                # Ours in the store but dropped here (deadline passed on a slow round): taking it
+                # back keeps its token, which is safe since the worker restarts from the checkpoint.
                 await self._maybe_acquire(group, desired)
             else:
                 self._free_since.pop(group, None)

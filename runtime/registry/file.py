@@ -202,6 +202,7 @@ class FileRegistry(Registry):
     # -- members -------------------------------------------------------------------------------
 
     async def heartbeat_member(self, connector: str, holder: str, ttl: float, info: Mapping[str, Any]) -> None:
+        """As the interface says; a ``ttl`` of 0 or less removes ``holder`` at once (a graceful leave)."""
         record = dict(info)
 
         def beat(state: State, now: float) -> None:

@@ -323,6 +323,7 @@ class RedisRegistry(Registry):
     # -- members -------------------------------------------------------------------------------
 
     async def heartbeat_member(self, connector: str, holder: str, ttl: float, info: Mapping[str, Any]) -> None:
+        """As the interface says; a ``ttl`` of 0 or less removes ``holder`` at once (a graceful leave)."""
         keys = [self._key(connector, "members"), self._key(connector, "member-info")]
         args: list[str | int | bytes] = [holder, _ms(ttl) if ttl > 0 else 0, orjson.dumps(dict(info))]
         async with self._reaching(f"heartbeating {connector}/{holder}"), self._redis.pipeline(transaction=False) as pipe:
