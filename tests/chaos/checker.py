@@ -12,7 +12,7 @@ first for one event or change. The replicated ``items`` must equal the source's 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,9 @@ class Verdict:
     items_stale: int
     items_extra: int
     mismatch_examples: list[str]
+    dead_letter_reasons: dict[str, str]
+    """does-not-fit kind -> the reason its dead letter gives (one example each)."""
+    dead_letters_without_reason: int
     latencies: list[float]
 
     @property
@@ -137,9 +140,13 @@ async def observe(
     return seen
 
 
-def judge(accepted: Mapping[str, float], bad_fit_accepted: Iterable[str], seen: Observed) -> Verdict:
-    """Compare what the load generator was told was accepted with what the databases hold."""
+def judge(accepted: Mapping[str, float], bad_fit_accepted: Mapping[str, str], seen: Observed) -> Verdict:
+    """Compare what the load generator was told was accepted (``bad_fit_accepted``: uid -> kind) with the databases."""
     bad_fit = set(bad_fit_accepted)
+    reasons: dict[str, str] = {}
+    for uid, kind in bad_fit_accepted.items():
+        if uid in seen.dead_letters:
+            reasons.setdefault(kind, seen.dead_letters[uid])
     lost_http = sorted(uid for uid in accepted if uid not in seen.http_rows)
     lost_bad_fit = sorted(uid for uid in bad_fit if uid not in seen.dead_letters)
     lost_changes = sorted(change for change in seen.source_changes if change not in seen.replica_changes)
@@ -174,6 +181,8 @@ def judge(accepted: Mapping[str, float], bad_fit_accepted: Iterable[str], seen: 
             for item in sorted(set(source_items) | set(replica_items))
             if source_items.get(item) != replica_items.get(item)
         ][:5],
+        dead_letter_reasons=reasons,
+        dead_letters_without_reason=sum(1 for reason in seen.dead_letters.values() if not reason or reason == "None"),
         latencies=latencies,
     )
 

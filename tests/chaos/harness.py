@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import sys
@@ -134,6 +135,7 @@ class ChaosReport:
             ),
             ("lost (must be 0)", v.lost),
             ("duplicate rows (must be 0)", v.duplicates),
+            ("dead letters without a reason", v.dead_letters_without_reason),
             ("replica mismatches", f"{v.mismatches} (missing {v.items_missing}, stale {v.items_stale}, extra {v.items_extra})"),
             ("landed without a 2xx", v.landed_without_2xx),
             ("http sends / retries / gave up", f"{self.http.sent} / {self.http.retries} / {len(self.http.gave_up)}"),
@@ -162,6 +164,8 @@ class ChaosReport:
         out = [f"{label:<{width}}  {value}" for label, value in rows]
         if v.lost:
             out.append(f"lost http: {v.lost_http[:10]} does-not-fit: {v.lost_bad_fit[:10]} changes: {v.lost_changes[:10]}")
+        for kind, reason in sorted(v.dead_letter_reasons.items()):
+            out.append(f"dead-letter reason {kind}: {reason[:150]}")
         if v.mismatch_examples:
             out.append(f"replica mismatches: {v.mismatch_examples}")
         if v.unexpected_dead_letters:
@@ -476,12 +480,14 @@ class Faults:
             self.note(f"kill -9 {victim.name}{' (active source)' if active is victim else ''}")
 
     async def major_loop(self, stop: asyncio.Event) -> None:
+        """Zombie source, Redis, sink database, mesh, in turn, on a fixed beat (each lasts less than the beat)."""
         faults = [self.zombie, self.redis_restart, self.sink_db_restart, self.mesh_restart]
-        spacing = min(self.settings.major_fault_every, max(4.0, self.settings.duration / (len(faults) + 1)))
-        index = 0
-        while not await _sleep_or_stop(stop, spacing):
-            await faults[index % len(faults)]()
-            index += 1
+        spacing = min(self.settings.major_fault_every, self.settings.duration / (len(faults) + 1))
+        started = time.monotonic()
+        for beat in itertools.count(1):
+            if await _sleep_or_stop(stop, max(0.0, started + beat * spacing - time.monotonic())):
+                return
+            await faults[(beat - 1) % len(faults)]()
 
     async def zombie(self) -> None:
         active = None

@@ -27,6 +27,7 @@ async def test_sixty_seconds_of_chaos_lose_and_duplicate_nothing(tmp_path: Path)
     assert verdict.lost == 0, table
     assert verdict.duplicates == 0, table
     assert not verdict.unexpected_dead_letters, table
+    assert verdict.dead_letters_without_reason == 0, table
     assert verdict.accepted_http >= settings.http_rate * settings.duration * 0.5, f"the HTTP load did not flow\n{table}"
     assert verdict.accepted_changes >= settings.sql_rate * settings.duration * 0.5, f"the SQL load did not flow\n{table}"
     assert verdict.accepted_bad_fit > 0 and verdict.dead_lettered == verdict.accepted_bad_fit, table
