@@ -243,7 +243,7 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 
 def _load_json(body: bytes) -> Any:
     # orjson reads integers beyond 64 bits as floats; the standard parser keeps them exact (Java's BigInteger).
-    if jackson.LONG_DIGITS.search(body) is None:
+    if not jackson.has_long_digits(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

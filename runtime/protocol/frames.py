@@ -193,7 +193,7 @@ def _parse_json(raw: bytes | bytearray | memoryview, *, from_bytes: bool = False
     Java reads bodies from a ``String`` (invalid UTF-8 already replaced) but the header from the bytes,
     where invalid UTF-8 inside the value is an error and a leading byte order mark is skipped.
     """
-    if jackson.LONG_DIGITS.search(raw) is None:
+    if not jackson.has_long_digits(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -32,6 +32,7 @@ __all__ = [
     "JsonBean",
     "dumps",
     "dumps_str",
+    "has_long_digits",
     "java_double_to_string",
     "java_hashmap_order",
     "java_string_hash",
@@ -63,6 +64,16 @@ def orjson_differs(output: bytes) -> bool:
 
 # Digit runs long enough to hold an integer beyond 64 bits, which orjson would read as a float.
 LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_ZEROS = b"0" * 19
+
+
+def has_long_digits(raw: bytes | bytearray | memoryview) -> bool:
+    """Whether ``raw`` holds a run of 19 digits (``LONG_DIGITS``): a translate and a substring search, in C,
+    an order of magnitude faster than the regex over a body of some KiB."""
+    return _LONG_ZEROS in (raw if type(raw) is bytes else bytes(raw)).translate(_DIGITS_AS_ZERO)
+
+
 _FLAT_TYPES = frozenset({str, int, bool, type(None)})
 _NEEDS_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff\U00010000-\U0010ffff]')
 

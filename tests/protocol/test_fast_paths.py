@@ -110,3 +110,12 @@ def test_long_integers_in_properties_are_read_exactly(properties_json: bytes, ex
     assert header.properties == expected
     assert repr(header.properties) == repr(expected)
     assert header.seq == "123456789012345678901"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=8) | st.text(alphabet="0123456789", max_size=25).map(str.encode), max_size=8).map(b"".join))
+def test_long_digit_check_agrees_with_the_regex(raw: bytes) -> None:
+    expected = jackson.LONG_DIGITS.search(raw) is not None
+    assert jackson.has_long_digits(raw) is expected
+    assert jackson.has_long_digits(memoryview(raw)) is expected
+    assert jackson.has_long_digits(bytearray(raw)) is expected
