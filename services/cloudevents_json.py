@@ -94,17 +94,26 @@ def data_bytes(record: ConnectorRecord) -> bytes:
         raise DataError(f"event data cannot be written as JSON: {exc}") from exc
 
 
-def record_from_json(body: bytes | str) -> ConnectorRecord:
-    """Parse one structured CloudEvent; raises :class:`DataError` saying what is wrong with it."""
+def record_from_json(body: bytes | str, **position: Any) -> ConnectorRecord:
+    """Parse one structured CloudEvent; raises :class:`DataError` saying what is wrong with it.
+
+    ``position`` (``partition``, ``offset``, ``extensions`` to add) is passed on to :func:`record_from_mapping`.
+    """
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise DataError(f"not a structured CloudEvent: invalid JSON ({exc})") from exc
-    return record_from_mapping(event)
+    return record_from_mapping(event, **position)
 
 
-def record_from_mapping(event: Any) -> ConnectorRecord:
-    """The record of a decoded structured CloudEvent (a JSON object)."""
+def record_from_mapping(
+    event: Any,
+    *,
+    partition: Mapping[str, JsonValue] | None = None,
+    offset: Mapping[str, JsonValue] | None = None,
+    extensions: Mapping[str, str | int | bool] | None = None,
+) -> ConnectorRecord:
+    """The record of a decoded structured CloudEvent (a JSON object), at a source's position if given."""
     if not isinstance(event, dict):
         raise DataError(f"not a structured CloudEvent: expected a JSON object, got {type(event).__name__}")
     attributes: dict[str, Any] = dict(event)
@@ -127,7 +136,11 @@ def record_from_mapping(event: Any) -> ConnectorRecord:
         except (binascii.Error, TypeError, ValueError) as exc:
             raise DataError(f"'data_base64' is not valid base64: {exc}") from exc
     fixed: Mapping[str, Any] = {name: attributes.pop(name, None) for name in (*_REQUIRED, *_OPTIONAL)}
-    return ConnectorRecord(data=data, timestamp=timestamp, extensions=attributes, **fixed)
+    if extensions:
+        attributes.update(extensions)
+    return ConnectorRecord(
+        data=data, timestamp=timestamp, extensions=attributes, partition=partition or {}, offset=offset or {}, **fixed
+    )
 
 
 def _parse_time(value: Any) -> datetime:
@@ -146,29 +159,36 @@ PayloadFormat = Literal["cloudevents", "json", "text", "binary"]
 """How a source reads message payloads: a structured CloudEvent, JSON data, UTF-8 text or raw bytes."""
 
 
-def record_from_payload(payload: bytes, payload_format: PayloadFormat) -> ConnectorRecord:
-    """The record of one message payload read by a source.
+def record_from_payload(
+    payload: bytes,
+    payload_format: PayloadFormat,
+    *,
+    partition: Mapping[str, JsonValue],
+    offset: Mapping[str, JsonValue],
+    extensions: Mapping[str, str | int | bool] | None = None,
+) -> ConnectorRecord:
+    """The record of one message payload read by a source, at ``partition``/``offset``.
 
     A payload that is not what ``payload_format`` promises is not dropped: invalid JSON keeps its
     JSON content type, so the worker dead-letters it with the parse error as the reason; a payload
     that is no valid CloudEvent travels on as binary data with the reason in the ``meshformaterror``
     extension, so a stray message on a shared queue is visible, not lost.
     """
+    position: dict[str, Any] = {"partition": partition, "offset": offset, "extensions": extensions or {}}
     if payload_format == "cloudevents":
         try:
-            return record_from_json(payload)
+            return record_from_json(payload, **position)
         except DataError as exc:
-            return ConnectorRecord(
-                data=payload, datacontenttype="application/octet-stream", extensions={"meshformaterror": exc.reason[:500]}
-            )
+            position["extensions"] = {**position["extensions"], "meshformaterror": exc.reason[:500]}
+            return ConnectorRecord(data=payload, datacontenttype="application/octet-stream", **position)
     if payload_format == "json":
         try:
-            return ConnectorRecord(data=orjson.loads(payload), datacontenttype="application/json")
+            return ConnectorRecord(data=orjson.loads(payload), datacontenttype="application/json", **position)
         except orjson.JSONDecodeError:
-            return ConnectorRecord(data=payload, datacontenttype="application/json")
+            return ConnectorRecord(data=payload, datacontenttype="application/json", **position)
     if payload_format == "text":
         try:
-            return ConnectorRecord(data=payload.decode(), datacontenttype="text/plain")
+            return ConnectorRecord(data=payload.decode(), datacontenttype="text/plain", **position)
         except UnicodeDecodeError:
-            return ConnectorRecord(data=payload, datacontenttype="text/plain")
-    return ConnectorRecord(data=payload, datacontenttype="application/octet-stream")
+            return ConnectorRecord(data=payload, datacontenttype="text/plain", **position)
+    return ConnectorRecord(data=payload, datacontenttype="application/octet-stream", **position)

@@ -17,7 +17,7 @@ import glob
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import structlog
@@ -146,13 +146,11 @@ class FileSource(Source[FileSourceConfig]):
             if not line or (not line.endswith(b"\n") and len(line) < self.config.max_line_bytes):
                 break  # nothing more, or a line still being written
             tail.position += len(line)
-            record = record_from_payload(line.rstrip(b"\n").rstrip(b"\r"), self.config.format)
+            payload = line.rstrip(b"\n").rstrip(b"\r")
+            position = {"position": tail.position}
             records.append(
-                replace(
-                    record,
-                    partition=tail.partition,
-                    offset={"position": tail.position},
-                    extensions={**record.extensions, "file": tail.path},
+                record_from_payload(
+                    payload, self.config.format, partition=tail.partition, offset=position, extensions={"file": tail.path}
                 )
             )
         return records

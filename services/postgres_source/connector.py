@@ -65,7 +65,8 @@ def quote_identifier(name: str) -> str:
 async def pg_call(what: str, call: Awaitable[T], seconds: float) -> T:
     """Await an asyncpg call under a timeout; the one seam where its errors become ours (source and sink)."""
     try:
-        return await asyncio.wait_for(call, seconds)
+        async with asyncio.timeout(seconds):  # no task per call, unlike wait_for: this runs per ack
+            return await call
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise ConfigError("config.dsn", f"PostgreSQL refused the credentials ({exc})", "fix user or password in the DSN") from exc
     except asyncpg.InsufficientPrivilegeError as exc:

@@ -55,7 +55,8 @@ class RabbitmqSourceConfig(ConnectorConfig):
 async def amqp_call(what: str, call: Awaitable[T], seconds: float) -> T:
     """Await an aio-pika call under a timeout; the one seam where its errors become ours (source and sink)."""
     try:
-        return await asyncio.wait_for(call, seconds)
+        async with asyncio.timeout(seconds):  # no task per call, unlike wait_for: this runs per ack
+            return await call
     except aio_pika.exceptions.ProbableAuthenticationError as exc:
         raise ConfigError(
             "config.url", f"RabbitMQ refused the credentials ({exc})", "fix user, password or vhost in the URL"
@@ -90,6 +91,7 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
         self._unacked: dict[int, AbstractIncomingMessage] = {}
         self._session = uuid.uuid4().hex
         self._received = 0
+        self._partition = {"queue": config.queue}
 
     async def start(self, context: SourceContext) -> None:
         timeout = self.config.timeout
@@ -125,13 +127,14 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
 
     def _record(self, message: AbstractIncomingMessage) -> ConnectorRecord:
         payload_format: PayloadFormat = "cloudevents" if message.content_type == CONTENT_TYPE else self.config.format
-        record = record_from_payload(message.body, payload_format)
-        if record.id is None and message.message_id:
-            record = replace(record, id=message.message_id)
         self._received += 1
         self._unacked[self._received] = message
         # Delivery tags restart with every channel: a per-run counter keeps offsets distinct.
-        return replace(record, partition={"queue": self.config.queue}, offset={"session": self._session, "n": self._received})
+        offset = {"session": self._session, "n": self._received}
+        record = record_from_payload(message.body, payload_format, partition=self._partition, offset=offset)
+        if record.id is None and message.message_id:
+            record = replace(record, id=message.message_id)
+        return record
 
     async def commit(self, records: Sequence[ConnectorRecord]) -> None:
         for record in records:

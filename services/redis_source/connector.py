@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -174,14 +173,13 @@ class RedisSource(Source[RedisSourceConfig]):
             for entry_id, fields in entries:
                 if fields is None:  # deleted from the stream while pending: nothing left to publish
                     continue
-                entry = entry_id.decode()
+                position = {"partition": {"stream": key}, "offset": {"id": entry_id.decode()}}
                 payload = fields.get(self.config.field.encode())
                 if payload is None:
                     payload = orjson.dumps({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
-                    record = record_from_payload(payload, "json")
+                    records.append(record_from_payload(payload, "json", **position))
                 else:
-                    record = record_from_payload(payload, self.config.format)
-                records.append(replace(record, partition={"stream": key}, offset={"id": entry}))
+                    records.append(record_from_payload(payload, self.config.format, **position))
         return records
 
     async def _poll_pubsub(self) -> list[ConnectorRecord]:
@@ -194,10 +192,10 @@ class RedisSource(Source[RedisSourceConfig]):
             timeout = 0.0  # after the first message, take only what is already here
             channel = message["channel"].decode()
             self._received += 1
-            record = record_from_payload(message["data"], self.config.format)
             # Pub/Sub has no positions: a per-run counter keeps offsets (and derived ids) distinct.
+            offset = {"session": self._session, "n": self._received}
             records.append(
-                replace(record, partition={"channel": channel}, offset={"session": self._session, "n": self._received})
+                record_from_payload(message["data"], self.config.format, partition={"channel": channel}, offset=offset)
             )
         return records
 
