@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -269,3 +270,53 @@ def test_a_redis_restart_loses_and_regresses_nothing(tmp_path: Path) -> None:
     finally:
         cluster.stop()
         server.stop()
+
+
+def ownership(replica: Replica, ended_at: float) -> dict[str, list[tuple[float, float]]]:
+    """Per group, the intervals ``replica`` owned it, from its own reports (open ones end at ``ended_at``)."""
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    since: dict[str, float] = {}
+    for event in replica.events():
+        if event["event"] == "acquired":
+            since[event["group"]] = event["t"]
+        elif event["event"] == "dropped" and event["group"] in since:
+            intervals.setdefault(event["group"], []).append((since.pop(event["group"]), event["t"]))
+    for group, started in since.items():
+        intervals.setdefault(group, []).append((started, ended_at))
+    return intervals
+
+
+def test_six_groups_rebalance_over_three_two_three_replicas(cluster: Cluster) -> None:
+    groups = [f"g{i}" for i in range(6)]
+    option = ("--groups", ",".join(groups), "--batch", "1", "--interval", "0.05")
+    first = [cluster.start(name, *option) for name in ("a", "b", "c")]
+    wait_for(lambda: all(replica.events("member") for replica in first), 10, "every replica is a member")
+    time.sleep(2)
+    assert first[2].stop() == 0  # c leaves gracefully
+    time.sleep(2)
+    killed_at = first[1].signal(signal.SIGKILL)  # b crashes
+    first[1].proc.wait(5)
+    time.sleep(TTL + 1.5)
+    later = [cluster.start(name, *option) for name in ("b2", "c2")]
+    wait_for(lambda: all(replica.events("member") for replica in later), 10, "the new replicas are members")
+    time.sleep(2)
+    ended_at = time.monotonic()
+    for replica in [first[0], *later]:
+        assert replica.stop() == 0
+
+    spans: dict[str, list[tuple[float, float, str]]] = {group: [] for group in groups}
+    for replica in cluster.replicas:
+        end = killed_at if replica is first[1] else ended_at
+        for group, intervals in ownership(replica, end).items():
+            spans[group] += [(start, stop, replica.holder) for start, stop in intervals if start < ended_at]
+    for group, owned in spans.items():
+        owned.sort()
+        for (_, stop, holder), (start, _, successor) in itertools.pairwise(owned):
+            assert start >= stop, f"{group} owned by {holder} and {successor} at once"
+            assert start - stop <= TTL + 1, f"{group} idle {start - stop:.2f}s between {holder} and {successor}"
+        assert owned[-1][1] >= ended_at - 0.5, f"{group} is owned at the end"
+    # At the end, b2 and c2 took their share from a: every replica works.
+    assert all(ownership(replica, ended_at) for replica in later)
+    for group in groups:
+        commits = commits_in_time_order(cluster.replicas, group)
+        assert commits == sorted(set(commits)), f"{group} offsets moved backwards"
