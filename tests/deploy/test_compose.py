@@ -111,6 +111,7 @@ def test_connector_waits_for_healthy_dependencies(compose: dict[str, Any], conne
 def test_sample_config_runs_in_compose(compose: dict[str, Any], connector: Connector) -> None:
     """The sample plus the service's environment is a valid config that reaches the compose services, not localhost."""
     service = compose["services"][connector.name]
+    assert connector.sample.is_file(), f"{connector.sample} is missing: the compose service mounts it"
     environment = {key: str(value) for key, value in service["environment"].items()}
     resolved = resolve_config(mounted_config(service), environment)
     assert resolved["connector"] == connector.name

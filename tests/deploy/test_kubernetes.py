@@ -49,6 +49,7 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Connector, str]:
     connector: Connector = request.param
     overlay = OVERLAYS / connector.name
     assert (overlay / "kustomization.yaml").is_file(), f"deploy/overlays/{connector.name} is missing"
+    assert connector.sample.is_file(), f"{connector.sample} is missing: the overlay's ConfigMap is made from it"
     return connector, kustomize(overlay)
 
 
