@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--http-rate", type=float, default=40.0, help="CloudEvents POSTed per second")
     parser.add_argument("--sql-rate", type=float, default=15.0, help="source transactions per second (1-3 row changes each)")
     parser.add_argument("--sink-replicas", type=int, default=3, help="replicas of each mysql-sink deployment")
+    parser.add_argument(
+        "--redelivery-timeout", type=float, default=3.0, help="seconds before the mesh pushes an un-acked event again"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs and every process's log)")
     args = parser.parse_args()
@@ -42,6 +45,7 @@ def main() -> int:
         sql_rate=args.sql_rate,
         sink_replicas=args.sink_replicas,
         seed=args.seed,
+        redelivery_timeout=args.redelivery_timeout,
         drain_timeout=max(90.0, args.duration / 4),
     )
     workdir = Path(tempfile.mkdtemp(prefix="meshconnect-chaos-"))

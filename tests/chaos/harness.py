@@ -82,6 +82,7 @@ class ChaosSettings:
     kill_every: tuple[float, float] = (3.0, 6.0)
     major_fault_every: float = 10.0
     lease_ttl: float = 2.0
+    redelivery_timeout: float = 3.0
     bad_fit_share: float = 0.02
     drain_timeout: float = 90.0
     ready_timeout: float = 60.0
@@ -222,7 +223,7 @@ class Topology:
                     "--data-dir",
                     str(self.workdir / "mesh"),
                     "--redelivery-timeout",
-                    "3",
+                    str(self.settings.redelivery_timeout),
                     "--log-level",
                     "warning",
                 ],
@@ -424,26 +425,36 @@ class Faults:
         return None
 
     async def _offsets(self) -> dict[tuple[str, int], Any]:
+        """(replica, pid) -> last committed offsets it reports; None for a paused one (it cannot answer)."""
         seen: dict[tuple[str, int], Any] = {}
         for managed in self.supervisor.of_kind("mysql-source"):
             pid = managed.pid
-            status = await self.topology.status(self._http, managed)
-            if status is not None and pid is not None:
-                seen[(managed.name, pid)] = status.get("last_offsets")
+            if pid is not None:
+                status = await self.topology.status(self._http, managed)
+                seen[(managed.name, pid)] = None if status is None else status.get("last_offsets")
         return seen
 
     async def _measure_takeover(self, victim: tuple[str, int], baseline: dict[tuple[str, int], Any], started: float) -> None:
-        """Seconds from losing the active replica to the first offset commit by another process."""
+        """Seconds from losing the active replica to the first offset commit by another process.
+
+        A commit is a change of the offsets a lease holder reports: against ``baseline`` for a
+        process that answered then, against its first answer for one that could not (paused), and
+        any offsets at all for a process started since.
+        """
         while time.monotonic() - started < 30:
             for managed in self.supervisor.of_kind("mysql-source"):
                 pid = managed.pid
-                if pid is None or (managed.name, pid) == victim:
+                key = (managed.name, pid or 0)
+                if pid is None or key == victim:
                     continue
                 status = await self.topology.status(self._http, managed)
-                if not status or not (status.get("lease") or {}).get("held"):
+                if status is None:
                     continue
                 offsets = status.get("last_offsets")
-                if offsets and offsets != baseline.get((managed.name, pid)):
+                if baseline.get(key, {}) is None:
+                    baseline[key] = offsets
+                    continue
+                if (status.get("lease") or {}).get("held") and offsets and offsets != baseline.get(key):
                     seconds = time.monotonic() - started
                     self.takeovers.append(seconds)
                     self.note(f"takeover by {managed.name} (pid {pid}) after {seconds:.2f}s")
