@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from runtime.config import RegistrySettings
 from runtime.errors import ConfigError, RegistryUnavailableError
 from runtime.registry.file import FileRegistry
 from runtime.registry.redis import RedisRegistry
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port, require_binary
 
 
 async def test_keys_live_under_the_prefix_with_the_connector_as_hash_tag(redis_server: RedisServer) -> None:
@@ -58,6 +59,46 @@ async def test_a_password_protected_redis_and_no_password_in_errors() -> None:
             await wrong.load_offsets("orders")
         assert "wrong-pw" not in str(refused.value)
         await wrong.close()
+    finally:
+        server.stop()
+
+
+class TlsRedisServer(RedisServer):
+    """Redis listening with TLS only, on a self-signed certificate for 127.0.0.1."""
+
+    def prepare(self) -> None:
+        subprocess.run(
+            [
+                *(require_binary("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem")),
+                *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def command(self) -> Sequence[str]:
+        command = list(super().command())
+        command[command.index("--port") + 1] = "0"
+        tls = ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
+        files = ["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem", "--tls-ca-cert-file", "cert.pem"]
+        return [*command, *tls, *files]
+
+
+async def test_rediss_with_a_ca_from_the_url() -> None:
+    server = TlsRedisServer.running()
+    try:
+        ca = server.dir / "cert.pem"
+        registry = RedisRegistry(f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={ca}", prefix="tls")
+        lease = await registry.try_acquire("orders", "g0", "a", 30)
+        assert lease is not None
+        await registry.commit_offsets("orders", {"p": {"n": 1}}, lease)
+        assert await registry.load_offsets("orders") == {"p": {"n": 1}}
+        await registry.close()
+        untrusting = RedisRegistry(f"rediss://127.0.0.1:{server.port}/0", prefix="tls", timeout=1)
+        with pytest.raises(RegistryUnavailableError):  # the self-signed certificate is not trusted by default
+            await untrusting.load_offsets("orders")
+        await untrusting.close()
     finally:
         server.stop()
 
