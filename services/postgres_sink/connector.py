@@ -32,7 +32,7 @@ from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.postgres_source.connector import pg_call, quote_identifier
+from services.postgres_source.connector import PgConnection, pg_call, quote_identifier
 
 __all__ = ["PostgresSink", "PostgresSinkConfig"]
 
@@ -87,11 +87,11 @@ class PostgresSink(Sink[PostgresSinkConfig]):
     def __init__(self, config: PostgresSinkConfig) -> None:
         super().__init__(config)
         self._table = quote_identifier(config.table)
-        self._connection: asyncpg.Connection | None = None
+        self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
 
     async def start(self, context: SinkContext) -> None:
-        connection = await self._connect()
+        connection = await self._connection.get()
         try:
             if self.config.mode == "events":
                 if self.config.create_table:
@@ -104,17 +104,6 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         except BaseException:
             await self.stop()
             raise
-
-    def _drop_connection(self) -> None:
-        """Forget a connection that failed mid-operation (asyncpg cannot reuse it); the next call reconnects."""
-        if self._connection is not None:
-            self._connection.terminate()
-            self._connection = None
-
-    async def _connect(self) -> asyncpg.Connection:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await pg_call("connect", asyncpg.connect(self.config.dsn.get_secret_value()), self.config.timeout)
-        return self._connection
 
     async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
         columns = await pg_call(
@@ -150,11 +139,11 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             rejections, arguments = self._mapped_rows(records)
         if arguments is None:
             return rejections
-        connection = await self._connect()
+        connection = await self._connection.get()
         try:
             await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout)
         except RetriableError:
-            self._drop_connection()  # reconnect for the retry
+            self._connection.drop()  # reconnect for the retry
             raise
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise DataError(f"PostgreSQL refused the batch: {exc.__class__.__name__}: {exc}") from exc
@@ -208,6 +197,4 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         return rejections, (orjson.dumps(list(rows.values())).decode(),)
 
     async def stop(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await connection.close(timeout=self.config.timeout)
+        await self._connection.close()

@@ -30,7 +30,7 @@ from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
 from services.postgres_source.pgoutput import Begin, Change, Commit, Relation, decode
 
-__all__ = ["PostgresSource", "PostgresSourceConfig", "pg_call", "quote_identifier"]
+__all__ = ["PgConnection", "PostgresSource", "PostgresSourceConfig", "pg_call", "quote_identifier"]
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -88,6 +88,31 @@ async def pg_call(what: str, call: Awaitable[T], seconds: float) -> T:
         raise RetriableError(f"PostgreSQL unavailable during {what}: {exc!r}") from exc
 
 
+class PgConnection:
+    """One asyncpg connection, opened on first use and dropped after a failure (asyncpg cannot reuse it)."""
+
+    def __init__(self, dsn: Secret, timeout: float) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._connection: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await pg_call("connect", asyncpg.connect(self._dsn.get_secret_value()), self._timeout)
+        return self._connection
+
+    def drop(self) -> None:
+        """Forget a connection that failed mid-operation; the next :meth:`get` reconnects."""
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close(timeout=self._timeout)
+
+
 class PostgresSource(Source[PostgresSourceConfig]):
     name = "postgres-source"
     description = "Streams PostgreSQL row changes by logical decoding (pgoutput slot), advancing the slot after the mesh ack."
@@ -95,7 +120,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
 
     def __init__(self, config: PostgresSourceConfig) -> None:
         super().__init__(config)
-        self._connection: asyncpg.Connection | None = None
+        self._connection = PgConnection(config.dsn, config.timeout)
         self._relations: dict[int, Relation] = {}
         self._partition = {"slot": config.slot}
         self._cursor: tuple[int, int] = (0, -1)  # (commit LSN, change index) of the last change handed out
@@ -104,7 +129,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
         committed = context.offset(self._partition)
         if committed is not None:
             self._cursor = (int(committed["lsn"]), int(committed["n"]))
-        connection = await self._connect()
+        connection = await self._connection.get()
         try:
             await self._ensure_publication(connection)
             exists = await pg_call(
@@ -123,17 +148,6 @@ class PostgresSource(Source[PostgresSourceConfig]):
             await self.stop()
             raise
 
-    def _drop_connection(self) -> None:
-        """Forget a connection that failed mid-operation (asyncpg cannot reuse it); the next call reconnects."""
-        if self._connection is not None:
-            self._connection.terminate()
-            self._connection = None
-
-    async def _connect(self) -> asyncpg.Connection:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await pg_call("connect", asyncpg.connect(self.config.dsn.get_secret_value()), self.config.timeout)
-        return self._connection
-
     async def _ensure_publication(self, connection: asyncpg.Connection) -> None:
         found = await pg_call(
             "publication lookup",
@@ -151,7 +165,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
 
     async def poll(self) -> Sequence[ConnectorRecord]:
         try:
-            connection = await self._connect()
+            connection = await self._connection.get()
             rows = await pg_call(
                 "peek changes",
                 connection.fetch(
@@ -163,7 +177,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
                 self.config.timeout,
             )
         except RetriableError:
-            self._drop_connection()
+            self._connection.drop()
             raise
         records = self._records(rows)
         if not records:
@@ -213,7 +227,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
         if not finished:
             return
         # Every change of these transactions is stored: the slot may forget them.
-        connection = await self._connect()
+        connection = await self._connection.get()
         try:
             await pg_call(
                 "advance slot",
@@ -226,13 +240,11 @@ class PostgresSource(Source[PostgresSourceConfig]):
             pass  # the slot is already past that point
         except RetriableError as exc:
             # Not advanced: the transactions are peeked again and skipped by the committed offset; nothing lost.
-            self._drop_connection()
+            self._connection.drop()
             log.warning("replication slot not advanced", error=str(exc))
 
     async def stop(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await asyncio.wait_for(connection.close(), self.config.timeout)
+        await self._connection.close()
 
 
 def _lsn_text(lsn: int) -> str:
