@@ -73,6 +73,23 @@ REPLY_COMMAND = {
 }
 
 
+# The same tables by command ordinal: an int hashes in C, an Enum member in Python (the mesh looks them up per frame).
+_REPLY_BY_ORDINAL = {request.value: answer for request, answer in REPLY_COMMAND.items()}
+_KNOWN_NAMES: set[str] = set()  # extension and property names already found valid, a bounded few
+_KNOWN_NAMES_LIMIT = 4096
+
+
+def _valid_name(name: str) -> bool:
+    """``EXTENSION_NAME`` matches ``name``; the answer for a name seen before is a set lookup."""
+    if name in _KNOWN_NAMES:
+        return True
+    if EXTENSION_NAME.match(name) is None:
+        return False
+    if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
+        _KNOWN_NAMES.add(name)
+    return True
+
+
 class _Refused(Exception):
     """A request the mesh answers with code 1 and this reason."""
 
@@ -102,7 +119,7 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
     if properties["protocoltype"] != "cloudevents":
         raise _Refused(f"protocoltype {properties['protocoltype']!r} is not supported by the embedded mesh: publish CloudEvents")
     for key in properties:
-        if not EXTENSION_NAME.match(key):
+        if not _valid_name(key):
             raise _Refused(f"header property name {key!r} is invalid: extension names are [a-z0-9]+")
     if not package.body:
         raise _Refused("the publish has no body: send the CloudEvent in structured JSON")
@@ -119,7 +136,7 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
     if not isinstance(subject, str) or not subject.strip():
         raise _Refused("the event has no subject: the subject is the topic to publish to")
     for name in event:
-        if name not in CONTEXT_ATTRIBUTES and not EXTENSION_NAME.match(name):
+        if name not in CONTEXT_ATTRIBUTES and not _valid_name(name):
             raise _Refused(f"extension name {name!r} is invalid: extension names are [a-z0-9]+")
     data = event.get("data")
     if data is None and event.get("data_base64") is None:
@@ -208,7 +225,7 @@ class _Session(asyncio.Protocol):
             self._mesh.output_pending(self)
 
     def reply(self, request: Package, code: int = 0, desc: str | None = SUCCESS, command: Command | None = None) -> None:
-        reply_command = command or REPLY_COMMAND.get(request.header.command, request.header.command)
+        reply_command = command or _REPLY_BY_ORDINAL.get(request.header.command._value_, request.header.command)
         self.send(Package(Header(reply_command, code=code, desc=desc, seq=request.header.seq), None))
 
     @property
@@ -548,7 +565,7 @@ class EmbeddedMesh:
             else:
                 session.reply(package, code=1, desc=NO_SESSION)
             return
-        handler = self._HANDLERS.get(command)
+        handler = _HANDLER_BY_ORDINAL.get(command._value_)
         if handler is None:
             session.reply(package, code=1, desc=f"{command.name} is not a command a client sends", command=command)
             return
@@ -747,3 +764,6 @@ class EmbeddedMesh:
         Command.REQUEST_TO_CLIENT_ACK: _push_ack,
         Command.RESPONSE_TO_CLIENT_ACK: _response_ack,
     }
+
+
+_HANDLER_BY_ORDINAL = {command.value: handler for command, handler in EmbeddedMesh._HANDLERS.items()}

@@ -138,15 +138,27 @@ def _json_bytes(value: Any) -> bytes:
         raise DataError(f"event data is not JSON-serializable: {exc}") from exc
 
 
+_BINARY = (bytes, bytearray, memoryview)
+_TEXT_OR_BOOL = (str, bool)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_json_type(content_type: str | None) -> bool:
+    return is_json_content_type(content_type)
+
+
 def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
-    """(meshdataenc, the JSON text of ``data`` on the wire)."""
+    """(meshdataenc, the JSON text of ``data`` on the wire); JSON data as orjson writes it, checked by the caller."""
     if data is None:
         return "none", b'""'
-    if isinstance(data, bytes | bytearray | memoryview):
+    if isinstance(data, _BINARY):
         return "base64", b'"' + base64.b64encode(data) + b'"'
-    if isinstance(data, str) and not is_json_content_type(content_type):
+    if isinstance(data, str) and not _is_json_type(content_type):
         return "text", jackson.dumps_str(data)
-    return "json", _json_bytes(data)
+    try:
+        return "json", orjson.dumps(data)
+    except TypeError:
+        return "json", _json_bytes(data)
 
 
 def event_to_body(event: CloudEvent) -> bytes:
@@ -154,32 +166,37 @@ def event_to_body(event: CloudEvent) -> bytes:
     that cannot travel (bad extension names or values, data that is not JSON-serializable)."""
     attributes = event.get_attributes()
     content_type = attributes.get("datacontenttype")
-    encoding, data = _wire_data(event.get_data(), content_type)
+    value = event.get_data()
+    encoding, data = _wire_data(value, content_type)
     document: dict[str, Any] = {"specversion": attributes.get("specversion", "1.0")}
     for name in _ATTRIBUTES_BEFORE_EXTENSIONS:
         document[name] = attributes[name]
     document["datacontenttype"] = CLOUDEVENTS_CONTENT_TYPE
     for name in _ATTRIBUTES_AFTER_CONTENT_TYPE:
-        value = attributes.get(name)
-        if value is not None:
-            document[name] = value
+        attribute = attributes.get(name)
+        if attribute is not None:
+            document[name] = attribute
     moment = attributes.get("time")
     if moment is not None:
         document["time"] = _rfc3339(moment) if isinstance(moment, datetime) else str(moment)
     mapping_values = {CONTENT_TYPE_EXTENSION: content_type, DATA_ENCODING_EXTENSION: encoding}
-    for name in _extension_order(tuple(name for name in attributes if name not in _CONTEXT_ATTRIBUTES), content_type is not None):
-        value = mapping_values.get(name)
-        document[name] = _extension_value(name, attributes[name]) if value is None else value
-    # One orjson call writes the attributes as Jackson does, unless a string needs Jackson's own escapes.
+    for name in _extension_order(tuple(attributes), content_type is not None):
+        mapped = mapping_values.get(name)
+        document[name] = _extension_value(name, attributes[name]) if mapped is None else mapped
+    # One orjson call writes the whole body as Jackson does, unless a string needs Jackson's own escapes:
+    # one check over the whole output, then the general writer for the attributes and the data.
     fast = orjson.dumps({**document, "data": orjson.Fragment(data)})
     if not jackson.orjson_differs(fast):
         return fast
+    if encoding == "json":
+        data = _json_bytes(value)
     return jackson.dumps(document)[:-1] + b',"data":' + data + b"}"
 
 
 @functools.lru_cache(maxsize=1024)
-def _extension_order(names: tuple[str, ...], has_content_type: bool) -> tuple[str, ...]:
-    """The extensions of an event with these names, in Java HashMap order, after checking the names."""
+def _extension_order(attribute_names: tuple[str, ...], has_content_type: bool) -> tuple[str, ...]:
+    """The extensions among an event's attributes, in Java HashMap order, after checking their names."""
+    names = tuple(name for name in attribute_names if name not in _CONTEXT_ATTRIBUTES)
     for name in names:
         if name in _RESERVED_EXTENSIONS or name in TRANSPORT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
             raise DataError(
@@ -191,7 +208,7 @@ def _extension_order(names: tuple[str, ...], has_content_type: bool) -> tuple[st
 
 
 def _extension_value(name: str, value: Any) -> str | bool | int:
-    if isinstance(value, str | bool):
+    if isinstance(value, _TEXT_OR_BOOL):
         return value
     if isinstance(value, int):
         if value not in _INT32:

@@ -62,6 +62,7 @@ __all__ = [
 
 MAX_FRAME: Final = 4 * 1024 * 1024
 PREFIX: Final = b"EventMesh0000"
+_PREFIX_VIEW: Final = memoryview(PREFIX)  # compared with the frame's view without copying it
 _LENGTH_FIELD_END: Final = 17
 _HEADER_START: Final = 21
 _INT32 = struct.Struct(">i")
@@ -165,6 +166,8 @@ _TEXT_BODY_COMMANDS = frozenset(
         Command.SERVER_GOODBYE_RESPONSE,
     }
 )
+
+_TEXT_BODY_ORDINALS = frozenset(command.value for command in _TEXT_BODY_COMMANDS)  # an int hashes in C, a member in Python
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -610,7 +613,7 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
 
 def _check_body(command: Command, body: bytes) -> bytes | None:
     """Validate the body the way Java's ``deserializeBody`` would; the bytes kept, or None when dropped."""
-    if command in _TEXT_BODY_COMMANDS:
+    if command._value_ in _TEXT_BODY_ORDINALS:
         return body
     typed = _TYPED_BODIES.get(command)
     if typed is None:
@@ -721,7 +724,7 @@ class FrameDecoder:
 
     @staticmethod
     def _decode_frame(frame: memoryview, length: int) -> Package | HeaderlessFrame:
-        if bytes(frame[:13]) != PREFIX:
+        if frame[:13] != _PREFIX_VIEW:
             flag = bytes(frame[:9]).decode("latin-1")
             version = bytes(frame[9:13]).decode("latin-1")
             raise RemoteProtocolError(f"invalid magic flag or version: flag={flag!r} version={version!r}")
