@@ -1,12 +1,13 @@
 """redis-sink: XADD events to Redis Streams (optionally capped) or PUBLISH them to channels.
 
 A batch goes out as one pipeline (one round trip); ``put`` returns once Redis answered every
-command. With ``dedup_seconds`` > 0 (streams) each event is added by a small script that first sets
-``<dedup_prefix><source>\\x00<id>`` with NX and that TTL, so an event redelivered within that window
-is not added twice. The payload (field ``field`` of the entry, or the message) is the structured
-CloudEvent JSON, or just the event data with ``payload: data``. ``key``/``channel`` may contain
-``{topic}``, replaced by the event's subject. PUBLISH is fire-and-forget by Redis' design: a
-subscriber that is not connected misses the message.
+command. With ``dedup_seconds`` > 0 (streams) each event is added by a small script that skips it
+when the marker ``<dedup_prefix><source>\\x00<id>`` exists and sets that marker, with that TTL, after
+a successful XADD: an event redelivered within the window is not added twice. The payload (field
+``field`` of the entry, or the message) is the structured CloudEvent JSON, or just the event data
+with ``payload: data``. ``key``/``channel`` may contain ``{topic}``, replaced by the event's
+subject. PUBLISH is fire-and-forget by Redis' design: a subscriber that is not connected misses the
+message.
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ __all__ = ["RedisSink", "RedisSinkConfig"]
 
 log = structlog.get_logger()
 
-# KEYS[1] dedup key, KEYS[2] stream; ARGV: ttl, maxlen (0 = none), field, payload
+# KEYS[1] dedup key, KEYS[2] stream; ARGV: ttl, maxlen (0 = none), field, payload.
+# The marker is set only after XADD succeeded: a failed add leaves no marker that would skip the retry.
 _XADD_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  if ARGV[2] ~= '0' then
-    return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
-  end
-  return redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
 end
-return false
+local id
+if ARGV[2] ~= '0' then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+else
+  id = redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4])
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return id
 """
 
 
