@@ -23,7 +23,7 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.harness import ChaosSettings, run_chaos  # noqa: E402
+from tests.chaos.harness import FAULT_KINDS, ChaosSettings, run_chaos  # noqa: E402
 
 
 def main() -> int:
@@ -35,9 +35,15 @@ def main() -> int:
     parser.add_argument(
         "--redelivery-timeout", type=float, default=3.0, help="seconds before the mesh pushes an un-acked event again"
     )
+    parser.add_argument(
+        "--faults", default=",".join(FAULT_KINDS), help="comma-separated fault kinds to inject (default: all; '' for none)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs and every process's log)")
     args = parser.parse_args()
+    unknown = {kind for kind in args.faults.split(",") if kind} - set(FAULT_KINDS)
+    if unknown:
+        parser.error(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     settings = ChaosSettings(
         duration=args.duration,
@@ -46,6 +52,7 @@ def main() -> int:
         sink_replicas=args.sink_replicas,
         seed=args.seed,
         redelivery_timeout=args.redelivery_timeout,
+        faults=tuple(kind for kind in args.faults.split(",") if kind),
         drain_timeout=max(90.0, args.duration / 4),
     )
     workdir = Path(tempfile.mkdtemp(prefix="meshconnect-chaos-"))

@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import os
 import random
+import socket
 import sys
 import time
 from collections import Counter
@@ -44,7 +45,7 @@ from tests.chaos.checker import Verdict, judge, observe, percentile
 from tests.chaos.loadgen import SOURCE_TABLES, HttpLoad, SqlLoad
 from tests.chaos.proxy import ChaosProxy
 from tests.chaos.supervisor import Managed, Supervisor, peak_rss_kb
-from tests.servers import MariaDBServer, RedisServer, free_port, wait_for_port
+from tests.servers import MariaDBServer, RedisServer, wait_for_port
 
 __all__ = ["ChaosReport", "ChaosSettings", "FAULT_KINDS", "run_chaos"]
 
@@ -83,14 +84,47 @@ class ChaosSettings:
     major_fault_every: float = 10.0
     lease_ttl: float = 2.0
     redelivery_timeout: float = 3.0
+    faults: tuple[str, ...] = FAULT_KINDS
+    """The fault kinds injected (all by default)."""
     bad_fit_share: float = 0.02
     drain_timeout: float = 90.0
     ready_timeout: float = 60.0
     seed: int = 1
 
 
+_PORT_RANGE = (20000, 32000)  # below the kernel's ephemeral range, where outgoing connections take their ports
+_handed_out: set[int] = set()
+
+
+def stable_port() -> int:
+    """A free port for a process that is restarted on it: outside the ephemeral range, so no client socket takes it meanwhile."""
+    chooser = random.SystemRandom()
+    for _ in range(500):
+        port = chooser.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
+
+
+class ChaosMariaDB(MariaDBServer):
+    def __init__(self, server_id: int) -> None:
+        super().__init__(server_id)
+        self.port = stable_port()
+
+
 class AppendOnlyRedis(RedisServer):
     """Redis with the append-only file on (fsync always): a kill -9 and restart keeps offsets and leases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = stable_port()
 
     def command(self) -> Sequence[str]:
         command = list(super().command())
@@ -183,11 +217,11 @@ class Topology:
         self.workdir = workdir
         self.supervisor = Supervisor(workdir)
         self.redis: AppendOnlyRedis | None = None
-        self.source_db: MariaDBServer | None = None
-        self.sink_db: MariaDBServer | None = None
-        self.mesh_port = free_port()
+        self.source_db: ChaosMariaDB | None = None
+        self.sink_db: ChaosMariaDB | None = None
+        self.mesh_port = stable_port()
         self.proxy = ChaosProxy(self.mesh_port, seed=settings.seed)
-        self.http_ports = [free_port() for _ in range(settings.http_replicas)]
+        self.http_ports = [stable_port() for _ in range(settings.http_replicas)]
         self._stopped: dict[str, int | None] | None = None
 
     @property
@@ -196,8 +230,8 @@ class Topology:
 
     async def start(self) -> None:
         self.redis = AppendOnlyRedis()
-        self.source_db = MariaDBServer(server_id=1)
-        self.sink_db = MariaDBServer(server_id=2)
+        self.source_db = ChaosMariaDB(server_id=1)
+        self.sink_db = ChaosMariaDB(server_id=2)
         servers = (self.redis, self.source_db, self.sink_db)
         for server in servers:  # one at a time: two mariadb-install-db runs at once can fail
             await asyncio.to_thread(server.prepare)
@@ -273,7 +307,7 @@ class Topology:
             config = self._worker(
                 "chaos-http",
                 "http-source",
-                free_port(),
+                stable_port(),
                 source={"topic": HTTP_TOPIC, "event_source": "/chaos/http"},
                 config={
                     "host": "127.0.0.1",
@@ -289,7 +323,7 @@ class Topology:
             config = self._worker(
                 "chaos-cdc",
                 "mysql-source",
-                free_port(),
+                stable_port(),
                 source={"checkpoint_every": 200, "checkpoint_interval": 0.5},
                 config={
                     "host": "127.0.0.1",
@@ -309,7 +343,7 @@ class Topology:
             config = self._worker(
                 "chaos-http-sink",
                 "mysql-sink",
-                free_port(),
+                stable_port(),
                 sink={**sink, "topics": [HTTP_TOPIC]},
                 config={**database, "database": HTTP_DB, "mode": "mapped", "table": "http_events"},
             )
@@ -318,7 +352,7 @@ class Topology:
             config = self._worker(
                 "chaos-cdc-sink",
                 "mysql-sink",
-                free_port(),
+                stable_port(),
                 sink={**sink, "topics": [f"{SOURCE_DB}.items", f"{SOURCE_DB}.journal", HEARTBEAT_TOPIC]},
                 config={**database, "database": REPLICA_DB, "mode": "cdc", "apply_ddl": False},
             )
@@ -327,7 +361,7 @@ class Topology:
         config = self._worker(
             "chaos-dlq",
             "mysql-sink",
-            free_port(),
+            stable_port(),
             sink={**sink, "topics": dead_letter_topics},
             config={**database, "database": DEAD_LETTER_DB, "mode": "events", "table": "dead_letters"},
         )
@@ -492,7 +526,15 @@ class Faults:
 
     async def major_loop(self, stop: asyncio.Event) -> None:
         """Zombie source, Redis, sink database, mesh, in turn, on a fixed beat (each lasts less than the beat)."""
-        faults = [self.zombie, self.redis_restart, self.sink_db_restart, self.mesh_restart]
+        kinds = {
+            "zombie_source": self.zombie,
+            "redis_restart": self.redis_restart,
+            "sink_db_restart": self.sink_db_restart,
+            "mesh_restart": self.mesh_restart,
+        }
+        faults = [fault for kind, fault in kinds.items() if kind in self.settings.faults]
+        if not faults:
+            return
         spacing = min(self.settings.major_fault_every, self.settings.duration / (len(faults) + 1))
         started = time.monotonic()
         for beat in itertools.count(1):
@@ -572,9 +614,11 @@ async def run_chaos(settings: ChaosSettings, workdir: Path, *, progress: Callabl
         other = [
             asyncio.create_task(sql.run(stop_load)),
             asyncio.create_task(bad.run(stop_load)),
-            asyncio.create_task(faults.kill_loop(stop_faults)),
             asyncio.create_task(faults.major_loop(stop_faults)),
         ]
+        if "connector_kill" in settings.faults:
+            other.append(asyncio.create_task(faults.kill_loop(stop_faults)))
+        topology.proxy.cutting = "proxy_cut" in settings.faults
         await _sleep_or_stop(stop_load, settings.duration)
         stop_faults.set()
         stop_load.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ log = structlog.get_logger("chaos.supervisor")
 
 _WATCH_INTERVAL = 0.1
 _RESTART_DELAY = 0.5
+_MAX_RESTART_DELAY = 8.0
 _STOP_TIMEOUT = 15.0
 
 
@@ -130,9 +132,11 @@ class Supervisor:
                     continue
                 if managed.down_until == 0.0:
                     managed.exits.append(code)
-                    managed.down_until = now + _RESTART_DELAY
+                    # Like a crash-looping pod: each failure in a row waits twice as long before the restart.
+                    failures = len(list(itertools.takewhile(lambda c: c not in (0, -signal.SIGKILL), reversed(managed.exits))))
+                    managed.down_until = now + min(_RESTART_DELAY * 2**failures, _MAX_RESTART_DELAY)
                     if code not in (0, -signal.SIGKILL):
-                        log.warning("process exited", name=managed.name, code=code, tail=managed.log_tail(5))
+                        log.warning("process exited", name=managed.name, code=code, last_line=managed.log_tail(1)[-300:])
                 elif now >= max(managed.down_until, managed.hold_until):
                     managed.down_until = 0.0
                     self.spawn(managed)
