@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _string  # the stdlib parser of format field names, as string.Formatter itself uses it
 import asyncio
+import math
 import string
 import time
 from collections import OrderedDict
@@ -33,14 +34,23 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import orjson
 import structlog
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from runtime.config import ConnectorConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord
 
-__all__ = ["ApiAnswer", "ChatbotConfig", "ChatbotSink", "MessageTemplate", "Post", "check_length", "validate_template"]
+__all__ = [
+    "ApiAnswer",
+    "ChatbotConfig",
+    "ChatbotSink",
+    "MessageTemplate",
+    "Post",
+    "check_length",
+    "http_url",
+    "validate_template",
+]
 
 log = structlog.get_logger()
 
@@ -72,6 +82,13 @@ def validate_template(template: str) -> str:
         if any(is_attribute for is_attribute, _ in rest):
             raise ValueError(f"field {{{name}}} uses attribute access; index JSON data instead, e.g. {{data[key]}}")
     return template
+
+
+def http_url(url: str) -> str:
+    """``url`` if it is an http:// or https:// URL (a validator for the API endpoint settings)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url
 
 
 def _lookup(value: Any, key: int | str) -> Any:
@@ -251,22 +268,27 @@ class ChatbotSink(Sink[ConfigT]):
                 raw = await response.content.read(64 * 1024)
                 status, retry_after_header = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetriableError(f"{self.name}: the API call failed: {exc.__class__.__name__} {exc}") from exc
+            raise RetriableError(self._redact(f"{self.name}: the API call failed: {exc.__class__.__name__} {exc}")) from exc
         retry_after = _retry_after(retry_after_header)
+        if retry_after is None and status == 429:
+            retry_after = self.config.rate_limit_backoff
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
+        excerpt = self._redact(raw[:200].decode("utf-8", "replace"))
         if status in _RETRIABLE_STATUS or status >= 500:
-            raise RetriableError(
-                f"{self.name}: the API answered {status}: {raw[:200].decode('utf-8', 'replace')}",
-                retry_after=retry_after
-                if retry_after is not None
-                else (self.config.rate_limit_backoff if status == 429 else None),
-            )
+            raise RetriableError(f"{self.name}: the API answered {status}: {excerpt}", retry_after=retry_after)
         if body is None:
-            raise RetriableError(f"{self.name}: the API answered {status} with no JSON: {raw[:200].decode('utf-8', 'replace')}")
+            raise RetriableError(f"{self.name}: the API answered {status} with no JSON: {excerpt}")
         return ApiAnswer(status, retry_after, body)
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the config's secrets: the tokens travel in URLs, which errors may quote."""
+        for value in self.config.model_dump().values():
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                text = text.replace(value.get_secret_value(), "***")
+        return text
 
     def rate_limited(self, what: str, answer: ApiAnswer) -> RetriableError:
         """The error for an answer that says 'too fast'."""
@@ -292,4 +314,4 @@ def _retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if 0 <= seconds < math.inf else None

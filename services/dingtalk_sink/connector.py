@@ -30,7 +30,16 @@ from pydantic import Field, field_validator
 
 from runtime.config import Secret
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, MessageTemplate, Post, check_length, validate_template
+from services.chatbot import (
+    ApiAnswer,
+    ChatbotConfig,
+    ChatbotSink,
+    MessageTemplate,
+    Post,
+    check_length,
+    http_url,
+    validate_template,
+)
 
 __all__ = ["DingtalkSink", "DingtalkSinkConfig", "dingtalk_sign"]
 
@@ -58,6 +67,11 @@ class DingtalkSinkConfig(ChatbotConfig):
     @classmethod
     def _valid_title(cls, title: str) -> str:
         return validate_template(title)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_endpoint(cls, url: str) -> str:
+        return http_url(url)
 
 
 class DingtalkSink(ChatbotSink[DingtalkSinkConfig]):

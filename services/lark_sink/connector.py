@@ -24,11 +24,11 @@ import hashlib
 import hmac
 import time
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runtime.config import Secret
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
 
 __all__ = ["LarkSink", "LarkSinkConfig", "lark_sign"]
 
@@ -51,6 +51,11 @@ class LarkSinkConfig(ChatbotConfig):
         description="Webhook base; https://open.larksuite.com/open-apis/bot/v2/hook for Lark.",
     )
     min_interval: float = Field(0.6, ge=0, description="Seconds between two messages at least (100 a minute allowed).")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_endpoint(cls, url: str) -> str:
+        return http_url(url)
 
 
 class LarkSink(ChatbotSink[LarkSinkConfig]):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -151,7 +152,9 @@ class PrometheusSource(Source[PrometheusSourceConfig]):
             async with self._session.get(url, params=params) as response:
                 status, raw = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetriableError(f"Prometheus query_range at {url} failed: {exc.__class__.__name__} {exc}") from exc
+            parts = urlsplit(url)
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user:password@ in the logs
+            raise RetriableError(f"Prometheus query_range at {shown} failed: {exc.__class__.__name__} {exc}") from exc
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

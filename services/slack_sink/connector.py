@@ -20,12 +20,12 @@ See :mod:`services.chatbot` for templates, pacing and repeats.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runtime.config import Secret
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
 
 __all__ = ["SlackSink", "SlackSinkConfig"]
 
@@ -68,6 +68,11 @@ class SlackSinkConfig(ChatbotConfig):
     min_interval: float = Field(
         1.0, ge=0, description="Seconds between two messages at least (Slack allows about one per second per channel)."
     )
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_endpoint(cls, url: str) -> str:
+        return http_url(url)
 
 
 class SlackSink(ChatbotSink[SlackSinkConfig]):

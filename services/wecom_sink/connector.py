@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlencode
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runtime.config import Secret
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
 
 __all__ = ["WecomSink", "WecomSinkConfig"]
 
@@ -39,6 +39,11 @@ class WecomSinkConfig(ChatbotConfig):
         default_factory=list, description="Text messages: user ids to @mention ('@all' for everyone)."
     )
     mentioned_mobile_list: list[str] = Field(default_factory=list, description="Text messages: mobile numbers to @mention.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_endpoint(cls, url: str) -> str:
+        return http_url(url)
 
 
 class WecomSink(ChatbotSink[WecomSinkConfig]):

@@ -216,6 +216,17 @@ async def test_poll_returns_within_about_a_second_when_nothing_is_due(prometheus
     assert prometheus.queries == []
 
 
+async def test_a_user_and_password_in_the_url_stay_out_of_errors() -> None:
+    fake = FakePrometheus()  # never started: connection refused
+    source = await _source(_config(fake, url=fake.server.url.replace("//", "//reader:pa55word@"), connect_timeout=1))
+    try:
+        with pytest.raises(RetriableError, match="failed") as info:
+            await source.poll()
+    finally:
+        await source.stop()
+    assert "pa55word" not in str(info.value) and f"127.0.0.1:{fake.server.port}" in str(info.value)
+
+
 def test_config_refuses_a_non_http_url() -> None:
     with pytest.raises(ConfigError, match="not an http"):
         validate_model(PrometheusSourceConfig, {"url": "prometheus:9090", "query": "up"}, prefix="config")

@@ -299,6 +299,22 @@ async def test_refused_credentials_are_retried_never_rejected_and_never_logged(v
     assert fake.messages == []
 
 
+async def test_a_failed_call_never_quotes_the_credential_in_its_error(vendor: tuple[Vendor, Any]) -> None:
+    kind, fake = vendor
+    await fake.server.stop()  # connection refused; DingTalk's and WeCom's tokens are in the URL, Lark's in the path
+    sink = await _sink(kind.sink, {**fake.config(), "connect_timeout": 1})
+    try:
+        with pytest.raises(RetriableError, match="failed") as info:
+            await sink.put([_record(1)])
+        fake.server.faults = [Canned(502, {"echo": f"{fake.server.url}/?key={TOKEN}"})]
+        await fake.server.start()
+        with pytest.raises(RetriableError, match="502") as echoed:
+            await sink.put([_record(1)])
+    finally:
+        await sink.stop()
+    assert TOKEN not in str(info.value) and TOKEN not in str(echoed.value) and "***" in str(echoed.value)
+
+
 @pytest.mark.parametrize("fake_class", [DingtalkFake, LarkFake], ids=["dingtalk", "lark"])
 async def test_signed_robots_sign_every_call_and_a_wrong_secret_is_a_setup_error(fake_class: Any) -> None:
     fake = fake_class(secret=SIGNING_SECRET)
@@ -380,6 +396,11 @@ def test_a_bad_template_fails_at_load_naming_the_key(template: str, problem: str
     with pytest.raises(ConfigError, match=problem) as info:
         validate_model(SlackSinkConfig, {"token": "t", "channel": "C1", "template": template}, prefix="config")
     assert info.value.key == "config.template"
+
+
+def test_api_endpoints_must_be_http_urls() -> None:
+    with pytest.raises(ConfigError, match="not an http"):
+        validate_model(WecomSinkConfig, {"key": "k", "webhook_url": "qyapi.weixin.qq.com/cgi-bin/webhook/send"}, prefix="config")
 
 
 def test_secrets_are_required_and_hidden() -> None:
