@@ -21,9 +21,9 @@ bad data: retried (and logged), never dead-lettered. Anything else the API refus
 
 from __future__ import annotations
 
-import _string  # the stdlib parser of format field names, as string.Formatter itself uses it
 import asyncio
 import math
+import re
 import string
 import time
 from collections import OrderedDict
@@ -64,9 +64,27 @@ class _Missing:
 _MISSING = _Missing()
 
 
+_FIELD_HEAD = re.compile(r"[^.\[]*")
+_FIELD_PART = re.compile(r"\.([^.\[]*)|\[([^\]]*)\]")
+
+
 def _field_parts(field_name: str) -> tuple[str, list[tuple[bool, int | str]]]:
-    first, rest = _string.formatter_field_name_split(field_name)
-    return str(first), list(rest)
+    """``data[a][0]`` -> ``("data", [(False, "a"), (False, 0)])``: str.format's field grammar (True: attribute)."""
+    head = _FIELD_HEAD.match(field_name)
+    first = head.group() if head is not None else ""
+    parts: list[tuple[bool, int | str]] = []
+    position = len(first)
+    while position < len(field_name):
+        part = _FIELD_PART.match(field_name, position)
+        if part is None:
+            raise ValueError(f"field {{{field_name}}} is malformed: use name[key][index]")
+        attribute, key = part.groups()
+        if attribute is not None:
+            parts.append((True, attribute))
+        else:
+            parts.append((False, int(key) if key.isdigit() else key))
+        position = part.end()
+    return first, parts
 
 
 def validate_template(template: str) -> str:
