@@ -258,8 +258,13 @@ def test_a_redis_restart_loses_and_regresses_nothing(tmp_path: Path) -> None:
         assert replica.proc.poll() is None, "no crash while Redis is down"
         assert [event for event in replica.events("dropped") if event["losses"]], "leases not renewed for a TTL are lost"
         server.start()
+        restarted_at = time.monotonic()
         for group in groups:
-            wait_for(lambda group=group: commits_since(replica, killed_at + TTL), 10, f"{group} resumes")
+            wait_for(
+                lambda group=group: [event for event in commits_since(replica, restarted_at) if event["group"] == group],
+                10,
+                f"{group} resumes",
+            )
         assert replica.stop() == 0
         for group in groups:
             commits = commits_in_time_order([replica], group)
