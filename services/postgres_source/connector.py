@@ -10,8 +10,9 @@ skips what was already published. No replication-protocol connection is needed: 
 Each change becomes one record: data ``{"op", "schema", "table", "row", "old"}`` (``row`` the new
 row of an insert or update, ``old`` the key, or the whole old row with REPLICA IDENTITY FULL, of an
 update or delete), type ``postgres.<op>``, time = the commit time. Every poll decodes from the
-slot's position up to ``max_peek`` messages, so keep it above what is in flight (the worker's
-poll queue plus the mesh window); a single transaction larger than that is read whole.
+slot's position, as far as the changes already handed out plus a batch (at most ``max_peek``
+messages: keep it above what is in flight, the worker's poll queue plus the mesh window); whole
+transactions are always read, so a very large transaction is read at once.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ class PostgresSource(Source[PostgresSourceConfig]):
         self._relations: dict[int, Relation] = {}
         self._partition = {"slot": config.slot}
         self._cursor: tuple[int, int] = (0, -1)  # (commit LSN, change index) of the last change handed out
+        # Every peek decodes from the slot's position: remember how far in the changes not yet handed out begin.
+        self._rows_behind = 0
+        self._transaction_rows: dict[int, int] = {}  # end LSN -> messages, of the transactions of the last peek
 
     async def start(self, context: SourceContext) -> None:
         committed = context.offset(self._partition)
@@ -168,12 +172,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             connection = await self._connection.get()
             rows = await pg_call(
                 "peek changes",
-                connection.fetch(
-                    _PEEK,
-                    self.config.slot,
-                    self.config.max_peek,
-                    self.config.publication,
-                ),
+                connection.fetch(_PEEK, self.config.slot, self._peek_size(), self.config.publication),
                 self.config.timeout,
             )
         except RetriableError:
@@ -184,18 +183,26 @@ class PostgresSource(Source[PostgresSourceConfig]):
             await asyncio.sleep(self.config.idle_wait)
         return records
 
+    def _peek_size(self) -> int:
+        """Messages to decode: those before the first change not handed out yet, plus room for a batch."""
+        return min(self.config.max_peek, self._rows_behind + 2 * self.config.batch_size + 10)
+
     def _records(self, rows: Sequence[Any]) -> list[ConnectorRecord]:
         records: list[ConnectorRecord] = []
         begin: Begin | None = None
+        begin_row = 0
         changes: list[Change] = []
-        for row in rows:
+        self._transaction_rows = {}
+        for row_number, row in enumerate(rows):
             message = decode(bytes(row["data"]), self._relations)
             if isinstance(message, Begin):
-                begin, changes = message, []
+                begin, begin_row, changes = message, row_number, []
             elif isinstance(message, Change):
                 changes.append(message)
             elif isinstance(message, Commit) and begin is not None:
                 records += self._transaction(begin, message, changes, self.config.batch_size - len(records))
+                self._transaction_rows[message.end_lsn] = row_number + 1 - begin_row
+                self._rows_behind = row_number + 1
                 if len(records) >= self.config.batch_size:
                     break
         return records
@@ -242,6 +249,9 @@ class PostgresSource(Source[PostgresSourceConfig]):
             # Not advanced: the transactions are peeked again and skipped by the committed offset; nothing lost.
             self._connection.drop()
             log.warning("replication slot not advanced", error=str(exc))
+        else:  # the next peek starts after these transactions: fewer messages to skip
+            advanced = [end for end in self._transaction_rows if end <= max(finished)]
+            self._rows_behind = max(0, self._rows_behind - sum(self._transaction_rows.pop(end) for end in advanced))
 
     async def stop(self) -> None:
         await self._connection.close()
