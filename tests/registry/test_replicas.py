@@ -251,7 +251,6 @@ def test_a_redis_restart_loses_and_regresses_nothing(tmp_path: Path) -> None:
         replica = cluster.start("a", "--groups", ",".join(groups))
         wait_for(lambda: len(replica.events("commit")) >= 10, 10, "replica commits")
         server.kill()
-        killed_at = time.monotonic()
         last_before = {group: commits_in_time_order([replica], group)[-1] for group in groups}
         wait_for(lambda: replica.events("unavailable"), 5, "replica notices the outage")
         time.sleep(TTL + 0.5)  # long enough for the leases to be lost on the replica's side
