@@ -13,10 +13,12 @@ Delivery (:class:`ChatbotSink`): the events of a batch are sent one at a time, i
 one message every ``min_interval`` seconds (the vendors throttle robots per minute). ``put`` returns
 once every message was confirmed by the API. A rate limit, a 5xx, a timeout or a dropped connection
 raises :class:`~runtime.errors.RetriableError` (with the server's ``Retry-After`` when it gives one),
-and the worker retries the batch; messages already confirmed are remembered by ``source`` + ``id``
-(the last ``remember`` of them) and not posted again, so a retried batch or a redelivered event does
-not repeat itself in the chat. Credentials or a target the API refuses are a broken dependency, not
-bad data: retried (and logged), never dead-lettered. Anything else the API refuses rejects that event.
+and the worker retries the batch; what became of each event (confirmed, or rejected and why) is
+remembered by ``source`` + ``id`` for the last ``remember`` events, so a retried batch or a
+redelivered event posts no message twice and asks the API nothing it already answered (within one
+process: a restarted worker may post a message again that was confirmed but not yet acked).
+Credentials or a target the API refuses are a broken dependency, not bad data: retried (and
+logged), never dead-lettered. Anything else the API refuses rejects that event.
 """
 
 from __future__ import annotations
@@ -194,7 +196,9 @@ class ChatbotConfig(ConnectorConfig):
     rate_limit_backoff: float = Field(
         60.0, gt=0, description="Seconds to wait when the API says 'too fast' without a Retry-After."
     )
-    remember: int = Field(10_000, ge=0, description="Delivered event ids kept to skip repeats of a retried batch (0 = none).")
+    remember: int = Field(
+        10_000, ge=0, description="Event ids whose outcome is kept, so a retried batch repeats no message (0 = none)."
+    )
 
     @field_validator("template")
     @classmethod
@@ -233,7 +237,8 @@ class ChatbotSink(Sink[ConfigT]):
         super().__init__(config)
         self._template = MessageTemplate(config.template, config.missing, type(self).escape)
         self._session: aiohttp.ClientSession | None = None
-        self._delivered: OrderedDict[tuple[str | None, str | None], None] = OrderedDict()
+        self._outcomes: OrderedDict[tuple[str | None, str | None], str | None] = OrderedDict()
+        """What became of the last ``remember`` events, by source + id: None delivered, else the rejection reason."""
         self._last_sent = 0.0
 
     def message(self, text: str, record: ConnectorRecord) -> Post:
@@ -252,27 +257,32 @@ class ChatbotSink(Sink[ConfigT]):
         rejections: list[Rejection] = []
         for record in records:
             key = (record.source, record.id)
-            if key in self._delivered:
-                continue
-            try:
-                post = self.message(self._template.render(record), record)
-            except DataError as exc:
-                rejections.append(Rejection(record, exc.reason))
-                continue
-            reason = self.verdict(await self._send(post))
+            if key in self._outcomes:  # handled by an earlier attempt of this batch, or an earlier delivery
+                reason = self._outcomes[key]
+            else:
+                reason = await self._deliver(record)
+                self._remember(key, reason)
             if reason is not None:
-                log.warning("chat message rejected", connector=self.name, id=record.id, reason=reason)
                 rejections.append(Rejection(record, reason))
-                continue
-            self._remember(key)
         return rejections
 
-    def _remember(self, key: tuple[str | None, str | None]) -> None:
+    async def _deliver(self, record: ConnectorRecord) -> str | None:
+        """Post the message of ``record``: None once the API confirmed it, else why it cannot be delivered."""
+        try:
+            post = self.message(self._template.render(record), record)
+        except DataError as exc:
+            return exc.reason
+        reason = self.verdict(await self._send(post))
+        if reason is not None:
+            log.warning("chat message rejected", connector=self.name, id=record.id, reason=reason)
+        return reason
+
+    def _remember(self, key: tuple[str | None, str | None], reason: str | None) -> None:
         if self.config.remember == 0 or key[1] is None:
             return
-        self._delivered[key] = None
-        if len(self._delivered) > self.config.remember:
-            self._delivered.popitem(last=False)
+        self._outcomes[key] = reason
+        if len(self._outcomes) > self.config.remember:
+            self._outcomes.popitem(last=False)
 
     async def _send(self, post: Post) -> ApiAnswer:
         """POST one message, paced; the one seam where aiohttp's errors become ours."""

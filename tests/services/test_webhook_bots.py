@@ -238,17 +238,19 @@ async def test_messages_are_rendered_and_delivered_in_order(vendor: tuple[Vendor
 async def test_rate_limit_is_retriable_with_its_delay_and_the_retry_repeats_nothing(vendor: tuple[Vendor, Any]) -> None:
     kind, fake = vendor
     sink = await _sink(kind.sink, {**fake.config(), "template": TEMPLATE})
-    records = [_record(n) for n in range(1, 5)]
+    records = [_record(1), _record(2, REFUSED_WORD), _record(3), _record(4)]
     try:
         fake.server.faults = [PASS, PASS, fake.rate_limit]
         with pytest.raises(RetriableError) as info:
             await sink.put(records)
         assert info.value.retry_after == fake.expected_retry_after
-        assert fake.messages == ["orders #1: hello", "orders #2: hello"]
-        assert await sink.put(records) == []  # the worker's retry of the same batch
+        assert fake.messages == ["orders #1: hello"]
+        rejections = await sink.put(records)  # the worker's retry of the same batch
     finally:
         await sink.stop()
-    assert fake.messages == [f"orders #{n}: hello" for n in range(1, 5)]
+    assert [rejection.record.id for rejection in rejections] == ["e-2"]
+    assert fake.messages == ["orders #1: hello", "orders #3: hello", "orders #4: hello"]
+    assert fake.server.calls == 5, "the retry posted #1 or #2 again"
 
 
 async def test_dropped_connection_and_5xx_are_retriable_then_delivered(vendor: tuple[Vendor, Any]) -> None:
