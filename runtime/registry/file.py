@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from runtime.errors import FencedError, RegistryUnavailableError
+from runtime.errors import ConfigError, FencedError, RegistryUnavailableError
 from runtime.registry import Lease, LeaseInfo, Offsets, Registry
 from runtime.registry.fencing import CommitCounter, CommitVersion, LeaseHeldError
 
@@ -67,12 +67,19 @@ class FileRegistry(Registry):
         """Run ``change(state, now)`` on ``connector``'s state under its lock, in a thread."""
         return await asyncio.to_thread(self._locked_sync, connector, change, write)
 
+    def _directory(self, connector: str) -> Path:
+        if connector in ("", ".", ".."):
+            raise ConfigError("name", f"{connector!r} cannot name a connector", "use letters, digits, '-', '_' or '.'")
+        return self.path / quote(connector, safe="")
+
     def _locked_sync(self, connector: str, change: Callable[[State, float], T], write: bool) -> T:
-        directory = self.path / quote(connector, safe="")
+        directory = self._directory(connector)
         try:
+            if not write and not directory.exists():
+                return change(_empty_state(), time.time())  # a read creates nothing
             directory.mkdir(parents=True, exist_ok=True)
             with open(directory / _LOCK, "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                fcntl.flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
                 try:
                     state = self._read(directory)
                     result = change(state, time.time())
@@ -235,7 +242,7 @@ class FileRegistry(Registry):
         return await asyncio.to_thread(scan)
 
     async def delete_connector(self, connector: str) -> int:
-        directory = self.path / quote(connector, safe="")
+        directory = self._directory(connector)
 
         def remove() -> int:
             try:

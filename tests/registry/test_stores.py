@@ -157,3 +157,14 @@ def test_processes_sharing_a_state_directory_never_get_the_same_token(tmp_path: 
     committed = [int(token) for outcome, token, _ in outcomes if outcome == "committed"]
     stored = asyncio.run(FileRegistry(tmp_path).load_offsets("orders"))
     assert stored == {"p": {"token": max(committed)}}, "the newest lease's commit is the one that stays"
+
+
+async def test_a_connector_name_cannot_escape_its_namespace(tmp_path: Path, redis_server: RedisServer) -> None:
+    with pytest.raises(ConfigError):
+        await FileRegistry(tmp_path / "state").delete_connector("..")
+    assert await FileRegistry(tmp_path / "state").load_offsets("a/../b") == {}
+    assert not (tmp_path / "state").exists(), "a read creates nothing"
+    registry = RedisRegistry(redis_server.url, prefix="names")
+    with pytest.raises(ConfigError):
+        await registry.load_offsets("x}:{y")
+    await registry.close()
