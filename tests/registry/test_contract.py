@@ -61,17 +61,17 @@ async def test_a_late_commit_of_the_same_lease_never_moves_an_offset_back(regist
 
 
 async def test_the_holder_renews_and_others_wait(registry: Registry, connector: str) -> None:
-    lease = await registry.try_acquire(connector, "g0", "a", TTL)
+    lease = await registry.try_acquire(connector, "g0", "a", 1.0)
     assert lease is not None
     assert await registry.try_acquire(connector, "g0", "b", TTL) is None
-    again = await registry.try_acquire(connector, "g0", "a", TTL)
+    again = await registry.try_acquire(connector, "g0", "a", 1.0)
     assert again == lease
-    for _ in range(3):
-        await asyncio.sleep(TTL / 2)
-        await registry.renew(lease, TTL)
+    for _ in range(3):  # 1.5 s in all: held past its first TTL only because it was renewed
+        await asyncio.sleep(0.5)
+        await registry.renew(lease, 1.0)
     assert await registry.try_acquire(connector, "g0", "b", TTL) is None
     [info] = await registry.leases(connector)
-    assert info.holder == "a" and info.token == 1 and info.ttl_left is not None and 0 < info.ttl_left <= TTL
+    assert info.holder == "a" and info.token == 1 and info.ttl_left is not None and 0 < info.ttl_left <= 1.0
 
 
 async def test_renewing_a_lost_lease_raises(registry: Registry, connector: str) -> None:
