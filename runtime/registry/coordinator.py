@@ -1,6 +1,6 @@
 """Spreads a connector's partition groups over its live replicas and keeps their leases.
 
-One background task per replica, every ``ttl/3`` (at most every second; with jitter):
+One background task per replica, one round every ``ttl/3`` but at least once a second (with jitter):
 
 1. heartbeat this replica's membership (TTL ``ttl``) and read the live member set;
 2. compute the desired owner of every group from that set by rendezvous hashing (highest
@@ -26,9 +26,11 @@ resumes from the previous one: duplicates, never loss.
 
 Ownership changes are reported three ways: the ``on_change(owned)`` callback, the :attr:`changed`
 event (set, then replaced, on every change) and the :attr:`lost` event (likewise, when a group was
-lost rather than released; :attr:`losses` counts those). :meth:`stop` leaves the member set first and then releases every lease,
-so a standby takes over on its next tick instead of after a TTL. Sinks use a Coordinator with no
-groups: it only heartbeats membership (for ``meshconnect leases show`` and status).
+lost rather than released; :attr:`losses` counts those). :meth:`stop` leaves the member set
+first and then releases every lease, so a standby takes over on its next round instead of after a
+TTL. Sinks use a Coordinator with no groups: it only heartbeats membership (for ``meshconnect
+leases show`` and status). The coordinator never talks to the mesh: the worker reads
+:attr:`owned` / :meth:`lease` and stops publishing a group it no longer owns.
 """
 
 from __future__ import annotations
