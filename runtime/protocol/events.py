@@ -51,7 +51,7 @@ import binascii
 import functools
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -117,6 +117,7 @@ _ACK_OF_PUSH = {
     Command.REQUEST_TO_CLIENT: Command.REQUEST_TO_CLIENT_ACK,
     Command.RESPONSE_TO_CLIENT: Command.RESPONSE_TO_CLIENT_ACK,
 }
+_ACK_BY_PUSH_ORDINAL = {push.value: ack for push, ack in _ACK_OF_PUSH.items()}  # an int hashes in C, a member in Python
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -177,17 +178,26 @@ def event_to_body(event: CloudEvent) -> bytes:
         if attribute is not None:
             document[name] = attribute
     moment = attributes.get("time")
-    if moment is not None:
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        document["time"] = moment  # orjson writes it as _rfc3339 does (Z, microseconds when set), in C
+    elif moment is not None:
         document["time"] = _rfc3339(moment) if isinstance(moment, datetime) else str(moment)
-    mapping_values = {CONTENT_TYPE_EXTENSION: content_type, DATA_ENCODING_EXTENSION: encoding}
     for name in _extension_order(tuple(attributes), content_type is not None):
-        mapped = mapping_values.get(name)
-        document[name] = _extension_value(name, attributes[name]) if mapped is None else mapped
+        if name == DATA_ENCODING_EXTENSION:
+            document[name] = encoding
+        elif name == CONTENT_TYPE_EXTENSION:
+            document[name] = content_type
+        else:
+            document[name] = _extension_value(name, attributes[name])
     # One orjson call writes the whole body as Jackson does, unless a string needs Jackson's own escapes:
     # one check over the whole output, then the general writer for the attributes and the data.
-    fast = orjson.dumps({**document, "data": orjson.Fragment(data)})
+    document["data"] = orjson.Fragment(data)
+    fast = orjson.dumps(document, option=orjson.OPT_UTC_Z)
     if not jackson.orjson_differs(fast):
         return fast
+    del document["data"]
+    if document.get("time") is moment is not None:
+        document["time"] = _rfc3339(moment)
     if encoding == "json":
         data = _json_bytes(value)
     return jackson.dumps(document)[:-1] + b',"data":' + data + b"}"
@@ -319,7 +329,7 @@ def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes |
 
 def ack_package(push: Package) -> Package:
     """The acknowledgement of a pushed frame: ``<cmd>_ACK``, the same seq, code 0, no properties, no body."""
-    command = _ACK_OF_PUSH.get(push.header.command)
+    command = _ACK_BY_PUSH_ORDINAL.get(push.header.command._value_)
     if command is None:
         raise LocalProtocolError(f"{push.header.command.name} is not a push and cannot be acknowledged")
     return Package(Header(command, seq=push.header.seq))

@@ -590,7 +590,7 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
             and (desc is None or type(desc) is str)
             and (seq is None or type(seq) is str)
             and (
-                (type(properties) is dict and all(type(item) in _FLAT_JSON for item in properties.values()))
+                (type(properties) is dict and (not properties or all(type(item) in _FLAT_JSON for item in properties.values())))
                 or (properties is None and "properties" not in value)
             )
         ):

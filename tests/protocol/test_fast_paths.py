@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -140,3 +141,12 @@ def test_event_body_is_what_the_general_jackson_writer_writes(event: CloudEvent)
     document = json.loads(body)  # keeps the member order and integers beyond 64 bits
     assert jackson.dumps([document])[1:-1] == body  # inside a list: member by member, no orjson shortcut
     assert event_to_body(event) == body  # the cached extension order gives the same bytes again
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(0)), timezone(timedelta(hours=-3, minutes=-30))])))
+def test_event_time_is_written_as_rfc3339_whichever_path_writes_it(moment: datetime) -> None:
+    expected = moment.isoformat().replace("+00:00", "Z")
+    for subject in ("plain", "\U0001f389 beyond the BMP: the general writer"):
+        event = CloudEvent({"id": "1", "source": "/s", "type": "t", "subject": subject, "time": moment}, {"n": 1})
+        assert json.loads(event_to_body(event))["time"] == expected
