@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -127,14 +128,21 @@ class PrometheusSource(Source[PrometheusSourceConfig]):
             samples = [sample for sample in samples if (sample[0], sample[1]) > self._resume]
             self._resume = None
         self._next_ms = end_ms + self._step_ms
-        return [self._record(*sample) for sample in samples]
+        records = []
+        moment_ms, moment = None, datetime.now(UTC)
+        for t_ms, series, metric, value in samples:  # in time order: one datetime per evaluation timestamp
+            if t_ms != moment_ms:
+                moment_ms, moment = t_ms, datetime.fromtimestamp(t_ms / 1000, UTC)
+            records.append(self._record(t_ms, moment, series, metric, value))
+        return records
 
-    def _record(self, t_ms: int, series: str, metric: Mapping[str, str], value: float | str) -> ConnectorRecord:
+    def _record(self, t_ms: int, moment: datetime, series: str, metric: Mapping[str, str], value: float | str) -> ConnectorRecord:
+        # The samples of a series share its labels dict: decoded for this answer alone, and records are read-only.
         return ConnectorRecord(
-            data={"metric": dict(metric), "timestamp": t_ms / 1000, "value": value},
+            data={"metric": metric, "timestamp": t_ms / 1000, "value": value},
             partition=self._partition,
             offset={"t": t_ms, "series": series},
-            timestamp=datetime.fromtimestamp(t_ms / 1000, UTC),
+            timestamp=moment,
             datacontenttype="application/json",
         )
 
@@ -197,5 +205,5 @@ def _samples(result: Any) -> list[tuple[int, str, Mapping[str, str], float | str
         for timestamp, text in series.get("values") or []:
             value = float(text)
             samples.append((round(float(timestamp) * 1000), key, metric, value if math.isfinite(value) else str(text)))
-    samples.sort(key=lambda sample: (sample[0], sample[1]))
+    samples.sort(key=itemgetter(0, 1))
     return samples
