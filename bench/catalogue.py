@@ -42,21 +42,28 @@ from aiohttp import web  # noqa: E402
 
 from runtime.connector import Sink, SinkContext, Source, SourceContext  # noqa: E402
 from runtime.record import ConnectorRecord  # noqa: E402
+from services.chatbot import ChatbotSink  # noqa: E402
 from services.cloudevents_json import record_to_json  # noqa: E402
+from services.dingtalk_sink.connector import DingtalkSink  # noqa: E402
 from services.file_sink.connector import FileSink, FileSinkConfig  # noqa: E402
 from services.file_source.connector import FileSource, FileSourceConfig  # noqa: E402
 from services.http_sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
 from services.http_source.connector import HttpSource, HttpSourceConfig  # noqa: E402
+from services.knative_sink.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
+from services.lark_sink.connector import LarkSink  # noqa: E402
 from services.mqtt_sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
 from services.mqtt_source.connector import MqttSource, MqttSourceConfig  # noqa: E402
 from services.nats_sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
 from services.nats_source.connector import NatsSource, NatsSourceConfig  # noqa: E402
 from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig  # noqa: E402
 from services.postgres_source.connector import PostgresSource, PostgresSourceConfig  # noqa: E402
+from services.prometheus_source.connector import PrometheusSource, PrometheusSourceConfig  # noqa: E402
 from services.rabbitmq_sink.connector import RabbitmqSink, RabbitmqSinkConfig  # noqa: E402
 from services.rabbitmq_source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
 from services.redis_sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
 from services.redis_source.connector import RedisSource, RedisSourceConfig  # noqa: E402
+from services.slack_sink.connector import SlackSink  # noqa: E402
+from services.wecom_sink.connector import WecomSink  # noqa: E402
 from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "4000"))
@@ -170,19 +177,22 @@ def file_source(workdir: Path) -> tuple[Measure, Measure]:
 
 
 class _Receiver:
-    """An HTTP endpoint answering 204 to every POST, in this process."""
+    """An HTTP endpoint answering every POST in this process: 204, or 200 with ``answer`` as JSON (a chat API's success)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: dict[str, Any] | None = None) -> None:
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.answer = None if answer is None else orjson.dumps(answer)
 
     async def start(self) -> None:
         async def accept(request: web.Request) -> web.Response:
             await request.read()
+            if self.answer is not None:
+                return web.Response(body=self.answer, content_type="application/json")
             return web.Response(status=204)
 
         app = web.Application()
-        app.router.add_post("/in", accept)
+        app.router.add_post("/in{tail:.*}", accept)  # any path under /in: an API base URL takes its method's path
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
@@ -258,6 +268,171 @@ def http_source(workdir: Path) -> tuple[Measure, Measure]:
             return await _timed(_post_all(receiver.url, bodies))
         finally:
             await receiver.stop()
+
+    return connector, raw
+
+
+# -- knative, chat robots, prometheus ---------------------------------------------------------------
+
+
+def knative_sink(workdir: Path) -> tuple[Measure, Measure]:
+    receiver = _Receiver()
+
+    async def connector() -> float:
+        await receiver.start()
+        try:
+            sink = KnativeSink(KnativeSinkConfig(url=receiver.url, concurrency=HTTP_CONCURRENCY))
+            return await _sink_run(sink, _records(EVENTS))
+        finally:
+            await receiver.stop()
+
+    async def raw() -> float:  # binary mode by hand: ce-* headers, the data as the body
+        await receiver.start()
+        try:
+            bodies = [
+                (
+                    {
+                        "ce-specversion": "1.0",
+                        "ce-id": str(r.id),
+                        "ce-source": str(r.source),
+                        "ce-type": str(r.type),
+                        "ce-subject": str(r.subject),
+                        "ce-time": r.timestamp.isoformat(),
+                        "content-type": "application/json",
+                    },
+                    orjson.dumps(r.data),
+                )
+                for r in _records(EVENTS)
+            ]
+            started = time.perf_counter()
+            for start in range(0, len(bodies), BATCH):
+                await _post_all(receiver.url, bodies[start : start + BATCH])
+            return time.perf_counter() - started
+        finally:
+            await receiver.stop()
+
+    return connector, raw
+
+
+_CHAT_TEMPLATE = "{subject} #{data[n]}: {data[text]}"
+# Each robot's endpoint setting, success answer, and the JSON body a raw client would post for a text.
+_CHATS: dict[str, tuple[type[ChatbotSink[Any]], dict[str, Any], dict[str, Any], Callable[[str], dict[str, Any]]]] = {
+    "slack-sink": (
+        SlackSink,
+        {"token": "bench-token", "channel": "C1"},
+        {"ok": True},
+        lambda text: {"channel": "C1", "text": text},
+    ),
+    "dingtalk-sink": (
+        DingtalkSink,
+        {"access_token": "bench-token"},
+        {"errcode": 0, "errmsg": "ok"},
+        lambda text: {"msgtype": "text", "text": {"content": text}},
+    ),
+    "wecom-sink": (
+        WecomSink,
+        {"key": "bench-token"},
+        {"errcode": 0, "errmsg": "ok"},
+        lambda text: {"msgtype": "text", "text": {"content": text}},
+    ),
+    "lark-sink": (
+        LarkSink,
+        {"hook": "bench-token"},
+        {"code": 0, "msg": "success"},
+        lambda text: {"msg_type": "text", "content": {"text": text}},
+    ),
+}
+
+
+def chat_sink(name: str) -> tuple[Measure, Measure]:
+    """A chat robot sink with no pacing against a plain client posting the same messages one at a time."""
+    sink_class, settings, answer, payload = _CHATS[name]
+    receiver = _Receiver(answer)
+
+    async def connector() -> float:
+        await receiver.start()
+        try:
+            endpoint = {"api_url": receiver.url} if sink_class is SlackSink else {"webhook_url": receiver.url}
+            config = sink_class.config_model.model_validate(
+                {**settings, **endpoint, "template": _CHAT_TEMPLATE, "min_interval": 0}
+            )
+            return await _sink_run(sink_class(config), _records(EVENTS))
+        finally:
+            await receiver.stop()
+
+    async def raw() -> float:
+        await receiver.start()
+        try:
+            records = _records(EVENTS)
+            async with aiohttp.ClientSession() as session:
+                started = time.perf_counter()
+                for r in records:
+                    text = _CHAT_TEMPLATE.format(subject=r.subject, data=r.data)
+                    async with session.post(receiver.url, json=payload(text)) as response:
+                        assert orjson.loads(await response.read()) == answer
+                return time.perf_counter() - started
+        finally:
+            await receiver.stop()
+
+    return connector, raw
+
+
+_PROMETHEUS_SERIES = 8
+_PROMETHEUS_T0 = 1_767_225_600  # seconds, on the 1 s step grid
+
+
+def prometheus_source(workdir: Path) -> tuple[Measure, Measure]:
+    """query_range windows of BATCH steps over 8 series, read into records vs fetched and parsed by hand."""
+    steps = EVENTS // _PROMETHEUS_SERIES
+
+    async def query_range(request: web.Request) -> web.Response:
+        start, end = int(float(request.query["start"])), int(float(request.query["end"]))
+        result = [
+            {
+                "metric": {"__name__": "bench", "instance": f"host-{i}:9100"},
+                "values": [
+                    [t, str(t % 97 + i)] for t in range(max(start, _PROMETHEUS_T0), min(end, _PROMETHEUS_T0 + steps - 1) + 1)
+                ],
+            }
+            for i in range(_PROMETHEUS_SERIES)
+        ]
+        return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": result}})
+
+    async def serving(measure: Callable[[str], Awaitable[float]]) -> float:
+        app = web.Application()
+        app.router.add_get("/api/v1/query_range", query_range)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            return await measure(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        finally:
+            await runner.cleanup()
+
+    async def connector() -> float:
+        async def measure(url: str) -> float:
+            config = PrometheusSourceConfig(
+                url=url, query="bench", step=1, delay=0, interval=1, start=_PROMETHEUS_T0, max_points=BATCH
+            )
+            return await _source_run(PrometheusSource(config), EVENTS)
+
+        return await serving(measure)
+
+    async def raw() -> float:
+        async def measure(url: str) -> float:
+            samples: list[tuple[float, dict[str, str], float]] = []
+            async with aiohttp.ClientSession() as session:
+                started = time.perf_counter()
+                for start in range(_PROMETHEUS_T0, _PROMETHEUS_T0 + steps, BATCH):
+                    params = {"query": "bench", "start": str(start), "end": str(start + BATCH - 1), "step": "1"}
+                    async with session.get(f"{url}/api/v1/query_range", params=params) as response:
+                        answer = orjson.loads(await response.read())
+                    for series in answer["data"]["result"]:
+                        samples.extend((float(t), series["metric"], float(v)) for t, v in series["values"])
+                assert len(samples) >= EVENTS
+                return time.perf_counter() - started
+
+        return await serving(measure)
 
     return connector, raw
 
@@ -649,6 +824,10 @@ async def main() -> None:
             ratios.append(await _ratio("file-source", file_source(Path(workdir))))
             ratios.append(await _ratio("http-sink", http_sink(Path(workdir))))
             ratios.append(await _ratio("http-source", http_source(Path(workdir))))
+            ratios.append(await _ratio("knative-sink", knative_sink(Path(workdir))))
+            for chat in _CHATS:
+                ratios.append(await _ratio(chat, chat_sink(chat)))
+            ratios.append(await _ratio("prometheus-source", prometheus_source(Path(workdir))))
             systems = (
                 ("redis", RedisServer, redis),
                 ("mqtt", MosquittoServer, mqtt),
