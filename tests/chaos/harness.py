@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 import yaml
 
@@ -152,6 +153,8 @@ class ChaosReport:
     exit_codes: dict[str, int | None]
     drained_in: float
     load_seconds: float
+    rejections_logged: Counter[str]
+    """Log lines that record a refused input: ``http <status>`` of the http-source, ``mesh <event>`` of the mesh."""
     timeline: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -186,6 +189,7 @@ class ChaosReport:
             ("latency p50 / p99", f"{percentile(latency, 0.5) * 1000:.0f} ms / {percentile(latency, 0.99) * 1000:.0f} ms")
         )
         rows.append(("drained in", f"{self.drained_in:.1f} s"))
+        rows.append(("rejections logged", " ".join(f"{k}:{n}" for k, n in sorted(self.rejections_logged.items())) or "none"))
         for label in sorted(self.bad_input_sent):
             handled = self.bad_input_handled.get(label, 0)
             reason = self.bad_input_reasons.get(label, "")
@@ -662,10 +666,30 @@ async def run_chaos(settings: ChaosSettings, workdir: Path, *, progress: Callabl
             exit_codes=codes,
             drained_in=drained_in,
             load_seconds=load_seconds,
+            rejections_logged=_rejections_logged(topology),
             timeline=faults.timeline,
         )
     finally:
         await topology.stop()
+
+
+def _rejections_logged(topology: Topology) -> Counter[str]:
+    """Count the log lines of refused input: the http-source's rejections by status, the mesh's closed sessions by kind."""
+    logged: Counter[str] = Counter()
+    for managed in topology.supervisor.processes.values():
+        try:
+            text = managed.log_path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if '"http request rejected"' in line:
+                try:
+                    logged[f"http {orjson.loads(line).get('status')}"] += 1
+                except orjson.JSONDecodeError:
+                    continue
+            elif "mesh.session.undecodable" in line or "mesh.session.headerless_frame" in line:
+                logged["mesh " + ("undecodable" if "undecodable" in line else "headerless")] += 1
+    return logged
 
 
 async def _drain(topology: Topology, http: HttpLoad, within: float) -> Verdict:
