@@ -21,7 +21,7 @@ from tests.deploy.layout import (
 )
 
 CONNECTORS = registered_connectors()
-INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats"}
+INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "prometheus"}
 CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
 
 
@@ -155,3 +155,18 @@ def test_compose_paths_are_in_the_repository(compose: dict[str, Any]) -> None:
             assert source.is_relative_to(ROOT), f"{name} mounts {source} from outside the repository"
             if "build" not in service or built_connector(service) in registered:
                 assert source.exists(), f"{name} mounts missing {source}"
+
+
+def test_compose_prometheus_scrapes_every_connector_with_the_alert_rules(compose: dict[str, Any], tmp_path: Path) -> None:
+    prometheus = compose["services"]["prometheus"]
+    volumes = mounts(prometheus)
+    config_text = Path(volumes["/etc/prometheus/prometheus.yml"]).read_text()
+    assert Path(volumes["/etc/prometheus/alerts.yaml"]) == ROOT / "deploy" / "monitoring" / "alerts.yaml"
+    config = yaml.safe_load(config_text)
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
+    targets = {target for job in config["scrape_configs"] for group in job["static_configs"] for target in group["targets"]}
+    assert {f"{name}:8090" for name in connector_services(compose)} <= targets
+    # promtool checks the file as the container sees it: the rule file at its mounted path
+    local = tmp_path / "prometheus.yml"
+    local.write_text(config_text.replace("/etc/prometheus/alerts.yaml", volumes["/etc/prometheus/alerts.yaml"]))
+    run([require_tool("promtool"), "check", "config", str(local)])
