@@ -140,6 +140,9 @@ class HttpSource(Source[HttpSourceConfig]):
             if not waiting.done.done():
                 waiting.done.set_exception(RetriableError("http source stopping"))
         self._waiting.clear()
+        while not self._queue.empty():  # their senders got a 503 and will send them again
+            self._queue.get_nowait()
+        self._committed_seq = self._next_seq - 1
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
             self._runner = None

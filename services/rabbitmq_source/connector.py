@@ -149,6 +149,8 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
 
     async def stop(self) -> None:
         self._unacked.clear()
+        while not self._buffer.empty():  # unacked: the broker requeues them when the connection closes
+            self._buffer.get_nowait()
         if self._connection is not None:
             await asyncio.wait_for(self._connection.close(), self.config.timeout)
             self._connection = None
