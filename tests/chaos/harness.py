@@ -405,7 +405,11 @@ class Topology:
             while pending:
                 if time.monotonic() > deadline:
                     names = ", ".join(m.name for m in pending)
-                    raise AssertionError(f"not ready within {within}s: {names}\n{pending[0].log_tail()}")
+                    crashed = [m for m in self.supervisor.processes.values() if m.exits]
+                    culprit = crashed[0] if crashed else pending[0]
+                    raise AssertionError(
+                        f"not ready within {within}s: {names}\n{culprit.name} (exits {culprit.exits}):\n{culprit.log_tail()}"
+                    )
                 still = []
                 for managed in pending:
                     ready = False
