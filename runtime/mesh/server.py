@@ -40,6 +40,7 @@ from runtime.protocol.frames import (
     UserAgent,
     constant_properties,
     encode,
+    encode_fields,
 )
 from runtime.record import EXTENSION_NAME
 
@@ -75,6 +76,7 @@ REPLY_COMMAND = {
 
 # The same tables by command ordinal: an int hashes in C, an Enum member in Python (the mesh looks them up per frame).
 _REPLY_BY_ORDINAL = {request.value: answer for request, answer in REPLY_COMMAND.items()}
+_NO_PROPERTIES: Mapping[str, Any] = constant_properties({})
 _KNOWN_NAMES: set[str] = set()  # extension and property names already found valid, a bounded few
 _KNOWN_NAMES_LIMIT = 4096
 
@@ -220,13 +222,16 @@ class _Session(asyncio.Protocol):
     # -- output --------------------------------------------------------------------------------
 
     def send(self, package: Package) -> None:
+        self.send_frame(encode(package))
+
+    def send_frame(self, frame: bytes) -> None:
         if not self.closed:
-            self._out.append(encode(package))
+            self._out.append(frame)
             self._mesh.output_pending(self)
 
     def reply(self, request: Package, code: int = 0, desc: str | None = SUCCESS, command: Command | None = None) -> None:
         reply_command = command or _REPLY_BY_ORDINAL.get(request.header.command._value_, request.header.command)
-        self.send(Package(Header(reply_command, code=code, desc=desc, seq=request.header.seq), None))
+        self.send_frame(encode_fields(reply_command, request.header.seq, _NO_PROPERTIES, None, code=code, desc=desc))
 
     @property
     def closing(self) -> bool:
@@ -267,7 +272,7 @@ class _Session(asyncio.Protocol):
         seq = mesh.next_seq()
         self.inflight[seq] = Delivery(consumer, offset, mesh.now() + mesh.redelivery_timeout, fanout)
         command = self.push_commands.get(consumer.topic.name, Command.ASYNC_MESSAGE_TO_CLIENT)
-        self.send(Package(Header(command, seq=seq, properties=PUSH_PROPERTIES), body))
+        self.send_frame(encode_fields(command, seq, PUSH_PROPERTIES, body))
 
     # -- timers -----------------------------------------------------------------------------------
 

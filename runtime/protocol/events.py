@@ -51,7 +51,9 @@ import binascii
 import functools
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -59,7 +61,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
-from runtime.protocol.frames import Command, Header, Package, constant_properties
+from runtime.protocol.frames import Command, Header, Package, constant_properties, encode_fields
 from runtime.record import is_json_content_type
 
 __all__ = [
@@ -67,10 +69,12 @@ __all__ = [
     "CONTENT_TYPE_EXTENSION",
     "DATA_ENCODING_EXTENSION",
     "TRANSPORT_EXTENSIONS",
+    "ack_frame",
     "ack_package",
     "body_to_event",
     "body_to_event_and_transport",
     "event_to_body",
+    "publish_frame",
     "publish_package",
     "push_package",
 ]
@@ -117,6 +121,7 @@ _ACK_OF_PUSH = {
     Command.REQUEST_TO_CLIENT: Command.REQUEST_TO_CLIENT_ACK,
     Command.RESPONSE_TO_CLIENT: Command.RESPONSE_TO_CLIENT_ACK,
 }
+_NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 _ACK_BY_PUSH_ORDINAL = {push.value: ack for push, ack in _ACK_OF_PUSH.items()}  # an int hashes in C, a member in Python
 
 
@@ -315,11 +320,20 @@ def _decode_base64(text: Any) -> bytes:
 
 def publish_package(event: CloudEvent, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> Package:
     """The frame a client sends to publish ``event`` (ASYNC/BROADCAST_MESSAGE_TO_SERVER, REQUEST/RESPONSE_TO_SERVER)."""
+    return Package(Header(command, seq=seq, properties=_publish_properties(event)), event_to_body(event))
+
+
+def publish_frame(event: CloudEvent, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> bytes:
+    """``encode(publish_package(event, command, seq))``, without building the package (once per published event)."""
+    return encode_fields(command, seq, _publish_properties(event), event_to_body(event))
+
+
+def _publish_properties(event: CloudEvent) -> Mapping[str, Any]:
     version = event.get_specversion()
     properties = _PUBLISH_PROPERTIES.get(version)
     if properties is None:
         raise DataError(f"specversion {version!r} is not one the Java runtime accepts (1.0 or 0.3)")
-    return Package(Header(command, seq=seq, properties=properties), event_to_body(event))
+    return properties
 
 
 def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes | None = None) -> Package:
@@ -329,7 +343,16 @@ def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes |
 
 def ack_package(push: Package) -> Package:
     """The acknowledgement of a pushed frame: ``<cmd>_ACK``, the same seq, code 0, no properties, no body."""
+    return Package(Header(_ack_command(push), seq=push.header.seq))
+
+
+def ack_frame(push: Package) -> bytes:
+    """``encode(ack_package(push))``, without building the package (once per pushed event)."""
+    return encode_fields(_ack_command(push), push.header.seq, _NO_PROPERTIES, None)
+
+
+def _ack_command(push: Package) -> Command:
     command = _ACK_BY_PUSH_ORDINAL.get(push.header.command._value_)
     if command is None:
         raise LocalProtocolError(f"{push.header.command.name} is not a push and cannot be acknowledged")
-    return Package(Header(command, seq=push.header.seq))
+    return command

@@ -58,6 +58,8 @@ __all__ = [
     "UserAgent",
     "constant_properties",
     "encode",
+    "encode_fields",
+    "header_json",
 ]
 
 MAX_FRAME: Final = 4 * 1024 * 1024
@@ -296,32 +298,34 @@ class Header:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        """The header JSON exactly as Java writes it: cmd, code, desc?, seq?, properties, command.
+        """The header JSON exactly as Java writes it: cmd, code, desc?, seq?, properties, command."""
+        return header_json(self.command, self.code, self.desc, self.seq, self.properties)
 
-        Only ``seq`` differs between the headers of one kind, so the rest comes from templates: the
-        start per (command, code, desc), the properties when they are a ``constant_properties`` mapping.
-        """
-        command, code = self.command, self.code
-        start = _HEADER_STARTS.get((command._value_, code, self.desc)) if type(code) is int else None
-        if start is None:
-            start = _header_start(command, code, self.desc)
-        seq = self.seq
-        if seq is None:
-            seq_json = b""
-        elif seq.isascii() and seq.isdigit():  # every seq we write: digits need no escaping
-            seq_json = b',"seq":"' + seq.encode() + b'"'
+
+def header_json(command: Command, code: int, desc: str | None, seq: str | None, properties: Mapping[str, Any]) -> bytes:
+    """``Header(command, code, desc, seq, properties).to_json()`` without building the Header (hot paths).
+
+    Only ``seq`` differs between the headers of one kind, so the rest comes from templates: the
+    start per (command, code, desc), the properties when they are a ``constant_properties`` mapping.
+    """
+    start = _HEADER_STARTS.get((command._value_, code, desc)) if type(code) is int else None
+    if start is None:
+        start = _header_start(command, code, desc)
+    if seq is None:
+        seq_json = b""
+    elif seq.isascii() and seq.isdigit():  # every seq we write: digits need no escaping
+        seq_json = b',"seq":"' + seq.encode() + b'"'
+    else:
+        seq_json = b',"seq":' + jackson.dumps_str(seq)
+    if not properties:
+        properties_json = b',"properties":{}'
+    else:
+        constant = _CONSTANT_PROPERTIES.get(id(properties))
+        if constant is not None and constant[0] is properties:
+            properties_json = constant[1]
         else:
-            seq_json = b',"seq":' + jackson.dumps_str(seq)
-        properties = self.properties
-        if not properties:
-            properties_json = b',"properties":{}'
-        else:
-            constant = _CONSTANT_PROPERTIES.get(id(properties))
-            if constant is not None and constant[0] is properties:
-                properties_json = constant[1]
-            else:
-                properties_json = b',"properties":' + jackson.dumps(properties)
-        return b"".join((start, seq_json, properties_json, _HEADER_ENDS[command._value_]))
+            properties_json = b',"properties":' + jackson.dumps(properties)
+    return b"".join((start, seq_json, properties_json, _HEADER_ENDS[command._value_]))
 
 
 # Templates of Header.to_json: the JSON before the seq, keyed by (command ordinal, code, desc), and after the properties.
@@ -547,13 +551,26 @@ class HeaderlessFrame:
 
 def encode(package: Package) -> bytes:
     """The frame bytes of ``package``; ``LocalProtocolError`` when it exceeds the 4 MiB limit like Java."""
-    header = package.header.to_json()
-    body = package.body or b""
+    header = package.header
+    return encode_fields(header.command, header.seq, header.properties, package.body, code=header.code, desc=header.desc)
+
+
+def encode_fields(
+    command: Command,
+    seq: str | None,
+    properties: Mapping[str, Any],
+    body: bytes | None,
+    *,
+    code: int = 0,
+    desc: str | None = None,
+) -> bytes:
+    """``encode(Package(Header(command, code, desc, seq, properties), body))`` without building the two values,
+    for the frames sent once per event (publishes, acks, pushes)."""
+    header = header_json(command, code, desc, seq, properties)
+    body = body or b""
     length = 13 + len(header) + len(body)
     if length > MAX_FRAME:
-        raise LocalProtocolError(
-            f"{package.header.command.name} frame of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data"
-        )
+        raise LocalProtocolError(f"{command.name} frame of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data")
     return b"".join((PREFIX, _LENGTHS.pack(length, len(header)), header, body))
 
 

@@ -57,7 +57,8 @@ _FOUR_BYTE_LEAD = re.compile(b"[\xf0-\xf4]")
 def orjson_differs(output: bytes) -> bool:
     """Whether orjson's ``output`` may differ from Jackson's: a control character escaped with lower-case hex,
     or a 4-byte UTF-8 sequence (a false positive, a literal backslash before such text, only costs the slow path)."""
-    if b"\\u00" in output and _HEX_LETTER_ESCAPE.search(output) is not None:
+    # A one-byte search (memchr) first: most outputs hold no backslash at all.
+    if b"\\" in output and b"\\u00" in output and _HEX_LETTER_ESCAPE.search(output) is not None:
         return True
     return not output.isascii() and _FOUR_BYTE_LEAD.search(output) is not None
 

@@ -39,7 +39,7 @@ from typing import Generic, TypeVar
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import HelloRefusedError, LocalProtocolError, MeshRejectedError, RemoteProtocolError
-from runtime.protocol.events import ack_package, publish_package
+from runtime.protocol.events import ack_frame, publish_frame
 from runtime.protocol.frames import (
     Command,
     FrameDecoder,
@@ -285,12 +285,14 @@ class ClientSession(Generic[Token]):
     def _register(self, kind: RequestKind, package: Package, token: Token, deadline: float, *, send: bool) -> str:
         seq = package.header.seq
         assert seq is not None  # every request is built with one
-        frame = encode(package)
+        self._track(seq, kind, encode(package), token, deadline, send=send)
+        return seq
+
+    def _track(self, seq: str, kind: RequestKind, frame: bytes, token: Token, deadline: float, *, send: bool) -> None:
         self._pending[seq] = _Pending(kind, token, deadline, frame)
         self._earliest_deadline = min(self._earliest_deadline, deadline)
         if send:
             self._outbound.append(frame)
-        return seq
 
     def _require(self, *states: SessionState) -> None:
         if self.state not in states:
@@ -330,14 +332,16 @@ class ClientSession(Generic[Token]):
             raise LocalProtocolError(f"{kind.name} is not a message")
         if self.state is SessionState.CLOSED:
             raise LocalProtocolError("session is closed")
-        package = publish_package(event, kind.command, self.next_seq())
-        return self._register(kind, package, token, now + timeout, send=self.state is SessionState.READY)
+        seq = self.next_seq()
+        frame = publish_frame(event, kind.command, seq)
+        self._track(seq, kind, frame, token, now + timeout, send=self.state is SessionState.READY)
+        return seq
 
     def ack(self, pushed: Pushed) -> bool:
         """Queue the ack of ``pushed``; False when its connection is gone (the mesh will redeliver)."""
         if pushed.connection != self.connection or self.state not in (SessionState.READY, SessionState.LEAVING):
             return False
-        self._outbound.append(encode(ack_package(pushed.package)))
+        self._outbound.append(ack_frame(pushed.package))
         return True
 
     def reply(self, pushed: Pushed, event: CloudEvent) -> bool:
@@ -347,7 +351,7 @@ class ClientSession(Generic[Token]):
         if pushed.connection != self.connection or self.state not in (SessionState.READY, SessionState.LEAVING):
             return False
         seq = pushed.package.header.seq or self.next_seq()
-        self._outbound.append(encode(publish_package(event, Command.RESPONSE_TO_SERVER, seq)))
+        self._outbound.append(publish_frame(event, Command.RESPONSE_TO_SERVER, seq))
         return True
 
     def forget(self, seq: str) -> None:
@@ -396,7 +400,7 @@ class ClientSession(Generic[Token]):
                 if self.state is SessionState.READY:
                     self._resend_messages()
             elif kind is _REQUEST:
-                self._outbound.append(encode(ack_package(package)))
+                self._outbound.append(ack_frame(package))
             events.append(Completed(kind, pending.token, package))
         elif kind is _HELLO:
             self._move(Trigger.HELLO_REFUSED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.protocol import jackson
-from runtime.protocol.events import event_to_body
-from runtime.protocol.frames import Command, FrameDecoder, Header, Package, constant_properties, encode
+from runtime.protocol.events import ack_frame, ack_package, event_to_body, publish_frame, publish_package
+from runtime.protocol.frames import Command, FrameDecoder, Header, Package, constant_properties, encode, encode_fields
 from tests.protocol.test_events import events
 
 _flat_values = st.one_of(st.text(max_size=12), st.integers(-(2**63), 2**64 - 1), st.booleans(), st.none())
@@ -150,3 +151,39 @@ def test_event_time_is_written_as_rfc3339_whichever_path_writes_it(moment: datet
     for subject in ("plain", "\U0001f389 beyond the BMP: the general writer"):
         event = CloudEvent({"id": "1", "source": "/s", "type": "t", "subject": subject, "time": moment}, {"n": 1})
         assert json.loads(event_to_body(event))["time"] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(_headers, st.none() | st.binary(max_size=64))
+def test_frames_from_fields_are_the_general_writers_header_and_the_body(header: Header, body: bytes | None) -> None:
+    header_bytes = general_header_json(header)
+    expected = b"EventMesh0000" + struct.pack(">ii", 13 + len(header_bytes) + len(body or b""), len(header_bytes))
+    expected += header_bytes + (body or b"")
+    fields = encode_fields(header.command, header.seq, header.properties, body, code=header.code, desc=header.desc)
+    assert fields == expected
+    assert encode(Package(header, body)) == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events(),
+    st.sampled_from([Command.ASYNC_MESSAGE_TO_SERVER, Command.BROADCAST_MESSAGE_TO_SERVER, Command.REQUEST_TO_SERVER]),
+    st.none() | st.text(alphabet="0123456789", min_size=10, max_size=10),
+)
+def test_publish_frame_is_the_encoded_publish_package(event: CloudEvent, command: Command, seq: str | None) -> None:
+    assert publish_frame(event, command, seq) == encode(publish_package(event, command, seq))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        Command.ASYNC_MESSAGE_TO_CLIENT,
+        Command.BROADCAST_MESSAGE_TO_CLIENT,
+        Command.REQUEST_TO_CLIENT,
+        Command.RESPONSE_TO_CLIENT,
+    ],
+)
+def test_ack_frame_is_the_encoded_ack_package(command: Command) -> None:
+    push = Package(Header(command, seq="42", properties={"protocoltype": "cloudevents"}), b"{}")
+    assert ack_frame(push) == encode(ack_package(push))
+    assert FrameDecoder().feed(ack_frame(push))[0] == ack_package(push)
