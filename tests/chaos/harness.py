@@ -266,6 +266,7 @@ class Topology:
                     "warning",
                 ],
                 self.workdir / "mesh.log",
+                env={"PYTHONUNBUFFERED": "1"},
             )
         )
         for managed in self._connectors():

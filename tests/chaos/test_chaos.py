@@ -40,8 +40,8 @@ async def test_sixty_seconds_of_chaos_lose_and_duplicate_nothing(tmp_path: Path)
     assert report.bad_input_handled == report.bad_input_sent, table
     logged = report.rejections_logged
     closed_by_mesh = sum(report.bad_input_handled[f"frame.{kind}"] for kind, (_, closes) in GARBAGE_FRAMES.items() if closes)
-    assert logged["mesh undecodable"] + logged["mesh headerless"] >= closed_by_mesh, (
-        f"the mesh did not log every bad frame\n{table}"
-    )
+    # A frame may reach the mesh just before a kill -9 of the mesh: the connection closes, but not because of the frame.
+    mesh_logged = logged["mesh undecodable"] + logged["mesh headerless"]
+    assert mesh_logged >= closed_by_mesh - report.faults["mesh_restart"], f"the mesh did not log every bad frame\n{table}"
     refused_as_malformed = sum(report.bad_input_handled[f"http.{kind}"] for kind in MALFORMED_HTTP if kind != "oversize_body")
     assert logged["http 400"] + logged["http 415"] >= refused_as_malformed, f"the http-source did not log every refusal\n{table}"
