@@ -10,6 +10,7 @@ a message containing ``forbidden`` with one of its per-message error codes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,18 +22,23 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cloudevents.core.v1.event import CloudEvent
 from structlog.testing import capture_logs
 
+from runtime.client import MeshClient, user_agent_for
 from runtime.config import validate_model
 from runtime.connector import SinkContext
 from runtime.errors import ConfigError, RetriableError
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
-from runtime.testing import SinkHarness, run_sink_conformance
+from runtime.testing import SinkHarness, WorkerProcess, run_sink_conformance
 from services.chatbot import ChatbotSink
 from services.dingtalk_sink.connector import DingtalkSink, DingtalkSinkConfig
 from services.lark_sink.connector import LarkSink, LarkSinkConfig
 from services.slack_sink.connector import SlackSink, SlackSinkConfig
 from services.wecom_sink.connector import WecomSink, WecomSinkConfig
+from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
 
 TOKEN = "s3cret-token-value"
@@ -414,6 +420,68 @@ def test_secrets_are_required_and_hidden() -> None:
 
 
 # -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_through_the_worker_poison_is_dead_lettered_and_a_rate_limit_waits(tmp_path: Path) -> None:
+    fake = DingtalkFake(secret=SIGNING_SECRET)
+    mesh = EmbeddedMesh(port=0)
+    await mesh.start()
+    dead: list[CloudEvent] = []
+
+    async def read_dead_letters() -> None:
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("dlq-reader", "sub"), request_timeout=5) as client:
+            await client.subscribe("alerts-to-dingtalk-dlq", SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+            await client.listen()
+            async for pushed in client.pushed():
+                dead.append(pushed.event)
+                await pushed.ack()
+
+    config = {
+        "name": "alerts-to-dingtalk",
+        "connector": DingtalkSink.name,
+        "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+        "sink": {"topics": ["alerts"], "batch_size": 10, "linger_ms": 20, "retry_initial": 0.1, "retry_max": 1.0},
+        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json"},
+        "config": {**fake.config(), "template": "#{data[n]:d} {data[text]}", "min_interval": 0, "rate_limit_backoff": 0.5},
+    }
+    worker = WorkerProcess(DingtalkSink, config, tmp_path)
+    reader = asyncio.create_task(read_dead_letters())
+    events = [
+        ({"n": 1, "text": "first"}, "e-1"),
+        ({"n": "seven", "text": "unrenderable"}, "e-2"),
+        ({"n": 3, "text": REFUSED_WORD}, "e-3"),
+        ({"n": 4, "text": "after the rate limit"}, "e-4"),
+    ]
+    try:
+        async with fake.server:
+            fake.server.faults = [PASS, PASS, fake.rate_limit]  # #1, #3 (refused), then #4 is told to slow down
+            await worker.start(30)
+            async with MeshClient(
+                f"127.0.0.1:{mesh.port}", user_agent_for("alerts-producer", "pub"), request_timeout=5
+            ) as client:
+                for data, event_id in events:
+                    attributes = {"id": event_id, "source": "/alerts", "type": "alert", "subject": "alerts"}
+                    await client.publish(CloudEvent({**attributes, "datacontenttype": "application/json"}, data))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if len(fake.messages) >= 2 and len(dead) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert await worker.terminate(30) == 0, worker.log_tail()
+    finally:
+        await worker.kill()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await mesh.stop()
+    assert fake.messages == ["#1 first", "#4 after the rate limit"], worker.log_tail()
+    assert fake.server.calls == 4, "a retried batch posted a message again or asked about a refused one"
+    reasons = {event.get_id(): str(event.get_attributes()["dlqreason"]) for event in dead}
+    assert reasons.keys() == {"e-2", "e-3"}
+    assert "template" in reasons["e-2"] and "310000" in reasons["e-3"]
+    log = worker.log_path.read_text()
+    assert TOKEN not in log and SIGNING_SECRET not in log
 
 
 async def test_conformance(vendor: tuple[Vendor, Any], tmp_path: Path) -> None:
