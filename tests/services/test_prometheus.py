@@ -209,8 +209,8 @@ async def test_poll_returns_within_about_a_second_when_nothing_is_due(prometheus
     source = await _source(_config(prometheus, start=None, interval=60))
     try:
         started = time.monotonic()
-        assert await asyncio.wait_for(source.poll(), 3) == []
-        assert time.monotonic() - started <= 1.5
+        assert await asyncio.wait_for(source.poll(), 5) == []
+        assert time.monotonic() - started <= 2.5  # about a second, with room for a busy machine
     finally:
         await source.stop()
     assert prometheus.queries == []
