@@ -246,7 +246,11 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
         raise DataError(f"message body is a JSON {type(document).__name__}, not a CloudEvent object")
     wire_data = document.pop("data", None)
     wire_base64 = document.pop("data_base64", None)
-    transport = {name: document.pop(name) for name in list(document) if name in TRANSPORT_EXTENSIONS}
+    transport = (
+        {}
+        if TRANSPORT_EXTENSIONS.isdisjoint(document)
+        else {name: document.pop(name) for name in list(document) if name in TRANSPORT_EXTENSIONS}
+    )
     encoding = document.pop(DATA_ENCODING_EXTENSION, None)
     original_type = document.pop(CONTENT_TYPE_EXTENSION, None)
     if encoding is None:
