@@ -134,6 +134,9 @@ class _EventFormatter(string.Formatter):
             value = _lookup(value, key)
         return value, first
 
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        return value if value is _MISSING else super().convert_field(value, conversion)
+
     def format_field(self, value: Any, format_spec: str) -> str:
         if value is _MISSING:
             return self.missing

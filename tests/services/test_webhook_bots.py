@@ -232,7 +232,7 @@ TEMPLATE = "{subject} #{data[n]}: {data[text]}"
 
 async def test_messages_are_rendered_and_delivered_in_order(vendor: tuple[Vendor, Any]) -> None:
     kind, fake = vendor
-    sink = await _sink(kind.sink, {**fake.config(), "template": TEMPLATE + " [{data[absent]}{traceparent}]", "missing": "-"})
+    sink = await _sink(kind.sink, {**fake.config(), "template": TEMPLATE + " [{data[absent]!r}{traceparent}]", "missing": "-"})
     try:
         records = [_record(1, "first"), _record(2, "ünïcode 你好", extensions={"traceparent": "00-ab"}), _record(3, "third")]
         assert await sink.put(records) == []
