@@ -81,7 +81,8 @@ class _Waiting:
     """One request whose events are in flight; answered when the last one is committed."""
 
     last_seq: int
-    done: asyncio.Future[None]
+    stored: asyncio.Future[bool]
+    """True once every event is in the mesh; False when the source stops first."""
 
 
 class HttpSource(Source[HttpSourceConfig]):
@@ -132,13 +133,13 @@ class HttpSource(Source[HttpSourceConfig]):
             self._committed_seq = max(self._committed_seq, *seqs)
         while self._waiting and self._waiting[0].last_seq <= self._committed_seq:
             waiting = self._waiting.popleft()
-            if not waiting.done.done():
-                waiting.done.set_result(None)
+            if not waiting.stored.done():
+                waiting.stored.set_result(True)
 
     async def stop(self) -> None:
         for waiting in self._waiting:
-            if not waiting.done.done():
-                waiting.done.set_exception(RetriableError("http source stopping"))
+            if not waiting.stored.done():
+                waiting.stored.set_result(False)
         self._waiting.clear()
         while not self._queue.empty():  # their senders got a 503 and will send them again
             self._queue.get_nowait()
@@ -163,17 +164,16 @@ class HttpSource(Source[HttpSourceConfig]):
             return web.json_response({"accepted": 0})
         if self._pending() + len(records) > self.config.queue_size:
             return _error(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         for record in records:
             self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": self._next_seq}))
             self._next_seq += 1
-        self._waiting.append(_Waiting(last_seq=self._next_seq - 1, done=done))
+        self._waiting.append(_Waiting(last_seq=self._next_seq - 1, stored=stored))
         try:
-            await asyncio.wait_for(asyncio.shield(done), timeout=self.config.response_timeout)
+            if not await asyncio.wait_for(asyncio.shield(stored), timeout=self.config.response_timeout):
+                return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
         except TimeoutError:
             return _error(503, "events not yet stored in the mesh; retry later", retry_after=self.config.retry_after)
-        except RetriableError:
-            return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
         return web.json_response({"accepted": len(records)})
 
     def _pending(self) -> int:
