@@ -1,4 +1,4 @@
-"""``meshconnect list``, ``meshconnect run <name> --config FILE`` and ``meshconnect check <name> --config FILE``."""
+"""``meshconnect list``, ``run <name> --config FILE``, ``check <name> --config FILE`` and ``docs <name>``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open_registry, run_connector
 from runtime.config import WorkerConfig, connector_config, load_config
+from runtime.configdoc import config_table
 from runtime.connector import Sink, SinkContext, Source, SourceContext
 from runtime.errors import ConfigError, DataError, MeshConnectError
 from runtime.observability import configure_logging
@@ -46,6 +47,10 @@ def register(subparsers: Any) -> None:
     )
     check.set_defaults(func=check_command)
 
+    docs = subparsers.add_parser("docs", help="print a connector's config reference (markdown)")
+    docs.add_argument("name", help="connector type, e.g. mysql-sink")
+    docs.set_defaults(func=docs_command)
+
 
 def list_connectors(_args: argparse.Namespace) -> int:
     entries = catalogue()
@@ -55,6 +60,17 @@ def list_connectors(_args: argparse.Namespace) -> int:
         print(f"{entry.name:<{width}}  {entry.side:<6}  {text}")
     if not entries:
         print("no connectors installed", file=sys.stderr)
+    return 0
+
+
+def docs_command(args: argparse.Namespace) -> int:
+    try:
+        cls = load_connector(args.name)
+    except ConfigError as exc:
+        print(f"meshconnect: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"## {cls.name}\n\n{cls.description}\n\n### Configuration (`config:` block)\n")
+    print(config_table(cls.config_model), end="")
     return 0
 
 
