@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import hmac
 import io
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
 from services.http_sink.connector import HttpSink, HttpSinkConfig
 from services.http_source.connector import HttpSource, HttpSourceConfig
-from tests.servers import free_port
+from tests.servers import free_port, require_binary
 
 
 def _config(**overrides: Any) -> HttpSourceConfig:
@@ -421,3 +423,40 @@ async def test_http_sink_conformance(tmp_path: Path) -> None:
             SinkHarness(connector=HttpSink, config=lambda: {"urls": [endpoint.url]}, read=read, idempotent=False),
             workdir=tmp_path,
         )
+
+
+async def test_sink_posts_over_tls_trusting_the_given_ca(tmp_path: Path) -> None:
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1"]
+    command += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    received: list[str] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        received.append(request.headers["ce-id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/in", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/in"
+    try:
+        sink = await _http_sink(urls=[url], ca_file=str(cert))
+        try:
+            assert await sink.put([_sink_record(1)]) == []
+        finally:
+            await sink.stop()
+        untrusting = await _http_sink(urls=[url], timeout=3)
+        try:
+            with pytest.raises(RetriableError, match=r"(?i)certificate"):
+                await untrusting.put([_sink_record(2)])
+        finally:
+            await untrusting.stop()
+    finally:
+        await runner.cleanup()
+    assert received == ["e-1"]
