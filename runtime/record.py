@@ -16,6 +16,7 @@ carries the same ``source`` + ``id`` and idempotent sinks drop the duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ _CONTEXT_ATTRIBUTES = frozenset(
 )
 # Events derived from positions share this namespace, so ids are stable across versions.
 _EVENT_ID_NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
+_EVENT_ID_NAMESPACE_BYTES = _EVENT_ID_NAMESPACE.bytes
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -62,9 +64,14 @@ def partition_key(partition: Mapping[str, JsonValue]) -> str:
 
 
 def derive_event_id(connector: str, partition: Mapping[str, JsonValue], offset: Mapping[str, JsonValue]) -> str:
-    """A stable event id for the record at ``offset`` of ``partition`` of ``connector``."""
+    """A stable event id for the record at ``offset`` of ``partition`` of ``connector``: ``str(uuid.uuid5(...))``,
+    computed without the UUID object (once per published record)."""
     name = "\x00".join((connector, partition_key(partition), orjson.dumps(offset, option=orjson.OPT_SORT_KEYS).decode()))
-    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, name))
+    digest = bytearray(hashlib.sha1(_EVENT_ID_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
