@@ -6,6 +6,7 @@ Under ``CI=true`` a missing binary fails the test; elsewhere it skips it.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -98,17 +99,25 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM and wait, as an orderly shutdown would (servers save their state)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def restart(self, *, graceful: bool = False) -> None:
+        """Stop (SIGKILL, or SIGTERM when ``graceful``) and start again on the same port and data."""
+        if graceful:
+            self.terminate()
+        else:
+            self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.terminate()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -228,6 +237,9 @@ class MosquittoServer(ServerProcess):
         (self.dir / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.dir}/\nmax_queued_messages 100000\n"
+            # Run as whoever owns the data dir: as root, mosquitto would otherwise drop to its own
+            # user and could not save its sessions there.
+            f"user {getpass.getuser()}\n"
         )
 
     def command(self) -> Sequence[str]:
@@ -257,6 +269,7 @@ class PostgresServer(ServerProcess):
     def __init__(self) -> None:
         self.initdb = require_binary("initdb", "/usr/lib/postgresql/15/bin/initdb")
         self.binary = require_binary("postgres", "/usr/lib/postgresql/15/bin/postgres")
+        self.pg_isready = require_binary("pg_isready", "/usr/lib/postgresql/15/bin/pg_isready")
         super().__init__()
         self.user = "postgres"
 
@@ -280,8 +293,6 @@ class PostgresServer(ServerProcess):
             os.chmod(self.dir, 0o755)
             shutil.chown(self.dir / "server.log", "postgres", "postgres")
         else:
-            import getpass
-
             self.user = getpass.getuser()
         subprocess.run(
             [self.initdb, "-D", str(self.dir / "data"), "-A", "trust", "-U", self.user],

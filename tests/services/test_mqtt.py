@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import signal
 import uuid
@@ -30,31 +29,10 @@ def _event(n: int, subject: str = "orders", **overrides: Any) -> ConnectorRecord
     )
 
 
-def _graceful_stop(server: MosquittoServer) -> None:
-    """SIGTERM: mosquitto saves its sessions (and the messages queued for them) before it exits."""
-    assert server.proc is not None
-    os.killpg(server.proc.pid, signal.SIGTERM)
-    server.proc.wait(10)
-
-
-def _graceful_restart(server: MosquittoServer) -> None:
-    """Stop gracefully and start again on the same port: every client is dropped, no session is lost."""
-    _graceful_stop(server)
-    server.start()
-
-
-class _RestartableBroker(MosquittoServer):
-    """Runs as the test's own user, so the session database it saves on SIGTERM can be written to its dir."""
-
-    def prepare(self) -> None:
-        super().prepare()
-        with (self.dir / "mosquitto.conf").open("a") as conf:
-            conf.write(f"user {getpass.getuser()}\n")
-
-
 @pytest.fixture
 def private_broker() -> Iterator[MosquittoServer]:
-    server = _RestartableBroker.running()
+    """A broker of the test's own, restarted gracefully (SIGTERM: mosquitto saves its sessions first)."""
+    server = MosquittoServer.running()
     yield server  # type: ignore[misc]
     server.stop()
 
@@ -115,7 +93,7 @@ async def test_source_loses_nothing_when_the_broker_restarts(private_broker: Mos
         await _publish(private_broker.port, topic, [_event(n) for n in range(10)])
         first = await _poll_until(source, 10)
         await source.commit(first[:5])
-        await asyncio.to_thread(_graceful_restart, private_broker)
+        await asyncio.to_thread(private_broker.restart, graceful=True)
         await source.commit(first[5:])  # acks of the dropped connection: skipped, the broker resends
         await _publish(private_broker.port, topic, [_event(n) for n in range(10, 15)])
         rest: list[ConnectorRecord] = []
@@ -199,7 +177,7 @@ async def test_mqtt_sink_conformance(private_broker: MosquittoServer, tmp_path: 
                 config=lambda: {"port": private_broker.port, "topic": "conformance-out/{topic}", "timeout": 3},
                 read=read,
                 idempotent=False,  # MQTT keeps duplicates; consumers dedupe on source + id
-                kill_system=lambda: _graceful_stop(private_broker),
+                kill_system=private_broker.terminate,
                 restart_system=private_broker.start,
             ),
             workdir=tmp_path,
@@ -225,7 +203,7 @@ async def test_mqtt_source_conformance(private_broker: MosquittoServer, tmp_path
             config=lambda: {"port": private_broker.port, "topics": ["conformance-in"], "timeout": 3},
             produce=produce,
             number_of=lambda event: int(event.get_data()["n"]),  # type: ignore[index]
-            kill_system=lambda: _graceful_stop(private_broker),
+            kill_system=private_broker.terminate,
             restart_system=private_broker.start,
         ),
         workdir=tmp_path,
