@@ -517,6 +517,20 @@ class MeshClient:
         """
         return await self._start_message(RequestKind.PUBLISH, event, timeout)
 
+    def start_publish_nowait(self, event: CloudEvent, timeout: float | None = None) -> asyncio.Future[None] | None:
+        """``start_publish`` when it would not wait: the ack future, or None when the window is full or the
+        client is not running (then ``await start_publish(event)``). No coroutine: for publishing in a loop."""
+        state = self._state
+        if (
+            state is ClientState.IDLE
+            or state is ClientState.CLOSED
+            or self._in_flight >= self._max_in_flight
+            or self._slot_waiters
+        ):
+            return None
+        self._in_flight += 1
+        return self._send_message(RequestKind.PUBLISH, event, timeout)
+
     async def publish(self, event: CloudEvent, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
         """Publish ``event`` and return once the mesh acknowledged it (see start_publish)."""
         await (await self._start_message(RequestKind.PUBLISH, event, timeout))
@@ -537,15 +551,18 @@ class MeshClient:
         state = self._state
         if state is ClientState.IDLE or state is ClientState.CLOSED:
             raise MeshUnavailableError(f"cannot send {kind.command.name}: mesh client is {self._state.value}")
-        timeout = self._request_timeout if within is None else within
         if self._in_flight < self._max_in_flight and not self._slot_waiters:
             self._in_flight += 1  # the common case, without a coroutine
         else:
-            await self._acquire_slot(timeout)
+            await self._acquire_slot(self._request_timeout if within is None else within)
+        return self._send_message(kind, event, within)
+
+    def _send_message(self, kind: RequestKind, event: CloudEvent, within: float | None) -> _Waiter:
+        """Queue ``event`` in the window slot the caller took; the future of its answer."""
         loop = asyncio.get_running_loop()
         waiter: _Waiter = loop.create_future()
         try:
-            self._session.message(kind, event, waiter, loop.time(), timeout)
+            self._session.message(kind, event, waiter, loop.time(), self._request_timeout if within is None else within)
         except BaseException:
             self._release_slot()
             raise

@@ -266,15 +266,28 @@ class _ActiveSession:
                 backoff.reset()
                 self.worker.board.set_dependency(None)
             self.metrics.records_in.inc(len(records))
+            queue = self.queue
             for record in records:
-                await self.queue.put(record)
+                if queue.full():
+                    await queue.put(record)  # a slow mesh slows polling down
+                else:
+                    queue.put_nowait(record)
 
     async def _publish(self) -> None:
+        # Steady state without an await per record: while the window has room, publishing is synchronous.
+        queue = self.queue
         while True:
-            record = await self.queue.get()
-            await self._publish_one(record)
-            while not self.queue.empty():
-                await self._publish_one(self.queue.get_nowait())
+            record = await queue.get()
+            while True:
+                event = self._event_for(record)
+                entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
+                ack = self.client.start_publish_nowait(event)
+                if ack is None:
+                    ack = await self._start_publish(event)
+                ack.add_done_callback(functools.partial(self._acked, entry, event))
+                if queue.empty():
+                    break
+                record = queue.get_nowait()
 
     def _event_for(self, record: ConnectorRecord) -> CloudEvent:
         source_settings = self.config.source
@@ -307,15 +320,13 @@ class _ActiveSession:
             original_topic=record.subject or self.config.source.topic or "",
         )
 
-    async def _publish_one(self, record: ConnectorRecord) -> None:
-        event = self._event_for(record)
-        entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
+    async def _start_publish(self, event: CloudEvent) -> asyncio.Future[None]:
+        """Wait for window room and send; a window that stayed full or a session that is down fails the ack
+        (``_acked`` then retries on the side)."""
         try:
-            ack = await self.client.start_publish(event)
-        except RetriableError as exc:  # the window stayed full or the session is down: retry on the side
-            self._acked(entry, event, _failed(exc))
-            return
-        ack.add_done_callback(functools.partial(self._acked, entry, event))
+            return await self.client.start_publish(event)
+        except RetriableError as exc:
+            return _failed(exc)
 
     def _acked(self, entry: Submitted, event: CloudEvent, ack: asyncio.Future[Any]) -> None:
         if ack.cancelled():
