@@ -72,8 +72,10 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.client import MeshClient, user_agent_for
 from runtime.connector import Sink, Source
+from runtime.errors import RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
+from runtime.record import ConnectorRecord
 
 __all__ = [
     "SINK_CHECKS",
@@ -82,9 +84,28 @@ __all__ = [
     "SourceHarness",
     "WorkerProcess",
     "conformance_event",
+    "poll_until",
     "run_sink_conformance",
     "run_source_conformance",
 ]
+
+
+async def poll_until(source: Source[Any], count: int, within: float = 10.0) -> list[ConnectorRecord]:
+    """Poll a started source directly (no worker) until ``count`` records came or ``within`` seconds passed.
+
+    A retriable error is waited out and polled again, as the worker would; the records are returned
+    (fewer than ``count`` when time ran out, so ``== []`` asserts that nothing arrives).
+    """
+    records: list[ConnectorRecord] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while len(records) < count and loop.time() < deadline:
+        try:
+            records.extend(await source.poll())
+        except RetriableError:
+            await asyncio.sleep(0.1)
+    return records
+
 
 SINK_CHECKS = ("open_close", "batches", "redelivery", "kill", "mesh_drop", "system_restart")
 SOURCE_CHECKS = ("open_close", "batches", "redelivery", "kill", "mesh_drop", "system_restart")

@@ -16,7 +16,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
+from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.mqtt_sink.connector import MqttSink, MqttSinkConfig
 from services.mqtt_source.connector import MqttSource, MqttSourceConfig
@@ -49,17 +49,6 @@ async def _sink(port: int, **config: Any) -> MqttSink:
     return sink
 
 
-async def _poll_until(source: MqttSource, count: int, within: float = 10.0) -> list[ConnectorRecord]:
-    records: list[ConnectorRecord] = []
-    deadline = asyncio.get_running_loop().time() + within
-    while len(records) < count and asyncio.get_running_loop().time() < deadline:
-        try:
-            records.extend(await source.poll())
-        except RetriableError:
-            await asyncio.sleep(0.2)
-    return records
-
-
 async def _publish(port: int, topic: str, records: list[ConnectorRecord]) -> None:
     async with aiomqtt.Client("127.0.0.1", port) as client:
         for record in records:
@@ -70,7 +59,7 @@ async def test_source_redelivers_what_was_never_committed(mosquitto_server: Mosq
     topic, client_id = f"t/{uuid.uuid4().hex[:6]}", f"src-{uuid.uuid4().hex[:6]}"
     source = await _source(mosquitto_server.port, topic, client_id)
     await _publish(mosquitto_server.port, topic, [_event(n) for n in range(5)])
-    first = await _poll_until(source, 5)
+    first = await poll_until(source, 5)
     assert [record.id for record in first] == [f"id-{n}" for n in range(5)]
     assert first[0].extensions["mqtttopic"] == topic
     await source.commit(first[:2])
@@ -78,9 +67,9 @@ async def test_source_redelivers_what_was_never_committed(mosquitto_server: Mosq
     await _publish(mosquitto_server.port, topic, [_event(5)])  # published while the source is away
     source = await _source(mosquitto_server.port, topic, client_id)
     try:
-        again = await _poll_until(source, 4)
+        again = await poll_until(source, 4)
         await source.commit(again)
-        assert await _poll_until(source, 1, within=1.5) == []
+        assert await poll_until(source, 1, within=1.5) == []
     finally:
         await source.stop()
     assert [record.id for record in again] == ["id-2", "id-3", "id-4", "id-5"]
@@ -91,7 +80,7 @@ async def test_source_loses_nothing_when_the_broker_restarts(private_broker: Mos
     source = await _source(private_broker.port, topic, client_id, timeout=3)
     try:
         await _publish(private_broker.port, topic, [_event(n) for n in range(10)])
-        first = await _poll_until(source, 10)
+        first = await poll_until(source, 10)
         await source.commit(first[:5])
         await asyncio.to_thread(private_broker.restart, graceful=True)
         await source.commit(first[5:])  # acks of the dropped connection: skipped, the broker resends
@@ -100,7 +89,7 @@ async def test_source_loses_nothing_when_the_broker_restarts(private_broker: Mos
         for _ in range(30):  # redelivered duplicates come first, one by one
             if {record.id for record in first + rest} >= {f"id-{n}" for n in range(15)}:
                 break
-            batch = await _poll_until(source, 1, within=1)
+            batch = await poll_until(source, 1, within=1)
             await source.commit(batch)
             rest += batch
     finally:
@@ -114,7 +103,7 @@ async def test_sink_publishes_events_the_source_reads_back(mosquitto_server: Mos
     sink = await _sink(mosquitto_server.port, topic="events/{topic}")
     try:
         assert await sink.put([_event(n, subject=topic) for n in range(20)]) == []
-        records = await _poll_until(source, 20)
+        records = await poll_until(source, 20)
         await source.commit(records)
     finally:
         await sink.stop()
@@ -140,7 +129,7 @@ async def test_sink_while_the_broker_is_down_is_retriable_and_recovers(private_b
                 break
             except RetriableError:
                 await asyncio.sleep(0.3)
-        received = await _poll_until(source, 2)
+        received = await poll_until(source, 2)
     finally:
         await sink.stop()
         await source.stop()
@@ -165,7 +154,7 @@ async def test_mqtt_sink_conformance(private_broker: MosquittoServer, tmp_path: 
     seen: list[str] = []
 
     async def read() -> list[str]:
-        batch = await _poll_until(reader, 1_000_000, within=0.3)
+        batch = await poll_until(reader, 1_000_000, within=0.3)
         await reader.commit(batch)
         seen.extend(str(record.id) for record in batch)
         return seen

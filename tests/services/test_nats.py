@@ -16,7 +16,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
+from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.nats_sink.connector import NatsSink, NatsSinkConfig
 from services.nats_source.connector import NatsSource, NatsSourceConfig
@@ -54,17 +54,6 @@ async def _sink(url: str, **config: Any) -> NatsSink:
     return sink
 
 
-async def _poll_until(source: NatsSource, count: int, within: float = 10.0) -> list[ConnectorRecord]:
-    records: list[ConnectorRecord] = []
-    deadline = asyncio.get_running_loop().time() + within
-    while len(records) < count and asyncio.get_running_loop().time() < deadline:
-        try:
-            records.extend(await source.poll())
-        except RetriableError:
-            await asyncio.sleep(0.2)
-    return records
-
-
 async def _publish(url: str, subject: str, records: list[ConnectorRecord]) -> None:
     client = await nats.connect(url)
     js = client.jetstream()
@@ -77,16 +66,16 @@ async def test_source_acks_on_commit_and_redelivers_the_rest(nats_server: NatsSe
     stream, subject = _names()
     source = await _source(nats_server.url, stream, subject, ack_wait=2)
     await _publish(nats_server.url, subject, [_event(n) for n in range(5)])
-    first = await _poll_until(source, 5)
+    first = await poll_until(source, 5)
     assert [record.id for record in first] == [f"id-{n}" for n in range(5)]
     assert first[0].partition == {"stream": stream, "consumer": "test"} and first[0].offset == {"seq": 1}
     await source.commit(first[:2])
     await source.stop()
     source = await _source(nats_server.url, stream, subject, ack_wait=2)
     try:
-        again = await _poll_until(source, 3)  # after ack_wait the unacked three come back
+        again = await poll_until(source, 3)  # after ack_wait the unacked three come back
         await source.commit(again)
-        assert await _poll_until(source, 1, within=3) == []
+        assert await poll_until(source, 1, within=3) == []
     finally:
         await source.stop()
     assert sorted(record.id or "" for record in again) == ["id-2", "id-3", "id-4"]
@@ -98,7 +87,7 @@ async def test_source_loses_nothing_when_the_server_is_killed(private_nats: Nats
     source = await _source(private_nats.url, stream, subject, ack_wait=1, timeout=2)
     try:
         await _publish(private_nats.url, subject, [_event(n) for n in range(10)])
-        first = await _poll_until(source, 10)
+        first = await poll_until(source, 10)
         await source.commit(first[:5])
         private_nats.kill()
         await source.commit(first[5:])  # acks into the void: logged, redelivered later
@@ -109,7 +98,7 @@ async def test_source_loses_nothing_when_the_server_is_killed(private_nats: Nats
         rest: list[ConnectorRecord] = []
         deadline = asyncio.get_running_loop().time() + 20
         while {r.id for r in first + rest} < {f"id-{n}" for n in range(15)} and asyncio.get_running_loop().time() < deadline:
-            batch = await _poll_until(source, 1, within=1)
+            batch = await poll_until(source, 1, within=1)
             await source.commit(batch)
             rest += batch
     finally:
@@ -128,9 +117,9 @@ async def test_sink_dedupes_redelivered_events_and_the_source_reads_them_back(na
         await sink.stop()
     source = await _source(nats_server.url, stream, subject)
     try:
-        records = await _poll_until(source, 8)
+        records = await poll_until(source, 8)
         await source.commit(records)
-        assert await _poll_until(source, 1, within=1.5) == []
+        assert await poll_until(source, 1, within=1.5) == []
     finally:
         await source.stop()
     assert [(r.id, r.data) for r in records] == [(f"id-{n}", {"n": n}) for n in range(8)]
@@ -164,7 +153,7 @@ async def test_sink_while_the_server_is_down_is_retriable_and_recovers(private_n
         await sink.stop()
     source = await _source(private_nats.url, stream, subject)
     try:
-        records = await _poll_until(source, 2)
+        records = await poll_until(source, 2)
     finally:
         await source.stop()
     assert [r.id for r in records] == ["id-1", "id-2"]

@@ -14,7 +14,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord, partition_key
-from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
+from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
 from tests.servers import PostgresServer
@@ -59,17 +59,6 @@ async def _source(dsn: str, name: str, offsets: dict[str, Any] | None = None, **
     return source
 
 
-async def _poll_until(source: PostgresSource, count: int, within: float = 10.0) -> list[ConnectorRecord]:
-    records: list[ConnectorRecord] = []
-    deadline = asyncio.get_running_loop().time() + within
-    while len(records) < count and asyncio.get_running_loop().time() < deadline:
-        try:
-            records.extend(await source.poll())
-        except RetriableError:
-            await asyncio.sleep(0.2)
-    return records
-
-
 def _offsets(records: list[ConnectorRecord]) -> dict[str, Any]:
     return {partition_key(records[-1].partition): dict(records[-1].offset)}
 
@@ -82,7 +71,7 @@ async def test_source_streams_inserts_updates_deletes_in_commit_order(
         await db.execute(f"INSERT INTO {table} VALUES (1, 'a', '{{\"k\": [1]}}', 1.50, true), (2, NULL, NULL, NULL, false)")
         await db.execute(f"UPDATE {table} SET name = 'b' WHERE id = 1")
         await db.execute(f"DELETE FROM {table} WHERE id = 2")
-        records = await _poll_until(source, 4)
+        records = await poll_until(source, 4)
         await source.commit(records)
     finally:
         await source.stop()
@@ -116,9 +105,9 @@ async def test_source_resumes_inside_a_transaction_without_duplicates(
     assert [r.data["row"]["id"] for r in first] == [1, 2]
     source = await _source(postgres_server.dsn, table, offsets=_offsets(first))
     try:
-        rest = await _poll_until(source, 3)
+        rest = await poll_until(source, 3)
         await source.commit(rest)
-        assert await _poll_until(source, 1, within=0.5) == []
+        assert await poll_until(source, 1, within=0.5) == []
     finally:
         await source.stop()
     assert [r.data["row"]["id"] for r in rest] == [3, 4, 5]
@@ -129,14 +118,14 @@ async def test_source_loses_nothing_across_a_server_restart(postgres_server: Pos
     source = await _source(postgres_server.dsn, table)
     try:
         await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
-        first = await _poll_until(source, 10)
+        first = await poll_until(source, 10)
         await source.commit(first[:4])
         await db.close()
         await asyncio.to_thread(postgres_server.restart)
         db = await _connect(postgres_server.dsn)
         await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(11, 15)")
         await source.commit(first[4:])  # retried by the worker after the restart
-        rest = await _poll_until(source, 5, within=20)
+        rest = await poll_until(source, 5, within=20)
         await source.commit(rest)
     finally:
         await source.stop()

@@ -15,7 +15,7 @@ import pytest
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
+from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import CONTENT_TYPE, record_to_json
 from services.rabbitmq_sink.connector import RabbitmqSink, RabbitmqSinkConfig
 from services.rabbitmq_source.connector import RabbitmqSource, RabbitmqSourceConfig
@@ -66,15 +66,6 @@ async def _sink(url: str, **config: Any) -> RabbitmqSink:
     return sink
 
 
-async def _poll_until(source: RabbitmqSource, count: int, attempts: int = 20) -> list[ConnectorRecord]:
-    records: list[ConnectorRecord] = []
-    for _ in range(attempts):
-        if len(records) >= count:
-            break
-        records.extend(await source.poll())
-    return records
-
-
 async def _publish(channel: aio_pika.abc.AbstractChannel, queue: str, records: list[ConnectorRecord]) -> None:
     for record in records:
         await channel.default_exchange.publish(aio_pika.Message(record_to_json(record), content_type=CONTENT_TYPE), queue)
@@ -84,13 +75,13 @@ async def test_source_acks_only_what_was_committed(vhost_url: str, channel: aio_
     queue = f"q-{uuid.uuid4().hex[:6]}"
     source = await _source(vhost_url, queue=queue)
     await _publish(channel, queue, [_event(n) for n in range(5)])
-    records = await _poll_until(source, 5)
+    records = await poll_until(source, 5)
     assert [record.id for record in records] == [f"id-{n}" for n in range(5)]
     await source.commit(records[:2])
     await source.stop()  # three were never committed: the broker requeues them
     source = await _source(vhost_url, queue=queue)
     try:
-        again = await _poll_until(source, 3)
+        again = await poll_until(source, 3)
         await source.commit(again)
     finally:
         await source.stop()
@@ -106,7 +97,7 @@ async def test_source_binds_to_an_exchange_and_reads_raw_payloads(vhost_url: str
         exchange = await channel.get_exchange("events")
         await exchange.publish(aio_pika.Message(b'{"raw": true}', message_id="m-1"), "orders.created")
         await exchange.publish(aio_pika.Message(b'{"other": true}'), "payments.created")
-        [record] = await _poll_until(source, 1, attempts=3)
+        [record] = await poll_until(source, 1, within=3)
         await source.commit([record])
     finally:
         await source.stop()
@@ -119,9 +110,9 @@ async def test_source_loses_nothing_when_the_connection_drops(vhost_url: str, ch
     source = await _source(vhost_url, queue=queue, prefetch=10, batch_size=5)
     try:
         await _publish(channel, queue, [_event(n) for n in range(20)])
-        first = await _poll_until(source, 5)
+        first = await poll_until(source, 5)
         await source.commit(first)
-        in_flight = await _poll_until(source, 5)  # polled, not committed, when the connection dies
+        in_flight = await poll_until(source, 5)  # polled, not committed, when the connection dies
         await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drops the connection")
         await source.commit(in_flight)  # acks on a dead channel: logged, the broker redelivers them
         rest: list[ConnectorRecord] = []
@@ -158,7 +149,7 @@ async def test_sink_publishes_confirmed_messages_the_source_reads_back(
     await message.nack(requeue=True)
     source = await _source(vhost_url, queue=topic)
     try:
-        records = await _poll_until(source, 5)
+        records = await poll_until(source, 5)
         await source.commit(records)
     finally:
         await source.stop()

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
+from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
 from services.redis_sink.connector import RedisSink, RedisSinkConfig
 from services.redis_source.connector import RedisSource, RedisSourceConfig
@@ -51,25 +51,13 @@ async def _sink(url: str, **config: Any) -> RedisSink:
     return sink
 
 
-async def _poll_until(source: RedisSource, count: int, attempts: int = 20) -> list[ConnectorRecord]:
-    records: list[ConnectorRecord] = []
-    for _ in range(attempts):
-        if len(records) >= count:
-            break
-        try:
-            records.extend(await source.poll())
-        except RetriableError:
-            await asyncio.sleep(0.1)  # what the worker does: back off, poll again
-    return records
-
-
 async def test_stream_source_acks_only_on_commit(redis_server: RedisServer, client: aioredis.Redis) -> None:
     stream = _key()
     for n in range(5):
         await client.xadd(stream, {"event": record_to_json(_event(n))})
     source = await _source(redis_server.url, streams=[stream])
     try:
-        records = await _poll_until(source, 5)
+        records = await poll_until(source, 5)
         assert [record.id for record in records] == [f"id-{n}" for n in range(5)]
         assert records[0].data == {"n": 0} and records[0].partition == {"stream": stream}
         assert (await client.xpending(stream, "meshconnect"))["pending"] == 5
@@ -84,13 +72,13 @@ async def test_stream_source_rereads_unacked_entries_after_a_restart(redis_serve
     for n in range(4):
         await client.xadd(stream, {"event": record_to_json(_event(n))})
     source = await _source(redis_server.url, streams=[stream], batch_size=2)
-    first = await _poll_until(source, 4)
+    first = await poll_until(source, 4)
     await source.commit(first[:1])  # crash after the first ack
     await source.stop()
     await client.xadd(stream, {"event": record_to_json(_event(4))})
     source = await _source(redis_server.url, streams=[stream], batch_size=2)
     try:
-        again = await _poll_until(source, 4)
+        again = await poll_until(source, 4)
         await source.commit(again)
     finally:
         await source.stop()
@@ -105,12 +93,12 @@ async def test_stream_source_claims_entries_a_dead_consumer_left_pending(
     stream = _key()
     await client.xadd(stream, {"event": record_to_json(_event(1))})
     dead = await _source(redis_server.url, streams=[stream], consumer="dead-replica")
-    assert len(await _poll_until(dead, 1)) == 1
+    assert len(await poll_until(dead, 1)) == 1
     await dead.stop()
     source = await _source(redis_server.url, streams=[stream], consumer="alive", claim_idle_ms=1)
     try:
         await asyncio.sleep(0.01)
-        claimed = await _poll_until(source, 1)
+        claimed = await poll_until(source, 1)
     finally:
         await source.stop()
     assert [record.id for record in claimed] == ["id-1"]
@@ -124,12 +112,12 @@ async def test_stream_source_survives_a_dropped_connection_without_loss(
     try:
         for n in range(20):
             await client.xadd(stream, {"event": record_to_json(_event(n))})
-        got = await _poll_until(source, 10)
+        got = await poll_until(source, 10)
         await source.commit(got)
         await client.client_kill_filter(_type="normal", skipme=True)  # drops the source's connection
         for n in range(20, 30):
             await client.xadd(stream, {"event": record_to_json(_event(n))})
-        rest = await _poll_until(source, 20, attempts=40)
+        rest = await poll_until(source, 20, within=20)
         await source.commit(rest)
     finally:
         await source.stop()
@@ -142,7 +130,7 @@ async def test_stream_entry_without_the_field_and_foreign_payloads(redis_server:
     await client.xadd(stream, {"event": b"not a cloudevent"})
     source = await _source(redis_server.url, streams=[stream])
     try:
-        fields, foreign = await _poll_until(source, 2)
+        fields, foreign = await poll_until(source, 2)
     finally:
         await source.stop()
     assert fields.data == {"user": "ann", "action": "login"}
@@ -155,7 +143,7 @@ async def test_pubsub_source_receives_published_messages(redis_server: RedisServ
     try:
         for n in range(3):
             await client.publish(channel, f"hello {n}")
-        records = await _poll_until(source, 3)
+        records = await poll_until(source, 3)
     finally:
         await source.stop()
     assert [record.data for record in records] == ["hello 0", "hello 1", "hello 2"]
@@ -175,7 +163,7 @@ async def test_stream_sink_adds_once_per_event_and_caps_the_stream(redis_server:
     # what the sink writes, the source reads back as the same events
     source = await _source(redis_server.url, streams=[topic])
     try:
-        records = await _poll_until(source, 7)
+        records = await poll_until(source, 7)
     finally:
         await source.stop()
     assert [(r.id, r.data, r.subject) for r in records] == [(f"id-{n}", {"n": n}, topic) for n in range(7)]
