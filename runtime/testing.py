@@ -281,6 +281,15 @@ async def _publisher(mesh: _Mesh) -> AsyncIterator[MeshClient]:
         yield client
 
 
+async def _check_open_close(worker: WorkerProcess, within: float) -> float:
+    """Start the worker until ready, SIGTERM it, expect exit 0; returns the seconds it took."""
+    started = time.monotonic()
+    await worker.start(within)
+    code = await worker.terminate(within)
+    assert code == 0, f"{worker.connector.name} exited {code} on SIGTERM: {worker.log_tail()}"
+    return time.monotonic() - started
+
+
 async def run_sink_conformance(
     harness: SinkHarness, *, workdir: Path, checks: Sequence[str] = SINK_CHECKS, within: float = 30.0
 ) -> dict[str, float]:
@@ -318,11 +327,7 @@ async def run_sink_conformance(
     worker = WorkerProcess(harness.connector, config, workdir)
     try:
         if "open_close" in checks:
-            started = time.monotonic()
-            await worker.start(within)
-            code = await worker.terminate(within)
-            assert code == 0, f"{harness.connector.name} exited {code} on SIGTERM: {worker.log_tail()}"
-            timings["open_close"] = time.monotonic() - started
+            timings["open_close"] = await _check_open_close(worker, within)
         await worker.start(within)
         if "batches" in checks:
             started = time.monotonic()
@@ -457,11 +462,7 @@ async def run_source_conformance(
     try:
         collector.start()
         if "open_close" in checks:
-            started = time.monotonic()
-            await worker.start(within)
-            code = await worker.terminate(within)
-            assert code == 0, f"{harness.connector.name} exited {code} on SIGTERM: {worker.log_tail()}"
-            timings["open_close"] = time.monotonic() - started
+            timings["open_close"] = await _check_open_close(worker, within)
         await worker.start(within)
         if "batches" in checks:
             started = time.monotonic()
