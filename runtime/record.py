@@ -16,6 +16,7 @@ carries the same ``source`` + ``id`` and idempotent sinks drop the duplicate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -53,6 +54,7 @@ _EVENT_ID_NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
 _EVENT_ID_NAMESPACE_BYTES = _EVENT_ID_NAMESPACE.bytes
 
 
+@functools.lru_cache(maxsize=256)  # a connector uses a handful of content types, asked once per record
 def is_json_content_type(content_type: str | None) -> bool:
     """True when the content type says the data is JSON (per the CloudEvents JSON format)."""
     return content_type is not None and _JSON_CONTENT_TYPE.match(content_type) is not None
@@ -147,7 +149,7 @@ def record_to_cloudevent(
             data = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DataError(f"data is declared {content_type} but is not valid JSON: {exc}") from exc
-    elif data is not None and not isinstance(data, str | bytes) and not is_json_content_type(content_type):
+    elif data is not None and not isinstance(data, (str, bytes)) and not is_json_content_type(content_type):
         raise DataError(f"data of type {type(data).__name__} needs a JSON content type, not {content_type!r}")
     subject = record.subject or default_subject
     if not subject:

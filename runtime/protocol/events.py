@@ -148,18 +148,13 @@ _BINARY = (bytes, bytearray, memoryview)
 _TEXT_OR_BOOL = (str, bool)
 
 
-@functools.lru_cache(maxsize=256)
-def _is_json_type(content_type: str | None) -> bool:
-    return is_json_content_type(content_type)
-
-
 def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
     """(meshdataenc, the JSON text of ``data`` on the wire); JSON data as orjson writes it, checked by the caller."""
     if data is None:
         return "none", b'""'
     if isinstance(data, _BINARY):
         return "base64", b'"' + base64.b64encode(data) + b'"'
-    if isinstance(data, str) and not _is_json_type(content_type):
+    if isinstance(data, str) and not is_json_content_type(content_type):
         return "text", jackson.dumps_str(data)
     try:
         return "json", orjson.dumps(data)

@@ -343,7 +343,7 @@ class _ActiveSession:
         self.tracker.ack(entry)
         self.acked += 1
         data = event.get_data()
-        if isinstance(data, bytes | str):
+        if isinstance(data, (bytes, str)):
             self.acked_bytes += len(data)
         elif data is not None:
             self.acked_bytes += len(orjson.dumps(data))

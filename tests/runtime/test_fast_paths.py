@@ -7,7 +7,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.record import derive_event_id, partition_key
+from runtime.record import derive_event_id, is_json_content_type, partition_key
 
 _NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
 _positions = st.dictionaries(st.text(max_size=6), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10) | st.none(), max_size=3)
@@ -24,3 +24,11 @@ def test_event_id_is_the_uuid5_of_connector_partition_and_offset(
 
 def test_event_ids_stay_what_earlier_versions_derived() -> None:
     assert derive_event_id("bench-source", {"bench": 0}, {"n": 1}) == "e8a2a8db-99f2-59a2-a232-2f19fd4133fa"
+
+
+def test_json_content_type_answers_stay_the_same_when_remembered() -> None:
+    for _ in range(2):  # the second round from the cache
+        assert is_json_content_type("application/json")
+        assert is_json_content_type("application/vnd.x+json; v=1")
+        assert not is_json_content_type("text/plain")
+        assert not is_json_content_type(None)
