@@ -76,6 +76,12 @@ class _Rejected(Exception):
         super().__init__(reason)
 
 
+def _refuse(request: web.Request, rejected: _Rejected) -> web.Response:
+    """Every refusal is logged (with its status and reason) before it is answered."""
+    log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
+    return _error(rejected.status, rejected.reason)
+
+
 @dataclasses.dataclass(slots=True)
 class _Waiting:
     """One request whose events are in flight; answered when the last one is committed."""
@@ -156,10 +162,9 @@ class HttpSource(Source[HttpSourceConfig]):
             self._authenticate(request, body)
             records = self._parse(request, body)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {self.config.max_body_bytes} bytes")
+            return _refuse(request, _Rejected(413, f"body larger than {self.config.max_body_bytes} bytes"))
         except _Rejected as rejected:
-            log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-            return _error(rejected.status, rejected.reason)
+            return _refuse(request, rejected)
         if not records:
             return web.json_response({"accepted": 0})
         if self._pending() + len(records) > self.config.queue_size:
