@@ -191,11 +191,11 @@ def cloudevent_to_record(event: CloudEvent) -> ConnectorRecord:
     return ConnectorRecord(
         data=event.get_data(),
         timestamp=timestamp,
-        id=event.get_id(),
-        source=event.get_source(),
-        type=event.get_type(),
-        subject=event.get_subject(),
-        datacontenttype=event.get_datacontenttype(),
-        dataschema=event.get_dataschema(),
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        subject=attributes.get("subject"),
+        datacontenttype=attributes.get("datacontenttype"),
+        dataschema=attributes.get("dataschema"),
         extensions=extensions,
     )
