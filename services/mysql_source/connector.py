@@ -383,6 +383,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
             "server_id": self._server_id,
             "file": position.file,
             "pos": position.pos,
+            "row": position.row,
             "gtid": gtid,
             "ts_ms": int(ts.timestamp() * 1000),
             "db": db,

@@ -4,9 +4,13 @@
 
     {"op": "c|u|d|r", "before": {...} | null, "after": {...} | null, "key": ["id"],
      "binary": ["blob_col"],                       # columns whose values are base64 text
-     "source": {"server_id", "file", "pos", "gtid", "ts_ms", "db", "table", "snapshot"}}
+     "source": {"server_id", "file", "pos", "row", "gtid", "ts_ms", "db", "table", "snapshot"}}
 
     {"ddl": "ALTER TABLE ...", "source": {...}}     # a schema change (type <prefix>.ddl)
+
+``file``/``pos``/``row`` are the change's binlog position (the transaction's boundary and the
+change's index in it, counted from 1); snapshot rows and their table's DDL carry the snapshot's
+position with ``row`` 0 and ``snapshot: true``. mysql-sink orders changes of one row by them.
 
 Column values are JSON: numbers stay numbers, DECIMAL becomes its exact text, dates and times
 their MySQL literal text (``2024-05-01 10:00:00.000001``), sets a comma list, and bytes that are

@@ -107,6 +107,7 @@ async def test_snapshot_then_stream_inserts_updates_deletes_and_ddl(mariadb_serv
     assert ddl["ddl"] == "ALTER TABLE a ADD COLUMN note TEXT"
     assert after_ddl["after"]["note"] == "hi"
     assert multi1["source"]["pos"] == multi2["source"]["pos"] and stream[5].offset["row"] == 1 and stream[6].offset["row"] == 2
+    assert (multi1["source"]["row"], multi2["source"]["row"]) == (1, 2)  # the sink orders changes of one row by it
     assert all(r.offset["file"].startswith("mysql-bin.") for r in stream)
 
 
