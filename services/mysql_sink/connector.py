@@ -9,6 +9,27 @@ Three modes (``mode``):
 * ``cdc``: applies mysql-source change envelopes (c/u/d/r with before/after images, DDL) to the same
   tables in ``database``, so source -> mesh -> sink replicates tables.
 
+Ordering in cdc mode. The mesh delivers at least once and not necessarily in source order (a
+redelivered push, or changes of one row spread over several sink replicas), so the sink never
+trusts arrival order: every change envelope carries its binlog position (``source.file``,
+``source.pos``, ``source.row``) and is applied only when it is newer than the last change applied to
+its row. The version of a change is ``<binlog file number>:<pos>:<phase>:<row>``, zero-padded so
+that text order is source order; phase 0 is a snapshot's table DDL, 1 a snapshot row (both at the
+snapshot's position), 2 a streamed change, so a streamed change at or after the snapshot position
+always wins over the snapshot's copy of its row. Per target row the sink keeps the version of the
+last change applied in ``meshconnect_row_versions`` (``tbl``, ``pk`` = the key as JSON, ``version``)
+of the target database, in the transaction of the row change: the batch locks its keys' versions
+(``SELECT ... FOR UPDATE``), keeps per key only the newest change that is newer than the stored
+version, applies those and upserts their versions. A delete leaves its version behind (a
+tombstone), so an older insert or update delivered late cannot bring the row back; a replay is a
+no-op; an update that changes the primary key versions both keys (the old one as deleted).
+Schema changes are ordered per table the same way (``pk`` ``ddl``): a DDL event not newer than the
+table's last applied one is skipped; CREATE, DROP and TRUNCATE also set the table's floor (``pk``
+``reset``): row changes from before it belong to an earlier incarnation of the table and are
+skipped. Envelopes of mysql-source's polling mode have no binlog position and are applied as they
+come. Versions compare positions of one source server: after a switch to another server (whose
+binlog numbering differs) the replica is re-created, or the versions table emptied.
+
 Within a batch, changes to one key collapse to their net effect (deletes run before upserts), so
 each batch is a few multi-row statements. When the server refuses a row's values the batch is
 rolled back and replayed row by row under savepoints: the bad rows come back as rejections, the
@@ -20,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +74,22 @@ log = structlog.get_logger()
 # Replaying DDL must not fail on what is already there: table exists, duplicate column/key, unknown column/key to drop.
 _ALREADY_APPLIED = frozenset({1050, 1051, 1060, 1061, 1091, 1146})
 _DELETE_CHUNK = 1000
+VERSIONS_TABLE = "meshconnect_row_versions"
+# Row ids are JSON arrays (or '#' and a hash), so these per-table markers never collide with a row.
+_DDL_MARK = "ddl"
+_RESET_MARK = "reset"
+_MAX_ROW_ID = 255
+_BINLOG_NUMBER = re.compile(r"(\d+)$")
+# DDL after which rows of the table from before it are gone: a late change from before it is obsolete.
+_RESETS_TABLE = re.compile(
+    r"^\s*(?:/\*.*?\*/\s*)*(?:(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE|TRUNCATE)\b", re.I | re.S
+)
+_VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
+  `tbl` VARBINARY(64) NOT NULL,
+  `pk` VARBINARY(255) NOT NULL,
+  `version` VARBINARY(64) NOT NULL,
+  PRIMARY KEY (`tbl`, `pk`)
+) ENGINE=InnoDB"""
 
 
 class MysqlSinkConfig(ConnectorConfig):
@@ -105,18 +143,24 @@ class MysqlSinkConfig(ConnectorConfig):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One net row operation: upsert ``values`` or delete the row with ``key``."""
+    """One net row operation: upsert ``values`` or delete the row with ``key``; cdc: at source ``version``."""
 
     table: str
     op: Literal["upsert", "delete"]
     key_columns: tuple[str, ...]
     key: tuple[Any, ...]
     values: Mapping[str, Any]
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ddl:
+    """A schema change of ``table`` at source ``version`` (None: unordered); ``resets``: CREATE, DROP, TRUNCATE."""
+
     statement: str
+    table: str
+    version: str | None
+    resets: bool
 
 
 @dataclass(slots=True)
@@ -196,6 +240,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 await cursor.execute(f"CREATE DATABASE IF NOT EXISTS {quote(config.database)} DEFAULT CHARSET utf8mb4")
             if config.mode == "events":
                 await cursor.execute(_EVENTS_DDL.format(table=quote(config.database, config.events_table)))
+            elif config.mode == "cdc" and await load_table(cursor, config.database, VERSIONS_TABLE) is None:
+                await cursor.execute(_VERSIONS_DDL.format(table=quote(config.database, VERSIONS_TABLE)))
             elif config.mode == "mapped":
                 assert config.table is not None
                 schema = await load_table(cursor, config.database, config.table)
@@ -257,7 +303,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         # autocommit is off: everything since the last commit or rollback is this batch's one transaction.
         try:
             async with conn.cursor() as cursor:
-                await self._execute_net(cursor, changes)
+                await self._write_changes(cursor, changes)
             await conn.commit()
             return []
         except pymysql.MySQLError as exc:
@@ -271,9 +317,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             for planned in segment:
                 await cursor.execute("SAVEPOINT row_write")
                 try:
-                    for step in planned.steps:
-                        if isinstance(step, Change):
-                            await self._execute_net(cursor, [step])
+                    await self._write_changes(cursor, [step for step in planned.steps if isinstance(step, Change)])
                 except pymysql.MySQLError as exc:
                     if not is_data_error(exc):
                         raise
@@ -302,6 +346,59 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             else:
                 net[slot] = (change.key_columns, deleted, {**values, **change.values} if values is not None else change.values)
         return net
+
+    async def _write_changes(self, cursor: Any, changes: list[Change]) -> None:
+        """Write ``changes``; cdc: only those newer than their row's version, recording the new versions."""
+        versioned = [change for change in changes if change.version is not None]
+        if not versioned:
+            await self._execute_net(cursor, changes)
+            return
+        newer = await self._newer_changes(cursor, versioned)
+        await self._execute_net(cursor, [change for change in changes if change.version is None] + [c for _, c in newer])
+        if newer:
+            await cursor.executemany(
+                f"INSERT INTO {quote(self.config.database, VERSIONS_TABLE)} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE `version` = VALUES(`version`)",
+                [(change.table, row_id, change.version) for row_id, change in newer],
+            )
+
+    async def _newer_changes(self, cursor: Any, changes: list[Change]) -> list[tuple[str, Change]]:
+        """Per row the newest of ``changes``, if it is newer than the row's stored version and its table's floor.
+
+        The rows' versions stay locked until the transaction ends, so a concurrent writer of the same
+        rows (another replica) waits and then compares with what this one wrote.
+        """
+        latest: dict[tuple[str, str], Change] = {}
+        for change in changes:
+            slot = (change.table, _row_id(change.key))
+            held = latest.get(slot)
+            if held is None or str(change.version) > str(held.version):
+                latest[slot] = change
+        by_table: dict[str, list[str]] = {}
+        for table, row_id in sorted(latest):  # one lock order for every writer
+            by_table.setdefault(table, []).append(row_id)
+        versions = quote(self.config.database, VERSIONS_TABLE)
+        newer: list[tuple[str, Change]] = []
+        for table, row_ids in by_table.items():
+            stored: dict[str, str] = {}
+            for start in range(0, len(row_ids), _DELETE_CHUNK):
+                chunk = row_ids[start : start + _DELETE_CHUNK]
+                await cursor.execute(
+                    f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `pk` IN ({','.join(['%s'] * len(chunk))})"
+                    " FOR UPDATE",
+                    [table, *chunk],
+                )
+                stored.update((bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall())
+            await cursor.execute(
+                f"SELECT `version` FROM {versions} WHERE `tbl` = %s AND `pk` = %s LOCK IN SHARE MODE", (table, _RESET_MARK)
+            )
+            reset = await cursor.fetchone()
+            floor = bytes(reset[0]).decode() if reset else ""
+            for row_id in row_ids:
+                change = latest[(table, row_id)]
+                if str(change.version) > max(stored.get(row_id, ""), floor):
+                    newer.append((row_id, change))
+        return newer
 
     async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
         """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
@@ -338,15 +435,34 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             )
 
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
+        versions = quote(self.config.database, VERSIONS_TABLE)
         async with conn.cursor() as cursor:
             await cursor.execute(f"USE {quote(self.config.database)}")
             for step in steps:
+                if step.version is not None:
+                    await cursor.execute(
+                        f"SELECT `version` FROM {versions} WHERE `tbl` = %s AND `pk` = %s FOR UPDATE", (step.table, _DDL_MARK)
+                    )
+                    applied = await cursor.fetchone()
+                    if applied is not None and bytes(applied[0]).decode() >= step.version:
+                        self._log.info(
+                            "schema change not newer than the table's last one; skipped", statement=step.statement[:200]
+                        )
+                        continue
                 try:
-                    await cursor.execute(step.statement)
+                    await cursor.execute(step.statement)  # DDL commits implicitly: its version is written after it
                 except Exception as exc:
                     if getattr(exc, "args", (None,))[0] not in _ALREADY_APPLIED:
                         raise
                     self._log.info("schema change already applied", statement=step.statement[:200])
+                if step.version is not None:
+                    marks = [_DDL_MARK, _RESET_MARK] if step.resets else [_DDL_MARK]
+                    await cursor.executemany(
+                        f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
+                        " ON DUPLICATE KEY UPDATE `version` = VALUES(`version`)",
+                        [(step.table, mark, step.version) for mark in marks],
+                    )
+                    await conn.commit()
         await conn.commit()
         self._forget_schemas()
 
@@ -419,12 +535,21 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             if not self.config.apply_ddl:
                 return []
             statement = str(data["ddl"])
-            if ddl_target(statement, "") is None:  # only table DDL; never a database, user or routine statement
+            named = ddl_target(statement, str(source.get("db") or ""))
+            if named is None:  # only table DDL; never a database, user or routine statement
                 raise DataError(f"schema change {statement[:80]!r} is not a table-level DDL statement")
-            return [Ddl(_strip_database(statement, str(source.get("db") or "")))]
+            return [
+                Ddl(
+                    _strip_database(statement, str(source.get("db") or "")),
+                    self.config.table_map.get(f"{named[0]}.{named[1]}", named[1]),
+                    change_version(source, ddl=True),
+                    bool(_RESETS_TABLE.match(statement)),
+                )
+            ]
         op = data.get("op")
         if op not in OPS:
             raise DataError(f"change envelope has op {op!r}; expected one of c, u, d, r")
+        version = change_version(source, ddl=False)
         db, table = str(source.get("db")), str(source.get("table"))
         target = self.config.table_map.get(f"{db}.{table}", table)
         binary = data.get("binary") or []
@@ -437,16 +562,21 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         schema = await self._table(conn, target, record, image, declared_key)
         key_columns = schema.primary_key or declared_key
         if op == "d":
-            return [self._change(schema, key_columns, "delete", before or image)]
+            return [self._change(schema, key_columns, "delete", before or image, version)]
         assert after is not None
         steps: list[Change | Ddl] = []
         if op == "u" and before is not None and any(before.get(c) != after.get(c) for c in key_columns):
-            steps.append(self._change(schema, key_columns, "delete", before))
-        steps.append(self._change(schema, key_columns, "upsert", after))
+            steps.append(self._change(schema, key_columns, "delete", before, version))
+        steps.append(self._change(schema, key_columns, "upsert", after, version))
         return steps
 
     def _change(
-        self, schema: TableSchema, key_columns: tuple[str, ...], op: Literal["upsert", "delete"], values: dict[str, Any]
+        self,
+        schema: TableSchema,
+        key_columns: tuple[str, ...],
+        op: Literal["upsert", "delete"],
+        values: dict[str, Any],
+        version: str | None = None,
     ) -> Change:
         if not key_columns:
             raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
@@ -464,8 +594,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
         key = tuple(bound[c] for c in key_columns)
         if op == "delete":
-            return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns})
-        return Change(schema.table, "upsert", key_columns, key, bound)
+            return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns}, version)
+        return Change(schema.table, "upsert", key_columns, key, bound, version)
 
     @staticmethod
     def _resolve_columns(schema: TableSchema, names: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
@@ -604,6 +734,32 @@ def _bindable(value: Any, temporal: bool) -> Any:
             return value  # the server judges it
         return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
     return value
+
+
+def change_version(source: Mapping[str, Any], *, ddl: bool) -> str | None:
+    """The totally ordered text of a change's source position (see the module docstring); None for polling envelopes."""
+    if source.get("mode") == "polling" and "pos" not in source:
+        return None
+    number = _BINLOG_NUMBER.search(str(source.get("file") or ""))
+    pos = source.get("pos")
+    if number is None or not isinstance(pos, int) or isinstance(pos, bool) or pos < 0:
+        raise DataError("change envelope has no binlog position (source.file, source.pos): it cannot be ordered")
+    if source.get("snapshot") is True:
+        return f"{int(number[1]):010d}:{pos:020d}:{0 if ddl else 1}:{0:010d}"
+    row = source.get("row")
+    if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+        raise DataError("change envelope has no source.row (the change's index in its transaction): it cannot be ordered")
+    return f"{int(number[1]):010d}:{pos:020d}:2:{row:010d}"
+
+
+def _row_id(key: tuple[Any, ...]) -> str:
+    """A row's key as the versions table stores it: JSON, or a hash of it when too long."""
+    text = orjson.dumps(key, default=_key_default)
+    return text.decode() if len(text) <= _MAX_ROW_ID else "#" + hashlib.sha256(text).hexdigest()
+
+
+def _key_default(value: Any) -> Any:
+    return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else str(value)
 
 
 def _strip_database(statement: str, database: str) -> str:

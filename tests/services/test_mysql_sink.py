@@ -171,26 +171,25 @@ async def test_cdc_mode_applies_changes_and_ddl(mariadb_server: MariaDBServer, d
     sink = await started(mariadb_server, database=database, mode="cdc")
 
     def change(op: str, before: Any, after: Any, n: int) -> ConnectorRecord:
-        source = {"db": "shop", "table": "items", "file": "mysql-bin.000001", "pos": n, "snapshot": False}
+        source = {"db": "shop", "table": "items", "file": "mysql-bin.000001", "pos": n, "row": 1, "snapshot": False}
         return event(
             {"op": op, "before": before, "after": after, "key": ["id"], "source": source}, id=str(n), type=f"mysql.change.{op}"
         )
 
-    ddl = event(
-        {"ddl": "CREATE TABLE `shop`.`items` (id INT PRIMARY KEY, name VARCHAR(20))", "source": {"db": "shop"}},
-        id="0",
-        type="mysql.change.ddl",
-    )
+    def ddl(statement: str, n: int) -> ConnectorRecord:
+        source = {"db": "shop", "file": "mysql-bin.000001", "pos": n, "row": 1, "snapshot": False}
+        return event({"ddl": statement, "source": source}, id=str(n), type="mysql.change.ddl")
+
     batch = [
-        ddl,
+        ddl("CREATE TABLE `shop`.`items` (id INT PRIMARY KEY, name VARCHAR(20))", 0),
         change("c", None, {"id": 1, "name": "one"}, 1),
         change("c", None, {"id": 2, "name": "two"}, 2),
         change("u", {"id": 1, "name": "one"}, {"id": 10, "name": "ten"}, 3),  # key change
         change("d", {"id": 2, "name": "two"}, None, 4),
-        event({"ddl": "ALTER TABLE items ADD COLUMN price INT", "source": {"db": "shop"}}, id="5", type="mysql.change.ddl"),
+        ddl("ALTER TABLE items ADD COLUMN price INT", 5),
         change("r", None, {"id": 3, "name": "three", "price": 7}, 6),
         event({"ts_ms": 1}, id="7", type="mysql.change.heartbeat"),
-        event({"ddl": f"DROP DATABASE {database}", "source": {"db": "shop"}}, id="8", type="mysql.change.ddl"),
+        ddl(f"DROP DATABASE {database}", 8),
     ]
     try:
         for _ in range(2):  # the second time a replay, DDL included

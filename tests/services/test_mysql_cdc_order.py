@@ -1,0 +1,238 @@
+"""mysql-sink cdc mode against a throwaway MariaDB: changes of one row delivered out of order, twice, or by two replicas
+at once end as if applied in source order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from runtime import ConnectorRecord, RetriableError, SinkContext
+from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
+from tests.servers import MariaDBServer
+
+_databases = itertools.count()
+_TABLE = "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL, qty INT NULL)"
+
+
+@pytest.fixture
+def database(mariadb_server: MariaDBServer) -> str:
+    name = f"cdc_order_{next(_databases)}"
+    mariadb_server.sql(f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}; USE {name}; {_TABLE}")
+    return name
+
+
+async def started(server: MariaDBServer, database: str) -> MysqlSink:
+    sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, "database": database, "mode": "cdc"}))
+    await sink.start(SinkContext("cdc-order-test"))
+    return sink
+
+
+def table(server: MariaDBServer, database: str, query: str = "SELECT id, name, qty FROM items ORDER BY id") -> list[list[str]]:
+    return [line.split("\t") for line in server.sql(query, database).splitlines()]
+
+
+def source(pos: int, row: int = 1, *, file: str = "mysql-bin.000001", snapshot: bool = False) -> dict[str, Any]:
+    return {"db": "shop", "table": "items", "file": file, "pos": pos, "row": row, "snapshot": snapshot}
+
+
+def change(op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, at: dict[str, Any]) -> ConnectorRecord:
+    data = {"op": op, "before": before, "after": after, "key": ["id"], "source": at}
+    return ConnectorRecord(
+        data=data, id=f"{at['file']}:{at['pos']}:{at['row']}:{op}", source="/shop", type=f"mysql.change.{op}", subject="items"
+    )
+
+
+def ddl(statement: str, at: dict[str, Any]) -> ConnectorRecord:
+    data = {"ddl": statement, "source": {key: value for key, value in at.items() if key != "table"}}
+    return ConnectorRecord(data=data, id=f"ddl:{at['pos']}", source="/shop", type="mysql.change.ddl", subject="items")
+
+
+def item(key: int, name: str, qty: int | None = None) -> dict[str, Any]:
+    return {"id": key, "name": name, "qty": qty}
+
+
+async def put_each(sink: MysqlSink, *batches: Sequence[ConnectorRecord]) -> None:
+    for batch in batches:
+        assert await sink.put(batch) == []
+
+
+async def test_an_older_update_delivered_after_a_newer_one_changes_nothing(mariadb_server: MariaDBServer, database: str) -> None:
+    insert = change("c", None, item(1, "one", 1), source(100))
+    update_2 = change("u", item(1, "one", 1), item(1, "one", 2), source(200))
+    update_3 = change("u", item(1, "one", 2), item(1, "one", 3), source(300))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [insert], [update_3], [update_2])  # one batch each: the late one meets the stored version
+        await put_each(sink, [update_2, insert])  # in one batch: both older than the row's version
+        assert table(mariadb_server, database) == [["1", "one", "3"]]
+        await put_each(sink, [update_3], [update_3, update_3])  # the same change again: a no-op
+        assert table(mariadb_server, database) == [["1", "one", "3"]]
+        # Newest first within one batch: the newest wins, whatever the order in the batch.
+        later = change("u", item(1, "one", 3), item(1, "four", 4), source(300, row=2))
+        await put_each(sink, [later, update_2, insert])
+        assert table(mariadb_server, database) == [["1", "four", "4"]]
+    finally:
+        await sink.stop()
+
+
+async def test_a_deleted_row_stays_deleted_when_an_older_insert_or_update_arrives_late(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    insert = change("c", None, item(1, "one"), source(100))
+    update = change("u", item(1, "one"), item(1, "uno"), source(100, row=2))
+    delete = change("d", item(1, "uno"), None, source(200))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [delete], [update], [insert])  # the delete never saw the row, yet its tombstone holds
+        assert table(mariadb_server, database) == []
+        await put_each(sink, [insert, delete, update])
+        assert table(mariadb_server, database) == []
+        reinsert = change("c", None, item(1, "again"), source(300))
+        await put_each(sink, [reinsert], [delete, update])
+        assert table(mariadb_server, database) == [["1", "again", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+async def test_snapshot_rows_order_below_streamed_changes_of_their_position(mariadb_server: MariaDBServer, database: str) -> None:
+    snapshot_at = {"file": "mysql-bin.000002", "snapshot": True}
+    snapshot_row = change("r", None, item(1, "snap"), source(400, row=0, **snapshot_at))
+    snapshot_other = change("r", None, item(2, "snap"), source(400, row=0, **snapshot_at))
+    # The first transaction streamed after the snapshot starts at the snapshot's position.
+    streamed = change("u", item(1, "snap"), item(1, "streamed"), source(400, row=1, file="mysql-bin.000002"))
+    # An older change from the previous binlog file (a higher pos, a lower file number).
+    stale = change("u", item(2, "old"), item(2, "stale"), source(90_000, file="mysql-bin.000001"))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [streamed], [snapshot_row, snapshot_other], [stale])
+        assert table(mariadb_server, database) == [["1", "streamed", "NULL"], ["2", "snap", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+async def test_a_key_change_versions_both_keys(mariadb_server: MariaDBServer, database: str) -> None:
+    insert = change("c", None, item(1, "one"), source(100))
+    rename = change("u", item(1, "one"), item(10, "ten"), source(200))
+    update_old_key = change("u", item(1, "zero"), item(1, "one"), source(150))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [rename], [update_old_key, insert])  # the old key was deleted at 200: it stays gone
+        assert table(mariadb_server, database) == [["10", "ten", "NULL"]]
+        revert = change("u", item(10, "ten"), item(1, "one again"), source(300))
+        await put_each(sink, [revert], [rename])
+        assert table(mariadb_server, database) == [["1", "one again", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+async def test_schema_changes_apply_once_in_order_and_a_truncate_makes_older_rows_obsolete(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    add = ddl("ALTER TABLE `shop`.`items` ADD COLUMN note TEXT NULL", source(100))
+    drop = ddl("ALTER TABLE `shop`.`items` DROP COLUMN note", source(200))
+    insert = change("c", None, item(1, "one"), source(150))
+    truncate = ddl("TRUNCATE TABLE `shop`.`items`", source(300))
+    after = change("c", None, item(2, "two"), source(400))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [add, drop], [add])  # the late ADD COLUMN would bring the column back
+        columns = "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'items'"
+        assert table(mariadb_server, database, columns + " ORDER BY ORDINAL_POSITION") == [["id"], ["name"], ["qty"]]
+        await put_each(sink, [truncate, after], [insert])  # the insert happened before the truncate: obsolete
+        assert table(mariadb_server, database) == [["2", "two", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+async def test_an_envelope_without_a_position_is_rejected_with_the_reason(mariadb_server: MariaDBServer, database: str) -> None:
+    unordered = change("c", None, item(1, "one"), source(100))
+    del unordered.data["source"]["row"]
+    sink = await started(mariadb_server, database)
+    try:
+        rejections = await sink.put([unordered, change("c", None, item(2, "two"), source(100, row=2))])
+    finally:
+        await sink.stop()
+    assert [r.record.id for r in rejections] == [unordered.id] and "source.row" in rejections[0].reason
+    assert table(mariadb_server, database) == [["2", "two", "NULL"]]
+
+
+def history(seed: int, keys: int = 6, changes: int = 120) -> tuple[list[ConnectorRecord], dict[int, tuple[str, int | None]]]:
+    """A source-ordered history of inserts, updates (some changing the key) and deletes; the final table it leaves."""
+    rng = random.Random(seed)
+    rows: dict[int, tuple[str, int | None]] = {}
+    records: list[ConnectorRecord] = []
+    pos = 4
+    for n in range(changes):
+        if n % 3 == 0:
+            pos += rng.randint(50, 500)
+        at = source(pos, row=n % 3 + 1, file=f"mysql-bin.00000{1 + n // 60}")
+        key = rng.randrange(keys)
+        if key not in rows:
+            rows[key] = (f"v{n}", rng.choice([None, n]))
+            records.append(change("c", None, item(key, *rows[key]), at))
+        elif rng.random() < 0.25:
+            records.append(change("d", item(key, *rows.pop(key)), None, at))
+        else:
+            new_key = rng.randrange(keys) if rng.random() < 0.2 else key
+            if new_key != key and new_key in rows:
+                new_key = key
+            before = item(key, *rows.pop(key))
+            rows[new_key] = (f"v{n}", n)
+            records.append(change("u", before, item(new_key, *rows[new_key]), at))
+    return records, rows
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_shuffled_duplicated_deliveries_end_as_the_source_order_does(
+    mariadb_server: MariaDBServer, database: str, seed: int
+) -> None:
+    records, final = history(seed)
+    rng = random.Random(seed)
+    deliveries = records + rng.sample(records, len(records) // 3)  # a third redelivered
+    rng.shuffle(deliveries)
+    sink = await started(mariadb_server, database)
+    try:
+        start = 0
+        while start < len(deliveries):
+            size = rng.randint(1, 25)
+            await put_each(sink, deliveries[start : start + size])
+            start += size
+    finally:
+        await sink.stop()
+    expected = [[str(key), name, "NULL" if qty is None else str(qty)] for key, (name, qty) in sorted(final.items())]
+    assert table(mariadb_server, database) == expected
+
+
+async def test_two_replicas_writing_one_rows_changes_at_once_end_as_the_source_order_does(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    records, final = history(7, keys=4, changes=200)
+    rng = random.Random(7)
+    shuffled = rng.sample(records, len(records))
+    sinks = [await started(mariadb_server, database) for _ in range(2)]
+
+    async def replica(sink: MysqlSink, share: list[ConnectorRecord]) -> int:
+        retried = 0
+        for start in range(0, len(share), 10):
+            while True:
+                try:
+                    assert await sink.put(share[start : start + 10]) == []
+                    break
+                except RetriableError:  # two writers of the same rows: a deadlock is retried, as the worker does
+                    retried += 1
+                    assert retried < 200
+                    await asyncio.sleep(rng.random() * 0.02)
+        return retried
+
+    try:
+        await asyncio.gather(*(replica(sink, shuffled[index::2]) for index, sink in enumerate(sinks)))
+    finally:
+        for sink in sinks:
+            await sink.stop()
+    expected = [[str(key), name, "NULL" if qty is None else str(qty)] for key, (name, qty) in sorted(final.items())]
+    assert table(mariadb_server, database) == expected
