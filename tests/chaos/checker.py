@@ -6,7 +6,7 @@ plus every committed row change of the source database (its ``journal``: one row
 replica. A does-not-fit event must be in the dead-letter table (with its reason) and nowhere
 else. *Lost* is whatever was accepted and is in neither place. *Duplicates* are rows beyond the
 first for one event or change. The replicated ``items`` must equal the source's at the end
-(rows missing, stale or present only in the replica are reported as mismatches).
+(rows missing, stale or present only in the replica are mismatches).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class Verdict:
 
     @property
     def settled(self) -> bool:
-        """Nothing missing any more (what a drain waits for)."""
-        return self.lost == 0
+        """Nothing missing any more and the replica equal to the source (what a drain waits for)."""
+        return self.lost == 0 and self.mismatches == 0
 
     def line(self) -> str:
         return (
