@@ -122,32 +122,42 @@ def test_bad_names_and_urls_are_config_errors() -> None:
 
 
 CONTENDER = """
-import asyncio, sys, time
+import asyncio, os, sys, time
 from runtime.errors import FencedError
 from runtime.registry.file import FileRegistry
 
 async def main():
     registry = FileRegistry(sys.argv[1])
-    end = time.monotonic() + 1.5
-    while time.monotonic() < end:
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[3]):  # all contenders start together, however slow their start-up
+        await asyncio.sleep(0.005)
+    tokens, give_up = set(), time.monotonic() + 20
+    while len(tokens) < 8 and time.monotonic() < give_up:
         lease = await registry.try_acquire("orders", "g0", sys.argv[2], 0.02)
-        if lease is not None:
-            try:
-                await registry.commit_offsets("orders", {"p": {"token": lease.token}}, lease)
-                print("committed", lease.token, sys.argv[2], flush=True)
-            except FencedError:  # the 20 ms lease expired before the commit: refused, as it must be
-                print("fenced", lease.token, sys.argv[2], flush=True)
+        if lease is None:
+            continue
+        tokens.add(lease.token)
+        try:
+            await registry.commit_offsets("orders", {"p": {"token": lease.token}}, lease)
+            print("committed", lease.token, sys.argv[2], flush=True)
+        except FencedError:  # the 20 ms lease expired before the commit: refused, as it must be
+            print("fenced", lease.token, sys.argv[2], flush=True)
+        await asyncio.sleep(0.03)  # let the lease lapse, so the next one is a new lease for someone
 
 asyncio.run(main())
 """
 
 
 def test_processes_sharing_a_state_directory_never_get_the_same_token(tmp_path: Path) -> None:
+    state, start = tmp_path / "state", tmp_path / "go"
     contenders = [
-        subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), f"p{i}"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", CONTENDER, str(state), f"p{i}", str(start)], stdout=subprocess.PIPE, text=True)
         for i in range(4)
     ]
-    outcomes = [line.split() for proc in contenders for line in proc.communicate(timeout=30)[0].splitlines()]
+    for proc in contenders:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    start.touch()
+    outcomes = [line.split() for proc in contenders for line in proc.communicate(timeout=60)[0].splitlines()]
     assert all(proc.returncode == 0 for proc in contenders)
     holders = {(int(token), holder) for _, token, holder in outcomes}
     tokens = sorted(token for token, _ in holders)
@@ -155,7 +165,7 @@ def test_processes_sharing_a_state_directory_never_get_the_same_token(tmp_path: 
     # A holder that still holds its lease gets the same token back; no two holders ever share one.
     assert tokens == list(range(1, len(tokens) + 1)), "every token issued to one holder, none skipped"
     committed = [int(token) for outcome, token, _ in outcomes if outcome == "committed"]
-    stored = asyncio.run(FileRegistry(tmp_path).load_offsets("orders"))
+    stored = asyncio.run(FileRegistry(state).load_offsets("orders"))
     assert stored == {"p": {"token": max(committed)}}, "the newest lease's commit is the one that stays"
 
 
