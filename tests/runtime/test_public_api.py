@@ -1,0 +1,44 @@
+"""The connector author's API is exactly what ``runtime`` exports: changing it is a deliberate act."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import runtime
+
+AUTHOR_API = {
+    "ConfigError",
+    "ConnectorConfig",
+    "ConnectorRecord",
+    "DataError",
+    "FencedError",
+    "MeshConnectError",
+    "Rejection",
+    "RetriableError",
+    "Secret",
+    "Sink",
+    "SinkContext",
+    "Source",
+    "SourceContext",
+    "load_config",
+    "main_for",
+}
+
+
+def test_runtime_exports_exactly_the_author_api() -> None:
+    assert set(runtime.__all__) == AUTHOR_API
+    assert all(getattr(runtime, name) is not None for name in runtime.__all__)
+
+
+def test_every_connector_imports_only_the_public_runtime_api_or_documented_modules() -> None:
+    # Authors touch services/<name>/ and what runtime exports; these runtime modules are the
+    # documented extras a connector may use (record helpers, config types, the test kit).
+    allowed = {"runtime", "runtime.record", "runtime.config", "runtime.errors", "runtime.connector"}
+    services = Path(runtime.__file__).parent.parent / "services"
+    offenders = []
+    for path in services.rglob("*.py"):
+        for module in re.findall(r"^from (runtime[\w.]*) import", path.read_text(), flags=re.M):
+            if module not in allowed and path.name != "__main__.py":
+                offenders.append(f"{path.relative_to(services)}: {module}")
+    assert offenders == [], offenders
