@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 from datetime import UTC, datetime
@@ -258,3 +259,23 @@ async def test_conformance(mariadb_server: MariaDBServer, database: str, tmp_pat
         ),
         workdir=tmp_path,
     )
+
+
+async def test_cdc_mode_writes_binary_column_values_exactly(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE blobs (id INT PRIMARY KEY, payload VARBINARY(16))", database)
+    raw = b"\x00\xff\xfe binary"  # not UTF-8: the envelope carries it base64-encoded
+    source = {"db": "shop", "table": "blobs", "file": "mysql-bin.000001", "pos": 4, "row": 1, "snapshot": False}
+    envelope = {
+        "op": "c",
+        "before": None,
+        "after": {"id": 1, "payload": base64.b64encode(raw).decode()},
+        "key": ["id"],
+        "binary": ["payload"],
+        "source": source,
+    }
+    sink = await started(mariadb_server, database=database, mode="cdc")
+    try:
+        assert await sink.put([event(envelope, id="b1", type="mysql.change.c")]) == []
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT HEX(payload) FROM blobs", database) == [[raw.hex().upper()]]
