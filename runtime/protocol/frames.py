@@ -587,10 +587,30 @@ def encode_raw(header_json: bytes, body: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------------------
 
 
+# Headers met before in exactly the form header_json writes, by their bytes up to the opening quote of the seq:
+# (the bytes after the seq digits, command, code, desc, properties). Such a header, with any digits as seq, is
+# read without parsing: its bytes are header_json's for those values, so parsing would give those values.
+# None marks a start whose header was not in that form (checked once). Bounded: descs carry free text.
+_SEQ_OPENING = b'"seq":"'
+_HEADER_SHAPES: dict[bytes, tuple[bytes, Command, int, str | None, dict[str, Any]] | None] = {}
+_HEADER_SHAPES_LIMIT = 1024
+
+
 def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]:
     """Jackson's reading of ``Header``: (header, None), or (None, view) when cmd is missing or null."""
+    data = bytes(raw)
+    opening = data.find(_SEQ_OPENING)
+    start = data[: opening + 7] if opening > 0 else None
+    if start is not None:
+        digits_start = opening + 7
+        shape = _HEADER_SHAPES.get(start)
+        if shape is not None:
+            digits_end = data.find(b'"', digits_start)
+            seq_digits = data[digits_start:digits_end]
+            if digits_end > digits_start and seq_digits.isdigit() and data[digits_end:] == shape[0]:
+                return Header(shape[1], shape[2], shape[3], seq_digits.decode(), dict(shape[4])), None
     try:
-        value = orjson.loads(raw)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         value = None
     # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
@@ -611,9 +631,12 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
                 or (properties is None and "properties" not in value)
             )
         ):
-            return Header(command, code, desc, seq, {} if properties is None else properties), None
+            header = Header(command, code, desc, seq, {} if properties is None else properties)
+            if start is not None and seq is not None and properties is not None and _new_shape(start, seq):
+                _HEADER_SHAPES[start] = _shape_of(data, header, len(start))
+            return header, None
     try:
-        value = _as_object(_parse_json(raw, from_bytes=True), "the header")
+        value = _as_object(_parse_json(data, from_bytes=True), "the header")
         if value is None:
             return None, None
         command = _as_enum(value.get("cmd"), Command, "cmd")
@@ -626,6 +649,19 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
     if command is None:
         return None, {"cmd": None, "code": code, "desc": desc, "seq": seq, "properties": properties}
     return Header(command, code, desc, seq, NULL_PROPERTIES if properties is None else properties), None
+
+
+def _new_shape(start: bytes, seq: str) -> bool:
+    """Whether a header with these first bytes and this seq is worth checking for its shape."""
+    return start not in _HEADER_SHAPES and len(_HEADER_SHAPES) < _HEADER_SHAPES_LIMIT and seq.isascii() and seq.isdigit()
+
+
+def _shape_of(data: bytes, header: Header, digits_start: int) -> tuple[bytes, Command, int, str | None, dict[str, Any]] | None:
+    """The shape of header bytes ``data`` read as ``header`` (a digit seq), or None when header_json writes them otherwise."""
+    if header.to_json() != data:
+        return None
+    assert header.seq is not None
+    return data[digits_start + len(header.seq) :], header.command, header.code, header.desc, dict(header.properties)
 
 
 def _check_body(command: Command, body: bytes) -> bytes | None:

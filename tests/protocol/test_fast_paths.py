@@ -187,3 +187,38 @@ def test_ack_frame_is_the_encoded_ack_package(command: Command) -> None:
     push = Package(Header(command, seq="42", properties={"protocoltype": "cloudevents"}), b"{}")
     assert ack_frame(push) == encode(ack_package(push))
     assert FrameDecoder().feed(ack_frame(push))[0] == ack_package(push)
+
+
+_digit_seqs = st.text(alphabet="0123456789", min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_headers, _digit_seqs, _digit_seqs)
+def test_a_header_shape_met_before_reads_any_digit_seq_like_the_parser(header: Header, first: str, second: str) -> None:
+    decoder = FrameDecoder()
+    for seq in (first, second, first):  # the first read may remember the shape, the later ones may use it
+        expected = Header(header.command, header.code, header.desc, seq, header.properties)
+        decoded = decoder.feed(encode(Package(expected)))[0].header
+        assert decoded == expected
+        assert list(decoded.properties.items()) == list(expected.properties.items())
+        assert decoded.properties is not expected.properties
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b',"properties":{"a":"b"},"command":"ASYNC_MESSAGE_TO_SERVER_ACK"}',  # other properties after the seq
+        b',"properties":{},"command":"ASYNC_MESSAGE_TO_SERVER_ACK"}  ',  # trailing blanks
+        b',"properties":{},"command":"ASYNC_MESSAGE_TO_SERVER_ACK","seq":"7"}',  # a second seq: the last one counts
+        b',"properties":{},"command":"ASYNC_MESSAGE_TO_SERVER_ACK"} trailing junk',  # Jackson ignores what follows
+    ],
+)
+def test_headers_that_only_start_like_a_known_shape_are_parsed(tail: bytes) -> None:
+    start = b'{"cmd":"ASYNC_MESSAGE_TO_SERVER_ACK","code":0,"desc":"success","seq":"'
+    decoder = FrameDecoder()
+    decoder.feed(encode(Package(Header(Command.ASYNC_MESSAGE_TO_SERVER_ACK, desc="success", seq="1"))))  # the shape
+    header_json = start + b'42"' + tail
+    frame = b"EventMesh0000" + struct.pack(">ii", 13 + len(header_json), len(header_json)) + header_json
+    decoded = decoder.feed(frame)[0].header
+    document = json.JSONDecoder().raw_decode(header_json.decode())[0]
+    assert decoded == Header(Command.ASYNC_MESSAGE_TO_SERVER_ACK, 0, "success", document["seq"], document["properties"])
