@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from runtime.plugins import ConnectorClass, load_connector
 from runtime.registry import Registry
 from runtime.worker import SinkWorker, SourceWorker
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main_for", "open_registry", "run_connector", "serve"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "freeze_startup_heap", "main_for", "open_registry", "run_connector", "serve"]
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -79,7 +80,18 @@ def run_connector(
         print(f"meshconnect: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log)
+    freeze_startup_heap()
     return asyncio.run(serve(cls, config, shutdown_timeout=shutdown_timeout))
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up made (modules, classes, config) out of the garbage collector's generations.
+
+    They live as long as the process, and each collection then walks only what the traffic
+    allocates: about a fifth of a worker's CPU. It affects the whole interpreter, so only process
+    entry points call it (``run_connector``, ``meshconnect mesh``), never a library class.
+    """
+    gc.freeze()
 
 
 async def serve(

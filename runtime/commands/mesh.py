@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 import yaml
 
+from runtime.app import freeze_startup_heap
 from runtime.config import LogSettings
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             max_unacked_per_session=args.max_unacked_per_session,
             max_event_size=args.max_event_size,
         )
+        freeze_startup_heap()
         failed = asyncio.run(serve(mesh))
     except ConfigError as exc:
         log.error("mesh.config_error", error=str(exc))

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import gc
 import hmac
 import itertools
 from collections.abc import Callable, Mapping
@@ -370,11 +369,6 @@ class EmbeddedMesh:
             log.info("mesh.store.loaded", path=str(self._store.path), events=loaded, consumers=len(self.broker.consumers))
         self._server = await self._loop.create_server(lambda: _Session(self), self.host, self._requested_port)
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="mesh-housekeeping")
-        # What start-up made (modules, the loaded store) lives as long as the mesh: out of the collector's
-        # generations, so that each collection walks only what the traffic allocates. Once per process:
-        # a process starting many meshes (tests) does not pin later garbage.
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
         log.info("mesh.started", host=self.host, port=self.port, durable=self._store is not None)
 
     async def stop(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -39,11 +38,6 @@ async def mesh_session(
         return client
 
     client = await retry_retriable(connect, what=f"mesh {config.mesh.address}", backoff=backoff, stop=stop, on_failure=failed)
-    # What start-up made (modules, config, the connector) lives as long as the process: out of the collector's
-    # generations, so that each collection walks only what the pipeline allocates (about a fifth of a worker's CPU).
-    # Once per process: a process running many workers (tests) does not pin later garbage.
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
 
     def track(_state: object) -> None:
         board.set_mesh(client.connected)
