@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import socket
@@ -160,13 +161,19 @@ def user_agent_for(
 
 @dataclass(frozen=True, slots=True, eq=False)
 class PushedEvent:
-    """An event the mesh pushed to us; call :meth:`ack` once it is handled (never before)."""
+    """An event the mesh pushed to us; call :meth:`ack` once it is handled (never before).
+
+    A push whose body is not an event still arrives, so that nothing is lost unseen: ``decode_error``
+    says why, and ``event`` is a stand-in holding the raw body (type ``meshconnect.undecodable``, an
+    id derived from the bytes) for the receiver to dead-letter.
+    """
 
     event: CloudEvent
     seq: str
     command: Command
     _client: MeshClient = field(repr=False)
     _push: Pushed = field(repr=False)
+    decode_error: str | None = None
 
     async def ack(self) -> None:
         """Acknowledge the event; if its connection is gone since, the mesh redelivers it instead."""
@@ -175,6 +182,18 @@ class PushedEvent:
     async def reply(self, event: CloudEvent) -> None:
         """Answer a request-reply push (``REQUEST_TO_CLIENT``) with ``event``; then :meth:`ack`."""
         self._client._reply(self._push, event)
+
+
+def _undecodable_event(body: bytes) -> CloudEvent:
+    """The stand-in for a pushed body that is not an event: its bytes, under an id derived from them."""
+    attributes = {
+        "specversion": "1.0",
+        "id": f"undecodable-{hashlib.sha256(body).hexdigest()[:32]}",
+        "source": "/meshconnect/mesh",
+        "type": "meshconnect.undecodable",
+        "datacontenttype": "application/octet-stream",
+    }
+    return CloudEvent(attributes, body)
 
 
 class _Connection(asyncio.Protocol):
@@ -710,16 +729,16 @@ class MeshClient:
 
     def _push(self, event: Pushed) -> None:
         package = event.package
+        decode_error: str | None = None
         try:
             if package.body is None:
                 raise DataError("pushed frame has no body")
             cloud_event = body_to_event(package.body)
         except (DataError, ProtocolError) as exc:
-            # Nothing to hand to the receiver: log it with its reason and ack, so it is not pushed forever.
-            log.error("mesh pushed an undecodable event; dropped", seq=package.header.seq, reason=str(exc))
-            self._session.ack(event)
-            return
-        self._pushes.append(PushedEvent(cloud_event, package.header.seq or "", package.header.command, self, event))
+            decode_error = str(exc)
+            log.error("mesh pushed an undecodable event", seq=package.header.seq, reason=decode_error)
+            cloud_event = _undecodable_event(package.body or b"")
+        self._pushes.append(PushedEvent(cloud_event, package.header.seq or "", package.header.command, self, event, decode_error))
         self._wake_push_reader()
         if not self._reading_paused and len(self._pushes) >= self._push_buffer and self._conn is not None:
             self._reading_paused = True

@@ -195,6 +195,8 @@ class SinkWorker:
         self.metrics.batch_latency.observe(time.monotonic() - started)
 
     def _item(self, pushed: PushedEvent) -> _Item:
+        if pushed.decode_error is not None:
+            return _Item(pushed, None, f"the mesh pushed a body that is not an event: {pushed.decode_error}")
         try:
             return _Item(pushed, cloudevent_to_record(pushed.event), None)
         except DataError as exc:

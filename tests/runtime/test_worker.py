@@ -16,7 +16,7 @@ from runtime.app import serve
 from runtime.client import MeshClient, user_agent_for
 from runtime.config import AdminSettings, RegistrySettings, WorkerConfig
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
+from runtime.protocol.frames import Command, FrameDecoder, Header, Package, SubscriptionMode, SubscriptionType, encode
 from runtime.record import partition_key
 from runtime.registry.file import FileRegistry
 from tests.runtime import connectors
@@ -223,3 +223,46 @@ async def test_sink_reports_its_membership_to_a_configured_registry(tmp_path: Pa
         stop.set()
         assert await sink == 0
         assert await registry.members("lister") == {}
+
+
+async def publish_body(port: int, body: bytes) -> Package:
+    """Publish ``body`` as it is (no event mapping), as any EventMesh client could; returns the mesh's answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    decoder = FrameDecoder()
+
+    async def answer() -> Package:
+        while True:
+            packages = decoder.feed(await asyncio.wait_for(reader.read(65536), 10))
+            if packages:
+                return packages[0]
+
+    try:
+        hello = Package.with_json(Header(Command.HELLO_REQUEST, seq="1"), user_agent_for("raw-producer", "pub"))
+        writer.write(encode(hello))
+        assert (await answer()).header.code == 0
+        properties = {"protocolversion": "1.0", "protocoldesc": "tcp", "protocoltype": "cloudevents"}
+        writer.write(encode(Package(Header(Command.ASYNC_MESSAGE_TO_SERVER, seq="2", properties=properties), body)))
+        return await answer()
+    finally:
+        writer.close()
+
+
+async def test_a_push_that_is_not_an_event_goes_to_the_dead_letter_topic_with_its_bytes(tmp_path: Path) -> None:
+    # A valid CloudEvent to any EventMesh runtime, but its data cannot be restored by the event mapping.
+    body = (
+        b'{"specversion":"1.0","id":"odd-1","source":"/elsewhere","type":"t","subject":"numbers",'
+        b'"datacontenttype":"application/cloudevents+json","meshdataenc":"base64","data":"%%% not base64 %%%"}'
+    )
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        assert (await publish_body(mesh.port, body)).header.code == 0
+        letters: list[Any] = []
+        await asyncio.wait_for(collect(mesh, "lister-dlq", 1, letters), 20)
+        stop_sink.set()
+        assert await sink == 0
+    [letter] = letters
+    assert letter.get_type() == "meshconnect.undecodable"
+    assert letter.get_data() == body
+    assert letter.get_extension("dlqreason").startswith("the mesh pushed a body that is not an event")
+    assert connectors.RECEIVED == []
