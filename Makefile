@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/meshconnect demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime services tests bench
-	$(BIN)/ruff format --check runtime
+	$(BIN)/ruff check --no-cache runtime services tests bench
+	$(BIN)/ruff format --no-cache --check runtime
 
 typecheck: $(STAMP)
 	$(BIN)/mypy runtime

@@ -1,5 +1,4 @@
 from runtime.app import main_for
-
 from services.http_source.connector import HttpSource
 
 main_for(HttpSource)
