@@ -111,9 +111,14 @@ class SinkWorker:
                     mesh_session(self.config, "pub", self.board, stop, watch=False) as publisher,
                     mesh_session(self.config, "sub", self.board, stop) as client,
                 ):
-                    for topic in self.settings.topics:
-                        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-                    await client.listen()
+
+                    async def join() -> None:
+                        # A connection lost mid-way fails the call; subscribing again is harmless (the mesh keeps the first).
+                        for topic in self.settings.topics:
+                            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+                        await client.listen()
+
+                    await retry_retriable(join, what="mesh subscribe", backoff=backoff, stop=stop, on_failure=self._unhealthy)
                     self.board.set_dependency(None)
                     self.board.set_state("running")
                     self.log.info("sink running", topics=self.settings.topics, group=self.config.mesh.group or self.config.name)

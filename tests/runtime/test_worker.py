@@ -266,3 +266,45 @@ async def test_a_push_that_is_not_an_event_goes_to_the_dead_letter_topic_with_it
     assert letter.get_data() == body
     assert letter.get_extension("dlqreason").startswith("the mesh pushed a body that is not an event")
     assert connectors.RECEIVED == []
+
+
+async def test_a_connection_lost_while_subscribing_is_retried_not_fatal(tmp_path: Path) -> None:
+    cuts = 0
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
+        nonlocal cuts
+        try:
+            while data := await reader.read(65536):
+                if upstream and b"SUBSCRIBE_REQUEST" in data and cuts == 0:
+                    cuts += 1  # the first subscribe never reaches the mesh: the connection drops under it
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async with EmbeddedMesh(port=0) as mesh:
+
+        async def proxy(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            mesh_reader, mesh_writer = await asyncio.open_connection("127.0.0.1", mesh.port)
+            await asyncio.gather(relay(client_reader, mesh_writer, True), relay(mesh_reader, client_writer, False))
+
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        proxy_port = server.sockets[0].getsockname()[1]
+        config = sink_config(mesh).model_copy(
+            update={"mesh": sink_config(mesh).mesh.model_copy(update={"address": f"127.0.0.1:{proxy_port}"})}
+        )
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, config, stop=stop_sink, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            attributes = {"id": "after-cut", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+            await producer.publish(CloudEvent(attributes, {"ok": 1}))
+        await eventually(lambda: len(connectors.RECEIVED) == 1)
+        assert not sink.done(), "the sink worker gave up on a retriable error"
+        stop_sink.set()
+        assert await sink == 0
+        server.close()
+    assert cuts == 1
