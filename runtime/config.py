@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime.errors import ConfigError
@@ -41,6 +41,7 @@ __all__ = [
     "LogSettings",
     "MeshSettings",
     "RegistrySettings",
+    "HttpEndpoint",
     "Secret",
     "SinkSettings",
     "SourceSettings",
@@ -74,6 +75,16 @@ def _resolve_secret(value: Any) -> Any:
 
 Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 """A secret config value: a string, ``{env: NAME}`` or ``{file: PATH}``; never logged."""
+
+
+def _http_endpoint(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url
+
+
+HttpEndpoint = Annotated[str, AfterValidator(_http_endpoint)]
+"""A config value naming an HTTP API endpoint: an http:// or https:// URL."""
 
 
 class _Strict(BaseModel):

@@ -50,7 +50,6 @@ __all__ = [
     "MessageTemplate",
     "Post",
     "check_length",
-    "http_url",
     "validate_template",
 ]
 
@@ -102,13 +101,6 @@ def validate_template(template: str) -> str:
         if any(is_attribute for is_attribute, _ in rest):
             raise ValueError(f"field {{{name}}} uses attribute access; index JSON data instead, e.g. {{data[key]}}")
     return template
-
-
-def http_url(url: str) -> str:
-    """``url`` if it is an http:// or https:// URL (a validator for the API endpoint settings)."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    return url
 
 
 def _lookup(value: Any, key: int | str) -> Any:

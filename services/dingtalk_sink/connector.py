@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 
 from pydantic import Field, field_validator
 
-from runtime.config import Secret
+from runtime.config import HttpEndpoint, Secret
 from runtime.record import ConnectorRecord
 from services.chatbot import (
     ApiAnswer,
@@ -37,7 +37,6 @@ from services.chatbot import (
     MessageTemplate,
     Post,
     check_length,
-    http_url,
     validate_template,
 )
 
@@ -57,7 +56,7 @@ def dingtalk_sign(timestamp_ms: int, secret: str) -> str:
 class DingtalkSinkConfig(ChatbotConfig):
     access_token: Secret = Field(description="The robot's access_token (from its webhook URL).")
     secret: Secret | None = Field(None, description="The robot's signing secret (SEC...), when it uses 加签.")
-    webhook_url: str = Field("https://oapi.dingtalk.com/robot/send", description="The robot webhook endpoint.")
+    webhook_url: HttpEndpoint = Field("https://oapi.dingtalk.com/robot/send", description="The robot webhook endpoint.")
     msgtype: Literal["text", "markdown"] = Field("text", description="Message type: plain text or DingTalk markdown.")
     title: str = Field("{subject}", description="Markdown messages: title template (shown in notifications).")
     at_mobiles: list[str] = Field(default_factory=list, description="Mobile numbers to @mention in each message.")
@@ -67,11 +66,6 @@ class DingtalkSinkConfig(ChatbotConfig):
     @classmethod
     def _valid_title(cls, title: str) -> str:
         return validate_template(title)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_endpoint(cls, url: str) -> str:
-        return http_url(url)
 
 
 class DingtalkSink(ChatbotSink[DingtalkSinkConfig]):

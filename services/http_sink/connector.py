@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from runtime.config import ConnectorConfig, Secret
+from runtime.config import ConnectorConfig, HttpEndpoint, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord
@@ -39,7 +39,7 @@ _RETRIABLE_STATUS = frozenset({408, 425, 429})
 
 
 class HttpSinkConfig(ConnectorConfig):
-    urls: list[str] = Field(min_length=1, description="Endpoints to POST events to (http:// or https://).")
+    urls: list[HttpEndpoint] = Field(min_length=1, description="Endpoints to POST events to (http:// or https://).")
     delivery: Literal["broadcast", "round_robin"] = Field(
         "broadcast", description="broadcast: every event to every URL; round_robin: each event to one URL in turn."
     )
@@ -55,14 +55,6 @@ class HttpSinkConfig(ConnectorConfig):
     ca_file: str | None = Field(None, description="PEM bundle of CAs to trust instead of the system ones.")
     client_cert: str | None = Field(None, description="PEM client certificate for mutual TLS.")
     client_key: str | None = Field(None, description="PEM private key of client_cert.")
-
-    @field_validator("urls")
-    @classmethod
-    def _http_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return urls
 
 
 class HttpSink(Sink[HttpSinkConfig]):

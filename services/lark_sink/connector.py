@@ -24,11 +24,11 @@ import hashlib
 import hmac
 import time
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from runtime.config import Secret
+from runtime.config import HttpEndpoint, Secret
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["LarkSink", "LarkSinkConfig", "lark_sign"]
 
@@ -46,16 +46,11 @@ def lark_sign(timestamp: int, secret: str) -> str:
 class LarkSinkConfig(ChatbotConfig):
     hook: Secret = Field(description="The bot's hook id (the last part of its webhook URL).")
     secret: Secret | None = Field(None, description="The bot's signature verification secret, when it has one.")
-    webhook_url: str = Field(
+    webhook_url: HttpEndpoint = Field(
         "https://open.feishu.cn/open-apis/bot/v2/hook",
         description="Webhook base; https://open.larksuite.com/open-apis/bot/v2/hook for Lark.",
     )
     min_interval: float = Field(0.6, ge=0, description="Seconds between two messages at least (100 a minute allowed).")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_endpoint(cls, url: str) -> str:
-        return http_url(url)
 
 
 class LarkSink(ChatbotSink[LarkSinkConfig]):

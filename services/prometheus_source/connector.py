@@ -38,7 +38,7 @@ import orjson
 import structlog
 from pydantic import Field, field_validator
 
-from runtime.config import ConnectorConfig, Secret
+from runtime.config import ConnectorConfig, HttpEndpoint, Secret
 from runtime.connector import Source, SourceContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord, partition_key
@@ -52,7 +52,7 @@ _RETRIABLE_STATUS = frozenset({408, 422, 425, 429})
 
 
 class PrometheusSourceConfig(ConnectorConfig):
-    url: str = Field(description="Prometheus base URL, e.g. http://prometheus:9090 (the API path is added).")
+    url: HttpEndpoint = Field(description="Prometheus base URL, e.g. http://prometheus:9090 (the API path is added).")
     query: str = Field(min_length=1, description="PromQL expression evaluated over time, e.g. 'rate(http_requests_total[5m])'.")
     step: float = Field(15.0, ge=0.001, description="Seconds between two evaluation timestamps (query_range step).")
     interval: float = Field(60.0, gt=0, description="Seconds of new steps to wait for between two scrapes when caught up.")
@@ -68,9 +68,7 @@ class PrometheusSourceConfig(ConnectorConfig):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    def _without_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/")
 
     @field_validator("start")

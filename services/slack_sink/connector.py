@@ -20,12 +20,12 @@ See :mod:`services.chatbot` for templates, pacing and repeats.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from runtime.config import Secret
+from runtime.config import HttpEndpoint, Secret
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["SlackSink", "SlackSinkConfig"]
 
@@ -62,17 +62,12 @@ def slack_escape(value: str) -> str:
 class SlackSinkConfig(ChatbotConfig):
     token: Secret = Field(description="Bot token (xoxb-...) with the chat:write scope.")
     channel: str = Field(min_length=1, description="Channel id (C0123...) or name to post to.")
-    api_url: str = Field("https://slack.com/api", description="Base URL of the Slack Web API.")
+    api_url: HttpEndpoint = Field("https://slack.com/api", description="Base URL of the Slack Web API.")
     username: str | None = Field(None, description="Display name of the messages (needs chat:write.customize).")
     icon_emoji: str | None = Field(None, description="Icon of the messages, e.g. ':robot_face:' (needs chat:write.customize).")
     min_interval: float = Field(
         1.0, ge=0, description="Seconds between two messages at least (Slack allows about one per second per channel)."
     )
-
-    @field_validator("api_url")
-    @classmethod
-    def _http_endpoint(cls, url: str) -> str:
-        return http_url(url)
 
 
 class SlackSink(ChatbotSink[SlackSinkConfig]):

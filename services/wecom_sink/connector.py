@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlencode
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from runtime.config import Secret
+from runtime.config import HttpEndpoint, Secret
 from runtime.record import ConnectorRecord
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length, http_url
+from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["WecomSink", "WecomSinkConfig"]
 
@@ -33,17 +33,14 @@ _LIMITS = {"text": 2048, "markdown": 4096}  # bytes of content
 
 class WecomSinkConfig(ChatbotConfig):
     key: Secret = Field(description="The robot's webhook key (the key= of its webhook URL).")
-    webhook_url: str = Field("https://qyapi.weixin.qq.com/cgi-bin/webhook/send", description="The robot webhook endpoint.")
+    webhook_url: HttpEndpoint = Field(
+        "https://qyapi.weixin.qq.com/cgi-bin/webhook/send", description="The robot webhook endpoint."
+    )
     msgtype: Literal["text", "markdown"] = Field("text", description="Message type: plain text or WeCom markdown.")
     mentioned_list: list[str] = Field(
         default_factory=list, description="Text messages: user ids to @mention ('@all' for everyone)."
     )
     mentioned_mobile_list: list[str] = Field(default_factory=list, description="Text messages: mobile numbers to @mention.")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_endpoint(cls, url: str) -> str:
-        return http_url(url)
 
 
 class WecomSink(ChatbotSink[WecomSinkConfig]):
