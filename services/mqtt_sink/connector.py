@@ -22,7 +22,7 @@ from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord
 from services.cloudevents_json import data_bytes, record_to_json
-from services.mqtt_source.connector import mqtt_call
+from services.mqtt_source.connector import mqtt_call, mqtt_disconnect
 
 __all__ = ["MqttSink", "MqttSinkConfig"]
 
@@ -96,10 +96,7 @@ class MqttSink(Sink[MqttSinkConfig]):
     async def _disconnect(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
-                await asyncio.wait_for(client.__aexit__(None, None, None), self.config.timeout)
-            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-                log.info("mqtt disconnect was not clean", error=str(exc))
+            await mqtt_disconnect(client, self.config.timeout)
 
     async def stop(self) -> None:
         await self._disconnect()

@@ -63,6 +63,14 @@ async def mqtt_call(what: str, call: Awaitable[T], seconds: float) -> T:
         raise RetriableError(f"MQTT broker unavailable during {what}: {exc}") from exc
 
 
+async def mqtt_disconnect(client: aiomqtt.Client, seconds: float) -> None:
+    """Leave the broker within ``seconds``; an unclean goodbye is only logged (source and sink)."""
+    try:
+        await asyncio.wait_for(client.__aexit__(None, None, None), seconds)
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        log.info("mqtt disconnect was not clean", error=str(exc))
+
+
 class MqttSource(Source[MqttSourceConfig]):
     name = "mqtt-source"
     description = "Subscribes to MQTT topics (QoS 1, persistent session) and acks after the mesh stored each message."
@@ -166,10 +174,7 @@ class MqttSource(Source[MqttSourceConfig]):
             self._buffer.get_nowait()
         if self._client is not None:
             client, self._client = self._client, None
-            try:
-                await asyncio.wait_for(client.__aexit__(None, None, None), self.config.timeout)
-            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-                log.info("mqtt disconnect was not clean", error=str(exc))
+            await mqtt_disconnect(client, self.config.timeout)
 
     async def stop(self) -> None:
         await self._disconnect()
