@@ -41,8 +41,7 @@ import os
 import random
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from enum import Enum
 from functools import partial
 from ssl import SSLContext
@@ -159,25 +158,67 @@ def user_agent_for(
     )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class PushedEvent:
     """An event the mesh pushed to us; call :meth:`ack` once it is handled (never before).
 
-    A push whose body is not an event still arrives, so that nothing is lost unseen: ``decode_error``
-    says why, and ``event`` is a stand-in holding the raw body (type ``meshconnect.undecodable``, an
-    id derived from the bytes) for the receiver to dead-letter.
+    The body is decoded when ``event`` or ``decode_error`` is first read (a sink worker reads the
+    record straight from ``body`` instead). A push whose body is not an event still arrives, so
+    that nothing is lost unseen: ``decode_error`` says why, and ``event`` is a stand-in holding
+    the raw body (type ``meshconnect.undecodable``, an id derived from the bytes) for the receiver
+    to dead-letter.
     """
 
-    event: CloudEvent
-    seq: str
-    command: Command
-    _client: MeshClient = field(repr=False)
-    _push: Pushed = field(repr=False)
-    decode_error: str | None = None
+    __slots__ = ("_client", "_decode_error", "_event", "_push")
+
+    def __init__(self, client: MeshClient, push: Pushed) -> None:
+        self._client = client
+        self._push = push
+        self._event: CloudEvent | None = None
+        self._decode_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"PushedEvent(seq={self.seq!r}, command={self.command.name})"
+
+    @property
+    def seq(self) -> str:
+        return self._push.package.header.seq or ""
+
+    @property
+    def command(self) -> Command:
+        return self._push.package.header.command
+
+    @property
+    def body(self) -> bytes:
+        """The message body as the mesh sent it (the wire mapping of the event)."""
+        return self._push.package.body or b""
+
+    @property
+    def event(self) -> CloudEvent:
+        if self._event is None:
+            self._decode()
+        assert self._event is not None
+        return self._event
+
+    @property
+    def decode_error(self) -> str | None:
+        if self._event is None:
+            self._decode()
+        return self._decode_error
+
+    def _decode(self) -> None:
+        package = self._push.package
+        try:
+            if package.body is None:
+                raise DataError("pushed frame has no body")
+            self._event = body_to_event(package.body)
+        except (DataError, ProtocolError) as exc:
+            self._decode_error = str(exc)
+            log.error("mesh pushed an undecodable event", seq=package.header.seq, reason=self._decode_error)
+            self._event = _undecodable_event(package.body or b"")
 
     async def ack(self) -> None:
         """Acknowledge the event; if its connection is gone since, the mesh redelivers it instead."""
-        self._client._ack(self._push)
+        self._client.ack_all((self,))
 
     async def reply(self, event: CloudEvent) -> None:
         """Answer a request-reply push (``REQUEST_TO_CLIENT``) with ``event``; then :meth:`ack`."""
@@ -618,28 +659,44 @@ class MeshClient:
 
     async def pushed(self) -> AsyncIterator[PushedEvent]:
         """The events pushed to this session, in arrival order; ends when the client closes."""
-        while True:
-            while not self._pushes:
-                if self._state is ClientState.CLOSED:
-                    return
-                self._push_waiter = asyncio.get_running_loop().create_future()
-                await self._push_waiter
-            pushed = self._pushes.popleft()
-            if self._reading_paused and len(self._pushes) <= self._push_buffer // 2 and self._conn is not None:
-                self._reading_paused = False
-                assert self._conn.transport is not None
-                self._conn.transport.resume_reading()
-            yield pushed
+        while await self.wait_for_pushes():
+            yield self.take_pushes(1)[0]
+
+    async def wait_for_pushes(self) -> bool:
+        """Wait until a pushed event waits to be taken (True), or the client closed (False)."""
+        while not self._pushes:
+            if self._state is ClientState.CLOSED:
+                return False
+            self._push_waiter = asyncio.get_running_loop().create_future()
+            await self._push_waiter
+        return True
+
+    def take_pushes(self, limit: int) -> list[PushedEvent]:
+        """Up to ``limit`` of the pushed events waiting, oldest first, without waiting (a batch at a time)."""
+        pushes = self._pushes
+        taken = [pushes.popleft() for _ in range(min(limit, len(pushes)))]
+        if self._reading_paused and len(pushes) <= self._push_buffer // 2 and self._conn is not None:
+            self._reading_paused = False
+            assert self._conn.transport is not None
+            self._conn.transport.resume_reading()
+        return taken
 
     def _wake_push_reader(self) -> None:
         if self._push_waiter is not None and not self._push_waiter.done():
             self._push_waiter.set_result(None)
 
-    def _ack(self, push: Pushed) -> None:
-        if self._session.ack(push):
+    def ack_all(self, pushes: Iterable[PushedEvent]) -> None:
+        """Acknowledge pushed events at once (each only once handled); the acks leave in one write. An event
+        whose connection is gone since is not acked: the mesh redelivers it instead."""
+        session = self._session
+        acked = False
+        for pushed in pushes:
+            if session.ack(pushed._push):
+                acked = True
+            else:
+                log.debug("mesh ack dropped: its connection is gone, the mesh redelivers", seq=pushed.seq)
+        if acked:
             self._schedule_flush()
-        else:
-            log.debug("mesh ack dropped: its connection is gone, the mesh redelivers", seq=push.package.header.seq)
 
     def _reply(self, push: Pushed, event: CloudEvent) -> None:
         if self._session.reply(push, event):
@@ -728,17 +785,7 @@ class MeshClient:
         event.token.set_exception(error)
 
     def _push(self, event: Pushed) -> None:
-        package = event.package
-        decode_error: str | None = None
-        try:
-            if package.body is None:
-                raise DataError("pushed frame has no body")
-            cloud_event = body_to_event(package.body)
-        except (DataError, ProtocolError) as exc:
-            decode_error = str(exc)
-            log.error("mesh pushed an undecodable event", seq=package.header.seq, reason=decode_error)
-            cloud_event = _undecodable_event(package.body or b"")
-        self._pushes.append(PushedEvent(cloud_event, package.header.seq or "", package.header.command, self, event, decode_error))
+        self._pushes.append(PushedEvent(self, event))
         self._wake_push_reader()
         if not self._reading_paused and len(self._pushes) >= self._push_buffer and self._conn is not None:
             self._reading_paused = True

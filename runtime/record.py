@@ -44,7 +44,7 @@ __all__ = [
 JsonValue: TypeAlias = Any
 """Any value ``orjson`` can serialize: dict, list, str, int, float, bool or None."""
 
-EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,64}$")
+EXTENSION_NAME = re.compile(r"[a-z0-9]{1,64}")  # used with fullmatch: "$" would let a trailing newline through
 _JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
 _CONTEXT_ATTRIBUTES = frozenset(
     {"id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
@@ -102,7 +102,7 @@ class ConnectorRecord:
         if self.timestamp.tzinfo is None:
             raise DataError("record timestamp must be timezone-aware (use datetime.now(UTC))")
         for name, value in self.extensions.items():
-            if not EXTENSION_NAME.match(name) or name in _CONTEXT_ATTRIBUTES:
+            if not EXTENSION_NAME.fullmatch(name) or name in _CONTEXT_ATTRIBUTES:
                 raise DataError(
                     f"extension name {name!r} is invalid: CloudEvents extension names are 1-64 "
                     "lower-case letters or digits and must not shadow a context attribute"

@@ -85,7 +85,7 @@ def _valid_name(name: str) -> bool:
     """``EXTENSION_NAME`` matches ``name``; the answer for a name seen before is a set lookup."""
     if name in _KNOWN_NAMES:
         return True
-    if EXTENSION_NAME.match(name) is None:
+    if EXTENSION_NAME.fullmatch(name) is None:
         return False
     if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
         _KNOWN_NAMES.add(name)

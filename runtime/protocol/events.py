@@ -47,10 +47,10 @@ Rules for events
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -62,7 +62,7 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.frames import Command, Header, Package, constant_properties, encode_fields
-from runtime.record import is_json_content_type
+from runtime.record import ConnectorRecord, is_json_content_type
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -73,6 +73,7 @@ __all__ = [
     "ack_package",
     "body_to_event",
     "body_to_event_and_transport",
+    "body_to_record",
     "event_to_body",
     "publish_frame",
     "publish_package",
@@ -102,6 +103,7 @@ _ATTRIBUTES_BEFORE_EXTENSIONS = ("id", "source", "type")  # after specversion
 _ATTRIBUTES_AFTER_CONTENT_TYPE = ("dataschema", "subject")
 _CONTEXT_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+_OPTIONAL_TEXT_ATTRIBUTES = ("subject", "datacontenttype", "dataschema")
 _INT32 = range(-(2**31), 2**31)
 
 # Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
@@ -236,6 +238,65 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 
     Raises ``DataError`` when the body is not a valid CloudEvent (the caller dead-letters it).
     """
+    attributes, data, transport = _read_body(body)
+    had_time = "time" in attributes
+    try:
+        event = CloudEvent(attributes, data)
+    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
+        raise DataError(f"message body is not a valid CloudEvent: {exc}") from exc
+    if not had_time:
+        # The SDK stamps a missing time with "now"; an event published without one stays without one.
+        event.get_attributes().pop("time", None)
+    return event, transport
+
+
+def body_to_record(body: bytes) -> ConnectorRecord:
+    """``cloudevent_to_record(body_to_event(body))`` without the CloudEvent in between (once per pushed event).
+
+    The same record and the same verdicts: the SDK's defaults (specversion, a random id) and its
+    validation rules are applied here, and a test holds the two paths equal over generated bodies.
+    """
+    attributes, data, _ = _read_body(body)
+    attributes.setdefault("specversion", "1.0")
+    if "id" not in attributes:
+        attributes["id"] = str(uuid.uuid4())
+    _check_attributes(attributes)
+    moment = attributes.pop("time", None)
+    extensions = {name: attributes.pop(name) for name in list(attributes) if name not in _CONTEXT_ATTRIBUTES}
+    get = attributes.get
+    return ConnectorRecord(
+        data=data,
+        timestamp=datetime.now(UTC) if moment is None else moment,
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        subject=get("subject"),
+        datacontenttype=get("datacontenttype"),
+        dataschema=get("dataschema"),
+        extensions=extensions,
+    )
+
+
+def _check_attributes(attributes: Mapping[str, Any]) -> None:
+    """The CloudEvents SDK's validation of v1.0 attributes (see ``CloudEvent.__init__``) as a DataError; what
+    ``ConnectorRecord`` checks itself (a timezone on the time, extension names) is left to it."""
+    for name in ("id", "source", "type"):
+        value = attributes.get(name)
+        if not value or not isinstance(value, str):
+            raise DataError(f"message body is not a valid CloudEvent: attribute {name!r} must be a non-empty string")
+    if attributes["specversion"] != "1.0":
+        raise DataError("message body is not a valid CloudEvent: attribute 'specversion' must be '1.0'")
+    if "time" in attributes and not isinstance(attributes["time"], datetime):
+        raise DataError("message body is not a valid CloudEvent: attribute 'time' must be an RFC 3339 time")
+    for name in _OPTIONAL_TEXT_ATTRIBUTES:
+        if name in attributes:
+            value = attributes[name]
+            if not value or not isinstance(value, str):
+                raise DataError(f"message body is not a valid CloudEvent: attribute {name!r} must be a non-empty string")
+
+
+def _read_body(body: bytes) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """(the event's attributes, its data, the transport extensions) of a message body, the mapping undone."""
     document = _load_json(body)
     if not isinstance(document, dict):
         raise DataError(f"message body is a JSON {type(document).__name__}, not a CloudEvent object")
@@ -262,14 +323,7 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
             document["time"] = datetime.fromisoformat(moment)
         except ValueError as exc:
             raise DataError(f"event time {moment!r} is not RFC 3339") from exc
-    try:
-        event = CloudEvent(document, data)
-    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
-        raise DataError(f"message body is not a valid CloudEvent: {exc}") from exc
-    if moment is None:
-        # The SDK stamps a missing time with "now"; an event published without one stays without one.
-        event.get_attributes().pop("time", None)
-    return event, transport
+    return document, data, transport
 
 
 def _load_json(body: bytes) -> Any:
@@ -313,7 +367,7 @@ def _decode_base64(text: Any) -> bytes:
         raise DataError("data_base64 must be a string")
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text beyond ASCII
         raise DataError(f"event data is not valid base64: {exc}") from exc
 
 

@@ -42,8 +42,9 @@ from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, MeshRejectedError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
+from runtime.protocol.events import body_to_record
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
-from runtime.record import ConnectorRecord, cloudevent_to_record
+from runtime.record import ConnectorRecord
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
 from runtime.worker.deadletter import dead_letter_event
@@ -140,48 +141,46 @@ class SinkWorker:
         self.board.set_state("retrying")
 
     async def _serve(self, client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
-        buffer: asyncio.Queue[PushedEvent] = asyncio.Queue(max(2 * self.settings.batch_size, 16))
-        reader = asyncio.create_task(self._read(client, buffer), name="read pushes")
+        # Batches are taken straight from the client's bounded push buffer: no task or queue per event.
+        size = self.settings.batch_size
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             while not stop.is_set():
-                first = asyncio.create_task(buffer.get())
-                done, _ = await asyncio.wait([first, stopping, reader], return_when=asyncio.FIRST_COMPLETED)
-                if first not in done:
-                    first.cancel()
-                    if reader in done:
-                        reader.result()  # the push stream ended: raise its error if any
-                        return
-                    break
-                batch = [first.result()]
-                await self._fill(batch, buffer, stop)
+                batch = client.take_pushes(size)
+                if not batch:
+                    arrival = asyncio.create_task(client.wait_for_pushes(), name="wait for pushes")
+                    done, _ = await asyncio.wait([arrival, stopping], return_when=asyncio.FIRST_COMPLETED)
+                    if arrival not in done:
+                        arrival.cancel()
+                        break
+                    if not arrival.result():
+                        return  # the client closed: the push stream ended
+                    continue
+                await self._fill(batch, client, stop)
                 self.board.set_state("draining" if stop.is_set() else "running")
-                await self._handle(batch, publisher, stop)
+                await self._handle(batch, client, publisher, stop)
         finally:
-            reader.cancel()
             stopping.cancel()
-            await asyncio.gather(reader, stopping, return_exceptions=True)
+            await asyncio.gather(stopping, return_exceptions=True)
         self.board.set_state("draining")
 
-    async def _read(self, client: MeshClient, buffer: asyncio.Queue[PushedEvent]) -> None:
-        async for pushed in client.pushed():
-            await buffer.put(pushed)
-
-    async def _fill(self, batch: list[PushedEvent], buffer: asyncio.Queue[PushedEvent], stop: asyncio.Event) -> None:
+    async def _fill(self, batch: list[PushedEvent], client: MeshClient, stop: asyncio.Event) -> None:
         """Add to ``batch`` until it is full or the linger time since its first event passed."""
+        size = self.settings.batch_size
         deadline = time.monotonic() + self.settings.linger_ms / 1000
-        while len(batch) < self.settings.batch_size:
-            while not buffer.empty() and len(batch) < self.settings.batch_size:
-                batch.append(buffer.get_nowait())
+        while True:
+            batch.extend(client.take_pushes(size - len(batch)))
             left = deadline - time.monotonic()
-            if len(batch) >= self.settings.batch_size or left <= 0 or stop.is_set():
+            if len(batch) >= size or left <= 0 or stop.is_set():
                 return
             try:
-                batch.append(await asyncio.wait_for(buffer.get(), left))
+                async with asyncio.timeout(left):
+                    if not await client.wait_for_pushes():
+                        return
             except TimeoutError:
                 return
 
-    async def _handle(self, batch: list[PushedEvent], publisher: MeshClient, stop: asyncio.Event) -> None:
+    async def _handle(self, batch: list[PushedEvent], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
         started = time.monotonic()
         self.metrics.records_in.inc(len(batch))
         self.metrics.in_flight.set(len(batch))
@@ -192,19 +191,18 @@ class SinkWorker:
         for item in items:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)
-        for item in items:
-            await item.pushed.ack()
+        client.ack_all(batch)
         written = sum(1 for item in items if item.reason is None)
         self.metrics.records_out.inc(written)
         self.metrics.in_flight.set(0)
         self.metrics.batch_latency.observe(time.monotonic() - started)
 
     def _item(self, pushed: PushedEvent) -> _Item:
-        if pushed.decode_error is not None:
-            return _Item(pushed, None, f"the mesh pushed a body that is not an event: {pushed.decode_error}")
         try:
-            return _Item(pushed, cloudevent_to_record(pushed.event), None)
+            return _Item(pushed, body_to_record(pushed.body), None)
         except DataError as exc:
+            if pushed.decode_error is not None:
+                return _Item(pushed, None, f"the mesh pushed a body that is not an event: {pushed.decode_error}")
             return _Item(pushed, None, f"event cannot become a record: {exc.reason}")
 
     async def _write(self, items: list[_Item], stop: asyncio.Event) -> None:

@@ -20,11 +20,13 @@ from runtime.protocol.events import (
     ack_package,
     body_to_event,
     body_to_event_and_transport,
+    body_to_record,
     event_to_body,
     publish_package,
     push_package,
 )
 from runtime.protocol.frames import Command, FrameDecoder, Header, Package, encode
+from runtime.record import ConnectorRecord, cloudevent_to_record
 from tests.protocol.vectors import VALID
 
 _VECTORS = {vector["name"]: vector for vector in VALID}
@@ -271,3 +273,93 @@ def test_event_survives_the_java_runtime_rerendering_it_on_push(event: CloudEven
 @given(_json)
 def test_jackson_writer_output_is_json_of_the_same_value(value: Any) -> None:
     assert json.loads(jackson.dumps(value)) == value
+
+
+def _record_by_sdk(body: bytes) -> ConnectorRecord:
+    return cloudevent_to_record(body_to_event(body))
+
+
+def assert_same_record(fast: ConnectorRecord, slow: ConnectorRecord, document: dict[str, Any]) -> None:
+    # Where the body gives no time or no id, both paths make one up (now, a random UUID): those may differ.
+    ignored = {"timestamp"} if "time" not in document else set()
+    if "id" not in document:
+        ignored.add("id")
+    fields = ("data", "timestamp", "id", "source", "type", "subject", "datacontenttype", "dataschema", "extensions")
+    for name in fields:
+        if name not in ignored:
+            assert getattr(fast, name) == getattr(slow, name), name
+    assert type(fast.data) is type(slow.data)
+    assert fast.timestamp.tzinfo is not None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_body_to_record_gives_the_record_of_the_sdk_event(event: CloudEvent) -> None:
+    body = event_to_body(event)
+    assert_same_record(body_to_record(body), _record_by_sdk(body), orjson.loads(body))
+
+
+_any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.lists(st.integers(), max_size=2)
+)
+_attribute_values = st.sampled_from(["", "x", "a/b", "1.0", "0.3"]) | _any_value
+_time_values = (
+    st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T05:30:00+05:30", "yesterday", ""]) | _any_value
+)
+_extension_names = st.sampled_from(["ext", "a" * 64, "a" * 65, "Upper", "new\n", "with-dash", "data_base64x", "meshdataenc"])
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid message body with a few of its members removed or given odd values (or an odd extension added)."""
+    document: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "/s",
+        "type": "t",
+        "subject": "orders",
+        "datacontenttype": "application/cloudevents+json",
+        "dataschema": "https://example.com/schema",
+        "time": "2026-01-01T00:00:00Z",
+        "ext": "x",
+        "meshdataenc": "json",
+        "meshcontenttype": "application/json",
+        "data": {"n": 1},
+    }
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from([*document, "newext"]) | _extension_names)
+        if name in document and draw(st.booleans()):
+            del document[name]
+        elif name == "time":
+            document[name] = draw(_time_values)
+        elif name == "meshdataenc":
+            document[name] = draw(st.sampled_from(["json", "text", "base64", "none", "zip"]) | _any_value)
+        else:
+            document[name] = draw(_attribute_values | st.just(base64.b64encode(b"bytes").decode()))
+    return document
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies())
+def test_body_to_record_refuses_exactly_what_the_sdk_path_refuses(document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()  # integers beyond 64 bits too
+    try:
+        slow = _record_by_sdk(body)
+    except DataError:
+        with pytest.raises(DataError):
+            body_to_record(body)
+        return
+    assert_same_record(body_to_record(body), slow, document)
+
+
+def test_base64_data_beyond_ascii_is_a_data_error_not_a_crash() -> None:
+    body = orjson.dumps({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "meshdataenc": "base64", "data": "\x80"})
+    with pytest.raises(DataError, match="base64"):
+        body_to_event(body)
+    with pytest.raises(DataError, match="base64"):
+        body_to_record(body)
