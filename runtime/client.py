@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from enum import Enum
 from functools import partial
 from ssl import SSLContext
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from cloudevents.core.v1.event import CloudEvent
@@ -61,7 +61,7 @@ from runtime.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from runtime.protocol.events import body_to_event
+from runtime.protocol.events import EncodedEvent, body_to_event
 from runtime.protocol.frames import Command, Package, SubscriptionItem, SubscriptionMode, SubscriptionType, UserAgent
 from runtime.protocol.session import (
     ClientSession,
@@ -82,6 +82,8 @@ __all__ = [
     "ClientState",
     "MeshClient",
     "PushedEvent",
+    "AckWaiter",
+    "Publishable",
     "parse_addresses",
     "user_agent_for",
 ]
@@ -92,8 +94,21 @@ Address = tuple[str, int]
 PROTOCOL_VERSION = "2.0"
 """The client version sent in the HELLO (the Java runtime requires one; it is informational)."""
 
+
+class AckWaiter(Protocol):
+    """What the answer to a publish is handed to: an ``asyncio.Future``, or a lighter object of the caller's with
+    these three methods, which the client calls from its read callback (no loop turn per event)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+Publishable = CloudEvent | EncodedEvent
 _Waiter = asyncio.Future[Any]
-_Token = _Waiter | None  # None: nobody waits for the answer (heartbeats)
+_Token = AckWaiter | None  # None: nobody waits for the answer (heartbeats)
 _REQUEST = RequestKind.REQUEST  # a module constant: identity checks on the hot path, no enum hashing
 _GOODBYE_TIMEOUT = 2.0
 _TICK = 0.1
@@ -568,18 +583,24 @@ class MeshClient:
             self._listening = False
             raise
 
-    async def start_publish(self, event: CloudEvent, timeout: float | None = None) -> asyncio.Future[None]:  # noqa: ASYNC109 - a deadline tracked per request
+    async def start_publish(self, event: Publishable, timeout: float | None = None) -> asyncio.Future[None]:  # noqa: ASYNC109 - a deadline tracked per request
         """Send ``event`` once the window has room; the returned future resolves on the mesh's ack.
 
         The future fails with MeshRejectedError (the mesh's reason) or MeshUnavailableError (no ack
         within ``timeout``, default ``request_timeout``, counted from now). Waiting for room is
         bounded by the same timeout. Across a reconnect the event is re-sent with its seq.
         """
-        return await self._start_message(RequestKind.PUBLISH, event, timeout)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.publish_when_room(event, waiter, timeout)
+        return waiter
 
-    def start_publish_nowait(self, event: CloudEvent, timeout: float | None = None) -> asyncio.Future[None] | None:
-        """``start_publish`` when it would not wait: the ack future, or None when the window is full or the
-        client is not running (then ``await start_publish(event)``). No coroutine: for publishing in a loop."""
+    async def publish_when_room(self, event: Publishable, waiter: AckWaiter, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
+        """``start_publish`` with the answer handed to ``waiter`` (see :class:`AckWaiter`)."""
+        await self._start_message(RequestKind.PUBLISH, event, timeout, waiter)
+
+    def publish_nowait(self, event: Publishable, waiter: AckWaiter, timeout: float | None = None) -> bool:
+        """Send ``event`` if the window has room now (True; the answer goes to ``waiter``). False when the window
+        is full or the client is not running: then ``await publish_when_room(...)``. For publishing in a loop."""
         state = self._state
         if (
             state is ClientState.IDLE
@@ -587,27 +608,31 @@ class MeshClient:
             or self._in_flight >= self._max_in_flight
             or self._slot_waiters
         ):
-            return None
+            return False
         self._in_flight += 1
-        return self._send_message(RequestKind.PUBLISH, event, timeout)
+        self._send_message(RequestKind.PUBLISH, event, timeout, waiter)
+        return True
 
-    async def publish(self, event: CloudEvent, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
+    async def publish(self, event: Publishable, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
         """Publish ``event`` and return once the mesh acknowledged it (see start_publish)."""
-        await (await self._start_message(RequestKind.PUBLISH, event, timeout))
+        await (await self.start_publish(event, timeout))
 
     async def broadcast(self, event: CloudEvent, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
         """Publish ``event`` to every session of every subscribed group; return on the mesh's ack."""
-        await (await self._start_message(RequestKind.BROADCAST, event, timeout))
+        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        await self._start_message(RequestKind.BROADCAST, event, timeout, waiter)
+        await waiter
 
     async def request(self, event: CloudEvent, timeout: float | None = None) -> CloudEvent:  # noqa: ASYNC109 - a deadline tracked per request
         """Request-reply: send ``event`` to a SYNC subscriber and return its response event."""
-        waiter = await self._start_message(RequestKind.REQUEST, event, timeout)
+        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        await self._start_message(RequestKind.REQUEST, event, timeout, waiter)
         response: Package = await waiter
         if response.body is None:
             raise RemoteProtocolError("the mesh answered a request with an empty RESPONSE_TO_CLIENT")
         return body_to_event(response.body)
 
-    async def _start_message(self, kind: RequestKind, event: CloudEvent, within: float | None) -> _Waiter:
+    async def _start_message(self, kind: RequestKind, event: Publishable, within: float | None, waiter: AckWaiter) -> None:
         state = self._state
         if state is ClientState.IDLE or state is ClientState.CLOSED:
             raise MeshUnavailableError(f"cannot send {kind.command.name}: mesh client is {self._state.value}")
@@ -615,12 +640,11 @@ class MeshClient:
             self._in_flight += 1  # the common case, without a coroutine
         else:
             await self._acquire_slot(self._request_timeout if within is None else within)
-        return self._send_message(kind, event, within)
+        self._send_message(kind, event, within, waiter)
 
-    def _send_message(self, kind: RequestKind, event: CloudEvent, within: float | None) -> _Waiter:
-        """Queue ``event`` in the window slot the caller took; the future of its answer."""
+    def _send_message(self, kind: RequestKind, event: Publishable, within: float | None, waiter: AckWaiter) -> None:
+        """Queue ``event`` in the window slot the caller took; its answer goes to ``waiter``."""
         loop = asyncio.get_running_loop()
-        waiter: _Waiter = loop.create_future()
         try:
             self._session.message(kind, event, waiter, loop.time(), self._request_timeout if within is None else within)
         except BaseException:
@@ -628,7 +652,6 @@ class MeshClient:
             raise
         if self._session.state is SessionState.READY:
             self._schedule_flush()
-        return waiter
 
     async def _acquire_slot(self, within: float) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

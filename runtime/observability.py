@@ -85,7 +85,9 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
 _LABELS = ("connector", "name")
 RECORDS_IN = Counter("meshconnect_records_in_total", "Records read: polled by a source, pushed to a sink.", _LABELS)
 RECORDS_OUT = Counter("meshconnect_records_out_total", "Records done: acked by the mesh (source), written (sink).", _LABELS)
-BYTES_OUT = Counter("meshconnect_bytes_out_total", "Bytes of event data published or written.", _LABELS)
+BYTES_OUT = Counter(
+    "meshconnect_bytes_out_total", "Bytes of event bodies (their wire form) published and acknowledged by the mesh.", _LABELS
+)
 ERRORS = Counter("meshconnect_errors_total", "Errors by kind (retriable, data, fenced, protocol, internal).", (*_LABELS, "kind"))
 RETRIES = Counter("meshconnect_retries_total", "Retries of a failed batch or publish.", _LABELS)
 DEAD_LETTERS = Counter("meshconnect_dead_letters_total", "Records sent to the dead-letter topic.", _LABELS)

@@ -34,6 +34,7 @@ __all__ = [
     "JsonValue",
     "ConnectorRecord",
     "derive_event_id",
+    "event_attributes",
     "is_json_content_type",
     "partition_key",
     "record_to_cloudevent",
@@ -142,6 +143,24 @@ def record_to_cloudevent(
     Raises :class:`DataError` when the record cannot become a valid event (e.g. text data under a
     JSON content type that is not valid JSON, or no topic at all).
     """
+    attributes, data = event_attributes(
+        record, connector=connector, default_source=default_source, default_type=default_type, default_subject=default_subject
+    )
+    try:
+        return CloudEvent(attributes, data)
+    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
+        raise DataError(f"record cannot become a CloudEvent: {exc}") from exc
+
+
+def event_attributes(
+    record: ConnectorRecord,
+    *,
+    connector: str,
+    default_source: str,
+    default_type: str,
+    default_subject: str | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """(the attributes, the data) of the event for ``record``, before the CloudEvents SDK validates them."""
     content_type = record.effective_content_type
     data = record.data
     if isinstance(data, bytes) and is_json_content_type(content_type):
@@ -172,12 +191,9 @@ def record_to_cloudevent(
         attributes["datacontenttype"] = content_type
     if record.dataschema is not None:
         attributes["dataschema"] = record.dataschema
-    for name, value in record.extensions.items():
-        attributes[name] = value
-    try:
-        return CloudEvent(attributes, data)
-    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
-        raise DataError(f"record cannot become a CloudEvent: {exc}") from exc
+    if record.extensions:
+        attributes.update(record.extensions)
+    return attributes, data
 
 
 def cloudevent_to_record(event: CloudEvent) -> ConnectorRecord:

@@ -40,16 +40,16 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 import structlog
 from cloudevents.core.v1.event import CloudEvent
 
-from runtime.client import MeshClient
+from runtime.client import MeshClient, Publishable
 from runtime.config import WorkerConfig
 from runtime.connector import Source, SourceContext
 from runtime.errors import DataError, FencedError, MeshRejectedError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
-from runtime.record import ConnectorRecord, JsonValue, derive_event_id, record_to_cloudevent
+from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body, record_to_body
+from runtime.record import ConnectorRecord, JsonValue, derive_event_id
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
 from runtime.worker.deadletter import dead_letter_event, record_dead_letter_event
@@ -276,23 +276,23 @@ class _ActiveSession:
     async def _publish(self) -> None:
         # Steady state without an await per record: while the window has room, publishing is synchronous.
         queue = self.queue
+        client = self.client
         while True:
             record = await queue.get()
             while True:
                 event = self._event_for(record)
                 entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
-                ack = self.client.start_publish_nowait(event)
-                if ack is None:
-                    ack = await self._start_publish(event)
-                ack.add_done_callback(functools.partial(self._acked, entry, event))
+                publication = _Publication(self, entry, event)
+                if not client.publish_nowait(event, publication):
+                    await self._publish_when_room(publication)
                 if queue.empty():
                     break
                 record = queue.get_nowait()
 
-    def _event_for(self, record: ConnectorRecord) -> CloudEvent:
+    def _event_for(self, record: ConnectorRecord) -> Publishable:
         source_settings = self.config.source
         try:
-            event = record_to_cloudevent(
+            return record_to_body(
                 record,
                 connector=self.config.name,
                 default_source=self.worker.default_source,
@@ -301,7 +301,6 @@ class _ActiveSession:
             )
         except DataError as exc:
             return self._dead_letter_for(record, exc.reason)
-        return event
 
     def _dead_letter_for(self, record: ConnectorRecord, reason: str) -> CloudEvent:
         self.metrics.error("data")
@@ -320,33 +319,23 @@ class _ActiveSession:
             original_topic=record.subject or self.config.source.topic or "",
         )
 
-    async def _start_publish(self, event: CloudEvent) -> asyncio.Future[None]:
-        """Wait for window room and send; a window that stayed full or a session that is down fails the ack
-        (``_acked`` then retries on the side)."""
+    async def _publish_when_room(self, publication: _Publication) -> None:
+        """Wait for window room and send; a window that stayed full or a session that is down fails the
+        publication (which then retries on the side)."""
         try:
-            return await self.client.start_publish(event)
+            await self.client.publish_when_room(publication.event, publication)
         except RetriableError as exc:
-            return _failed(exc)
+            publication.set_exception(exc)
 
-    def _acked(self, entry: Submitted, event: CloudEvent, ack: asyncio.Future[Any]) -> None:
-        if ack.cancelled():
-            return
-        error = ack.exception()
-        if error is not None:
-            task = asyncio.create_task(self._republish(entry, event, error))
-            self.retries.add(task)
-            task.add_done_callback(self.retries.discard)
-            return
-        self._done(entry, event)
+    def _failed(self, entry: Submitted, event: Publishable, error: BaseException) -> None:
+        task = asyncio.create_task(self._republish(entry, event, error))
+        self.retries.add(task)
+        task.add_done_callback(self.retries.discard)
 
-    def _done(self, entry: Submitted, event: CloudEvent) -> None:
+    def _done(self, entry: Submitted, event: Publishable) -> None:
         self.tracker.ack(entry)
         self.acked += 1
-        data = event.get_data()
-        if isinstance(data, (bytes, str)):
-            self.acked_bytes += len(data)
-        elif data is not None:
-            self.acked_bytes += len(orjson.dumps(data))
+        self.acked_bytes += len(event.body if isinstance(event, EncodedEvent) else event_to_body(event))
         # Without a lease there is no registry write to amortize: commit upstream as soon as acked
         # (an HTTP source holds its response until then).
         if self.worker.coordinator is None or self.tracker.committable_count >= self.config.source.checkpoint_every:
@@ -360,13 +349,16 @@ class _ActiveSession:
         self.metrics.in_flight.set(self.tracker.in_flight)
         self.metrics.offset_lag.set(self.tracker.committable_count)
 
-    async def _republish(self, entry: Submitted, event: CloudEvent, error: BaseException) -> None:
+    async def _republish(self, entry: Submitted, event: Publishable, error: BaseException) -> None:
         """Publish ``event`` again until the mesh takes it: a refused event ends in the dead-letter topic."""
         backoff = Backoff(0.2, 30.0)
         rejected = 0
         while True:
             if isinstance(error, MeshRejectedError):
                 rejected += 1
+                if type(event) is EncodedEvent:
+                    event = body_to_event(event.body)  # the rare path: the event itself, to dead-letter it
+                assert isinstance(event, CloudEvent)
                 if rejected >= _REJECTED_ATTEMPTS and event.get_extension("dlqreason") is None:
                     self.metrics.dead_letters.inc()
                     self.log.warning("mesh keeps refusing an event: dead-lettered", id=event.get_id(), reason=error.desc)
@@ -447,10 +439,27 @@ class _ActiveSession:
         self.log.info("drained", last_offsets=len(self.worker.board.last_offsets))
 
 
-def _failed(error: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
+class _Publication:
+    """One record's event on its way to the mesh: the client hands it the mesh's answer (an ``AckWaiter``)."""
+
+    __slots__ = ("answered", "entry", "event", "session")
+
+    def __init__(self, session: _ActiveSession, entry: Submitted, event: Publishable) -> None:
+        self.session = session
+        self.entry = entry
+        self.event = event
+        self.answered = False
+
+    def done(self) -> bool:
+        return self.answered
+
+    def set_result(self, result: object, /) -> None:
+        self.answered = True
+        self.session._done(self.entry, self.event)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.answered = True
+        self.session._failed(self.entry, self.event, exception)
 
 
 async def _first_of(*waits: Any, seconds: float) -> None:

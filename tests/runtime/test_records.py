@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.protocol.events import body_to_event, event_to_body
+from runtime.errors import DataError
+from runtime.protocol.events import body_to_event, event_to_body, record_to_body
 from runtime.record import ConnectorRecord, cloudevent_to_record, record_to_cloudevent
 from runtime.worker.offsets import OffsetTracker
 from runtime.worker.retry import Backoff
@@ -96,3 +98,44 @@ def test_backoff_grows_with_jitter_caps_and_honours_retry_after() -> None:
     assert Backoff(0.1, 1.0).next_delay(retry_after=5.0) == 5.0
     high.reset()
     assert high.next_delay() == 0.1
+
+
+_odd_text = st.none() | st.sampled_from(["", "x", "/s", "application/json", "text/plain", "application/xml"]) | st.integers(0, 3)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> ConnectorRecord:
+    """Records a source might emit, valid or not: odd attribute values, data that fits its content type or not."""
+    content_type = draw(
+        st.none() | st.sampled_from(["application/json", "text/plain", "application/vnd.x+json", "application/octet-stream", ""])
+    )
+    data = draw(
+        st.none() | st.binary(max_size=40) | st.sampled_from([b'{"a": 1}', b"not json"]) | st.text(max_size=40) | json_values
+    )
+    zone = draw(st.sampled_from([UTC, timezone(timedelta(hours=-3))]))
+    return ConnectorRecord(
+        data=data,
+        partition={"p": draw(st.integers(0, 3))},
+        offset={"o": draw(st.integers(0, 10**6))},
+        timestamp=draw(st.datetimes(timezones=st.just(zone))),
+        id=draw(_odd_text),  # type: ignore[arg-type]
+        source=draw(_odd_text),  # type: ignore[arg-type]
+        type=draw(_odd_text),  # type: ignore[arg-type]
+        subject=draw(_odd_text),  # type: ignore[arg-type]
+        datacontenttype=content_type,
+        dataschema=draw(_odd_text),  # type: ignore[arg-type]
+        extensions=draw(extensions),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(record=records())
+def test_record_to_body_writes_the_body_of_the_sdk_event(record: ConnectorRecord) -> None:
+    defaults = {"connector": "test", "default_source": "/test", "default_type": "test.record", "default_subject": None}
+    try:
+        expected = event_to_body(record_to_cloudevent(record, **defaults))  # type: ignore[arg-type]
+    except DataError:
+        with pytest.raises(DataError):
+            record_to_body(record, **defaults)  # type: ignore[arg-type]
+        return
+    assert record_to_body(record, **defaults).body == expected  # type: ignore[arg-type]
