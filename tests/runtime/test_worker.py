@@ -308,3 +308,20 @@ async def test_a_connection_lost_while_subscribing_is_retried_not_fatal(tmp_path
         assert await sink == 0
         server.close()
     assert cuts == 1
+
+
+async def test_a_sink_fills_batches_larger_than_the_client_push_buffer(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0, max_unacked_per_session=4000) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=1500, batch=500), stop=stop_source, install_signals=False)
+        )
+        await eventually(lambda: mesh.topic_depth("numbers") == 3000)  # a backlog, so the batches are full ones
+        sink = asyncio.create_task(
+            serve(ListSink, sink_config(mesh, batch_size=1500, linger_ms=2000), stop=stop_sink, install_signals=False)
+        )
+        await eventually(lambda: len(received_numbers()) == 3000)
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+    assert connectors.PUTS == [1500, 1500]
