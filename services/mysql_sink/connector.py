@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -143,13 +144,17 @@ class MysqlSinkConfig(ConnectorConfig):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One net row operation: upsert ``values`` or delete the row with ``key``; cdc: at source ``version``."""
+    """One net row operation: upsert ``row`` (bound values of ``columns``) or delete the row with ``key``.
+
+    cdc: the change is at source ``version``.
+    """
 
     table: str
     op: Literal["upsert", "delete"]
     key_columns: tuple[str, ...]
     key: tuple[Any, ...]
-    values: Mapping[str, Any]
+    columns: tuple[str, ...]
+    row: tuple[Any, ...]
     version: str | None = None
 
 
@@ -182,6 +187,7 @@ _EVENTS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   PRIMARY KEY (`source`, `id`)
 ) DEFAULT CHARSET=utf8mb4"""
 _EVENT_COLUMNS = ("source", "id", "type", "subject", "time", "datacontenttype", "dataschema", "data", "extensions")
+_EVENT_KEY = ("source", "id")
 
 
 class MysqlSink(Sink[MysqlSinkConfig]):
@@ -335,16 +341,18 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     @staticmethod
     def _collapse(
         changes: list[Change],
-    ) -> dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]:
+    ) -> dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]]:
         """(table, key) -> (key columns, delete first?, values to upsert after): the net effect of the changes, in order."""
-        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]] = {}
+        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]] = {}
         for change in changes:
             slot = (change.table, change.key)
             _, deleted, values = net.get(slot, (change.key_columns, False, None))
             if change.op == "delete":
                 net[slot] = (change.key_columns, True, None)
             else:
-                net[slot] = (change.key_columns, deleted, {**values, **change.values} if values is not None else change.values)
+                merged = dict(values) if values is not None else {}
+                merged.update(zip(change.columns, change.row, strict=True))
+                net[slot] = (change.key_columns, deleted, merged)
         return net
 
     async def _write_changes(self, cursor: Any, changes: list[Change]) -> None:
@@ -402,19 +410,17 @@ class MysqlSink(Sink[MysqlSinkConfig]):
 
     async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
         """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
-        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]
-        if len({(change.table, change.key) for change in changes}) == len(changes) and all(c.op == "upsert" for c in changes):
-            net = {(c.table, c.key): (c.key_columns, False, c.values) for c in changes}  # nothing to collapse
-        else:
-            net = self._collapse(changes)
         deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        for (table, key), (key_columns, deleted, values) in net.items():
-            if deleted:
-                deletes.setdefault((table, key_columns), []).append(key)
-            if values is not None:
-                columns = tuple(values)
-                upserts.setdefault((table, columns, key_columns), []).append(tuple(values.values()))
+        if all(c.op == "upsert" for c in changes) and len({(c.table, c.key) for c in changes}) == len(changes):
+            for change in changes:  # nothing to collapse
+                upserts.setdefault((change.table, change.columns, change.key_columns), []).append(change.row)
+        else:
+            for (table, key), (key_columns, deleted, values) in self._collapse(changes).items():
+                if deleted:
+                    deletes.setdefault((table, key_columns), []).append(key)
+                if values is not None:
+                    upserts.setdefault((table, tuple(values), key_columns), []).append(tuple(values.values()))
         for (table, key_columns), keys in deletes.items():
             for start in range(0, len(keys), _DELETE_CHUNK):
                 chunk = keys[start : start + _DELETE_CHUNK]
@@ -425,14 +431,22 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     [value for key in chunk for value in key],
                 )
         for (table, columns, key_columns), rows in upserts.items():
-            updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
-                f"{quote(key_columns[0])}={quote(key_columns[0])}"
-            ]
-            await cursor.executemany(
-                f"INSERT INTO {quote(self.config.database, table)} ({','.join(quote(c) for c in columns)})"
-                f" VALUES ({','.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE {','.join(updates)}",
-                rows,
-            )
+            escape = cursor.connection.escape
+            await self._send_upsert(cursor, (table, columns, key_columns), [escape(v) for row in rows for v in row])
+
+    async def _send_upsert(self, cursor: Any, target: tuple[str, tuple[str, ...], tuple[str, ...]], literals: list[str]) -> None:
+        """One multi-row upsert of the escaped ``literals`` (rows of ``target``'s columns, flat), halved while too long."""
+        width = len(target[1])
+        count = len(literals) // width
+        statement = (_upsert_sql(self.config.database, *target, count) % tuple(literals)).encode(
+            cursor.connection.encoding, "surrogateescape"
+        )
+        if len(statement) > cursor.max_stmt_length and count > 1:
+            half = count // 2 * width
+            await self._send_upsert(cursor, target, literals[:half])
+            await self._send_upsert(cursor, target, literals[half:])
+            return
+        await cursor.execute(statement)
 
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
         versions = quote(self.config.database, VERSIONS_TABLE)
@@ -490,18 +504,19 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         elif isinstance(data, bytes):
             data = base64.b64encode(data).decode("ascii")
         time = record.timestamp.astimezone(dt.UTC).replace(tzinfo=None)
-        values = {
-            "source": record.source,
-            "id": record.id,
-            "type": record.type or "",
-            "subject": record.subject,
-            "time": time,
-            "datacontenttype": record.datacontenttype,
-            "dataschema": record.dataschema,
-            "data": None if data is None else orjson.dumps(data).decode(),
-            "extensions": orjson.dumps(dict(record.extensions)).decode() if record.extensions else None,
-        }
-        return Change(self.config.events_table, "upsert", ("source", "id"), (record.source, record.id), values)
+        row = (
+            record.source,
+            record.id,
+            record.type or "",
+            record.subject,
+            time,
+            record.datacontenttype,
+            record.dataschema,
+            None if data is None else orjson.dumps(data).decode(),
+            orjson.dumps(dict(record.extensions)).decode() if record.extensions else None,
+        )
+        key = (record.source, record.id)
+        return Change(self.config.events_table, "upsert", _EVENT_KEY, key, _EVENT_COLUMNS, row)
 
     async def _mapped_change(self, conn: Any, record: ConnectorRecord, data: dict[str, Any]) -> Change:
         config = self.config
@@ -594,8 +609,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
         key = tuple(bound[c] for c in key_columns)
         if op == "delete":
-            return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns}, version)
-        return Change(schema.table, "upsert", key_columns, key, bound, version)
+            return Change(schema.table, "delete", key_columns, key, key_columns, key, version)
+        return Change(schema.table, "upsert", key_columns, key, tuple(bound), tuple(bound.values()), version)
 
     @staticmethod
     def _resolve_columns(schema: TableSchema, names: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
@@ -721,6 +736,19 @@ def _lookup(data: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
         else:
             return False, None
     return True, node
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(database: str, table: str, columns: tuple[str, ...], key_columns: tuple[str, ...], rows: int) -> str:
+    """The text of a ``rows``-row upsert, with a ``%s`` per value: built once per table, column set and row count."""
+    updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
+        f"{quote(key_columns[0])}={quote(key_columns[0])}"
+    ]
+    row = "(" + ",".join(["%s"] * len(columns)) + ")"
+    return (
+        f"INSERT INTO {quote(database, table)} ({','.join(quote(c) for c in columns)})"
+        f" VALUES {','.join([row] * rows)} ON DUPLICATE KEY UPDATE {','.join(updates)}"
+    )
 
 
 def _bindable(value: Any, temporal: bool) -> Any:
