@@ -497,16 +497,18 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             await self._send_upsert(cursor, (table, columns, key_columns), [escape(v) for row in rows for v in row])
 
     async def _send_upsert(self, cursor: Any, target: tuple[str, tuple[str, ...], tuple[str, ...]], literals: list[str]) -> None:
-        """One multi-row upsert of the escaped ``literals`` (rows of ``target``'s columns, flat), halved while too long."""
+        """Multi-row upserts of the escaped ``literals`` (rows of ``target``'s columns, flat), each within the client's limit."""
         width = len(target[1])
         count = len(literals) // width
         statement = (_upsert_sql(self.config.database, *target, count) % tuple(literals)).encode(
             cursor.connection.encoding, "surrogateescape"
         )
         if len(statement) > cursor.max_stmt_length and count > 1:
-            half = count // 2 * width
-            await self._send_upsert(cursor, target, literals[:half])
-            await self._send_upsert(cursor, target, literals[half:])
+            # As many parts as the length asks for, so rows alike are formatted about twice, not log(n) times.
+            parts = min(count, len(statement) // cursor.max_stmt_length + 1)
+            step = -(-count // parts) * width
+            for start in range(0, len(literals), step):
+                await self._send_upsert(cursor, target, literals[start : start + step])
             return
         await cursor.execute(statement)
 

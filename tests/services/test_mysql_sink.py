@@ -99,6 +99,21 @@ async def test_mapped_mode_upserts_nested_fields_and_deletes(mariadb_server: Mar
     ]
 
 
+async def test_a_batch_larger_than_the_server_packet_limit_is_split(mariadb_server: MariaDBServer, database: str) -> None:
+    packet = int(mariadb_server.sql("SELECT @@max_allowed_packet"))
+    size = 256 * 1024
+    blobs = [str(n % 10) * size for n in range(packet // size + 8)]  # over the server's limit in total
+    blobs.append("x" * 2 * 1024 * 1024)  # alone over the client's statement length
+    sink = await started(mariadb_server, database=database, mode="events")
+    try:
+        assert await sink.put([event({"blob": blob}, id=str(n)) for n, blob in enumerate(blobs)]) == []
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT COUNT(*), SUM(LENGTH(data)) FROM cloudevents", database) == [
+        [str(len(blobs)), str(sum(len(blob) + len('{"blob":""}') for blob in blobs))]
+    ]
+
+
 async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(mariadb_server: MariaDBServer, database: str) -> None:
     mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY, qty INT NOT NULL, name VARCHAR(5))", database)
     sink = await started(mariadb_server, database=database, mode="mapped", table="t")
