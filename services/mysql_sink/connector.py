@@ -41,11 +41,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import aiomysql
 import orjson
@@ -84,6 +85,9 @@ _BINLOG_NUMBER = re.compile(r"(\d+)$")
 _RESETS_TABLE = re.compile(
     r"^\s*(?:/\*.*?\*/\s*)*(?:(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE|TRUNCATE)\b", re.I | re.S
 )
+_ABSENT: Any = object()  # what _lookup finds at a path the data does not have
+_CONTAINERS = (dict, list)  # bound as JSON text; a tuple, as `dict | list` is built anew on every isinstance
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # JSON values bound as they are (exact types: one set lookup)
 _VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   `tbl` VARBINARY(64) NOT NULL,
   `pk` VARBINARY(255) NOT NULL,
@@ -141,15 +145,19 @@ class MysqlSinkConfig(ConnectorConfig):
         return self.table or "cloudevents"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One net row operation: upsert ``values`` or delete the row with ``key``; cdc: at source ``version``."""
+class Change(NamedTuple):
+    """One net row operation: upsert ``row`` (bound values of ``columns``) or delete the row with ``key``.
+
+    cdc: the change is at source ``version``. A named tuple, not a frozen dataclass: one is made per
+    event, and a frozen dataclass takes several times as long to build.
+    """
 
     table: str
     op: Literal["upsert", "delete"]
     key_columns: tuple[str, ...]
     key: tuple[Any, ...]
-    values: Mapping[str, Any]
+    columns: tuple[str, ...]
+    row: tuple[Any, ...]
     version: str | None = None
 
 
@@ -169,6 +177,58 @@ class _Planned:
     steps: list[Change | Ddl] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Where the values of one set of field names go in a table: worked out once per column set, used for every row."""
+
+    table: str
+    key_columns: tuple[str, ...]
+    columns: tuple[str, ...]  # the table's spelling of each field's column, each once
+    temporal: tuple[bool, ...]  # per column: it holds dates, so ISO text is converted
+    dateless: bool  # no column holds dates: rows of plain JSON scalars are bound as they are
+    pick: tuple[int, ...] | None  # the values to keep when two names are one column (the last wins); None: all
+    key_at: tuple[int, ...] | None  # positions of the key columns in ``columns``; None: one of them is not there
+
+    @classmethod
+    def resolve(cls, schema: TableSchema, key_columns: tuple[str, ...], names: tuple[str, ...]) -> _Shape:
+        if not key_columns:
+            raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
+        last: dict[str, tuple[int, bool]] = {}
+        for index, name in enumerate(names):
+            column = schema.column(name)
+            if column is None:
+                raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
+            last[column.name] = (index, column.data_type in ("datetime", "timestamp"))
+        columns = tuple(last)
+        pick = tuple(index for index, _ in last.values())
+        key_at = tuple(columns.index(c) for c in key_columns) if all(c in last for c in key_columns) else None
+        temporal = tuple(is_temporal for _, is_temporal in last.values())
+        pick_all = len(pick) == len(names)
+        return cls(schema.table, key_columns, columns, temporal, True not in temporal, None if pick_all else pick, key_at)
+
+    def change(self, op: Literal["upsert", "delete"], values: Sequence[Any], version: str | None = None) -> Change:
+        """The change writing ``values`` (one per name, in order) to this shape's columns."""
+        if self.pick is not None:
+            values = [values[index] for index in self.pick]
+        if self.dateless and _SCALARS.issuperset(map(type, values)):
+            row = tuple(values)
+        else:
+            row = tuple(
+                [
+                    _bindable(value, temporal) if temporal or isinstance(value, _CONTAINERS) else value
+                    for value, temporal in zip(values, self.temporal, strict=True)
+                ]
+            )
+        key = () if self.key_at is None else tuple([row[index] for index in self.key_at])
+        if self.key_at is None or None in key:
+            present = dict(zip(self.columns, row, strict=True))
+            missing = [c for c in self.key_columns if present.get(c) is None]
+            raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
+        if op == "delete":
+            return Change(self.table, "delete", self.key_columns, key, self.key_columns, key, version)
+        return Change(self.table, "upsert", self.key_columns, key, self.columns, row, version)
+
+
 _EVENTS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   `source` VARCHAR(255) NOT NULL,
   `id` VARCHAR(255) NOT NULL,
@@ -182,6 +242,7 @@ _EVENTS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   PRIMARY KEY (`source`, `id`)
 ) DEFAULT CHARSET=utf8mb4"""
 _EVENT_COLUMNS = ("source", "id", "type", "subject", "time", "datacontenttype", "dataschema", "data", "extensions")
+_EVENT_KEY = ("source", "id")
 
 
 class MysqlSink(Sink[MysqlSinkConfig]):
@@ -195,10 +256,17 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         super().__init__(config)
         self._pool: Any = None
         self._tables: dict[str, TableSchema | None] = {}
-        self._columns: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, bool], ...]] = {}
+        # (table, key columns, field names) -> shape; valid while the table's schema is the one in _tables.
+        self._shapes: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Shape] = {}
         self._catalog = SchemaCatalog(config.schemas)
         self._paths = {path: tuple(path.split(".")) for path in config.fields}
+        # (column, the data key when the path is one key, the path): a one-key path is read with one get().
+        self._fields = [(column, None if "." in path else path, self._paths[path]) for path, column in config.fields.items()]
+        self._key_columns = tuple(config.key_columns)
         self._delete_path = tuple(config.delete_field.split(".")) if config.delete_field else None
+        self._delete_types = frozenset(config.delete_types)
+        # Without a field map the data's top-level keys are the columns, less a top-level delete marker.
+        self._marker_key = None if config.fields or not config.delete_field or "." in config.delete_field else config.delete_field
         self._log: Any = log
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -286,7 +354,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 except DataError as exc:
                     rejections.append(Rejection(record, exc.reason))
                     continue
-                if any(isinstance(step, Ddl) for step in planned.steps):
+                if self.config.mode == "cdc" and any(isinstance(step, Ddl) for step in planned.steps):
                     rejections += await self._write_segment(conn, segment)
                     segment = []
                     await self._apply_ddl(conn, [step for step in planned.steps if isinstance(step, Ddl)])
@@ -335,16 +403,18 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     @staticmethod
     def _collapse(
         changes: list[Change],
-    ) -> dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]:
+    ) -> dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]]:
         """(table, key) -> (key columns, delete first?, values to upsert after): the net effect of the changes, in order."""
-        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]] = {}
+        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, dict[str, Any] | None]] = {}
         for change in changes:
             slot = (change.table, change.key)
             _, deleted, values = net.get(slot, (change.key_columns, False, None))
             if change.op == "delete":
                 net[slot] = (change.key_columns, True, None)
             else:
-                net[slot] = (change.key_columns, deleted, {**values, **change.values} if values is not None else change.values)
+                merged = dict(values) if values is not None else {}
+                merged.update(zip(change.columns, change.row, strict=True))
+                net[slot] = (change.key_columns, deleted, merged)
         return net
 
     async def _write_changes(self, cursor: Any, changes: list[Change]) -> None:
@@ -402,19 +472,17 @@ class MysqlSink(Sink[MysqlSinkConfig]):
 
     async def _execute_net(self, cursor: Any, changes: list[Change]) -> None:
         """Collapse changes per key to their net effect, then deletes, then upserts, multi-row."""
-        net: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, ...], bool, Mapping[str, Any] | None]]
-        if len({(change.table, change.key) for change in changes}) == len(changes) and all(c.op == "upsert" for c in changes):
-            net = {(c.table, c.key): (c.key_columns, False, c.values) for c in changes}  # nothing to collapse
-        else:
-            net = self._collapse(changes)
         deletes: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        for (table, key), (key_columns, deleted, values) in net.items():
-            if deleted:
-                deletes.setdefault((table, key_columns), []).append(key)
-            if values is not None:
-                columns = tuple(values)
-                upserts.setdefault((table, columns, key_columns), []).append(tuple(values.values()))
+        if all(c.op == "upsert" for c in changes) and len({(c.table, c.key) for c in changes}) == len(changes):
+            for change in changes:  # nothing to collapse
+                upserts.setdefault((change.table, change.columns, change.key_columns), []).append(change.row)
+        else:
+            for (table, key), (key_columns, deleted, values) in self._collapse(changes).items():
+                if deleted:
+                    deletes.setdefault((table, key_columns), []).append(key)
+                if values is not None:
+                    upserts.setdefault((table, tuple(values), key_columns), []).append(tuple(values.values()))
         for (table, key_columns), keys in deletes.items():
             for start in range(0, len(keys), _DELETE_CHUNK):
                 chunk = keys[start : start + _DELETE_CHUNK]
@@ -425,14 +493,24 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     [value for key in chunk for value in key],
                 )
         for (table, columns, key_columns), rows in upserts.items():
-            updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
-                f"{quote(key_columns[0])}={quote(key_columns[0])}"
-            ]
-            await cursor.executemany(
-                f"INSERT INTO {quote(self.config.database, table)} ({','.join(quote(c) for c in columns)})"
-                f" VALUES ({','.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE {','.join(updates)}",
-                rows,
-            )
+            escape = cursor.connection.escape
+            await self._send_upsert(cursor, (table, columns, key_columns), [escape(v) for row in rows for v in row])
+
+    async def _send_upsert(self, cursor: Any, target: tuple[str, tuple[str, ...], tuple[str, ...]], literals: list[str]) -> None:
+        """Multi-row upserts of the escaped ``literals`` (rows of ``target``'s columns, flat), each within the client's limit."""
+        width = len(target[1])
+        count = len(literals) // width
+        statement = (_upsert_sql(self.config.database, *target, count) % tuple(literals)).encode(
+            cursor.connection.encoding, "surrogateescape"
+        )
+        if len(statement) > cursor.max_stmt_length and count > 1:
+            # As many parts as the length asks for, so rows alike are formatted about twice, not log(n) times.
+            parts = min(count, len(statement) // cursor.max_stmt_length + 1)
+            step = -(-count // parts) * width
+            for start in range(0, len(literals), step):
+                await self._send_upsert(cursor, target, literals[start : start + step])
+            return
+        await cursor.execute(statement)
 
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
         versions = quote(self.config.database, VERSIONS_TABLE)
@@ -490,39 +568,48 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         elif isinstance(data, bytes):
             data = base64.b64encode(data).decode("ascii")
         time = record.timestamp.astimezone(dt.UTC).replace(tzinfo=None)
-        values = {
-            "source": record.source,
-            "id": record.id,
-            "type": record.type or "",
-            "subject": record.subject,
-            "time": time,
-            "datacontenttype": record.datacontenttype,
-            "dataschema": record.dataschema,
-            "data": None if data is None else orjson.dumps(data).decode(),
-            "extensions": orjson.dumps(dict(record.extensions)).decode() if record.extensions else None,
-        }
-        return Change(self.config.events_table, "upsert", ("source", "id"), (record.source, record.id), values)
+        row = (
+            record.source,
+            record.id,
+            record.type or "",
+            record.subject,
+            time,
+            record.datacontenttype,
+            record.dataschema,
+            None if data is None else orjson.dumps(data).decode(),
+            orjson.dumps(dict(record.extensions)).decode() if record.extensions else None,
+        )
+        key = (record.source, record.id)
+        return Change(self.config.events_table, "upsert", _EVENT_KEY, key, _EVENT_COLUMNS, row)
 
     async def _mapped_change(self, conn: Any, record: ConnectorRecord, data: dict[str, Any]) -> Change:
-        config = self.config
-        assert config.table is not None
-        if config.fields:
-            values: dict[str, Any] = {}
-            for path, column in config.fields.items():
-                found, value = _lookup(data, self._paths[path])
-                if found:
+        table = self.config.table
+        assert table is not None
+        values: dict[str, Any]
+        if self._fields:
+            values = {}
+            for column, key, path in self._fields:
+                value = data.get(key, _ABSENT) if key is not None else _lookup(data, path)
+                if value is not _ABSENT:
                     values[column] = value
+        elif self._marker_key is not None and self._marker_key in data:
+            values = {name: value for name, value in data.items() if name != self._marker_key}
         else:
-            values = {check_identifier(name, "column"): value for name, value in data.items()}
-        is_delete = record.type in config.delete_types
-        if self._delete_path is not None:
-            found, marker = _lookup(data, self._delete_path)
-            is_delete = is_delete or (found and marker in config.delete_values)
-            if not config.fields and len(self._delete_path) == 1:
-                values.pop(self._delete_path[0], None)
-        schema = await self._table(conn, config.table, record, values, tuple(config.key_columns))
-        key_columns = tuple(config.key_columns) or schema.primary_key
-        return self._change(schema, key_columns, "delete" if is_delete else "upsert", values)
+            values = data
+        is_delete = record.type in self._delete_types
+        if self._delete_path is not None and not is_delete:
+            marker = _lookup(data, self._delete_path)
+            is_delete = marker is not _ABSENT and marker in self.config.delete_values
+        names = tuple(values)
+        schema = self._tables.get(table)
+        shape = None if schema is None else self._shapes.get((table, self._key_columns or schema.primary_key, names))
+        if shape is None:  # a new column set: check it, and create or widen the table if configured
+            if not self._fields:
+                for name in names:
+                    check_identifier(name, "column")
+            schema = await self._table(conn, table, record, values, self._key_columns)
+            shape = self._shape(schema, self._key_columns or schema.primary_key, names)
+        return shape.change("delete" if is_delete else "upsert", list(values.values()))
 
     async def _cdc_steps(self, conn: Any, record: ConnectorRecord) -> list[Change | Ddl]:
         data = record.data
@@ -578,35 +665,13 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         values: dict[str, Any],
         version: str | None = None,
     ) -> Change:
-        if not key_columns:
-            raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
-        names = tuple(values)
-        columns = self._columns.get((schema.table, names))
-        if columns is None:
-            columns = self._resolve_columns(schema, names)
-            self._columns[(schema.table, names)] = columns
-        bound = {
-            column: _bindable(value, temporal) if temporal or isinstance(value, dict | list) else value
-            for (column, temporal), value in zip(columns, values.values(), strict=True)
-        }
-        missing = [c for c in key_columns if bound.get(c) is None]
-        if missing:
-            raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
-        key = tuple(bound[c] for c in key_columns)
-        if op == "delete":
-            return Change(schema.table, "delete", key_columns, key, {c: bound[c] for c in key_columns}, version)
-        return Change(schema.table, "upsert", key_columns, key, bound, version)
+        return self._shape(schema, key_columns, tuple(values)).change(op, list(values.values()), version)
 
-    @staticmethod
-    def _resolve_columns(schema: TableSchema, names: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
-        """The table's spelling of each field's column, and whether it holds dates (ISO text is converted)."""
-        resolved = []
-        for name in names:
-            column = schema.column(name)
-            if column is None:
-                raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
-            resolved.append((column.name, column.data_type in ("datetime", "timestamp")))
-        return tuple(resolved)
+    def _shape(self, schema: TableSchema, key_columns: tuple[str, ...], names: tuple[str, ...]) -> _Shape:
+        shape = self._shapes.get((schema.table, key_columns, names))
+        if shape is None:
+            shape = self._shapes[(schema.table, key_columns, names)] = _Shape.resolve(schema, key_columns, names)
+        return shape
 
     # -- live schema, auto_create / auto_evolve -----------------------------------------------------
 
@@ -635,13 +700,13 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             check_identifier(table, "table")
             async with conn.cursor() as cursor:
                 schema = self._tables[table] = await load_table(cursor, self.config.database, table)
-            self._columns.clear()
+            self._shapes.clear()
         return schema
 
     def _forget_schemas(self) -> None:
         """After DDL or a refused batch: read the live schema again."""
         self._tables.clear()
-        self._columns.clear()
+        self._shapes.clear()
 
     def _column_type(self, record: ConnectorRecord, column: str, value: Any, *, key: bool) -> str:
         schema = self._catalog.get(record.dataschema)
@@ -710,22 +775,37 @@ class _Acquired:
         self._pool.release(self._conn)
 
 
-def _lookup(data: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
-    """Follow a dotted path through objects (and list indexes); (found, value)."""
+def _lookup(data: Any, path: tuple[str, ...]) -> Any:
+    """Follow a dotted path through objects (and list indexes): the value there, or ``_ABSENT``."""
     node = data
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
+        if isinstance(node, dict):
+            node = node.get(part, _ABSENT)
+            if node is _ABSENT:
+                return _ABSENT
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return False, None
-    return True, node
+            return _ABSENT
+    return node
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(database: str, table: str, columns: tuple[str, ...], key_columns: tuple[str, ...], rows: int) -> str:
+    """The text of a ``rows``-row upsert, with a ``%s`` per value: built once per table, column set and row count."""
+    updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
+        f"{quote(key_columns[0])}={quote(key_columns[0])}"
+    ]
+    row = "(" + ",".join(["%s"] * len(columns)) + ")"
+    return (
+        f"INSERT INTO {quote(database, table)} ({','.join(quote(c) for c in columns)})"
+        f" VALUES {','.join([row] * rows)} ON DUPLICATE KEY UPDATE {','.join(updates)}"
+    )
 
 
 def _bindable(value: Any, temporal: bool) -> Any:
     """A JSON value as a bound parameter (objects as JSON text, ISO date-times for date columns as UTC)."""
-    if isinstance(value, dict | list):
+    if isinstance(value, _CONTAINERS):
         return orjson.dumps(value).decode()
     if isinstance(value, str) and temporal and ("T" in value or value.endswith("Z")):
         try:

@@ -99,6 +99,21 @@ async def test_mapped_mode_upserts_nested_fields_and_deletes(mariadb_server: Mar
     ]
 
 
+async def test_a_batch_larger_than_the_server_packet_limit_is_split(mariadb_server: MariaDBServer, database: str) -> None:
+    packet = int(mariadb_server.sql("SELECT @@max_allowed_packet"))
+    size = 256 * 1024
+    blobs = [str(n % 10) * size for n in range(packet // size + 8)]  # over the server's limit in total
+    blobs.append("x" * 2 * 1024 * 1024)  # alone over the client's statement length
+    sink = await started(mariadb_server, database=database, mode="events")
+    try:
+        assert await sink.put([event({"blob": blob}, id=str(n)) for n, blob in enumerate(blobs)]) == []
+    finally:
+        await sink.stop()
+    assert rows(mariadb_server, "SELECT COUNT(*), SUM(LENGTH(data)) FROM cloudevents", database) == [
+        [str(len(blobs)), str(sum(len(blob) + len('{"blob":""}') for blob in blobs))]
+    ]
+
+
 async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(mariadb_server: MariaDBServer, database: str) -> None:
     mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY, qty INT NOT NULL, name VARCHAR(5))", database)
     sink = await started(mariadb_server, database=database, mode="mapped", table="t")
@@ -120,6 +135,43 @@ async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(maria
     assert "id" in reasons["2"] and "colour" in reasons["4"] and "object" in reasons["6"]
     assert "Incorrect integer value" in reasons["3"] and "too long" in reasons["5"]
     assert rows(mariadb_server, "SELECT id, qty FROM t ORDER BY id", database) == [["1", "1"], ["7", "7"]]
+
+
+async def test_mapped_mode_field_edges(mariadb_server: MariaDBServer, database: str) -> None:
+    """Two paths into one column (the last found wins), list indexes, JSON values, column names in another case."""
+    mariadb_server.sql("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20), first_tag VARCHAR(20), meta JSON)", database)
+    sink = await started(
+        mariadb_server,
+        database=database,
+        mode="mapped",
+        table="items",
+        fields={"id": "id", "title": "name", "label.text": "name", "tags.0": "first_tag", "meta": "meta", "ID": "ID"},
+    )
+    try:
+        batch = [
+            event({"id": 1, "title": "t1", "label": {"text": "l1"}, "tags": ["a", "b"], "meta": {"k": [1]}}, id="1"),
+            event({"id": 20, "ID": 2, "title": "t2", "tags": []}, id="2"),  # both name column id: the later path wins
+            event({"ID": 3, "label": {"text": "l3"}, "tags": "not a list"}, id="3"),
+            event({"title": "no key"}, id="4"),
+        ]
+        rejections = await sink.put(batch)
+    finally:
+        await sink.stop()
+    assert [(r.record.id, r.reason) for r in rejections] == [("4", "key column(s) id missing or null in the event")]
+    assert rows(mariadb_server, "SELECT id, name, first_tag, meta FROM items ORDER BY id", database) == [
+        ["1", "l1", "a", '{"k":[1]}'],
+        ["2", "t2", "NULL", "NULL"],
+        ["3", "l3", "NULL", "NULL"],
+    ]
+    schemaless = await started(mariadb_server, database=database, mode="mapped", table="items", delete_field="op")
+    try:
+        batch = [event({"id": 2, "op": "d"}, id="5"), event({"id": 4, "Name": "n4", "op": "u"}, id="6")]
+        assert await schemaless.put(batch) == []
+        rejections = await schemaless.put([event({"id": 5, "bad name": 1}, id="7")])
+    finally:
+        await schemaless.stop()
+    assert [r.record.id for r in rejections] == ["7"] and "not a plain identifier" in rejections[0].reason
+    assert rows(mariadb_server, "SELECT id, name FROM items ORDER BY id", database) == [["1", "l1"], ["3", "l3"], ["4", "n4"]]
 
 
 async def test_mapped_mode_auto_create_and_evolve_from_json_and_schema(
