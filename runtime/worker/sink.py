@@ -141,28 +141,38 @@ class SinkWorker:
         self.board.set_state("retrying")
 
     async def _serve(self, client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
-        # Batches are taken straight from the client's bounded push buffer: no task or queue per event.
-        size = self.settings.batch_size
+        # Two stages: the next batch is taken and decoded while ``put`` awaits its target with this one.
+        batches: asyncio.Queue[list[_Item] | None] = asyncio.Queue(1)
+        preparing = asyncio.create_task(self._prepare(client, batches, stop), name="prepare batches")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             while not stop.is_set():
-                batch = client.take_pushes(size)
-                if not batch:
-                    arrival = asyncio.create_task(client.wait_for_pushes(), name="wait for pushes")
-                    done, _ = await asyncio.wait([arrival, stopping], return_when=asyncio.FIRST_COMPLETED)
-                    if arrival not in done:
-                        arrival.cancel()
-                        break
-                    if not arrival.result():
-                        return  # the client closed: the push stream ended
-                    continue
-                await self._fill(batch, client, stop)
+                upcoming = asyncio.ensure_future(batches.get())
+                done, _ = await asyncio.wait([upcoming, stopping, preparing], return_when=asyncio.FIRST_COMPLETED)
+                if upcoming not in done:
+                    upcoming.cancel()
+                    if preparing in done:
+                        preparing.result()  # raise its error, if any
+                        return
+                    break
+                items = upcoming.result()
+                if items is None:
+                    return  # the client closed: the push stream ended
                 self.board.set_state("draining" if stop.is_set() else "running")
-                await self._handle(batch, client, publisher, stop)
+                await self._handle(items, client, publisher, stop)
         finally:
+            preparing.cancel()
             stopping.cancel()
-            await asyncio.gather(stopping, return_exceptions=True)
+            await asyncio.gather(preparing, stopping, return_exceptions=True)
         self.board.set_state("draining")
+
+    async def _prepare(self, client: MeshClient, batches: asyncio.Queue[list[_Item] | None], stop: asyncio.Event) -> None:
+        """Batches of pushed events, taken straight from the client's bounded push buffer and decoded; None at the end."""
+        while await client.wait_for_pushes():
+            batch = client.take_pushes(self.settings.batch_size)
+            await self._fill(batch, client, stop)
+            await batches.put([self._item(pushed) for pushed in batch])
+        await batches.put(None)
 
     async def _fill(self, batch: list[PushedEvent], client: MeshClient, stop: asyncio.Event) -> None:
         """Add to ``batch`` until it is full or the linger time since its first event passed."""
@@ -180,18 +190,17 @@ class SinkWorker:
             except TimeoutError:
                 return
 
-    async def _handle(self, batch: list[PushedEvent], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+    async def _handle(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
         started = time.monotonic()
-        self.metrics.records_in.inc(len(batch))
-        self.metrics.in_flight.set(len(batch))
-        items = [self._item(pushed) for pushed in batch]
+        self.metrics.records_in.inc(len(items))
+        self.metrics.in_flight.set(len(items))
         good = [item for item in items if item.record is not None]
         if good:
             await self._write(good, stop)
         for item in items:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)
-        client.ack_all(batch)
+        client.ack_all([item.pushed for item in items])
         written = sum(1 for item in items if item.reason is None)
         self.metrics.records_out.inc(written)
         self.metrics.in_flight.set(0)
