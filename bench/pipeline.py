@@ -106,7 +106,9 @@ def worker_config(name: str, connector: str, mesh_port: int, state: Path, **sect
         "connector": connector,
         "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": WINDOW},
         "registry": {"kind": "file", "path": str(state / "registry")},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
+        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
+        # may be taken by another process before the worker binds it (the worker then exits with 2).
+        "admin": {"host": "127.0.0.1", "port": 0},
         "log": {"format": "json", "level": "warning"},
         **sections,
     }
