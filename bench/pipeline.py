@@ -47,6 +47,13 @@ PARTITION = {"bench": 0}
 STDERR_TAIL = 30
 
 
+def write_report(path: Path, report: dict[str, float]) -> None:
+    """Write ``report`` as JSON in one step: the bench reads the file as soon as it exists."""
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(report))
+    temp.replace(path)
+
+
 class NoopSourceConfig(ConnectorConfig):
     limit: int = Field(EVENTS, description="Records to emit in all.")
     batch: int = Field(500, description="Records per poll.")
@@ -66,7 +73,7 @@ class NoopSource(Source[NoopSourceConfig]):
     async def poll(self) -> Sequence[ConnectorRecord]:
         if self.first_poll is None:
             self.first_poll = time.time()
-            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"first_poll": self.first_poll}))
+            await asyncio.to_thread(write_report, Path(self.config.report), {"first_poll": self.first_poll})
         end = min(self.next + self.config.batch, self.config.limit)
         if self.next >= end:
             await asyncio.sleep(0.1)
@@ -96,7 +103,7 @@ class NoopSink(Sink[NoopSinkConfig]):
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         self.count += len(records)
         if self.count >= self.config.expect:
-            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"count": self.count, "last": time.time()}))
+            await asyncio.to_thread(write_report, Path(self.config.report), {"count": self.count, "last": time.time()})
         return []
 
 
@@ -184,7 +191,6 @@ def pipeline_rate(run: int) -> float:
                 if time.monotonic() > deadline:
                     raise undelivered(processes, "not all of them within 300 s")
                 time.sleep(0.05)
-            time.sleep(0.05)
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
             return EVENTS / (last - first)
