@@ -136,7 +136,9 @@ async def sink_rate(server: MariaDBServer, mesh_port: int, mode: str, run: int, 
         "connector": "mysql-sink",
         "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
         "sink": {"topics": [topic], "batch_size": BATCH, "linger_ms": 20},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
+        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
+        # may be taken by another process before the worker binds it (the worker then exits with 2).
+        "admin": {"host": "127.0.0.1", "port": 0},
         "log": {"format": "json", "level": "warning"},
         "config": {"port": server.port, "database": database, "mode": mode, "table": table}
         | ({"fields": FIELDS} if mode == "mapped" else {}),

@@ -85,7 +85,9 @@ async def source_rate(server: MariaDBServer, mesh_port: int, run: int, state: Pa
         "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
         "source": {"checkpoint_every": 1000},
         "registry": {"kind": "file", "path": str(state / "registry")},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
+        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
+        # may be taken by another process before the worker binds it (the worker then exits with 2).
+        "admin": {"host": "127.0.0.1", "port": 0},
         "log": {"format": "json", "level": "warning"},
         "config": {"port": server.port, "include_databases": [database], "snapshot_mode": "never", "replica_id": 63000 + run},
     }

@@ -5,7 +5,8 @@ source worker running a no-op source that emits 1 KiB JSON records as fast as it
 a sink worker running a no-op sink that only counts. Everything the runtime does is on the path:
 record -> CloudEvent, publish window and acks, per-partition offset tracking and checkpoints to a
 file registry, pushes, batching, acks after ``put``. The rate is events delivered to the sink per
-second from the source's first poll to the sink's last record.
+second from the source's first poll to the sink's last record. Each process's stderr is kept in the
+run's temp dir; when one exits early (or the run times out) the tail of each is printed.
 
 Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/protocol.py``
 (length-prefixed frames of the same size, an ack per frame, the same window), one way only.
@@ -43,6 +44,14 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
 WINDOW = 1000
 PAYLOAD = "x" * 800
 PARTITION = {"bench": 0}
+STDERR_TAIL = 30
+
+
+def write_report(path: Path, report: dict[str, float]) -> None:
+    """Write ``report`` as JSON in one step: the bench reads the file as soon as it exists."""
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(report))
+    temp.replace(path)
 
 
 class NoopSourceConfig(ConnectorConfig):
@@ -64,7 +73,7 @@ class NoopSource(Source[NoopSourceConfig]):
     async def poll(self) -> Sequence[ConnectorRecord]:
         if self.first_poll is None:
             self.first_poll = time.time()
-            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"first_poll": self.first_poll}))
+            await asyncio.to_thread(write_report, Path(self.config.report), {"first_poll": self.first_poll})
         end = min(self.next + self.config.batch, self.config.limit)
         if self.next >= end:
             await asyncio.sleep(0.1)
@@ -94,7 +103,7 @@ class NoopSink(Sink[NoopSinkConfig]):
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         self.count += len(records)
         if self.count >= self.config.expect:
-            await asyncio.to_thread(Path(self.config.report).write_text, json.dumps({"count": self.count, "last": time.time()}))
+            await asyncio.to_thread(write_report, Path(self.config.report), {"count": self.count, "last": time.time()})
         return []
 
 
@@ -104,7 +113,9 @@ def worker_config(name: str, connector: str, mesh_port: int, state: Path, **sect
         "connector": connector,
         "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": WINDOW},
         "registry": {"kind": "file", "path": str(state / "registry")},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
+        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
+        # may be taken by another process before the worker binds it (the worker then exits with 2).
+        "admin": {"host": "127.0.0.1", "port": 0},
         "log": {"format": "json", "level": "warning"},
         **sections,
     }
@@ -113,22 +124,42 @@ def worker_config(name: str, connector: str, mesh_port: int, state: Path, **sect
     return path
 
 
-def run_worker(target: str, config: Path) -> subprocess.Popen[bytes]:
+def run_worker(target: str, config: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start a worker; its stderr (logs, a traceback) goes to ``<config>.stderr`` beside its config."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime.testing", target, str(config)],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = config.with_suffix(".stderr")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime.testing", target, str(config)],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    return process, log
+
+
+def undelivered(processes: dict[str, tuple[subprocess.Popen[bytes], Path]], why: str) -> RuntimeError:
+    """The error for a run that did not deliver every event, after printing the tail of each process's stderr.
+
+    The temp dir holding the logs is gone once the run returns, so what explains the failure is printed now.
+    """
+    for name, (process, log) in processes.items():
+        status = "running" if process.poll() is None else f"exited with code {process.returncode}"
+        tail = log.read_text(errors="replace").splitlines()[-STDERR_TAIL:] if log.exists() else []
+        said = f"the last {len(tail)} lines of its stderr" if tail else "nothing on stderr"
+        print(f"--- {name} ({status}): {said}", file=sys.stderr)
+        for line in tail:
+            print(f"    {line}", file=sys.stderr)
+    return RuntimeError(f"the pipeline did not deliver every event: {why}")
 
 
 def pipeline_rate(run: int) -> float:
     with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
         state = Path(directory)
         mesh_port = free_port()
-        mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port)
+        mesh_log = state / "mesh.stderr"
+        mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port, mesh_log)
         topic = f"bench-{run}"
         sink_report, source_report = state / "sink.json", state / "source.json"
         sink_config = worker_config(
@@ -147,23 +178,25 @@ def pipeline_rate(run: int) -> float:
             source={"topic": topic, "checkpoint_every": 1000},
             config={"limit": EVENTS, "report": str(source_report)},
         )
-        workers = [run_worker("pipeline:NoopSink", sink_config)]
+        processes = {"mesh": (mesh, mesh_log)}
         try:
+            processes["sink"] = run_worker("pipeline:NoopSink", sink_config)
             time.sleep(1.0)  # the sink subscribes first, so the rate is not a replay of a backlog
-            workers.append(run_worker("pipeline:NoopSource", source_config))
+            processes["source"] = run_worker("pipeline:NoopSource", source_config)
             deadline = time.monotonic() + 300
             while not sink_report.exists():
-                if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
-                    raise RuntimeError("the pipeline did not deliver every event")
+                dead = [name for name, (process, _) in processes.items() if process.poll() is not None]
+                if dead:
+                    raise undelivered(processes, f"{' and '.join(dead)} exited early")
+                if time.monotonic() > deadline:
+                    raise undelivered(processes, "not all of them within 300 s")
                 time.sleep(0.05)
-            time.sleep(0.05)
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
             return EVENTS / (last - first)
         finally:
-            for worker in workers:
-                stop(worker)
-            stop(mesh)
+            for process, _ in reversed(processes.values()):  # the workers, then the mesh
+                stop(process)
 
 
 def raw_rate() -> float:

@@ -18,6 +18,7 @@ The last line is ``ratio: <client events/s / raw events/s>`` (target >= 0.5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -116,8 +117,10 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def spawn(args: list[str], port: int, stderr: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a Python server process and wait until it listens on ``port``; its stderr goes to ``stderr`` if given."""
+    with open(stderr, "wb") if stderr is not None else contextlib.nullcontext(subprocess.DEVNULL) as err:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     wait_for_port(port, proc)
     return proc
 
