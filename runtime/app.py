@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
 import signal
@@ -146,14 +145,15 @@ async def serve(
 
 async def _finish(worker: asyncio.Task[None], shutdown_timeout: float, log: Any) -> int:
     """Wait for the draining worker (bounded); the exit code from how it ended."""
-    try:
-        await asyncio.wait_for(asyncio.shield(worker), shutdown_timeout)
-    except TimeoutError:
+    # asyncio.wait, not wait_for: a TimeoutError the worker raised itself is its failure, not the deadline.
+    await asyncio.wait({worker}, timeout=shutdown_timeout)
+    if not worker.done():
         log.warning("drain took longer than the shutdown timeout: stopping now", timeout=shutdown_timeout)
         worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-    except Exception as exc:  # the worker's own failure, whatever it was: report it and exit non-zero
+        await asyncio.wait({worker})
+        return 0
+    exc = None if worker.cancelled() else worker.exception()
+    if exc is not None:  # the worker's own failure, whatever it was: report it and exit non-zero
         log.error("worker failed", error=repr(exc), exc_info=exc)
         return EXIT_FAILED
     return 0

@@ -46,7 +46,7 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.client import MeshClient, Publishable
 from runtime.config import WorkerConfig
 from runtime.connector import Source, SourceContext
-from runtime.errors import DataError, FencedError, MeshRejectedError, RetriableError
+from runtime.errors import DataError, FencedError, MeshRejectedError, RegistryUnavailableError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
 from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body, record_to_body
 from runtime.record import ConnectorRecord, JsonValue, derive_event_id
@@ -421,9 +421,13 @@ class _ActiveSession:
             self.log.warning("upstream commit failed; the upstream system will deliver these again", error=str(exc))
 
     async def _commit(self, offsets: Mapping[str, Mapping[str, Any]], lease: Any) -> None:
-        await asyncio.wait_for(
-            self.worker.registry.commit_offsets(self.config.name, offsets, lease), self.config.registry.lease_ttl
-        )
+        ttl = self.config.registry.lease_ttl
+        try:
+            await asyncio.wait_for(self.worker.registry.commit_offsets(self.config.name, offsets, lease), ttl)
+        except TimeoutError as exc:
+            # A slow store is a dependency trouble like an unreachable one: retried under the same lease,
+            # which the store refuses (fenced) if it was lost meanwhile.
+            raise RegistryUnavailableError(f"offset commit got no answer within the lease TTL of {ttl:g} s") from exc
 
     async def _drain(self, poller: asyncio.Task[None], checkpointer: asyncio.Task[None]) -> None:
         """Stop polling, publish what was polled, await the acks (bounded), write the last checkpoint."""

@@ -325,3 +325,32 @@ async def test_a_sink_fills_batches_larger_than_the_client_push_buffer(tmp_path:
         stop_sink.set()
         assert (await source, await sink) == (0, 0)
     assert connectors.PUTS == [1500, 1500]
+
+
+async def test_a_commit_slower_than_the_lease_ttl_does_not_stop_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = FileRegistry.commit_offsets
+    stalls = 0
+
+    async def stalling_commit(self: FileRegistry, *args: Any, **kwargs: Any) -> None:
+        nonlocal stalls
+        if stalls == 0:
+            stalls += 1
+            await asyncio.sleep(3)  # longer than the lease TTL of source_config (2 s): a stalled disk or store
+        await commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileRegistry, "commit_offsets", stalling_commit)
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=100), stop=stop_source, install_signals=False)
+        )
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        await eventually(lambda: stalls == 1)
+        await asyncio.sleep(4)
+        assert not source.done(), f"the source worker exited with {source.result()} after a slow registry commit"
+        await eventually(lambda: len(received_numbers()) == 200)
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
