@@ -319,8 +319,10 @@ def test_six_groups_rebalance_over_three_two_three_replicas(cluster: Cluster) ->
             assert start >= stop, f"{group} owned by {holder} and {successor} at once"
             assert start - stop <= TTL + 1, f"{group} idle {start - stop:.2f}s between {holder} and {successor}"
         assert owned[-1][1] >= ended_at - 0.5, f"{group} is owned at the end"
-    # At the end, b2 and c2 took their share from a: every replica works.
-    assert all(ownership(replica, ended_at) for replica in later)
+    # At the end every group is with the owner rendezvous hashing gives it among the live replicas (with these
+    # names b2 is given none: a replica may rightly stay a standby, so "every replica owns a group" is no rule).
+    live = [first[0].holder, *(replica.holder for replica in later)]
+    assert {group: owned[-1][2] for group, owned in spans.items()} == {group: desired_owner(group, live) for group in groups}
     for group in groups:
         commits = commits_in_time_order(cluster.replicas, group)
         assert commits == sorted(set(commits)), f"{group} offsets moved backwards"
