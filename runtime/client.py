@@ -17,8 +17,10 @@
 Protocol rules live in :mod:`runtime.protocol.session`; this module owns the socket, the clock and
 the tasks: one supervisor (reconnect with exponential backoff and jitter, new HELLO, re-subscribe,
 re-listen, then the session re-sends every publish still waiting for its ack) and one ticker
-(request deadlines, heartbeats). Nothing is created per event: publishes are futures keyed by
-``seq`` inside the session, and bytes queued during one loop iteration go out in one write.
+(request deadlines, heartbeats). Little is made per event: a publish's answer goes to a waiter
+keyed by ``seq`` inside the session (a future, or with ``publish_nowait`` a lighter object of the
+caller's), a pushed body is decoded only when read, a receiver takes and acks pushes a batch at a
+time (``take_pushes``, ``ack_all``), and bytes queued during one loop iteration go out in one write.
 
 Bounds: at most ``max_in_flight`` messages await an ack (``start_publish`` waits for room); at
 most ``push_buffer`` pushed events wait for the receiver, after which the client stops reading the

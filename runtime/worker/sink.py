@@ -5,7 +5,8 @@ The order is the promise of at-least-once, stated once here:
 1. The session says HELLO as ``sub`` in the group ``mesh.group`` (default: the instance name),
    subscribes every ``sink.topics`` (CLUSTERING, ASYNC) and listens. Pushed events queue in a
    bounded buffer; when it is full the worker stops reading (TCP backpressure up to the mesh).
-2. A batch closes at ``sink.batch_size`` events or ``sink.linger_ms`` after its first event.
+2. A batch closes at ``sink.batch_size`` events or ``sink.linger_ms`` after its first event. Its
+   events are decoded into records while ``put`` still writes the batch before (one batch ahead).
 3. ``put(records)`` runs. Only when it returned are the events acknowledged to the mesh: an
    event is never acked before its write is durable.
 4. :class:`~runtime.errors.RetriableError` (the target is down): the same batch is retried with
@@ -19,8 +20,8 @@ The order is the promise of at-least-once, stated once here:
 
 Duplicates (a redelivery after a crash, the same source+id twice in a batch) reach ``put``
 unchanged: sinks are idempotent. Stop (SIGTERM): reading stops, the batch in hand is finished
-(bounded by ``drain_timeout``), events buffered but not written stay unacknowledged for the mesh
-to deliver again, the session says goodbye. With a ``registry`` (given when the config names one),
+(bounded by ``drain_timeout``), events buffered or decoded but not written stay unacknowledged for
+the mesh to deliver again, the session says goodbye. With a ``registry`` (given when the config names one),
 the sink also heartbeats its membership there, for status; it holds no lease.
 """
 
