@@ -593,7 +593,7 @@ class MeshClient:
         bounded by the same timeout. Across a reconnect the event is re-sent with its seq.
         """
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.publish_when_room(event, waiter, timeout)
+        await self._start_message(RequestKind.PUBLISH, event, timeout, waiter)
         return waiter
 
     async def publish_when_room(self, event: Publishable, waiter: AckWaiter, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline tracked per request
