@@ -63,7 +63,7 @@ from runtime.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from runtime.protocol.events import EncodedEvent, body_to_event
+from runtime.protocol.events import Publishable, body_to_event
 from runtime.protocol.frames import Command, Package, SubscriptionItem, SubscriptionMode, SubscriptionType, UserAgent
 from runtime.protocol.session import (
     ClientSession,
@@ -108,7 +108,6 @@ class AckWaiter(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
-Publishable = CloudEvent | EncodedEvent
 _Waiter = asyncio.Future[Any]
 _Token = AckWaiter | None  # None: nobody waits for the answer (heartbeats)
 _REQUEST = RequestKind.REQUEST  # a module constant: identity checks on the hot path, no enum hashing

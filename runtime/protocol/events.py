@@ -70,6 +70,7 @@ __all__ = [
     "CONTENT_TYPE_EXTENSION",
     "DATA_ENCODING_EXTENSION",
     "EncodedEvent",
+    "Publishable",
     "TRANSPORT_EXTENSIONS",
     "ack_frame",
     "ack_package",
@@ -178,6 +179,10 @@ class EncodedEvent:
     """A CloudEvents 1.0 event already in its message-body form: the client publishes it without encoding it again."""
 
     body: bytes
+
+
+Publishable = CloudEvent | EncodedEvent
+"""What the client publishes: an event, or one already encoded."""
 
 
 def record_to_body(
@@ -410,13 +415,10 @@ def publish_package(event: CloudEvent, command: Command = Command.ASYNC_MESSAGE_
     return Package(Header(command, seq=seq, properties=_publish_properties(event)), event_to_body(event))
 
 
-def publish_frame(
-    event: CloudEvent | EncodedEvent, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None
-) -> bytes:
+def publish_frame(event: Publishable, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> bytes:
     """``encode(publish_package(event, command, seq))``, without building the package (once per published event)."""
-    if type(event) is EncodedEvent:
+    if isinstance(event, EncodedEvent):
         return encode_fields(command, seq, _PUBLISH_PROPERTIES["1.0"], event.body)
-    assert isinstance(event, CloudEvent)
     return encode_fields(command, seq, _publish_properties(event), event_to_body(event))
 
 

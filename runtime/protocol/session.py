@@ -39,7 +39,7 @@ from typing import Generic, TypeVar
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import HelloRefusedError, LocalProtocolError, MeshRejectedError, RemoteProtocolError
-from runtime.protocol.events import EncodedEvent, ack_frame, publish_frame
+from runtime.protocol.events import Publishable, ack_frame, publish_frame
 from runtime.protocol.frames import (
     Command,
     FrameDecoder,
@@ -326,7 +326,7 @@ class ClientSession(Generic[Token]):
         package = Package(header, None) if body is None else Package.with_json(header, body)
         return self._register(kind, package, token, deadline, send=True)
 
-    def message(self, kind: RequestKind, event: CloudEvent | EncodedEvent, token: Token, now: float, timeout: float) -> str:
+    def message(self, kind: RequestKind, event: Publishable, token: Token, now: float, timeout: float) -> str:
         """Queue a publish, broadcast or request; sent now if ready, else on the next accepted HELLO."""
         if not kind.is_message:
             raise LocalProtocolError(f"{kind.name} is not a message")

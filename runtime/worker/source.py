@@ -4,7 +4,7 @@ The order is the promise of at-least-once, stated once here:
 
 1. ``poll()`` fills a bounded queue (``source.poll_queue`` records); when it is full, polling
    waits. A slow mesh therefore slows polling down instead of growing memory.
-2. Each record becomes a CloudEvent (:func:`~runtime.record.record_to_cloudevent`) and is published
+2. Each record becomes its CloudEvent's message body (:func:`~runtime.protocol.events.record_to_body`) and is published
    through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
    cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
    instead, and counts as done once that publish is acknowledged.
@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from cloudevents.core.v1.event import CloudEvent
 
-from runtime.client import MeshClient, Publishable
+from runtime.client import MeshClient
 from runtime.config import WorkerConfig
 from runtime.connector import Source, SourceContext
 from runtime.errors import DataError, FencedError, MeshRejectedError, RegistryUnavailableError, RetriableError
@@ -289,7 +289,7 @@ class _ActiveSession:
                     break
                 record = queue.get_nowait()
 
-    def _event_for(self, record: ConnectorRecord) -> Publishable:
+    def _event_for(self, record: ConnectorRecord) -> EncodedEvent:
         source_settings = self.config.source
         try:
             return record_to_body(
@@ -300,7 +300,7 @@ class _ActiveSession:
                 default_subject=source_settings.topic,
             )
         except DataError as exc:
-            return self._dead_letter_for(record, exc.reason)
+            return EncodedEvent(event_to_body(self._dead_letter_for(record, exc.reason)))
 
     def _dead_letter_for(self, record: ConnectorRecord, reason: str) -> CloudEvent:
         self.metrics.error("data")
@@ -327,15 +327,15 @@ class _ActiveSession:
         except RetriableError as exc:
             publication.set_exception(exc)
 
-    def _failed(self, entry: Submitted, event: Publishable, error: BaseException) -> None:
+    def _failed(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
         task = asyncio.create_task(self._republish(entry, event, error))
         self.retries.add(task)
         task.add_done_callback(self.retries.discard)
 
-    def _done(self, entry: Submitted, event: Publishable) -> None:
+    def _done(self, entry: Submitted, event: EncodedEvent) -> None:
         self.tracker.ack(entry)
         self.acked += 1
-        self.acked_bytes += len(event.body if isinstance(event, EncodedEvent) else event_to_body(event))
+        self.acked_bytes += len(event.body)
         # Without a lease there is no registry write to amortize: commit upstream as soon as acked
         # (an HTTP source holds its response until then).
         if self.worker.coordinator is None or self.tracker.committable_count >= self.config.source.checkpoint_every:
@@ -349,26 +349,25 @@ class _ActiveSession:
         self.metrics.in_flight.set(self.tracker.in_flight)
         self.metrics.offset_lag.set(self.tracker.committable_count)
 
-    async def _republish(self, entry: Submitted, event: Publishable, error: BaseException) -> None:
+    async def _republish(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
         """Publish ``event`` again until the mesh takes it: a refused event ends in the dead-letter topic."""
         backoff = Backoff(0.2, 30.0)
         rejected = 0
         while True:
             if isinstance(error, MeshRejectedError):
                 rejected += 1
-                if type(event) is EncodedEvent:
-                    event = body_to_event(event.body)  # the rare path: the event itself, to dead-letter it
-                assert isinstance(event, CloudEvent)
-                if rejected >= _REJECTED_ATTEMPTS and event.get_extension("dlqreason") is None:
+                refused = body_to_event(event.body) if rejected >= _REJECTED_ATTEMPTS else None
+                if refused is not None and refused.get_extension("dlqreason") is None:
                     self.metrics.dead_letters.inc()
-                    self.log.warning("mesh keeps refusing an event: dead-lettered", id=event.get_id(), reason=error.desc)
-                    event = dead_letter_event(
-                        event,
+                    self.log.warning("mesh keeps refusing an event: dead-lettered", id=refused.get_id(), reason=error.desc)
+                    dead_letter = dead_letter_event(
+                        refused,
                         topic=self.worker.dead_letter_topic,
                         reason=f"mesh refused the event: {error.desc}",
                         connector=self.config.connector,
                         attempts=rejected,
                     )
+                    event = EncodedEvent(event_to_body(dead_letter))
             elif not isinstance(error, RetriableError):
                 raise error
             self.metrics.retries.inc()
@@ -448,7 +447,7 @@ class _Publication:
 
     __slots__ = ("answered", "entry", "event", "session")
 
-    def __init__(self, session: _ActiveSession, entry: Submitted, event: Publishable) -> None:
+    def __init__(self, session: _ActiveSession, entry: Submitted, event: EncodedEvent) -> None:
         self.session = session
         self.entry = entry
         self.event = event
