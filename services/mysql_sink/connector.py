@@ -493,24 +493,24 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     [value for key in chunk for value in key],
                 )
         for (table, columns, key_columns), rows in upserts.items():
-            escape = cursor.connection.escape
-            await self._send_upsert(cursor, (table, columns, key_columns), [escape(v) for row in rows for v in row])
+            await self._send_upsert(cursor, (table, columns, key_columns), rows)
 
-    async def _send_upsert(self, cursor: Any, target: tuple[str, tuple[str, ...], tuple[str, ...]], literals: list[str]) -> None:
-        """Multi-row upserts of the escaped ``literals`` (rows of ``target``'s columns, flat), each within the client's limit."""
-        width = len(target[1])
-        count = len(literals) // width
-        statement = (_upsert_sql(self.config.database, *target, count) % tuple(literals)).encode(
-            cursor.connection.encoding, "surrogateescape"
-        )
-        if len(statement) > cursor.max_stmt_length and count > 1:
-            # As many parts as the length asks for, so rows alike are formatted about twice, not log(n) times.
-            parts = min(count, len(statement) // cursor.max_stmt_length + 1)
-            step = -(-count // parts) * width
-            for start in range(0, len(literals), step):
-                await self._send_upsert(cursor, target, literals[start : start + step])
+    async def _send_upsert(
+        self, cursor: Any, target: tuple[str, tuple[str, ...], tuple[str, ...]], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Multi-row upserts of ``rows`` (values of ``target``'s columns), each within the client's statement length."""
+        values = [value for row in rows for value in row]
+        # The driver binds the values (mogrify is what execute does); bound first, so the length is known.
+        statement = cursor.mogrify(_upsert_sql(self.config.database, *target, len(rows)), values)
+        encoded = statement.encode(cursor.connection.encoding, "surrogateescape")
+        if len(encoded) > cursor.max_stmt_length and len(rows) > 1:
+            # As many parts as the length asks for, so rows alike are bound about twice, not log(n) times.
+            parts = min(len(rows), len(encoded) // cursor.max_stmt_length + 1)
+            step = -(-len(rows) // parts)
+            for start in range(0, len(rows), step):
+                await self._send_upsert(cursor, target, rows[start : start + step])
             return
-        await cursor.execute(statement)
+        await cursor.execute(encoded)
 
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
         versions = quote(self.config.database, VERSIONS_TABLE)
