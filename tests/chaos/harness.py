@@ -570,24 +570,20 @@ class Faults:
         self.note(f"SIGCONT {active.name}")
 
     async def redis_restart(self) -> None:
-        redis = self.topology.redis
-        assert redis is not None
-        await asyncio.to_thread(redis.kill)
-        self.note("Redis killed")
-        await asyncio.sleep(2.0)
-        await asyncio.to_thread(redis.start)
-        self.counts["redis_restart"] += 1
-        self.note("Redis restarted")
+        assert self.topology.redis is not None
+        await self._restart(self.topology.redis, "Redis", 2.0, "redis_restart")
 
     async def sink_db_restart(self) -> None:
-        database = self.topology.sink_db
-        assert database is not None
-        await asyncio.to_thread(database.kill)
-        self.note("sink MariaDB killed")
-        await asyncio.sleep(3.0)
-        await asyncio.to_thread(database.start)
-        self.counts["sink_db_restart"] += 1
-        self.note("sink MariaDB restarted")
+        assert self.topology.sink_db is not None
+        await self._restart(self.topology.sink_db, "sink MariaDB", 3.0, "sink_db_restart")
+
+    async def _restart(self, server: RedisServer | MariaDBServer, label: str, down_for: float, fault: str) -> None:
+        await asyncio.to_thread(server.kill)
+        self.note(f"{label} killed")
+        await asyncio.sleep(down_for)
+        await asyncio.to_thread(server.start)
+        self.counts[fault] += 1
+        self.note(f"{label} restarted")
 
     async def mesh_restart(self) -> None:
         if self.supervisor.kill("mesh", hold=2.0) is None:
