@@ -28,7 +28,9 @@ table's last applied one is skipped; CREATE, DROP and TRUNCATE also set the tabl
 ``reset``): row changes from before it belong to an earlier incarnation of the table and are
 skipped. Envelopes of mysql-source's polling mode have no binlog position and are applied as they
 come. Versions compare positions of one source server: after a switch to another server (whose
-binlog numbering differs) the replica is re-created, or the versions table emptied.
+binlog numbering differs) the replica is re-created, or the versions table emptied. Tombstones
+older than ``tombstone_retention`` are purged in the background; the purge raises the table's floor
+to the newest version it removed, so what a tombstone kept out, the floor still keeps out.
 
 Within a batch, changes to one key collapse to their net effect (deletes run before upserts), so
 each batch is a few multi-row statements. When the server refuses a row's values the batch is
@@ -43,6 +45,7 @@ import base64
 import datetime as dt
 import functools
 import hashlib
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +55,20 @@ import aiomysql
 import orjson
 import pymysql
 import structlog
+from prometheus_client import Counter
 from pydantic import Field, model_validator
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, Rejection, Secret, Sink, SinkContext
+from runtime import (
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    Sink,
+    SinkContext,
+)
 from runtime.record import is_json_content_type
 from services.mysql_sink.schema import SchemaCatalog, sql_type_from_json_schema, sql_type_from_value
 from services.mysql_sink.sql import (
@@ -92,8 +106,16 @@ _VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   `tbl` VARBINARY(64) NOT NULL,
   `pk` VARBINARY(255) NOT NULL,
   `version` VARBINARY(64) NOT NULL,
-  PRIMARY KEY (`tbl`, `pk`)
+  `deleted_at` DATETIME(6) NULL,
+  PRIMARY KEY (`tbl`, `pk`),
+  KEY `deleted_at` (`deleted_at`)
 ) ENGINE=InnoDB"""
+# Versions tables made before tombstones were purged lack the deletion time.
+_VERSIONS_DELETED_AT = "ALTER TABLE {table} ADD COLUMN `deleted_at` DATETIME(6) NULL, ADD KEY `deleted_at` (`deleted_at`)"
+_PURGE_CHUNK = 1000
+TOMBSTONES_PURGED = Counter(
+    "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", ["name"]
+)
 
 
 class MysqlSinkConfig(ConnectorConfig):
@@ -115,6 +137,12 @@ class MysqlSinkConfig(ConnectorConfig):
     delete_types: list[str] = Field(default_factory=list, description="mapped: CloudEvent types meaning delete.")
     table_map: dict[str, str] = Field(default_factory=dict, description="cdc: source 'db.table' -> target table name.")
     apply_ddl: bool = Field(True, description="cdc: run schema-change events against the target database.")
+    tombstone_retention: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="cdc: seconds a deleted row's version (tombstone) is kept; then it is purged and its table's floor "
+        "rises to it, so a change older than that is skipped. Longer than any redelivery delay; 0 keeps them forever.",
+    )
     auto_create: bool = Field(False, description="Create a missing table (and database) from the dataschema or observed JSON.")
     auto_evolve: bool = Field(False, description="Add missing nullable columns from the dataschema or observed JSON.")
     schemas: dict[str, dict[str, Any]] = Field(
@@ -268,6 +296,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         # Without a field map the data's top-level keys are the columns, less a top-level delete marker.
         self._marker_key = None if config.fields or not config.delete_field or "." in config.delete_field else config.delete_field
         self._log: Any = log
+        self._purger: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -295,6 +324,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         except BaseException:
             await self.stop()
             raise
+        if config.mode == "cdc" and config.tombstone_retention > 0:
+            self._purger = asyncio.create_task(self._purge_tombstones_forever(context.connector_name))
 
     async def _prepare_target(self) -> None:
         config = self.config
@@ -308,8 +339,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 await cursor.execute(f"CREATE DATABASE IF NOT EXISTS {quote(config.database)} DEFAULT CHARSET utf8mb4")
             if config.mode == "events":
                 await cursor.execute(_EVENTS_DDL.format(table=quote(config.database, config.events_table)))
-            elif config.mode == "cdc" and await load_table(cursor, config.database, VERSIONS_TABLE) is None:
-                await cursor.execute(_VERSIONS_DDL.format(table=quote(config.database, VERSIONS_TABLE)))
+            elif config.mode == "cdc":
+                versions = await load_table(cursor, config.database, VERSIONS_TABLE)
+                if versions is None:
+                    await cursor.execute(_VERSIONS_DDL.format(table=quote(config.database, VERSIONS_TABLE)))
+                elif versions.column("deleted_at") is None:
+                    await cursor.execute(_VERSIONS_DELETED_AT.format(table=quote(config.database, VERSIONS_TABLE)))
             elif config.mode == "mapped":
                 assert config.table is not None
                 schema = await load_table(cursor, config.database, config.table)
@@ -332,6 +367,10 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             await conn.commit()
 
     async def stop(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.wait([self._purger])
+            self._purger = None
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
@@ -426,10 +465,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         newer = await self._newer_changes(cursor, versioned)
         await self._execute_net(cursor, [change for change in changes if change.version is None] + [c for _, c in newer])
         if newer:
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the session's time zone is UTC
             await cursor.executemany(
-                f"INSERT INTO {quote(self.config.database, VERSIONS_TABLE)} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
-                " ON DUPLICATE KEY UPDATE `version` = VALUES(`version`)",
-                [(change.table, row_id, change.version) for row_id, change in newer],
+                f"INSERT INTO {quote(self.config.database, VERSIONS_TABLE)} (`tbl`, `pk`, `version`, `deleted_at`)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE `version` = VALUES(`version`), `deleted_at` = VALUES(`deleted_at`)",
+                [(change.table, row_id, change.version, now if change.op == "delete" else None) for row_id, change in newer],
             )
 
     async def _newer_changes(self, cursor: Any, changes: list[Change]) -> list[tuple[str, Change]]:
@@ -512,6 +553,67 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             return
         await cursor.execute(encoded)
 
+    # -- tombstones -------------------------------------------------------------------------------
+
+    async def _purge_tombstones_forever(self, name: str) -> None:
+        """Purge tombstones older than ``tombstone_retention`` now and then, for as long as the sink runs.
+
+        Housekeeping: a failed round (database down, a lock conflict with a batch) is logged and tried again
+        at the next one; the batches' own retries show the outage.
+        """
+        retention = self.config.tombstone_retention
+        interval = min(max(retention / 4, 1.0), 3600.0)
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # replicas of one group do not purge in step
+            try:
+                with translate_mysql_errors(f"purging tombstones in {self.config.database}"):
+                    async with asyncio.timeout(self.config.write_timeout):
+                        purged = await self.purge_tombstones(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention))
+            except (RetriableError, TimeoutError) as exc:
+                self._log.warning("tombstone purge failed; tried again later", error=str(exc), retry_in_s=round(interval, 1))
+                continue
+            if purged:
+                TOMBSTONES_PURGED.labels(name).inc(purged)
+
+    async def purge_tombstones(self, cutoff: dt.datetime) -> int:
+        """Remove the versions of rows deleted before ``cutoff`` (tombstones); returns how many went.
+
+        A table's floor rises to the newest version purged, in the same transaction, so a change older
+        than a purged delete is still skipped: what a tombstone did for one row, the floor does for all
+        rows of the table, for changes older than it.
+        """
+        versions = quote(self.config.database, VERSIONS_TABLE)
+        before = cutoff.astimezone(dt.UTC).replace(tzinfo=None)
+        purged = 0
+        async with self._connection() as conn, conn.cursor() as cursor:
+            await cursor.execute(f"SELECT DISTINCT `tbl` FROM {versions} WHERE `deleted_at` < %s", (before,))
+            tables = sorted(bytes(row[0]).decode() for row in await cursor.fetchall())
+            await conn.commit()
+            for table in tables:
+                while True:
+                    # Rows before the floor, as a batch locks them, so the two wait for each other, not deadlock.
+                    await cursor.execute(
+                        f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `deleted_at` < %s"
+                        f" ORDER BY `pk` LIMIT {_PURGE_CHUNK} FOR UPDATE",
+                        (table, before),
+                    )
+                    rows = [(bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall()]
+                    if not rows:
+                        await conn.commit()
+                        break
+                    await cursor.execute(
+                        f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` IN ({','.join(['%s'] * len(rows))})",
+                        [table, *(pk for pk, _ in rows)],
+                    )
+                    floor = max(version for _, version in rows)
+                    await cursor.execute(_raise_mark_sql(versions), (table, _RESET_MARK, floor))
+                    await conn.commit()
+                    purged += len(rows)
+                    self._log.info("tombstones purged", table=table, tombstones=len(rows), floor=floor)
+                    if len(rows) < _PURGE_CHUNK:
+                        break
+        return purged
+
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
         versions = quote(self.config.database, VERSIONS_TABLE)
         async with conn.cursor() as cursor:
@@ -535,11 +637,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     self._log.info("schema change already applied", statement=step.statement[:200])
                 if step.version is not None:
                     marks = [_DDL_MARK, _RESET_MARK] if step.resets else [_DDL_MARK]
-                    await cursor.executemany(
-                        f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
-                        " ON DUPLICATE KEY UPDATE `version` = VALUES(`version`)",
-                        [(step.table, mark, step.version) for mark in marks],
-                    )
+                    await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
                     await conn.commit()
         await conn.commit()
         self._forget_schemas()
@@ -788,6 +886,14 @@ def _lookup(data: Any, path: tuple[str, ...]) -> Any:
         else:
             return _ABSENT
     return node
+
+
+def _raise_mark_sql(versions: str) -> str:
+    """Set a table mark (``ddl``, ``reset``) to a version, never lowering it."""
+    return (
+        f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
+        " ON DUPLICATE KEY UPDATE `version` = GREATEST(`version`, VALUES(`version`))"
+    )
 
 
 @functools.lru_cache(maxsize=64)

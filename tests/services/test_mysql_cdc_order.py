@@ -7,12 +7,14 @@ import asyncio
 import itertools
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime import ConnectorRecord, RetriableError, SinkContext
-from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
+from services.mysql_sink.connector import VERSIONS_TABLE, MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer
 
 _databases = itertools.count()
@@ -26,8 +28,8 @@ def database(mariadb_server: MariaDBServer) -> str:
     return name
 
 
-async def started(server: MariaDBServer, database: str) -> MysqlSink:
-    sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, "database": database, "mode": "cdc"}))
+async def started(server: MariaDBServer, database: str, **settings: Any) -> MysqlSink:
+    sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, "database": database, "mode": "cdc", **settings}))
     await sink.start(SinkContext("cdc-order-test"))
     return sink
 
@@ -159,6 +161,81 @@ async def test_an_envelope_without_a_position_is_rejected_with_the_reason(mariad
         await sink.stop()
     assert [r.record.id for r in rejections] == [unordered.id] and "source.row" in rejections[0].reason
     assert table(mariadb_server, database) == [["2", "two", "NULL"]]
+
+
+def versions(server: MariaDBServer, database: str) -> list[list[str]]:
+    """(pk, version, whether it is a tombstone) of every row of the versions table, by pk."""
+    query = f"SELECT pk, version, deleted_at IS NOT NULL FROM {VERSIONS_TABLE} WHERE tbl = 'items' ORDER BY pk"
+    return table(server, database, query)
+
+
+async def test_tombstones_older_than_the_retention_are_purged_and_the_table_floor_keeps_older_changes_out(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    purged_before = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "cdc-order-test"}) or 0.0
+    insert_1 = change("c", None, item(1, "one"), source(100))
+    insert_2 = change("c", None, item(2, "two"), source(150))
+    delete_1 = change("d", item(1, "one"), None, source(200))
+    sink = await started(mariadb_server, database, tombstone_retention=1)
+    try:
+        await put_each(sink, [insert_1, insert_2], [delete_1])
+        (_, delete_version, _), (_, live_version, _) = stored = versions(mariadb_server, database)
+        assert [(pk, tombstone) for pk, _, tombstone in stored] == [("[1]", "1"), ("[2]", "0")]
+        for _ in range(100):  # the sink purges in the background, about once a second
+            if len(versions(mariadb_server, database)) == 2 and versions(mariadb_server, database)[0][0] == "[2]":
+                break
+            await asyncio.sleep(0.1)
+        # The tombstone is gone, the live row's version stays, the floor holds the purged delete's version.
+        assert [row[:2] for row in versions(mariadb_server, database)] == [["[2]", live_version], ["reset", delete_version]]
+        purged = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "cdc-order-test"})
+        assert purged == purged_before + 1
+        await put_each(sink, [insert_1], [change("u", item(1, "zero"), item(1, "one"), source(120))])
+        assert table(mariadb_server, database) == [["2", "two", "NULL"]]  # older than the purged delete: skipped
+        await put_each(sink, [change("c", None, item(1, "back"), source(300))])
+        assert table(mariadb_server, database) == [["1", "back", "NULL"], ["2", "two", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+async def test_a_purge_takes_every_tombstone_before_its_cutoff_in_chunks_and_none_after(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    rows = 2500  # more than one purge chunk
+    inserts = [change("c", None, item(key, f"n{key}"), source(100, row=key)) for key in range(rows)]
+    deletes = [change("d", item(key, f"n{key}"), None, source(200, row=key)) for key in range(rows)]
+    sink = await started(mariadb_server, database, tombstone_retention=0)
+    try:
+        await put_each(sink, inserts, deletes)
+        newest_purged = max(version for _, version, _ in versions(mariadb_server, database))
+        await asyncio.sleep(0.01)
+        cutoff = datetime.now(UTC)
+        await asyncio.sleep(0.01)
+        await put_each(
+            sink, [change("c", None, item(rows, "late"), source(300)), change("d", item(rows, "late"), None, source(301))]
+        )
+        assert await sink.purge_tombstones(cutoff) == rows
+        left = versions(mariadb_server, database)
+        assert [(pk, tombstone) for pk, _, tombstone in left] == [(f"[{rows}]", "1"), ("reset", "0")]
+        assert left[1][1] == newest_purged
+        assert await sink.purge_tombstones(cutoff) == 0
+    finally:
+        await sink.stop()
+
+
+async def test_a_versions_table_from_before_tombstone_purging_gains_its_deletion_time(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    mariadb_server.sql(
+        f"CREATE TABLE {VERSIONS_TABLE} (tbl VARBINARY(64) NOT NULL, pk VARBINARY(255) NOT NULL,"
+        " version VARBINARY(64) NOT NULL, PRIMARY KEY (tbl, pk)) ENGINE=InnoDB",
+        database,
+    )
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [change("c", None, item(1, "one"), source(100))], [change("d", item(1, "one"), None, source(200))])
+    finally:
+        await sink.stop()
+    assert [row[0::2] for row in versions(mariadb_server, database)] == [["[1]", "1"]]
 
 
 def history(seed: int, keys: int = 6, changes: int = 120) -> tuple[list[ConnectorRecord], dict[int, tuple[str, int | None]]]:
