@@ -20,6 +20,7 @@ does that by itself).
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import fnmatch
 import queue
@@ -33,7 +34,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, RetriableError, Secret, Source, SourceContext
-from services.mysql_sink.sql import check_identifier, quote, translate_mysql_errors
+from services.mysql_sink.sql import check_identifier, load_table, quote, translate_mysql_errors
 from services.mysql_source.binlog import BinlogReader, Failure, Position
 from services.mysql_source.envelope import encode_row, json_value
 from services.mysql_source.snapshot import SnapshotPlan, SnapshotReader, SnapshotRow
@@ -137,6 +138,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
         self._last_emit = time.monotonic()
         self._boundary: Position | None = None
         self._poll_offsets: dict[str, dict[str, Any]] = {}
+        # Timestamp-only tables: the primary key orders rows sharing a stamp, so a batch limit cannot skip any.
+        self._poll_keys: dict[str, tuple[str, ...]] = {}
         self._poll_next = 0
         self._poll_due = 0.0
         self._log: Any = log
@@ -152,6 +155,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
             if self.config.mode == "polling":
                 for table in self.config.poll_tables:
                     self._poll_offsets[table.table] = dict(context.offset(self._poll_partition(table)) or {})
+                    if table.timestamp_column and not table.incrementing_column:
+                        self._poll_keys[table.table] = await self._tiebreak_key(table)
                 return
             await self._check_server()
             await self._choose_start(context.offset(self._partition))
@@ -464,6 +469,24 @@ class MysqlSource(Source[MysqlSourceConfig]):
     def _poll_partition(self, table: PolledTable) -> dict[str, Any]:
         return {"server": self.config.server_name, "table": table.table}
 
+    async def _tiebreak_key(self, table: PolledTable) -> tuple[str, ...]:
+        """The primary key of a table polled by timestamp alone: it orders the rows sharing one stamp."""
+        db, name = table.table.split(".")
+        with translate_mysql_errors(f"reading the schema of {table.table}"):
+            async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
+                schema = await load_table(cursor, db, name)
+        if schema is None:
+            raise ConfigError(
+                "config.poll_tables", f"table {table.table} does not exist", "create it or remove it from poll_tables"
+            )
+        if not schema.primary_key:
+            self._log.warning(
+                "polled table has no primary key: rows sharing one timestamp may be missed when max_batch splits them",
+                table=table.table,
+                fix="add an incrementing_column to its poll_tables entry, or a primary key to the table",
+            )
+        return schema.primary_key
+
     async def _poll_tables(self) -> list[ConnectorRecord]:
         wait = self._poll_due - time.monotonic()
         if wait > 0:  # poll() returns within a second even when poll_interval is longer
@@ -482,6 +505,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
     async def _poll_table(self, table: PolledTable) -> list[ConnectorRecord]:
         db, name = table.table.split(".")
         inc, ts = table.incrementing_column, table.timestamp_column
+        key = self._poll_keys.get(table.table, ())
         last = self._poll_offsets[table.table]
         conditions: list[str] = []
         params: list[Any] = []
@@ -491,13 +515,17 @@ class MysqlSource(Source[MysqlSourceConfig]):
             if "ts" in last and inc:
                 conditions.append(f"(({quote(ts)} = %s AND {quote(inc)} > %s) OR {quote(ts)} > %s)")
                 params += [last["ts"], last.get("inc"), last["ts"]]
+            elif "ts" in last and key and "key" in last:
+                after_key = f"({','.join(quote(c) for c in key)}) > ({','.join(['%s'] * len(key))})"
+                conditions.append(f"(({quote(ts)} = %s AND {after_key}) OR {quote(ts)} > %s)")
+                params += [last["ts"], *(_bound_key_value(value) for value in last["key"]), last["ts"]]
             elif "ts" in last:
                 conditions.append(f"{quote(ts)} > %s")
                 params.append(last["ts"])
         elif inc and "inc" in last:
             conditions.append(f"{quote(inc)} > %s")
             params.append(last["inc"])
-        order = ",".join(quote(c) for c in (ts, inc) if c)
+        order = ",".join(quote(c) for c in (ts, *((inc,) if inc else key)) if c)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         statement = f"SELECT * FROM {quote(db, name)}{where} ORDER BY {order} LIMIT {self.config.max_batch}"
         with translate_mysql_errors(f"polling {table.table}"):
@@ -521,7 +549,9 @@ class MysqlSource(Source[MysqlSourceConfig]):
                 offset["inc"] = json_value(row[inc])[0]
             if ts:
                 offset["ts"] = json_value(row[ts])[0]
-                if not inc:
+                if key and not inc:
+                    offset["key"] = [_key_offset_value(row[column]) for column in key]
+                elif not inc:
                     offset["n"] = (
                         last.get("n", 0) + 1 if last.get("ts") == offset["ts"] else 1
                     )  # distinct offsets for equal stamps
@@ -551,6 +581,17 @@ class MysqlSource(Source[MysqlSourceConfig]):
             )
         self._poll_offsets[table.table] = last
         return records
+
+
+def _key_offset_value(value: Any) -> Any:
+    """A key column's value as stored in an offset: JSON, bytes that are not UTF-8 as ``{"base64": ...}``."""
+    stored, is_base64 = json_value(value)
+    return {"base64": stored} if is_base64 else stored
+
+
+def _bound_key_value(stored: Any) -> Any:
+    """The value to bind for a key column's value stored by ``_key_offset_value``."""
+    return base64.b64decode(stored["base64"]) if isinstance(stored, dict) else stored
 
 
 def _after(value: Any) -> tuple[Any, ...] | None:

@@ -244,6 +244,50 @@ async def test_polling_mode_by_incrementing_and_timestamp_columns(mariadb_server
         await again.stop()
 
 
+async def test_timestamp_only_polling_splits_rows_sharing_a_stamp_by_primary_key_without_skipping_any(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    db = database
+    mariadb_server.sql(
+        "CREATE TABLE tag (grp CHAR(1), n INT, changed TIMESTAMP(6) NOT NULL, PRIMARY KEY (grp, n));"
+        "INSERT INTO tag VALUES ('b',1,'2026-01-01 00:00:01'),('a',2,'2026-01-01 00:00:01'),('a',1,'2026-01-01 00:00:01'),"
+        "('b',2,'2026-01-01 00:00:01'),('a',3,'2026-01-01 00:00:01'),('c',1,'2026-01-01 00:00:02')",
+        db,
+    )
+    config = {"mode": "polling", "poll_tables": [{"table": f"{db}.tag", "timestamp_column": "changed"}], "max_batch": 2}
+    source = await started(mariadb_server, **config)
+    try:
+        first = await source.poll()  # two of the five rows stamped 00:00:01
+    finally:
+        await source.stop()
+    assert [(r.data["after"]["grp"], r.data["after"]["n"]) for r in first] == [("a", 1), ("a", 2)]
+    # Resumed from the committed offset of the second row: the other three of that stamp, then the next stamp.
+    again = await started(mariadb_server, offsets=offsets_of(first[-1]), **config)
+    try:
+        rest = await drain(again, lambda rs: len(rs) >= 4)
+        assert await again.poll() == []
+    finally:
+        await again.stop()
+    assert [(r.data["after"]["grp"], r.data["after"]["n"]) for r in rest] == [("a", 3), ("b", 1), ("b", 2), ("c", 1)]
+    assert len({r.offset["key"][0] + str(r.offset["key"][1]) for r in [*first, *rest]}) == 6
+
+
+async def test_timestamp_only_polling_pages_through_a_binary_primary_key(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE blob_key (k VARBINARY(4) PRIMARY KEY, changed TIMESTAMP(6) NOT NULL);"
+        "INSERT INTO blob_key VALUES (0xff02,'2026-01-01'),(0xff01,'2026-01-01'),(0xfe,'2026-01-01')",
+        database,
+    )
+    table = {"table": f"{database}.blob_key", "timestamp_column": "changed"}
+    source = await started(mariadb_server, mode="polling", poll_tables=[table], max_batch=1)
+    try:
+        records = await drain(source, lambda rs: len(rs) >= 3)
+        assert await source.poll() == []
+    finally:
+        await source.stop()
+    assert [r.offset["key"] for r in records] == [[{"base64": "/g=="}], [{"base64": "/wE="}], [{"base64": "/wI="}]]
+
+
 @pytest.mark.slow
 async def test_conformance(mariadb_server: MariaDBServer, database: str, tmp_path: Path) -> None:
     mariadb_server.sql("CREATE TABLE items (n INT PRIMARY KEY, text VARCHAR(40))", database)
