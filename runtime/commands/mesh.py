@@ -26,7 +26,8 @@ DESCRIPTION = """\
 Run the embedded EventMesh TCP server: a development and test stand-in with in-memory topics
 (durable with --data-dir). Production connectors point at a real Apache EventMesh runtime.
 Un-acked pushes are redelivered; events wait in a bounded log per topic until every subscribed
-group acked them. SIGTERM or SIGINT stops it gracefully (SERVER_GOODBYE to every session).
+group acked them, or until a group without a session for --group-expiry is dropped. SIGTERM or
+SIGINT stops it gracefully (SERVER_GOODBYE to every session).
 """
 
 
@@ -66,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-event-size", type=int, default=None, help="largest event data accepted, in bytes (default: no limit)"
+    )
+    parser.add_argument(
+        "--group-expiry",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds a consumer group may have no session before it is dropped and stops holding its topics' events;"
+        " 0 keeps groups forever (default: %(default)s, 7 days)",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             max_topic_events=args.max_topic_events,
             max_unacked_per_session=args.max_unacked_per_session,
             max_event_size=args.max_event_size,
+            group_expiry=args.group_expiry or None,
         )
         freeze_startup_heap()
         failed = asyncio.run(serve(mesh))

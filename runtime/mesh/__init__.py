@@ -45,6 +45,9 @@ Where the Java runtime loses events, this mesh does better:
   subscribing a topic for the first time starts at the earliest retained event, so nothing
   published before the sink started is lost; events wait (bounded by the log) until a session of
   the group listens. A topic no group ever subscribed keeps its events up to the bound.
+* A group with no session for ``group_expiry`` seconds (7 days, Kafka's default for the offsets
+  of an empty group) is dropped, so that a group renamed or retired stops holding its topics'
+  logs; should it come back, it starts at the earliest retained event.
 * A push not acked within ``redelivery_timeout`` seconds (30) is pushed again, as are the un-acked
   pushes of a session that closes (to another session of the group, or the next that listens).
   Delivery is at least once: consumers must be idempotent, as every sink here is.

@@ -11,6 +11,9 @@ store reads the :class:`Changes` the broker collected since the last commit.
   A consumer created now starts at the earliest retained event of its topic.
 * An event leaves its log once every consumer of the topic has acked it; a topic nobody ever
   subscribed keeps its events until the log is full.
+* A consumer with no session for a given time (a group renamed or retired) can be dropped
+  (:meth:`Broker.expire_idle`), so that its cursor no longer holds the log; the group starts anew at
+  the earliest retained event if it comes back.
 * CLUSTERING: each event goes to one listening session of the group (round robin among those with
   room). BROADCASTING: each event goes to every listening session of the group, and counts as
   acked for the group once every session it went to has acked it or left (at least one acked).
@@ -71,9 +74,10 @@ class Changes:
     cursors: dict[Consumer, int] = field(default_factory=dict)
     acks_above: list[tuple[Consumer, int]] = field(default_factory=list)
     trims: dict[str, int] = field(default_factory=dict)
+    dropped_consumers: list[Consumer] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.new_consumers or self.cursors or self.acks_above or self.trims)
+        return bool(self.events or self.new_consumers or self.cursors or self.acks_above or self.trims or self.dropped_consumers)
 
 
 class TopicLog:
@@ -233,6 +237,7 @@ class Broker:
         self.changes: Changes | None = Changes() if durable else None
         self._to_pump: dict[Consumer, None] = {}  # insertion-ordered set
         self._to_trim: set[TopicLog] = set()
+        self._idle_since: dict[Consumer, float] = {}  # consumers without a session, as expire_idle last saw them
 
     # -- set-up (also used by the store when it loads) ------------------------------------------
 
@@ -324,6 +329,29 @@ class Broker:
             if topic.trim() and self.changes is not None:
                 self.changes.trims[topic.name] = topic.first_offset
         self._to_trim.clear()
+
+    def expire_idle(self, now: float, idle_for: float) -> list[Consumer]:
+        """Drop the consumers that have had no session for ``idle_for`` by the clock of ``now``; returns them.
+
+        Idleness is what successive calls observed, so the caller calls this now and then (its period is the
+        precision); a consumer loaded from the store starts idle at the first call.
+        """
+        expired: list[Consumer] = []
+        for consumer in self.consumers.values():
+            if consumer.sessions:
+                self._idle_since.pop(consumer, None)
+            elif now - self._idle_since.setdefault(consumer, now) >= idle_for:
+                expired.append(consumer)
+        for consumer in expired:
+            del self._idle_since[consumer]
+            del self.consumers[(consumer.group, consumer.topic.name, consumer.mode)]
+            consumer.topic.consumers.remove(consumer)
+            self._to_pump.pop(consumer, None)
+            self.trim_later(consumer.topic)
+            if self.changes is not None:
+                self.changes.cursors.pop(consumer, None)
+                self.changes.dropped_consumers.append(consumer)
+        return expired
 
     def take_changes(self) -> Changes | None:
         changes = self.changes

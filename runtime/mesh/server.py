@@ -301,6 +301,8 @@ class EmbeddedMesh:
     again. ``session_timeout`` (s): a session that sent no HEARTBEAT_REQUEST for that long is closed.
     ``max_topic_events``: retained events per topic before publishes are refused.
     ``max_unacked_per_session``: pushes in flight per session. ``max_event_size``: data bytes per event.
+    ``group_expiry`` (s): a consumer group with no session for that long is dropped, so that a group
+    renamed or retired no longer holds its topics' logs (None: kept forever).
     """
 
     def __init__(
@@ -315,8 +317,10 @@ class EmbeddedMesh:
         max_topic_events: int = 100_000,
         max_unacked_per_session: int = 1000,
         max_event_size: int | None = None,
+        group_expiry: float | None = 7 * 24 * 3600.0,
     ) -> None:
-        for key, value in (("redelivery_timeout", redelivery_timeout), ("session_timeout", session_timeout)):
+        timeouts = [("redelivery_timeout", redelivery_timeout), ("session_timeout", session_timeout)]
+        for key, value in timeouts if group_expiry is None else [*timeouts, ("group_expiry", group_expiry)]:
             if value <= 0:
                 raise ConfigError(key, f"{value} is not a positive number of seconds", "give a number of seconds above 0")
         for key, count in (("max_topic_events", max_topic_events), ("max_unacked_per_session", max_unacked_per_session)):
@@ -332,6 +336,7 @@ class EmbeddedMesh:
         self.session_timeout = session_timeout
         self.max_unacked_per_session = max_unacked_per_session
         self.max_event_size = max_event_size
+        self.group_expiry = group_expiry
         self.broker = Broker(max_topic_events=max_topic_events, durable=data_dir is not None)
         self._store: MeshStore | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -555,6 +560,16 @@ class EmbeddedMesh:
             for seq, pending in list(self._requests.items()):
                 if pending.deadline <= now:
                     del self._requests[seq]
+            if self.group_expiry is not None:
+                for consumer in self.broker.expire_idle(now, self.group_expiry):
+                    log.info(
+                        "mesh.group.expired",
+                        group=consumer.group,
+                        topic=consumer.topic.name,
+                        mode=consumer.mode.name,
+                        unacked=consumer.unacked,
+                        idle_s=self.group_expiry,
+                    )
             self.schedule_tick()
 
     # -- the protocol -----------------------------------------------------------------------------------------

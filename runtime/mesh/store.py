@@ -143,6 +143,9 @@ class MeshStore:
             for consumer, acked_upto in changes.cursors.items():
                 db.execute("UPDATE consumers SET acked_upto = ? WHERE id = ?", (acked_upto, consumer.id))
                 db.execute("DELETE FROM acks WHERE consumer = ? AND offset < ?", (consumer.id, acked_upto))
+            for consumer in changes.dropped_consumers:
+                db.execute("DELETE FROM consumers WHERE id = ?", (consumer.id,))
+                db.execute("DELETE FROM acks WHERE consumer = ?", (consumer.id,))
             for topic, first_offset in changes.trims.items():
                 db.execute(
                     "DELETE FROM batches WHERE id >= ? AND id < ? AND last_offset < ?",

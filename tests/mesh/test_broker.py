@@ -133,3 +133,39 @@ def test_store_reloads_cursors_acks_and_only_the_events_someone_still_needs(tmp_
     assert reloaded.topics["unread"].events[9] == b"u9"
     assert reloaded.append("t", b"next") == 10
     store.close()
+
+
+def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_path: Path) -> None:
+    broker = Broker(max_topic_events=3, durable=True)
+    store = MeshStore(tmp_path)
+    store.load(broker)
+    live, retired = broker.consumer("live", "t", CLUSTERING), broker.consumer("retired", "t", CLUSTERING)
+    session = FakeSession()
+    broker.attach(session, live)
+    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, None]
+    for offset in range(3):
+        live.ack(offset)
+    broker.settle()
+    commit(store, broker)
+    assert broker.append("t", b"x") is None  # the retired group's cursor holds the full log
+    assert broker.expire_idle(100.0, 60.0) == []  # first seen idle now
+    assert broker.expire_idle(159.0, 60.0) == []
+    broker.detach(session, live)  # the live group goes idle later: its clock starts at the next call
+    assert broker.expire_idle(160.0, 60.0) == [retired]
+    broker.settle()
+    commit(store, broker)
+    assert broker.append("t", b"x") == 3  # trimmed to the live group's cursor
+    commit(store, broker)
+    assert list(broker.consumers) == [("live", "t", CLUSTERING)]
+    broker.attach(session, live)
+    assert broker.expire_idle(1000.0, 60.0) == []  # a group with a session never expires
+    store.close()
+
+    reloaded = Broker(max_topic_events=3, durable=True)
+    store = MeshStore(tmp_path)
+    store.load(reloaded)
+    assert list(reloaded.consumers) == [("live", "t", CLUSTERING)]
+    assert sorted(reloaded.topics["t"].events) == [3]
+    back = reloaded.consumer("retired", "t", CLUSTERING)  # a returning group starts at the earliest retained event
+    assert back.acked_upto == 3
+    store.close()

@@ -62,6 +62,7 @@ async def test_users_file_is_enforced_and_sigterm_says_goodbye(mesh_with_users: 
     [
         (["--redelivery-timeout", "0"], "redelivery_timeout"),
         (["--max-topic-events", "0"], "max_topic_events"),
+        (["--group-expiry", "-1"], "group_expiry"),
         (["--users", "/nonexistent/users.yaml"], "--users"),
     ],
 )

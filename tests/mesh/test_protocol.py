@@ -198,6 +198,32 @@ async def test_full_topic_refuses_publishes_until_the_group_acks() -> None:
         await pub.close()
 
 
+async def test_a_group_gone_longer_than_the_expiry_no_longer_holds_a_full_topic() -> None:
+    async with EmbeddedMesh(port=0, max_topic_events=3, group_expiry=0.5) as mesh:
+        old = await Peer.hello(mesh.port, group="renamed")
+        await old.subscribe("t", listen=False)
+        await old.close()  # the group is left without a session
+        new = await Peer.hello(mesh.port, group="current")
+        await new.subscribe("t")
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        await pub.publish_ok("t", 3)
+        for push in await new.take(3):
+            new.ack(push)
+        await new.call(Command.HEARTBEAT_REQUEST)
+        assert (await pub.publish(event_body("t"))).header.code == 1  # "renamed" still holds all three
+        assert "renamed" in str(mesh.status()["topics"]["t"]["groups"])
+        for _ in range(50):
+            if (await pub.publish(event_body("t", {"n": 3}))).header.code == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the idle group never expired")
+        assert mesh.status()["topics"]["t"]["groups"] == {"current/CLUSTERING": {"unacked": 1}}
+        assert numbers(await new.take(1)) == [3]
+        await new.close()
+        await pub.close()
+
+
 async def test_topic_nobody_subscribed_keeps_events_up_to_the_bound() -> None:
     async with EmbeddedMesh(port=0, max_topic_events=5) as mesh:
         pub = await Peer.hello(mesh.port, purpose="pub")
