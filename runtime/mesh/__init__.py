@@ -50,6 +50,8 @@ Where the Java runtime loses events, this mesh does better:
   logs; should it come back, it starts at the earliest retained event.
 * A push not acked within ``redelivery_timeout`` seconds (30) is pushed again, as are the un-acked
   pushes of a session that closes (to another session of the group, or the next that listens).
+  An ack that arrives after its push was taken back still counts: the event is not pushed again
+  if it waits for redelivery, and an ack of its other push changes nothing.
   Delivery is at least once: consumers must be idempotent, as every sink here is.
 * When a topic's log holds ``max_topic_events`` events the publish is answered code 1
   ``topic ... is full``: the publisher backs off and retries, nothing is dropped silently. Each

@@ -166,6 +166,8 @@ class _Session(asyncio.Protocol):
         self.consumers: dict[str, Consumer] = {}
         self.push_commands: dict[str, Command] = {}
         self.inflight: dict[str, Delivery | _RequestPush] = {}
+        # Pushes taken back after redelivery_timeout, by seq: an ack arriving late still counts (bounded, oldest out).
+        self.expired: dict[str, Delivery] = {}
         self.listening = False
         self.last_heartbeat = 0.0
         self.closed = False
@@ -289,8 +291,12 @@ class _Session(asyncio.Protocol):
             log.info("mesh.push.expired", peer=self.peer, topic=entry.consumer.topic.name, offset=entry.offset)
             if entry.fanout is not None and self.listening and entry.consumer in self.consumers.values():
                 self.push(entry.consumer, entry.offset, entry.consumer.topic.events[entry.offset], entry.fanout)
-            else:
-                self._mesh.broker.abandoned(self, entry)
+                continue
+            if entry.fanout is None:
+                if len(self.expired) >= self._mesh.max_unacked_per_session:
+                    del self.expired[next(iter(self.expired))]
+                self.expired[seq] = entry
+            self._mesh.broker.abandoned(self, entry)
 
 
 class EmbeddedMesh:
@@ -706,7 +712,12 @@ class EmbeddedMesh:
         seq = package.header.seq
         entry = session.inflight.pop(seq, None) if seq is not None else None
         if entry is None:
-            return  # late (already redelivered) or unknown: nothing to do
+            late = session.expired.pop(seq, None) if seq is not None else None
+            if late is not None:
+                # Acked after it was taken back: the event is done, wherever it was pushed again (at most once more).
+                late.consumer.ack(late.offset)
+                self.broker.pump_later(late.consumer)
+            return
         if isinstance(entry, Delivery):
             self.broker.acked(session, entry)
         self.broker.pump_all_of(session.consumers.values())

@@ -378,6 +378,26 @@ async def test_unacked_push_is_redelivered_after_the_timeout() -> None:
         await pub.close()
 
 
+async def test_an_ack_after_the_redelivery_still_counts_and_the_other_push_needs_none() -> None:
+    async with EmbeddedMesh(port=0, redelivery_timeout=0.3) as mesh:
+        sub = await Peer.hello(mesh.port)
+        await sub.subscribe("t")
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        await pub.publish_ok("t", 1)
+        first = await sub.push()
+        again = await sub.push(within=3)
+        assert again.body == first.body
+        sub.ack(first)  # late: the mesh had taken that push back and pushed it again
+        await sub.call(Command.HEARTBEAT_REQUEST)  # the ack was handled before this answer
+        assert (mesh.unacked("group", "t"), mesh.topic_depth("t")) == (0, 0)
+        await sub.nothing_within(0.8)  # the second push is never redelivered, though nobody acks it
+        sub.ack(again)
+        await sub.call(Command.HEARTBEAT_REQUEST)
+        assert mesh.unacked("group", "t") == 0
+        await sub.close()
+        await pub.close()
+
+
 async def test_unacked_pushes_of_a_closed_session_go_to_another_session(mesh: EmbeddedMesh) -> None:
     a1 = await Peer.hello(mesh.port)
     await a1.subscribe("t")
