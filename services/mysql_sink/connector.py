@@ -26,7 +26,9 @@ no-op; an update that changes the primary key versions both keys (the old one as
 Schema changes are ordered per table the same way (``pk`` ``ddl``): a DDL event not newer than the
 table's last applied one is skipped; CREATE, DROP and TRUNCATE also set the table's floor (``pk``
 ``reset``): row changes from before it belong to an earlier incarnation of the table and are
-skipped. Envelopes of mysql-source's polling mode have no binlog position and are applied as they
+skipped. The marks are set, with a ``pending`` one, before the statement runs, under a named lock per
+table: a second replica with the same change skips it, and newer row changes wait until it ran.
+Envelopes of mysql-source's polling mode have no binlog position and are applied as they
 come. Versions compare positions of one source server: after a switch to another server (whose
 binlog numbering differs) the replica is re-created, or the versions table emptied. Tombstones
 older than ``tombstone_retention`` are purged in the background; the purge raises the table's floor
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -72,8 +75,10 @@ from runtime import (
 from runtime.record import is_json_content_type
 from services.mysql_sink.schema import SchemaCatalog, sql_type_from_json_schema, sql_type_from_value
 from services.mysql_sink.sql import (
+    RETRIABLE_CODES,
     TableSchema,
     check_identifier,
+    error_code,
     is_data_error,
     load_table,
     quote,
@@ -93,6 +98,7 @@ VERSIONS_TABLE = "meshconnect_row_versions"
 # Row ids are JSON arrays (or '#' and a hash), so these per-table markers never collide with a row.
 _DDL_MARK = "ddl"
 _RESET_MARK = "reset"
+_PENDING_MARK = "pending"  # a schema change being applied: newer row changes of the table wait for it
 _MAX_ROW_ID = 255
 _BINLOG_NUMBER = re.compile(r"(\d+)$")
 # DDL after which rows of the table from before it are gone: a late change from before it is obsolete.
@@ -501,10 +507,14 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 )
                 stored.update((bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall())
             await cursor.execute(
-                f"SELECT `version` FROM {versions} WHERE `tbl` = %s AND `pk` = %s LOCK IN SHARE MODE", (table, _RESET_MARK)
+                f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `pk` IN (%s, %s) LOCK IN SHARE MODE",
+                (table, _RESET_MARK, _PENDING_MARK),
             )
-            reset = await cursor.fetchone()
-            floor = bytes(reset[0]).decode() if reset else ""
+            marks = {bytes(pk).decode(): bytes(version).decode() for pk, version in await cursor.fetchall()}
+            floor = marks.get(_RESET_MARK, "")
+            pending = marks.get(_PENDING_MARK)
+            if pending is not None and any(str(latest[(table, row_id)].version) > pending for row_id in row_ids):
+                raise RetriableError(f"changes to {table} wait for its schema change at {pending} to be applied")
             for row_id in row_ids:
                 change = latest[(table, row_id)]
                 if str(change.version) > max(stored.get(row_id, ""), floor):
@@ -615,32 +625,79 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         return purged
 
     async def _apply_ddl(self, conn: Any, steps: list[Ddl]) -> None:
-        versions = quote(self.config.database, VERSIONS_TABLE)
         async with conn.cursor() as cursor:
             await cursor.execute(f"USE {quote(self.config.database)}")
             for step in steps:
-                if step.version is not None:
-                    await cursor.execute(
-                        f"SELECT `version` FROM {versions} WHERE `tbl` = %s AND `pk` = %s FOR UPDATE", (step.table, _DDL_MARK)
-                    )
-                    applied = await cursor.fetchone()
-                    if applied is not None and bytes(applied[0]).decode() >= step.version:
-                        self._log.info(
-                            "schema change not newer than the table's last one; skipped", statement=step.statement[:200]
-                        )
-                        continue
+                if step.version is None:
+                    await self._run_ddl(cursor, step)
+                    continue
+                # One replica at a time applies a table's schema changes: a named lock outlives the DDL's implicit commit.
+                lock = "meshconnect-ddl-" + hashlib.sha1(f"{self.config.database}.{step.table}".encode()).hexdigest()
+                await cursor.execute("SELECT GET_LOCK(%s, %s)", (lock, self.config.write_timeout))
+                (held,) = await cursor.fetchone()
+                if held != 1:
+                    raise RetriableError(f"another replica applies a schema change to {step.table}; retried once it is done")
                 try:
-                    await cursor.execute(step.statement)  # DDL commits implicitly: its version is written after it
-                except Exception as exc:
-                    if getattr(exc, "args", (None,))[0] not in _ALREADY_APPLIED:
-                        raise
-                    self._log.info("schema change already applied", statement=step.statement[:200])
-                if step.version is not None:
-                    marks = [_DDL_MARK, _RESET_MARK] if step.resets else [_DDL_MARK]
-                    await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
-                    await conn.commit()
+                    await self._apply_ordered_ddl(conn, cursor, step)
+                finally:
+                    with contextlib.suppress(pymysql.MySQLError, OSError, RuntimeError):  # a lost session releases it too
+                        await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+                        await cursor.fetchall()
         await conn.commit()
         self._forget_schemas()
+
+    async def _apply_ordered_ddl(self, conn: Any, cursor: Any, step: Ddl) -> None:
+        """Apply ``step`` unless a change as new or newer was applied; its marks are set before it runs.
+
+        Marks first (``ddl``, ``reset`` for CREATE/DROP/TRUNCATE, and ``pending``, in one transaction), then the
+        statement, then ``pending`` goes. While it is pending, row changes of the table newer than it wait (the
+        batch is retried) and older ones are obsolete if it resets the table; a replica that gets the same
+        change after the marks skips it. A pending mark left by a crash makes the redelivered change run again.
+        """
+        versions = quote(self.config.database, VERSIONS_TABLE)
+        assert step.version is not None
+        await cursor.execute(
+            f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `pk` IN (%s, %s, %s) FOR UPDATE",
+            (step.table, _DDL_MARK, _RESET_MARK, _PENDING_MARK),
+        )
+        before = {bytes(pk).decode(): bytes(version).decode() for pk, version in await cursor.fetchall()}
+        applied = before.get(_DDL_MARK, "")
+        if applied > step.version or (applied == step.version and before.get(_PENDING_MARK) != step.version):
+            await conn.commit()
+            self._log.info("schema change not newer than the table's last one; skipped", statement=step.statement[:200])
+            return
+        marks = [_DDL_MARK, _PENDING_MARK, *([_RESET_MARK] if step.resets else [])]
+        await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
+        await conn.commit()
+        try:
+            await self._run_ddl(cursor, step)
+        except BaseException:
+            # The change did not happen: the marks go back, so that nothing waits for it (it may be dead-lettered).
+            with contextlib.suppress(pymysql.MySQLError, OSError, RuntimeError):
+                listed = ",".join(["%s"] * len(marks))
+                await cursor.execute(f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` IN ({listed})", (step.table, *marks))
+                restore = [(step.table, mark, before[mark]) for mark in marks if mark in before]
+                if restore:
+                    await cursor.executemany(f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)", restore)
+                await conn.commit()
+            raise
+        await cursor.execute(
+            f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` = %s AND `version` = %s", (step.table, _PENDING_MARK, step.version)
+        )
+        await conn.commit()
+
+    async def _run_ddl(self, cursor: Any, step: Ddl) -> None:
+        try:
+            await cursor.execute(step.statement)
+        except pymysql.MySQLError as exc:
+            code = error_code(exc)
+            if code in _ALREADY_APPLIED:
+                self._log.info("schema change already applied", statement=step.statement[:200])
+                return
+            # The server's own verdict on the statement (not a client-side 2xxx or a transient one) stands on retry.
+            if code is not None and not 2000 <= code < 3000 and code not in RETRIABLE_CODES:
+                raise DataError(f"the target refused the schema change {step.statement[:200]!r}: {exc.args[-1]}") from exc
+            raise
 
     # -- planning: record -> changes ---------------------------------------------------------------
 

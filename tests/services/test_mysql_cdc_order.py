@@ -7,13 +7,15 @@ import asyncio
 import itertools
 import random
 from collections.abc import Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import aiomysql
 import pytest
 from prometheus_client import REGISTRY
 
-from runtime import ConnectorRecord, RetriableError, SinkContext
+from runtime import ConnectorRecord, DataError, RetriableError, SinkContext
 from services.mysql_sink.connector import VERSIONS_TABLE, MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer
 
@@ -149,6 +151,83 @@ async def test_schema_changes_apply_once_in_order_and_a_truncate_makes_older_row
         assert table(mariadb_server, database) == [["2", "two", "NULL"]]
     finally:
         await sink.stop()
+
+
+async def test_a_schema_change_left_pending_by_a_crash_holds_newer_changes_until_it_is_applied_again(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    old = change("c", None, item(1, "old"), source(100))
+    truncate = ddl("TRUNCATE TABLE `shop`.`items`", source(300))
+    older = change("c", None, item(2, "older"), source(200))
+    newer = change("c", None, item(3, "newer"), source(400))
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(sink, [old], [truncate])
+        version = next(v for pk, v, _ in versions(mariadb_server, database) if pk == "ddl")
+        # As if a replica crashed after setting the truncate's marks, before running it.
+        mariadb_server.sql(f"DELETE FROM {VERSIONS_TABLE}; INSERT INTO items VALUES (1, 'old', NULL)", database)
+        marks = ", ".join(f"('items', '{mark}', '{version}')" for mark in ("ddl", "reset", "pending"))
+        mariadb_server.sql(f"INSERT INTO {VERSIONS_TABLE} (tbl, pk, version) VALUES {marks}", database)
+        with pytest.raises(RetriableError, match="schema change"):
+            await sink.put([newer])  # newer than the pending truncate: waits for it
+        await put_each(sink, [older])  # older than the truncate: obsolete
+        assert table(mariadb_server, database) == [["1", "old", "NULL"]]
+        await put_each(sink, [truncate])  # redelivered: it runs again, as it never ran
+        assert table(mariadb_server, database) == []
+        await put_each(sink, [newer], [truncate])  # the newer change goes through; the truncate, again, is skipped
+        assert table(mariadb_server, database) == [["3", "newer", "NULL"]]
+        assert "pending" not in [pk for pk, _, _ in versions(mariadb_server, database)]
+    finally:
+        await sink.stop()
+
+
+async def test_a_schema_change_the_server_refuses_leaves_no_mark_behind(mariadb_server: MariaDBServer, database: str) -> None:
+    broken = ddl("ALTER TABLE `shop`.`items` ADD PRIMARY KEY (name)", source(300))  # it has one: error 1068
+    newer = change("c", None, item(1, "one"), source(400))
+    older = change("c", None, item(2, "two"), source(200))
+    sink = await started(mariadb_server, database)
+    try:
+        with pytest.raises(DataError):
+            await sink.put([broken])
+        assert versions(mariadb_server, database) == []
+        await put_each(sink, [newer], [older])  # nothing waits for it, nothing older is obsolete
+        assert table(mariadb_server, database) == [["1", "one", "NULL"], ["2", "two", "NULL"]]
+    finally:
+        await sink.stop()
+
+
+_slow_truncates: ContextVar[bool] = ContextVar("slow_truncates", default=False)
+
+
+async def test_an_older_change_written_while_another_replica_truncates_stays_out(
+    mariadb_server: MariaDBServer, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = aiomysql.Cursor.execute
+
+    async def slow_truncate(cursor: aiomysql.Cursor, query: str | bytes, args: Any = None) -> Any:
+        result = await execute(cursor, query, args)
+        if _slow_truncates.get() and isinstance(query, str) and query.lstrip().upper().startswith("TRUNCATE"):
+            await asyncio.sleep(0.3)  # a replica paused just after its truncate ran
+        return result
+
+    monkeypatch.setattr(aiomysql.Cursor, "execute", slow_truncate)
+    truncating, writing = [await started(mariadb_server, database) for _ in range(2)]
+
+    async def truncate(round_: int) -> None:
+        _slow_truncates.set(True)  # in this task only
+        await put_each(truncating, [ddl("TRUNCATE TABLE `shop`.`items`", source(1000 * round_ + 300))])
+
+    async def write_older(round_: int) -> None:
+        await asyncio.sleep(0.1)  # while the other replica is paused after its truncate
+        await put_each(writing, [change("c", None, item(round_, "older"), source(1000 * round_ + 200))])
+
+    try:
+        for round_ in range(1, 4):
+            await asyncio.gather(truncate(round_), write_older(round_))
+            assert table(mariadb_server, database) == [], f"round {round_}"  # the row was gone with the truncate
+    finally:
+        await truncating.stop()
+        await writing.stop()
 
 
 async def test_an_envelope_without_a_position_is_rejected_with_the_reason(mariadb_server: MariaDBServer, database: str) -> None:
