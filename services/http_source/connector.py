@@ -6,8 +6,9 @@ Accepted requests (``POST <path>``):
 * CloudEvents, structured mode (``Content-Type: application/cloudevents+json``);
 * CloudEvents batches (``application/cloudevents-batch+json``, a JSON array of structured events);
 * plain JSON webhooks (``application/json``): the body becomes the data of one event whose id is
-  the ``X-GitHub-Delivery`` (or ``X-Request-Id``) header when given, and whose type is
-  ``com.github.<X-GitHub-Event>`` for GitHub deliveries.
+  the sender's own (``id_field`` in the body, else the first of ``id_headers`` present:
+  ``Idempotency-Key``, ``X-GitHub-Delivery``, ...), so a retried delivery is the same event; its
+  type is ``com.github.<X-GitHub-Event>`` for GitHub deliveries.
 
 The response is held until the events are durably in the mesh (the worker calls :meth:`commit`
 after the mesh acknowledged them): 200 then means "stored", so a sender that retries on anything
@@ -51,6 +52,10 @@ BATCH = "application/cloudevents-batch+json"
 _FORMAT = JSONFormat()
 
 
+# Where common webhook senders put the id of a delivery, which they keep when they retry it.
+_DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id", "X-Gitlab-Event-UUID", "X-Request-Id")
+
+
 class HttpSourceConfig(ConnectorConfig):
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
@@ -61,6 +66,17 @@ class HttpSourceConfig(ConnectorConfig):
     response_timeout: float = Field(30.0, gt=0, description="Seconds a request waits for its events to be stored (503 after).")
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 503.")
     webhooks: bool = Field(True, description="Accept plain JSON bodies (webhooks) besides CloudEvents.")
+    id_field: str | None = Field(
+        None,
+        pattern=r"^[^.]+(\.[^.]+)*$",
+        description="Webhooks: data field path (dots for nesting) holding the sender's event id, e.g. 'id' for Stripe;"
+        " tried before id_headers.",
+    )
+    id_headers: list[str] = Field(
+        default_factory=lambda: list(_DELIVERY_ID_HEADERS),
+        description="Webhooks: headers holding the sender's delivery id, first present wins; without any, a new id"
+        " per request (a retried POST is then a new event).",
+    )
     hmac_secret: Secret | None = Field(
         None, description="Require a GitHub-style X-Hub-Signature-256 (HMAC-SHA256 of the body) made with this secret."
     )
@@ -106,6 +122,8 @@ class HttpSource(Source[HttpSourceConfig]):
         self._committed_seq = -1
         self._runner: web.AppRunner | None = None
         self._partition = {"path": config.path}
+        self._id_path = tuple(config.id_field.split(".")) if config.id_field else ()
+        self._id_headers = [header.lower() for header in config.id_headers]
 
     async def start(self, context: SourceContext) -> None:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -240,13 +258,25 @@ class HttpSource(Source[HttpSourceConfig]):
 
     def _webhook_record(self, headers: dict[str, str], data: Any) -> ConnectorRecord:
         github_event = headers.get("x-github-event")
-        delivery = headers.get("x-github-delivery") or headers.get("x-request-id") or str(uuid.uuid4())
         return ConnectorRecord(
             data=data,
-            id=delivery,
+            id=self._webhook_id(headers, data),
             type=f"com.github.{github_event}" if github_event else None,
             datacontenttype="application/json",
         )
+
+    def _webhook_id(self, headers: dict[str, str], data: Any) -> str:
+        """The sender's id for a webhook, so that its retries carry one event id (sinks keep one copy)."""
+        if self._id_path:
+            found: Any = data
+            for part in self._id_path:
+                found = found.get(part) if isinstance(found, dict) else None
+            if isinstance(found, str | int) and not isinstance(found, bool) and str(found):
+                return str(found)
+        for header in self._id_headers:
+            if headers.get(header):
+                return headers[header]
+        return str(uuid.uuid4())
 
 
 def _parse_json(body: bytes) -> Any:

@@ -156,6 +156,39 @@ async def test_plain_json_webhook_with_github_headers(source: HttpSource, pump: 
 
 
 @pytest.mark.parametrize(
+    ("settings", "headers", "body", "expected"),
+    [
+        ({}, {"Idempotency-Key": "k-1", "X-Request-Id": "r-1"}, b'{"a": 1}', "k-1"),
+        ({}, {"X-Shopify-Webhook-Id": "s-1"}, b'{"a": 1}', "s-1"),
+        ({"id_field": "id"}, {"X-Request-Id": "r-1"}, b'{"id": "evt_1", "object": "event"}', "evt_1"),
+        ({"id_field": "data.object.id"}, {}, b'{"data": {"object": {"id": 42}}}', "42"),
+        ({"id_field": "id"}, {"X-Request-Id": "r-1"}, b'{"no_id": true}', "r-1"),
+        ({"id_headers": ["X-Delivery"]}, {"X-Delivery": "d-7", "Idempotency-Key": "k-1"}, b"{}", "d-7"),
+    ],
+)
+async def test_a_webhook_takes_the_senders_id_so_a_retried_delivery_is_the_same_event(
+    settings: dict[str, Any], headers: dict[str, str], body: bytes, expected: str
+) -> None:
+    source = await _started(_config(**settings))
+    pump = _Pump(source)
+    try:
+        for _ in range(2):  # the sender retries the same delivery
+            status, _, _ = await _post(source, body, {"content-type": "application/json", **headers})
+            assert status == 200
+    finally:
+        await pump.close()
+        await source.stop()
+    assert [record.id for record in pump.seen] == [expected, expected]
+
+
+async def test_a_webhook_without_an_id_of_its_sender_gets_a_new_one_per_request(source: HttpSource, pump: _Pump) -> None:
+    for _ in range(2):
+        assert (await _post(source, b'{"a": 1}', {"content-type": "application/json"}))[0] == 200
+    first, second = [record.id for record in pump.seen]
+    assert first and second and first != second
+
+
+@pytest.mark.parametrize(
     "case",
     [
         (b"hello", {"content-type": "text/plain"}, 415, "unsupported content type"),
