@@ -26,9 +26,9 @@ CONNECTORS = registered_connectors()
 
 
 def kustomize(directory: Path) -> str:
-    """Render a kustomization; overlays read their connector's sample from services/, outside their root."""
+    """Render a kustomization as ``kubectl apply -k`` does: default load restrictions (files under its root only)."""
     kubectl = require_tool("kubectl")
-    return run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)])
+    return run([kubectl, "kustomize", str(directory)])
 
 
 def validate(manifests: str, tmp_path: Path) -> None:
