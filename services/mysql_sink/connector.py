@@ -119,6 +119,11 @@ _VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
 # Versions tables made before tombstones were purged lack the deletion time.
 _VERSIONS_DELETED_AT = "ALTER TABLE {table} ADD COLUMN `deleted_at` DATETIME(6) NULL, ADD KEY `deleted_at` (`deleted_at`)"
 _PURGE_CHUNK = 1000
+LATE_RESETS = Counter(
+    "meshconnect_cdc_late_resets_total",
+    "TRUNCATE/DROP applied after newer row changes of its table: those rows went with it (re-sync the table).",
+    ["name"],
+)
 TOMBSTONES_PURGED = Counter(
     "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", ["name"]
 )
@@ -303,11 +308,13 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         self._marker_key = None if config.fields or not config.delete_field or "." in config.delete_field else config.delete_field
         self._log: Any = log
         self._purger: asyncio.Task[None] | None = None
+        self._instance = self.name
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, context: SinkContext) -> None:
         self._log = context.log.bind(connector=self.name, name=context.connector_name)
+        self._instance = context.connector_name
         config = self.config
         with translate_mysql_errors(f"connecting to {config.host}:{config.port}"):
             self._pool = await asyncio.wait_for(
@@ -668,6 +675,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             return
         marks = [_DDL_MARK, _PENDING_MARK, *([_RESET_MARK] if step.resets else [])]
         await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
+        if step.resets:
+            await self._report_newer_rows(cursor, step)
         await conn.commit()
         try:
             await self._run_ddl(cursor, step)
@@ -685,6 +694,29 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` = %s AND `version` = %s", (step.table, _PENDING_MARK, step.version)
         )
         await conn.commit()
+
+    async def _report_newer_rows(self, cursor: Any, step: Ddl) -> None:
+        """Say so loudly when rows changed after ``step`` at the source were applied before it: it removes them.
+
+        That takes several replicas and a redelivery of ``step``; the rows cannot be told apart from older ones
+        in the target, so the way out is a re-sync of the table.
+        """
+        versions = quote(self.config.database, VERSIONS_TABLE)
+        await cursor.execute(
+            f"SELECT COUNT(*) FROM {versions} WHERE `tbl` = %s AND `version` > %s AND `deleted_at` IS NULL"
+            f" AND `pk` NOT IN (%s, %s, %s)",
+            (step.table, step.version, _DDL_MARK, _RESET_MARK, _PENDING_MARK),
+        )
+        (newer,) = await cursor.fetchone()
+        if newer:
+            LATE_RESETS.labels(self._instance).inc()
+            self._log.error(
+                "schema change applied after newer row changes of its table; they go with it",
+                table=step.table,
+                rows=int(newer),
+                statement=step.statement[:200],
+                fix="re-sync the table: re-snapshot it at the source (meshconnect offsets reset) into an emptied target table",
+            )
 
     async def _run_ddl(self, cursor: Any, step: Ddl) -> None:
         try:

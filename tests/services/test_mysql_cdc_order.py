@@ -181,6 +181,26 @@ async def test_a_schema_change_left_pending_by_a_crash_holds_newer_changes_until
         await sink.stop()
 
 
+async def test_a_truncate_applied_after_newer_row_changes_is_reported(mariadb_server: MariaDBServer, database: str) -> None:
+    def late_resets() -> float:
+        return REGISTRY.get_sample_value("meshconnect_cdc_late_resets_total", {"name": "cdc-order-test"}) or 0.0
+
+    before = late_resets()
+    sink = await started(mariadb_server, database)
+    try:
+        await put_each(
+            sink, [change("c", None, item(1, "one"), source(100))], [ddl("TRUNCATE TABLE `shop`.`items`", source(200))]
+        )
+        assert late_resets() == before  # in order: nothing to report
+        await put_each(
+            sink, [change("c", None, item(2, "two"), source(400))], [ddl("TRUNCATE TABLE `shop`.`items`", source(300))]
+        )
+        assert late_resets() == before + 1  # the row changed at 400 went with the truncate of 300
+        assert table(mariadb_server, database) == []
+    finally:
+        await sink.stop()
+
+
 async def test_a_schema_change_the_server_refuses_leaves_no_mark_behind(mariadb_server: MariaDBServer, database: str) -> None:
     broken = ddl("ALTER TABLE `shop`.`items` ADD PRIMARY KEY (name)", source(300))  # it has one: error 1068
     newer = change("c", None, item(1, "one"), source(400))
