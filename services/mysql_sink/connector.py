@@ -338,7 +338,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             await self.stop()
             raise
         if config.mode == "cdc" and config.tombstone_retention > 0:
-            self._purger = asyncio.create_task(self._purge_tombstones_forever(context.connector_name))
+            self._purger = asyncio.create_task(self._purge_tombstones_forever())
 
     async def _prepare_target(self) -> None:
         config = self.config
@@ -572,7 +572,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
 
     # -- tombstones -------------------------------------------------------------------------------
 
-    async def _purge_tombstones_forever(self, name: str) -> None:
+    async def _purge_tombstones_forever(self) -> None:
         """Purge tombstones older than ``tombstone_retention`` now and then, for as long as the sink runs.
 
         Housekeeping: a failed round (database down, a lock conflict with a batch) is logged and tried again
@@ -590,7 +590,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 self._log.warning("tombstone purge failed; tried again later", error=str(exc), retry_in_s=round(interval, 1))
                 continue
             if purged:
-                TOMBSTONES_PURGED.labels(name).inc(purged)
+                TOMBSTONES_PURGED.labels(self._instance).inc(purged)
 
     async def purge_tombstones(self, cutoff: dt.datetime) -> int:
         """Remove the versions of rows deleted before ``cutoff`` (tombstones); returns how many went.
@@ -608,7 +608,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             await conn.commit()
             for table in tables:
                 while True:
-                    # Rows before the floor, as a batch locks them, so the two wait for each other, not deadlock.
+                    # The rows, then the floor mark: the order a batch locks them in, so the two wait rather than deadlock.
                     await cursor.execute(
                         f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `deleted_at` < %s"
                         f" ORDER BY `pk` LIMIT {_PURGE_CHUNK} FOR UPDATE",
@@ -640,7 +640,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     continue
                 # One replica at a time applies a table's schema changes: a named lock outlives the DDL's implicit commit.
                 lock = "meshconnect-ddl-" + hashlib.sha1(f"{self.config.database}.{step.table}".encode()).hexdigest()
-                await cursor.execute("SELECT GET_LOCK(%s, %s)", (lock, self.config.write_timeout))
+                await cursor.execute("SELECT GET_LOCK(%s, %s)", (lock, self.config.write_timeout / 2))  # within put's bound
                 (held,) = await cursor.fetchone()
                 if held != 1:
                     raise RetriableError(f"another replica applies a schema change to {step.table}; retried once it is done")
@@ -680,12 +680,13 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         await conn.commit()
         try:
             await self._run_ddl(cursor, step)
-        except BaseException:
-            # The change did not happen: the marks go back, so that nothing waits for it (it may be dead-lettered).
+        except (pymysql.MySQLError, DataError):
+            # The server said no: the marks go back and nothing waits for the change (it may be dead-lettered).
+            # Cut off or cancelled instead, the marks stay, pending: the change is retried and runs again.
             with contextlib.suppress(pymysql.MySQLError, OSError, RuntimeError):
                 listed = ",".join(["%s"] * len(marks))
                 await cursor.execute(f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` IN ({listed})", (step.table, *marks))
-                restore = [(step.table, mark, before[mark]) for mark in marks if mark in before]
+                restore = [(step.table, mark, before[mark]) for mark in marks if mark in before and mark != _PENDING_MARK]
                 if restore:
                     await cursor.executemany(f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)", restore)
                 await conn.commit()
@@ -978,7 +979,7 @@ def _lookup(data: Any, path: tuple[str, ...]) -> Any:
 
 
 def _raise_mark_sql(versions: str) -> str:
-    """Set a table mark (``ddl``, ``reset``) to a version, never lowering it."""
+    """Set a table mark (``ddl``, ``reset``, ``pending``) to a version, never lowering it."""
     return (
         f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)"
         " ON DUPLICATE KEY UPDATE `version` = GREATEST(`version`, VALUES(`version`))"

@@ -212,6 +212,17 @@ async def test_a_schema_change_the_server_refuses_leaves_no_mark_behind(mariadb_
         assert versions(mariadb_server, database) == []
         await put_each(sink, [newer], [older])  # nothing waits for it, nothing older is obsolete
         assert table(mariadb_server, database) == [["1", "one", "NULL"], ["2", "two", "NULL"]]
+        # Refused on its redelivery after a crash had left it pending: the pending mark goes all the same.
+        await put_each(sink, [ddl("CREATE TABLE `shop`.`other` (id INT PRIMARY KEY)", source(300))])
+        other = table(mariadb_server, database, f"SELECT pk, version FROM {VERSIONS_TABLE} WHERE tbl = 'other'")
+        [version] = [v for pk, v in other if pk == "ddl"]
+        marks = ", ".join(f"('items', '{mark}', '{version}')" for mark in ("ddl", "pending"))
+        mariadb_server.sql(f"INSERT INTO {VERSIONS_TABLE} (tbl, pk, version) VALUES {marks}", database)
+        with pytest.raises(DataError):
+            await sink.put([broken])
+        assert [pk for pk, _, _ in versions(mariadb_server, database) if not pk.startswith("[")] == ["ddl"]
+        await put_each(sink, [change("c", None, item(3, "three"), source(500))])
+        assert table(mariadb_server, database)[-1] == ["3", "three", "NULL"]
     finally:
         await sink.stop()
 
