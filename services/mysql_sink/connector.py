@@ -105,6 +105,10 @@ _BINLOG_NUMBER = re.compile(r"(\d+)$")
 _RESETS_TABLE = re.compile(
     r"^\s*(?:/\*.*?\*/\s*)*(?:(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE|TRUNCATE)\b", re.I | re.S
 )
+# Of those, the ones that remove the rows of a table that exists (a plain CREATE finds it and does nothing).
+_REMOVES_ROWS = re.compile(
+    r"^\s*(?:/\*.*?\*/\s*)*(?:DROP\s+(?:TEMPORARY\s+)?TABLE|CREATE\s+OR\s+REPLACE|TRUNCATE)\b", re.I | re.S
+)
 _ABSENT: Any = object()  # what _lookup finds at a path the data does not have
 _CONTAINERS = (dict, list)  # bound as JSON text; a tuple, as `dict | list` is built anew on every isinstance
 _SCALARS = frozenset({str, int, float, bool, type(None)})  # JSON values bound as they are (exact types: one set lookup)
@@ -675,7 +679,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             return
         marks = [_DDL_MARK, _PENDING_MARK, *([_RESET_MARK] if step.resets else [])]
         await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
-        if step.resets:
+        if _REMOVES_ROWS.match(step.statement):
             await self._report_newer_rows(cursor, step)
         await conn.commit()
         try:
