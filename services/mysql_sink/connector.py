@@ -516,12 +516,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                     " FOR UPDATE",
                     [table, *chunk],
                 )
-                stored.update((bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall())
+                stored.update(await _fetch_versions(cursor))
             await cursor.execute(
                 f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `pk` IN (%s, %s) LOCK IN SHARE MODE",
                 (table, _RESET_MARK, _PENDING_MARK),
             )
-            marks = {bytes(pk).decode(): bytes(version).decode() for pk, version in await cursor.fetchall()}
+            marks = dict(await _fetch_versions(cursor))
             floor = marks.get(_RESET_MARK, "")
             pending = marks.get(_PENDING_MARK)
             if pending is not None and any(str(latest[(table, row_id)].version) > pending for row_id in row_ids):
@@ -590,7 +590,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 with translate_mysql_errors(f"purging tombstones in {self.config.database}"):
                     async with asyncio.timeout(self.config.write_timeout):
                         purged = await self.purge_tombstones(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention))
-            except (RetriableError, TimeoutError) as exc:
+            except RetriableError as exc:
                 self._log.warning("tombstone purge failed; tried again later", error=str(exc), retry_in_s=round(interval, 1))
                 continue
             if purged:
@@ -618,7 +618,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                         f" ORDER BY `pk` LIMIT {_PURGE_CHUNK} FOR UPDATE",
                         (table, before),
                     )
-                    rows = [(bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall()]
+                    rows = await _fetch_versions(cursor)
                     if not rows:
                         await conn.commit()
                         break
@@ -671,7 +671,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             f"SELECT `pk`, `version` FROM {versions} WHERE `tbl` = %s AND `pk` IN (%s, %s, %s) FOR UPDATE",
             (step.table, _DDL_MARK, _RESET_MARK, _PENDING_MARK),
         )
-        before = {bytes(pk).decode(): bytes(version).decode() for pk, version in await cursor.fetchall()}
+        before = dict(await _fetch_versions(cursor))
         applied = before.get(_DDL_MARK, "")
         if applied > step.version or (applied == step.version and before.get(_PENDING_MARK) != step.version):
             await conn.commit()
@@ -692,7 +692,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 await cursor.execute(f"DELETE FROM {versions} WHERE `tbl` = %s AND `pk` IN ({listed})", (step.table, *marks))
                 restore = [(step.table, mark, before[mark]) for mark in marks if mark in before and mark != _PENDING_MARK]
                 if restore:
-                    await cursor.executemany(f"INSERT INTO {versions} (`tbl`, `pk`, `version`) VALUES (%s, %s, %s)", restore)
+                    await cursor.executemany(_raise_mark_sql(versions), restore)
                 await conn.commit()
             raise
         await cursor.execute(
@@ -980,6 +980,11 @@ def _lookup(data: Any, path: tuple[str, ...]) -> Any:
         else:
             return _ABSENT
     return node
+
+
+async def _fetch_versions(cursor: Any) -> list[tuple[str, str]]:
+    """The (``pk``, ``version``) rows a query of the versions table returned, as text."""
+    return [(bytes(pk).decode(), bytes(version).decode()) for pk, version in await cursor.fetchall()]
 
 
 def _raise_mark_sql(versions: str) -> str:
