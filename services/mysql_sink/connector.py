@@ -66,6 +66,7 @@ from runtime import (
     ConnectorConfig,
     ConnectorRecord,
     DataError,
+    MeshConnectError,
     Rejection,
     RetriableError,
     Secret,
@@ -590,7 +591,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 with translate_mysql_errors(f"purging tombstones in {self.config.database}"):
                     async with asyncio.timeout(self.config.write_timeout):
                         purged = await self.purge_tombstones(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention))
-            except RetriableError as exc:
+            except MeshConnectError as exc:  # any verdict (down, refused, denied): the task lives on, the next round retries
                 self._log.warning("tombstone purge failed; tried again later", error=str(exc), retry_in_s=round(interval, 1))
                 continue
             if purged:

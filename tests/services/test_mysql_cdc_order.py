@@ -307,6 +307,25 @@ async def test_tombstones_older_than_the_retention_are_purged_and_the_table_floo
         await sink.stop()
 
 
+async def test_the_background_purge_outlives_a_round_the_server_refuses(mariadb_server: MariaDBServer, database: str) -> None:
+    sink = await started(mariadb_server, database, tombstone_retention=1)
+    try:
+        await put_each(sink, [change("c", None, item(1, "one"), source(100))], [change("d", item(1, "one"), None, source(200))])
+        rename = f"ALTER TABLE {VERSIONS_TABLE} RENAME COLUMN {{}} TO {{}}"
+        mariadb_server.sql(rename.format("deleted_at", "hidden"), database)  # every round now fails: unknown column
+        await asyncio.sleep(2.5)
+        assert [pk for pk, _ in table(mariadb_server, database, f"SELECT pk, version FROM {VERSIONS_TABLE}")] == ["[1]"]
+        mariadb_server.sql(rename.format("hidden", "deleted_at"), database)
+        for _ in range(100):  # a later round purges it
+            if not table(mariadb_server, database, f"SELECT pk FROM {VERSIONS_TABLE} WHERE pk = '[1]'"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the purge never ran again")
+    finally:
+        await sink.stop()
+
+
 async def test_a_purge_takes_every_tombstone_before_its_cutoff_in_chunks_and_none_after(
     mariadb_server: MariaDBServer, database: str
 ) -> None:
