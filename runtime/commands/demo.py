@@ -4,7 +4,8 @@ Four processes, as in production: the embedded mesh (``meshconnect mesh``), an `
 receiving events on ``--http-port`` and a ``file-sink`` writing them as CloudEvents JSON lines under
 ``--out``, both run with ``meshconnect run`` from configs written to a state directory (with a
 file registry there). The demo prints the commands to send events and where they land; Ctrl-C
-stops the source, then the sink, then the mesh, each draining cleanly.
+stops the source, then the sink, then the mesh, each draining cleanly. ``--mesh HOST:PORT`` runs
+the two connectors against a mesh that is already running (a real EventMesh runtime) instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--http-port", type=int, default=8080, help="port the http-source listens on (default 8080)")
     parser.add_argument("--out", default="./demo-out", help="directory the file-sink writes to (default ./demo-out)")
     parser.add_argument("--state-dir", default=None, help="where configs, registry and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="HOST:PORT",
+        help="use this running EventMesh (a real runtime) instead of starting the embedded mesh",
+    )
     parser.set_defaults(func=run_demo)
 
 
@@ -46,11 +53,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker_config(name: str, connector: str, mesh_port: int, admin_port: int, state: Path, **sections: Any) -> dict[str, Any]:
+def _worker_config(name: str, connector: str, mesh: str, admin_port: int, state: Path, **sections: Any) -> dict[str, Any]:
     return {
         "name": name,
         "connector": connector,
-        "mesh": {"address": f"127.0.0.1:{mesh_port}"},
+        "mesh": {"address": mesh},
         "registry": {"kind": "file", "path": str(state / "registry"), "lease_ttl": 5},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "log": {"format": "json"},
@@ -59,8 +66,9 @@ def _worker_config(name: str, connector: str, mesh_port: int, admin_port: int, s
 
 
 class _Demo:
-    def __init__(self, http_port: int, out: Path, state: Path) -> None:
+    def __init__(self, http_port: int, out: Path, state: Path, mesh: str | None) -> None:
         self.http_port = http_port
+        self.mesh = mesh
         self.out = out
         self.state = state
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -84,16 +92,12 @@ class _Demo:
         raise RuntimeError(f"{label} did not become ready within {_START_TIMEOUT}s; see {self.state / (label + '.log')}")
 
     def start(self) -> None:
-        mesh_port = _free_port()
-        mesh = self.spawn(
-            "mesh", [sys.executable, "-m", "runtime.commands.mesh", "--host", "127.0.0.1", "--port", str(mesh_port)]
-        )
-        self.wait_ready("mesh", mesh, lambda: _port_open(mesh_port))
+        mesh = self.mesh or self.start_embedded_mesh()
         sink_admin, source_admin = _free_port(), _free_port()
         sink_config = _worker_config(
             "demo-files",
             "file-sink",
-            mesh_port,
+            mesh,
             sink_admin,
             self.state,
             sink={"topics": [_TOPIC], "batch_size": 100, "linger_ms": 20},
@@ -102,7 +106,7 @@ class _Demo:
         source_config = _worker_config(
             "demo-http",
             "http-source",
-            mesh_port,
+            mesh,
             source_admin,
             self.state,
             source={"topic": _TOPIC, "event_source": "/demo", "checkpoint_interval": 0.5},
@@ -116,6 +120,12 @@ class _Demo:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             process = self.spawn(label, [sys.executable, "-m", "runtime.cli", "run", connector, "--config", str(path)])
             self.wait_ready(label, process, lambda port=admin_port: _ready(port))
+
+    def start_embedded_mesh(self) -> str:
+        port = _free_port()
+        process = self.spawn("mesh", [sys.executable, "-m", "runtime.commands.mesh", "--host", "127.0.0.1", "--port", str(port)])
+        self.wait_ready("mesh", process, lambda: _port_open("127.0.0.1", port))
+        return f"127.0.0.1:{port}"
 
     def stop(self) -> int:
         """SIGTERM the children newest first (source, sink, mesh), each drained before the next."""
@@ -133,9 +143,9 @@ class _Demo:
         return code
 
 
-def _port_open(port: int) -> bool:
+def _port_open(host: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -149,10 +159,11 @@ def _ready(admin_port: int) -> bool:
         return False
 
 
-def _instructions(http_port: int, out: Path, state: Path) -> str:
+def _instructions(http_port: int, out: Path, state: Path, mesh: str | None) -> str:
     url = f"http://127.0.0.1:{http_port}/events"
+    through = f"the mesh at {mesh}" if mesh else "embedded mesh"
     return f"""
-meshconnect demo is running: http-source -> embedded mesh (topic '{_TOPIC}') -> file-sink
+meshconnect demo is running: http-source -> {through} (topic '{_TOPIC}') -> file-sink
 
 Send a CloudEvent (binary mode):
   curl -i -X POST {url} -H 'ce-specversion: 1.0' -H 'ce-id: demo-1' -H 'ce-source: /curl' \\
@@ -172,10 +183,15 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     state = Path(args.state_dir).resolve() if args.state_dir else Path(tempfile.mkdtemp(prefix="meshconnect-demo-"))
     state.mkdir(parents=True, exist_ok=True)
-    if _port_open(args.http_port):
+    if _port_open("127.0.0.1", args.http_port):
         print(f"port {args.http_port} is taken: pass --http-port with a free port", file=sys.stderr)
         return 2
-    demo = _Demo(args.http_port, out, state)
+    if args.mesh is not None:
+        host, _, port = args.mesh.rpartition(":")
+        if not host or not port.isdigit() or not _port_open(host, int(port)):
+            print(f"--mesh {args.mesh}: no EventMesh answers there; give the HOST:PORT of a running one", file=sys.stderr)
+            return 2
+    demo = _Demo(args.http_port, out, state, args.mesh)
     stop_requested = False
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -184,14 +200,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print("starting the embedded mesh, file-sink and http-source...", flush=True)
+        print(f"starting {'' if args.mesh else 'the embedded mesh, '}file-sink and http-source...", flush=True)
         try:
             demo.start()
         except RuntimeError as exc:
             print(f"demo failed to start: {exc}", file=sys.stderr)
             demo.stop()
             return 1
-        print(_instructions(args.http_port, out, state), flush=True)
+        print(_instructions(args.http_port, out, state, args.mesh), flush=True)
         while not stop_requested:
             dead = [(label, process.returncode) for label, process in demo.children if process.poll() is not None]
             if dead:
@@ -199,7 +215,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 demo.stop()
                 return 1
             time.sleep(0.2)
-        print("\nstopping: http-source, file-sink, mesh...", flush=True)
+        print(f"\nstopping: http-source, file-sink{'' if args.mesh else ', mesh'}...", flush=True)
         code = demo.stop()
         print("stopped." if code == 0 else "stopped, not cleanly.", flush=True)
         return code
