@@ -7,7 +7,9 @@ Three modes (``mode``):
   into ``table`` on its primary key (or ``key_columns``); an event whose ``delete_field`` holds one
   of ``delete_values``, or whose type is in ``delete_types``, deletes the row instead.
 * ``cdc``: applies mysql-source change envelopes (c/u/d/r with before/after images, DDL) to the same
-  tables in ``database``, so source -> mesh -> sink replicates tables.
+  tables in ``database``, so source -> mesh -> sink replicates tables. DDL text is never run as it
+  came: :mod:`services.mysql_sink.ddl` parses it, checks it against an allow-list and rebuilds it
+  with every table in ``database`` (or refuses it as a DataError).
 
 Ordering in cdc mode. The mesh delivers at least once and not necessarily in source order (a
 redelivered push, or changes of one row spread over several sink replicas), so the sink never
