@@ -219,7 +219,8 @@ class _Rebuilder:
     def _step(self, tree: exp.Expression, marked: exp.Expression | None, *, resets: bool, removes_rows: bool) -> TableDdl:
         if not isinstance(marked, exp.Table):
             raise self.refuse("it names no table")
-        return TableDdl(self._rebuild(tree), marked.name, resets, removes_rows)
+        statement = self._rebuild(tree)  # renames ``marked`` to its target too
+        return TableDdl(statement, marked.name, resets, removes_rows)
 
     def _split(self, tree: exp.Expression, table: exp.Table, *, resets: bool = True, removes_rows: bool = True) -> TableDdl:
         """One table's statement, cut from a statement on several whose tables are qualified already."""

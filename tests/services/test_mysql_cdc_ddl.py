@@ -69,6 +69,7 @@ def columns_of(server: MariaDBServer, db: str, table: str) -> list[str]:
 
 HOSTILE = [
     pytest.param(f"DROP TABLE {OTHER_DB}.secrets", "names database 'other_db'", id="drop-other-db"),
+    pytest.param(f"DROP TABLE shop.items, {OTHER_DB}.secrets", "names database 'other_db'", id="drop-two-one-elsewhere"),
     pytest.param(f"CREATE TABLE stolen AS SELECT * FROM {OTHER_DB}.secrets", "SELECT", id="create-as-select"),
     pytest.param(f"CREATE TABLE stolen LIKE {OTHER_DB}.secrets", "names database 'other_db'", id="create-like-other-db"),
     pytest.param(f"RENAME TABLE items TO {OTHER_DB}.items", "names database 'other_db'", id="rename-into-other-db"),
@@ -76,6 +77,11 @@ HOSTILE = [
     pytest.param(f"ALTER TABLE items RENAME TO {OTHER_DB}.items", "names database 'other_db'", id="alter-rename-other-db"),
     pytest.param(
         f"ALTER TABLE items ADD COLUMN x INT /*!, RENAME TO {OTHER_DB}.items */", "executable comment", id="executable-comment"
+    ),
+    pytest.param(
+        f"ALTER TABLE items ADD COLUMN x INT /*M!100000 , RENAME TO {OTHER_DB}.items */",
+        "executable comment",
+        id="mariadb-executable-comment",
     ),
     pytest.param(
         f"ALTER TABLE items ADD COLUMN x INT; DROP TABLE {OTHER_DB}.secrets", "exactly one statement", id="two-statements"
