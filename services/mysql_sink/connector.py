@@ -826,12 +826,16 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             if not isinstance(statement, str):
                 raise DataError(f"change envelope's ddl is {type(statement).__name__}, not the text of a statement")
             # Never run as it came: parsed, allow-listed, rebuilt with every table in the target database.
-            steps = rebuild_ddl(
-                statement,
-                source_db=str(source.get("db") or ""),
-                target_db=self.config.database,
-                table_map=self.config.table_map,
-                reserved=VERSIONS_TABLE,
+            # In a thread: a long statement takes a while to parse, and the loop keeps the mesh connection alive.
+            steps = await asyncio.to_thread(
+                functools.partial(
+                    rebuild_ddl,
+                    statement,
+                    source_db=str(source.get("db") or ""),
+                    target_db=self.config.database,
+                    table_map=self.config.table_map,
+                    reserved=VERSIONS_TABLE,
+                )
             )
             version = change_version(source, ddl=True)
             return [Ddl(step.statement, step.table, version, step.resets, step.removes_rows) for step in steps]

@@ -37,6 +37,8 @@ from services.mysql_sink.sql import check_identifier
 __all__ = ["TableDdl", "rebuild_ddl"]
 
 _DIALECT = sqlglot.Dialect.get_or_raise("mysql")
+# Parsing takes about 10 ms per KiB: a longer text is no table a source emits (4,096 columns fit in less).
+MAX_DDL_BYTES = 256 * 1024
 
 # Every kind of node a permitted statement may contain; anything else in the tree refuses it.
 _ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
@@ -98,7 +100,13 @@ def rebuild_ddl(text: str, *, source_db: str, target_db: str, table_map: Mapping
 
     ``table_map`` maps 'source_db.table' to a target table; ``reserved`` is a table of the sink's own no event may name.
     """
-    return _Rebuilder(text, source_db, target_db, table_map, reserved).steps()
+    rebuilder = _Rebuilder(text, source_db, target_db, table_map, reserved)
+    if len(text.encode()) > MAX_DDL_BYTES:
+        raise rebuilder.refuse(f"it is longer than {MAX_DDL_BYTES // 1024} KiB")
+    try:
+        return rebuilder.steps()
+    except RecursionError as exc:  # sqlglot's parser and generator recurse per level of nesting
+        raise rebuilder.refuse("it nests expressions too deeply") from exc
 
 
 class _Rebuilder:

@@ -94,6 +94,9 @@ HOSTILE = [
     ),
     pytest.param(f"TRUNCATE TABLE {VERSIONS_TABLE}", "sink's own table", id="truncate-versions"),
     pytest.param("CREATE TEMPORARY TABLE scratch (id INT)", "temporary", id="temporary"),
+    pytest.param(  # sqlglot recurses per level: the parser's RecursionError must not end the sink
+        "ALTER TABLE items ADD COLUMN x INT DEFAULT " + "(" * 300 + "1" + ")" * 300, "too deeply", id="deep-nesting"
+    ),
 ]
 
 
