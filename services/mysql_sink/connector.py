@@ -819,8 +819,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         if "ddl" in data:
             if not self.config.apply_ddl:  # the schema is managed by hand: nothing runs, no mark is set
                 DDL_SKIPPED.labels(self._instance).inc()
-                self._log.info("schema change skipped (apply_ddl is false)", db=source.get("db"), file=source.get("file"),
-                               pos=source.get("pos"))  # fmt: skip
+                at = {key: source.get(key) for key in ("db", "file", "pos")}  # not the text: it may carry a password
+                self._log.info("schema change skipped (apply_ddl is false)", **at)
                 return []
             statement = data["ddl"]
             if not isinstance(statement, str):
