@@ -7,7 +7,9 @@ Three modes (``mode``):
   into ``table`` on its primary key (or ``key_columns``); an event whose ``delete_field`` holds one
   of ``delete_values``, or whose type is in ``delete_types``, deletes the row instead.
 * ``cdc``: applies mysql-source change envelopes (c/u/d/r with before/after images, DDL) to the same
-  tables in ``database``, so source -> mesh -> sink replicates tables.
+  tables in ``database``, so source -> mesh -> sink replicates tables. DDL text is never run as it
+  came: :mod:`services.mysql_sink.ddl` parses it, checks it against an allow-list and rebuilds it
+  with every table in ``database`` (or refuses it as a DataError).
 
 Ordering in cdc mode. The mesh delivers at least once and not necessarily in source order (a
 redelivered push, or changes of one row spread over several sink replicas), so the sink never
@@ -74,6 +76,7 @@ from runtime import (
     SinkContext,
 )
 from runtime.record import is_json_content_type
+from services.mysql_sink.ddl import rebuild_ddl
 from services.mysql_sink.schema import SchemaCatalog, sql_type_from_json_schema, sql_type_from_value
 from services.mysql_sink.sql import (
     RETRIABLE_CODES,
@@ -85,7 +88,6 @@ from services.mysql_sink.sql import (
     quote,
     translate_mysql_errors,
 )
-from services.mysql_source.binlog import ddl_target
 from services.mysql_source.envelope import OPS, decode_row
 
 __all__ = ["MysqlSink", "MysqlSinkConfig"]
@@ -102,14 +104,6 @@ _RESET_MARK = "reset"
 _PENDING_MARK = "pending"  # a schema change being applied: newer row changes of the table wait for it
 _MAX_ROW_ID = 255
 _BINLOG_NUMBER = re.compile(r"(\d+)$")
-# DDL after which rows of the table from before it are gone: a late change from before it is obsolete.
-_RESETS_TABLE = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(?:(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE|TRUNCATE)\b", re.I | re.S
-)
-# Of those, the ones that remove the rows of a table that exists (a plain CREATE finds it and does nothing).
-_REMOVES_ROWS = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(?:DROP\s+(?:TEMPORARY\s+)?TABLE|CREATE\s+OR\s+REPLACE|TRUNCATE)\b", re.I | re.S
-)
 _ABSENT: Any = object()  # what _lookup finds at a path the data does not have
 _CONTAINERS = (dict, list)  # bound as JSON text; a tuple, as `dict | list` is built anew on every isinstance
 _SCALARS = frozenset({str, int, float, bool, type(None)})  # JSON values bound as they are (exact types: one set lookup)
@@ -128,6 +122,9 @@ LATE_RESETS = Counter(
     "meshconnect_cdc_late_resets_total",
     "TRUNCATE/DROP applied after newer row changes of its table: those rows went with it (re-sync the table).",
     ["name"],
+)
+DDL_SKIPPED = Counter(
+    "meshconnect_cdc_ddl_skipped_total", "Schema-change events acknowledged without running them (apply_ddl: false).", ["name"]
 )
 TOMBSTONES_PURGED = Counter(
     "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", ["name"]
@@ -152,7 +149,11 @@ class MysqlSinkConfig(ConnectorConfig):
     )
     delete_types: list[str] = Field(default_factory=list, description="mapped: CloudEvent types meaning delete.")
     table_map: dict[str, str] = Field(default_factory=dict, description="cdc: source 'db.table' -> target table name.")
-    apply_ddl: bool = Field(True, description="cdc: run schema-change events against the target database.")
+    apply_ddl: bool = Field(
+        True,
+        description="cdc: run schema-change events (parsed, allow-listed, rebuilt into the target database); "
+        "false acknowledges and skips them, for schemas managed by hand.",
+    )
     tombstone_retention: float = Field(
         7 * 24 * 3600.0,
         ge=0,
@@ -207,12 +208,16 @@ class Change(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Ddl:
-    """A schema change of ``table`` at source ``version`` (None: unordered); ``resets``: CREATE, DROP, TRUNCATE."""
+    """A schema change of ``table`` at source ``version`` (None: unordered), rebuilt by :func:`rebuild_ddl`.
+
+    ``resets``: CREATE, DROP, TRUNCATE; ``removes_rows``: of those, DROP, TRUNCATE and CREATE OR REPLACE.
+    """
 
     statement: str
     table: str
     version: str | None
     resets: bool
+    removes_rows: bool
 
 
 @dataclass(slots=True)
@@ -680,7 +685,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             return
         marks = [_DDL_MARK, _PENDING_MARK, *([_RESET_MARK] if step.resets else [])]
         await cursor.executemany(_raise_mark_sql(versions), [(step.table, mark, step.version) for mark in marks])
-        if _REMOVES_ROWS.match(step.statement):
+        if step.removes_rows:
             await self._report_newer_rows(cursor, step)
         await conn.commit()
         try:
@@ -812,20 +817,28 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             raise DataError("cdc mode needs a mysql-source change envelope (an object with 'source')")
         source = data["source"]
         if "ddl" in data:
-            if not self.config.apply_ddl:
+            if not self.config.apply_ddl:  # the schema is managed by hand: nothing runs, no mark is set
+                DDL_SKIPPED.labels(self._instance).inc()
+                at = {key: source.get(key) for key in ("db", "file", "pos")}  # not the text: it may carry a password
+                self._log.info("schema change skipped (apply_ddl is false)", **at)
                 return []
-            statement = str(data["ddl"])
-            named = ddl_target(statement, str(source.get("db") or ""))
-            if named is None:  # only table DDL; never a database, user or routine statement
-                raise DataError(f"schema change {statement[:80]!r} is not a table-level DDL statement")
-            return [
-                Ddl(
-                    _strip_database(statement, str(source.get("db") or "")),
-                    self.config.table_map.get(f"{named[0]}.{named[1]}", named[1]),
-                    change_version(source, ddl=True),
-                    bool(_RESETS_TABLE.match(statement)),
+            statement = data["ddl"]
+            if not isinstance(statement, str):
+                raise DataError(f"change envelope's ddl is {type(statement).__name__}, not the text of a statement")
+            # Never run as it came: parsed, allow-listed, rebuilt with every table in the target database.
+            # In a thread: a long statement takes a while to parse, and the loop keeps the mesh connection alive.
+            steps = await asyncio.to_thread(
+                functools.partial(
+                    rebuild_ddl,
+                    statement,
+                    source_db=str(source.get("db") or ""),
+                    target_db=self.config.database,
+                    table_map=self.config.table_map,
+                    reserved=VERSIONS_TABLE,
                 )
-            ]
+            )
+            version = change_version(source, ddl=True)
+            return [Ddl(step.statement, step.table, version, step.resets, step.removes_rows) for step in steps]
         op = data.get("op")
         if op not in OPS:
             raise DataError(f"change envelope has op {op!r}; expected one of c, u, d, r")
@@ -1046,10 +1059,3 @@ def _row_id(key: tuple[Any, ...]) -> str:
 
 def _key_default(value: Any) -> Any:
     return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else str(value)
-
-
-def _strip_database(statement: str, database: str) -> str:
-    """DDL from another database, made to act on the target: drop ``db.`` qualifiers of the source db."""
-    if not database:
-        return statement
-    return re.sub(rf"(`{re.escape(database)}`|\b{re.escape(database)}\b)\s*\.\s*(?=[`A-Za-z0-9_$])", "", statement)
