@@ -91,6 +91,11 @@ BYTES_OUT = Counter(
 ERRORS = Counter("meshconnect_errors_total", "Errors by kind (retriable, data, fenced, protocol, internal).", (*_LABELS, "kind"))
 RETRIES = Counter("meshconnect_retries_total", "Retries of a failed batch or publish.", _LABELS)
 DEAD_LETTERS = Counter("meshconnect_dead_letters_total", "Records sent to the dead-letter topic.", _LABELS)
+DEAD_LETTERS_DROPPED = Counter(
+    "meshconnect_dead_letters_dropped_total",
+    "Dead letters the mesh refused even with their data cut away: logged with their attributes and skipped.",
+    _LABELS,
+)
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
     "Time from a batch's first record to its completion (acked or written).",
@@ -117,6 +122,7 @@ class ConnectorMetrics:
         self.bytes_out = BYTES_OUT.labels(**labels)
         self.retries = RETRIES.labels(**labels)
         self.dead_letters = DEAD_LETTERS.labels(**labels)
+        self.dead_letters_dropped = DEAD_LETTERS_DROPPED.labels(**labels)
         self.batch_latency = BATCH_LATENCY.labels(**labels)
         self.in_flight = IN_FLIGHT.labels(**labels)
         self.offset_lag = OFFSET_LAG.labels(**labels)
