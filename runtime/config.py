@@ -147,6 +147,11 @@ class RegistrySettings(_Strict):
 class AdminSettings(_Strict):
     host: str = Field("0.0.0.0", description="Admin HTTP bind address.")
     port: int = Field(8090, ge=0, le=65535, description="Admin HTTP port (/healthz /readyz /metrics /status); 0 = any free port.")
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a worker may hold pending work without committing any before /readyz says not ready.",
+    )
 
 
 class LogSettings(_Strict):

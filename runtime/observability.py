@@ -7,8 +7,10 @@
 * Metrics are defined once, here, with the labels ``connector`` (the type, e.g. ``mysql-sink``) and
   ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker.
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
-  held or standing by, dependency healthy), ``/metrics`` and ``/status`` (JSON) from a
-  :class:`StatusBoard` that the worker keeps current.
+  held or standing by, dependency healthy, no stall), ``/metrics`` and ``/status`` (JSON) from a
+  :class:`StatusBoard` that the worker keeps current. A stall is work pending with nothing
+  committed for ``admin.stall_timeout`` seconds: a pipeline wedged behind one record, whatever
+  holds it, must not look ready.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -141,7 +143,9 @@ class ConnectorMetrics:
 class StatusBoard:
     """The live state of one worker, kept current by the worker and read by the admin endpoint.
 
-    ``state`` is one of starting, running, standby, retrying, draining, stopped.
+    ``state`` is one of starting, running, standby, retrying, draining, stopped. A running worker
+    sets ``pending`` (does it hold work not yet committed?) and calls :meth:`progressed` whenever it
+    commits work or has none; pending work without progress for ``stall_timeout`` seconds is a stall.
     """
 
     connector: str
@@ -156,24 +160,33 @@ class StatusBoard:
     dependency_error: str | None = None
     last_offsets: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    stall_timeout: float = 120.0
+    pending: Callable[[], bool] | None = None
+    progress_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        # Read at each scrape: a stall begins with no event that could update the gauge.
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def set_state(self, state: str) -> None:
+        if state == "running" and self.state != "running":
+            self.progress_at = time.monotonic()
         self.state = state
-        self.refresh()
+
+    def progressed(self) -> None:
+        """The worker committed work, or had none waiting: a stall, if any, is over."""
+        self.progress_at = time.monotonic()
 
     def set_mesh(self, connected: bool) -> None:
         self.mesh_connected = connected
-        self.refresh()
 
     def set_dependency(self, error: str | None) -> None:
         self.dependency_error = error
-        self.refresh()
 
     def set_owned(self, owned: frozenset[str]) -> None:
         self.owned = owned
         for group in self.groups:
             self.metrics.lease_held(group, group in owned)
-        self.refresh()
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready or not, and why not."""
@@ -184,10 +197,12 @@ class StatusBoard:
             reasons.append("mesh session is down")
         if self.dependency_error is not None:
             reasons.append(f"dependency unhealthy: {self.dependency_error}")
+        stalled = time.monotonic() - self.progress_at
+        if self.state == "running" and stalled > self.stall_timeout and self.pending is not None and self.pending():
+            reasons.append(
+                f"work pending but nothing committed for {stalled:.0f} s (admin.stall_timeout is {self.stall_timeout:g} s)"
+            )
         return not reasons, reasons
-
-    def refresh(self) -> None:
-        self.metrics.ready.set(1 if self.readiness()[0] else 0)
 
     def snapshot(self) -> dict[str, Any]:
         ready, reasons = self.readiness()

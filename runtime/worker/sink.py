@@ -89,6 +89,7 @@ class SinkWorker:
         self.metrics = metrics
         self.drain_timeout = drain_timeout
         self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
+        self.handling = False
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,6 +125,7 @@ class SinkWorker:
                     await retry_retriable(join, what="mesh subscribe", backoff=backoff, stop=stop, on_failure=self._unhealthy)
                     self.board.set_dependency(None)
                     self.board.set_state("running")
+                    self.board.pending = lambda: self.handling
                     self.log.info("sink running", topics=self.settings.topics, group=self.config.mesh.group or self.config.name)
                     await self._serve(client, publisher, stop)
             finally:
@@ -193,6 +195,15 @@ class SinkWorker:
                 return
 
     async def _handle(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+        self.board.progressed()  # the stall clock starts with the batch: an idle sink was not stalled
+        self.handling = True
+        try:
+            await self._write_and_ack(items, client, publisher, stop)
+        finally:
+            self.handling = False
+        self.board.progressed()
+
+    async def _write_and_ack(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
         started = time.monotonic()
         self.metrics.records_in.inc(len(items))
         self.metrics.in_flight.set(len(items))

@@ -222,6 +222,7 @@ class _ActiveSession:
             )
             self.worker.board.set_dependency(None)
             self.worker.board.set_state("running")
+            self.worker.board.pending = self._has_pending_work
             self.log.info("source running", groups=sorted(self.owned), partitions=len(offsets))
             poller = asyncio.create_task(self._poll(), name="poll")
             checkpointer = asyncio.create_task(self._checkpoints(), name="checkpoint")
@@ -244,6 +245,7 @@ class _ActiveSession:
 
     async def _close(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel whatever still runs (a lost lease stops at once) and stop the source instance."""
+        self.worker.board.pending = None
         running = [*tasks, *self.retries]
         for task in running:
             task.cancel()
@@ -460,9 +462,14 @@ class _ActiveSession:
             self._flush_metrics()
             await self._checkpoint()
 
+    def _has_pending_work(self) -> bool:
+        return self.tracker.in_flight > 0 or self.tracker.committable_count > 0 or not self.queue.empty()
+
     async def _checkpoint(self) -> None:
         checkpoint = self.tracker.checkpoint()
         if checkpoint.empty:
+            if not self._has_pending_work():
+                self.worker.board.progressed()  # idle is not stalled
             return
         coordinator = self.worker.coordinator
         if coordinator is not None:
@@ -483,6 +490,7 @@ class _ActiveSession:
                 self.worker.board.last_offsets.update(offsets)
             self.metrics.last_checkpoint.set(time.time())
         self.tracker.written(checkpoint)
+        self.worker.board.progressed()
         try:
             await self.source.commit(checkpoint.records)
         except RetriableError as exc:
