@@ -8,13 +8,16 @@
   ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker.
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
   held or standing by, dependency healthy, no stall), ``/metrics`` and ``/status`` (JSON) from a
-  :class:`StatusBoard` that the worker keeps current. A stall is work pending with nothing
+  :class:`StatusBoard` that the worker keeps current. With ``admin.token`` set, ``/metrics`` and
+  ``/status`` answer 401 unless the request carries ``Authorization: Bearer <token>``; the probes
+  stay open. A stall is work pending with nothing
   committed for ``admin.stall_timeout`` seconds: a pipeline wedged behind one record, whatever
   holds it, must not look ready.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import sys
@@ -232,6 +235,7 @@ class AdminServer:
         self.board = board
         self.registry = registry
         self.port = settings.port
+        self._token = None if settings.token is None else settings.token.get_secret_value().encode()
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -244,7 +248,12 @@ class AdminServer:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        structlog.get_logger().info("admin endpoint listening", host=self.settings.host, port=self.port)
+        structlog.get_logger().info(
+            "admin endpoint listening",
+            host=self.settings.host,
+            port=self.port,
+            metrics_and_status="bearer token" if self._token is not None else "open",
+        )
 
     async def stop(self) -> None:
         await self._runner.cleanup()
@@ -256,8 +265,29 @@ class AdminServer:
         ready, reasons = self.board.readiness()
         return web.json_response({"ready": ready, "not_ready_because": reasons}, status=200 if ready else 503)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _unauthorized()
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _status(self, _request: web.Request) -> web.Response:
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _unauthorized()
         return web.json_response(self.board.snapshot())
+
+    def _authorized(self, request: web.Request) -> bool:
+        """No token configured, or the request carries it (compared in constant time)."""
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Compared whatever the scheme says, so that the time taken tells nothing either.
+        matches = hmac.compare_digest(given.strip().encode(), self._token)
+        return matches and scheme.lower() == "bearer"
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "this path needs the admin token: send Authorization: Bearer <admin.token>"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="meshconnect admin"'},
+    )
