@@ -70,6 +70,7 @@ async def test_an_event_over_the_mesh_size_limit_is_dead_lettered_cut_and_the_of
         letter = next(e for e in letters if e.get_extension("dlqdatasha256") == hashlib.sha256(original).hexdigest())
         assert letter.get_extension("dlqdatasize") == len(original)
         assert letter.get_extension("dlqtopic") == "numbers"
+        assert letter.get_extension("dlqattempts") == 1  # refused for its size: never sent again as it was
         assert "max_event_size" in str(letter.get_extension("dlqreason"))
         assert letter.get_data() == original[:PREVIEW_BYTES].decode()
         assert letter.get_type() == "counter-source.record"
