@@ -387,9 +387,9 @@ class _ActiveSession:
         forms: DeadLetterForms | None = None
         while True:
             refusal = refusal_of(error)
-            if isinstance(error, MeshRejectedError):
+            if isinstance(error, MeshRejectedError) or refusal is not None:
                 rejected += 1
-            elif refusal is None and not isinstance(error, RetriableError):
+            elif not isinstance(error, RetriableError):
                 raise error
             if forms is None and (refusal is not None or rejected >= _REJECTED_ATTEMPTS):
                 forms, next_event = self._dead_letter_forms(event, refusal, error, rejected)

@@ -129,3 +129,27 @@ async def test_a_sink_dead_letter_too_large_for_a_frame_goes_out_cut_and_the_sin
     assert letter.get_extension("dlqdatasize") == len(original)
     assert letter.get_extension("dlqdatasha256") == hashlib.sha256(original).hexdigest()
     assert letter.get_data() == original[:PREVIEW_BYTES].decode()
+
+
+async def test_a_record_too_large_for_a_frame_is_dead_lettered_cut_and_the_source_goes_on(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "counter-dlq", 1, letters))
+        config = source_config(mesh, tmp_path, limit=6, partitions=1, big_every=3, big_size=MAX_FRAME)
+        stop = asyncio.Event()
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 5}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 20)
+        await asyncio.wait_for(reader, 20)
+        stop.set()
+        assert await source == 0
+    letter = letters[0]
+    assert letter.get_extension("dlqattempts") == 1
+    assert "frame" in str(letter.get_extension("dlqreason"))
+    assert letter.get_extension("dlqdatasize") == len(orjson.dumps({"p": 0, "n": 2, "pad": "x" * MAX_FRAME}))
