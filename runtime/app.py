@@ -117,7 +117,13 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, stop, signum, log)
     metrics = ConnectorMetrics(config.connector, config.name)
-    board = StatusBoard(connector=config.connector, name=config.name, side=cls.side, metrics=metrics)
+    board = StatusBoard(
+        connector=config.connector,
+        name=config.name,
+        side=cls.side,
+        metrics=metrics,
+        stall_timeout=config.admin.stall_timeout,
+    )
     admin = AdminServer(config.admin, board)
     log.info("starting", config=config.model_dump())
     try:

@@ -145,8 +145,25 @@ class RegistrySettings(_Strict):
 
 
 class AdminSettings(_Strict):
-    host: str = Field("0.0.0.0", description="Admin HTTP bind address.")
+    host: str = Field(
+        "0.0.0.0",
+        description=(
+            "Admin HTTP bind address: 0.0.0.0 (every interface) lets probes and Prometheus reach it in a container;"
+            " 127.0.0.1 keeps it on the machine."
+        ),
+    )
     port: int = Field(8090, ge=0, le=65535, description="Admin HTTP port (/healthz /readyz /metrics /status); 0 = any free port.")
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a worker may hold pending work without committing any before /readyz says not ready.",
+    )
+    token: Secret | None = Field(
+        None,
+        description=(
+            "Bearer token that /metrics and /status require (Authorization: Bearer <token>); /healthz and /readyz stay open."
+        ),
+    )
 
 
 class LogSettings(_Strict):

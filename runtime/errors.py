@@ -10,6 +10,7 @@
     ├── DataError                    this record cannot be handled: dead-letter it, keep going
     ├── ProtocolError                the EventMesh TCP protocol was broken
     │   ├── LocalProtocolError       ... by us (a package we were asked to encode is invalid)
+    │   │   └── FrameTooLargeError   ... a frame over the 4 MiB limit: the event itself must shrink
     │   └── RemoteProtocolError      ... by the peer (malformed bytes, unknown command)
     ├── MeshRejectedError            the mesh answered a request with a failure code
     │   └── HelloRefusedError        the handshake was refused (authentication included)
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FencedError",
+    "FrameTooLargeError",
     "HelloRefusedError",
     "LocalProtocolError",
     "MeshConnectError",
@@ -92,6 +94,10 @@ class ProtocolError(MeshConnectError):
 
 class LocalProtocolError(ProtocolError):
     """We were asked to send something the protocol does not allow (e.g. a frame over 4 MiB)."""
+
+
+class FrameTooLargeError(LocalProtocolError):
+    """A frame would exceed the 4 MiB limit of the protocol: sending the same event again can never work."""
 
 
 class RemoteProtocolError(ProtocolError):

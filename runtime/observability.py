@@ -7,17 +7,22 @@
 * Metrics are defined once, here, with the labels ``connector`` (the type, e.g. ``mysql-sink``) and
   ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker.
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
-  held or standing by, dependency healthy), ``/metrics`` and ``/status`` (JSON) from a
-  :class:`StatusBoard` that the worker keeps current.
+  held or standing by, dependency healthy, no stall), ``/metrics`` and ``/status`` (JSON) from a
+  :class:`StatusBoard` that the worker keeps current. With ``admin.token`` set, ``/metrics`` and
+  ``/status`` answer 401 unless the request carries ``Authorization: Bearer <token>``; the probes
+  stay open. A stall is work pending with nothing
+  committed for ``admin.stall_timeout`` seconds: a pipeline wedged behind one record, whatever
+  holds it, must not look ready.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -91,6 +96,11 @@ BYTES_OUT = Counter(
 ERRORS = Counter("meshconnect_errors_total", "Errors by kind (retriable, data, fenced, protocol, internal).", (*_LABELS, "kind"))
 RETRIES = Counter("meshconnect_retries_total", "Retries of a failed batch or publish.", _LABELS)
 DEAD_LETTERS = Counter("meshconnect_dead_letters_total", "Records sent to the dead-letter topic.", _LABELS)
+DEAD_LETTERS_DROPPED = Counter(
+    "meshconnect_dead_letters_dropped_total",
+    "Dead letters the mesh refused even with their data cut away: logged with their attributes and skipped.",
+    _LABELS,
+)
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
     "Time from a batch's first record to its completion (acked or written).",
@@ -117,6 +127,7 @@ class ConnectorMetrics:
         self.bytes_out = BYTES_OUT.labels(**labels)
         self.retries = RETRIES.labels(**labels)
         self.dead_letters = DEAD_LETTERS.labels(**labels)
+        self.dead_letters_dropped = DEAD_LETTERS_DROPPED.labels(**labels)
         self.batch_latency = BATCH_LATENCY.labels(**labels)
         self.in_flight = IN_FLIGHT.labels(**labels)
         self.offset_lag = OFFSET_LAG.labels(**labels)
@@ -135,7 +146,9 @@ class ConnectorMetrics:
 class StatusBoard:
     """The live state of one worker, kept current by the worker and read by the admin endpoint.
 
-    ``state`` is one of starting, running, standby, retrying, draining, stopped.
+    ``state`` is one of starting, running, standby, retrying, draining, stopped. A running worker
+    sets ``pending`` (does it hold work not yet committed?) and calls :meth:`progressed` whenever it
+    commits work or has none; pending work without progress for ``stall_timeout`` seconds is a stall.
     """
 
     connector: str
@@ -150,24 +163,33 @@ class StatusBoard:
     dependency_error: str | None = None
     last_offsets: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    stall_timeout: float = 120.0
+    pending: Callable[[], bool] | None = None
+    progress_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        # Read at each scrape: a stall begins with no event that could update the gauge.
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def set_state(self, state: str) -> None:
+        if state == "running" and self.state != "running":
+            self.progress_at = time.monotonic()
         self.state = state
-        self.refresh()
+
+    def progressed(self) -> None:
+        """The worker committed work, or had none waiting: a stall, if any, is over."""
+        self.progress_at = time.monotonic()
 
     def set_mesh(self, connected: bool) -> None:
         self.mesh_connected = connected
-        self.refresh()
 
     def set_dependency(self, error: str | None) -> None:
         self.dependency_error = error
-        self.refresh()
 
     def set_owned(self, owned: frozenset[str]) -> None:
         self.owned = owned
         for group in self.groups:
             self.metrics.lease_held(group, group in owned)
-        self.refresh()
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready or not, and why not."""
@@ -178,10 +200,12 @@ class StatusBoard:
             reasons.append("mesh session is down")
         if self.dependency_error is not None:
             reasons.append(f"dependency unhealthy: {self.dependency_error}")
+        stalled = time.monotonic() - self.progress_at
+        if self.state == "running" and stalled > self.stall_timeout and self.pending is not None and self.pending():
+            reasons.append(
+                f"work pending but nothing committed for {stalled:.0f} s (admin.stall_timeout is {self.stall_timeout:g} s)"
+            )
         return not reasons, reasons
-
-    def refresh(self) -> None:
-        self.metrics.ready.set(1 if self.readiness()[0] else 0)
 
     def snapshot(self) -> dict[str, Any]:
         ready, reasons = self.readiness()
@@ -211,6 +235,7 @@ class AdminServer:
         self.board = board
         self.registry = registry
         self.port = settings.port
+        self._token = None if settings.token is None else settings.token.get_secret_value().encode()
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -223,7 +248,12 @@ class AdminServer:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        structlog.get_logger().info("admin endpoint listening", host=self.settings.host, port=self.port)
+        structlog.get_logger().info(
+            "admin endpoint listening",
+            host=self.settings.host,
+            port=self.port,
+            metrics_and_status="bearer token" if self._token is not None else "open",
+        )
 
     async def stop(self) -> None:
         await self._runner.cleanup()
@@ -235,8 +265,29 @@ class AdminServer:
         ready, reasons = self.board.readiness()
         return web.json_response({"ready": ready, "not_ready_because": reasons}, status=200 if ready else 503)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _unauthorized()
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _status(self, _request: web.Request) -> web.Response:
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _unauthorized()
         return web.json_response(self.board.snapshot())
+
+    def _authorized(self, request: web.Request) -> bool:
+        """No token configured, or the request carries it (compared in constant time)."""
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Compared whatever the scheme says, so that the time taken tells nothing either.
+        matches = hmac.compare_digest(given.strip().encode(), self._token)
+        return matches and scheme.lower() == "bearer"
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "this path needs the admin token: send Authorization: Bearer <admin.token>"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="meshconnect admin"'},
+    )

@@ -5,8 +5,9 @@ dead-letter topic of the worker the config describes (``sink.dead_letter_topic``
 ``<name>-dlq``) in its own consumer group (``<name>-dlq-replay``), restores each event (its
 original topic from ``dlqtopic``, the ``dlq*`` extensions removed) and publishes it; a dead
 letter is acknowledged only after the mesh acknowledged the replayed event, so an interrupted
-replay loses nothing. It stops after ``--limit`` events or when the topic stays quiet for ``--idle``
-seconds.
+replay loses nothing. A dead letter whose data was cut to fit the mesh (``dlqdatasha256``) cannot be
+replayed and is left in place, as is one without an original topic. It stops after ``--limit``
+events or when the topic stays quiet for ``--idle`` seconds.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ def replay_command(args: argparse.Namespace) -> int:
         print(f"replay failed: {exc}", file=sys.stderr)
         return 1
     print(
-        f"replayed {replayed} event(s) from {topic}" + (f"; {skipped} without an original topic left in place" if skipped else "")
+        f"replayed {replayed} event(s) from {topic}"
+        + (f"; {skipped} without an original topic or whole data left in place" if skipped else "")
     )
     return 0
 
 
 async def replay(config: WorkerConfig, topic: str, *, limit: int | None = None, idle: float = 3.0) -> tuple[int, int]:
-    """Replay dead letters of ``topic``; returns (replayed, skipped for lack of an original topic)."""
+    """Replay dead letters of ``topic``; returns (replayed, skipped for lack of an original topic or of whole data)."""
     group = f"{config.name}-dlq-replay"
     replayed = skipped = 0
     async with (
@@ -70,7 +72,7 @@ async def replay(config: WorkerConfig, topic: str, *, limit: int | None = None, 
                 pushed = await asyncio.wait_for(pushes.__anext__(), idle)
             except (TimeoutError, StopAsyncIteration):
                 break
-            if not pushed.event.get_extension("dlqtopic"):
+            if not pushed.event.get_extension("dlqtopic") or pushed.event.get_extension("dlqdatasha256") is not None:
                 skipped += 1  # left unacknowledged: it stays in the dead-letter topic
                 continue
             await publisher.publish(replay_event(pushed.event))

@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from runtime.errors import LocalProtocolError, RemoteProtocolError
+from runtime.errors import FrameTooLargeError, RemoteProtocolError
 from runtime.protocol import jackson
 
 __all__ = [
@@ -550,7 +550,7 @@ class HeaderlessFrame:
 
 
 def encode(package: Package) -> bytes:
-    """The frame bytes of ``package``; ``LocalProtocolError`` when it exceeds the 4 MiB limit like Java."""
+    """The frame bytes of ``package``; ``FrameTooLargeError`` when it exceeds the 4 MiB limit like Java."""
     header = package.header
     return encode_fields(header.command, header.seq, header.properties, package.body, code=header.code, desc=header.desc)
 
@@ -570,7 +570,7 @@ def encode_fields(
     body = body or b""
     length = 13 + len(header) + len(body)
     if length > MAX_FRAME:
-        raise LocalProtocolError(f"{command.name} frame of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data")
+        raise FrameTooLargeError(f"{command.name} frame of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data")
     return b"".join((PREFIX, _LENGTHS.pack(length, len(header)), header, body))
 
 
@@ -578,7 +578,7 @@ def encode_raw(header_json: bytes, body: bytes) -> bytes:
     """A frame from already serialized header JSON and body bytes (conformance tooling)."""
     length = 13 + len(header_json) + len(body)
     if length > MAX_FRAME:
-        raise LocalProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise FrameTooLargeError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
     return b"".join((PREFIX, _LENGTHS.pack(length, len(header_json)), header_json, body))
 
 

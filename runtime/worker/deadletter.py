@@ -4,23 +4,77 @@ EventMesh routes by the CloudEvent ``subject``, so a dead letter's subject is th
 and the original subject travels in ``dlqtopic``. Everything else of the original event is kept
 as it was; ``dlqreason``, ``dlqconnector``, ``dlqtime`` (RFC 3339) and ``dlqattempts`` say what
 happened. :func:`replay_event` undoes exactly that (``meshconnect dlq replay``).
+
+A dead letter must always get through, or the offsets behind it can never commit. When the mesh
+refuses an event for what it is (too large, invalid: see :func:`refusal_of`), the event is never
+sent again as it was; :class:`DeadLetterForms` gives smaller forms of its dead letter to try in
+turn: whole, then with the data cut to a :data:`PREVIEW_BYTES` preview, then with no data. A cut
+dead letter keeps every attribute and says what was cut: ``dlqdatasize`` and ``dlqdatasha256``
+(bytes and SHA-256 of the whole data: UTF-8 for text, the bytes for binary data, the JSON text
+otherwise) and ``dlqdatacontenttype`` (the original content type; the preview is text/plain).
+A worker whose last form is refused too logs the event's attributes and skips it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from cloudevents.core.v1.event import CloudEvent
 
+from runtime.errors import FrameTooLargeError, MeshRejectedError
 from runtime.record import ConnectorRecord
 
-__all__ = ["DLQ_EXTENSIONS", "dead_letter_event", "record_dead_letter_event", "replay_event"]
+__all__ = [
+    "DLQ_EXTENSIONS",
+    "PREVIEW_BYTES",
+    "DeadLetterForms",
+    "dead_letter_event",
+    "record_dead_letter_event",
+    "refusal_of",
+    "refused_for_size",
+    "replay_event",
+]
 
-DLQ_EXTENSIONS = ("dlqreason", "dlqconnector", "dlqtime", "dlqattempts", "dlqtopic")
+DLQ_EXTENSIONS = (
+    "dlqreason",
+    "dlqconnector",
+    "dlqtime",
+    "dlqattempts",
+    "dlqtopic",
+    "dlqdatasize",
+    "dlqdatasha256",
+    "dlqdatacontenttype",
+)
+PREVIEW_BYTES = 128
+"""The data a cut dead letter keeps: even with every character escaped in JSON it stays below the
+Java runtime's default ``eventMesh.server.maxEventSize`` of 1000."""
 _MAX_REASON = 1000
+_PREVIEW_CONTENT_TYPE = "text/plain; charset=utf-8"
+# What the mesh says when it refuses a publish for the moment, not for the event: a full topic (the
+# embedded mesh), the global rate limit and a full session window (the Java runtime), a session going away.
+_PASSING_REFUSAL = re.compile(r"\bfull\b|retry later|overload|flow control|too.fast|no session", re.IGNORECASE)
+# ...and when it refuses an event for its size (Java: "event size exceeds the limit: 1000").
+_SIZE_REFUSAL = re.compile(r"size|too (large|big)|exceed", re.IGNORECASE)
+
+
+def refusal_of(error: BaseException) -> str | None:
+    """Why the mesh will never take the event it refused with ``error`` as it is; None when the same event
+    may be taken later (the mesh is busy or away, or the refusal says so)."""
+    if isinstance(error, FrameTooLargeError):
+        return str(error)
+    if isinstance(error, MeshRejectedError) and not _PASSING_REFUSAL.search(error.desc or ""):
+        return error.desc or f"{error.command} refused with code {error.code} and no reason"
+    return None
+
+
+def refused_for_size(refusal: str) -> bool:
+    """``refusal`` (from :func:`refusal_of`) is about the event's size: its data must be cut to get through."""
+    return _SIZE_REFUSAL.search(refusal) is not None
 
 
 def dead_letter_event(event: CloudEvent, *, topic: str, reason: str, connector: str, attempts: int) -> CloudEvent:
@@ -64,6 +118,40 @@ def record_dead_letter_event(
     }
     event = CloudEvent(attributes, body)
     return dead_letter_event(event, topic=topic, reason=reason, connector=connector, attempts=1)
+
+
+class DeadLetterForms:
+    """The forms of one dead letter, each smaller than the one before: ``whole``, then :meth:`smaller` ones."""
+
+    def __init__(self, whole: CloudEvent) -> None:
+        self.whole = whole
+        self._previews = [PREVIEW_BYTES, 0]
+
+    def smaller(self, refusal: str) -> CloudEvent | None:
+        """The next form after the mesh refused the last one for what it is (``refusal``); None when none is left."""
+        if not self._previews:
+            return None
+        return _cut(self.whole, self._previews.pop(0), refusal)
+
+
+def _cut(dead_letter: CloudEvent, preview_bytes: int, refusal: str) -> CloudEvent:
+    data = dead_letter.get_data()
+    if isinstance(data, bytes):
+        whole, text = data, base64.b64encode(data[:preview_bytes]).decode()
+    else:
+        text = data if isinstance(data, str) else orjson.dumps(data, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        whole = text.encode()
+    attributes = dict(dead_letter.get_attributes())
+    content_type = attributes.pop("datacontenttype", None)
+    if content_type is not None:
+        attributes["dlqdatacontenttype"] = content_type
+    attributes["datacontenttype"] = _PREVIEW_CONTENT_TYPE
+    reason = f"{attributes.get('dlqreason') or 'dead-lettered'}; data cut to fit, the mesh refused it whole: {refusal}"
+    attributes["dlqreason"] = reason[:_MAX_REASON]
+    attributes["dlqdatasize"] = len(whole)
+    attributes["dlqdatasha256"] = hashlib.sha256(whole).hexdigest()
+    preview = text.encode()[:preview_bytes].decode(errors="ignore")
+    return CloudEvent(attributes, preview)
 
 
 def replay_event(event: CloudEvent) -> CloudEvent:

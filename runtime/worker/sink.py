@@ -16,7 +16,8 @@ The order is the promise of at-least-once, stated once here:
    the poison; a record that fails as data ``sink.max_attempts`` times, and every
    :class:`~runtime.connector.Rejection`, is published to the dead-letter topic
    (``sink.dead_letter_topic`` or ``<name>-dlq``, see :mod:`runtime.worker.deadletter`) and then
-   acknowledged.
+   acknowledged. A dead letter the mesh refuses for what it is (too large) is sent again with its
+   data cut; if even that is refused, the event is logged, counted and acknowledged all the same.
 
 Duplicates (a redelivery after a crash, the same source+id twice in a batch) reach ``put``
 unchanged: sinks are idempotent. Stop (SIGTERM): reading stops, the batch in hand is finished
@@ -41,14 +42,14 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.client import MeshClient, PushedEvent
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import DataError, MeshRejectedError, RetriableError
+from runtime.errors import DataError, FrameTooLargeError, MeshRejectedError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
 from runtime.protocol.events import body_to_record
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
-from runtime.worker.deadletter import dead_letter_event
+from runtime.worker.deadletter import DeadLetterForms, dead_letter_event, refusal_of
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
 
@@ -88,6 +89,7 @@ class SinkWorker:
         self.metrics = metrics
         self.drain_timeout = drain_timeout
         self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
+        self.handling = False
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -123,6 +125,7 @@ class SinkWorker:
                     await retry_retriable(join, what="mesh subscribe", backoff=backoff, stop=stop, on_failure=self._unhealthy)
                     self.board.set_dependency(None)
                     self.board.set_state("running")
+                    self.board.pending = lambda: self.handling
                     self.log.info("sink running", topics=self.settings.topics, group=self.config.mesh.group or self.config.name)
                     await self._serve(client, publisher, stop)
             finally:
@@ -192,6 +195,15 @@ class SinkWorker:
                 return
 
     async def _handle(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+        self.board.progressed()  # the stall clock starts with the batch: an idle sink was not stalled
+        self.handling = True
+        try:
+            await self._write_and_ack(items, client, publisher, stop)
+        finally:
+            self.handling = False
+        self.board.progressed()
+
+    async def _write_and_ack(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
         started = time.monotonic()
         self.metrics.records_in.inc(len(items))
         self.metrics.in_flight.set(len(items))
@@ -265,26 +277,52 @@ class SinkWorker:
             item.reason = rejection.reason
 
     async def _dead_letter(self, item: _Item, publisher: MeshClient, stop: asyncio.Event) -> None:
-        event: CloudEvent = dead_letter_event(
-            item.pushed.event,
-            topic=self.dead_letter_topic,
-            reason=item.reason or "unknown",
-            connector=self.config.connector,
-            attempts=max(item.attempts, 1),
+        """Publish the dead letter of ``item``: in smaller forms while the mesh refuses it for what it is, and
+        skipped (logged, counted) when even the smallest is refused; refusals that pass are retried."""
+        forms = DeadLetterForms(
+            dead_letter_event(
+                item.pushed.event,
+                topic=self.dead_letter_topic,
+                reason=item.reason or "unknown",
+                connector=self.config.connector,
+                attempts=max(item.attempts, 1),
+            )
+        )
+        event: CloudEvent | None = forms.whole
+        self.metrics.dead_letters.inc()
+        self.metrics.error("data")
+        while event is not None:
+            refusal = await self._publish_dead_letter(event, publisher, stop)
+            if refusal is None:
+                self.log.warning("event dead-lettered", id=event.get_id(), topic=self.dead_letter_topic, reason=item.reason)
+                return
+            self.log.warning("mesh refused a dead letter for what it is: trying a smaller form", refusal=refusal)
+            event = forms.smaller(refusal)
+        self.metrics.dead_letters_dropped.inc()
+        self.log.error(
+            "mesh refused even the smallest dead letter: event skipped",
+            reason=item.reason,
+            attributes={name: value for name, value in forms.whole.get_attributes().items() if name != "dlqreason"},
         )
 
-        async def publish() -> None:
+    async def _publish_dead_letter(self, event: CloudEvent, publisher: MeshClient, stop: asyncio.Event) -> str | None:
+        """Publish ``event``, retrying while the mesh is away or busy; the reason when it refuses it for what it is."""
+
+        async def publish() -> str | None:
             try:
                 await publisher.publish(event)
-            except MeshRejectedError as exc:  # e.g. the dead-letter topic is full: wait for room, never drop it
-                raise RetriableError(f"mesh refused the dead letter: {exc.desc}") from exc
+            except (MeshRejectedError, FrameTooLargeError) as exc:
+                refusal = refusal_of(exc)
+                if refusal is None:  # e.g. the dead-letter topic is full: wait for room, never drop it
+                    raise RetriableError(f"mesh refused the dead letter for now: {exc}") from exc
+                return refusal
+            except DataError as exc:  # an attribute of the pushed event that cannot travel again
+                return exc.reason
+            return None
 
-        await retry_retriable(
+        return await retry_retriable(
             publish,
             what="dead-letter publish",
             backoff=Backoff(self.settings.retry_initial, self.settings.retry_max),
             stop=stop,
         )
-        self.metrics.dead_letters.inc()
-        self.metrics.error("data")
-        self.log.warning("event dead-lettered", id=event.get_id(), topic=self.dead_letter_topic, reason=item.reason)

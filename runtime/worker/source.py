@@ -7,7 +7,11 @@ The order is the promise of at-least-once, stated once here:
 2. Each record becomes its CloudEvent's message body (:func:`~runtime.protocol.events.record_to_body`) and is published
    through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
    cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
-   instead, and counts as done once that publish is acknowledged.
+   instead, and counts as done once that publish is acknowledged. So does an event the mesh refuses
+   for what it is (too large, invalid), at once and with its data cut if that is what it takes
+   (:mod:`runtime.worker.deadletter`); a record whose smallest dead letter is refused too is logged,
+   counted (``meshconnect_dead_letters_dropped_total``) and counts as done, so no record can hold
+   its partition's offsets back for good.
 3. Acks come back in any order; an offset becomes committable only when every earlier record of
    its partition was acknowledged (:class:`~runtime.worker.offsets.OffsetTracker`).
 4. Every ``checkpoint_every`` acknowledged records or ``checkpoint_interval`` seconds, the
@@ -46,21 +50,35 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.client import MeshClient
 from runtime.config import WorkerConfig
 from runtime.connector import Source, SourceContext
-from runtime.errors import DataError, FencedError, MeshRejectedError, RegistryUnavailableError, RetriableError
+from runtime.errors import (
+    DataError,
+    FencedError,
+    FrameTooLargeError,
+    MeshRejectedError,
+    RegistryUnavailableError,
+    RetriableError,
+)
 from runtime.observability import ConnectorMetrics, StatusBoard
 from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body, record_to_body
 from runtime.record import ConnectorRecord, JsonValue, derive_event_id
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
-from runtime.worker.deadletter import dead_letter_event, record_dead_letter_event
+from runtime.worker.deadletter import (
+    DeadLetterForms,
+    dead_letter_event,
+    record_dead_letter_event,
+    refusal_of,
+    refused_for_size,
+)
 from runtime.worker.offsets import OffsetTracker, Submitted
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
 
 __all__ = ["SourceWorker", "group_of"]
 
-# A publish the mesh refuses (a full topic, a rule it enforces) is tried this often before the
-# event is dead-lettered; a mesh that is unreachable is retried for as long as it takes.
+# A publish the mesh refuses for the moment (a full topic, a rate limit) is tried this often before the
+# event is dead-lettered; one it refuses for what it is (size, validation) is dead-lettered at once;
+# a mesh that is unreachable is retried for as long as it takes.
 _REJECTED_ATTEMPTS = 5
 
 
@@ -204,6 +222,7 @@ class _ActiveSession:
             )
             self.worker.board.set_dependency(None)
             self.worker.board.set_state("running")
+            self.worker.board.pending = self._has_pending_work
             self.log.info("source running", groups=sorted(self.owned), partitions=len(offsets))
             poller = asyncio.create_task(self._poll(), name="poll")
             checkpointer = asyncio.create_task(self._checkpoints(), name="checkpoint")
@@ -226,6 +245,7 @@ class _ActiveSession:
 
     async def _close(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel whatever still runs (a lost lease stops at once) and stop the source instance."""
+        self.worker.board.pending = None
         running = [*tasks, *self.retries]
         for task in running:
             task.cancel()
@@ -283,7 +303,12 @@ class _ActiveSession:
                 event = self._event_for(record)
                 entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
                 publication = _Publication(self, entry, event)
-                if not client.publish_nowait(event, publication):
+                try:
+                    sent = client.publish_nowait(event, publication)
+                except FrameTooLargeError as exc:
+                    publication.set_exception(exc)
+                    sent = True
+                if not sent:
                     await self._publish_when_room(publication)
                 if queue.empty():
                     break
@@ -324,7 +349,7 @@ class _ActiveSession:
         publication (which then retries on the side)."""
         try:
             await self.client.publish_when_room(publication.event, publication)
-        except RetriableError as exc:
+        except (RetriableError, FrameTooLargeError) as exc:
             publication.set_exception(exc)
 
     def _failed(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
@@ -333,9 +358,13 @@ class _ActiveSession:
         task.add_done_callback(self.retries.discard)
 
     def _done(self, entry: Submitted, event: EncodedEvent) -> None:
-        self.tracker.ack(entry)
         self.acked += 1
         self.acked_bytes += len(event.body)
+        self._settled(entry)
+
+    def _settled(self, entry: Submitted) -> None:
+        """``entry`` needs nothing more from the mesh: its offset may commit once those before it may."""
+        self.tracker.ack(entry)
         # Without a lease there is no registry write to amortize: commit upstream as soon as acked
         # (an HTTP source holds its response until then).
         if self.worker.coordinator is None or self.tracker.committable_count >= self.config.source.checkpoint_every:
@@ -350,36 +379,80 @@ class _ActiveSession:
         self.metrics.offset_lag.set(self.tracker.committable_count)
 
     async def _republish(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
-        """Publish ``event`` again until the mesh takes it: a refused event ends in the dead-letter topic."""
+        """Publish ``event`` again until the mesh takes it. An event the mesh refuses for what it is (never sent
+        again as it was) or keeps refusing goes to the dead-letter topic, in ever smaller forms; a record whose
+        smallest dead letter is refused too is logged and skipped, so that the offsets behind it commit."""
         backoff = Backoff(0.2, 30.0)
         rejected = 0
+        forms: DeadLetterForms | None = None
         while True:
-            if isinstance(error, MeshRejectedError):
+            refusal = refusal_of(error)
+            if isinstance(error, MeshRejectedError) or refusal is not None:
                 rejected += 1
-                refused = body_to_event(event.body) if rejected >= _REJECTED_ATTEMPTS else None
-                if refused is not None and refused.get_extension("dlqreason") is None:
-                    self.metrics.dead_letters.inc()
-                    self.log.warning("mesh keeps refusing an event: dead-lettered", id=refused.get_id(), reason=error.desc)
-                    dead_letter = dead_letter_event(
-                        refused,
-                        topic=self.worker.dead_letter_topic,
-                        reason=f"mesh refused the event: {error.desc}",
-                        connector=self.config.connector,
-                        attempts=rejected,
-                    )
-                    event = EncodedEvent(event_to_body(dead_letter))
             elif not isinstance(error, RetriableError):
                 raise error
+            if forms is None and (refusal is not None or rejected >= _REJECTED_ATTEMPTS):
+                forms, next_event = self._dead_letter_forms(event, refusal, error, rejected)
+            elif forms is not None and refusal is not None:
+                next_event = _encoded_smaller(forms, refusal)
+            else:
+                next_event = event
+            if next_event is None:
+                self._skip(entry, event, refusal or str(error))
+                return
+            event = next_event
             self.metrics.retries.inc()
             self.metrics.error("retriable" if isinstance(error, RetriableError) else "rejected")
             await asyncio.sleep(backoff.next_delay(getattr(error, "retry_after", None)))
             try:
                 await self.client.publish(event)
-            except (MeshRejectedError, RetriableError) as exc:
+            except (MeshRejectedError, RetriableError, FrameTooLargeError) as exc:
                 error = exc
                 continue
             self._done(entry, event)
             return
+
+    def _dead_letter_forms(
+        self, event: EncodedEvent, refusal: str | None, error: BaseException, rejected: int
+    ) -> tuple[DeadLetterForms, EncodedEvent | None]:
+        """The dead-letter forms of a refused ``event`` and the first one to try (None: no form is left)."""
+        refused = body_to_event(event.body)
+        if refused.get_subject() == self.worker.dead_letter_topic and refused.get_extension("dlqreason") is not None:
+            # Already a dead letter (of a record that could not become an event): only its data can shrink.
+            forms = DeadLetterForms(refused)
+            return forms, (event if refusal is None else _encoded_smaller(forms, refusal))
+        reason = refusal or getattr(error, "desc", None) or str(error)
+        self.metrics.dead_letters.inc()
+        self.log.warning("mesh refuses an event: dead-lettered", id=refused.get_id(), reason=reason, attempts=rejected)
+        forms = DeadLetterForms(
+            dead_letter_event(
+                refused,
+                topic=self.worker.dead_letter_topic,
+                reason=f"mesh refused the event: {reason}",
+                connector=self.config.connector,
+                attempts=rejected,
+            )
+        )
+        if refusal is not None and refused_for_size(refusal):
+            return forms, _encoded_smaller(forms, refusal)  # the whole dead letter carries the same data: cut at once
+        try:
+            return forms, EncodedEvent(event_to_body(forms.whole))
+        except DataError as exc:
+            return forms, _encoded_smaller(forms, exc.reason)
+
+    def _skip(self, entry: Submitted, event: EncodedEvent, refusal: str) -> None:
+        """The mesh refused every form of the record's dead letter: log what is known of it and go on."""
+        self.metrics.dead_letters_dropped.inc()
+        self.metrics.error("data")
+        attributes = {name: value for name, value in body_to_event(event.body).get_attributes().items() if name != "dlqreason"}
+        self.log.error(
+            "mesh refused even the smallest dead letter: record skipped",
+            reason=refusal,
+            partition=dict(entry.record.partition),
+            offset=entry.record.offset,
+            attributes=attributes,
+        )
+        self._settled(entry)
 
     async def _checkpoints(self) -> None:
         interval = self.config.source.checkpoint_interval
@@ -389,9 +462,14 @@ class _ActiveSession:
             self._flush_metrics()
             await self._checkpoint()
 
+    def _has_pending_work(self) -> bool:
+        return self.tracker.in_flight > 0 or self.tracker.committable_count > 0 or not self.queue.empty()
+
     async def _checkpoint(self) -> None:
         checkpoint = self.tracker.checkpoint()
         if checkpoint.empty:
+            if not self._has_pending_work():
+                self.worker.board.progressed()  # idle is not stalled
             return
         coordinator = self.worker.coordinator
         if coordinator is not None:
@@ -412,6 +490,7 @@ class _ActiveSession:
                 self.worker.board.last_offsets.update(offsets)
             self.metrics.last_checkpoint.set(time.time())
         self.tracker.written(checkpoint)
+        self.worker.board.progressed()
         try:
             await self.source.commit(checkpoint.records)
         except RetriableError as exc:
@@ -463,6 +542,16 @@ class _Publication:
     def set_exception(self, exception: BaseException, /) -> None:
         self.answered = True
         self.session._failed(self.entry, self.event, exception)
+
+
+def _encoded_smaller(forms: DeadLetterForms, refusal: str) -> EncodedEvent | None:
+    """The next smaller dead-letter form that encodes, as a message body; None when none is left."""
+    while (smaller := forms.smaller(refusal)) is not None:
+        try:
+            return EncodedEvent(event_to_body(smaller))
+        except DataError as exc:
+            refusal = exc.reason
+    return None
 
 
 async def _first_of(*waits: Any, seconds: float) -> None:

@@ -70,7 +70,8 @@ def test_the_runtime_exports_the_documented_metrics() -> None:
     documented = {
         "meshconnect_records_in_total", "meshconnect_records_out_total", "meshconnect_bytes_out_total",
         "meshconnect_errors_total", "meshconnect_retries_total", "meshconnect_dead_letters_total",
-        "meshconnect_batch_latency_seconds_bucket", "meshconnect_in_flight", "meshconnect_offset_lag",
+        "meshconnect_dead_letters_dropped_total", "meshconnect_batch_latency_seconds_bucket",
+        "meshconnect_in_flight", "meshconnect_offset_lag",
         "meshconnect_lease_held", "meshconnect_takeovers_total", "meshconnect_ready",
         "meshconnect_last_checkpoint_timestamp_seconds",
     }  # fmt: skip

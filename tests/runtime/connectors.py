@@ -15,6 +15,8 @@ class CounterConfig(ConnectorConfig):
     partitions: int = Field(2, description="How many partitions.")
     batch: int = Field(10, description="Records per poll.")
     poison_every: int = Field(0, description="Every n-th number cannot become an event (0: none).")
+    big_every: int = Field(0, description="Every n-th number carries big_size bytes of padding (0: none).")
+    big_size: int = Field(5000, description="Padding of the big numbers, bytes.")
 
 
 class CounterSource(Source[CounterConfig]):
@@ -34,9 +36,11 @@ class CounterSource(Source[CounterConfig]):
         for p, n in self.next.items():
             for k in range(n, min(n + self.config.batch, self.config.limit)):
                 poison = self.config.poison_every and k % self.config.poison_every == self.config.poison_every - 1
+                big = self.config.big_every and k % self.config.big_every == self.config.big_every - 1
+                number: dict[str, object] = {"p": p, "n": k, "pad": "x" * self.config.big_size} if big else {"p": p, "n": k}
                 records.append(
                     ConnectorRecord(
-                        data="not json" if poison else {"p": p, "n": k},
+                        data="not json" if poison else number,
                         datacontenttype="application/json" if poison else None,
                         partition={"p": p},
                         offset={"n": k},

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import aiohttp
+import io
 
-from runtime.config import AdminSettings
-from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard
+import aiohttp
+import pytest
+import structlog
+
+from runtime.config import AdminSettings, LogSettings
+from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard, configure_logging
 
 
 async def test_admin_endpoint_reflects_the_board() -> None:
@@ -39,3 +43,44 @@ async def test_admin_endpoint_reflects_the_board() -> None:
             assert status["dependency_error"] == "database unreachable"
     finally:
         await server.stop()
+
+
+async def test_an_admin_token_guards_metrics_and_status_but_not_the_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MC_TEST_ADMIN_TOKEN", "admin-secret-31")
+    settings = AdminSettings.model_validate({"host": "127.0.0.1", "port": 0, "token": {"env": "MC_TEST_ADMIN_TOKEN"}})
+    board = StatusBoard(connector="test-sink", name="obs-2", side="sink", metrics=ConnectorMetrics("test-sink", "obs-2"))
+    server = AdminServer(settings, board)
+    out = io.StringIO()
+    configure_logging(LogSettings(format="json"), stream=out)
+    try:
+        await server.start()
+        structlog.get_logger().info("starting", admin=settings.model_dump())
+        base = f"http://127.0.0.1:{server.port}"
+        answers: dict[tuple[str, str], int] = {}
+        bodies = []
+        async with aiohttp.ClientSession() as http:
+            for header in (
+                "",
+                "Bearer admin-secret-3",
+                "Basic admin-secret-31",
+                "admin-secret-31",
+                "bearer admin-secret-31",
+                "Bearer admin-secret-31",
+            ):
+                for path in ("/metrics", "/status", "/healthz", "/readyz"):
+                    headers = {"Authorization": header} if header else {}
+                    async with http.get(f"{base}{path}", headers=headers) as response:
+                        answers[header, path] = response.status
+                        bodies.append(await response.text())
+    finally:
+        await server.stop()
+        structlog.reset_defaults()
+    for header in ("", "Bearer admin-secret-3", "Basic admin-secret-31", "admin-secret-31"):
+        assert answers[header, "/metrics"] == answers[header, "/status"] == 401, header
+    for header in ("Bearer admin-secret-31", "bearer admin-secret-31"):
+        assert answers[header, "/metrics"] == answers[header, "/status"] == 200, header
+    for header in ("", "Bearer admin-secret-31"):
+        assert answers[header, "/healthz"] == 200
+        assert answers[header, "/readyz"] == 503  # open, and not ready: no mesh session on this board
+    assert "admin-secret-31" not in out.getvalue()
+    assert not any("admin-secret-31" in body for body in bodies)

@@ -1,0 +1,155 @@
+"""Dead letters that must get through: events the mesh refuses for what they are never wedge a pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from cloudevents.core.v1.event import CloudEvent
+from prometheus_client import REGISTRY
+
+from runtime.app import serve
+from runtime.client import MeshClient, user_agent_for
+from runtime.config import AdminSettings
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.events import publish_frame
+from runtime.protocol.frames import MAX_FRAME
+from runtime.record import partition_key
+from runtime.registry.file import FileRegistry
+from runtime.worker.deadletter import PREVIEW_BYTES
+from tests.runtime import connectors
+from tests.runtime.connectors import CounterSource, ListSink
+from tests.runtime.test_worker import collect, eventually, sink_config, source_config
+from tests.servers import free_port
+
+# The Java runtime's default eventMesh.server.maxEventSize.
+JAVA_MAX_EVENT_SIZE = 1000
+
+
+def dropped(connector: str, name: str) -> float:
+    labels = {"connector": connector, "name": name}
+    return REGISTRY.get_sample_value("meshconnect_dead_letters_dropped_total", labels) or 0.0
+
+
+async def committed(state: Path, partition: dict[str, Any]) -> Any:
+    return (await FileRegistry(state).load_offsets("counter")).get(partition_key(partition))
+
+
+async def test_an_event_over_the_mesh_size_limit_is_dead_lettered_cut_and_the_offsets_move_on(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0, max_event_size=JAVA_MAX_EVENT_SIZE) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "counter-dlq", 3, letters))
+        admin_port = free_port()
+        config = source_config(mesh, tmp_path, limit=30, partitions=1, big_every=10).model_copy(
+            update={"admin": AdminSettings(host="127.0.0.1", port=admin_port)}
+        )
+        stop = asyncio.Event()
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 29}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 20)
+        await asyncio.wait_for(reader, 20)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+            ready = response.status
+        stop.set()
+        assert await source == 0
+        assert mesh.topic_depth("numbers") == 27
+    assert ready == 200
+    assert len(letters) == 3
+    for n in (9, 19, 29):
+        original = orjson.dumps({"p": 0, "n": n, "pad": "x" * 5000})
+        letter = next(e for e in letters if e.get_extension("dlqdatasha256") == hashlib.sha256(original).hexdigest())
+        assert letter.get_extension("dlqdatasize") == len(original)
+        assert letter.get_extension("dlqtopic") == "numbers"
+        assert letter.get_extension("dlqattempts") == 1  # refused for its size: never sent again as it was
+        assert "max_event_size" in str(letter.get_extension("dlqreason"))
+        assert letter.get_data() == original[:PREVIEW_BYTES].decode()
+        assert letter.get_type() == "counter-source.record"
+
+
+async def test_a_record_whose_smallest_dead_letter_is_refused_is_counted_and_skipped(tmp_path: Path) -> None:
+    before = dropped("counter-source", "counter")
+    # A mesh that takes no data at all: not even a dead letter without its data gets through.
+    async with EmbeddedMesh(port=0, max_event_size=1) as mesh:
+        stop = asyncio.Event()
+        config = source_config(mesh, tmp_path, limit=5, partitions=1)
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 4}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 20)
+        stop.set()
+        assert await source == 0
+        assert mesh.topic_depth("counter-dlq") == 0
+    assert dropped("counter-source", "counter") - before == 5
+
+
+def event_with_frame_of(size: int, data_key: str, id_: str) -> CloudEvent:
+    """An event on topic ``numbers`` whose publish frame is ``size`` bytes long."""
+    attributes = {"id": id_, "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+    probe = CloudEvent(attributes, {data_key: ""})
+    padding = size - len(publish_frame(probe, seq="0000000001"))
+    return CloudEvent(attributes, {data_key: "x" * padding})
+
+
+async def test_a_sink_dead_letter_too_large_for_a_frame_goes_out_cut_and_the_sink_goes_on() -> None:
+    # The pushed event fits a frame; its dead letter, a few extensions larger, does not.
+    huge = event_with_frame_of(MAX_FRAME - 32, "reject", "huge")
+    assert len(publish_frame(huge, seq="0000000001")) == MAX_FRAME - 32
+    async with EmbeddedMesh(port=0) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "lister-dlq", 1, letters))
+        stop = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh, batch_size=1), stop=stop, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            await producer.publish(huge)
+            attributes = {"id": "after", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+            await producer.publish(CloudEvent(attributes, {"ok": 1}))
+        await asyncio.wait_for(reader, 20)
+        await eventually(lambda: any(record.id == "after" for record in connectors.RECEIVED))
+        stop.set()
+        assert await sink == 0
+    [letter] = letters
+    original = orjson.dumps(huge.get_data())
+    assert letter.get_id() == "huge"
+    assert letter.get_extension("dlqreason").startswith("rejected by the test; data cut to fit")
+    assert letter.get_extension("dlqdatasize") == len(original)
+    assert letter.get_extension("dlqdatasha256") == hashlib.sha256(original).hexdigest()
+    assert letter.get_data() == original[:PREVIEW_BYTES].decode()
+
+
+async def test_a_record_too_large_for_a_frame_is_dead_lettered_cut_and_the_source_goes_on(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "counter-dlq", 1, letters))
+        config = source_config(mesh, tmp_path, limit=6, partitions=1, big_every=3, big_size=MAX_FRAME)
+        stop = asyncio.Event()
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 5}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 20)
+        await asyncio.wait_for(reader, 20)
+        stop.set()
+        assert await source == 0
+    letter = letters[0]
+    assert letter.get_extension("dlqattempts") == 1
+    assert "frame" in str(letter.get_extension("dlqreason"))
+    assert letter.get_extension("dlqdatasize") == len(orjson.dumps({"p": 0, "n": 2, "pad": "x" * MAX_FRAME}))
