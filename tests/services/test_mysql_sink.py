@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudevents.core.v1.event import CloudEvent
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
+from runtime.app import serve
+from runtime.client import MeshClient, user_agent_for
+from runtime.config import WorkerConfig
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.testing import SinkHarness, run_sink_conformance
 from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
-from tests.servers import MariaDBServer
+from tests.servers import MariaDBServer, free_port
 
 _databases = itertools.count()
 
@@ -121,7 +129,7 @@ async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(maria
         batch = [
             event({"id": 1, "qty": 1}, id="1"),
             event({"qty": 2}, id="2"),  # no key
-            event({"id": 3, "qty": "many"}, id="3"),  # wrong type (server refuses)
+            event({"id": 3, "qty": "many"}, id="3"),  # wrong type
             event({"id": 4, "qty": 4, "colour": "red"}, id="4"),  # unknown column
             event({"id": 5, "qty": 5, "name": "far too long"}, id="5"),  # too long (server refuses)
             event(["not", "an", "object"], id="6"),
@@ -133,7 +141,7 @@ async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(maria
     reasons = {rejection.record.id: rejection.reason for rejection in rejections}
     assert set(reasons) == {"2", "3", "4", "5", "6"}
     assert "id" in reasons["2"] and "colour" in reasons["4"] and "object" in reasons["6"]
-    assert "Incorrect integer value" in reasons["3"] and "too long" in reasons["5"]
+    assert "holds a string" in reasons["3"] and "too long" in reasons["5"]
     assert rows(mariadb_server, "SELECT id, qty FROM t ORDER BY id", database) == [["1", "1"], ["7", "7"]]
 
 
@@ -331,3 +339,172 @@ async def test_cdc_mode_writes_binary_column_values_exactly(mariadb_server: Mari
     finally:
         await sink.stop()
     assert rows(mariadb_server, "SELECT HEX(payload) FROM blobs", database) == [[raw.hex().upper()]]
+
+
+async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, flag BOOLEAN, bit1 BIT(1), small TINYINT, u INT UNSIGNED, price DECIMAL(10,2),"
+        " ratio DOUBLE, name VARCHAR(40), doc JSON, at DATETIME, kind ENUM('a','b'));"
+        " INSERT INTO t (id, name) VALUES (1, 'one')",
+        database,
+    )
+    sink = await started(mariadb_server, database=database, mode="mapped", table="t", delete_field="op")
+    refused = {
+        "true-id": {"id": True, "name": "overwritten"},  # a boolean is not row 1
+        "wide": {"id": 2, "small": 128},
+        "negative": {"id": 3, "u": -1},
+        "text-number": {"id": 4, "ratio": "private 1.5"},
+        "not-a-numeral": {"id": 5, "price": "12.5 EUR"},
+        "fraction": {"id": 6, "small": 1.0},
+        "epoch": {"id": 7, "at": 1767225600},
+        "enum-index": {"id": 8, "kind": 2},
+        "text-flag": {"id": 9, "flag": "true"},
+        "object": {"id": 10, "small": {"n": 1}},
+        "bool-decimal": {"id": 11, "price": True},
+        "array-double": {"id": 12, "ratio": [1.5]},
+        "huge-key": {"id": 2**31, "name": "x"},
+    }
+    valid = {
+        "all": {
+            "id": 20,
+            "flag": True,
+            "bit1": False,
+            "small": -128,
+            "u": 4294967295,
+            "price": "-12.50",
+            "ratio": 2,
+            "name": 7.5,
+            "doc": True,
+            "at": "2026-01-01T00:00:00Z",
+            "kind": "b",
+        },
+        "text": {"id": 21, "name": True, "doc": {"k": [1]}, "price": 3.25},
+        "delete": {"id": 22, "op": "d", "small": "only the key of a delete is bound"},
+    }
+    try:
+        rejections = await sink.put([event(data, id=name) for name, data in {**refused, **valid}.items()])
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == set(refused)
+    assert reasons["true-id"] == (
+        "field 'id' holds a boolean, which does not fit column id (int(11)): it takes integers from -2147483648 to 2147483647"
+        " (fix the event, or the column's type)"
+    )
+    assert "an integer out of range" in reasons["wide"] and "tinyint(4)" in reasons["wide"]
+    assert "an integer out of range" in reasons["negative"] and "from 0 to 4294967295" in reasons["negative"]
+    assert "holds a string" in reasons["text-number"] and "private" not in reasons["text-number"]  # never the value
+    assert "not a decimal numeral" in reasons["not-a-numeral"] and "EUR" not in reasons["not-a-numeral"]
+    assert "a floating-point number" in reasons["fraction"] and "an integer" in reasons["epoch"]
+    assert "column kind (enum('a','b'))" in reasons["enum-index"] and "column flag (tinyint(1))" in reasons["text-flag"]
+    assert "an object" in reasons["object"] and "a boolean" in reasons["bool-decimal"] and "an array" in reasons["array-double"]
+    table = "SELECT id, flag, bit1 + 0, small, u, price, ratio, name, doc, at, kind FROM t ORDER BY id"
+    assert rows(mariadb_server, table, database) == [
+        ["1", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "one", "NULL", "NULL", "NULL"],
+        ["20", "1", "0", "-128", "4294967295", "-12.50", "2", "7.5", "true", "2026-01-01 00:00:00", "b"],
+        ["21", "NULL", "NULL", "NULL", "NULL", "3.25", "NULL", "true", '{"k":[1]}', "NULL", "NULL"],
+    ]
+
+
+async def test_a_widened_column_is_read_again_before_a_value_is_refused(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY, n SMALLINT)", database)
+    sink = await started(mariadb_server, database=database, mode="mapped", table="t")
+    try:
+        assert await sink.put([event({"id": 1, "n": 1}, id="1")]) == []
+        mariadb_server.sql("ALTER TABLE t MODIFY n BIGINT", database)
+        assert await sink.put([event({"id": 2, "n": 2**40}, id="2")]) == []
+        rejected = await sink.put([event({"id": 3, "n": 2**63}, id="3")])
+    finally:
+        await sink.stop()
+    assert [r.record.id for r in rejected] == ["3"] and "bigint(20)" in rejected[0].reason
+    assert rows(mariadb_server, "SELECT id, n FROM t ORDER BY id", database) == [["1", "1"], ["2", str(2**40)]]
+
+
+# -- through the worker and the embedded mesh ----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sink_worker(mesh: EmbeddedMesh, admin_port: int, **config: Any) -> AsyncIterator[asyncio.Task[int]]:
+    """The mysql-sink worker on topic ``orders`` (dead letters to ``orders-sink-dlq``), stopped on the way out."""
+    settings = WorkerConfig.model_validate(
+        {
+            "name": "orders-sink",
+            "connector": "mysql-sink",
+            "mesh": {"address": f"127.0.0.1:{mesh.port}"},
+            "sink": {"topics": ["orders"], "batch_size": 8, "linger_ms": 20, "retry_initial": 0.05, "retry_max": 0.5},
+            "admin": {"host": "127.0.0.1", "port": admin_port},
+            "config": config,
+        }
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(serve(MysqlSink, settings, stop=stop, install_signals=False))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+
+async def publish(mesh: EmbeddedMesh, *items: tuple[str, Any]) -> None:
+    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+        for event_id, data in items:
+            attributes = {"id": event_id, "source": "/shop", "type": "order.v1", "subject": "orders", "specversion": "1.0"}
+            await producer.publish(CloudEvent(attributes, data))
+
+
+async def dead_letters(mesh: EmbeddedMesh, topic: str, count: int) -> list[CloudEvent]:
+    letters: list[CloudEvent] = []
+    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("dlq-reader", "sub")) as client:
+        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+        await client.listen()
+        async for pushed in client.pushed():
+            letters.append(pushed.event)
+            await pushed.ack()
+            if len(letters) >= count:
+                return letters
+    return letters
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while not await condition():  # noqa: ASYNC110 - polling a server and an HTTP endpoint
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {within}s: {what}") from None
+
+
+async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, name VARCHAR(20), qty SMALLINT); INSERT INTO orders VALUES (1, 'one', 1)",
+        database,
+    )
+    fields = {"order.id": "id", "order.name": "name", "order.qty": "qty"}
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        sink_worker(
+            mesh, free_port(), port=mariadb_server.port, database=database, mode="mapped", table="orders", fields=fields
+        ) as worker,
+    ):
+        await publish(
+            mesh,
+            ("e1", {"order": {"id": True, "name": "overwritten", "qty": 9}}),
+            ("e2", {"order": {"id": 2, "name": "two", "qty": 2}}),
+            ("e3", {"order": {"id": 3, "name": "three", "qty": "3"}}),
+            ("e4", {"order": {"id": 4, "name": "four", "qty": 40000}}),
+        )
+        letters = {letter.get_id(): letter for letter in await asyncio.wait_for(dead_letters(mesh, "orders-sink-dlq", 3), 30)}
+        assert not worker.done()
+    assert sorted(letters) == ["e1", "e3", "e4"]
+    assert letters["e1"].get_extension("dlqreason") == (
+        "field 'order.id' holds a boolean, which does not fit column id (int(11)): it takes integers from -2147483648"
+        " to 2147483647 (fix the event, or the column's type)"
+    )
+    assert "field 'order.qty' holds a string" in str(letters["e3"].get_extension("dlqreason"))
+    assert "field 'order.qty' holds an integer out of range" in str(letters["e4"].get_extension("dlqreason"))
+    assert rows(mariadb_server, "SELECT id, name, qty FROM orders ORDER BY id", database) == [
+        ["1", "one", "1"],
+        ["2", "two", "2"],
+    ]
