@@ -388,7 +388,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 config.connect_timeout * 2,
             )
         try:
-            await self._prepare_target()
+            with translate_mysql_errors(f"preparing {config.database} on {config.host}:{config.port}"):
+                await self._prepare_target()
         except BaseException:
             await self.stop()
             raise
@@ -447,7 +448,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     # -- put ---------------------------------------------------------------------------------------
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
-        with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}"):
+        with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}", running=True):
             async with asyncio.timeout(self.config.write_timeout):
                 return await self._put(records)
 
@@ -639,7 +640,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # replicas of one group do not purge in step
             try:
-                with translate_mysql_errors(f"purging tombstones in {self.config.database}"):
+                with translate_mysql_errors(f"purging tombstones in {self.config.database}", running=True):
                     async with asyncio.timeout(self.config.write_timeout):
                         purged = await self.purge_tombstones(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention))
             except MeshConnectError as exc:  # any verdict (down, refused, denied): the task lives on, the next round retries

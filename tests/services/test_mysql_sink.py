@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
@@ -269,6 +270,13 @@ async def test_mapped_table_missing_fails_at_start(mariadb_server: MariaDBServer
         await started(mariadb_server, database=database, mode="mapped", table="nope")
 
 
+async def test_access_denied_at_start_fails_naming_the_keys(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("DROP USER IF EXISTS 'no_grants'@'%'; CREATE USER 'no_grants'@'%' IDENTIFIED BY 'pw-Secret'")
+    with pytest.raises(ConfigError, match=r"config\.user.*1044") as refused:
+        await started(mariadb_server, database=f"{database}_new", mode="events", user="no_grants", password="pw-Secret")
+    assert "pw-Secret" not in str(refused.value)
+
+
 @pytest.mark.slow
 async def test_server_killed_mid_batch_every_event_lands_exactly_once(mariadb_server: MariaDBServer, database: str) -> None:
     sink = await started(mariadb_server, database=database, mode="events", write_timeout=10)
@@ -508,3 +516,54 @@ async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
         ["1", "one", "1"],
         ["2", "two", "2"],
     ]
+
+
+async def test_worker_waits_out_a_revoked_grant_and_a_changed_password(mariadb_server: MariaDBServer, database: str) -> None:
+    """Access denied after a good start is the operator's to mend: retried, not ready meanwhile, never an exit."""
+    mariadb_server.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, name VARCHAR(20));"
+        " DROP USER IF EXISTS 'orders_sink'@'%'; CREATE USER 'orders_sink'@'%' IDENTIFIED BY 'first-Secret-1';"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO 'orders_sink'@'%'",
+        database,
+    )
+    admin_port = free_port()
+    config = {"port": mariadb_server.port, "database": database, "mode": "mapped", "table": "orders"}
+    config |= {"user": "orders_sink", "password": "first-Secret-1"}
+
+    async with EmbeddedMesh(port=0) as mesh, aiohttp.ClientSession() as http, sink_worker(mesh, admin_port, **config) as worker:
+
+        async def readiness(status: int, reason: str = "") -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as ready:
+                    body = await ready.text()
+                    assert "Secret" not in body
+                    return ready.status == status and reason in body
+            return False
+
+        async def landed(count: int) -> bool:
+            found = await asyncio.to_thread(rows, mariadb_server, "SELECT COUNT(*) FROM orders", database)
+            return found == [[str(count)]]
+
+        await until(lambda: readiness(200), "ready")
+        await publish(mesh, ("e1", {"id": 1, "name": "one"}))
+        await until(lambda: landed(1), "the first order written")
+
+        mariadb_server.sql(f"REVOKE INSERT, UPDATE ON {database}.* FROM 'orders_sink'@'%'")
+        await publish(mesh, ("e2", {"id": 2, "name": "two"}))
+        await until(lambda: readiness(503, "1142"), "not ready with the refusal as reason")
+        assert not worker.done() and await landed(1)
+        mariadb_server.sql(f"GRANT INSERT, UPDATE ON {database}.* TO 'orders_sink'@'%'")
+        await until(lambda: landed(2), "the second order written once the grant is back")
+        await until(lambda: readiness(200), "ready again")
+
+        mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'second-Secret-2'")
+        for (connection,) in rows(mariadb_server, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER='orders_sink'", ""):
+            mariadb_server.sql(f"KILL {connection}")  # the pooled sessions go: the next one must log in again
+        await publish(mesh, ("e3", {"id": 3, "name": "three"}))
+        await until(lambda: readiness(503, "1045"), "not ready: the login is refused")
+        assert not worker.done() and await landed(2)
+        mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'first-Secret-1'")
+        await until(lambda: landed(3), "the third order written once the password is back")
+        await until(lambda: readiness(200), "ready again")
+        assert mesh.topic_depth("orders-sink-dlq") == 0
+    assert worker.result() == 0
