@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cloudevents.core.v1.event import CloudEvent
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
-from runtime.app import serve
-from runtime.client import MeshClient, user_agent_for
-from runtime.config import WorkerConfig
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.testing import SinkHarness, run_sink_conformance
 from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer, free_port
+from tests.services.workers import DEAD_LETTER_TOPIC, dead_letters, publish, readiness, sink_worker, until
 
 _databases = itertools.count()
 
@@ -431,57 +425,6 @@ async def test_a_widened_column_is_read_again_before_a_value_is_refused(mariadb_
 # -- through the worker and the embedded mesh ----------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def sink_worker(mesh: EmbeddedMesh, admin_port: int, **config: Any) -> AsyncIterator[asyncio.Task[int]]:
-    """The mysql-sink worker on topic ``orders`` (dead letters to ``orders-sink-dlq``), stopped on the way out."""
-    settings = WorkerConfig.model_validate(
-        {
-            "name": "orders-sink",
-            "connector": "mysql-sink",
-            "mesh": {"address": f"127.0.0.1:{mesh.port}"},
-            "sink": {"topics": ["orders"], "batch_size": 8, "linger_ms": 20, "retry_initial": 0.05, "retry_max": 0.5},
-            "admin": {"host": "127.0.0.1", "port": admin_port},
-            "config": config,
-        }
-    )
-    stop = asyncio.Event()
-    worker = asyncio.create_task(serve(MysqlSink, settings, stop=stop, install_signals=False))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 30)
-
-
-async def publish(mesh: EmbeddedMesh, *items: tuple[str, Any]) -> None:
-    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
-        for event_id, data in items:
-            attributes = {"id": event_id, "source": "/shop", "type": "order.v1", "subject": "orders", "specversion": "1.0"}
-            await producer.publish(CloudEvent(attributes, data))
-
-
-async def dead_letters(mesh: EmbeddedMesh, topic: str, count: int) -> list[CloudEvent]:
-    letters: list[CloudEvent] = []
-    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("dlq-reader", "sub")) as client:
-        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-        await client.listen()
-        async for pushed in client.pushed():
-            letters.append(pushed.event)
-            await pushed.ack()
-            if len(letters) >= count:
-                return letters
-    return letters
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while not await condition():  # noqa: ASYNC110 - polling a server and an HTTP endpoint
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {within}s: {what}") from None
-
-
 async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
     mariadb_server: MariaDBServer, database: str
 ) -> None:
@@ -493,7 +436,14 @@ async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
     async with (
         EmbeddedMesh(port=0) as mesh,
         sink_worker(
-            mesh, free_port(), port=mariadb_server.port, database=database, mode="mapped", table="orders", fields=fields
+            MysqlSink,
+            mesh,
+            free_port(),
+            port=mariadb_server.port,
+            database=database,
+            mode="mapped",
+            table="orders",
+            fields=fields,
         ) as worker,
     ):
         await publish(
@@ -503,7 +453,7 @@ async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
             ("e3", {"order": {"id": 3, "name": "three", "qty": "3"}}),
             ("e4", {"order": {"id": 4, "name": "four", "qty": 40000}}),
         )
-        letters = {letter.get_id(): letter for letter in await asyncio.wait_for(dead_letters(mesh, "orders-sink-dlq", 3), 30)}
+        letters = await dead_letters(mesh, 3)
         assert not worker.done()
     assert sorted(letters) == ["e1", "e3", "e4"]
     assert letters["e1"].get_extension("dlqreason") == (
@@ -530,40 +480,37 @@ async def test_worker_waits_out_a_revoked_grant_and_a_changed_password(mariadb_s
     config = {"port": mariadb_server.port, "database": database, "mode": "mapped", "table": "orders"}
     config |= {"user": "orders_sink", "password": "first-Secret-1"}
 
-    async with EmbeddedMesh(port=0) as mesh, aiohttp.ClientSession() as http, sink_worker(mesh, admin_port, **config) as worker:
-
-        async def readiness(status: int, reason: str = "") -> bool:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as ready:
-                    body = await ready.text()
-                    assert "Secret" not in body
-                    return ready.status == status and reason in body
-            return False
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        aiohttp.ClientSession() as http,
+        sink_worker(MysqlSink, mesh, admin_port, **config) as worker,
+    ):
+        ready = readiness(http, admin_port)
 
         async def landed(count: int) -> bool:
             found = await asyncio.to_thread(rows, mariadb_server, "SELECT COUNT(*) FROM orders", database)
             return found == [[str(count)]]
 
-        await until(lambda: readiness(200), "ready")
+        await until(lambda: ready(200), "ready")
         await publish(mesh, ("e1", {"id": 1, "name": "one"}))
         await until(lambda: landed(1), "the first order written")
 
         mariadb_server.sql(f"REVOKE INSERT, UPDATE ON {database}.* FROM 'orders_sink'@'%'")
         await publish(mesh, ("e2", {"id": 2, "name": "two"}))
-        await until(lambda: readiness(503, "1142"), "not ready with the refusal as reason")
+        await until(lambda: ready(503, "1142"), "not ready with the refusal as reason")
         assert not worker.done() and await landed(1)
         mariadb_server.sql(f"GRANT INSERT, UPDATE ON {database}.* TO 'orders_sink'@'%'")
         await until(lambda: landed(2), "the second order written once the grant is back")
-        await until(lambda: readiness(200), "ready again")
+        await until(lambda: ready(200), "ready again")
 
         mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'second-Secret-2'")
         for (connection,) in rows(mariadb_server, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER='orders_sink'", ""):
             mariadb_server.sql(f"KILL {connection}")  # the pooled sessions go: the next one must log in again
         await publish(mesh, ("e3", {"id": 3, "name": "three"}))
-        await until(lambda: readiness(503, "1045"), "not ready: the login is refused")
+        await until(lambda: ready(503, "1045"), "not ready: the login is refused")
         assert not worker.done() and await landed(2)
         mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'first-Secret-1'")
         await until(lambda: landed(3), "the third order written once the password is back")
-        await until(lambda: readiness(200), "ready again")
-        assert mesh.topic_depth("orders-sink-dlq") == 0
+        await until(lambda: ready(200), "ready again")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
     assert worker.result() == 0
