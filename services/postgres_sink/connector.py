@@ -16,7 +16,8 @@ Two modes:
     and ``1`` as true); the column types are read at start, and once more per batch before a refusal.
 
 A value the table refuses (a constraint) makes the batch a ``DataError``; the worker then
-writes record by record and dead-letters the one at fault. A lost connection is retriable.
+writes record by record and dead-letters the one at fault. A lost connection is retriable, and so
+is a refused login or privilege after a good start (at start it is a config error).
 Identifiers are validated and quoted; values are always bound parameters.
 """
 
@@ -118,9 +119,9 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             await self.stop()
             raise
 
-    async def _read_columns(self, connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    async def _read_columns(self, connection: asyncpg.Connection, *, running: bool = False) -> list[asyncpg.Record]:
         columns: list[asyncpg.Record] = await pg_call(
-            "read columns", connection.fetch(_COLUMNS, self._table), self.config.timeout
+            "read columns", connection.fetch(_COLUMNS, self._table), self.config.timeout, running=running
         )
         if columns:
             self._rules = tuple(_column_rule(row) for row in columns)
@@ -153,16 +154,16 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             if mismatched:
                 # The verdict may rest on types read before the table changed (a column widened): read them again.
                 try:
-                    await self._read_columns(await self._connection.get())
+                    await self._read_columns(await self._connection.get(running=True), running=True)
                 except RetriableError:
                     self._connection.drop()
                     raise
                 rejections, arguments, _ = self._mapped_rows(records)
         if arguments is None:
             return rejections
-        connection = await self._connection.get()
+        connection = await self._connection.get(running=True)
         try:
-            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout)
+            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout, running=True)
         except RetriableError:
             self._connection.drop()  # reconnect for the retry
             raise

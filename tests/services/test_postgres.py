@@ -9,16 +9,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
+from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, free_port
+from tests.services.workers import DEAD_LETTER_TOPIC, publish, readiness, sink_worker, until
 
 
 async def _connect(dsn: str, within: float = 30.0) -> asyncpg.Connection:
@@ -340,3 +343,49 @@ async def test_postgres_source_conformance(postgres_server: PostgresServer, tabl
         workdir=tmp_path,
         within=60,
     )
+
+
+async def test_sink_worker_waits_out_a_revoked_grant_and_a_refused_login(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    """Access denied after a good start is the operator's to mend: retried, not ready meanwhile, never an exit."""
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    role = f"sink_{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        f"CREATE TABLE {table} (id int PRIMARY KEY, name text); CREATE ROLE {role} LOGIN;"
+        f" GRANT SELECT, INSERT, UPDATE ON {table} TO {role}"
+    )
+    dsn = postgres_server.dsn.replace(f"//{postgres_server.user}@", f"//{role}:not-a-Secret@")
+    admin_port = free_port()
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        aiohttp.ClientSession() as http,
+        sink_worker(PostgresSink, mesh, admin_port, dsn=dsn, mode="mapped", table=table, key=["id"], timeout=5) as worker,
+    ):
+        ready = readiness(http, admin_port)
+
+        async def landed(count: int) -> bool:
+            return bool(await db.fetchval(f"SELECT count(*) FROM {table}") == count)
+
+        await until(lambda: ready(200), "ready")
+        await publish(mesh, ("e1", {"id": 1, "name": "one"}))
+        await until(lambda: landed(1), "the first order written")
+
+        await db.execute(f"REVOKE INSERT, UPDATE ON {table} FROM {role}")
+        await publish(mesh, ("e2", {"id": 2, "name": "two"}))
+        await until(lambda: ready(503, "InsufficientPrivilegeError"), "not ready with the refusal as reason")
+        assert not worker.done() and await landed(1)
+        await db.execute(f"GRANT INSERT, UPDATE ON {table} TO {role}")
+        await until(lambda: landed(2), "the second order written once the grant is back")
+        await until(lambda: ready(200), "ready again")
+
+        await db.execute(f"ALTER ROLE {role} NOLOGIN")
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await publish(mesh, ("e3", {"id": 3, "name": "three"}))
+        await until(lambda: ready(503, "InvalidAuthorizationSpecificationError"), "not ready: the login is refused")
+        assert not worker.done() and await landed(2)
+        await db.execute(f"ALTER ROLE {role} LOGIN")
+        await until(lambda: landed(3), "the third order written once the login is back")
+        await until(lambda: ready(200), "ready again")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
+    assert worker.result() == 0
