@@ -934,6 +934,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     ) -> TableSchema:
         schema = await self._load(conn, table)
         if schema is None:
+            if not self.config.auto_create and self.config.mode == "mapped":
+                # It was there at start: dropped since, or hidden by a revoked grant. The operator's to mend, not the event's.
+                raise RetriableError(
+                    f"table {self.config.database}.{table} is gone or no longer visible to {self.config.user!r} (dropped, or"
+                    " its grant revoked); retrying until it is back"
+                )
             if not self.config.auto_create:
                 raise DataError(f"table {self.config.database}.{table} does not exist (create it or set auto_create)")
             if not key_columns:

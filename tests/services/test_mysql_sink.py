@@ -513,4 +513,15 @@ async def test_worker_waits_out_a_revoked_grant_and_a_changed_password(mariadb_s
         await until(lambda: landed(3), "the third order written once the password is back")
         await until(lambda: ready(200), "ready again")
         assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
+
+        # Every grant revoked: the table vanishes from information_schema too, which a value that does not fit
+        # makes the sink read again. A table it saw at start is missing, not the event's fault: nothing dead-lettered.
+        mariadb_server.sql(f"REVOKE ALL PRIVILEGES ON {database}.* FROM 'orders_sink'@'%'")
+        await publish(mesh, ("e4", {"id": "4", "name": "four"}), ("e5", {"id": 5, "name": "five"}))
+        await until(lambda: ready(503, "no longer visible"), "not ready: the table is out of sight")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0 and await landed(3)
+        mariadb_server.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO 'orders_sink'@'%'")
+        await until(lambda: landed(4), "the fifth order written once the grants are back")
+        letters = await dead_letters(mesh, 1)
+        assert "field 'id' holds a string" in str(letters["e4"].get_extension("dlqreason"))
     assert worker.result() == 0
