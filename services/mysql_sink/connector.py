@@ -5,7 +5,9 @@ Three modes (``mode``):
 * ``events``: one row per event in ``table`` (created if missing), primary key (source, id).
 * ``mapped``: fields of the JSON data (``fields``: path -> column, nested paths with dots) upserted
   into ``table`` on its primary key (or ``key_columns``); an event whose ``delete_field`` holds one
-  of ``delete_values``, or whose type is in ``delete_types``, deletes the row instead.
+  of ``delete_values``, or whose type is in ``delete_types``, deletes the row instead. Each value is
+  checked against its column's type (:mod:`runtime.columns`) before it is bound: one that does not
+  fit makes the event a data error, never a silent conversion (``true`` into an INT key is not row 1).
 * ``cdc``: applies mysql-source change envelopes (c/u/d/r with before/after images, DDL) to the same
   tables in ``database``, so source -> mesh -> sink replicates tables. DDL text is never run as it
   came: :mod:`services.mysql_sink.ddl` parses it, checks it against an allow-list and rebuilds it
@@ -52,9 +54,9 @@ import functools
 import hashlib
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, NoReturn
 
 import aiomysql
 import orjson
@@ -75,9 +77,10 @@ from runtime import (
     Sink,
     SinkContext,
 )
+from runtime.columns import ColumnKind, ColumnRule
 from runtime.record import is_json_content_type
 from services.mysql_sink.ddl import rebuild_ddl
-from services.mysql_sink.schema import SchemaCatalog, sql_type_from_json_schema, sql_type_from_value
+from services.mysql_sink.schema import SchemaCatalog, column_rule, sql_type_from_json_schema, sql_type_from_value
 from services.mysql_sink.sql import (
     RETRIABLE_CODES,
     TableSchema,
@@ -106,7 +109,8 @@ _MAX_ROW_ID = 255
 _BINLOG_NUMBER = re.compile(r"(\d+)$")
 _ABSENT: Any = object()  # what _lookup finds at a path the data does not have
 _CONTAINERS = (dict, list)  # bound as JSON text; a tuple, as `dict | list` is built anew on every isinstance
-_SCALARS = frozenset({str, int, float, bool, type(None)})  # JSON values bound as they are (exact types: one set lookup)
+# cdc: JSON values bound as they are (exact types: one set lookup)
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 _VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   `tbl` VARBINARY(64) NOT NULL,
   `pk` VARBINARY(255) NOT NULL,
@@ -233,49 +237,89 @@ class _Shape:
     table: str
     key_columns: tuple[str, ...]
     columns: tuple[str, ...]  # the table's spelling of each field's column, each once
-    temporal: tuple[bool, ...]  # per column: it holds dates, so ISO text is converted
-    dateless: bool  # no column holds dates: rows of plain JSON scalars are bound as they are
+    unchecked: tuple[frozenset[type], ...]  # per column: the value types bound as they are, without a look
+    binders: tuple[Callable[[Any], Any], ...]  # per column: any other value, checked and made bindable
+    ranges: tuple[tuple[int, int, int, Callable[[Any], None]], ...]  # integer columns: position, bounds, the refusal
     pick: tuple[int, ...] | None  # the values to keep when two names are one column (the last wins); None: all
     key_at: tuple[int, ...] | None  # positions of the key columns in ``columns``; None: one of them is not there
 
     @classmethod
-    def resolve(cls, schema: TableSchema, key_columns: tuple[str, ...], names: tuple[str, ...]) -> _Shape:
+    def resolve(
+        cls, schema: TableSchema, key_columns: tuple[str, ...], names: tuple[str, ...], fields: Mapping[str, str] | None
+    ) -> _Shape:
+        """``fields`` (column name -> the event field it comes from) checks each value against its column's type;
+        None (cdc: rows of a source table) binds values as they come."""
         if not key_columns:
             raise DataError(f"table {schema.table} has no primary key and no key_columns: rows cannot be matched")
-        last: dict[str, tuple[int, bool]] = {}
+        last: dict[str, tuple[int, frozenset[type], Callable[[Any], Any], ColumnRule | None]] = {}
         for index, name in enumerate(names):
             column = schema.column(name)
             if column is None:
                 raise DataError(f"column {name!r} does not exist in {schema.database}.{schema.table} (set auto_evolve to add it)")
-            last[column.name] = (index, column.data_type in ("datetime", "timestamp"))
+            temporal = column.data_type in ("datetime", "timestamp")
+            if fields is None:
+                unchecked = _SCALARS - {str} if temporal else _SCALARS
+                last[column.name] = (index, unchecked, functools.partial(_bindable, temporal=temporal), None)
+            else:
+                rule = column_rule(column, fields.get(name, name))
+                last[column.name] = (
+                    index,
+                    _unchecked_binding(rule, temporal),
+                    functools.partial(_bind_checked, rule, temporal),
+                    rule,
+                )
         columns = tuple(last)
-        pick = tuple(index for index, _ in last.values())
+        pick = tuple(index for index, _, _, _ in last.values())
         key_at = tuple(columns.index(c) for c in key_columns) if all(c in last for c in key_columns) else None
-        temporal = tuple(is_temporal for _, is_temporal in last.values())
-        pick_all = len(pick) == len(names)
-        return cls(schema.table, key_columns, columns, temporal, True not in temporal, None if pick_all else pick, key_at)
+        ranges = tuple(
+            (position, rule.low, rule.high, rule.check)
+            for position, (_, _, _, rule) in enumerate(last.values())
+            if rule is not None and rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG)
+        )
+        return cls(
+            schema.table,
+            key_columns,
+            columns,
+            tuple(types for _, types, _, _ in last.values()),
+            tuple(binder for _, _, binder, _ in last.values()),
+            ranges,
+            None if len(pick) == len(names) else pick,
+            key_at,
+        )
 
     def change(self, op: Literal["upsert", "delete"], values: Sequence[Any], version: str | None = None) -> Change:
-        """The change writing ``values`` (one per name, in order) to this shape's columns."""
+        """The change writing ``values`` (one per name, in order) to this shape's columns; a delete binds only the key."""
         if self.pick is not None:
             values = [values[index] for index in self.pick]
-        if self.dateless and _SCALARS.issuperset(map(type, values)):
-            row = tuple(values)
-        else:
-            row = tuple(
-                [
-                    _bindable(value, temporal) if temporal or isinstance(value, _CONTAINERS) else value
-                    for value, temporal in zip(values, self.temporal, strict=True)
-                ]
-            )
+        if op == "delete" and self.key_at is not None:
+            key = tuple([self._bound(index, values[index]) for index in self.key_at])
+            if None in key:
+                self._missing_key(dict(zip(self.key_columns, key, strict=True)))
+            return Change(self.table, "delete", self.key_columns, key, self.key_columns, key, version)
+        if not all(map(frozenset.__contains__, self.unchecked, map(type, values))):  # the common case: one C-level pass
+            values = [
+                value if type(value) in unchecked else bind(value)
+                for value, unchecked, bind in zip(values, self.unchecked, self.binders, strict=True)
+            ]
+        for index, low, high, refuse in self.ranges:  # integers pass the type test; their range is looked at here
+            value = values[index]
+            if type(value) is int and not low <= value <= high:
+                refuse(value)
+        row = tuple(values)
         key = () if self.key_at is None else tuple([row[index] for index in self.key_at])
         if self.key_at is None or None in key:
-            present = dict(zip(self.columns, row, strict=True))
-            missing = [c for c in self.key_columns if present.get(c) is None]
-            raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
-        if op == "delete":
-            return Change(self.table, "delete", self.key_columns, key, self.key_columns, key, version)
-        return Change(self.table, "upsert", self.key_columns, key, self.columns, row, version)
+            self._missing_key(dict(zip(self.columns, row, strict=True)))
+        return Change(self.table, op, self.key_columns, key, self.columns, row, version)
+
+    def _bound(self, index: int, value: Any) -> Any:
+        for position, low, high, refuse in self.ranges:
+            if position == index and type(value) is int and not low <= value <= high:
+                refuse(value)
+        return value if type(value) in self.unchecked[index] else self.binders[index](value)
+
+    def _missing_key(self, present: Mapping[str, Any]) -> NoReturn:
+        missing = [c for c in self.key_columns if present.get(c) is None]
+        raise DataError(f"key column(s) {', '.join(missing)} missing or null in the event")
 
 
 _EVENTS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
@@ -316,6 +360,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         self._delete_types = frozenset(config.delete_types)
         # Without a field map the data's top-level keys are the columns, less a top-level delete marker.
         self._marker_key = None if config.fields or not config.delete_field or "." in config.delete_field else config.delete_field
+        # mapped: column -> the field(s) read into it, named when a value does not fit the column (unlisted: the same name).
+        paths_of: dict[str, list[str]] = {}
+        for path, column in config.fields.items():
+            paths_of.setdefault(column, []).append(path)
+        self._field_names = {column: " or ".join(paths) for column, paths in paths_of.items()}
+        self._read_in_put: set[str] = set()  # tables whose schema was read from the server during this put
         self._log: Any = log
         self._purger: asyncio.Task[None] | None = None
         self._instance = self.name
@@ -343,7 +393,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
                 config.connect_timeout * 2,
             )
         try:
-            await self._prepare_target()
+            with translate_mysql_errors(f"preparing {config.database} on {config.host}:{config.port}"):
+                await self._prepare_target()
         except BaseException:
             await self.stop()
             raise
@@ -402,13 +453,14 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     # -- put ---------------------------------------------------------------------------------------
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
-        with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}"):
+        with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}", running=True):
             async with asyncio.timeout(self.config.write_timeout):
                 return await self._put(records)
 
     async def _put(self, records: Sequence[ConnectorRecord]) -> list[Rejection]:
         rejections: list[Rejection] = []
         segment: list[_Planned] = []
+        self._read_in_put.clear()
         async with self._connection() as conn:
             for record in records:
                 try:
@@ -593,7 +645,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # replicas of one group do not purge in step
             try:
-                with translate_mysql_errors(f"purging tombstones in {self.config.database}"):
+                with translate_mysql_errors(f"purging tombstones in {self.config.database}", running=True):
                     async with asyncio.timeout(self.config.write_timeout):
                         purged = await self.purge_tombstones(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention))
             except MeshConnectError as exc:  # any verdict (down, refused, denied): the task lives on, the next round retries
@@ -798,16 +850,24 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         if self._delete_path is not None and not is_delete:
             marker = _lookup(data, self._delete_path)
             is_delete = marker is not _ABSENT and marker in self.config.delete_values
+        op: Literal["upsert", "delete"] = "delete" if is_delete else "upsert"
         names = tuple(values)
-        schema = self._tables.get(table)
-        shape = None if schema is None else self._shapes.get((table, self._key_columns or schema.primary_key, names))
-        if shape is None:  # a new column set: check it, and create or widen the table if configured
-            if not self._fields:
-                for name in names:
-                    check_identifier(name, "column")
-            schema = await self._table(conn, table, record, values, self._key_columns)
-            shape = self._shape(schema, self._key_columns or schema.primary_key, names)
-        return shape.change("delete" if is_delete else "upsert", list(values.values()))
+        while True:
+            schema = self._tables.get(table)
+            shape = None if schema is None else self._shapes.get((table, self._key_columns or schema.primary_key, names))
+            if shape is None:  # a new column set: check it, and create or widen the table if configured
+                if not self._fields:
+                    for name in names:
+                        check_identifier(name, "column")
+                schema = await self._table(conn, table, record, values, self._key_columns)
+                shape = self._shape(schema, self._key_columns or schema.primary_key, names)
+            try:
+                return shape.change(op, list(values.values()))
+            except DataError:
+                if table in self._read_in_put:
+                    raise
+                # The verdict may rest on a table changed since it was read (a column widened): read it again, once per put.
+                self._tables.pop(table, None)
 
     async def _cdc_steps(self, conn: Any, record: ConnectorRecord) -> list[Change | Ddl]:
         data = record.data
@@ -876,7 +936,8 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     def _shape(self, schema: TableSchema, key_columns: tuple[str, ...], names: tuple[str, ...]) -> _Shape:
         shape = self._shapes.get((schema.table, key_columns, names))
         if shape is None:
-            shape = self._shapes[(schema.table, key_columns, names)] = _Shape.resolve(schema, key_columns, names)
+            fields = self._field_names if self.config.mode == "mapped" else None
+            shape = self._shapes[(schema.table, key_columns, names)] = _Shape.resolve(schema, key_columns, names, fields)
         return shape
 
     # -- live schema, auto_create / auto_evolve -----------------------------------------------------
@@ -886,6 +947,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     ) -> TableSchema:
         schema = await self._load(conn, table)
         if schema is None:
+            if not self.config.auto_create and self.config.mode == "mapped":
+                # It was there at start: dropped since, or hidden by a revoked grant. The operator's to mend, not the event's.
+                raise RetriableError(
+                    f"table {self.config.database}.{table} is gone or no longer visible to {self.config.user!r} (dropped, or"
+                    " its grant revoked); retrying until it is back"
+                )
             if not self.config.auto_create:
                 raise DataError(f"table {self.config.database}.{table} does not exist (create it or set auto_create)")
             if not key_columns:
@@ -907,6 +974,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             async with conn.cursor() as cursor:
                 schema = self._tables[table] = await load_table(cursor, self.config.database, table)
             self._shapes.clear()
+            self._read_in_put.add(table)
         return schema
 
     def _forget_schemas(self) -> None:
@@ -1020,6 +1088,25 @@ def _upsert_sql(database: str, table: str, columns: tuple[str, ...], key_columns
         f"INSERT INTO {quote(database, table)} ({','.join(quote(c) for c in columns)})"
         f" VALUES {','.join([row] * rows)} ON DUPLICATE KEY UPDATE {','.join(updates)}"
     )
+
+
+def _unchecked_binding(rule: ColumnRule, temporal: bool) -> frozenset[type]:
+    """The value types bound to ``rule``'s column as they are: those that always fit and need no conversion."""
+    if temporal:
+        return frozenset({type(None)})  # strings are ISO date-times to convert
+    if rule.kind is ColumnKind.TEXT:
+        return frozenset({str, int, type(None)})  # other values become their JSON text
+    if rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG):
+        return rule.unchecked | {int}  # the shape compares integers with the column's range, without a call
+    return rule.unchecked
+
+
+def _bind_checked(rule: ColumnRule, temporal: bool, value: Any) -> Any:
+    """``value`` bindable to ``rule``'s column, or DataError: a text column gets a non-string as its JSON text."""
+    rule.check(value)
+    if rule.kind is ColumnKind.TEXT and not isinstance(value, str) and value is not None:
+        return orjson.dumps(value).decode()
+    return _bindable(value, temporal)
 
 
 def _bindable(value: Any, temporal: bool) -> Any:

@@ -1,16 +1,52 @@
-"""Column types for tables the sink creates or widens: from a JSON Schema, else from observed JSON values."""
+"""Column types: for tables the sink creates or widens (from a JSON Schema, else from observed JSON values),
+and the kind of JSON value each existing column takes (:mod:`runtime.columns`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from runtime.columns import ColumnKind, ColumnRule
 from runtime.errors import DataError
+from services.mysql_sink.sql import Column
 
-__all__ = ["SchemaCatalog", "sql_type_from_json_schema", "sql_type_from_value"]
+__all__ = ["SchemaCatalog", "column_rule", "sql_type_from_json_schema", "sql_type_from_value"]
+
+_INTEGER_BYTES = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "integer": 4, "bigint": 8}
+_FLOATS = frozenset({"float", "double", "real", "double precision"})
+# JSON columns are LONGTEXT with a json_valid() check in MariaDB: text and JSON take values alike.
+_TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "json"})
+_WIDTH = re.compile(r"\((\d+)\)")
+
+
+def column_rule(column: Column, field: str) -> ColumnRule:
+    """The JSON values ``column`` takes (see :mod:`runtime.columns`); BOOLEAN (TINYINT(1)) and BIT(1) take booleans."""
+    data_type = column.data_type
+    if data_type in _INTEGER_BYTES:
+        bits = 8 * _INTEGER_BYTES[data_type]
+        unsigned = "unsigned" in column.column_type
+        low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        kind = ColumnKind.FLAG if column.column_type.startswith("tinyint(1)") else ColumnKind.INTEGER
+        return ColumnRule(field, column.name, column.column_type, kind, low, high)
+    if data_type == "bit":
+        width = _WIDTH.search(column.column_type)
+        bits = int(width[1]) if width else 1
+        kind = ColumnKind.FLAG if bits == 1 else ColumnKind.INTEGER
+        return ColumnRule(field, column.name, column.column_type, kind, 0, 2**bits - 1)
+    if data_type == "year":
+        return ColumnRule(field, column.name, column.column_type, ColumnKind.INTEGER, 0, 2155)
+    if data_type in ("decimal", "numeric"):
+        return ColumnRule(field, column.name, column.column_type, ColumnKind.DECIMAL)
+    if data_type in _FLOATS:
+        return ColumnRule(field, column.name, column.column_type, ColumnKind.FLOAT)
+    if data_type in _TEXTS:
+        return ColumnRule(field, column.name, column.column_type, ColumnKind.TEXT)
+    # Dates and times, ENUM and SET (a number would pick a member by position), binary, spatial: strings.
+    return ColumnRule(field, column.name, column.column_type, ColumnKind.STRING)
 
 
 def sql_type_from_value(value: Any, *, key: bool) -> str:

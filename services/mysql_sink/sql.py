@@ -32,6 +32,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 RETRIABLE_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2002, 2003, 2005, 2006, 2013, 2014, 2055, 4031})
 # The row's values do not fit the table: out of range, bad date, bad string, too long, NULL in NOT NULL,
 # unknown column, duplicate on a unique secondary key, foreign key, truncated, no default, bad JSON/CHECK.
+# Access denied to the database, the login, a table or column, an operation; unknown database.
+REFUSED_CODES = frozenset({1044, 1045, 1049, 1142, 1143, 1227})
 DATA_CODES = frozenset({1048, 1054, 1062, 1136, 1216, 1265, 1264, 1292, 1364, 1366, 1406, 1411, 1416, 1451, 1452, 3140, 4025})
 
 
@@ -57,12 +59,14 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 @contextmanager
-def translate_mysql_errors(what: str) -> Iterator[None]:
+def translate_mysql_errors(what: str, *, running: bool = False) -> Iterator[None]:
     """The one seam where aiomysql/pymysql failures become ours.
 
     Connection trouble, timeouts, deadlocks and lock waits -> :class:`RetriableError`; a row that
-    does not fit -> :class:`DataError` (its ``__cause__`` keeps the server error); access denied or an
-    unknown database -> :class:`ConfigError`.
+    does not fit -> :class:`DataError` (its ``__cause__`` keeps the server error). Access denied
+    (a login, a privilege) or an unknown database -> :class:`ConfigError` at start; once ``running``
+    (after a start that passed those checks) the same refusal is a revoked grant, a changed password
+    or a dropped database for an operator to mend: :class:`RetriableError`, waited out with backoff.
     """
     try:
         yield
@@ -72,10 +76,15 @@ def translate_mysql_errors(what: str) -> Iterator[None]:
         raise RetriableError(f"{what}: MySQL did not answer in time") from exc
     except pymysql.MySQLError as exc:
         code = error_code(exc)
-        message = exc.args[1] if len(exc.args) > 1 else str(exc)
+        message = exc.args[1] if len(exc.args) > 1 else str(exc)  # the server's text: user and host, never a password
         if code in DATA_CODES:
             raise DataError(f"{what}: MySQL error {code}: {message}") from exc
-        if code in {1044, 1045, 1049, 1142, 1227}:
+        if code in REFUSED_CODES and running:
+            raise RetriableError(
+                f"{what}: MySQL refused access ({code}: {message}); retrying until the grant, password or database"
+                " is restored (config.user, config.password, config.database)"
+            ) from exc
+        if code in REFUSED_CODES:
             raise ConfigError(
                 "config.user/config.database", f"MySQL refused {what}: {code} {message}", "grant the privilege or fix the name"
             ) from exc

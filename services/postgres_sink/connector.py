@@ -9,12 +9,15 @@ Two modes:
     nothing (``ON CONFLICT DO NOTHING``): the sink is idempotent.
 ``mapped``
     the JSON object data of each event is a row of an existing ``table``: its fields fill the
-    columns of the same name (PostgreSQL converts the types, ``jsonb_populate_recordset``) and
-    ``key`` names the primary or unique key to upsert on (``ON CONFLICT (key) DO UPDATE``); the
-    last event of a batch wins for a key. Data that is not an object is rejected.
+    columns of the same name (``jsonb_populate_recordset``) and ``key`` names the primary or
+    unique key to upsert on (``ON CONFLICT (key) DO UPDATE``); the last event of a batch wins for
+    a key. Data that is not an object is rejected, and so is a field whose value does not fit its
+    column's type (:mod:`runtime.columns`: PostgreSQL itself would read ``"5"`` as the integer 5
+    and ``1`` as true); the column types are read at start, and once more per batch before a refusal.
 
-A value the table refuses (a type, a constraint) makes the batch a ``DataError``; the worker then
-writes record by record and dead-letters the one at fault. A lost connection is retriable.
+A value the table refuses (a constraint) makes the batch a ``DataError``; the worker then
+writes record by record and dead-letters the one at fault. A lost connection is retriable, and so
+is a refused login or privilege after a good start (at start it is a config error).
 Identifiers are validated and quoted; values are always bound parameters.
 """
 
@@ -28,6 +31,7 @@ import orjson
 import structlog
 from pydantic import Field, SecretStr, model_validator
 
+from runtime.columns import ColumnKind, ColumnRule
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import ConfigError, DataError, RetriableError
@@ -59,7 +63,16 @@ SELECT * FROM unnest(
 )
 ON CONFLICT (source, id) DO NOTHING"""
 
-_COLUMNS = "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+# Each column with its type (a domain's base type): name, category (pg_type.typcategory) and the type as written.
+_COLUMNS = """
+SELECT a.attname, b.typname::text, b.typcategory::text, format_type(a.atttypid, a.atttypmod) AS sql_type
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum"""
+_INTEGER_BITS = {"int2": 16, "int4": 32, "int8": 64}
+_FLOATS = frozenset({"float4", "float8"})
 
 
 class PostgresSinkConfig(ConnectorConfig):
@@ -89,6 +102,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._table = quote_identifier(config.table)
         self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
+        self._rules: tuple[ColumnRule, ...] = ()  # mapped: what each column of the table takes
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -105,16 +119,16 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             await self.stop()
             raise
 
-    async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
-        columns = await pg_call(
-            "read columns",
-            connection.fetch(
-                _COLUMNS,
-                self._table,
-            ),
-            self.config.timeout,
+    async def _read_columns(self, connection: asyncpg.Connection, *, running: bool = False) -> list[asyncpg.Record]:
+        columns: list[asyncpg.Record] = await pg_call(
+            "read columns", connection.fetch(_COLUMNS, self._table), self.config.timeout, running=running
         )
-        names = [row["attname"] for row in columns]
+        if columns:
+            self._rules = tuple(_column_rule(row) for row in columns)
+        return columns
+
+    async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
+        names = [row["attname"] for row in await self._read_columns(connection)]
         if not names:
             raise ConfigError("config.table", f"table {self.config.table} does not exist", "create it, or use mode events")
         missing = [column for column in self.config.key if column not in names]
@@ -136,12 +150,20 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         if self.config.mode == "events":
             rejections, arguments = self._event_rows(records)
         else:
-            rejections, arguments = self._mapped_rows(records)
+            rejections, arguments, mismatched = self._mapped_rows(records)
+            if mismatched:
+                # The verdict may rest on types read before the table changed (a column widened): read them again.
+                try:
+                    await self._read_columns(await self._connection.get(running=True), running=True)
+                except RetriableError:
+                    self._connection.drop()
+                    raise
+                rejections, arguments, _ = self._mapped_rows(records)
         if arguments is None:
             return rejections
-        connection = await self._connection.get()
+        connection = await self._connection.get(running=True)
         try:
-            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout)
+            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout, running=True)
         except RetriableError:
             self._connection.drop()  # reconnect for the retry
             raise
@@ -181,20 +203,51 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 column.append(value)
         return rejections, (columns if columns[0] else None)
 
-    def _mapped_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[str] | None]:
+    def _mapped_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[str] | None, bool]:
+        """The rejections, the argument of the upsert (None: nothing to write), and whether a value did not fit."""
         rejections: list[Rejection] = []
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        mismatched = False
         for record in records:
             data = record.data
             if not isinstance(data, dict):
                 rejections.append(Rejection(record, f"mode mapped needs JSON object data, got {type(data).__name__}"))
                 continue
+            try:
+                for rule in self._rules:
+                    value = data.get(rule.column)
+                    if type(value) not in rule.unchecked:
+                        rule.check(value)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                mismatched = True
+                continue
             key = tuple(orjson.dumps(data.get(column)) for column in self.config.key)
             rows.pop(key, None)
             rows[key] = data  # the last event for a key wins, and keeps its place at the end
         if not rows:
-            return rejections, None
-        return rejections, (orjson.dumps(list(rows.values())).decode(),)
+            return rejections, None, mismatched
+        return rejections, (orjson.dumps(list(rows.values())).decode(),), mismatched
 
     async def stop(self) -> None:
         await self._connection.close()
+
+
+def _column_rule(column: asyncpg.Record) -> ColumnRule:
+    """The JSON values a column takes (see :mod:`runtime.columns`), by its (base) type."""
+    name, type_name, category, sql_type = column["attname"], column["typname"], column["typcategory"], column["sql_type"]
+    if type_name in _INTEGER_BITS:
+        bits = _INTEGER_BITS[type_name]
+        return ColumnRule(name, name, sql_type, ColumnKind.INTEGER, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if type_name == "numeric":
+        return ColumnRule(name, name, sql_type, ColumnKind.DECIMAL)
+    if type_name in _FLOATS or category == "N":  # float4, float8, and money, oid and the like
+        return ColumnRule(name, name, sql_type, ColumnKind.FLOAT)
+    if type_name == "bool":
+        return ColumnRule(name, name, sql_type, ColumnKind.BOOLEAN)
+    if type_name in ("json", "jsonb") or category == "S":  # text, varchar, char, name, citext
+        return ColumnRule(name, name, sql_type, ColumnKind.TEXT)
+    if category in ("A", "C"):  # arrays and composite types: JSON arrays and objects, or their text
+        return ColumnRule(name, name, sql_type, ColumnKind.STRUCTURED)
+    # Dates and times, intervals, enums, uuid, bytea, network and geometric types: strings.
+    return ColumnRule(name, name, sql_type, ColumnKind.STRING)

@@ -63,17 +63,37 @@ def quote_identifier(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
-async def pg_call(what: str, call: Awaitable[T], seconds: float) -> T:
-    """Await an asyncpg call under a timeout; the one seam where its errors become ours (source and sink)."""
+_REFUSALS = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # no such role, or a role that may not log in
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
+
+
+async def pg_call(what: str, call: Awaitable[T], seconds: float, *, running: bool = False) -> T:
+    """Await an asyncpg call under a timeout; the one seam where its errors become ours (source and sink).
+
+    A refused login or privilege, or an unknown database, is a :class:`ConfigError` at start; once
+    ``running`` (after a start that passed) it is a revoked grant, a changed password or a dropped
+    database for an operator to mend: :class:`RetriableError`, waited out with backoff.
+    """
     try:
         async with asyncio.timeout(seconds):  # no task per call, unlike wait_for: this runs per ack
             return await call
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+    except _REFUSALS as exc:
+        if running:  # the server's text names the user or the object, never the password
+            raise RetriableError(
+                f"PostgreSQL refused {what} ({exc.__class__.__name__}: {exc}); retrying until the grant, login or"
+                " database is restored (config.dsn)"
+            ) from exc
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            raise ConfigError("config.dsn", f"{what}: {exc}", "name an existing database in the DSN") from exc
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            raise ConfigError(
+                "config.dsn", f"{what}: {exc}", "grant the privilege (replication needs REPLICATION or superuser)"
+            ) from exc
         raise ConfigError("config.dsn", f"PostgreSQL refused the credentials ({exc})", "fix user or password in the DSN") from exc
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise ConfigError(
-            "config.dsn", f"{what}: {exc}", "grant the privilege (replication needs REPLICATION or superuser)"
-        ) from exc
     except (
         asyncpg.PostgresConnectionError,
         asyncpg.CannotConnectNowError,
@@ -97,9 +117,12 @@ class PgConnection:
         self._timeout = timeout
         self._connection: asyncpg.Connection | None = None
 
-    async def get(self) -> asyncpg.Connection:
+    async def get(self, *, running: bool = False) -> asyncpg.Connection:
+        """The connection, opened if needed; ``running``: a refused login is retriable (see :func:`pg_call`)."""
         if self._connection is None or self._connection.is_closed():
-            self._connection = await pg_call("connect", asyncpg.connect(self._dsn.get_secret_value()), self._timeout)
+            self._connection = await pg_call(
+                "connect", asyncpg.connect(self._dsn.get_secret_value()), self._timeout, running=running
+            )
         return self._connection
 
     def drop(self) -> None:

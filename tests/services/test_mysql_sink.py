@@ -10,12 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
+from runtime.mesh import EmbeddedMesh
 from runtime.testing import SinkHarness, run_sink_conformance
 from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
-from tests.servers import MariaDBServer
+from tests.servers import MariaDBServer, free_port
+from tests.services.workers import DEAD_LETTER_TOPIC, dead_letters, publish, readiness, sink_worker, until
 
 _databases = itertools.count()
 
@@ -121,7 +124,7 @@ async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(maria
         batch = [
             event({"id": 1, "qty": 1}, id="1"),
             event({"qty": 2}, id="2"),  # no key
-            event({"id": 3, "qty": "many"}, id="3"),  # wrong type (server refuses)
+            event({"id": 3, "qty": "many"}, id="3"),  # wrong type
             event({"id": 4, "qty": 4, "colour": "red"}, id="4"),  # unknown column
             event({"id": 5, "qty": 5, "name": "far too long"}, id="5"),  # too long (server refuses)
             event(["not", "an", "object"], id="6"),
@@ -133,7 +136,7 @@ async def test_mapped_mode_poison_events_are_rejected_and_the_rest_commits(maria
     reasons = {rejection.record.id: rejection.reason for rejection in rejections}
     assert set(reasons) == {"2", "3", "4", "5", "6"}
     assert "id" in reasons["2"] and "colour" in reasons["4"] and "object" in reasons["6"]
-    assert "Incorrect integer value" in reasons["3"] and "too long" in reasons["5"]
+    assert "holds a string" in reasons["3"] and "too long" in reasons["5"]
     assert rows(mariadb_server, "SELECT id, qty FROM t ORDER BY id", database) == [["1", "1"], ["7", "7"]]
 
 
@@ -261,6 +264,13 @@ async def test_mapped_table_missing_fails_at_start(mariadb_server: MariaDBServer
         await started(mariadb_server, database=database, mode="mapped", table="nope")
 
 
+async def test_access_denied_at_start_fails_naming_the_keys(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("DROP USER IF EXISTS 'no_grants'@'%'; CREATE USER 'no_grants'@'%' IDENTIFIED BY 'pw-Secret'")
+    with pytest.raises(ConfigError, match=r"config\.user.*1044") as refused:
+        await started(mariadb_server, database=f"{database}_new", mode="events", user="no_grants", password="pw-Secret")
+    assert "pw-Secret" not in str(refused.value)
+
+
 @pytest.mark.slow
 async def test_server_killed_mid_batch_every_event_lands_exactly_once(mariadb_server: MariaDBServer, database: str) -> None:
     sink = await started(mariadb_server, database=database, mode="events", write_timeout=10)
@@ -331,3 +341,187 @@ async def test_cdc_mode_writes_binary_column_values_exactly(mariadb_server: Mari
     finally:
         await sink.stop()
     assert rows(mariadb_server, "SELECT HEX(payload) FROM blobs", database) == [[raw.hex().upper()]]
+
+
+async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, flag BOOLEAN, bit1 BIT(1), small TINYINT, u INT UNSIGNED, price DECIMAL(10,2),"
+        " ratio DOUBLE, name VARCHAR(40), doc JSON, at DATETIME, kind ENUM('a','b'));"
+        " INSERT INTO t (id, name) VALUES (1, 'one')",
+        database,
+    )
+    sink = await started(mariadb_server, database=database, mode="mapped", table="t", delete_field="op")
+    refused = {
+        "true-id": {"id": True, "name": "overwritten"},  # a boolean is not row 1
+        "wide": {"id": 2, "small": 128},
+        "negative": {"id": 3, "u": -1},
+        "text-number": {"id": 4, "ratio": "private 1.5"},
+        "not-a-numeral": {"id": 5, "price": "12.5 EUR"},
+        "fraction": {"id": 6, "small": 1.0},
+        "epoch": {"id": 7, "at": 1767225600},
+        "enum-index": {"id": 8, "kind": 2},
+        "text-flag": {"id": 9, "flag": "true"},
+        "object": {"id": 10, "small": {"n": 1}},
+        "bool-decimal": {"id": 11, "price": True},
+        "array-double": {"id": 12, "ratio": [1.5]},
+        "huge-key": {"id": 2**31, "name": "x"},
+    }
+    valid = {
+        "all": {
+            "id": 20,
+            "flag": True,
+            "bit1": False,
+            "small": -128,
+            "u": 4294967295,
+            "price": "-12.50",
+            "ratio": 2,
+            "name": 7.5,
+            "doc": True,
+            "at": "2026-01-01T00:00:00Z",
+            "kind": "b",
+        },
+        "text": {"id": 21, "name": True, "doc": {"k": [1]}, "price": 3.25},
+        "delete": {"id": 22, "op": "d", "small": "only the key of a delete is bound"},
+    }
+    try:
+        rejections = await sink.put([event(data, id=name) for name, data in {**refused, **valid}.items()])
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == set(refused)
+    assert reasons["true-id"] == (
+        "field 'id' holds a boolean, which does not fit column id (int(11)): it takes integers from -2147483648 to 2147483647"
+        " (fix the event, or the column's type)"
+    )
+    assert "an integer out of range" in reasons["wide"] and "tinyint(4)" in reasons["wide"]
+    assert "an integer out of range" in reasons["negative"] and "from 0 to 4294967295" in reasons["negative"]
+    assert "holds a string" in reasons["text-number"] and "private" not in reasons["text-number"]  # never the value
+    assert "not a decimal numeral" in reasons["not-a-numeral"] and "EUR" not in reasons["not-a-numeral"]
+    assert "a floating-point number" in reasons["fraction"] and "an integer" in reasons["epoch"]
+    assert "column kind (enum('a','b'))" in reasons["enum-index"] and "column flag (tinyint(1))" in reasons["text-flag"]
+    assert "an object" in reasons["object"] and "a boolean" in reasons["bool-decimal"] and "an array" in reasons["array-double"]
+    table = "SELECT id, flag, bit1 + 0, small, u, price, ratio, name, doc, at, kind FROM t ORDER BY id"
+    assert rows(mariadb_server, table, database) == [
+        ["1", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "one", "NULL", "NULL", "NULL"],
+        ["20", "1", "0", "-128", "4294967295", "-12.50", "2", "7.5", "true", "2026-01-01 00:00:00", "b"],
+        ["21", "NULL", "NULL", "NULL", "NULL", "3.25", "NULL", "true", '{"k":[1]}', "NULL", "NULL"],
+    ]
+
+
+async def test_a_widened_column_is_read_again_before_a_value_is_refused(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY, n SMALLINT)", database)
+    sink = await started(mariadb_server, database=database, mode="mapped", table="t")
+    try:
+        assert await sink.put([event({"id": 1, "n": 1}, id="1")]) == []
+        mariadb_server.sql("ALTER TABLE t MODIFY n BIGINT", database)
+        assert await sink.put([event({"id": 2, "n": 2**40}, id="2")]) == []
+        rejected = await sink.put([event({"id": 3, "n": 2**63}, id="3")])
+    finally:
+        await sink.stop()
+    assert [r.record.id for r in rejected] == ["3"] and "bigint(20)" in rejected[0].reason
+    assert rows(mariadb_server, "SELECT id, n FROM t ORDER BY id", database) == [["1", "1"], ["2", str(2**40)]]
+
+
+# -- through the worker and the embedded mesh ----------------------------------------------------
+
+
+async def test_worker_dead_letters_values_that_do_not_fit_and_writes_the_rest(
+    mariadb_server: MariaDBServer, database: str
+) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, name VARCHAR(20), qty SMALLINT); INSERT INTO orders VALUES (1, 'one', 1)",
+        database,
+    )
+    fields = {"order.id": "id", "order.name": "name", "order.qty": "qty"}
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        sink_worker(
+            MysqlSink,
+            mesh,
+            free_port(),
+            port=mariadb_server.port,
+            database=database,
+            mode="mapped",
+            table="orders",
+            fields=fields,
+        ) as worker,
+    ):
+        await publish(
+            mesh,
+            ("e1", {"order": {"id": True, "name": "overwritten", "qty": 9}}),
+            ("e2", {"order": {"id": 2, "name": "two", "qty": 2}}),
+            ("e3", {"order": {"id": 3, "name": "three", "qty": "3"}}),
+            ("e4", {"order": {"id": 4, "name": "four", "qty": 40000}}),
+        )
+        letters = await dead_letters(mesh, 3)
+        assert not worker.done()
+    assert sorted(letters) == ["e1", "e3", "e4"]
+    assert letters["e1"].get_extension("dlqreason") == (
+        "field 'order.id' holds a boolean, which does not fit column id (int(11)): it takes integers from -2147483648"
+        " to 2147483647 (fix the event, or the column's type)"
+    )
+    assert "field 'order.qty' holds a string" in str(letters["e3"].get_extension("dlqreason"))
+    assert "field 'order.qty' holds an integer out of range" in str(letters["e4"].get_extension("dlqreason"))
+    assert rows(mariadb_server, "SELECT id, name, qty FROM orders ORDER BY id", database) == [
+        ["1", "one", "1"],
+        ["2", "two", "2"],
+    ]
+
+
+async def test_worker_waits_out_a_revoked_grant_and_a_changed_password(mariadb_server: MariaDBServer, database: str) -> None:
+    """Access denied after a good start is the operator's to mend: retried, not ready meanwhile, never an exit."""
+    mariadb_server.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, name VARCHAR(20));"
+        " DROP USER IF EXISTS 'orders_sink'@'%'; CREATE USER 'orders_sink'@'%' IDENTIFIED BY 'first-Secret-1';"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO 'orders_sink'@'%'",
+        database,
+    )
+    admin_port = free_port()
+    config = {"port": mariadb_server.port, "database": database, "mode": "mapped", "table": "orders"}
+    config |= {"user": "orders_sink", "password": "first-Secret-1"}
+
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        aiohttp.ClientSession() as http,
+        sink_worker(MysqlSink, mesh, admin_port, **config) as worker,
+    ):
+        ready = readiness(http, admin_port)
+
+        async def landed(count: int) -> bool:
+            found = await asyncio.to_thread(rows, mariadb_server, "SELECT COUNT(*) FROM orders", database)
+            return found == [[str(count)]]
+
+        await until(lambda: ready(200), "ready")
+        await publish(mesh, ("e1", {"id": 1, "name": "one"}))
+        await until(lambda: landed(1), "the first order written")
+
+        mariadb_server.sql(f"REVOKE INSERT, UPDATE ON {database}.* FROM 'orders_sink'@'%'")
+        await publish(mesh, ("e2", {"id": 2, "name": "two"}))
+        await until(lambda: ready(503, "1142"), "not ready with the refusal as reason")
+        assert not worker.done() and await landed(1)
+        mariadb_server.sql(f"GRANT INSERT, UPDATE ON {database}.* TO 'orders_sink'@'%'")
+        await until(lambda: landed(2), "the second order written once the grant is back")
+        await until(lambda: ready(200), "ready again")
+
+        mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'second-Secret-2'")
+        for (connection,) in rows(mariadb_server, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER='orders_sink'", ""):
+            mariadb_server.sql(f"KILL {connection}")  # the pooled sessions go: the next one must log in again
+        await publish(mesh, ("e3", {"id": 3, "name": "three"}))
+        await until(lambda: ready(503, "1045"), "not ready: the login is refused")
+        assert not worker.done() and await landed(2)
+        mariadb_server.sql("ALTER USER 'orders_sink'@'%' IDENTIFIED BY 'first-Secret-1'")
+        await until(lambda: landed(3), "the third order written once the password is back")
+        await until(lambda: ready(200), "ready again")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
+
+        # Every grant revoked: the table vanishes from information_schema too, which a value that does not fit
+        # makes the sink read again. A table it saw at start is missing, not the event's fault: nothing dead-lettered.
+        mariadb_server.sql(f"REVOKE ALL PRIVILEGES ON {database}.* FROM 'orders_sink'@'%'")
+        await publish(mesh, ("e4", {"id": "4", "name": "four"}), ("e5", {"id": 5, "name": "five"}))
+        await until(lambda: ready(503, "no longer visible"), "not ready: the table is out of sight")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0 and await landed(3)
+        mariadb_server.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO 'orders_sink'@'%'")
+        await until(lambda: landed(4), "the fifth order written once the grants are back")
+        letters = await dead_letters(mesh, 1)
+        assert "field 'id' holds a string" in str(letters["e4"].get_extension("dlqreason"))
+    assert worker.result() == 0

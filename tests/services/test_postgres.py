@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
+from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, free_port
+from tests.services.workers import DEAD_LETTER_TOPIC, publish, readiness, sink_worker, until
 
 
 async def _connect(dsn: str, within: float = 30.0) -> asyncpg.Connection:
@@ -175,7 +179,7 @@ async def test_mapped_sink_upserts_and_singles_out_poison(postgres_server: Postg
         rejected = await sink.put([_event(3, data="not an object")])
         assert "object" in rejected[0].reason
         with pytest.raises(DataError, match="PostgreSQL refused"):
-            await sink.put([_event(4), _event(5, data={"id": "five", "name": "x"})])
+            await sink.put([_event(4), _event(5, data={"id": 5, "name": None})])  # NOT NULL: the server refuses
         await sink.put([_event(4)])  # the worker retries one by one: the good one lands
     finally:
         await sink.stop()
@@ -184,6 +188,81 @@ async def test_mapped_sink_upserts_and_singles_out_poison(postgres_server: Postg
         (2, "n2"),
         (4, "n4"),
     ]
+
+
+async def test_mapped_sink_refuses_values_that_do_not_fit_their_columns(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        f"CREATE TABLE {table} (id int PRIMARY KEY, name text, qty int2, price numeric(10,2), ratio float8, ok bool,"
+        " doc jsonb, at timestamptz, tags int[]);"
+        f" INSERT INTO {table} (id, name) VALUES (1, 'one')"
+    )
+    sink = await _sink(postgres_server.dsn, mode="mapped", table=table, key=["id"])
+    refused = {
+        "true-id": {"id": True, "name": "overwritten"},
+        "text-id": {"id": "1", "name": "overwritten"},  # PostgreSQL would read it as row 1
+        "wide": {"id": 3, "qty": 40000},
+        "number-flag": {"id": 4, "ok": 1},
+        "text-flag": {"id": 5, "ok": "yes"},
+        "not-a-numeral": {"id": 6, "price": "12.5 EUR"},
+        "text-number": {"id": 7, "ratio": "private 1.5"},
+        "epoch": {"id": 8, "at": 1767225600},
+        "fraction": {"id": 9, "qty": 1.0},
+        "number-array": {"id": 10, "tags": 5},
+    }
+    valid = {
+        "all": {
+            "id": 20,
+            "name": 7.5,
+            "qty": -32768,
+            "price": "-12.50",
+            "ratio": 2,
+            "ok": True,
+            "doc": "text",
+            "at": "2026-01-01T00:00:00Z",
+            "tags": [1, 2],
+        },
+        "text": {"id": 21, "name": True, "doc": {"k": [1]}, "price": 3.25},
+    }
+    try:
+        records = [_event(0, id=name, data=data) for name, data in {**refused, **valid}.items()]
+        rejections = await sink.put(records)
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == set(refused)
+    assert reasons["true-id"] == (
+        "field 'id' holds a boolean, which does not fit column id (integer): it takes integers from -2147483648 to 2147483647"
+        " (fix the event, or the column's type)"
+    )
+    assert "holds a string" in reasons["text-id"] and "an integer out of range" in reasons["wide"]
+    assert "column ok (boolean): it takes booleans" in reasons["number-flag"] and "a string" in reasons["text-flag"]
+    assert "not a decimal numeral" in reasons["not-a-numeral"] and "EUR" not in reasons["not-a-numeral"]
+    assert "column ratio (double precision)" in reasons["text-number"] and "private" not in reasons["text-number"]
+    assert "an integer" in reasons["epoch"] and "a floating-point number" in reasons["fraction"]
+    assert "column tags (integer[])" in reasons["number-array"]
+    found = await db.fetch(f"SELECT id, name, qty, price::text, ratio, ok, doc::text, at, tags FROM {table} ORDER BY id")
+    assert [tuple(row) for row in found] == [
+        (1, "one", None, None, None, None, None, None, None),
+        (20, "7.5", -32768, "-12.50", 2.0, True, '"text"', datetime(2026, 1, 1, tzinfo=UTC), [1, 2]),
+        (21, "true", None, "3.25", None, None, '{"k": [1]}', None, None),
+    ]
+
+
+async def test_mapped_sink_reads_a_widened_column_again_before_refusing(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    await db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int2)")
+    sink = await _sink(postgres_server.dsn, mode="mapped", table=table, key=["id"])
+    try:
+        await db.execute(f"ALTER TABLE {table} ALTER COLUMN n TYPE int8")
+        assert await sink.put([_event(1, data={"id": 1, "n": 2**40})]) == []
+    finally:
+        await sink.stop()
+    assert await db.fetchval(f"SELECT n FROM {table}") == 2**40
 
 
 async def test_sink_bad_config_fails_at_start(postgres_server: PostgresServer) -> None:
@@ -264,3 +343,49 @@ async def test_postgres_source_conformance(postgres_server: PostgresServer, tabl
         workdir=tmp_path,
         within=60,
     )
+
+
+async def test_sink_worker_waits_out_a_revoked_grant_and_a_refused_login(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    """Access denied after a good start is the operator's to mend: retried, not ready meanwhile, never an exit."""
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    role = f"sink_{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        f"CREATE TABLE {table} (id int PRIMARY KEY, name text); CREATE ROLE {role} LOGIN;"
+        f" GRANT SELECT, INSERT, UPDATE ON {table} TO {role}"
+    )
+    dsn = postgres_server.dsn.replace(f"//{postgres_server.user}@", f"//{role}:not-a-Secret@")
+    admin_port = free_port()
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        aiohttp.ClientSession() as http,
+        sink_worker(PostgresSink, mesh, admin_port, dsn=dsn, mode="mapped", table=table, key=["id"], timeout=5) as worker,
+    ):
+        ready = readiness(http, admin_port)
+
+        async def landed(count: int) -> bool:
+            return bool(await db.fetchval(f"SELECT count(*) FROM {table}") == count)
+
+        await until(lambda: ready(200), "ready")
+        await publish(mesh, ("e1", {"id": 1, "name": "one"}))
+        await until(lambda: landed(1), "the first order written")
+
+        await db.execute(f"REVOKE INSERT, UPDATE ON {table} FROM {role}")
+        await publish(mesh, ("e2", {"id": 2, "name": "two"}))
+        await until(lambda: ready(503, "InsufficientPrivilegeError"), "not ready with the refusal as reason")
+        assert not worker.done() and await landed(1)
+        await db.execute(f"GRANT INSERT, UPDATE ON {table} TO {role}")
+        await until(lambda: landed(2), "the second order written once the grant is back")
+        await until(lambda: ready(200), "ready again")
+
+        await db.execute(f"ALTER ROLE {role} NOLOGIN")
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await publish(mesh, ("e3", {"id": 3, "name": "three"}))
+        await until(lambda: ready(503, "InvalidAuthorizationSpecificationError"), "not ready: the login is refused")
+        assert not worker.done() and await landed(2)
+        await db.execute(f"ALTER ROLE {role} LOGIN")
+        await until(lambda: landed(3), "the third order written once the login is back")
+        await until(lambda: ready(200), "ready again")
+        assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
+    assert worker.result() == 0

@@ -1,0 +1,127 @@
+"""Whether a JSON value fits a SQL column: the one rule set of the sinks that map event fields to columns.
+
+A sink maps each column's database type to a :class:`ColumnKind` once per table schema (a
+:class:`ColumnRule`), lets the value types in :attr:`ColumnRule.unchecked` through without a look,
+and asks :meth:`ColumnRule.check` about the rest. ``null`` fits every column (NOT NULL is the
+database's to enforce). The kinds:
+
+==========  ==============================================  ==============================================
+kind        takes                                           for example
+==========  ==============================================  ==============================================
+INTEGER     JSON integers within the column's range         INT, BIGINT UNSIGNED, YEAR, BIT(8), int4
+FLAG        booleans and integers in range (a 0/1 column)   MySQL BOOLEAN = TINYINT(1), BIT(1)
+BOOLEAN     booleans                                        PostgreSQL boolean
+DECIMAL     numbers, and strings that are decimal numerals  DECIMAL, NUMERIC
+FLOAT       numbers                                         FLOAT, DOUBLE, float8
+TEXT        anything; a non-string is kept as its JSON text VARCHAR, TEXT, JSON, jsonb
+STRING      strings, which the database parses               dates and times, ENUM, SET, binary, uuid
+STRUCTURED  objects, arrays and strings                     PostgreSQL arrays and composite types
+==========  ==============================================  ==============================================
+
+So a boolean is never a number (``true`` would be ``1``), a string is never a number (``"12"``),
+except a decimal numeral (``"-12.50"``: sign, digits, optional fraction; no exponent, no spaces)
+for an exact DECIMAL column, a number is text only in a text column, a float (``3.0`` too) never
+goes into an integer column, and an object or array only into a text, JSON or structured column.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.errors import DataError
+
+__all__ = ["ColumnKind", "ColumnRule", "value_kind"]
+
+
+class ColumnKind(enum.Enum):
+    INTEGER = "integer"
+    FLAG = "flag"
+    BOOLEAN = "boolean"
+    DECIMAL = "decimal"
+    FLOAT = "float"
+    TEXT = "text"
+    STRING = "string"
+    STRUCTURED = "structured"
+
+
+_NONE = type(None)
+_TAKES: dict[ColumnKind, frozenset[type]] = {
+    ColumnKind.INTEGER: frozenset({int, _NONE}),
+    ColumnKind.FLAG: frozenset({int, bool, _NONE}),
+    ColumnKind.BOOLEAN: frozenset({bool, _NONE}),
+    ColumnKind.DECIMAL: frozenset({int, float, str, _NONE}),
+    ColumnKind.FLOAT: frozenset({int, float, _NONE}),
+    ColumnKind.TEXT: frozenset({str, int, float, bool, dict, list, _NONE}),
+    ColumnKind.STRING: frozenset({str, _NONE}),
+    ColumnKind.STRUCTURED: frozenset({dict, list, str, _NONE}),
+}
+_TAKES_IN_WORDS = {
+    ColumnKind.FLAG: "booleans and integers from {low} to {high}",
+    ColumnKind.INTEGER: "integers from {low} to {high}",
+    ColumnKind.BOOLEAN: "booleans",
+    ColumnKind.DECIMAL: 'numbers, and decimal numerals as strings such as "-12.50"',
+    ColumnKind.FLOAT: "numbers",
+    ColumnKind.TEXT: "any value",
+    ColumnKind.STRING: "strings",
+    ColumnKind.STRUCTURED: "objects, arrays and strings",
+}
+_VALUE_KINDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a floating-point number",
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+    _NONE: "null",
+}
+_DECIMAL_NUMERAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def value_kind(value: Any) -> str:
+    """What a JSON value is, in words (never the value itself: it may be large or private)."""
+    return _VALUE_KINDS.get(type(value)) or f"a {type(value).__name__}"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """Which JSON values field ``field`` may bind to ``column`` (of database type ``sql_type``).
+
+    ``low`` and ``high`` bound INTEGER and FLAG columns. Made once per column of a table schema.
+    """
+
+    field: str
+    column: str
+    sql_type: str
+    kind: ColumnKind
+    low: int = 0
+    high: int = 0
+
+    @property
+    def unchecked(self) -> frozenset[type]:
+        """The value types that always fit: every other value goes through :meth:`check`."""
+        takes = _TAKES[self.kind]
+        if self.kind in (ColumnKind.INTEGER, ColumnKind.FLAG):
+            return takes - {int}  # each integer is compared with the range
+        if self.kind is ColumnKind.DECIMAL:
+            return takes - {str}  # each string must be a numeral
+        return takes
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`DataError` naming the field, the column, its type and what the value is, if it does not fit."""
+        value_type = type(value)
+        if value_type not in _TAKES[self.kind]:
+            self._refuse(value_kind(value))
+        if value_type is int and self.kind in (ColumnKind.INTEGER, ColumnKind.FLAG) and not self.low <= value <= self.high:
+            self._refuse("an integer out of range")
+        if value_type is str and self.kind is ColumnKind.DECIMAL and _DECIMAL_NUMERAL.fullmatch(value) is None:
+            self._refuse("a string that is not a decimal numeral")
+
+    def _refuse(self, what: str) -> None:
+        takes = _TAKES_IN_WORDS[self.kind].format(low=self.low, high=self.high)
+        raise DataError(
+            f"field {self.field!r} holds {what}, which does not fit column {self.column} ({self.sql_type}): it takes {takes}"
+            " (fix the event, or the column's type)"
+        )
