@@ -32,14 +32,18 @@ def build_peer(work_dir: Path) -> str:
     require_binary("java")
     classpath_file = work_dir / "classpath.txt"
     classes = work_dir / "classes"
-    subprocess.run(
-        [mvn, "-q", "-B", "-f", str(JAVA_DIR / "pom.xml"), "dependency:build-classpath", f"-Dmdep.outputFile={classpath_file}"],
-        check=True,
-        timeout=600,
-    )
+    _run([mvn, "-q", "-B", "-f", str(JAVA_DIR / "pom.xml"), "dependency:build-classpath", f"-Dmdep.outputFile={classpath_file}"])
     dependencies = classpath_file.read_text().strip()
-    subprocess.run([javac, "-d", str(classes), "-cp", dependencies, str(PEER_SOURCE)], check=True, timeout=300)
+    _run([javac, "-d", str(classes), "-cp", dependencies, str(PEER_SOURCE)])
     return f"{classes}{os.pathsep}{dependencies}"
+
+
+def _run(command: list[str]) -> None:
+    """Run a build step quietly; its output goes into the error when it fails."""
+    done = subprocess.run(command, capture_output=True, timeout=600, check=False)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
+        raise RuntimeError(f"{' '.join(command[:2])} ... failed with {done.returncode}:\n{output}")
 
 
 class JavaPeer:

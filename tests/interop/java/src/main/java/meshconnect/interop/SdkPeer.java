@@ -33,10 +33,12 @@ import org.apache.eventmesh.common.protocol.tcp.UserAgent;
  * publish|broadcast|request  read events from stdin (one per line), print an "ack"/"response" per event
  * subscribe                  print "ready", then an "event" per push until --count arrived or --idle-ms passed
  * respond                    subscribe SYNC and answer every request with its data prefixed by "re:"
+ * flood                      publish --count events of --size bytes of JSON data to --topic from --threads
+ *                            threads (the SDK's publish waits for its ack), then print their "rate"
  * </pre>
  *
  * Options: --host --port --topic --group --mode (CLUSTERING|BROADCASTING) --count --idle-ms
- * --timeout-ms --username --password.
+ * --timeout-ms --username --password --size --threads.
  */
 public final class SdkPeer {
     private static final ObjectMapper JSON = new ObjectMapper();
@@ -48,6 +50,8 @@ public final class SdkPeer {
     public static void main(String[] args) throws Exception {
         out = new PrintStream(System.out, true, StandardCharsets.UTF_8);
         System.setOut(System.err);
+        // The SDK's bundled log4j2.xml logs every frame at DEBUG: that would be most of its cost.
+        org.apache.logging.log4j.core.config.Configurator.setAllLevels("", org.apache.logging.log4j.Level.WARN);
         Map<String, String> options = parse(args);
         String role = args[0];
         String purpose = role.equals("subscribe") || role.equals("respond") ? "sub" : "pub";
@@ -57,6 +61,7 @@ public final class SdkPeer {
                 case "publish", "broadcast", "request" -> send(client, role, options);
                 case "subscribe" -> subscribe(client, options);
                 case "respond" -> respond(client, options);
+                case "flood" -> flood(client, options);
                 default -> throw new IllegalArgumentException("unknown role " + role);
             }
         } finally {
@@ -178,6 +183,43 @@ public final class SdkPeer {
         emit(JSON.createObjectNode().put("kind", "ready"));
         remaining.await(Long.parseLong(options.getOrDefault("idle-ms", "20000")), TimeUnit.MILLISECONDS);
         Thread.sleep(200);
+    }
+
+    private static void flood(EventMeshTCPClient<CloudEvent> client, Map<String, String> options)
+        throws Exception {
+        int count = Integer.parseInt(options.getOrDefault("count", "20000"));
+        int threads = Integer.parseInt(options.getOrDefault("threads", "16"));
+        String pad = "x".repeat(Integer.parseInt(options.getOrDefault("size", "1024")));
+        String topic = options.get("topic");
+        java.util.concurrent.atomic.AtomicInteger next = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger failed = new java.util.concurrent.atomic.AtomicInteger();
+        Thread[] workers = new Thread[threads];
+        long started = System.nanoTime();
+        for (int t = 0; t < threads; t++) {
+            workers[t] = new Thread(() -> {
+                for (int n = next.getAndIncrement(); n < count; n = next.getAndIncrement()) {
+                    CloudEvent event = CloudEventBuilder.v1()
+                        .withId("flood-" + n).withSource(java.net.URI.create("/interop/java")).withType("interop.flood")
+                        .withSubject(topic).withDataContentType("application/cloudevents+json")
+                        .withData(("{\"n\":" + n + ",\"pad\":\"" + pad + "\"}").getBytes(StandardCharsets.UTF_8))
+                        .build();
+                    try {
+                        if (client.publish(event, 30_000).getHeader().getCode() != 0) {
+                            failed.incrementAndGet();
+                        }
+                    } catch (Exception exc) {
+                        failed.incrementAndGet();
+                    }
+                }
+            });
+            workers[t].start();
+        }
+        for (Thread worker : workers) {
+            worker.join();
+        }
+        double seconds = (System.nanoTime() - started) / 1e9;
+        emit(JSON.createObjectNode().put("kind", "rate").put("events", count).put("failed", failed.get())
+            .put("seconds", seconds));
     }
 
     private static ObjectNode tree(CloudEvent event) {
