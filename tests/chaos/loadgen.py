@@ -33,7 +33,7 @@ __all__ = ["BAD_FIT_KINDS", "HttpLoad", "SqlLoad", "event_source"]
 log = structlog.get_logger("chaos.load")
 
 event_source = "/chaos/loadgen"
-BAD_FIT_KINDS = ("text_in_integer", "unknown_column", "text_too_long")
+BAD_FIT_KINDS = ("text_in_integer", "boolean_in_integer", "unknown_column", "text_too_long")
 _MAX_IN_FLIGHT = 400
 _REQUEST_TIMEOUT = 15.0
 
@@ -94,6 +94,8 @@ class HttpLoad:
         kind = BAD_FIT_KINDS[number % len(BAD_FIT_KINDS)]
         if kind == "text_in_integer":
             body["n"] = f"number {number}"
+        elif kind == "boolean_in_integer":
+            body["n"] = True  # bound as 1 it would land; the column's type refuses it
         elif kind == "unknown_column":
             body["colour"] = "red"
         else:
