@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import structlog
 
 from runtime.config import ConnectorConfig
+from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, partition_key
 
 __all__ = ["Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
@@ -84,6 +85,8 @@ class SourceContext:
     committed_offsets: Mapping[str, Mapping[str, JsonValue]]
     assigned_groups: frozenset[str] = frozenset({"default"})
     log: Any = field(default_factory=structlog.get_logger)
+    rules: PublishRules = field(default_factory=PublishRules)
+    """How the worker publishes the records: the topic, the topics input may name, the defaults it fills in."""
 
     def offset(self, partition: Mapping[str, JsonValue]) -> Mapping[str, JsonValue] | None:
         """The last committed offset of ``partition``, or ``None`` when nothing was committed."""
@@ -121,6 +124,11 @@ class Source(_Connector[ConfigT]):
     """True: one active replica per partition group holds a lease, the others stand by (a source
     that reads a replayable position: binlog, file, stream). False: every replica is active and
     needs no lease (a source that is pushed to: an HTTP endpoint behind a load balancer)."""
+    names_own_topics: ClassVar[bool] = False
+    """True when the connector sets every record's subject from its own config (mysql-source's
+    ``topic_template``): ``source.topic`` is then optional and subjects are not checked. False: a
+    subject on a record came from the input and must be ``source.topic`` or match
+    ``source.allowed_topics`` (see :mod:`runtime.publishing`)."""
 
     async def start(self, context: SourceContext) -> None:
         """Connect; resume from ``context.offset(...)``."""

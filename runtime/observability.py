@@ -91,6 +91,11 @@ BYTES_OUT = Counter(
 ERRORS = Counter("meshconnect_errors_total", "Errors by kind (retriable, data, fenced, protocol, internal).", (*_LABELS, "kind"))
 RETRIES = Counter("meshconnect_retries_total", "Retries of a failed batch or publish.", _LABELS)
 DEAD_LETTERS = Counter("meshconnect_dead_letters_total", "Records sent to the dead-letter topic.", _LABELS)
+REFUSED = Counter(
+    "meshconnect_refused_total",
+    "Input a source refused before it became a record (http-source: requests answered 4xx or 503), by reason.",
+    (*_LABELS, "reason"),
+)
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
     "Time from a batch's first record to its completion (acked or written).",
@@ -126,6 +131,9 @@ class ConnectorMetrics:
 
     def error(self, kind: str) -> None:
         ERRORS.labels(connector=self.connector, name=self.name, kind=kind).inc()
+
+    def refused(self, reason: str) -> None:
+        REFUSED.labels(connector=self.connector, name=self.name, reason=reason).inc()
 
     def lease_held(self, group: str, held: bool) -> None:
         LEASE_HELD.labels(connector=self.connector, name=self.name, group=group).set(1 if held else 0)
