@@ -54,17 +54,18 @@ A complete source, runnable with ``meshconnect run`` once registered::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
 from runtime.config import ConnectorConfig
+from runtime.protocol.events import MAX_EVENT_BODY
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, partition_key
 
-__all__ = ["Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
+__all__ = ["MAX_EVENT_BODY", "Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
 
 ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
 
@@ -87,6 +88,8 @@ class SourceContext:
     log: Any = field(default_factory=structlog.get_logger)
     rules: PublishRules = field(default_factory=PublishRules)
     """How the worker publishes the records: the topic, the topics input may name, the defaults it fills in."""
+    count_refused: Callable[[str], None] = field(default=lambda reason: None)
+    """Count input the source refused before it became a record (``meshconnect_refused_total{reason}``)."""
 
     def offset(self, partition: Mapping[str, JsonValue]) -> Mapping[str, JsonValue] | None:
         """The last committed offset of ``partition``, or ``None`` when nothing was committed."""

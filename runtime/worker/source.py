@@ -192,7 +192,14 @@ class _ActiveSession:
         offsets = await retry_retriable(
             lambda: worker.registry.load_offsets(self.config.name), what="registry offsets", backoff=self.backoff, stop=self.stop
         )
-        context = SourceContext(self.config.name, offsets, assigned_groups=self.owned, log=self.log, rules=worker.rules)
+        context = SourceContext(
+            self.config.name,
+            offsets,
+            assigned_groups=self.owned,
+            log=self.log,
+            rules=worker.rules,
+            count_refused=self.metrics.refused,
+        )
         tasks: list[asyncio.Task[Any]] = []
         try:
             await retry_retriable(

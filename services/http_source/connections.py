@@ -50,10 +50,6 @@ class ConnectionGuard:
         self._open: dict[asyncio.BaseTransport, _Guarded] = {}
         self._accepted = 0  # protocols made whose connection_lost has not come yet (connection_made may be pending)
 
-    @property
-    def open_connections(self) -> int:
-        return self._accepted
-
     def protocol(self) -> asyncio.BaseProtocol:
         """The protocol factory for ``loop.create_server``."""
         if self._accepted >= self.max_connections:

@@ -46,13 +46,9 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import Field
 
 from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Source, SourceContext
+from runtime.connector import MAX_EVENT_BODY, Source, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.observability import ConnectorMetrics
-from runtime.protocol.events import MAX_EVENT_BODY
-from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, cloudevent_to_record, is_json_content_type
-from runtime.worker.deadletter import DLQ_EXTENSIONS
 from services.http_source import signing
 from services.http_source.connections import ConnectionGuard, GuardedSite
 
@@ -163,18 +159,16 @@ class HttpSource(Source[HttpSourceConfig]):
         self._id_headers = [header.lower() for header in config.id_headers]
         # Headers besides ce-* an event's attributes are read from: signed in 'cloudevent' mode, never accepted twice.
         self._attribute_headers = frozenset({"x-github-event", *self._id_headers})
-        self._rules = PublishRules()
-        self._metrics = ConnectorMetrics(self.name, "")
+        self._context = SourceContext(connector_name=self.name, committed_offsets={})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
-        self._rules = context.rules
-        self._metrics = ConnectorMetrics(self.name, context.connector_name)
+        self._context = context
         guard = ConnectionGuard(
             self._connection,
             max_connections=self.config.max_connections,
             header_timeout=self.config.header_timeout,
             retry_after=self.config.retry_after,
-            on_refused=self._metrics.refused,
+            on_refused=context.count_refused,
         )
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[guard.middleware])
         app.router.add_post(self.config.path, self._handle)
@@ -260,7 +254,7 @@ class HttpSource(Source[HttpSourceConfig]):
     def _refuse(self, request: web.Request, rejected: _Rejected) -> web.Response:
         """Every refusal is logged (with its status and reason) and counted before it is answered."""
         log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-        self._metrics.refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+        self._context.count_refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
         response = _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
         if rejected.status in (408, 413):
             response.force_close()  # the rest of the body is not read: the connection cannot carry another request
@@ -313,17 +307,20 @@ class HttpSource(Source[HttpSourceConfig]):
     def _checked(self, record: ConnectorRecord, where: str) -> ConnectorRecord:
         """``record`` once it may be published: its topic allowed, its extensions ours to take, its size within bounds."""
         subject = record.subject
-        if subject is not None and not self._rules.permits(subject):
+        rules = self._context.rules
+        if subject is not None and not rules.permits(subject):
             raise _Rejected(
                 403,
                 f"{where}subject {subject[:200]!r} names a topic this endpoint may not publish to; leave the subject out"
                 " (events then go to the configured topic) or ask the operator to add it to source.allowed_topics",
             )
-        reserved = sorted(DLQ_EXTENSIONS & record.extensions.keys())
+        reserved = sorted(name for name in record.extensions if name.startswith("dlq"))
         if reserved:
-            raise _Rejected(400, f"{where}extension(s) {', '.join(reserved)} are reserved for dead letters")
+            raise _Rejected(
+                400, f"{where}extension(s) {', '.join(reserved)}: names starting with dlq are reserved for dead letters"
+            )
         try:
-            size = len(self._rules.encode(record).body)
+            size = len(rules.encode(record).body)
         except DataError as exc:
             raise _Rejected(400, f"{where}invalid event: {exc.reason}") from exc
         if size > self.config.max_event_bytes:
