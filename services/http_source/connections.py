@@ -6,15 +6,22 @@ the endpoint. :class:`ConnectionGuard` wraps aiohttp's protocol for each accepte
 
 * at most ``max_connections`` are open at once; one more is answered ``503`` with
   ``Retry-After`` and closed at once, without being read;
-* a connection must deliver a whole request head within ``header_timeout`` seconds of opening,
-  or of the previous response (so an idle kept-alive connection is closed after that time too);
-  else it is closed. The clock stops while a request is handled (the body has its own deadline,
-  kept by the request handler) and starts again when its response is out.
+* a connection has ``header_timeout`` seconds to deliver a whole request head (line and headers),
+  counted from its opening or from the first byte of its next request; else it is closed;
+* between requests a kept-alive connection may stay idle ``keepalive_timeout`` seconds (longer than
+  the head deadline and than HTTP clients keep idle connections: a client should never reuse a
+  connection the server has just closed).
+
+A connection's clock is in one of three phases: ``HEAD`` (from opening, and from the first byte
+after a response: ``header_timeout``), ``HANDLING`` (a request is being handled: no clock here,
+the body has its own deadline, kept by the request handler) and ``IDLE`` (after a response:
+``keepalive_timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,12 +46,14 @@ class ConnectionGuard:
         *,
         max_connections: int,
         header_timeout: float,
+        keepalive_timeout: float,
         retry_after: int,
         on_refused: Callable[[str], None],
     ) -> None:
         self._inner = inner
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
         self._retry_after = retry_after
         self._on_refused = on_refused
         self._open: dict[asyncio.BaseTransport, _Guarded] = {}
@@ -60,15 +69,15 @@ class ConnectionGuard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Stops the head clock of the request's connection while the request is handled."""
+        """Tells the request's connection when a request is handled (no head clock) and when it is done (idle)."""
         guarded = self._open.get(request.transport) if request.transport is not None else None
         if guarded is not None:
-            guarded.stop_clock()
+            guarded.enter(_Phase.HANDLING)
         try:
             return await handler(request)
         finally:
             if guarded is not None:
-                guarded.start_clock()
+                guarded.enter(_Phase.IDLE)
 
     def _made(self, transport: asyncio.BaseTransport, guarded: _Guarded) -> None:
         self._open[transport] = guarded
@@ -82,28 +91,37 @@ class ConnectionGuard:
         self._on_refused("header_timeout")
 
 
+class _Phase(enum.Enum):
+    HEAD = "head"  # a request head is expected: header_timeout
+    HANDLING = "handling"  # a request is handled: no clock
+    IDLE = "idle"  # between requests: keepalive_timeout
+
+
 class _Guarded(asyncio.Protocol):
-    """aiohttp's protocol for one connection, with the head clock around it."""
+    """aiohttp's protocol for one connection, with its clock (see the module docstring)."""
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.BaseProtocol) -> None:
         self._guard = guard
         self._inner: Any = inner  # aiohttp's RequestHandler: an asyncio.Protocol
         self._transport: asyncio.Transport | None = None
         self._clock: asyncio.TimerHandle | None = None
+        self._phase = _Phase.HEAD
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._guard._made(transport, self)
-        self.start_clock()
+        self.enter(_Phase.HEAD)
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.stop_clock()
+        self._stop_clock()
         self._guard._lost(self._transport)
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase is _Phase.IDLE:  # the first byte of the next request
+            self.enter(_Phase.HEAD)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -115,22 +133,27 @@ class _Guarded(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._inner.resume_writing()
 
-    def start_clock(self) -> None:
-        self.stop_clock()
-        self._clock = asyncio.get_running_loop().call_later(self._guard.header_timeout, self._expire)
+    def enter(self, phase: _Phase) -> None:
+        self._stop_clock()
+        self._phase = phase
+        seconds = {_Phase.HEAD: self._guard.header_timeout, _Phase.IDLE: self._guard.keepalive_timeout}.get(phase)
+        if seconds is not None:
+            self._clock = asyncio.get_running_loop().call_later(seconds, self._expire)
 
-    def stop_clock(self) -> None:
+    def _stop_clock(self) -> None:
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None
 
     def _expire(self) -> None:
         self._clock = None
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._phase is _Phase.HEAD:
             peer = self._transport.get_extra_info("peername")
             log.info("http connection closed: no whole request head in time", timeout=self._guard.header_timeout, remote=peer)
             self._guard._expired()
-            self._transport.close()
+        self._transport.close()
 
 
 class _Busy(asyncio.Protocol):

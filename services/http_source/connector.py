@@ -104,7 +104,13 @@ class HttpSourceConfig(ConnectorConfig):
     )
     max_connections: int = Field(512, ge=1, description="Open connections at most; one more is answered 503 and closed.")
     header_timeout: float = Field(
-        10.0, gt=0, description="Seconds a connection has to send a whole request head (line and headers); then closed."
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a whole request head (line and headers), from its opening or from"
+        " the first byte of a request; then closed.",
+    )
+    keepalive_timeout: float = Field(
+        75.0, gt=0, description="Seconds a kept-alive connection may stay idle between requests; then closed."
     )
     body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
 
@@ -167,6 +173,7 @@ class HttpSource(Source[HttpSourceConfig]):
             self._connection,
             max_connections=self.config.max_connections,
             header_timeout=self.config.header_timeout,
+            keepalive_timeout=self.config.keepalive_timeout,
             retry_after=self.config.retry_after,
             on_refused=context.count_refused,
         )

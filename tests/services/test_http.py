@@ -481,6 +481,25 @@ async def test_a_slow_body_is_answered_408_after_body_timeout() -> None:
         await source.stop()
 
 
+async def test_a_kept_alive_connection_may_idle_longer_than_the_head_deadline_until_keepalive_timeout() -> None:
+    source = await _started(_config(header_timeout=1.0, keepalive_timeout=3.0))
+    pump = _Pump(source)
+    request = b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+    try:
+        for _ in range(2):
+            writer.write(request)
+            async with asyncio.timeout(10):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+                await reader.readuntil(b'{"accepted": 1}')
+            await asyncio.sleep(1.5)  # idle for longer than header_timeout: a client's pooled connection
+        assert await _until_closed(reader) == b""  # ... but not beyond keepalive_timeout
+    finally:
+        writer.close()
+        await pump.close()
+        await source.stop()
+
+
 async def test_the_connection_limit_holds_under_a_flood_and_requests_succeed_after_it() -> None:
     source = await _started(_config(max_connections=20, header_timeout=2.0))
     pump = _Pump(source)
@@ -814,7 +833,14 @@ async def test_no_malformed_request_ends_the_http_source_worker(tmp_path: Path) 
         "registry": {"kind": "file", "path": str(tmp_path / "registry")},
         "admin": {"host": "127.0.0.1", "port": free_port()},
         "log": {"format": "json"},
-        "config": {"host": "127.0.0.1", "port": port, "path": "/events", "max_body_bytes": 8 * 1024 * 1024, "header_timeout": 2},
+        "config": {
+            "host": "127.0.0.1",
+            "port": port,
+            "path": "/events",
+            "max_body_bytes": 8 * 1024 * 1024,
+            "header_timeout": 2,
+            "keepalive_timeout": 2,
+        },
     }
     worker = WorkerProcess(HttpSource, config, tmp_path)
     url = f"http://127.0.0.1:{port}/events"
