@@ -29,6 +29,7 @@ from runtime.connector import Sink, Source
 from runtime.errors import ConfigError
 from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard, configure_logging
 from runtime.plugins import ConnectorClass, load_connector
+from runtime.publishing import check_source_topics
 from runtime.registry import Registry
 from runtime.worker import SinkWorker, SourceWorker
 
@@ -105,6 +106,8 @@ async def serve(
     log = structlog.get_logger().bind(connector=config.connector, name=config.name)
     try:
         instance = cls(connector_config(cls.config_model, config))
+        if isinstance(instance, Source):
+            check_source_topics(type(instance), config.source)
         # A sink only reports its membership, and only to a registry its config names.
         wants_registry = cls.side == "source" or "registry" in config.model_fields_set
         registry = open_registry(config.registry) if wants_registry else None

@@ -116,7 +116,16 @@ class MeshSettings(_Strict):
 
 
 class SourceSettings(_Strict):
-    topic: str | None = Field(None, description="Default topic (CloudEvent subject) for records that name none.")
+    topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Topic (CloudEvent subject) of the events; required unless the connector names each event's topic itself.",
+    )
+    allowed_topics: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Other topics the input may name (a ce-subject header, a CloudEvent's subject): exact names or globs"
+        " (*, ?, [abc]); an event naming any other topic is refused (HTTP 403) or dead-lettered.",
+    )
     event_source: str | None = Field(
         None, description="CloudEvent 'source' for records that set none; default /meshconnect/<name>."
     )

@@ -54,16 +54,18 @@ A complete source, runnable with ``meshconnect run`` once registered::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
 from runtime.config import ConnectorConfig
+from runtime.protocol.events import MAX_EVENT_BODY
+from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, partition_key
 
-__all__ = ["Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
+__all__ = ["MAX_EVENT_BODY", "Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
 
 ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
 
@@ -84,6 +86,10 @@ class SourceContext:
     committed_offsets: Mapping[str, Mapping[str, JsonValue]]
     assigned_groups: frozenset[str] = frozenset({"default"})
     log: Any = field(default_factory=structlog.get_logger)
+    rules: PublishRules = field(default_factory=PublishRules)
+    """How the worker publishes the records: the topic, the topics input may name, the defaults it fills in."""
+    count_refused: Callable[[str], None] = field(default=lambda reason: None)
+    """Count input the source refused before it became a record (``meshconnect_refused_total{reason}``)."""
 
     def offset(self, partition: Mapping[str, JsonValue]) -> Mapping[str, JsonValue] | None:
         """The last committed offset of ``partition``, or ``None`` when nothing was committed."""
@@ -121,6 +127,11 @@ class Source(_Connector[ConfigT]):
     """True: one active replica per partition group holds a lease, the others stand by (a source
     that reads a replayable position: binlog, file, stream). False: every replica is active and
     needs no lease (a source that is pushed to: an HTTP endpoint behind a load balancer)."""
+    names_own_topics: ClassVar[bool] = False
+    """True when the connector sets every record's subject from its own config (mysql-source's
+    ``topic_template``): ``source.topic`` is then optional and subjects are not checked. False: a
+    subject on a record came from the input and must be ``source.topic`` or match
+    ``source.allowed_topics`` (see :mod:`runtime.publishing`)."""
 
     async def start(self, context: SourceContext) -> None:
         """Connect; resume from ``context.offset(...)``."""

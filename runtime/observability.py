@@ -101,6 +101,11 @@ DEAD_LETTERS_DROPPED = Counter(
     "Dead letters the mesh refused even with their data cut away: logged with their attributes and skipped.",
     _LABELS,
 )
+REFUSED = Counter(
+    "meshconnect_refused_total",
+    "Input a source refused before it became a record (http-source: requests answered 4xx or 503), by reason.",
+    (*_LABELS, "reason"),
+)
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
     "Time from a batch's first record to its completion (acked or written).",
@@ -137,6 +142,9 @@ class ConnectorMetrics:
 
     def error(self, kind: str) -> None:
         ERRORS.labels(connector=self.connector, name=self.name, kind=kind).inc()
+
+    def refused(self, reason: str) -> None:
+        REFUSED.labels(connector=self.connector, name=self.name, reason=reason).inc()
 
     def lease_held(self, group: str, held: bool) -> None:
         LEASE_HELD.labels(connector=self.connector, name=self.name, group=group).set(1 if held else 0)

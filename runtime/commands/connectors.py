@@ -18,7 +18,8 @@ from runtime.connector import Sink, SinkContext, Source, SourceContext
 from runtime.errors import ConfigError, DataError, MeshConnectError
 from runtime.observability import configure_logging
 from runtime.plugins import ConnectorClass, catalogue, load_connector
-from runtime.record import record_to_cloudevent
+from runtime.protocol.events import body_to_event
+from runtime.publishing import PublishRules, check_source_topics
 from runtime.worker.session import build_client
 
 __all__ = ["register"]
@@ -88,6 +89,8 @@ def check_command(args: argparse.Namespace) -> int:
         cls = load_connector(args.name)
         config = load_config(args.config, connector=args.name)
         typed = connector_config(cls.config_model, config)
+        if issubclass(cls, Source):
+            check_source_topics(cls, config.source)
     except ConfigError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -124,7 +127,8 @@ async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any
         offsets = await registry.load_offsets(config.name)
         print(f"ok: registry ({config.registry.kind}) answered: {len(offsets)} committed partition offset(s)")
         groups = frozenset(await instance.partition_groups())
-        await instance.start(SourceContext(config.name, offsets, assigned_groups=groups))
+        context = SourceContext(config.name, offsets, assigned_groups=groups, rules=PublishRules.from_config(config))
+        await instance.start(context)
         try:
             await _preview(instance, config)
         finally:
@@ -136,6 +140,7 @@ async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any
 async def _preview(source: Source[Any], config: WorkerConfig) -> None:
     """Print the first few events the source would publish (nothing is published or committed)."""
     shown = 0
+    rules = PublishRules.from_config(config)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _PREVIEW_SECONDS
     while shown < _PREVIEW_RECORDS and loop.time() < deadline:
@@ -143,14 +148,12 @@ async def _preview(source: Source[Any], config: WorkerConfig) -> None:
             if shown >= _PREVIEW_RECORDS:
                 break
             shown += 1
+            refusal = None if source.names_own_topics else rules.refusal(record.subject)
+            if refusal is not None:
+                print(f"record {shown}: would be dead-lettered: {refusal}")
+                continue
             try:
-                event = record_to_cloudevent(
-                    record,
-                    connector=config.name,
-                    default_source=config.source.event_source or f"/meshconnect/{config.name}",
-                    default_type=config.source.event_type or f"{config.connector}.record",
-                    default_subject=config.source.topic,
-                )
+                event = body_to_event(rules.encode(record).body)
             except DataError as exc:
                 print(f"record {shown}: would be dead-lettered: {exc.reason}")
                 continue

@@ -62,7 +62,16 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
-from runtime.protocol.frames import Command, Header, Package, constant_properties, encode_fields
+from runtime.protocol.frames import (
+    MAX_FRAME,
+    PREFIX,
+    Command,
+    Header,
+    Package,
+    constant_properties,
+    encode_fields,
+    header_json,
+)
 from runtime.record import ConnectorRecord, event_attributes, is_json_content_type
 
 __all__ = [
@@ -70,6 +79,7 @@ __all__ = [
     "CONTENT_TYPE_EXTENSION",
     "DATA_ENCODING_EXTENSION",
     "EncodedEvent",
+    "MAX_EVENT_BODY",
     "Publishable",
     "TRANSPORT_EXTENSIONS",
     "ack_frame",
@@ -121,6 +131,20 @@ _PUBLISH_PROPERTIES = {
     for version in ("1.0", "0.3")
 }
 _PUSH_PROPERTIES = constant_properties({"protocoltype": "cloudevents"})
+_EVENT_COMMANDS = (
+    Command.ASYNC_MESSAGE_TO_SERVER,
+    Command.BROADCAST_MESSAGE_TO_SERVER,
+    Command.ASYNC_MESSAGE_TO_CLIENT,
+    Command.BROADCAST_MESSAGE_TO_CLIENT,
+)
+MAX_EVENT_BODY: Final = MAX_FRAME - max(
+    # The frame's length field counts the prefix, the header and the body (see encode_fields);
+    # a seq of 20 digits holds any 64-bit counter.
+    len(PREFIX) + len(header_json(command, 0, None, "9" * 20, properties))
+    for command in _EVENT_COMMANDS
+    for properties in (*_PUBLISH_PROPERTIES.values(), _PUSH_PROPERTIES)
+)
+"""The largest message body (an event in its wire form) that fits the frame limit, published or pushed."""
 _ACK_OF_PUSH = {
     Command.ASYNC_MESSAGE_TO_CLIENT: Command.ASYNC_MESSAGE_TO_CLIENT_ACK,
     Command.BROADCAST_MESSAGE_TO_CLIENT: Command.BROADCAST_MESSAGE_TO_CLIENT_ACK,

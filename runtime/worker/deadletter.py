@@ -112,10 +112,11 @@ def record_dead_letter_event(
         "id": event_id,
         "source": default_source,
         "type": "meshconnect.deadletter.record",
-        "subject": original_topic,
         "time": record.timestamp,
         "datacontenttype": "application/json",
     }
+    if original_topic:  # a record that named no topic has none to go back to (the SDK refuses an empty subject)
+        attributes["subject"] = original_topic
     event = CloudEvent(attributes, body)
     return dead_letter_event(event, topic=topic, reason=reason, connector=connector, attempts=1)
 

@@ -59,7 +59,8 @@ from runtime.errors import (
     RetriableError,
 )
 from runtime.observability import ConnectorMetrics, StatusBoard
-from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body, record_to_body
+from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body
+from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, derive_event_id
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
@@ -118,8 +119,7 @@ class SourceWorker:
         self.holder = holder or f"{config.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.drain_timeout = drain_timeout
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
-        self.default_source = config.source.event_source or f"/meshconnect/{config.name}"
-        self.default_type = config.source.event_type or f"{config.connector}.record"
+        self.rules = PublishRules.from_config(config)
         self.dead_letter_topic = config.sink.dead_letter_topic or f"{config.name}-dlq"
         self.coordinator: Coordinator | None = None
         self.ownership_changed = asyncio.Event()
@@ -210,7 +210,14 @@ class _ActiveSession:
         offsets = await retry_retriable(
             lambda: worker.registry.load_offsets(self.config.name), what="registry offsets", backoff=self.backoff, stop=self.stop
         )
-        context = SourceContext(self.config.name, offsets, assigned_groups=self.owned, log=self.log)
+        context = SourceContext(
+            self.config.name,
+            offsets,
+            assigned_groups=self.owned,
+            log=self.log,
+            rules=worker.rules,
+            count_refused=self.metrics.refused,
+        )
         tasks: list[asyncio.Task[Any]] = []
         try:
             await retry_retriable(
@@ -315,19 +322,17 @@ class _ActiveSession:
                 record = queue.get_nowait()
 
     def _event_for(self, record: ConnectorRecord) -> EncodedEvent:
-        source_settings = self.config.source
+        rules = self.worker.rules
+        if not self.source.names_own_topics:
+            refusal = rules.refusal(record.subject)
+            if refusal is not None:  # a replay goes to the configured topic, never to the one the input asked for
+                return EncodedEvent(event_to_body(self._dead_letter_for(record, refusal, original_topic=rules.topic)))
         try:
-            return record_to_body(
-                record,
-                connector=self.config.name,
-                default_source=self.worker.default_source,
-                default_type=self.worker.default_type,
-                default_subject=source_settings.topic,
-            )
+            return rules.encode(record)
         except DataError as exc:
             return EncodedEvent(event_to_body(self._dead_letter_for(record, exc.reason)))
 
-    def _dead_letter_for(self, record: ConnectorRecord, reason: str) -> CloudEvent:
+    def _dead_letter_for(self, record: ConnectorRecord, reason: str, *, original_topic: str | None = None) -> CloudEvent:
         self.metrics.error("data")
         self.metrics.dead_letters.inc()
         self.log.warning("record cannot become an event: dead-lettered", reason=reason, partition=dict(record.partition))
@@ -340,8 +345,8 @@ class _ActiveSession:
             topic=self.worker.dead_letter_topic,
             reason=reason,
             connector=self.config.connector,
-            default_source=self.worker.default_source,
-            original_topic=record.subject or self.config.source.topic or "",
+            default_source=self.worker.rules.event_source,
+            original_topic=original_topic or record.subject or self.config.source.topic or "",
         )
 
     async def _publish_when_room(self, publication: _Publication) -> None:

@@ -10,23 +10,30 @@ Accepted requests (``POST <path>``):
   ``Idempotency-Key``, ``X-GitHub-Delivery``, ...), so a retried delivery is the same event; its
   type is ``com.github.<X-GitHub-Event>`` for GitHub deliveries.
 
+The topic is ``source.topic``; a request may name another one (``ce-subject``, a structured
+event's ``subject``) only when ``source.allowed_topics`` admits it, else it is answered 403 and
+nothing of it is published (:mod:`runtime.publishing`).
+
 The response is held until the events are durably in the mesh (the worker calls :meth:`commit`
 after the mesh acknowledged them): 200 then means "stored", so a sender that retries on anything
 else loses nothing. A request waits at most ``response_timeout`` seconds (then 503); when more than
 ``queue_size`` events are waiting the answer is 503 with ``Retry-After``; malformed input gets a
-4xx with the reason (415 content type, 400 JSON or attributes, 413 body size, 401 signature/token).
+4xx with the reason (415 content type, 400 JSON or attributes, 401 signature/token, 403 topic,
+408 body too slow, 413 body or event size), counted in ``meshconnect_refused_total{reason}``.
+Connections are bounded in number and in the time their request head and body may take
+(:mod:`services.http_source.connections`); signatures are described in :mod:`services.http_source.signing`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
-import hashlib
-import hmac
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 import orjson
 import structlog
@@ -39,9 +46,11 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import Field
 
 from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Source, SourceContext
+from runtime.connector import MAX_EVENT_BODY, Source, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord, cloudevent_to_record, is_json_content_type
+from services.http_source import signing
+from services.http_source.connections import ConnectionGuard, GuardedSite
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 
@@ -78,24 +87,54 @@ class HttpSourceConfig(ConnectorConfig):
         " per request (a retried POST is then a new event).",
     )
     hmac_secret: Secret | None = Field(
-        None, description="Require a GitHub-style X-Hub-Signature-256 (HMAC-SHA256 of the body) made with this secret."
+        None, description="Require a request signature (HMAC-SHA256) made with this secret; see signature."
+    )
+    signature: Literal["body", "cloudevent"] = Field(
+        "body",
+        description="With hmac_secret: 'body' = X-Hub-Signature-256 over the body only (GitHub, Stripe-style webhooks);"
+        " 'cloudevent' = X-Meshconnect-Signature over method, target, content type, ce-* headers and body.",
     )
     token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' with this shared token.")
+    max_event_bytes: int = Field(
+        MAX_EVENT_BODY,
+        ge=1,
+        le=MAX_EVENT_BODY,
+        description="Largest event accepted, in bytes of its wire form (the CloudEvent JSON the mesh receives; binary"
+        " data in base64); 413 above. The default is the most a 4 MiB EventMesh frame carries.",
+    )
+    max_connections: int = Field(512, ge=1, description="Open connections at most; one more is answered 503 and closed.")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a whole request head (line and headers), from its opening or from"
+        " the first byte of a request; then closed.",
+    )
+    keepalive_timeout: float = Field(
+        75.0, gt=0, description="Seconds a kept-alive connection may stay idle between requests; then closed."
+    )
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
 
 
 class _Rejected(Exception):
     """A request answered with an HTTP error before anything was queued."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(reason)
 
 
-def _refuse(request: web.Request, rejected: _Rejected) -> web.Response:
-    """Every refusal is logged (with its status and reason) before it is answered."""
-    log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-    return _error(rejected.status, rejected.reason)
+# The reason label of meshconnect_refused_total for each refusal status.
+_REFUSAL_KINDS = {
+    400: "malformed",
+    401: "auth",
+    403: "topic",
+    408: "body_timeout",
+    413: "size",
+    415: "content_type",
+    503: "busy",
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -124,13 +163,25 @@ class HttpSource(Source[HttpSourceConfig]):
         self._partition = {"path": config.path}
         self._id_path = tuple(config.id_field.split(".")) if config.id_field else ()
         self._id_headers = [header.lower() for header in config.id_headers]
+        # Headers besides ce-* an event's attributes are read from: signed in 'cloudevent' mode, never accepted twice.
+        self._attribute_headers = frozenset({"x-github-event", *self._id_headers})
+        self._context = SourceContext(connector_name=self.name, committed_offsets={})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        self._context = context
+        guard = ConnectionGuard(
+            self._connection,
+            max_connections=self.config.max_connections,
+            header_timeout=self.config.header_timeout,
+            keepalive_timeout=self.config.keepalive_timeout,
+            retry_after=self.config.retry_after,
+            on_refused=context.count_refused,
+        )
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[guard.middleware])
         app.router.add_post(self.config.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = GuardedSite(self._runner, self.config.host, self.config.port, guard)
         try:
             await site.start()
         except OSError as exc:
@@ -140,6 +191,11 @@ class HttpSource(Source[HttpSourceConfig]):
             raise RetriableError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
         self.port = int(self._runner.addresses[0][1])  # the OS's choice when port is 0
         log.info("http source listening", host=self.config.host, port=self.port, path=self.config.path)
+
+    def _connection(self) -> asyncio.BaseProtocol:
+        """aiohttp's protocol for a new connection (the guard wraps it)."""
+        assert self._runner is not None and self._runner.server is not None
+        return self._runner.server()
 
     async def poll(self) -> Sequence[ConnectorRecord]:
         try:
@@ -176,17 +232,17 @@ class HttpSource(Source[HttpSourceConfig]):
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            body = await request.read()
-            self._authenticate(request, body)
-            records = self._parse(request, body)
-        except web.HTTPRequestEntityTooLarge:
-            return _refuse(request, _Rejected(413, f"body larger than {self.config.max_body_bytes} bytes"))
+            body = await self._read_body(request)
+            headers = self._single_headers(request)
+            self._authenticate(request, headers, body)
+            parsed = self._parse(headers, body)
+            records = [self._checked(record, f"batch item {i}: " if len(parsed) > 1 else "") for i, record in enumerate(parsed)]
+            if self._pending() + len(records) > self.config.queue_size:
+                raise _Rejected(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
         except _Rejected as rejected:
-            return _refuse(request, rejected)
+            return self._refuse(request, rejected)
         if not records:
             return web.json_response({"accepted": 0})
-        if self._pending() + len(records) > self.config.queue_size:
-            return _error(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         for record in records:
             self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": self._next_seq}))
@@ -202,19 +258,85 @@ class HttpSource(Source[HttpSourceConfig]):
     def _pending(self) -> int:
         return self._next_seq - 1 - self._committed_seq
 
-    def _authenticate(self, request: web.Request, body: bytes) -> None:
+    def _refuse(self, request: web.Request, rejected: _Rejected) -> web.Response:
+        """Every refusal is logged (with its status and reason) and counted before it is answered."""
+        log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
+        self._context.count_refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+        response = _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+        if rejected.status in (408, 413):
+            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _Rejected(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+        except TimeoutError as exc:
+            raise _Rejected(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
+
+    def _single_headers(self, request: web.Request) -> dict[str, str]:
+        """The request's headers by lower-case name. One that makes the event may not come twice (which would
+        win?), and must be UTF-8 (aiohttp keeps other bytes as lone surrogates, which no event can carry)."""
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            key = name.lower()
+            if key.startswith("ce-") or key == "content-type" or key in self._attribute_headers:
+                if key in headers:
+                    raise _Rejected(400, f"header {name[:100]} appears more than once")
+                if not value.isascii():
+                    try:
+                        value.encode()
+                    except UnicodeEncodeError as exc:
+                        raise _Rejected(400, f"header {name[:100]} is not valid UTF-8") from exc
+            headers[key] = value
+        return headers
+
+    def _authenticate(self, request: web.Request, headers: dict[str, str], body: bytes) -> None:
         if self.config.token is not None:
             expected = f"Bearer {self.config.token.get_secret_value()}"
-            if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected.encode()):
+            if not signing.matches(headers.get("authorization", ""), expected):
                 raise _Rejected(401, "missing or wrong bearer token")
-        if self.config.hmac_secret is not None:
-            given = request.headers.get("X-Hub-Signature-256", "")
-            digest = hmac.new(self.config.hmac_secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(given.encode(), f"sha256={digest}".encode()):
-                raise _Rejected(401, "missing or wrong X-Hub-Signature-256")
+        if self.config.hmac_secret is None:
+            return
+        secret = self.config.hmac_secret.get_secret_value().encode()
+        if self.config.signature == "body":
+            header, expected = signing.BODY_HEADER, signing.body_signature(secret, body)
+        else:
+            canonical = signing.canonical_request(
+                request.method, request.raw_path, headers, body, signed_headers=self._attribute_headers
+            )
+            header, expected = signing.CLOUDEVENT_HEADER, signing.cloudevent_signature(secret, canonical)
+        if not signing.matches(headers.get(header.lower(), ""), expected):
+            raise _Rejected(401, f"missing or wrong {header}")
 
-    def _parse(self, request: web.Request, body: bytes) -> list[ConnectorRecord]:
-        headers = {key.lower(): value for key, value in request.headers.items()}
+    def _checked(self, record: ConnectorRecord, where: str) -> ConnectorRecord:
+        """``record`` once it may be published: its topic allowed, its extensions ours to take, its size within bounds."""
+        subject = record.subject
+        rules = self._context.rules
+        if subject is not None and not rules.permits(subject):
+            raise _Rejected(
+                403,
+                f"{where}subject {subject[:200]!r} names a topic this endpoint may not publish to; leave the subject out"
+                " (events then go to the configured topic) or ask the operator to add it to source.allowed_topics",
+            )
+        reserved = sorted(name for name in record.extensions if name.startswith("dlq"))
+        if reserved:
+            raise _Rejected(
+                400, f"{where}extension(s) {', '.join(reserved)}: names starting with dlq are reserved for dead letters"
+            )
+        try:
+            size = len(rules.encode(record).body)
+        except DataError as exc:
+            raise _Rejected(400, f"{where}invalid event: {exc.reason}") from exc
+        if size > self.config.max_event_bytes:
+            raise _Rejected(
+                413, f"{where}event of {size} bytes (wire form) is larger than max_event_bytes ({self.config.max_event_bytes})"
+            )
+        return record
+
+    def _parse(self, headers: dict[str, str], body: bytes) -> list[ConnectorRecord]:
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         message = ce_http.HTTPMessage(headers=headers, body=body)
         if any(key.startswith("ce-") for key in headers):
@@ -229,7 +351,7 @@ class HttpSource(Source[HttpSourceConfig]):
             event = _parse_json(body)
             if not isinstance(event, dict):
                 raise _Rejected(400, "a structured CloudEvent must be a JSON object")
-            _require_attributes(set(event), "")
+            _require_structured(event)
             return [_to_record(ce_http.from_structured, message)]
         if content_type == BATCH:
             return self._parse_batch(body)
@@ -250,7 +372,7 @@ class HttpSource(Source[HttpSourceConfig]):
                 raise _Rejected(400, f"batch item {index} is not a JSON object")
             item_message = ce_http.HTTPMessage(headers={"content-type": STRUCTURED}, body=orjson.dumps(item))
             try:
-                _require_attributes(set(item), "")
+                _require_structured(item)
                 records.append(_to_record(ce_http.from_structured, item_message))
             except _Rejected as rejected:
                 raise _Rejected(400, f"batch item {index}: {rejected.reason}") from rejected
@@ -284,6 +406,16 @@ def _parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _Rejected(400, f"invalid JSON: {exc}") from exc
+
+
+def _require_structured(event: dict[str, Any]) -> None:
+    _require_attributes(set(event), "")
+    encoded = event.get("data_base64")
+    if encoded is not None:  # the SDK decodes leniently, dropping what is not base64: refuse instead of losing data
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise _Rejected(400, f"invalid CloudEvent: data_base64 is not valid base64 ({exc})") from exc
 
 
 def _require_attributes(present: set[str], prefix: str) -> None:

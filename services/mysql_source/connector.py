@@ -123,6 +123,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
         "Captures MySQL/MariaDB row changes from the binlog (snapshot + stream, DDL, heartbeats) or by polling."
     )
     config_model: ClassVar[type[ConnectorConfig]] = MysqlSourceConfig
+    names_own_topics: ClassVar[bool] = True  # topic_template and heartbeat_topic, from the config
 
     def __init__(self, config: MysqlSourceConfig) -> None:
         super().__init__(config)
