@@ -1,11 +1,11 @@
-"""The broker and its store without sockets: cursors, trimming, redelivery order, fan-out, reload."""
+"""The broker and its store without sockets: cursors, trimming, redelivery order, fan-out, reload, bounds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout
+from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout, Refusal
 from runtime.mesh.store import MeshStore
 from runtime.protocol.frames import SubscriptionMode
 
@@ -19,11 +19,11 @@ class FakeSession:
     listening: bool = True
     got: list[Delivery] = field(default_factory=list)
 
-    def has_room(self) -> bool:
+    def has_room(self, size: int) -> bool:
         return len(self.got) < self.room
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
-        self.got.append(Delivery(consumer, offset, 0.0, fanout))
+        self.got.append(Delivery(consumer, offset, len(body), 0.0, fanout))
 
     def offsets(self) -> list[int]:
         return [delivery.offset for delivery in self.got]
@@ -47,11 +47,11 @@ def test_out_of_order_acks_move_the_cursor_once_the_gap_closes_and_trim_the_log(
 def test_log_is_trimmed_to_the_slowest_group_and_refuses_appends_when_full() -> None:
     broker = Broker(max_topic_events=3, durable=False)
     fast, slow = broker.consumer("fast", "t", CLUSTERING), broker.consumer("slow", "t", CLUSTERING)
-    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, None]
+    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, Refusal.TOPIC_FULL]
     for offset in range(3):
         fast.ack(offset)
     broker.settle()
-    assert broker.append("t", b"x") is None
+    assert broker.append("t", b"x") is Refusal.TOPIC_FULL
     slow.ack(0)
     broker.settle()
     assert broker.append("t", b"x") == 3
@@ -142,12 +142,12 @@ def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_
     live, retired = broker.consumer("live", "t", CLUSTERING), broker.consumer("retired", "t", CLUSTERING)
     session = FakeSession()
     broker.attach(session, live)
-    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, None]
+    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, Refusal.TOPIC_FULL]
     for offset in range(3):
         live.ack(offset)
     broker.settle()
     commit(store, broker)
-    assert broker.append("t", b"x") is None  # the retired group's cursor holds the full log
+    assert broker.append("t", b"x") is Refusal.TOPIC_FULL  # the retired group's cursor holds the full log
     assert broker.expire_idle(100.0, 60.0) == []  # first seen idle now
     assert broker.expire_idle(159.0, 60.0) == []
     broker.detach(session, live)  # the live group goes idle later: its clock starts at the next call

@@ -358,6 +358,33 @@ async def test_in_flight_pushes_per_session_are_bounded() -> None:
         await pub.close()
 
 
+async def test_in_flight_pushes_are_bounded_by_bytes_and_one_event_larger_than_the_window_still_goes() -> None:
+    """Large events: the window in bytes holds pushes back long before the count does."""
+    pad = "x" * 3000  # about 3.2 KB a body: three fit in 10,000 bytes, four do not
+    async with EmbeddedMesh(port=0, max_unacked_bytes_per_session=10_000) as mesh:
+        sub = await Peer.hello(mesh.port)
+        await sub.subscribe("big")
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        for n in range(6):
+            assert (await pub.publish(event_body("big", {"n": n, "pad": pad}))).header.code == 0
+        first = await sub.take(3, ack=False)
+        assert numbers(first) == [0, 1, 2]
+        await sub.nothing_within(0.3)
+        sub.ack(first[0])
+        fourth = await sub.take(1, ack=False)
+        assert numbers(fourth) == [3]  # one ack made room for one more
+        await sub.nothing_within(0.3)
+        for push in [*first[1:], *fourth]:
+            sub.ack(push)
+        assert numbers(await sub.take(2)) == [4, 5]
+        huge = event_body("big", {"n": 6, "pad": "y" * 50_000})  # five times the window
+        assert (await pub.publish(huge)).header.code == 0
+        [alone] = await sub.take(1)
+        assert alone.body == huge
+        await sub.close()
+        await pub.close()
+
+
 # -- timers ---------------------------------------------------------------------------------------------------
 
 
@@ -424,15 +451,49 @@ async def test_request_reply(mesh: EmbeddedMesh) -> None:
     requester.send(request)
     pushed = await responder.push()
     assert pushed.header.command is Command.REQUEST_TO_CLIENT
-    assert pushed.body == request.body
+    pushed_event = orjson.loads(pushed.body or b"")
+    assert pushed_event.pop("correlation99id")
+    assert pushed_event == orjson.loads(request.body or b"")
     responder.ack(pushed)
-    reply_body = event_body("rpc", {"a": 2})
+    reply_body = event_body("rpc", {"a": 2})  # no correlation extension: matched by the seq of the push
     responder.send(Package(Header(Command.RESPONSE_TO_SERVER, seq=pushed.header.seq, properties=PUBLISH_PROPERTIES), reply_body))
     answer = await requester.receive()
     assert (answer.header.command, answer.header.code, answer.header.seq) == (Command.RESPONSE_TO_CLIENT, 0, "0000000777")
     assert answer.body == reply_body
     await responder.close()
     await requester.close()
+
+
+async def test_reply_with_a_new_seq_is_matched_by_its_correlation_extension_as_the_java_sdk_sends_it(
+    mesh: EmbeddedMesh,
+) -> None:
+    """The Java SDK answers with the event it got (extensions included) under a new random seq."""
+    responder = await Peer.hello(mesh.port, group="service")
+    await responder.subscribe("rpc", kind=SubscriptionType.SYNC)
+    requesters = [await Peer.hello(mesh.port, group="client", purpose="pub") for _ in range(2)]
+    for n, requester in enumerate(requesters):
+        requester.send(
+            Package(
+                Header(Command.REQUEST_TO_SERVER, seq="0000000777", properties=PUBLISH_PROPERTIES), event_body("rpc", {"q": n})
+            )
+        )
+    pushes = [await responder.push() for _ in requesters]
+    for pushed in reversed(pushes):  # answered out of order, each under a seq the mesh never sent
+        responder.ack(pushed)
+        reply = orjson.loads(pushed.body or b"")
+        assert "correlation99id" in reply, "the request push carries no correlation extension to answer with"
+        reply["data"] = {"a": reply["data"]["q"]}
+        reply_seq = f"9{pushed.header.seq:0>9}"
+        responder.send(
+            Package(Header(Command.RESPONSE_TO_SERVER, seq=reply_seq, properties=PUBLISH_PROPERTIES), orjson.dumps(reply))
+        )
+    for n, requester in enumerate(requesters):
+        answer = await requester.receive()
+        assert (answer.header.command, answer.header.code, answer.header.seq) == (Command.RESPONSE_TO_CLIENT, 0, "0000000777")
+        assert orjson.loads(answer.body or b"")["data"] == {"a": n}
+    await responder.close()
+    for requester in requesters:
+        await requester.close()
 
 
 async def test_request_without_a_responder_fails_fast(mesh: EmbeddedMesh) -> None:
@@ -537,6 +598,10 @@ def test_bad_settings_fail_at_construction_naming_the_key() -> None:
         EmbeddedMesh(redelivery_timeout=0)
     with pytest.raises(ConfigError, match="max_unacked_per_session"):
         EmbeddedMesh(max_unacked_per_session=0)
+    with pytest.raises(ConfigError, match="max_unacked_bytes_per_session"):
+        EmbeddedMesh(max_unacked_bytes_per_session=0)
+    with pytest.raises(ConfigError, match="max_bytes_before_hello"):
+        EmbeddedMesh(max_bytes_before_hello=100)
 
 
 async def test_publisher_that_does_not_read_its_acks_is_paused_not_buffered(mesh: EmbeddedMesh) -> None:
