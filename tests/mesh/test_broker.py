@@ -169,3 +169,49 @@ def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_
     back = reloaded.consumer("retired", "t", CLUSTERING)  # a returning group starts at the earliest retained event
     assert back.acked_upto == 3
     store.close()
+
+
+def test_topics_and_retained_bytes_are_bounded_and_acked_events_free_their_room() -> None:
+    broker = Broker(max_topic_events=10, durable=False, max_topics=2, max_retained_bytes=10)
+    assert broker.append("t", b"1234") == 0
+    assert broker.append("u", b"1234") == 0
+    assert broker.append("v", b"1") is Refusal.TOO_MANY_TOPICS
+    assert "v" not in broker.topics
+    assert broker.append("t", b"1234") is Refusal.RETAINED_BYTES_FULL
+    assert broker.append("t", b"12") == 1
+    consumer = broker.consumer("g", "t", CLUSTERING)
+    consumer.ack(0)
+    broker.settle()
+    assert broker.retained_bytes == 6
+    assert broker.append("t", b"1234") == 2
+    assert not broker.has_room_for_topics(["v"])
+    assert broker.has_room_for_topics(["t", "u"])
+
+
+def test_a_topic_left_without_events_and_groups_is_dropped_and_may_come_back_in_the_same_commit(tmp_path: Path) -> None:
+    broker = Broker(max_topic_events=10, durable=True)
+    store = MeshStore(tmp_path)
+    store.load(broker)
+    consumer = broker.consumer("g", "t", CLUSTERING)
+    broker.append("t", b"old-0")
+    broker.append("t", b"old-1")
+    commit(store, broker)
+    broker.append("t", b"old-2")  # not committed yet when the topic goes
+    for offset in range(3):
+        consumer.ack(offset)
+    broker.settle()
+    assert broker.expire_idle(0.0, 1.0) == []
+    assert broker.expire_idle(2.0, 1.0) == [consumer]
+    assert "t" not in broker.topics
+    assert broker.retained_bytes == 0
+    assert broker.append("t", b"new-0") == 0  # the same name again, offsets from 0
+    commit(store, broker)
+    store.close()
+
+    reloaded = Broker(max_topic_events=10, durable=True)
+    store = MeshStore(tmp_path)
+    assert store.load(reloaded) == 1
+    assert reloaded.topics["t"].events == {0: b"new-0"}
+    assert reloaded.retained_bytes == len(b"new-0")
+    assert reloaded.consumers == {}
+    store.close()
