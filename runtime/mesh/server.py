@@ -217,6 +217,7 @@ class _Session(asyncio.Protocol):
         self.push_commands: dict[str, Command] = {}
         self.inflight: dict[str, Delivery | _RequestPush] = {}
         self.inflight_bytes = 0  # the bodies' sizes of ``inflight``
+        self.waiting_requests = 0  # this session's REQUEST_TO_SERVERs not answered yet
         # Pushes taken back after redelivery_timeout, by seq: an ack arriving late still counts (bounded, oldest out).
         self.expired: dict[str, Delivery] = {}
         self.listening = False
@@ -694,9 +695,10 @@ class EmbeddedMesh:
                     session.close_after_flush()
                     continue
                 session.expire_pushes(now)
-            for seq, pending in list(self._requests.items()):
+            for correlation_id, pending in list(self._requests.items()):
                 if pending.deadline <= now:
-                    del self._requests[seq]
+                    del self._requests[correlation_id]
+                    pending.requester.waiting_requests -= 1
             if self.group_expiry is not None:
                 for consumer in self.broker.expire_idle(now, self.group_expiry):
                     log.info(
@@ -884,6 +886,15 @@ class EmbeddedMesh:
         except _Refused as refused:
             session.reply(package, code=1, desc=str(refused))
             return
+        if session.waiting_requests >= self.max_unacked_per_session:
+            # The requester sets each request's ttl: without this bound, requests acked but never answered pile up.
+            reason = (
+                f"{session.waiting_requests} requests of this session wait for replies, its max_unacked_per_session:"
+                " send more once replies came or their ttl passed"
+            )
+            self.refusals.refused(self.now(), "max_unacked_per_session", session.peer, reason)
+            session.reply(package, code=1, desc=reason)
+            return
         topic: str = event["subject"]
         seq = self.next_seq()
         correlation_id = self._correlation_id(seq)
@@ -898,6 +909,7 @@ class EmbeddedMesh:
             ttl = DEFAULT_REQUEST_TTL_MS / 1000
         now = self.now()
         self._requests[correlation_id] = _PendingRequest(session, package.header.seq, now + ttl)
+        session.waiting_requests += 1
         responder.add_inflight(seq, _RequestPush(correlation_id, len(body), now + self.redelivery_timeout))
         responder.send(Package(Header(Command.REQUEST_TO_CLIENT, seq=seq, properties=PUSH_PROPERTIES), body))
 
@@ -931,7 +943,10 @@ class EmbeddedMesh:
 
     def _answer_request(self, correlation_id: str, body: bytes | None, failure: str | None) -> bool:
         pending = self._requests.pop(correlation_id, None)
-        if pending is None or pending.requester.closed:
+        if pending is None:
+            return False
+        pending.requester.waiting_requests -= 1
+        if pending.requester.closed:
             return False
         if failure is None:
             header = Header(Command.RESPONSE_TO_CLIENT, seq=pending.seq, properties=PUSH_PROPERTIES)

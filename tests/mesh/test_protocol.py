@@ -496,6 +496,39 @@ async def test_reply_with_a_new_seq_is_matched_by_its_correlation_extension_as_t
         await requester.close()
 
 
+async def test_requests_waiting_for_replies_are_bounded_per_requester() -> None:
+    async with EmbeddedMesh(port=0, max_unacked_per_session=2) as mesh:
+        responder = await Peer.hello(mesh.port, group="service")
+        await responder.subscribe("rpc", kind=SubscriptionType.SYNC)
+        requester = await Peer.hello(mesh.port, group="client", purpose="pub")
+
+        def request(n: int) -> Package:
+            body = event_body("rpc", {"q": n}, ttl="60000")
+            return Package(Header(Command.REQUEST_TO_SERVER, seq=f"{n:010d}", properties=PUBLISH_PROPERTIES), body)
+
+        for n in range(2):
+            requester.send(request(n))
+        pushes = await responder.take(2)  # acked, not answered: the requests still wait
+        await responder.call(Command.HEARTBEAT_REQUEST)
+        refused = await requester.request(request(2))
+        assert (refused.header.command, refused.header.code) == (Command.RESPONSE_TO_CLIENT, 1)
+        assert "max_unacked_per_session" in (refused.header.desc or "")
+        responder.send(
+            Package(Header(Command.RESPONSE_TO_SERVER, seq=responder.seq(), properties=PUBLISH_PROPERTIES), pushes[0].body)
+        )
+        answered = await requester.receive()
+        [asked] = numbers_of_requests(pushes[:1])
+        assert (answered.header.code, answered.header.seq) == (0, f"{asked:010d}")
+        requester.send(request(3))
+        assert numbers_of_requests(await responder.take(1)) == [3]
+        await responder.close()
+        await requester.close()
+
+
+def numbers_of_requests(pushes: list[Package]) -> list[int]:
+    return [orjson.loads(push.body or b"")["data"]["q"] for push in pushes]
+
+
 async def test_request_without_a_responder_fails_fast(mesh: EmbeddedMesh) -> None:
     requester = await Peer.hello(mesh.port, purpose="pub")
     answer = await requester.request(
