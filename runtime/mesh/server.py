@@ -61,6 +61,7 @@ STOP_GRACE_SECONDS = 5.0  # how long stop() lets sessions read their goodbye bef
 DEFAULT_REQUEST_TTL_MS = 3000  # as the Java runtime, when the request carries no 'ttl' extension
 REFUSAL_LOG_INTERVAL = 1.0  # seconds between two 'mesh.refused' lines of the same bound
 MIN_BYTES_BEFORE_HELLO = 1024  # a HELLO frame is a few hundred bytes
+MAX_TOPIC_LENGTH = 1024  # characters: names are held apart from the retained bytes (RocketMQ allows 127)
 # Request-reply correlation as the Java runtime does it (facts from its TCP path and storage plugins):
 # the runtime answers the requester with the seq of its REQUEST_TO_SERVER, which the storage's request
 # callback keeps; it never reads the seq of a RESPONSE_TO_SERVER (the Java SDK sends each one with a new
@@ -171,6 +172,10 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
         if size > max_event_size:
             raise _Refused(f"the event data is {size} bytes, above the mesh's max_event_size of {max_event_size}")
     return event
+
+
+def _topic_too_long(topic: str) -> str:
+    return f"the topic name has {len(topic)} characters, more than {MAX_TOPIC_LENGTH}: use a shorter subject"
 
 
 def _correlation_of(body: bytes | None) -> str | None:
@@ -792,6 +797,10 @@ class EmbeddedMesh:
             if not item.topic or not item.topic.strip():
                 session.reply(package, code=1, desc="a subscription item has a blank topic")
                 return
+        for item in items:
+            if len(item.topic) > MAX_TOPIC_LENGTH:
+                session.reply(package, code=1, desc=_topic_too_long(item.topic))
+                return
         if not self.broker.has_room_for_topics(item.topic for item in items if item.topic not in session.subscriptions):
             reason = (
                 f"the mesh holds {len(self.broker.topics)} topics, its max_topics is {self.broker.max_topics}:"
@@ -813,7 +822,13 @@ class EmbeddedMesh:
             else:
                 session.push_commands[item.topic] = Command.ASYNC_MESSAGE_TO_CLIENT
             self.broker.attach(session, consumer)
-        log.info("mesh.session.subscribed", peer=session.peer, group=session.user_agent.group, topics=[i.topic for i in items])
+        log.info(
+            "mesh.session.subscribed",
+            peer=session.peer,
+            group=session.user_agent.group,
+            topics=[item.topic for item in items[:10]],
+            count=len(items),
+        )
         session.reply(package)
 
     def _unsubscribe(self, session: _Session, package: Package) -> None:
@@ -842,6 +857,9 @@ class EmbeddedMesh:
             return
         assert package.body is not None
         topic: str = event["subject"]
+        if len(topic) > MAX_TOPIC_LENGTH:
+            session.reply(package, code=1, desc=_topic_too_long(topic))
+            return
         appended = self.broker.append(topic, package.body)
         if isinstance(appended, Refusal):
             reason = self._append_refusal(appended, topic, len(package.body))
@@ -855,7 +873,7 @@ class EmbeddedMesh:
         broker = self.broker
         if refusal is Refusal.TOPIC_FULL:
             groups = sorted({consumer.group for consumer in broker.iter_consumers(topic)})
-            return f"topic {topic!r} is full ({broker.max_topic_events} events wait for groups {groups}): retry later"
+            return f"topic {topic!r} is full ({broker.max_topic_events} events wait for groups {groups[:10]}): retry later"
         if refusal is Refusal.TOO_MANY_TOPICS:
             return (
                 f"topic {topic!r} would be new, and the mesh holds {len(broker.topics)} topics, its max_topics:"
@@ -896,6 +914,9 @@ class EmbeddedMesh:
             session.reply(package, code=1, desc=reason)
             return
         topic: str = event["subject"]
+        if len(topic) > MAX_TOPIC_LENGTH:
+            session.reply(package, code=1, desc=_topic_too_long(topic))
+            return
         seq = self.next_seq()
         correlation_id = self._correlation_id(seq)
         body = orjson.dumps({**event, CORRELATION_EXTENSION: correlation_id})

@@ -11,7 +11,16 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType, encode
+from runtime.protocol.frames import (
+    Command,
+    Header,
+    Package,
+    Subscription,
+    SubscriptionItem,
+    SubscriptionMode,
+    SubscriptionType,
+    encode,
+)
 from tests.mesh.wire import PUBLISH_PROPERTIES, Peer, event_body, numbers, user_agent
 
 
@@ -436,6 +445,24 @@ async def test_session_without_heartbeat_expires() -> None:
         assert (await beating.call(Command.HEARTBEAT_REQUEST)).header.code == 0
         assert mesh.session_count == 1
         await beating.close()
+
+
+async def test_topic_names_longer_than_1024_characters_are_refused(mesh: EmbeddedMesh) -> None:
+    long_name = "t" * 1025
+    sub = await Peer.hello(mesh.port)
+    subscription = Subscription((SubscriptionItem(long_name, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC),))
+    answer = await sub.request(Package.with_json(Header(Command.SUBSCRIBE_REQUEST, seq=sub.seq()), subscription.json_fields()))
+    assert (answer.header.command, answer.header.code) == (Command.SUBSCRIBE_RESPONSE, 1)
+    assert "1025 characters" in (answer.header.desc or "")
+    pub = await Peer.hello(mesh.port, purpose="pub")
+    for command in (Command.ASYNC_MESSAGE_TO_SERVER, Command.REQUEST_TO_SERVER):
+        answer = await pub.publish(event_body(long_name), command)
+        assert answer.header.code == 1
+        assert "1025 characters" in (answer.header.desc or "")
+    assert long_name not in mesh.status()["topics"]
+    await pub.publish_ok("t" * 1024, 1)
+    await sub.close()
+    await pub.close()
 
 
 # -- request-reply ------------------------------------------------------------------------------------------
