@@ -624,7 +624,10 @@ class EmbeddedMesh:
         for seq, pending in list(self._requests.items()):
             if pending.requester is session:
                 del self._requests[seq]
-        log.info("mesh.session.closed", peer=session.peer, group=session.user_agent.group if session.user_agent else None)
+        if session.user_agent is not None:
+            log.info("mesh.session.closed", peer=session.peer, group=session.user_agent.group)
+        else:  # a connection that never said HELLO: one line each would let a connection flood flood the log
+            log.debug("mesh.session.closed", peer=session.peer, group=None)
         if not self._sessions:
             self._all_closed.set()
         self.schedule_tick()
