@@ -99,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes of a frame a connection may send before its HELLO; more close it (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-incomplete-frame-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="bytes of frames begun and not yet complete, over all connections; the connection that passes it is"
+        " closed (default: %(default)s, 64 MiB; at least one 4 MiB frame)",
+    )
+    parser.add_argument(
         "--max-topics",
         type=int,
         default=10_000,
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             max_bytes_before_hello=args.max_bytes_before_hello,
             max_topics=args.max_topics,
             max_retained_bytes=args.max_retained_bytes,
+            max_incomplete_frame_bytes=args.max_incomplete_frame_bytes,
         )
         freeze_startup_heap()
         failed = asyncio.run(serve(mesh))

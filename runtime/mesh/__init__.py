@@ -65,7 +65,9 @@ Where the Java runtime loses events, this mesh does better:
 
 Floods are refused, each with a ``mesh.refused`` log line: at most ``max_connections`` connections;
 a connection that has not said HELLO within ``hello_timeout`` or has buffered more than
-``max_bytes_before_hello`` of a frame before it is closed; a publish or subscription past
+``max_bytes_before_hello`` of a frame before it is closed; a connection whose bytes take the frames
+begun and not complete, over all connections, past ``max_incomplete_frame_bytes`` gets a
+``SERVER_GOODBYE_REQUEST`` code 1 and is closed; a publish or subscription past
 ``max_topics`` or ``max_retained_bytes`` (every retained event together) is answered code 1 with
 the bound. A topic with no event and no consumer left (its last group expired) is dropped.
 

@@ -8,10 +8,11 @@ are written when the commit returns; turns that end while a commit runs wait for
 (group commit). A timer does the rest: redelivery of pushes not acked in time, expiry of sessions
 that stopped heartbeating or never said HELLO, expiry of unanswered requests.
 
-Floods are refused at every bound (connections, bytes before HELLO, topics, retained bytes, events
-per topic), each with an answer the peer can read (a code 1 ack or response with the reason) or, before
-HELLO, a close; and with a ``mesh.refused`` log line, at most one per bound and second (with the count of
-the refusals in between) so that a flood of refusals is not a flood of log lines.
+Floods are refused at every bound (connections, bytes before HELLO, bytes of incomplete frames,
+topics, retained bytes, events per topic), each with an answer the peer can read (a code 1 ack or
+response with the reason, or a SERVER_GOODBYE) or, before HELLO, a close; and with a ``mesh.refused``
+log line, at most one per bound and second (with the count of the refusals in between) so that a
+flood of refusals is not a flood of log lines.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from runtime.errors import ConfigError, RemoteProtocolError
 from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout, Refusal
 from runtime.mesh.store import MeshStore
 from runtime.protocol.frames import (
+    MAX_FRAME,
     Command,
     FrameDecoder,
     Header,
@@ -248,8 +250,11 @@ class _Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        frames, error = self._decoder.feed_java(data)
         mesh = self._mesh
+        decoder = self._decoder
+        buffered = decoder.buffered
+        frames, error = decoder.feed_java(data)
+        mesh.incomplete_frame_bytes += decoder.buffered - buffered
         for frame in frames:
             if isinstance(frame, HeaderlessFrame):
                 # As the Java runtime: a frame without a command ends the session with a goodbye.
@@ -266,13 +271,37 @@ class _Session(asyncio.Protocol):
                 log.warning("mesh.session.undecodable", peer=self.peer, error=str(error))
                 self.abort()
                 return
-            if self.user_agent is None and self._decoder.buffered > mesh.max_bytes_before_hello:
-                # A handshake is a few hundred bytes: a big frame before it is a flood, not a client.
-                reason = f"{self._decoder.buffered} bytes of a frame before HELLO, above {mesh.max_bytes_before_hello}"
-                mesh.refusals.refused(mesh.now(), "max_bytes_before_hello", self.peer, reason)
-                self.abort()
+            if not self._incomplete_frame_fits():
                 return
         mesh.schedule_tick()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the frame this session has begun to send (counted in the mesh's ``incomplete_frame_bytes``)."""
+        return self._decoder.buffered
+
+    def _incomplete_frame_fits(self) -> bool:
+        """Whether the frame this session has begun fits the mesh's bounds; if not, the session is cut off."""
+        mesh = self._mesh
+        buffered = self._decoder.buffered
+        if self.user_agent is None and buffered > mesh.max_bytes_before_hello:
+            # A handshake is a few hundred bytes: a big frame before it is a flood, not a client.
+            reason = f"{buffered} bytes of a frame before HELLO, above {mesh.max_bytes_before_hello}"
+            mesh.refusals.refused(mesh.now(), "max_bytes_before_hello", self.peer, reason)
+            self.abort()
+            return False
+        if buffered and mesh.incomplete_frame_bytes > mesh.max_incomplete_frame_bytes:
+            reason = (
+                f"frames not yet complete hold {mesh.incomplete_frame_bytes} bytes over all connections, above the"
+                f" mesh's max_incomplete_frame_bytes of {mesh.max_incomplete_frame_bytes}: connect again and resend"
+            )
+            mesh.refusals.refused(mesh.now(), "max_incomplete_frame_bytes", self.peer, reason)
+            mesh.incomplete_frame_bytes -= buffered
+            self._decoder = FrameDecoder()  # its bytes go now, not when the peer has read the goodbye
+            self.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, code=1, desc=reason), None))
+            self.close_after_flush()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -396,8 +425,10 @@ class EmbeddedMesh:
 
     Against floods: ``max_connections`` open at once (more are closed at once); ``hello_timeout`` (s)
     and ``max_bytes_before_hello``: a connection that has not said HELLO in time, or has buffered more
-    of a frame before it, is closed; ``max_topics`` and ``max_retained_bytes`` (all retained events
-    together) refuse publishes and subscriptions beyond them.
+    of a frame before it, is closed; ``max_incomplete_frame_bytes``: the frames begun and not complete,
+    over all connections (the connection whose bytes pass it gets a SERVER_GOODBYE and is closed);
+    ``max_topics`` and ``max_retained_bytes`` (all retained events together) refuse publishes and
+    subscriptions beyond them.
     """
 
     def __init__(
@@ -419,6 +450,7 @@ class EmbeddedMesh:
         max_bytes_before_hello: int = 16 * 1024,
         max_topics: int = 10_000,
         max_retained_bytes: int = 256 * 1024 * 1024,
+        max_incomplete_frame_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         timeouts = [
             ("redelivery_timeout", redelivery_timeout),
@@ -445,6 +477,12 @@ class EmbeddedMesh:
                 f"{max_bytes_before_hello} is below {MIN_BYTES_BEFORE_HELLO}",
                 f"give at least {MIN_BYTES_BEFORE_HELLO} bytes: a HELLO frame takes a few hundred",
             )
+        if max_incomplete_frame_bytes < MAX_FRAME:
+            raise ConfigError(
+                "max_incomplete_frame_bytes",
+                f"{max_incomplete_frame_bytes} is below the protocol's frame limit of {MAX_FRAME}",
+                f"give at least {MAX_FRAME} bytes, so that one frame of the largest size can arrive",
+            )
         if max_event_size is not None and max_event_size < 1:
             raise ConfigError("max_event_size", f"{max_event_size} is below 1", "give a size in bytes, or none for no limit")
         self.host = host
@@ -460,6 +498,8 @@ class EmbeddedMesh:
         self.max_connections = max_connections
         self.hello_timeout = hello_timeout
         self.max_bytes_before_hello = max_bytes_before_hello
+        self.max_incomplete_frame_bytes = max_incomplete_frame_bytes
+        self.incomplete_frame_bytes = 0  # the sum of every session's ``buffered``
         self.broker = Broker(
             max_topic_events=max_topic_events,
             durable=data_dir is not None,
@@ -611,6 +651,7 @@ class EmbeddedMesh:
             return  # refused at connection_made
         self._sessions.discard(session)
         self._to_flush.pop(session, None)
+        self.incomplete_frame_bytes -= session.buffered
         broker = self.broker
         for consumer in session.consumers.values():
             broker.detach(session, consumer)

@@ -147,6 +147,38 @@ async def test_big_frames_before_hello_are_cut_off_and_the_mesh_stays_small(
     await round_trip(mesh.port, "after")
 
 
+async def test_big_frames_left_incomplete_after_hello_are_bounded_over_all_connections(
+    start_mesh: Callable[..., MeshProcess],
+) -> None:
+    """100 sessions say HELLO, then each sends 1 MiB of a frame announced at 4 MiB and stalls."""
+    mesh = start_mesh("--max-incomplete-frame-bytes", str(8 * MIB))
+    await round_trip(mesh.port, "before")
+    bound = mesh.rss_bytes() + 40 * MIB
+    peers = [await Peer.hello(mesh.port, group="stalling", purpose="pub") for _ in range(100)]
+
+    async def flood() -> list[list[Package]]:
+        for peer in peers:
+            peer.send_raw(partial_frame(MAX_FRAME, MIB))
+        await asyncio.gather(round_trip(mesh.port, "during"), *(written(peer) for peer in peers))
+        closing = [asyncio.create_task(peer.closed_within(30)) for peer in peers]
+        async with asyncio.timeout(30):  # all but the few whose frames fit in 8 MiB are sent away
+            while sum(task.done() for task in closing) < 90:
+                await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+        for task in closing:
+            task.cancel()
+        return [task.result() for task in closing if task.done() and not task.cancelled()]
+
+    sent_away = await under_rss_bound(mesh, flood(), bound, within=60)
+    assert len(sent_away) >= 90
+    for frames in sent_away:  # the goodbye, unless the close's reset (their bytes unread) overtook it
+        assert [(frame.header.command, frame.header.code) for frame in frames] in ([], [(Command.SERVER_GOODBYE_REQUEST, 1)])
+        assert all("max_incomplete_frame_bytes" in (frame.header.desc or "") for frame in frames)
+    assert refusals(mesh, "max_incomplete_frame_bytes")
+    await round_trip(mesh.port, "after")
+    for peer in peers:
+        await peer.close()
+
+
 async def test_connections_that_do_not_say_hello_in_time_are_closed(start_mesh: Callable[..., MeshProcess]) -> None:
     mesh = start_mesh("--hello-timeout", "0.5")
     hello = encode(Package.with_json(Header(Command.HELLO_REQUEST, seq="1"), user_agent().json_fields()))
