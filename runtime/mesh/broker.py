@@ -36,7 +36,7 @@ __all__ = ["Broker", "Changes", "Consumer", "Delivery", "Fanout", "Refusal", "Su
 
 
 class Refusal(enum.Enum):
-    """Why :meth:`Broker.append` (or a new consumer) was refused: which bound is reached."""
+    """Why :meth:`Broker.append` refused an event: the bound it reached (its value names the setting)."""
 
     TOPIC_FULL = "max_topic_events"
     TOO_MANY_TOPICS = "max_topics"
