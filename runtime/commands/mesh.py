@@ -26,8 +26,10 @@ DESCRIPTION = """\
 Run the embedded EventMesh TCP server: a development and test stand-in with in-memory topics
 (durable with --data-dir). Production connectors point at a real Apache EventMesh runtime.
 Un-acked pushes are redelivered; events wait in a bounded log per topic until every subscribed
-group acked them, or until a group without a session for --group-expiry is dropped. SIGTERM or
-SIGINT stops it gracefully (SERVER_GOODBYE to every session).
+group acked them, or until a group without a session for --group-expiry is dropped. Connections,
+bytes and time before HELLO, topics and retained bytes are bounded: what passes a bound is refused
+(an error answer, or a close before HELLO) and logged as mesh.refused. SIGTERM or SIGINT stops it
+gracefully (SERVER_GOODBYE to every session).
 """
 
 
@@ -66,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-unacked-per-session", type=int, default=1000, help="pushes in flight per session (default: %(default)s)"
     )
     parser.add_argument(
+        "--max-unacked-bytes-per-session",
+        type=int,
+        default=2 * 1024 * 1024,
+        help="bytes of pushes in flight per session; one push always goes, however large (default: %(default)s, 2 MiB)",
+    )
+    parser.add_argument(
         "--max-event-size", type=int, default=None, help="largest event data accepted, in bytes (default: no limit)"
     )
     parser.add_argument(
@@ -74,6 +82,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=7 * 24 * 3600.0,
         help="seconds a consumer group may have no session before it is dropped and stops holding its topics' events;"
         " 0 keeps groups forever (default: %(default)s, 7 days)",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=1000, help="connections open at once; more are closed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--hello-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a new connection has to say HELLO before it is closed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes-before-hello",
+        type=int,
+        default=16 * 1024,
+        help="bytes of a frame a connection may send before its HELLO; more close it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-incomplete-frame-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="bytes of frames begun and not yet complete, over all connections; the connection that passes it is"
+        " closed (default: %(default)s, 64 MiB; at least one 4 MiB frame)",
+    )
+    parser.add_argument(
+        "--max-topics",
+        type=int,
+        default=10_000,
+        help="topics the mesh holds; publishes and subscriptions creating more are refused (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-retained-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="bytes of retained events over all topics before publishes are refused (default: %(default)s, 256 MiB)",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
@@ -120,8 +162,15 @@ def run(args: argparse.Namespace) -> int:
             session_timeout=args.session_timeout,
             max_topic_events=args.max_topic_events,
             max_unacked_per_session=args.max_unacked_per_session,
+            max_unacked_bytes_per_session=args.max_unacked_bytes_per_session,
             max_event_size=args.max_event_size,
             group_expiry=args.group_expiry or None,
+            max_connections=args.max_connections,
+            hello_timeout=args.hello_timeout,
+            max_bytes_before_hello=args.max_bytes_before_hello,
+            max_topics=args.max_topics,
+            max_retained_bytes=args.max_retained_bytes,
+            max_incomplete_frame_bytes=args.max_incomplete_frame_bytes,
         )
         freeze_startup_heap()
         failed = asyncio.run(serve(mesh))

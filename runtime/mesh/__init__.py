@@ -27,9 +27,11 @@ What it does as the Java runtime does:
 * CLUSTERING: each event goes to one listening session of each subscribed group. BROADCASTING:
   to every listening session of the group. UNSUBSCRIBE drops every topic of the session.
 * Request-reply: ``REQUEST_TO_SERVER`` is pushed as ``REQUEST_TO_CLIENT`` to one listening SYNC
-  subscriber of its subject; that subscriber answers ``RESPONSE_TO_SERVER`` **with the seq of the
-  REQUEST_TO_CLIENT it answers**, and the requester gets ``RESPONSE_TO_CLIENT`` with the seq of
-  its request. Requests are not stored; they live for the event's ``ttl`` extension
+  subscriber of its subject, with a ``correlation99id`` extension added to the event (as the Java
+  runtime over RocketMQ does); that subscriber answers ``RESPONSE_TO_SERVER`` with an event that
+  carries the extension back (the Java SDK does, under a new seq) or with the seq of the
+  REQUEST_TO_CLIENT it answers, and the requester gets ``RESPONSE_TO_CLIENT`` with the seq of its
+  request. Requests are not stored; they live for the event's ``ttl`` extension
   (milliseconds, 3000 by default). With no SYNC subscriber listening, or when the responder leaves
   before answering, the requester gets ``RESPONSE_TO_CLIENT`` code 1 and the reason.
 * A session that sends no ``HEARTBEAT_REQUEST`` for ``session_timeout`` seconds (60) is closed
@@ -57,7 +59,17 @@ Where the Java runtime loses events, this mesh does better:
   ``topic ... is full``: the publisher backs off and retries, nothing is dropped silently. Each
   session has at most ``max_unacked_per_session`` pushes in flight, so a slow consumer slows its
   group down instead of filling memory, and a peer that does not read what the mesh writes is not
-  read from until it does.
+  read from until it does. Pushes in flight are bounded in bytes as well
+  (``max_unacked_bytes_per_session``), one push always allowed, because the Java SDK's acks echo
+  the whole event and a burst of large ones fills its channel.
+
+Floods are refused, each with a ``mesh.refused`` log line: at most ``max_connections`` connections;
+a connection that has not said HELLO within ``hello_timeout`` or has buffered more than
+``max_bytes_before_hello`` of a frame before it is closed; a connection whose bytes take the frames
+begun and not complete, over all connections, past ``max_incomplete_frame_bytes`` gets a
+``SERVER_GOODBYE_REQUEST`` code 1 and is closed; a publish or subscription past
+``max_topics`` or ``max_retained_bytes`` (every retained event together) is answered code 1 with
+the bound. A topic with no event and no consumer left (its last group expired) is dropped.
 
 Durability: with ``data_dir`` the accepted events, group cursors and acks go to a SQLite file
 (see :mod:`runtime.mesh.store`) in one transaction per loop turn, before that turn's answers are

@@ -11,6 +11,9 @@ store reads the :class:`Changes` the broker collected since the last commit.
   A consumer created now starts at the earliest retained event of its topic.
 * An event leaves its log once every consumer of the topic has acked it; a topic nobody ever
   subscribed keeps its events until the log is full.
+* Memory has three bounds, each a refusal the publisher hears (:class:`Refusal`): events per topic,
+  the number of topics, and the bytes of every retained event together. A topic left with no
+  event and no consumer (its last group expired) is dropped, so that its memory returns.
 * A consumer with no session for a given time (a group renamed or retired) can be dropped
   (:meth:`Broker.expire_idle`), so that its cursor no longer holds the log; the group starts anew at
   the earliest retained event if it comes back.
@@ -21,6 +24,7 @@ store reads the :class:`Changes` the broker collected since the last commit.
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,16 +32,24 @@ from typing import Protocol
 
 from runtime.protocol.frames import SubscriptionMode
 
-__all__ = ["Broker", "Changes", "Consumer", "Delivery", "Fanout", "Subscriber", "TopicLog"]
+__all__ = ["Broker", "Changes", "Consumer", "Delivery", "Fanout", "Refusal", "Subscriber", "TopicLog"]
+
+
+class Refusal(enum.Enum):
+    """Why :meth:`Broker.append` refused an event: the bound it reached (its value names the setting)."""
+
+    TOPIC_FULL = "max_topic_events"
+    TOO_MANY_TOPICS = "max_topics"
+    RETAINED_BYTES_FULL = "max_retained_bytes"
 
 
 class Subscriber(Protocol):
-    """A session as the broker sees it: it receives pushes while it listens and has room."""
+    """A session as the broker sees it: it receives pushes while it listens and has room for one of ``size`` bytes."""
 
     @property
     def listening(self) -> bool: ...
 
-    def has_room(self) -> bool: ...
+    def has_room(self, size: int) -> bool: ...
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None: ...
 
@@ -52,10 +64,11 @@ class Fanout:
 
 @dataclass(slots=True, eq=False)
 class Delivery:
-    """One push waiting for its ack: what a session keeps under the push's seq."""
+    """One push waiting for its ack: what a session keeps under the push's seq (``size``: its body's bytes)."""
 
     consumer: Consumer
     offset: int
+    size: int
     deadline: float
     fanout: Fanout | None = None
 
@@ -66,7 +79,8 @@ class Changes:
 
     Values are copied when they change, so the store may write them from another thread while the
     broker goes on: ``cursors`` maps a consumer to its ``acked_upto``, ``trims`` a topic to its
-    first retained offset.
+    first retained offset. ``dropped_topics`` are gone with every row of theirs: the store deletes
+    them before it writes ``events``, which may hold a new topic of the same name starting at 0.
     """
 
     events: list[tuple[str, int, bytes]] = field(default_factory=list)
@@ -75,15 +89,24 @@ class Changes:
     acks_above: list[tuple[Consumer, int]] = field(default_factory=list)
     trims: dict[str, int] = field(default_factory=dict)
     dropped_consumers: list[Consumer] = field(default_factory=list)
+    dropped_topics: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.new_consumers or self.cursors or self.acks_above or self.trims or self.dropped_consumers)
+        return bool(
+            self.events
+            or self.new_consumers
+            or self.cursors
+            or self.acks_above
+            or self.trims
+            or self.dropped_consumers
+            or self.dropped_topics
+        )
 
 
 class TopicLog:
-    """The retained events of one topic, by offset."""
+    """The retained events of one topic, by offset; ``size`` is the sum of their lengths."""
 
-    __slots__ = ("consumers", "events", "first_offset", "name", "next_offset")
+    __slots__ = ("consumers", "events", "first_offset", "name", "next_offset", "size")
 
     def __init__(self, name: str, first_offset: int = 0) -> None:
         self.name = name
@@ -91,6 +114,7 @@ class TopicLog:
         self.first_offset = first_offset
         self.next_offset = first_offset
         self.consumers: list[Consumer] = []
+        self.size = 0
 
     def __repr__(self) -> str:
         return f"TopicLog({self.name!r}, first={self.first_offset}, next={self.next_offset})"
@@ -108,9 +132,16 @@ class TopicLog:
             return False
         events = self.events
         for offset in range(self.first_offset, low):
-            events.pop(offset, None)
+            body = events.pop(offset, None)
+            if body is not None:
+                self.size -= len(body)
         self.first_offset = low
         return True
+
+    def keep(self, offset: int, body: bytes) -> None:
+        """Hold ``body`` under ``offset`` (appended now, or loaded from the store)."""
+        self.events[offset] = body
+        self.size += len(body)
 
 
 class Consumer:
@@ -194,20 +225,21 @@ class Consumer:
             if self.is_acked(offset):
                 self._advance(offset)
                 continue
+            body = events[offset]
             if broadcasting:
                 targets = [session for session in self.sessions if session.listening]
-                if not targets or not all(session.has_room() for session in targets):
+                if not targets or not all(session.has_room(len(body)) for session in targets):
                     return
                 self._advance(offset)
                 fanout = Fanout(set(targets))
                 for session in targets:
-                    session.push(self, offset, events[offset], fanout)
+                    session.push(self, offset, body, fanout)
             else:
-                target = self._next_session()
+                target = self._next_session(len(body))
                 if target is None:
                     return
                 self._advance(offset)
-                target.push(self, offset, events[offset], None)
+                target.push(self, offset, body, None)
 
     def _advance(self, offset: int) -> None:
         if self.retry and self.retry[0] == offset:
@@ -215,13 +247,13 @@ class Consumer:
         else:
             self.next_offset = offset + 1
 
-    def _next_session(self) -> Subscriber | None:
+    def _next_session(self, size: int) -> Subscriber | None:
         sessions = self.sessions
         count = len(sessions)
         for step in range(count):
             index = (self._turn + step) % count
             session = sessions[index]
-            if session.listening and session.has_room():
+            if session.listening and session.has_room(size):
                 self._turn = index + 1
                 return session
         return None
@@ -230,8 +262,18 @@ class Consumer:
 class Broker:
     """Every topic log and consumer of one mesh; the server calls it, the store reads its changes."""
 
-    def __init__(self, *, max_topic_events: int, durable: bool) -> None:
+    def __init__(
+        self,
+        *,
+        max_topic_events: int,
+        durable: bool,
+        max_topics: int | None = None,
+        max_retained_bytes: int | None = None,
+    ) -> None:
         self.max_topic_events = max_topic_events
+        self.max_topics = max_topics
+        self.max_retained_bytes = max_retained_bytes
+        self.retained_bytes = 0  # the sum of every topic's size
         self.topics: dict[str, TopicLog] = {}
         self.consumers: dict[tuple[str, str, SubscriptionMode], Consumer] = {}
         self.changes: Changes | None = Changes() if durable else None
@@ -259,16 +301,35 @@ class Broker:
                 self.changes.new_consumers.append((consumer, consumer.acked_upto))
         return consumer
 
+    def count_retained(self) -> None:
+        """Sum the topics' sizes into ``retained_bytes`` (after the store loaded events)."""
+        self.retained_bytes = sum(log.size for log in self.topics.values())
+
+    def has_room_for_topics(self, names: Iterable[str]) -> bool:
+        """Whether the topics among ``names`` that do not exist yet may be created (``max_topics``)."""
+        if self.max_topics is None:
+            return True
+        missing = {name for name in names if name not in self.topics}
+        return len(self.topics) + len(missing) <= self.max_topics
+
     # -- the flows -----------------------------------------------------------------------------
 
-    def append(self, topic: str, body: bytes) -> int | None:
-        """Append an event; its offset, or None when the topic's log is full."""
-        log = self.topic(topic)
-        if len(log.events) >= self.max_topic_events:
-            return None
+    def append(self, topic: str, body: bytes) -> int | Refusal:
+        """Append an event; its offset, or the bound that refuses it."""
+        log = self.topics.get(topic)
+        if log is None:
+            if self.max_topics is not None and len(self.topics) >= self.max_topics:
+                return Refusal.TOO_MANY_TOPICS
+        elif len(log.events) >= self.max_topic_events:
+            return Refusal.TOPIC_FULL
+        if self.max_retained_bytes is not None and self.retained_bytes + len(body) > self.max_retained_bytes:
+            return Refusal.RETAINED_BYTES_FULL
+        if log is None:
+            log = self.topics[topic] = TopicLog(topic)
         offset = log.next_offset
-        log.events[offset] = body
+        log.keep(offset, body)
         log.next_offset = offset + 1
+        self.retained_bytes += len(body)
         if self.changes is not None:
             self.changes.events.append((topic, offset, body))
         for consumer in log.consumers:
@@ -326,15 +387,19 @@ class Broker:
             for consumer in batch:
                 consumer.pump()
         for topic in self._to_trim:
-            if topic.trim() and self.changes is not None:
-                self.changes.trims[topic.name] = topic.first_offset
+            size = topic.size
+            if topic.trim():
+                self.retained_bytes -= size - topic.size
+                if self.changes is not None:
+                    self.changes.trims[topic.name] = topic.first_offset
         self._to_trim.clear()
 
     def expire_idle(self, now: float, idle_for: float) -> list[Consumer]:
         """Drop the consumers that have had no session for ``idle_for`` by the clock of ``now``; returns them.
 
         Idleness is what successive calls observed, so the caller calls this now and then (its period is the
-        precision); a consumer loaded from the store starts idle at the first call.
+        precision); a consumer loaded from the store starts idle at the first call. A topic left with no
+        consumer and no event is dropped too.
         """
         expired: list[Consumer] = []
         for consumer in self.consumers.values():
@@ -351,7 +416,24 @@ class Broker:
             if self.changes is not None:
                 self.changes.cursors.pop(consumer, None)
                 self.changes.dropped_consumers.append(consumer)
+        self._drop_empty({consumer.topic for consumer in expired})
         return expired
+
+    def _drop_empty(self, candidates: Iterable[TopicLog]) -> None:
+        """Forget the topics among ``candidates`` that have no consumer and no event left."""
+        dropped = {log.name for log in candidates if not log.consumers and not log.events}
+        if not dropped:
+            return
+        for name in dropped:
+            self._to_trim.discard(self.topics.pop(name))
+        changes = self.changes
+        if changes is not None:
+            # Rows of these topics still unwritten are moot (every event of theirs was acked): a topic of the
+            # same name created later starts at offset 0 again, so nothing of the old one may reach the store.
+            changes.events = [event for event in changes.events if event[0] not in dropped]
+            for name in dropped:
+                changes.trims.pop(name, None)
+            changes.dropped_topics.extend(dropped)
 
     def take_changes(self) -> Changes | None:
         changes = self.changes

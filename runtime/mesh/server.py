@@ -6,7 +6,13 @@ broker push what it can, then writes every session's buffer with one transport w
 the turn's changes are first committed on the store's thread and the buffers taken at that moment
 are written when the commit returns; turns that end while a commit runs wait for the next one
 (group commit). A timer does the rest: redelivery of pushes not acked in time, expiry of sessions
-that stopped heartbeating, expiry of unanswered requests.
+that stopped heartbeating or never said HELLO, expiry of unanswered requests.
+
+Floods are refused at every bound (connections, bytes before HELLO, bytes of incomplete frames,
+topics, retained bytes, events per topic), each with an answer the peer can read (a code 1 ack or
+response with the reason, or a SERVER_GOODBYE) or, before HELLO, a close; and with a ``mesh.refused``
+log line, at most one per bound and second (with the count of the refusals in between) so that a
+flood of refusals is not a flood of log lines.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import functools
 import hmac
 import itertools
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +33,10 @@ import orjson
 import structlog
 
 from runtime.errors import ConfigError, RemoteProtocolError
-from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout
+from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout, Refusal
 from runtime.mesh.store import MeshStore
 from runtime.protocol.frames import (
+    MAX_FRAME,
     Command,
     FrameDecoder,
     Header,
@@ -53,6 +61,22 @@ NO_SESSION = "no session is found"
 GRACEFUL_QUIT = "graceful normal quit from eventmesh"
 STOP_GRACE_SECONDS = 5.0  # how long stop() lets sessions read their goodbye before cutting them off
 DEFAULT_REQUEST_TTL_MS = 3000  # as the Java runtime, when the request carries no 'ttl' extension
+REFUSAL_LOG_INTERVAL = 1.0  # seconds between two 'mesh.refused' lines of the same bound
+MIN_BYTES_BEFORE_HELLO = 1024  # a HELLO frame is a few hundred bytes
+MAX_TOPIC_LENGTH = 1024  # characters: names are held apart from the retained bytes (RocketMQ allows 127)
+# Request-reply correlation as the Java runtime does it (facts from its TCP path and storage plugins):
+# the runtime answers the requester with the seq of its REQUEST_TO_SERVER, which the storage's request
+# callback keeps; it never reads the seq of a RESPONSE_TO_SERVER (the Java SDK sends each one with a new
+# random seq). The storage pairs reply and request: RocketMQ's request() gives the request a unique
+# CORRELATION_ID property (with REPLY_TO_CLIENT and TTL); the runtime pushes such properties to the
+# responder as CloudEvent extensions, lower case with '_' written '99' ("correlation99id"); a Java
+# responder answers with the event it got (the SDK's example) or one built from it, so the extension
+# comes back, and the runtime turns it back into the CORRELATION_ID by which RocketMQ finds the waiting
+# request. The standalone storage has no request-reply at all. So here each REQUEST_TO_CLIENT carries a
+# correlation99id of ours (replacing one the requester set, as RocketMQ does); a RESPONSE_TO_SERVER is
+# matched by that extension when it has one, else by its seq being the REQUEST_TO_CLIENT's (the
+# meshconnect client answers with that seq).
+CORRELATION_EXTENSION = "correlation99id"
 PUSH_PROPERTIES: Mapping[str, Any] = constant_properties({"protocoltype": "cloudevents"})
 PUBLISH_PROPERTIES = ("protocoltype", "protocolversion", "protocoldesc")
 CONTEXT_ATTRIBUTES = frozenset(
@@ -100,6 +124,8 @@ class _Refused(Exception):
 class _RequestPush:
     """A REQUEST_TO_CLIENT from request-reply, in the responder's in-flight map until acked."""
 
+    correlation_id: str
+    size: int
     deadline: float
 
 
@@ -150,6 +176,37 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
     return event
 
 
+def _topic_too_long(topic: str) -> str:
+    return f"the topic name has {len(topic)} characters, more than {MAX_TOPIC_LENGTH}: use a shorter subject"
+
+
+def _correlation_of(body: bytes | None) -> str | None:
+    """The correlation extension of a reply's CloudEvent, if it has one (see ``CORRELATION_EXTENSION``)."""
+    if not body:
+        return None
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    value = event.get(CORRELATION_EXTENSION) if isinstance(event, dict) else None
+    return value if isinstance(value, str) else None
+
+
+class _RefusalLog:
+    """At most one ``mesh.refused`` line per bound and ``REFUSAL_LOG_INTERVAL``, counting the refusals in between."""
+
+    def __init__(self) -> None:
+        self._quiet_until: dict[str, float] = {}  # keyed by bound: a handful of keys
+        self._unlogged: dict[str, int] = {}
+
+    def refused(self, now: float, limit: str, peer: str, reason: str) -> None:
+        if now < self._quiet_until.get(limit, 0.0):
+            self._unlogged[limit] = self._unlogged.get(limit, 0) + 1
+            return
+        self._quiet_until[limit] = now + REFUSAL_LOG_INTERVAL
+        log.warning("mesh.refused", limit=limit, peer=peer, reason=reason, unlogged_before=self._unlogged.pop(limit, 0))
+
+
 class _Session(asyncio.Protocol):
     """One client connection: its HELLO, subscriptions, pushes in flight and output buffer."""
 
@@ -166,9 +223,12 @@ class _Session(asyncio.Protocol):
         self.consumers: dict[str, Consumer] = {}
         self.push_commands: dict[str, Command] = {}
         self.inflight: dict[str, Delivery | _RequestPush] = {}
+        self.inflight_bytes = 0  # the bodies' sizes of ``inflight``
+        self.waiting_requests = 0  # this session's REQUEST_TO_SERVERs not answered yet
         # Pushes taken back after redelivery_timeout, by seq: an ack arriving late still counts (bounded, oldest out).
         self.expired: dict[str, Delivery] = {}
         self.listening = False
+        self.opened_at = 0.0
         self.last_heartbeat = 0.0
         self.closed = False
 
@@ -182,14 +242,19 @@ class _Session(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.last_heartbeat = self._mesh.now()
-        self._mesh.session_opened(self)
+        self.opened_at = self.last_heartbeat = self._mesh.now()
+        if not self._mesh.session_opened(self):
+            self.closed = True
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        frames, error = self._decoder.feed_java(data)
         mesh = self._mesh
+        decoder = self._decoder
+        buffered = decoder.buffered
+        frames, error = decoder.feed_java(data)
+        mesh.incomplete_frame_bytes += decoder.buffered - buffered
         for frame in frames:
             if isinstance(frame, HeaderlessFrame):
                 # As the Java runtime: a frame without a command ends the session with a goodbye.
@@ -206,7 +271,37 @@ class _Session(asyncio.Protocol):
                 log.warning("mesh.session.undecodable", peer=self.peer, error=str(error))
                 self.abort()
                 return
+            if not self._incomplete_frame_fits():
+                return
         mesh.schedule_tick()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the frame this session has begun to send (counted in the mesh's ``incomplete_frame_bytes``)."""
+        return self._decoder.buffered
+
+    def _incomplete_frame_fits(self) -> bool:
+        """Whether the frame this session has begun fits the mesh's bounds; if not, the session is cut off."""
+        mesh = self._mesh
+        buffered = self._decoder.buffered
+        if self.user_agent is None and buffered > mesh.max_bytes_before_hello:
+            # A handshake is a few hundred bytes: a big frame before it is a flood, not a client.
+            reason = f"{buffered} bytes of a frame before HELLO, above {mesh.max_bytes_before_hello}"
+            mesh.refusals.refused(mesh.now(), "max_bytes_before_hello", self.peer, reason)
+            self.abort()
+            return False
+        if buffered and mesh.incomplete_frame_bytes > mesh.max_incomplete_frame_bytes:
+            reason = (
+                f"frames not yet complete hold {mesh.incomplete_frame_bytes} bytes over all connections, above the"
+                f" mesh's max_incomplete_frame_bytes of {mesh.max_incomplete_frame_bytes}: connect again and resend"
+            )
+            mesh.refusals.refused(mesh.now(), "max_incomplete_frame_bytes", self.peer, reason)
+            mesh.incomplete_frame_bytes -= buffered
+            self._decoder = FrameDecoder()  # its bytes go now, not when the peer has read the goodbye
+            self.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, code=1, desc=reason), None))
+            self.close_after_flush()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -266,15 +361,32 @@ class _Session(asyncio.Protocol):
 
     # -- broker.Subscriber ----------------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        return len(self.inflight) < self._mesh.max_unacked_per_session and not self.closing
+    def has_room(self, size: int) -> bool:
+        """Room for a push of ``size`` bytes: under both windows, or nothing in flight (a big event still goes)."""
+        if self.closing:
+            return False
+        inflight = self.inflight
+        if not inflight:
+            return True
+        mesh = self._mesh
+        return len(inflight) < mesh.max_unacked_per_session and self.inflight_bytes + size <= mesh.max_unacked_bytes_per_session
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
         mesh = self._mesh
         seq = mesh.next_seq()
-        self.inflight[seq] = Delivery(consumer, offset, mesh.now() + mesh.redelivery_timeout, fanout)
+        self.add_inflight(seq, Delivery(consumer, offset, len(body), mesh.now() + mesh.redelivery_timeout, fanout))
         command = self.push_commands.get(consumer.topic.name, Command.ASYNC_MESSAGE_TO_CLIENT)
         self.send_frame(encode_fields(command, seq, PUSH_PROPERTIES, body))
+
+    def add_inflight(self, seq: str, entry: Delivery | _RequestPush) -> None:
+        self.inflight[seq] = entry
+        self.inflight_bytes += entry.size
+
+    def take_inflight(self, seq: str) -> Delivery | _RequestPush | None:
+        entry = self.inflight.pop(seq, None)
+        if entry is not None:
+            self.inflight_bytes -= entry.size
+        return entry
 
     # -- timers -----------------------------------------------------------------------------------
 
@@ -285,7 +397,7 @@ class _Session(asyncio.Protocol):
             seq, entry = next(iter(inflight.items()))
             if entry.deadline > now:
                 return
-            del inflight[seq]
+            self.take_inflight(seq)
             if not isinstance(entry, Delivery):
                 continue  # a request push: its requester has its own deadline
             log.info("mesh.push.expired", peer=self.peer, topic=entry.consumer.topic.name, offset=entry.offset)
@@ -306,9 +418,17 @@ class EmbeddedMesh:
     cursors and acks survive a crash. ``redelivery_timeout`` (s): a push not acked in time is pushed
     again. ``session_timeout`` (s): a session that sent no HEARTBEAT_REQUEST for that long is closed.
     ``max_topic_events``: retained events per topic before publishes are refused.
-    ``max_unacked_per_session``: pushes in flight per session. ``max_event_size``: data bytes per event.
+    ``max_unacked_per_session`` and ``max_unacked_bytes_per_session``: pushes, and bytes of pushes, in
+    flight per session (one push always may be, whatever its size). ``max_event_size``: data bytes per event.
     ``group_expiry`` (s): a consumer group with no session for that long is dropped, so that a group
     renamed or retired no longer holds its topics' logs (None: kept forever).
+
+    Against floods: ``max_connections`` open at once (more are closed at once); ``hello_timeout`` (s)
+    and ``max_bytes_before_hello``: a connection that has not said HELLO in time, or has buffered more
+    of a frame before it, is closed; ``max_incomplete_frame_bytes``: the frames begun and not complete,
+    over all connections (the connection whose bytes pass it gets a SERVER_GOODBYE and is closed);
+    ``max_topics`` and ``max_retained_bytes`` (all retained events together) refuse publishes and
+    subscriptions beyond them.
     """
 
     def __init__(
@@ -322,16 +442,47 @@ class EmbeddedMesh:
         session_timeout: float = 60.0,
         max_topic_events: int = 100_000,
         max_unacked_per_session: int = 1000,
+        max_unacked_bytes_per_session: int = 2 * 1024 * 1024,
         max_event_size: int | None = None,
         group_expiry: float | None = 7 * 24 * 3600.0,
+        max_connections: int = 1000,
+        hello_timeout: float = 10.0,
+        max_bytes_before_hello: int = 16 * 1024,
+        max_topics: int = 10_000,
+        max_retained_bytes: int = 256 * 1024 * 1024,
+        max_incomplete_frame_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        timeouts = [("redelivery_timeout", redelivery_timeout), ("session_timeout", session_timeout)]
+        timeouts = [
+            ("redelivery_timeout", redelivery_timeout),
+            ("session_timeout", session_timeout),
+            ("hello_timeout", hello_timeout),
+        ]
         for key, value in timeouts if group_expiry is None else [*timeouts, ("group_expiry", group_expiry)]:
             if value <= 0:
                 raise ConfigError(key, f"{value} is not a positive number of seconds", "give a number of seconds above 0")
-        for key, count in (("max_topic_events", max_topic_events), ("max_unacked_per_session", max_unacked_per_session)):
+        counts = {
+            "max_topic_events": max_topic_events,
+            "max_unacked_per_session": max_unacked_per_session,
+            "max_unacked_bytes_per_session": max_unacked_bytes_per_session,
+            "max_connections": max_connections,
+            "max_topics": max_topics,
+            "max_retained_bytes": max_retained_bytes,
+        }
+        for key, count in counts.items():
             if count < 1:
                 raise ConfigError(key, f"{count} is below 1", "give a count of at least 1")
+        if max_bytes_before_hello < MIN_BYTES_BEFORE_HELLO:
+            raise ConfigError(
+                "max_bytes_before_hello",
+                f"{max_bytes_before_hello} is below {MIN_BYTES_BEFORE_HELLO}",
+                f"give at least {MIN_BYTES_BEFORE_HELLO} bytes: a HELLO frame takes a few hundred",
+            )
+        if max_incomplete_frame_bytes < MAX_FRAME:
+            raise ConfigError(
+                "max_incomplete_frame_bytes",
+                f"{max_incomplete_frame_bytes} is below the protocol's frame limit of {MAX_FRAME}",
+                f"give at least {MAX_FRAME} bytes, so that one frame of the largest size can arrive",
+            )
         if max_event_size is not None and max_event_size < 1:
             raise ConfigError("max_event_size", f"{max_event_size} is below 1", "give a size in bytes, or none for no limit")
         self.host = host
@@ -341,9 +492,21 @@ class EmbeddedMesh:
         self.redelivery_timeout = redelivery_timeout
         self.session_timeout = session_timeout
         self.max_unacked_per_session = max_unacked_per_session
+        self.max_unacked_bytes_per_session = max_unacked_bytes_per_session
         self.max_event_size = max_event_size
         self.group_expiry = group_expiry
-        self.broker = Broker(max_topic_events=max_topic_events, durable=data_dir is not None)
+        self.max_connections = max_connections
+        self.hello_timeout = hello_timeout
+        self.max_bytes_before_hello = max_bytes_before_hello
+        self.max_incomplete_frame_bytes = max_incomplete_frame_bytes
+        self.incomplete_frame_bytes = 0  # the sum of every session's ``buffered``
+        self.broker = Broker(
+            max_topic_events=max_topic_events,
+            durable=data_dir is not None,
+            max_topics=max_topics,
+            max_retained_bytes=max_retained_bytes,
+        )
+        self.refusals = _RefusalLog()
         self._store: MeshStore | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._commit: asyncio.Future[None] | None = None
@@ -355,7 +518,8 @@ class EmbeddedMesh:
         self._to_flush: dict[_Session, None] = {}
         self._tick_scheduled = False
         self._seq = itertools.count(1)
-        self._requests: dict[str, _PendingRequest] = {}
+        self._correlation_prefix = uuid.uuid4().hex  # correlation ids unique across restarts too
+        self._requests: dict[str, _PendingRequest] = {}  # by correlation id
         self._request_turn = 0
         self._all_closed = asyncio.Event()
 
@@ -473,26 +637,38 @@ class EmbeddedMesh:
     def next_seq(self) -> str:
         return str(next(self._seq))
 
-    def session_opened(self, session: _Session) -> None:
+    def session_opened(self, session: _Session) -> bool:
+        """Admit a new connection; False when ``max_connections`` are open (the caller closes it)."""
+        if len(self._sessions) >= self.max_connections:
+            self.refusals.refused(self.now(), "max_connections", session.peer, f"{len(self._sessions)} connections are open")
+            return False
         self._sessions.add(session)
         log.debug("mesh.session.opened", peer=session.peer)
+        return True
 
     def session_closed(self, session: _Session) -> None:
+        if session not in self._sessions:
+            return  # refused at connection_made
         self._sessions.discard(session)
         self._to_flush.pop(session, None)
+        self.incomplete_frame_bytes -= session.buffered
         broker = self.broker
         for consumer in session.consumers.values():
             broker.detach(session, consumer)
-        for seq, entry in session.inflight.items():
+        for entry in session.inflight.values():
             if isinstance(entry, Delivery):
                 broker.abandoned(session, entry)
             else:
-                self._answer_request(seq, None, "the responder left before answering")
+                self._answer_request(entry.correlation_id, None, "the responder left before answering")
         session.inflight.clear()
+        session.inflight_bytes = 0
         for seq, pending in list(self._requests.items()):
             if pending.requester is session:
                 del self._requests[seq]
-        log.info("mesh.session.closed", peer=session.peer, group=session.user_agent.group if session.user_agent else None)
+        if session.user_agent is not None:
+            log.info("mesh.session.closed", peer=session.peer, group=session.user_agent.group)
+        else:  # a connection that never said HELLO: one line each would let a connection flood flood the log
+            log.debug("mesh.session.closed", peer=session.peer, group=None)
         if not self._sessions:
             self._all_closed.set()
         self.schedule_tick()
@@ -545,12 +721,17 @@ class EmbeddedMesh:
             session.write(data, close)
 
     async def _housekeeping(self) -> None:
-        interval = min(1.0, max(0.01, min(self.redelivery_timeout, self.session_timeout) / 5))
+        interval = min(1.0, max(0.01, min(self.redelivery_timeout, self.session_timeout, self.hello_timeout) / 5))
         while True:
             await asyncio.sleep(interval)
             now = self.now()
             for session in list(self._sessions):
                 if session.closing:
+                    continue
+                if session.user_agent is None and now - session.opened_at > self.hello_timeout:
+                    # Aborted, not closed: a peer that does not read could hold a graceful close open for ever.
+                    self.refusals.refused(now, "hello_timeout", session.peer, f"no HELLO within {self.hello_timeout:g} s")
+                    session.abort()
                     continue
                 if now - session.last_heartbeat > self.session_timeout:
                     log.warning("mesh.session.expired", peer=session.peer)
@@ -563,9 +744,10 @@ class EmbeddedMesh:
                     session.close_after_flush()
                     continue
                 session.expire_pushes(now)
-            for seq, pending in list(self._requests.items()):
+            for correlation_id, pending in list(self._requests.items()):
                 if pending.deadline <= now:
-                    del self._requests[seq]
+                    del self._requests[correlation_id]
+                    pending.requester.waiting_requests -= 1
             if self.group_expiry is not None:
                 for consumer in self.broker.expire_idle(now, self.group_expiry):
                     log.info(
@@ -660,6 +842,18 @@ class EmbeddedMesh:
                 session.reply(package, code=1, desc="a subscription item has a blank topic")
                 return
         for item in items:
+            if len(item.topic) > MAX_TOPIC_LENGTH:
+                session.reply(package, code=1, desc=_topic_too_long(item.topic))
+                return
+        if not self.broker.has_room_for_topics(item.topic for item in items if item.topic not in session.subscriptions):
+            reason = (
+                f"the mesh holds {len(self.broker.topics)} topics, its max_topics is {self.broker.max_topics}:"
+                " subscribe to existing topics, or retry once idle topics are dropped"
+            )
+            self.refusals.refused(self.now(), "max_topics", session.peer, reason)
+            session.reply(package, code=1, desc=reason)
+            return
+        for item in items:
             if item.topic in session.subscriptions:
                 continue  # as the Java runtime: the first subscription of a topic wins
             consumer = self.broker.consumer(session.user_agent.group or "", item.topic, item.mode)
@@ -672,7 +866,13 @@ class EmbeddedMesh:
             else:
                 session.push_commands[item.topic] = Command.ASYNC_MESSAGE_TO_CLIENT
             self.broker.attach(session, consumer)
-        log.info("mesh.session.subscribed", peer=session.peer, group=session.user_agent.group, topics=[i.topic for i in items])
+        log.info(
+            "mesh.session.subscribed",
+            peer=session.peer,
+            group=session.user_agent.group,
+            topics=[item.topic for item in items[:10]],
+            count=len(items),
+        )
         session.reply(package)
 
     def _unsubscribe(self, session: _Session, package: Package) -> None:
@@ -701,16 +901,36 @@ class EmbeddedMesh:
             return
         assert package.body is not None
         topic: str = event["subject"]
-        if self.broker.append(topic, package.body) is None:
-            groups = sorted({consumer.group for consumer in self.broker.iter_consumers(topic)})
-            reason = f"topic {topic!r} is full ({self.broker.max_topic_events} events wait for groups {groups}): retry later"
+        if len(topic) > MAX_TOPIC_LENGTH:
+            session.reply(package, code=1, desc=_topic_too_long(topic))
+            return
+        appended = self.broker.append(topic, package.body)
+        if isinstance(appended, Refusal):
+            reason = self._append_refusal(appended, topic, len(package.body))
+            self.refusals.refused(self.now(), appended.value, session.peer, reason)
             session.reply(package, code=1, desc=reason)
             return
         session.reply(package)
 
+    def _append_refusal(self, refusal: Refusal, topic: str, size: int) -> str:
+        """What the publisher of ``size`` bytes to ``topic`` refused by ``refusal`` is told."""
+        broker = self.broker
+        if refusal is Refusal.TOPIC_FULL:
+            groups = sorted({consumer.group for consumer in broker.iter_consumers(topic)})
+            return f"topic {topic!r} is full ({broker.max_topic_events} events wait for groups {groups[:10]}): retry later"
+        if refusal is Refusal.TOO_MANY_TOPICS:
+            return (
+                f"topic {topic!r} would be new, and the mesh holds {len(broker.topics)} topics, its max_topics:"
+                " publish to existing topics, or retry once idle topics are dropped"
+            )
+        return (
+            f"the mesh retains {broker.retained_bytes} bytes of events, and {size} more would pass its"
+            f" max_retained_bytes of {broker.max_retained_bytes}: retry once subscribers acked events"
+        )
+
     def _push_ack(self, session: _Session, package: Package) -> None:
         seq = package.header.seq
-        entry = session.inflight.pop(seq, None) if seq is not None else None
+        entry = session.take_inflight(seq) if seq is not None else None
         if entry is None:
             late = session.expired.pop(seq, None) if seq is not None else None
             if late is not None:
@@ -728,8 +948,23 @@ class EmbeddedMesh:
         except _Refused as refused:
             session.reply(package, code=1, desc=str(refused))
             return
+        if session.waiting_requests >= self.max_unacked_per_session:
+            # The requester sets each request's ttl: without this bound, requests acked but never answered pile up.
+            reason = (
+                f"{session.waiting_requests} requests of this session wait for replies, its max_unacked_per_session:"
+                " send more once replies came or their ttl passed"
+            )
+            self.refusals.refused(self.now(), "max_unacked_per_session", session.peer, reason)
+            session.reply(package, code=1, desc=reason)
+            return
         topic: str = event["subject"]
-        responder = self._pick_responder(topic)
+        if len(topic) > MAX_TOPIC_LENGTH:
+            session.reply(package, code=1, desc=_topic_too_long(topic))
+            return
+        seq = self.next_seq()
+        correlation_id = self._correlation_id(seq)
+        body = orjson.dumps({**event, CORRELATION_EXTENSION: correlation_id})
+        responder = self._pick_responder(topic, len(body))
         if responder is None:
             session.reply(package, code=1, desc=f"no session listens to topic {topic!r} with a SYNC subscription")
             return
@@ -738,19 +973,23 @@ class EmbeddedMesh:
         except (TypeError, ValueError):
             ttl = DEFAULT_REQUEST_TTL_MS / 1000
         now = self.now()
-        seq = self.next_seq()
-        self._requests[seq] = _PendingRequest(session, package.header.seq, now + ttl)
-        responder.inflight[seq] = _RequestPush(now + self.redelivery_timeout)
-        responder.send(Package(Header(Command.REQUEST_TO_CLIENT, seq=seq, properties=PUSH_PROPERTIES), package.body))
+        self._requests[correlation_id] = _PendingRequest(session, package.header.seq, now + ttl)
+        session.waiting_requests += 1
+        responder.add_inflight(seq, _RequestPush(correlation_id, len(body), now + self.redelivery_timeout))
+        responder.send(Package(Header(Command.REQUEST_TO_CLIENT, seq=seq, properties=PUSH_PROPERTIES), body))
 
-    def _pick_responder(self, topic: str) -> _Session | None:
+    def _correlation_id(self, seq: str) -> str:
+        """The correlation id of the REQUEST_TO_CLIENT with ``seq``, so that a reply by seq finds it as well."""
+        return f"{self._correlation_prefix}-{seq}"
+
+    def _pick_responder(self, topic: str, size: int) -> _Session | None:
         candidates = [
             session
             for consumer in self.broker.iter_consumers(topic)
             for session in consumer.sessions
             if isinstance(session, _Session)
             and session.listening
-            and session.has_room()
+            and session.has_room(size)
             and session.push_commands.get(topic) is Command.REQUEST_TO_CLIENT
         ]
         if not candidates:
@@ -759,14 +998,20 @@ class EmbeddedMesh:
         return candidates[self._request_turn % len(candidates)]
 
     def _response(self, session: _Session, package: Package) -> None:
-        # The responder answers with the seq of the REQUEST_TO_CLIENT it answers.
+        # Matched by correlation extension, else by seq: see CORRELATION_EXTENSION.
         seq = package.header.seq
-        if seq is None or not self._answer_request(seq, package.body, None):
-            log.info("mesh.response.unmatched", peer=session.peer, seq=seq)
+        correlation_id = _correlation_of(package.body)
+        if correlation_id is None and seq is not None:
+            correlation_id = self._correlation_id(seq)
+        if correlation_id is None or not self._answer_request(correlation_id, package.body, None):
+            log.info("mesh.response.unmatched", peer=session.peer, seq=seq, correlation_id=correlation_id)
 
-    def _answer_request(self, seq: str, body: bytes | None, failure: str | None) -> bool:
-        pending = self._requests.pop(seq, None)
-        if pending is None or pending.requester.closed:
+    def _answer_request(self, correlation_id: str, body: bytes | None, failure: str | None) -> bool:
+        pending = self._requests.pop(correlation_id, None)
+        if pending is None:
+            return False
+        pending.requester.waiting_requests -= 1
+        if pending.requester.closed:
             return False
         if failure is None:
             header = Header(Command.RESPONSE_TO_CLIENT, seq=pending.seq, properties=PUSH_PROPERTIES)

@@ -117,35 +117,51 @@ class MeshStore:
                 log.first_offset = max(first_offset, low)
             for offset, body in enumerate(unpack_batch(data, last_offset - first_offset + 1), first_offset):
                 if offset >= low:
-                    log.events[offset] = body
+                    log.keep(offset, body)
                     loaded += 1
             log.next_offset = max(log.next_offset, last_offset + 1)
+        broker.count_retained()
         return loaded
 
     def commit(self, changes: Changes) -> None:
-        """Write one tick's changes in one transaction."""
+        """Write one tick's changes in one transaction.
+
+        What is gone goes first: a consumer or topic dropped in this batch may come back in it under the
+        same name (a group subscribing again, a topic published to again), and its new rows must not meet
+        the old ones. A consumer dropped here writes nothing of its own.
+        """
         db = self._db
+        dropped = set(changes.dropped_consumers)
         db.execute("BEGIN")
         try:
+            for consumer in dropped:
+                if consumer.id is not None:
+                    db.execute("DELETE FROM consumers WHERE id = ?", (consumer.id,))
+                    db.execute("DELETE FROM acks WHERE consumer = ?", (consumer.id,))
+            for topic in changes.dropped_topics:
+                topic_id = self._topic_ids.pop(topic, None)
+                if topic_id is not None:
+                    db.execute(
+                        "DELETE FROM batches WHERE id >= ? AND id < ?", (topic_id << _OFFSET_BITS, (topic_id + 1) << _OFFSET_BITS)
+                    )
+                    db.execute("DELETE FROM topics WHERE id = ?", (topic_id,))
             if changes.events:
                 db.executemany("INSERT INTO batches(id, last_offset, data) VALUES (?, ?, ?)", self._batches(changes.events))
             for consumer, acked_upto in changes.new_consumers:
-                cursor = db.execute(
-                    "INSERT INTO consumers(grp, topic, mode, acked_upto) VALUES (?, ?, ?, ?)",
-                    (consumer.group, consumer.topic.name, consumer.mode.name, acked_upto),
-                )
-                consumer.id = cursor.lastrowid
+                if consumer not in dropped:
+                    cursor = db.execute(
+                        "INSERT INTO consumers(grp, topic, mode, acked_upto) VALUES (?, ?, ?, ?)",
+                        (consumer.group, consumer.topic.name, consumer.mode.name, acked_upto),
+                    )
+                    consumer.id = cursor.lastrowid
             if changes.acks_above:
                 db.executemany(
                     "INSERT OR IGNORE INTO acks(consumer, offset) VALUES (?, ?)",
-                    [(consumer.id, offset) for consumer, offset in changes.acks_above],
+                    [(consumer.id, offset) for consumer, offset in changes.acks_above if consumer not in dropped],
                 )
             for consumer, acked_upto in changes.cursors.items():
                 db.execute("UPDATE consumers SET acked_upto = ? WHERE id = ?", (acked_upto, consumer.id))
                 db.execute("DELETE FROM acks WHERE consumer = ? AND offset < ?", (consumer.id, acked_upto))
-            for consumer in changes.dropped_consumers:
-                db.execute("DELETE FROM consumers WHERE id = ?", (consumer.id,))
-                db.execute("DELETE FROM acks WHERE consumer = ?", (consumer.id,))
             for topic, first_offset in changes.trims.items():
                 db.execute(
                     "DELETE FROM batches WHERE id >= ? AND id < ? AND last_offset < ?",

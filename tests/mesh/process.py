@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from tests.servers import free_port, wait_for_port
 
@@ -43,6 +47,24 @@ class MeshProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(10)
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory now (``VmRSS`` of ``/proc/<pid>/status``)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for pid {self.proc.pid}: is the mesh still running?")
+
+    def log_entries(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines of ``event`` the process wrote so far."""
+        entries = []
+        for line in self.log_path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                entry = orjson.loads(line)
+                if isinstance(entry, dict) and entry.get("event") == event:
+                    entries.append(entry)
+        return entries
 
     def ensure_stopped(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

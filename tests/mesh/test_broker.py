@@ -1,11 +1,11 @@
-"""The broker and its store without sockets: cursors, trimming, redelivery order, fan-out, reload."""
+"""The broker and its store without sockets: cursors, trimming, redelivery order, fan-out, reload, bounds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout
+from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout, Refusal
 from runtime.mesh.store import MeshStore
 from runtime.protocol.frames import SubscriptionMode
 
@@ -19,11 +19,11 @@ class FakeSession:
     listening: bool = True
     got: list[Delivery] = field(default_factory=list)
 
-    def has_room(self) -> bool:
+    def has_room(self, size: int) -> bool:
         return len(self.got) < self.room
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
-        self.got.append(Delivery(consumer, offset, 0.0, fanout))
+        self.got.append(Delivery(consumer, offset, len(body), 0.0, fanout))
 
     def offsets(self) -> list[int]:
         return [delivery.offset for delivery in self.got]
@@ -47,11 +47,11 @@ def test_out_of_order_acks_move_the_cursor_once_the_gap_closes_and_trim_the_log(
 def test_log_is_trimmed_to_the_slowest_group_and_refuses_appends_when_full() -> None:
     broker = Broker(max_topic_events=3, durable=False)
     fast, slow = broker.consumer("fast", "t", CLUSTERING), broker.consumer("slow", "t", CLUSTERING)
-    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, None]
+    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, Refusal.TOPIC_FULL]
     for offset in range(3):
         fast.ack(offset)
     broker.settle()
-    assert broker.append("t", b"x") is None
+    assert broker.append("t", b"x") is Refusal.TOPIC_FULL
     slow.ack(0)
     broker.settle()
     assert broker.append("t", b"x") == 3
@@ -142,12 +142,12 @@ def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_
     live, retired = broker.consumer("live", "t", CLUSTERING), broker.consumer("retired", "t", CLUSTERING)
     session = FakeSession()
     broker.attach(session, live)
-    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, None]
+    assert [broker.append("t", b"x") for _ in range(4)] == [0, 1, 2, Refusal.TOPIC_FULL]
     for offset in range(3):
         live.ack(offset)
     broker.settle()
     commit(store, broker)
-    assert broker.append("t", b"x") is None  # the retired group's cursor holds the full log
+    assert broker.append("t", b"x") is Refusal.TOPIC_FULL  # the retired group's cursor holds the full log
     assert broker.expire_idle(100.0, 60.0) == []  # first seen idle now
     assert broker.expire_idle(159.0, 60.0) == []
     broker.detach(session, live)  # the live group goes idle later: its clock starts at the next call
@@ -168,4 +168,50 @@ def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_
     assert sorted(reloaded.topics["t"].events) == [3]
     back = reloaded.consumer("retired", "t", CLUSTERING)  # a returning group starts at the earliest retained event
     assert back.acked_upto == 3
+    store.close()
+
+
+def test_topics_and_retained_bytes_are_bounded_and_acked_events_free_their_room() -> None:
+    broker = Broker(max_topic_events=10, durable=False, max_topics=2, max_retained_bytes=10)
+    assert broker.append("t", b"1234") == 0
+    assert broker.append("u", b"1234") == 0
+    assert broker.append("v", b"1") is Refusal.TOO_MANY_TOPICS
+    assert "v" not in broker.topics
+    assert broker.append("t", b"1234") is Refusal.RETAINED_BYTES_FULL
+    assert broker.append("t", b"12") == 1
+    consumer = broker.consumer("g", "t", CLUSTERING)
+    consumer.ack(0)
+    broker.settle()
+    assert broker.retained_bytes == 6
+    assert broker.append("t", b"1234") == 2
+    assert not broker.has_room_for_topics(["v"])
+    assert broker.has_room_for_topics(["t", "u"])
+
+
+def test_a_topic_left_without_events_and_groups_is_dropped_and_may_come_back_in_the_same_commit(tmp_path: Path) -> None:
+    broker = Broker(max_topic_events=10, durable=True)
+    store = MeshStore(tmp_path)
+    store.load(broker)
+    consumer = broker.consumer("g", "t", CLUSTERING)
+    broker.append("t", b"old-0")
+    broker.append("t", b"old-1")
+    commit(store, broker)
+    broker.append("t", b"old-2")  # not committed yet when the topic goes
+    for offset in range(3):
+        consumer.ack(offset)
+    broker.settle()
+    assert broker.expire_idle(0.0, 1.0) == []
+    assert broker.expire_idle(2.0, 1.0) == [consumer]
+    assert "t" not in broker.topics
+    assert broker.retained_bytes == 0
+    assert broker.append("t", b"new-0") == 0  # the same name again, offsets from 0
+    commit(store, broker)
+    store.close()
+
+    reloaded = Broker(max_topic_events=10, durable=True)
+    store = MeshStore(tmp_path)
+    assert store.load(reloaded) == 1
+    assert reloaded.topics["t"].events == {0: b"new-0"}
+    assert reloaded.retained_bytes == len(b"new-0")
+    assert reloaded.consumers == {}
     store.close()

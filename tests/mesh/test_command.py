@@ -63,6 +63,11 @@ async def test_users_file_is_enforced_and_sigterm_says_goodbye(mesh_with_users: 
         (["--redelivery-timeout", "0"], "redelivery_timeout"),
         (["--max-topic-events", "0"], "max_topic_events"),
         (["--group-expiry", "-1"], "group_expiry"),
+        (["--max-topics", "0"], "max_topics"),
+        (["--hello-timeout", "0"], "hello_timeout"),
+        (["--max-bytes-before-hello", "100"], "max_bytes_before_hello"),
+        (["--max-retained-bytes", "0"], "max_retained_bytes"),
+        (["--max-incomplete-frame-bytes", "1024"], "max_incomplete_frame_bytes"),
         (["--users", "/nonexistent/users.yaml"], "--users"),
     ],
 )

@@ -11,7 +11,16 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType, encode
+from runtime.protocol.frames import (
+    Command,
+    Header,
+    Package,
+    Subscription,
+    SubscriptionItem,
+    SubscriptionMode,
+    SubscriptionType,
+    encode,
+)
 from tests.mesh.wire import PUBLISH_PROPERTIES, Peer, event_body, numbers, user_agent
 
 
@@ -358,6 +367,33 @@ async def test_in_flight_pushes_per_session_are_bounded() -> None:
         await pub.close()
 
 
+async def test_in_flight_pushes_are_bounded_by_bytes_and_one_event_larger_than_the_window_still_goes() -> None:
+    """Large events: the window in bytes holds pushes back long before the count does."""
+    pad = "x" * 3000  # about 3.2 KB a body: three fit in 10,000 bytes, four do not
+    async with EmbeddedMesh(port=0, max_unacked_bytes_per_session=10_000) as mesh:
+        sub = await Peer.hello(mesh.port)
+        await sub.subscribe("big")
+        pub = await Peer.hello(mesh.port, purpose="pub")
+        for n in range(6):
+            assert (await pub.publish(event_body("big", {"n": n, "pad": pad}))).header.code == 0
+        first = await sub.take(3, ack=False)
+        assert numbers(first) == [0, 1, 2]
+        await sub.nothing_within(0.3)
+        sub.ack(first[0])
+        fourth = await sub.take(1, ack=False)
+        assert numbers(fourth) == [3]  # one ack made room for one more
+        await sub.nothing_within(0.3)
+        for push in [*first[1:], *fourth]:
+            sub.ack(push)
+        assert numbers(await sub.take(2)) == [4, 5]
+        huge = event_body("big", {"n": 6, "pad": "y" * 50_000})  # five times the window
+        assert (await pub.publish(huge)).header.code == 0
+        [alone] = await sub.take(1)
+        assert alone.body == huge
+        await sub.close()
+        await pub.close()
+
+
 # -- timers ---------------------------------------------------------------------------------------------------
 
 
@@ -411,6 +447,24 @@ async def test_session_without_heartbeat_expires() -> None:
         await beating.close()
 
 
+async def test_topic_names_longer_than_1024_characters_are_refused(mesh: EmbeddedMesh) -> None:
+    long_name = "t" * 1025
+    sub = await Peer.hello(mesh.port)
+    subscription = Subscription((SubscriptionItem(long_name, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC),))
+    answer = await sub.request(Package.with_json(Header(Command.SUBSCRIBE_REQUEST, seq=sub.seq()), subscription.json_fields()))
+    assert (answer.header.command, answer.header.code) == (Command.SUBSCRIBE_RESPONSE, 1)
+    assert "1025 characters" in (answer.header.desc or "")
+    pub = await Peer.hello(mesh.port, purpose="pub")
+    for command in (Command.ASYNC_MESSAGE_TO_SERVER, Command.REQUEST_TO_SERVER):
+        answer = await pub.publish(event_body(long_name), command)
+        assert answer.header.code == 1
+        assert "1025 characters" in (answer.header.desc or "")
+    assert long_name not in mesh.status()["topics"]
+    await pub.publish_ok("t" * 1024, 1)
+    await sub.close()
+    await pub.close()
+
+
 # -- request-reply ------------------------------------------------------------------------------------------
 
 
@@ -424,15 +478,82 @@ async def test_request_reply(mesh: EmbeddedMesh) -> None:
     requester.send(request)
     pushed = await responder.push()
     assert pushed.header.command is Command.REQUEST_TO_CLIENT
-    assert pushed.body == request.body
+    pushed_event = orjson.loads(pushed.body or b"")
+    assert pushed_event.pop("correlation99id")
+    assert pushed_event == orjson.loads(request.body or b"")
     responder.ack(pushed)
-    reply_body = event_body("rpc", {"a": 2})
+    reply_body = event_body("rpc", {"a": 2})  # no correlation extension: matched by the seq of the push
     responder.send(Package(Header(Command.RESPONSE_TO_SERVER, seq=pushed.header.seq, properties=PUBLISH_PROPERTIES), reply_body))
     answer = await requester.receive()
     assert (answer.header.command, answer.header.code, answer.header.seq) == (Command.RESPONSE_TO_CLIENT, 0, "0000000777")
     assert answer.body == reply_body
     await responder.close()
     await requester.close()
+
+
+async def test_reply_with_a_new_seq_is_matched_by_its_correlation_extension_as_the_java_sdk_sends_it(
+    mesh: EmbeddedMesh,
+) -> None:
+    """The Java SDK answers with the event it got (extensions included) under a new random seq."""
+    responder = await Peer.hello(mesh.port, group="service")
+    await responder.subscribe("rpc", kind=SubscriptionType.SYNC)
+    requesters = [await Peer.hello(mesh.port, group="client", purpose="pub") for _ in range(2)]
+    for n, requester in enumerate(requesters):
+        requester.send(
+            Package(
+                Header(Command.REQUEST_TO_SERVER, seq="0000000777", properties=PUBLISH_PROPERTIES), event_body("rpc", {"q": n})
+            )
+        )
+    pushes = [await responder.push() for _ in requesters]
+    for pushed in reversed(pushes):  # answered out of order, each under a seq the mesh never sent
+        responder.ack(pushed)
+        reply = orjson.loads(pushed.body or b"")
+        assert "correlation99id" in reply, "the request push carries no correlation extension to answer with"
+        reply["data"] = {"a": reply["data"]["q"]}
+        reply_seq = f"9{pushed.header.seq:0>9}"
+        responder.send(
+            Package(Header(Command.RESPONSE_TO_SERVER, seq=reply_seq, properties=PUBLISH_PROPERTIES), orjson.dumps(reply))
+        )
+    for n, requester in enumerate(requesters):
+        answer = await requester.receive()
+        assert (answer.header.command, answer.header.code, answer.header.seq) == (Command.RESPONSE_TO_CLIENT, 0, "0000000777")
+        assert orjson.loads(answer.body or b"")["data"] == {"a": n}
+    await responder.close()
+    for requester in requesters:
+        await requester.close()
+
+
+async def test_requests_waiting_for_replies_are_bounded_per_requester() -> None:
+    async with EmbeddedMesh(port=0, max_unacked_per_session=2) as mesh:
+        responder = await Peer.hello(mesh.port, group="service")
+        await responder.subscribe("rpc", kind=SubscriptionType.SYNC)
+        requester = await Peer.hello(mesh.port, group="client", purpose="pub")
+
+        def request(n: int) -> Package:
+            body = event_body("rpc", {"q": n}, ttl="60000")
+            return Package(Header(Command.REQUEST_TO_SERVER, seq=f"{n:010d}", properties=PUBLISH_PROPERTIES), body)
+
+        for n in range(2):
+            requester.send(request(n))
+        pushes = await responder.take(2)  # acked, not answered: the requests still wait
+        await responder.call(Command.HEARTBEAT_REQUEST)
+        refused = await requester.request(request(2))
+        assert (refused.header.command, refused.header.code) == (Command.RESPONSE_TO_CLIENT, 1)
+        assert "max_unacked_per_session" in (refused.header.desc or "")
+        responder.send(
+            Package(Header(Command.RESPONSE_TO_SERVER, seq=responder.seq(), properties=PUBLISH_PROPERTIES), pushes[0].body)
+        )
+        answered = await requester.receive()
+        [asked] = numbers_of_requests(pushes[:1])
+        assert (answered.header.code, answered.header.seq) == (0, f"{asked:010d}")
+        requester.send(request(3))
+        assert numbers_of_requests(await responder.take(1)) == [3]
+        await responder.close()
+        await requester.close()
+
+
+def numbers_of_requests(pushes: list[Package]) -> list[int]:
+    return [orjson.loads(push.body or b"")["data"]["q"] for push in pushes]
 
 
 async def test_request_without_a_responder_fails_fast(mesh: EmbeddedMesh) -> None:
@@ -537,6 +658,10 @@ def test_bad_settings_fail_at_construction_naming_the_key() -> None:
         EmbeddedMesh(redelivery_timeout=0)
     with pytest.raises(ConfigError, match="max_unacked_per_session"):
         EmbeddedMesh(max_unacked_per_session=0)
+    with pytest.raises(ConfigError, match="max_unacked_bytes_per_session"):
+        EmbeddedMesh(max_unacked_bytes_per_session=0)
+    with pytest.raises(ConfigError, match="max_bytes_before_hello"):
+        EmbeddedMesh(max_bytes_before_hello=100)
 
 
 async def test_publisher_that_does_not_read_its_acks_is_paused_not_buffered(mesh: EmbeddedMesh) -> None:
