@@ -35,6 +35,7 @@ import structlog
 from runtime.errors import ConfigError, RemoteProtocolError
 from runtime.mesh.broker import Broker, Consumer, Delivery, Fanout, Refusal
 from runtime.mesh.store import MeshStore
+from runtime.protocol.events import CORRELATION_EXTENSION, correlation_of
 from runtime.protocol.frames import (
     MAX_FRAME,
     Command,
@@ -75,8 +76,7 @@ MAX_TOPIC_LENGTH = 1024  # characters: names are held apart from the retained by
 # request. The standalone storage has no request-reply at all. So here each REQUEST_TO_CLIENT carries a
 # correlation99id of ours (replacing one the requester set, as RocketMQ does); a RESPONSE_TO_SERVER is
 # matched by that extension when it has one, else by its seq being the REQUEST_TO_CLIENT's (the
-# meshconnect client answers with that seq).
-CORRELATION_EXTENSION = "correlation99id"
+# meshconnect client answers with that seq and carries the extension back).
 PUSH_PROPERTIES: Mapping[str, Any] = constant_properties({"protocoltype": "cloudevents"})
 PUBLISH_PROPERTIES = ("protocoltype", "protocolversion", "protocoldesc")
 CONTEXT_ATTRIBUTES = frozenset(
@@ -178,18 +178,6 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
 
 def _topic_too_long(topic: str) -> str:
     return f"the topic name has {len(topic)} characters, more than {MAX_TOPIC_LENGTH}: use a shorter subject"
-
-
-def _correlation_of(body: bytes | None) -> str | None:
-    """The correlation extension of a reply's CloudEvent, if it has one (see ``CORRELATION_EXTENSION``)."""
-    if not body:
-        return None
-    try:
-        event = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    value = event.get(CORRELATION_EXTENSION) if isinstance(event, dict) else None
-    return value if isinstance(value, str) else None
 
 
 class _RefusalLog:
@@ -1000,7 +988,7 @@ class EmbeddedMesh:
     def _response(self, session: _Session, package: Package) -> None:
         # Matched by correlation extension, else by seq: see CORRELATION_EXTENSION.
         seq = package.header.seq
-        correlation_id = _correlation_of(package.body)
+        correlation_id = correlation_of(package.body)
         if correlation_id is None and seq is not None:
             correlation_id = self._correlation_id(seq)
         if correlation_id is None or not self._answer_request(correlation_id, package.body, None):

@@ -76,6 +76,7 @@ from runtime.record import ConnectorRecord, event_attributes, is_json_content_ty
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
+    "CORRELATION_EXTENSION",
     "CONTENT_TYPE_EXTENSION",
     "DATA_ENCODING_EXTENSION",
     "EncodedEvent",
@@ -87,6 +88,7 @@ __all__ = [
     "body_to_event",
     "body_to_event_and_transport",
     "body_to_record",
+    "correlation_of",
     "event_to_body",
     "publish_frame",
     "publish_package",
@@ -97,6 +99,9 @@ __all__ = [
 CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"
 CONTENT_TYPE_EXTENSION: Final = "meshcontenttype"
 DATA_ENCODING_EXTENSION: Final = "meshdataenc"
+# How a request and its reply are paired: the storage's correlation id reaches the responder as this
+# extension (RocketMQ's CORRELATION_ID, lower case, '_' written '99'); a reply must carry it back.
+CORRELATION_EXTENSION: Final = "correlation99id"
 _RESERVED_EXTENSIONS = frozenset({CONTENT_TYPE_EXTENSION, DATA_ENCODING_EXTENSION})
 
 _STAMPS = (
@@ -474,3 +479,13 @@ def _ack_command(push: Package) -> Command:
     if command is None:
         raise LocalProtocolError(f"{push.header.command.name} is not a push and cannot be acknowledged")
     return command
+
+
+def correlation_of(body: bytes | None) -> str | None:
+    """The ``CORRELATION_EXTENSION`` of an event body, if the body is a JSON object that has one."""
+    try:
+        event = orjson.loads(body or b"")
+    except orjson.JSONDecodeError:
+        return None
+    value = event.get(CORRELATION_EXTENSION) if isinstance(event, dict) else None
+    return value if isinstance(value, str) else None

@@ -39,7 +39,7 @@ from typing import Generic, TypeVar
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import HelloRefusedError, LocalProtocolError, MeshRejectedError, RemoteProtocolError
-from runtime.protocol.events import Publishable, ack_frame, publish_frame
+from runtime.protocol.events import CORRELATION_EXTENSION, Publishable, ack_frame, correlation_of, publish_frame
 from runtime.protocol.frames import (
     Command,
     FrameDecoder,
@@ -345,11 +345,16 @@ class ClientSession(Generic[Token]):
         return True
 
     def reply(self, pushed: Pushed, event: CloudEvent) -> bool:
-        """Answer a REQUEST_TO_CLIENT push with ``event`` (RESPONSE_TO_SERVER, the push's seq)."""
+        """Answer a REQUEST_TO_CLIENT push with ``event`` (RESPONSE_TO_SERVER, the push's seq), carrying
+        the request's correlation extension back unless ``event`` sets one: the real runtime pairs the
+        reply with its request by it, never by the seq."""
         if pushed.package.header.command is not Command.REQUEST_TO_CLIENT:
             raise LocalProtocolError(f"only a REQUEST_TO_CLIENT can be replied to, not {pushed.package.header.command.name}")
         if pushed.connection != self.connection or self.state not in (SessionState.READY, SessionState.LEAVING):
             return False
+        correlation = correlation_of(pushed.package.body)
+        if correlation is not None and CORRELATION_EXTENSION not in event.get_attributes():
+            event = CloudEvent(attributes={**event.get_attributes(), CORRELATION_EXTENSION: correlation}, data=event.get_data())
         seq = pushed.package.header.seq or self.next_seq()
         self._outbound.append(publish_frame(event, Command.RESPONSE_TO_SERVER, seq))
         return True

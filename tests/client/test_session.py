@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
@@ -245,3 +246,14 @@ def test_reply_answers_a_request_push_with_its_seq() -> None:
     (not_a_request,) = session.receive_data(encode(async_push))
     with pytest.raises(LocalProtocolError, match="only a REQUEST_TO_CLIENT"):
         session.reply(not_a_request, event(3))  # type: ignore[arg-type]
+
+
+def test_reply_carries_the_requests_correlation_id_back() -> None:
+    """The real runtime pairs a reply with its request by the storage's correlation id, not the seq."""
+    session = ready_session()
+    body = b'{"specversion": "1.0", "id": "q", "source": "/s", "type": "t", "correlation99id": "rocketmq-7", "data": ""}'
+    (pushed,) = session.receive_data(encode(Package(Header(Command.REQUEST_TO_CLIENT, seq="41"), body)))
+    assert isinstance(pushed, Pushed)
+    assert session.reply(pushed, event(2))
+    (reply,) = sent(session)
+    assert orjson.loads(reply.body or b"")["correlation99id"] == "rocketmq-7"
