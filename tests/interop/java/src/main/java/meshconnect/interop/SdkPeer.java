@@ -173,10 +173,11 @@ public final class SdkPeer {
         CountDownLatch remaining = new CountDownLatch(count);
         client.registerSubBusiHandler(event -> {
             emit(JSON.createObjectNode().put("kind", "event").set("event", tree(event)));
-            String data = event.getData() == null ? "" : new String(event.getData().toBytes(), StandardCharsets.UTF_8);
             remaining.countDown();
+            // The SDK can only serialise an event under application/cloudevents+json, so the answer
+            // is a JSON string; built from the request, it keeps the request's extensions.
             return Optional.of(CloudEventBuilder.from(event)
-                .withData("text/plain", ("re:" + data).getBytes(StandardCharsets.UTF_8)).build());
+                .withData("application/cloudevents+json", answer(event)).build());
         });
         client.subscribe(options.get("topic"), SubscriptionMode.CLUSTERING, SubscriptionType.SYNC);
         client.listen();
@@ -220,6 +221,16 @@ public final class SdkPeer {
         double seconds = (System.nanoTime() - started) / 1e9;
         emit(JSON.createObjectNode().put("kind", "rate").put("events", count).put("failed", failed.get())
             .put("seconds", seconds));
+    }
+
+    private static byte[] answer(CloudEvent request) {
+        try {
+            com.fasterxml.jackson.databind.JsonNode data = request.getData() == null
+                ? JSON.getNodeFactory().textNode("") : JSON.readTree(request.getData().toBytes());
+            return JSON.writeValueAsBytes("re:" + (data.isTextual() ? data.textValue() : data.toString()));
+        } catch (java.io.IOException exc) {
+            throw new IllegalStateException(exc);
+        }
     }
 
     private static ObjectNode tree(CloudEvent event) {
