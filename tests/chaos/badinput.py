@@ -3,9 +3,11 @@
 Each kind has an expected clear outcome, and every attempt is recorded as *handled* (it got that
 outcome) or *mishandled* (anything else, with what happened):
 
-* malformed CloudEvents over HTTP -> a 4xx whose JSON body gives the reason;
+* malformed CloudEvents over HTTP, events over the size limit and events naming a topic the
+  config does not allow -> a 4xx whose JSON body gives the reason;
 * garbage and truncated frames on the mesh port -> the mesh closes the connection (or, for a
   truncated frame, waits for the rest until the peer goes away) and goes on serving everyone else;
+  a connection that stalls before its HELLO, or sends more of a frame than a HELLO needs, is closed;
 * a bad config at start-up -> the process exits 2 and names the key on stderr.
 
 Does-not-fit data (valid events the sink's table refuses) is sent by :class:`~tests.chaos.loadgen.HttpLoad`.
@@ -32,7 +34,7 @@ import yaml
 from runtime.client import user_agent_for
 from runtime.protocol.frames import PREFIX, Command, Header, Package, encode
 
-__all__ = ["BadConfig", "BadInput", "MALFORMED_HTTP", "GARBAGE_FRAMES"]
+__all__ = ["BOUNDED_BEFORE_HELLO", "BadConfig", "BadInput", "GARBAGE_FRAMES", "Limits", "MALFORMED_HTTP"]
 
 _VALID = {"specversion": "1.0", "id": "malformed", "source": "/chaos/bad", "type": "chaos.bad"}
 
@@ -47,14 +49,26 @@ def _binary(extra: Mapping[str, str], body: bytes) -> tuple[dict[str, str], byte
     return headers, body
 
 
-# kind -> (headers, body) factory given the endpoint's body limit
-MALFORMED_HTTP: dict[str, Callable[[int], tuple[dict[str, str], bytes]]] = {
-    "wrong_content_type": lambda _limit: ({"content-type": "text/plain"}, b"just some text"),
-    "invalid_json": lambda _limit: _structured(b'{"specversion": "1.0", "id": "x", "source": '),
-    "missing_attributes": lambda _limit: _structured({"specversion": "1.0", "type": "chaos.bad", "data": {"a": 1}}),
-    "oversize_body": lambda limit: _binary({}, orjson.dumps({"blob": "x" * (limit + 1)})),
-    "invalid_extension_name": lambda _limit: _structured({**_VALID, "Bad_Name!": "x", "data": {"a": 1}}),
-    "invalid_extension_header": lambda _limit: _binary({"ce-under_score": "x"}, b'{"a": 1}'),
+@dataclass(frozen=True)
+class Limits:
+    """The http-source's bounds the oversize kinds must cross."""
+
+    body_bytes: int
+    event_bytes: int
+
+
+# kind -> (headers, body) factory given the endpoint's limits
+MALFORMED_HTTP: dict[str, Callable[[Limits], tuple[dict[str, str], bytes]]] = {
+    "wrong_content_type": lambda _limits: ({"content-type": "text/plain"}, b"just some text"),
+    "invalid_json": lambda _limits: _structured(b'{"specversion": "1.0", "id": "x", "source": '),
+    "missing_attributes": lambda _limits: _structured({"specversion": "1.0", "type": "chaos.bad", "data": {"a": 1}}),
+    "oversize_body": lambda limits: _binary({}, orjson.dumps({"blob": "x" * (limits.body_bytes + 1)})),
+    "oversize_event": lambda limits: _binary({}, orjson.dumps({"blob": "x" * (limits.event_bytes + 1)})),
+    "invalid_extension_name": lambda _limits: _structured({**_VALID, "Bad_Name!": "x", "data": {"a": 1}}),
+    "invalid_extension_header": lambda _limits: _binary({"ce-under_score": "x"}, b'{"a": 1}'),
+    # A sender aiming at another pipeline's topic (the cdc sink's) is refused: topics come from the config.
+    "topic_not_allowed": lambda _limits: _binary({"ce-subject": "shop.items"}, b'{"a": 1}'),
+    "reserved_extension": lambda _limits: _binary({"ce-meshdataenc": "base64"}, b'{"a": 1}'),
 }
 
 
@@ -73,7 +87,14 @@ GARBAGE_FRAMES: dict[str, tuple[Callable[[], bytes], bool]] = {
     "bad_header_json": (lambda: _frame(13 + 9, 9, b"{not json"), True),
     "headerless": (lambda: _frame(13, 0, b""), True),
     "truncated": (lambda: _hello_frame()[: len(_hello_frame()) // 2], False),
+    # Half of a 4 MiB frame before any HELLO: the mesh buffers no more than a HELLO needs.
+    "big_frame_before_hello": (lambda: _frame(4 * 1024 * 1024, 10, b"{}" + b"x" * (2 * 1024 * 1024)), True),
+    # The start of a HELLO, then silence: closed at the mesh's hello timeout, not held for good.
+    "stalled_before_hello": (lambda: _hello_frame()[:20], True),
 }
+# The frame kinds the mesh closes for a flood bound (logged as ``mesh.refused``, one line per bound and
+# second), not for being undecodable (one ``mesh.session.undecodable`` or ``headerless_frame`` line each).
+BOUNDED_BEFORE_HELLO = frozenset({"big_frame_before_hello", "stalled_before_hello"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,7 @@ class BadInput:
     http_urls: list[str]
     mesh_port: int
     max_body_bytes: int
+    max_event_bytes: int
     workdir: Path
     bad_configs: list[BadConfig] = field(default_factory=list)
     sent: Counter[str] = field(default_factory=Counter)
@@ -125,7 +147,7 @@ class BadInput:
                 await config_task
 
     async def _http(self, http: aiohttp.ClientSession, url: str, kind: str) -> None:
-        headers, body = MALFORMED_HTTP[kind](self.max_body_bytes)
+        headers, body = MALFORMED_HTTP[kind](Limits(self.max_body_bytes, self.max_event_bytes))
         label = f"http.{kind}"
         self.sent[label] += 1
         try:

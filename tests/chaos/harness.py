@@ -60,6 +60,10 @@ DEAD_LETTER_DB = "chaos_dlq"
 HTTP_TOPIC = "chaos.http"
 HEARTBEAT_TOPIC = "chaos.heartbeat"
 MAX_BODY_BYTES = 64 * 1024
+# http-source refuses (413) an event larger than this, below the body limit: both answers are exercised.
+MAX_EVENT_BYTES = 32 * 1024
+# The mesh closes a connection that said no HELLO within this long (the bad-input phase stalls some).
+HELLO_TIMEOUT = 2.0
 
 SINK_TABLES = f"""
 CREATE DATABASE {REPLICA_DB};
@@ -262,6 +266,8 @@ class Topology:
                     str(self.workdir / "mesh"),
                     "--redelivery-timeout",
                     str(self.settings.redelivery_timeout),
+                    "--hello-timeout",
+                    str(HELLO_TIMEOUT),
                     "--log-level",
                     "warning",
                 ],
@@ -319,6 +325,7 @@ class Topology:
                     "port": port,
                     "path": "/events",
                     "max_body_bytes": MAX_BODY_BYTES,
+                    "max_event_bytes": MAX_EVENT_BYTES,
                     "queue_size": 2000,
                     "response_timeout": 10,
                 },
@@ -609,7 +616,7 @@ async def run_chaos(settings: ChaosSettings, workdir: Path, *, progress: Callabl
         assert topology.source_db is not None and topology.sink_db is not None
         http = HttpLoad(topology.http_urls, settings.http_rate, settings.bad_fit_share, seed=settings.seed)
         sql = SqlLoad("127.0.0.1", topology.source_db.port, SOURCE_DB, settings.sql_rate, seed=settings.seed + 1)
-        bad = BadInput(topology.http_urls, topology.mesh_port, MAX_BODY_BYTES, workdir, topology.bad_configs())
+        bad = BadInput(topology.http_urls, topology.mesh_port, MAX_BODY_BYTES, MAX_EVENT_BYTES, workdir, topology.bad_configs())
         faults = Faults(topology, settings)
         stop_load, stop_faults = asyncio.Event(), asyncio.Event()
         say(f"load and faults for {settings.duration:.0f}s")
@@ -690,6 +697,8 @@ def _rejections_logged(topology: Topology) -> Counter[str]:
                     continue
             elif "mesh.session.undecodable" in line or "mesh.session.headerless_frame" in line:
                 logged["mesh " + ("undecodable" if "undecodable" in line else "headerless")] += 1
+            elif "mesh.refused" in line:
+                logged["mesh refused"] += 1
     return logged
 
 
