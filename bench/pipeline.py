@@ -10,11 +10,15 @@ run's temp dir; when one exits early (or the run times out) the tail of each is 
 
 Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/protocol.py``
 (length-prefixed frames of the same size, an ack per frame, the same window), one way only.
+``--mesh HOST:PORT`` also runs the same pipeline through that mesh (a real EventMesh runtime) in
+each run, on a topic of its own, and prints its rate beside the embedded mesh's; the ratio stays
+the embedded mesh's.
 The last line is ``ratio: <pipeline events/s / raw events/s>`` (target >= 0.4).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -107,11 +111,11 @@ class NoopSink(Sink[NoopSinkConfig]):
         return []
 
 
-def worker_config(name: str, connector: str, mesh_port: int, state: Path, **sections: object) -> Path:
+def worker_config(name: str, connector: str, mesh: str, state: Path, **sections: object) -> Path:
     config = {
         "name": name,
         "connector": connector,
-        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": WINDOW},
+        "mesh": {"address": mesh, "max_in_flight": WINDOW},
         "registry": {"kind": "file", "path": str(state / "registry")},
         # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
         # may be taken by another process before the worker binds it (the worker then exits with 2).
@@ -154,18 +158,24 @@ def undelivered(processes: dict[str, tuple[subprocess.Popen[bytes], Path]], why:
     return RuntimeError(f"the pipeline did not deliver every event: {why}")
 
 
-def pipeline_rate(run: int) -> float:
+def pipeline_rate(run: int, external_mesh: str | None = None) -> float:
+    """Events/s through a fresh embedded mesh, or through ``external_mesh`` (HOST:PORT) if given."""
     with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
         state = Path(directory)
-        mesh_port = free_port()
-        mesh_log = state / "mesh.stderr"
-        mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port, mesh_log)
-        topic = f"bench-{run}"
+        processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        if external_mesh is None:
+            mesh_port = free_port()
+            mesh_log = state / "mesh.stderr"
+            command = ["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"]
+            processes["mesh"] = (spawn(command, mesh_port, mesh_log), mesh_log)
+        mesh = external_mesh or f"127.0.0.1:{mesh_port}"
+        # A topic per run and mesh: the real runtime's standalone store cannot subscribe a topic again.
+        topic = f"bench-{run}-{'external' if external_mesh else 'embedded'}-{os.getpid()}"
         sink_report, source_report = state / "sink.json", state / "source.json"
         sink_config = worker_config(
             "bench-sink",
             "noop-sink",
-            mesh_port,
+            mesh,
             state,
             sink={"topics": [topic], "batch_size": 500, "linger_ms": 5},
             config={"expect": EVENTS, "report": str(sink_report)},
@@ -173,12 +183,11 @@ def pipeline_rate(run: int) -> float:
         source_config = worker_config(
             "bench-source",
             "noop-source",
-            mesh_port,
+            mesh,
             state,
             source={"topic": topic, "checkpoint_every": 1000},
             config={"limit": EVENTS, "report": str(source_report)},
         )
-        processes = {"mesh": (mesh, mesh_log)}
         try:
             processes["sink"] = run_worker("pipeline:NoopSink", sink_config)
             time.sleep(1.0)  # the sink subscribes first, so the rate is not a replay of a backlog
@@ -210,14 +219,25 @@ def raw_rate() -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mesh", metavar="HOST:PORT", help="also run the pipeline through this mesh (a real EventMesh)")
+    args = parser.parse_args()
     print(f"events: {EVENTS} of about 1 KiB; window {WINDOW}; runs: {RUNS}")
-    pipeline_rates, raw_rates = [], []
+    pipeline_rates, raw_rates, external_rates = [], [], []
     for run in range(RUNS):
         pipeline_rates.append(pipeline_rate(run))
         raw_rates.append(raw_rate())
-        print(f"    run {run + 1}: pipeline {pipeline_rates[-1]:,.0f} events/s, raw publish-with-ack {raw_rates[-1]:,.0f}/s")
+        line = f"    run {run + 1}: pipeline {pipeline_rates[-1]:,.0f} events/s, raw publish-with-ack {raw_rates[-1]:,.0f}/s"
+        if args.mesh:
+            external_rates.append(pipeline_rate(run, args.mesh))
+            line += f", through {args.mesh} {external_rates[-1]:,.0f} events/s"
+        print(line)
     pipeline, raw = statistics.median(pipeline_rates), statistics.median(raw_rates)
     print(f"source -> embedded mesh -> sink (3 processes): {pipeline:,.0f} events/s (median)")
+    if external_rates:
+        external = statistics.median(external_rates)
+        share = external / pipeline
+        print(f"source -> {args.mesh} -> sink: {external:,.0f} events/s (median), {share:.3f} of the embedded mesh's")
     print(f"raw asyncio publish with ack, one way (baseline): {raw:,.0f} events/s (median)")
     print(f"ratio: {pipeline / raw:.3f}")
 
