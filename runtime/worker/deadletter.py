@@ -35,6 +35,7 @@ __all__ = [
     "DeadLetterForms",
     "dead_letter_event",
     "record_dead_letter_event",
+    "awaits_subscriber",
     "refusal_of",
     "refused_for_size",
     "replay_event",
@@ -58,6 +59,11 @@ _PREVIEW_CONTENT_TYPE = "text/plain; charset=utf-8"
 # What the mesh says when it refuses a publish for the moment, not for the event: a full topic (the
 # embedded mesh), the global rate limit and a full session window (the Java runtime), a session going away.
 _PASSING_REFUSAL = re.compile(r"\bfull\b|retry later|overload|flow control|too.fast|no session", re.IGNORECASE)
+# ...and when it stores nothing on a topic that no group subscribes to yet: the Java runtime's standalone
+# store answers "Send message error, topic: X" (its log says "The topic:X is not created"), and "topic X
+# is not subscribed" once the last subscriber left. That is a missing consumer, not a bad event: it is
+# waited out like an unreachable mesh, never dead-lettered (the dead letter would be refused alike).
+_UNSUBSCRIBED_TOPIC = re.compile(r"send message error|not created|not subscribed", re.IGNORECASE)
 # ...and when it refuses an event for its size (Java: "event size exceeds the limit: 1000").
 _SIZE_REFUSAL = re.compile(r"size|too (large|big)|exceed", re.IGNORECASE)
 
@@ -67,9 +73,14 @@ def refusal_of(error: BaseException) -> str | None:
     may be taken later (the mesh is busy or away, or the refusal says so)."""
     if isinstance(error, FrameTooLargeError):
         return str(error)
-    if isinstance(error, MeshRejectedError) and not _PASSING_REFUSAL.search(error.desc or ""):
+    if isinstance(error, MeshRejectedError) and not (_PASSING_REFUSAL.search(error.desc or "") or awaits_subscriber(error)):
         return error.desc or f"{error.command} refused with code {error.code} and no reason"
     return None
+
+
+def awaits_subscriber(error: BaseException) -> bool:
+    """The mesh refused the publish because no group subscribes its topic yet: retried for as long as it takes."""
+    return isinstance(error, MeshRejectedError) and _UNSUBSCRIBED_TOPIC.search(error.desc or "") is not None
 
 
 def refused_for_size(refusal: str) -> bool:

@@ -66,6 +66,7 @@ from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
 from runtime.worker.deadletter import (
     DeadLetterForms,
+    awaits_subscriber,
     dead_letter_event,
     record_dead_letter_event,
     refusal_of,
@@ -392,7 +393,9 @@ class _ActiveSession:
         forms: DeadLetterForms | None = None
         while True:
             refusal = refusal_of(error)
-            if isinstance(error, MeshRejectedError) or refusal is not None:
+            if awaits_subscriber(error):
+                self.log.warning("mesh stores nothing on the topic until a group subscribes it: retrying", reason=str(error))
+            elif isinstance(error, MeshRejectedError) or refusal is not None:
                 rejected += 1
             elif not isinstance(error, RetriableError):
                 raise error

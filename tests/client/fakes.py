@@ -29,6 +29,8 @@ class FakeMesh:
 
     ack_publishes: bool = True
     answer_heartbeats: bool = True
+    publish_refusals: list[str] = field(default_factory=list)
+    """Reasons to refuse the next publishes with (code 1), one each, before acking again."""
     received: list[Package] = field(default_factory=list)
     connections: int = 0
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
@@ -65,6 +67,8 @@ class FakeMesh:
         if command is Command.HEARTBEAT_REQUEST and not self.answer_heartbeats:
             return None
         answer = _ANSWERS.get(command)
+        if answer is Command.ASYNC_MESSAGE_TO_SERVER_ACK and self.publish_refusals:
+            return Package(Header(answer, code=1, desc=self.publish_refusals.pop(0), seq=package.header.seq), None)
         return None if answer is None else Package(Header(answer, desc="success", seq=package.header.seq), None)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

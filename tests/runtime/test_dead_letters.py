@@ -17,10 +17,11 @@ from runtime.client import MeshClient, user_agent_for
 from runtime.config import AdminSettings
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.events import publish_frame
-from runtime.protocol.frames import MAX_FRAME
+from runtime.protocol.frames import MAX_FRAME, Command
 from runtime.record import partition_key
 from runtime.registry.file import FileRegistry
 from runtime.worker.deadletter import PREVIEW_BYTES
+from tests.client.fakes import FakeMesh
 from tests.runtime import connectors
 from tests.runtime.connectors import CounterSource, ListSink
 from tests.runtime.test_worker import collect, eventually, sink_config, source_config
@@ -95,6 +96,33 @@ async def test_a_record_whose_smallest_dead_letter_is_refused_is_counted_and_ski
         assert await source == 0
         assert mesh.topic_depth("counter-dlq") == 0
     assert dropped("counter-source", "counter") - before == 5
+
+
+async def test_a_topic_no_group_subscribes_yet_is_waited_for_never_dead_lettered(tmp_path: Path) -> None:
+    """The Java runtime's standalone store refuses publishes to a topic no group subscribes (yet): the
+    events wait for a subscriber, as for an unreachable mesh; none goes to the dead-letter topic."""
+    refusal = "org.apache.eventmesh.api.exception.StorageRuntimeException: Send message error, topic: numbers"
+    mesh = FakeMesh(publish_refusals=[refusal] * 6)
+    await mesh.start()
+    try:
+        stop = asyncio.Event()
+        config = source_config(mesh, tmp_path, limit=3, partitions=1)  # type: ignore[arg-type]
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 2}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 30)
+        stop.set()
+        assert await source == 0
+    finally:
+        await mesh.stop()
+    assert mesh.publish_refusals == [], "every refusal was met"
+    topics = {orjson.loads(package.body or b"{}").get("subject") for package in mesh.commands(Command.ASYNC_MESSAGE_TO_SERVER)}
+    assert topics == {"numbers"}, "nothing went to the dead-letter topic"
 
 
 def event_with_frame_of(size: int, data_key: str, id_: str) -> CloudEvent:
