@@ -165,10 +165,8 @@ def bench_codec(events: list[CloudEvent]) -> tuple[float, float]:
 # -- (b) publish with ack -----------------------------------------------------------------------
 
 
-async def publish_through_client(port: int, events: list[CloudEvent]) -> float:
-    async with MeshClient(
-        f"127.0.0.1:{port}", user_agent_for("bench", "pub"), max_in_flight=WINDOW, request_timeout=60
-    ) as client:
+async def publish_through_client(port: int, events: list[CloudEvent], host: str = "127.0.0.1") -> float:
+    async with MeshClient(f"{host}:{port}", user_agent_for("bench", "pub"), max_in_flight=WINDOW, request_timeout=60) as client:
         await client.publish(events[0])  # warm the connection before the clock starts
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
@@ -267,7 +265,7 @@ def main() -> None:
         port = free_port()
         mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(port), "--log-level", "error"], port)
         try:
-            renamed = [_on_topic(event, f"bench-{run}") for event in publish_events]
+            renamed = [on_topic(event, f"bench-{run}") for event in publish_events]
             freeze_startup_heap()  # as every meshconnect process does at its entry point; the raw side gets the same
             client_rates.append(asyncio.run(publish_through_client(port, renamed)))
         finally:
@@ -294,7 +292,7 @@ def main() -> None:
     print(f"ratio: {client / raw:.3f}")
 
 
-def _on_topic(event: CloudEvent, topic: str) -> CloudEvent:
+def on_topic(event: CloudEvent, topic: str) -> CloudEvent:
     return CloudEvent(attributes={**event.get_attributes(), "subject": topic}, data=event.get_data())
 
 
