@@ -165,8 +165,8 @@ def bench_codec(events: list[CloudEvent]) -> tuple[float, float]:
 # -- (b) publish with ack -----------------------------------------------------------------------
 
 
-async def publish_through_client(port: int, events: list[CloudEvent], host: str = "127.0.0.1") -> float:
-    async with MeshClient(f"{host}:{port}", user_agent_for("bench", "pub"), max_in_flight=WINDOW, request_timeout=60) as client:
+async def publish_through_client(port: int, events: list[CloudEvent], host: str = "127.0.0.1", window: int = WINDOW) -> float:
+    async with MeshClient(f"{host}:{port}", user_agent_for("bench", "pub"), max_in_flight=window, request_timeout=60) as client:
         await client.publish(events[0])  # warm the connection before the clock starts
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
