@@ -43,7 +43,7 @@ from protocol import free_port, spawn, stop  # noqa: E402
 from runtime import SinkContext  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
 from runtime.record import cloudevent_to_record  # noqa: E402
-from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
+from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
@@ -121,7 +121,7 @@ async def rows_written(conn: Any) -> int:
 
 def start_worker(config: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.mysql_sink", "--config", str(config)],
+        [sys.executable, "-m", "services.mysql.sink", "--config", str(config)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -35,7 +35,7 @@ from pymysqlreplication.row_event import WriteRowsEvent  # noqa: E402
 from runtime import SourceContext  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType  # noqa: E402
-from services.mysql_source.connector import MysqlSource, MysqlSourceConfig  # noqa: E402
+from services.mysql.source.connector import MysqlSource, MysqlSourceConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
@@ -52,7 +52,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def start_worker(config: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.mysql_source", "--config", str(config)],
+        [sys.executable, "-m", "services.mysql.source", "--config", str(config)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

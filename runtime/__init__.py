@@ -2,7 +2,7 @@
 
 from runtime.app import main_for
 from runtime.config import ConnectorConfig, Secret, load_config
-from runtime.connector import Rejection, Sink, SinkContext, Source, SourceContext
+from runtime.connector import CounterMetric, GaugeMetric, Rejection, Sink, SinkContext, Source, SourceContext
 from runtime.errors import (
     ConfigError,
     DataError,
@@ -16,8 +16,10 @@ __all__ = [
     "ConfigError",
     "ConnectorConfig",
     "ConnectorRecord",
+    "CounterMetric",
     "DataError",
     "FencedError",
+    "GaugeMetric",
     "MeshConnectError",
     "Rejection",
     "RetriableError",

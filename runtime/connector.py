@@ -56,16 +56,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 
 from runtime.config import ConnectorConfig
+from runtime.observability import connector_counter, connector_gauge
 from runtime.protocol.events import MAX_EVENT_BODY
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, partition_key
 
-__all__ = ["MAX_EVENT_BODY", "Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
+__all__ = ["MAX_EVENT_BODY", "CounterMetric", "GaugeMetric", "Rejection", "Sink", "SinkContext", "Source", "SourceContext"]
 
 ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
 
@@ -78,8 +79,38 @@ class Rejection:
     reason: str
 
 
+class CounterMetric(Protocol):
+    """A Prometheus counter of one connector instance: :meth:`_Metrics.counter` hands it out."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class GaugeMetric(Protocol):
+    """A Prometheus gauge of one connector instance: :meth:`_Metrics.gauge` hands it out."""
+
+    def set(self, value: float) -> None: ...
+
+
+class _Metrics:
+    """The metrics a connector keeps itself, defined once in :mod:`runtime.observability` and labelled with its name."""
+
+    __slots__ = ()
+    connector_name: str
+
+    def counter(self, metric: str, **labels: str) -> CounterMetric:
+        """The counter ``metric`` (e.g. ``meshconnect_tombstones_purged_total``) of this instance, ``labels`` bound.
+
+        An unknown name is a ConfigError: metrics are defined in runtime/observability.py, not by connectors.
+        """
+        return connector_counter(metric, self.connector_name, labels)
+
+    def gauge(self, metric: str, **labels: str) -> GaugeMetric:
+        """The gauge ``metric`` (e.g. ``meshconnect_snapshot_rows_done``) of this instance, ``labels`` bound."""
+        return connector_gauge(metric, self.connector_name, labels)
+
+
 @dataclass(slots=True)
-class SourceContext:
+class SourceContext(_Metrics):
     """What a running source may know about its place in the deployment."""
 
     connector_name: str
@@ -97,7 +128,7 @@ class SourceContext:
 
 
 @dataclass(slots=True)
-class SinkContext:
+class SinkContext(_Metrics):
     """What a running sink may know about its place in the deployment."""
 
     connector_name: str

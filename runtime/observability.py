@@ -5,7 +5,9 @@
   that smells of a secret (password, token, secret...) and the password inside a URL never reach
   a log line, whoever logged them.
 * Metrics are defined once, here, with the labels ``connector`` (the type, e.g. ``mysql-sink``) and
-  ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker.
+  ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker. The few a
+  connector keeps itself (labelled ``name`` and its own labels) are defined here too, and reached by
+  their names through the connector's context (``context.counter(...)``, ``context.gauge(...)``).
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
   held or standing by, dependency healthy, no stall), ``/metrics`` and ``/status`` (JSON) from a
   :class:`StatusBoard` that the worker keeps current. With ``admin.token`` set, ``/metrics`` and
@@ -24,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import structlog
 from aiohttp import web
@@ -32,12 +34,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from pydantic import SecretStr
 
 from runtime.config import AdminSettings, LogSettings
+from runtime.errors import ConfigError
 
 __all__ = [
     "AdminServer",
     "ConnectorMetrics",
     "StatusBoard",
     "configure_logging",
+    "connector_counter",
+    "connector_gauge",
     "mask_secrets",
 ]
 
@@ -88,6 +93,7 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
 
 
 _LABELS = ("connector", "name")
+_Metric = TypeVar("_Metric", Counter, Gauge)
 RECORDS_IN = Counter("meshconnect_records_in_total", "Records read: polled by a source, pushed to a sink.", _LABELS)
 RECORDS_OUT = Counter("meshconnect_records_out_total", "Records done: acked by the mesh (source), written (sink).", _LABELS)
 BYTES_OUT = Counter(
@@ -118,6 +124,51 @@ LEASE_HELD = Gauge("meshconnect_lease_held", "1 while this replica holds the lea
 TAKEOVERS = Counter("meshconnect_takeovers_total", "Leases this replica took over.", _LABELS)
 READY = Gauge("meshconnect_ready", "1 when /readyz says ready.", _LABELS)
 LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
+
+# Kept by one kind of connector, labelled with its instance ``name`` (and labels of its own).
+CDC_LATE_RESETS = Counter(
+    "meshconnect_cdc_late_resets_total",
+    "TRUNCATE/DROP applied after newer row changes of its table: those rows went with it (re-sync the table).",
+    ["name"],
+)
+CDC_DDL_SKIPPED = Counter(
+    "meshconnect_cdc_ddl_skipped_total", "Schema-change events acknowledged without running them (apply_ddl: false).", ["name"]
+)
+TOMBSTONES_PURGED = Counter(
+    "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", ["name"]
+)
+SNAPSHOT_ROWS_DONE = Gauge("meshconnect_snapshot_rows_done", "Rows of a table read by the running snapshot.", ["name", "table"])
+SNAPSHOT_ROWS_TOTAL = Gauge("meshconnect_snapshot_rows_total", "Estimated rows of a table the snapshot reads.", ["name", "table"])
+_CONNECTOR_COUNTERS = {
+    "meshconnect_cdc_late_resets_total": CDC_LATE_RESETS,
+    "meshconnect_cdc_ddl_skipped_total": CDC_DDL_SKIPPED,
+    "meshconnect_tombstones_purged_total": TOMBSTONES_PURGED,
+}
+_CONNECTOR_GAUGES = {
+    "meshconnect_snapshot_rows_done": SNAPSHOT_ROWS_DONE,
+    "meshconnect_snapshot_rows_total": SNAPSHOT_ROWS_TOTAL,
+}
+
+
+def connector_counter(metric: str, name: str, labels: Mapping[str, str]) -> Counter:
+    """The connector counter ``metric`` of the instance ``name``, with its own ``labels`` bound."""
+    return _connector_metric(_CONNECTOR_COUNTERS, "counter", metric).labels(name=name, **labels)
+
+
+def connector_gauge(metric: str, name: str, labels: Mapping[str, str]) -> Gauge:
+    """The connector gauge ``metric`` of the instance ``name``, with its own ``labels`` bound."""
+    return _connector_metric(_CONNECTOR_GAUGES, "gauge", metric).labels(name=name, **labels)
+
+
+def _connector_metric(defined: Mapping[str, _Metric], kind: str, metric: str) -> _Metric:
+    found = defined.get(metric)
+    if found is None:
+        raise ConfigError(
+            f"metric {metric}",
+            f"no connector {kind} of that name (defined: {', '.join(sorted(defined))})",
+            "define it in runtime/observability.py beside the others",
+        )
+    return found
 
 
 class ConnectorMetrics:

@@ -3,7 +3,7 @@
 ``pyproject.toml``::
 
     [project.entry-points."meshconnect.connectors"]
-    mysql-sink = "services.mysql_sink.connector:MySQLSink"
+    mysql-sink = "services.mysql.sink.connector:MysqlSink"
 
 A connector whose optional dependencies are missing is still listed (as not installed, with the
 extra to install) so ``meshconnect list`` shows the whole catalogue.

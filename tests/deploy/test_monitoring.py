@@ -12,7 +12,6 @@ import yaml
 from prometheus_client import REGISTRY
 
 import runtime.observability  # noqa: F401  (registers the metrics)
-import services.mysql_sink.connector  # noqa: F401  (registers its own: the cdc alert names one)
 from tests.deploy.layout import DEPLOY, require_tool, run
 
 MONITORING = DEPLOY / "monitoring"

@@ -7,8 +7,11 @@ import io
 import aiohttp
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from runtime.config import AdminSettings, LogSettings
+from runtime.connector import SinkContext, SourceContext
+from runtime.errors import ConfigError
 from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard, configure_logging
 
 
@@ -84,3 +87,15 @@ async def test_an_admin_token_guards_metrics_and_status_but_not_the_probes(monke
         assert answers[header, "/readyz"] == 503  # open, and not ready: no mesh session on this board
     assert "admin-secret-31" not in out.getvalue()
     assert not any("admin-secret-31" in body for body in bodies)
+
+
+def test_a_connector_counts_into_the_runtime_registry_through_its_context() -> None:
+    sink, source = SinkContext("context-metrics-sink"), SourceContext("context-metrics-source", {})
+    sink.counter("meshconnect_tombstones_purged_total").inc(3)
+    sink.counter("meshconnect_tombstones_purged_total").inc()
+    source.gauge("meshconnect_snapshot_rows_done", table="shop.orders").set(7)
+    assert REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "context-metrics-sink"}) == 4
+    labels = {"name": "context-metrics-source", "table": "shop.orders"}
+    assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 7
+    with pytest.raises(ConfigError, match="meshconnect_rows_invented_total"):
+        sink.counter("meshconnect_rows_invented_total")

@@ -11,8 +11,10 @@ AUTHOR_API = {
     "ConfigError",
     "ConnectorConfig",
     "ConnectorRecord",
+    "CounterMetric",
     "DataError",
     "FencedError",
+    "GaugeMetric",
     "MeshConnectError",
     "Rejection",
     "RetriableError",
@@ -41,4 +43,15 @@ def test_every_connector_imports_only_the_public_runtime_api_or_documented_modul
         for module in re.findall(r"^from (runtime[\w.]*) import", path.read_text(), flags=re.M):
             if module not in allowed and path.name != "__main__.py":
                 offenders.append(f"{path.relative_to(services)}: {module}")
+    assert offenders == [], offenders
+
+
+def test_connectors_define_no_metrics_of_their_own() -> None:
+    # Metrics are defined once, in runtime/observability.py; a connector reaches its own through its context.
+    services = Path(runtime.__file__).parent.parent / "services"
+    offenders = [
+        str(path.relative_to(services))
+        for path in services.rglob("*.py")
+        if re.search(r"^\s*(from|import) prometheus_client\b", path.read_text(), flags=re.M)
+    ]
     assert offenders == [], offenders

@@ -12,8 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from runtime import ConnectorRecord, SinkContext, SourceContext
-from services.mysql_sink.connector import VERSIONS_TABLE, MysqlSink, MysqlSinkConfig
-from services.mysql_source.connector import MysqlSource, MysqlSourceConfig
+from services.mysql.sink.cdc import VERSIONS_TABLE
+from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig
+from services.mysql.source.connector import MysqlSource, MysqlSourceConfig
 from tests.servers import MariaDBServer
 
 _databases = itertools.count()

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from runtime import ConnectorRecord, DataError, RetriableError, SinkContext
-from services.mysql_sink.connector import VERSIONS_TABLE, MysqlSink, MysqlSinkConfig
+from services.mysql.sink.cdc import VERSIONS_TABLE
+from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer
 
 _databases = itertools.count()

@@ -13,8 +13,8 @@ import pytest
 
 from runtime.mesh import EmbeddedMesh
 from runtime.testing import WorkerProcess
-from services.mysql_sink.connector import MysqlSink
-from services.mysql_source.connector import MysqlSource
+from services.mysql.sink.connector import MysqlSink
+from services.mysql.source.connector import MysqlSource
 from tests.servers import MariaDBServer, free_port
 
 TABLES = {

@@ -16,7 +16,7 @@ import pytest
 from runtime import ConfigError, ConnectorRecord, RetriableError, SinkContext
 from runtime.mesh import EmbeddedMesh
 from runtime.testing import SinkHarness, run_sink_conformance
-from services.mysql_sink.connector import MysqlSink, MysqlSinkConfig
+from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig
 from tests.servers import MariaDBServer, free_port
 from tests.services.workers import DEAD_LETTER_TOPIC, dead_letters, publish, readiness, sink_worker, until
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
+from runtime.observability import SNAPSHOT_ROWS_DONE
 from runtime.record import derive_event_id, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
-from services.mysql_source.connector import MysqlSource, MysqlSourceConfig
-from services.mysql_source.snapshot import SNAPSHOT_ROWS_DONE
+from services.mysql.source.connector import MysqlSource, MysqlSourceConfig
 from tests.servers import MariaDBServer
 
 _ids = itertools.count()

@@ -1,4 +1,4 @@
-"""What every MySQL connector shares: identifier checks, the error seam, and the live schema.
+"""The MySQL/MariaDB client seam: connections (aiomysql over PyMySQL) and the one place their failures become ours.
 
 Error codes are the server's (``ER_*``) and the client's (``CR_*``); the split decides what the
 worker does: a broken connection or a lock conflict is retried, bad data is isolated and rejected.
@@ -6,47 +6,34 @@ worker does: a broken connection or a lock conflict is retried, bad data is isol
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+import asyncio
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
+import aiomysql
 import pymysql
 
+from runtime.config import Secret
 from runtime.errors import ConfigError, DataError, RetriableError
 
 __all__ = [
-    "Column",
-    "TableSchema",
-    "check_identifier",
+    "RETRIABLE_CODES",
+    "Pooled",
+    "connect",
+    "create_pool",
+    "error_code",
     "is_data_error",
-    "load_table",
-    "quote",
     "translate_mysql_errors",
 ]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
-
 # Client-side connection errors, server going away, too many connections, shutdown, killed query.
 RETRIABLE_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2002, 2003, 2005, 2006, 2013, 2014, 2055, 4031})
-# The row's values do not fit the table: out of range, bad date, bad string, too long, NULL in NOT NULL,
-# unknown column, duplicate on a unique secondary key, foreign key, truncated, no default, bad JSON/CHECK.
 # Access denied to the database, the login, a table or column, an operation; unknown database.
 REFUSED_CODES = frozenset({1044, 1045, 1049, 1142, 1143, 1227})
+# The row's values do not fit the table: out of range, bad date, bad string, too long, NULL in NOT NULL,
+# unknown column, duplicate on a unique secondary key, foreign key, truncated, no default, bad JSON/CHECK.
 DATA_CODES = frozenset({1048, 1054, 1062, 1136, 1216, 1265, 1264, 1292, 1364, 1366, 1406, 1411, 1416, 1451, 1452, 3140, 4025})
-
-
-def check_identifier(name: str, what: str = "identifier") -> str:
-    """``name`` if it is a plain MySQL identifier (letters, digits, ``_``, ``$``; 1-64 chars)."""
-    if not _IDENTIFIER.match(name):
-        raise DataError(f"{what} {name!r} is not a plain identifier (letters, digits, _ or $, at most 64 characters)")
-    return name
-
-
-def quote(*names: str) -> str:
-    """Backquote a (possibly qualified) identifier after checking each part."""
-    return ".".join(f"`{check_identifier(name)}`" for name in names)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -96,52 +83,61 @@ def translate_mysql_errors(what: str, *, running: bool = False) -> Iterator[None
         raise RetriableError(f"{what}: connection to MySQL lost ({exc})") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    data_type: str
-    column_type: str
-    nullable: bool
-    has_default: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TableSchema:
-    """A table as the server describes it now: ordered columns and primary key."""
-
-    database: str
-    table: str
-    columns: Mapping[str, Column]
-    primary_key: tuple[str, ...]
-
-    def column(self, name: str) -> Column | None:
-        return self.columns.get(name) or self.columns.get(name.lower())
-
-
-async def load_table(cursor: Any, database: str, table: str) -> TableSchema | None:
-    """Read ``database.table`` from information_schema; ``None`` when it does not exist."""
-    await cursor.execute(
-        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLUMN_KEY, EXTRA"
-        " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-        (database, table),
-    )
-    rows = await cursor.fetchall()
-    if not rows:
-        return None
-    columns = {
-        name: Column(
-            name,
-            str(data_type).lower(),
-            str(column_type).lower(),
-            nullable == "YES",
-            default is not None or nullable == "YES" or "auto_increment" in str(extra),
+async def connect(*, host: str, port: int, user: str, password: Secret | None, connect_timeout: float) -> Any:
+    """One autocommit connection (the source's), within twice ``connect_timeout``; failures translated."""
+    with translate_mysql_errors(f"connecting to {host}:{port}"):
+        return await asyncio.wait_for(
+            aiomysql.connect(
+                host=host,
+                port=port,
+                user=user,
+                password=password.get_secret_value() if password else "",
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=connect_timeout,
+            ),
+            connect_timeout * 2,
         )
-        for name, data_type, column_type, nullable, default, _key, extra in rows
-    }
-    await cursor.execute(
-        "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE"
-        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-        (database, table),
-    )
-    primary_key = tuple(row[0] for row in await cursor.fetchall())
-    return TableSchema(database, table, columns, primary_key)
+
+
+async def create_pool(
+    *, host: str, port: int, user: str, password: Secret | None, connect_timeout: float, size: int, init_command: str
+) -> Any:
+    """A pool of ``size`` connections without autocommit (the sink's transactions), within twice ``connect_timeout``."""
+    with translate_mysql_errors(f"connecting to {host}:{port}"):
+        return await asyncio.wait_for(
+            aiomysql.create_pool(
+                host=host,
+                port=port,
+                user=user,
+                password=password.get_secret_value() if password else "",
+                minsize=1,
+                maxsize=size,
+                autocommit=False,
+                charset="utf8mb4",
+                connect_timeout=connect_timeout,
+                init_command=init_command,
+            ),
+            connect_timeout * 2,
+        )
+
+
+class Pooled:
+    """A pooled connection under a timeout; a connection that failed is closed so the pool drops it."""
+
+    def __init__(self, pool: Any, timeout: float, connector: str) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._connector = connector
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        if self._pool is None:
+            raise ConfigError(self._connector, "put() before start()", "start the sink first")
+        self._conn = await asyncio.wait_for(self._pool.acquire(), self._timeout)
+        return self._conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and not isinstance(exc, DataError | ConfigError):
+            self._conn.close()
+        self._pool.release(self._conn)

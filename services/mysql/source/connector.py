@@ -3,12 +3,13 @@
 ``mode: binlog`` (change data capture) takes a consistent snapshot of the selected tables
 (``snapshot_mode``), then streams inserts, updates, deletes and DDL from the binlog (ROW format,
 full row images, ``binlog_row_metadata=FULL`` for column names). ``mode: polling`` reads tables by
-an incrementing and/or timestamp column, for servers whose binlog is off limits.
+an incrementing and/or timestamp column, for servers whose binlog is off limits
+(:mod:`services.mysql.source.polling`).
 
 Every change is one record: type ``<type_prefix>.<op>`` (c, u, d, r, ddl), subject from
-``topic_template`` (``{db}.{table}``), data the envelope of :mod:`services.mysql_source.envelope`.
+``topic_template`` (``{db}.{table}``), data the envelope of :mod:`services.mysql.envelope`.
 Event ids come from the partition (``{"server": server_name}``) and the offset (binlog file,
-transaction start, row index; see :mod:`services.mysql_source.binlog`). Heartbeat records
+transaction start, row index; see :mod:`services.mysql.source.binlog`). Heartbeat records
 (``<type_prefix>.heartbeat`` on ``heartbeat_topic``) move the offset on when the selected tables are
 quiet but the binlog is not.
 
@@ -20,101 +21,28 @@ does that by itself).
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import fnmatch
 import queue
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import aiomysql
-import pymysql
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, RetriableError, Secret, Source, SourceContext
-from services.mysql_sink.sql import check_identifier, load_table, quote, translate_mysql_errors
-from services.mysql_source.binlog import BinlogReader, Failure, Position
-from services.mysql_source.envelope import encode_row, json_value
-from services.mysql_source.snapshot import SnapshotPlan, SnapshotReader, SnapshotRow
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
+from services.mysql.client import connect, translate_mysql_errors
+from services.mysql.envelope import encode_row
+from services.mysql.source.binlog import BinlogReader, Failure, Position
+from services.mysql.source.config import MysqlSourceConfig, PolledTable
+from services.mysql.source.polling import TablePoller
+from services.mysql.source.snapshot import SnapshotPlan, SnapshotReader, SnapshotRow
 
 __all__ = ["MysqlSource", "MysqlSourceConfig", "PolledTable"]
 
 log = structlog.get_logger()
 
 _SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
-
-
-class PolledTable(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    table: str = Field(description="db.table to poll.")
-    incrementing_column: str | None = Field(None, description="A strictly increasing column (auto-increment id): new rows.")
-    timestamp_column: str | None = Field(None, description="A last-modified column: new and updated rows.")
-
-    @model_validator(mode="after")
-    def _check(self) -> PolledTable:
-        parts = self.table.split(".")
-        if len(parts) != 2:
-            raise ValueError(f"poll table {self.table!r} must be written db.table")
-        try:
-            for name in [*parts, self.incrementing_column or "x", self.timestamp_column or "x"]:
-                check_identifier(name)
-        except DataError as exc:
-            raise ValueError(exc.reason) from exc
-        if not (self.incrementing_column or self.timestamp_column):
-            raise ValueError(f"poll table {self.table} needs incrementing_column, timestamp_column or both")
-        return self
-
-
-class MysqlSourceConfig(ConnectorConfig):
-    host: str = Field("127.0.0.1", description="MySQL/MariaDB host.")
-    port: int = Field(3306, ge=1, le=65535, description="MySQL/MariaDB port.")
-    user: str = Field("root", description="MySQL user (binlog: REPLICATION SLAVE, REPLICATION CLIENT, SELECT, RELOAD on MySQL).")
-    password: Secret | None = Field(None, description="MySQL password.")
-    mode: Literal["binlog", "polling"] = Field(
-        "binlog", description="binlog CDC, or polling by column when the binlog is off limits."
-    )
-    server_name: str = Field("mysql", description="Logical server name: the partition offsets are stored under; keep it stable.")
-    replica_id: int = Field(
-        54001, ge=1, lt=2**32, description="Server id this reader registers as; unique among the server's replicas."
-    )
-    include_databases: list[str] = Field(
-        default_factory=list, description="Databases to capture (globs); empty = all but system ones."
-    )
-    exclude_databases: list[str] = Field(default_factory=list, description="Databases to leave out (globs).")
-    include_tables: list[str] = Field(
-        default_factory=list, description="'db.table' globs to capture; empty = every table of the databases."
-    )
-    exclude_tables: list[str] = Field(default_factory=list, description="'db.table' globs to leave out.")
-    snapshot_mode: Literal["initial", "never", "when_needed"] = Field(
-        "initial",
-        description="initial: snapshot when no offset; never: stream from now; when_needed: also when the offset was purged.",
-    )
-    snapshot_chunk_size: int = Field(2000, ge=1, description="Rows per snapshot query (primary-key chunks).")
-    type_prefix: str = Field("mysql.change", description="CloudEvent type prefix: <prefix>.c|u|d|r|ddl|heartbeat.")
-    topic_template: str = Field(
-        "{db}.{table}", description="Topic (subject) of a table's changes; {db} and {table} are replaced."
-    )
-    heartbeat_interval: float = Field(10.0, ge=0, description="Seconds between heartbeats on quiet tables; 0 = none.")
-    heartbeat_topic: str = Field("mysql.heartbeat", description="Topic of heartbeat records.")
-    max_batch: int = Field(1000, ge=1, description="Records per poll at most.")
-    queue_batches: int = Field(32, ge=1, description="Batches the binlog thread may read ahead (bounded).")
-    poll_tables: list[PolledTable] = Field(default_factory=list, description="polling: the tables and their columns.")
-    poll_interval: float = Field(1.0, gt=0, le=60, description="polling: seconds between queries when nothing is new.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
-    query_timeout: float = Field(60.0, gt=0, description="Seconds one query may take.")
-
-    @model_validator(mode="after")
-    def _check(self) -> MysqlSourceConfig:
-        if self.mode == "polling" and not self.poll_tables:
-            raise ValueError("mode 'polling' needs poll_tables: [{table: db.t, incrementing_column: id}]")
-        try:
-            self.topic_template.format(db="d", table="t")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"topic_template may only use {{db}} and {{table}}: {exc}") from exc
-        return self
 
 
 class MysqlSource(Source[MysqlSourceConfig]):
@@ -138,27 +66,20 @@ class MysqlSource(Source[MysqlSourceConfig]):
         self._last_offset: dict[str, Any] | None = None
         self._last_emit = time.monotonic()
         self._boundary: Position | None = None
-        self._poll_offsets: dict[str, dict[str, Any]] = {}
-        # Timestamp-only tables: the primary key orders rows sharing a stamp, so a batch limit cannot skip any.
-        self._poll_keys: dict[str, tuple[str, ...]] = {}
-        self._poll_next = 0
-        self._poll_due = 0.0
+        self._poller = TablePoller(config, self._connect) if config.mode == "polling" else None
         self._log: Any = log
-        self._instance = "mysql-source"
+        self._context = SourceContext(self.name, {})
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, context: SourceContext) -> None:
-        self._instance = context.connector_name
+        self._context = context
         self._log = context.log.bind(connector=self.name, name=context.connector_name)
+        if self._poller is not None:
+            await self._poller.start(context, self._log)
+            return
         self._conn = await self._connect()
         try:
-            if self.config.mode == "polling":
-                for table in self.config.poll_tables:
-                    self._poll_offsets[table.table] = dict(context.offset(self._poll_partition(table)) or {})
-                    if table.timestamp_column and not table.incrementing_column:
-                        self._poll_keys[table.table] = await self._tiebreak_key(table)
-                return
             await self._check_server()
             await self._choose_start(context.offset(self._partition))
         except BaseException:
@@ -167,19 +88,13 @@ class MysqlSource(Source[MysqlSourceConfig]):
 
     async def _connect(self) -> Any:
         config = self.config
-        with translate_mysql_errors(f"connecting to {config.host}:{config.port}"):
-            return await asyncio.wait_for(
-                aiomysql.connect(
-                    host=config.host,
-                    port=config.port,
-                    user=config.user,
-                    password=config.password.get_secret_value() if config.password else "",
-                    charset="utf8mb4",
-                    autocommit=True,
-                    connect_timeout=config.connect_timeout,
-                ),
-                config.connect_timeout * 2,
-            )
+        return await connect(
+            host=config.host,
+            port=config.port,
+            user=config.user,
+            password=config.password,
+            connect_timeout=config.connect_timeout,
+        )
 
     async def _query(self, statement: str, params: Sequence[Any] = (), conn: Any = None) -> list[tuple[Any, ...]]:
         with translate_mysql_errors(statement.split(" ", 2)[0].lower()):
@@ -222,7 +137,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
                 raise ConfigError(
                     "offset",
                     f"binlog file {start.file} of the committed offset was purged from the server: changes since then are gone",
-                    f"re-snapshot: stop every replica, run 'meshconnect offsets reset {self._instance}"
+                    f"re-snapshot: stop every replica, run 'meshconnect offsets reset {self._context.connector_name}"
                     " --config <this worker config>', then start again (or set snapshot_mode: when_needed to do it itself)",
                 )
             self._log.warning("committed binlog position was purged; taking a new snapshot", file=start.file)
@@ -246,7 +161,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
         self._log.info(
             "snapshot starting", tables=len(tables), file=plan.position.file, pos=plan.position.pos, resume_table=plan.table
         )
-        self._snapshot = SnapshotReader(self._snapshot_conn, tables, plan, self.config.snapshot_chunk_size, self._instance)
+        self._snapshot = SnapshotReader(self._snapshot_conn, tables, plan, self.config.snapshot_chunk_size, self._context)
         self._stream_from = plan.position
 
     async def _selected_tables(self) -> list[str]:
@@ -287,6 +202,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
         self._log.info("streaming the binlog", file=start.file, pos=start.pos, row=start.row)
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.stop)
             self._reader = None
@@ -298,8 +215,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
     # -- poll --------------------------------------------------------------------------------------
 
     async def poll(self) -> Sequence[ConnectorRecord]:
-        if self.config.mode == "polling":
-            return await self._poll_tables()
+        if self._poller is not None:
+            return await self._poller.poll()
         if self._snapshot is not None:
             return await self._poll_snapshot()
         return await self._poll_stream()
@@ -464,135 +381,6 @@ class MysqlSource(Source[MysqlSourceConfig]):
             subject=self.config.topic_template.format(db=row.db, table=row.name),
             datacontenttype="application/json",
         )
-
-    # -- polling mode --------------------------------------------------------------------------------
-
-    def _poll_partition(self, table: PolledTable) -> dict[str, Any]:
-        return {"server": self.config.server_name, "table": table.table}
-
-    async def _tiebreak_key(self, table: PolledTable) -> tuple[str, ...]:
-        """The primary key of a table polled by timestamp alone: it orders the rows sharing one stamp."""
-        db, name = table.table.split(".")
-        with translate_mysql_errors(f"reading the schema of {table.table}"):
-            async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
-                schema = await load_table(cursor, db, name)
-        if schema is None:
-            raise ConfigError(
-                "config.poll_tables", f"table {table.table} does not exist", "create it or remove it from poll_tables"
-            )
-        if not schema.primary_key:
-            self._log.warning(
-                "polled table has no primary key: rows sharing one timestamp may be missed when max_batch splits them",
-                table=table.table,
-                fix="add an incrementing_column to its poll_tables entry, or a primary key to the table",
-            )
-        return schema.primary_key
-
-    async def _poll_tables(self) -> list[ConnectorRecord]:
-        wait = self._poll_due - time.monotonic()
-        if wait > 0:  # poll() returns within a second even when poll_interval is longer
-            await asyncio.sleep(min(wait, 1.0))
-            return []
-        tables = self.config.poll_tables
-        for _ in range(len(tables)):
-            table = tables[self._poll_next % len(tables)]
-            self._poll_next += 1
-            records = await self._poll_table(table)
-            if records:
-                return records
-        self._poll_due = time.monotonic() + self.config.poll_interval
-        return []
-
-    async def _poll_table(self, table: PolledTable) -> list[ConnectorRecord]:
-        db, name = table.table.split(".")
-        inc, ts = table.incrementing_column, table.timestamp_column
-        key = self._poll_keys.get(table.table, ())
-        last = self._poll_offsets[table.table]
-        conditions: list[str] = []
-        params: list[Any] = []
-        if ts:
-            # Rows stamped in the current instant may still be joined by others with the same stamp: wait for it to pass.
-            conditions.append(f"{quote(ts)} < CURRENT_TIMESTAMP(6)")
-            if "ts" in last and inc:
-                conditions.append(f"(({quote(ts)} = %s AND {quote(inc)} > %s) OR {quote(ts)} > %s)")
-                params += [last["ts"], last.get("inc"), last["ts"]]
-            elif "ts" in last and key and "key" in last:
-                after_key = f"({','.join(quote(c) for c in key)}) > ({','.join(['%s'] * len(key))})"
-                conditions.append(f"(({quote(ts)} = %s AND {after_key}) OR {quote(ts)} > %s)")
-                params += [last["ts"], *(_bound_key_value(value) for value in last["key"]), last["ts"]]
-            elif "ts" in last:
-                conditions.append(f"{quote(ts)} > %s")
-                params.append(last["ts"])
-        elif inc and "inc" in last:
-            conditions.append(f"{quote(inc)} > %s")
-            params.append(last["inc"])
-        order = ",".join(quote(c) for c in (ts, *((inc,) if inc else key)) if c)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        statement = f"SELECT * FROM {quote(db, name)}{where} ORDER BY {order} LIMIT {self.config.max_batch}"
-        with translate_mysql_errors(f"polling {table.table}"):
-            if self._conn is None:
-                self._conn = await self._connect()
-            try:
-                async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
-                    await cursor.execute(statement, params)
-                    columns = [d[0] for d in cursor.description]
-                    fetched = await cursor.fetchall()
-            except (pymysql.OperationalError, pymysql.InterfaceError, OSError, TimeoutError):
-                self._conn.close()  # reconnect on the next poll
-                self._conn = None
-                raise
-        records = []
-        now = dt.datetime.now(dt.UTC)
-        for values in fetched:
-            row = dict(zip(columns, values, strict=True))
-            offset: dict[str, Any] = {}
-            if inc:
-                offset["inc"] = json_value(row[inc])[0]
-            if ts:
-                offset["ts"] = json_value(row[ts])[0]
-                if key and not inc:
-                    offset["key"] = [_key_offset_value(row[column]) for column in key]
-                elif not inc:
-                    offset["n"] = (
-                        last.get("n", 0) + 1 if last.get("ts") == offset["ts"] else 1
-                    )  # distinct offsets for equal stamps
-            last = offset
-            binary: set[str] = set()
-            source = {
-                "server_id": None,
-                "db": db,
-                "table": name,
-                "snapshot": False,
-                "mode": "polling",
-                "ts_ms": int(now.timestamp() * 1000),
-            }
-            data: dict[str, Any] = {"op": "r", "before": None, "after": encode_row(row, binary), "key": [], "source": source}
-            if binary:
-                data["binary"] = sorted(binary)
-            records.append(
-                ConnectorRecord(
-                    data=data,
-                    partition=self._poll_partition(table),
-                    offset=offset,
-                    timestamp=now,
-                    type=f"{self.config.type_prefix}.r",
-                    subject=self.config.topic_template.format(db=db, table=name),
-                    datacontenttype="application/json",
-                )
-            )
-        self._poll_offsets[table.table] = last
-        return records
-
-
-def _key_offset_value(value: Any) -> Any:
-    """A key column's value as stored in an offset: JSON, bytes that are not UTF-8 as ``{"base64": ...}``."""
-    stored, is_base64 = json_value(value)
-    return {"base64": stored} if is_base64 else stored
-
-
-def _bound_key_value(stored: Any) -> Any:
-    """The value to bind for a key column's value stored by ``_key_offset_value``."""
-    return base64.b64decode(stored["base64"]) if isinstance(stored, dict) else stored
 
 
 def _after(value: Any) -> tuple[Any, ...] | None:

@@ -15,16 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Gauge
 
-from services.mysql_sink.sql import quote
-from services.mysql_source.binlog import Position
-from services.mysql_source.envelope import json_value
+from runtime import SourceContext
+from services.mysql.envelope import json_value
+from services.mysql.source.binlog import Position
+from services.mysql.sql import quote
 
-__all__ = ["SNAPSHOT_ROWS_DONE", "SNAPSHOT_ROWS_TOTAL", "SnapshotPlan", "SnapshotReader"]
+__all__ = ["SnapshotPlan", "SnapshotReader"]
 
-SNAPSHOT_ROWS_DONE = Gauge("meshconnect_snapshot_rows_done", "Rows of a table read by the running snapshot.", ["name", "table"])
-SNAPSHOT_ROWS_TOTAL = Gauge("meshconnect_snapshot_rows_total", "Estimated rows of a table the snapshot reads.", ["name", "table"])
 _PROGRESS_EVERY = 5.0
 
 log = structlog.get_logger()
@@ -56,12 +54,12 @@ class SnapshotRow:
 class SnapshotReader:
     """Reads ``tables`` (``db.table`` names, sorted) chunk by chunk over one connection."""
 
-    def __init__(self, conn: Any, tables: Sequence[str], plan: SnapshotPlan, chunk_size: int, instance: str) -> None:
+    def __init__(self, conn: Any, tables: Sequence[str], plan: SnapshotPlan, chunk_size: int, context: SourceContext) -> None:
         self._conn = conn
         self._tables = [t for t in sorted(tables) if plan.table is None or t >= plan.table]
         self._plan = plan
         self._chunk = chunk_size
-        self._instance = instance
+        self._context = context  # its gauges: meshconnect_snapshot_rows_done and _total, per table
         self._current: str | None = None
         self._after: tuple[Any, ...] | None = plan.after
         self._key: tuple[str, ...] = ()
@@ -69,7 +67,7 @@ class SnapshotReader:
         self._total = 0
         self._started = 0.0
         self._logged = 0.0
-        self._log: Any = log.bind(name=instance)
+        self._log: Any = log.bind(name=context.connector_name)
 
     @staticmethod
     async def begin(conn: Any) -> Position:
@@ -138,8 +136,8 @@ class SnapshotReader:
         self._total = int(estimate[0] or 0) if estimate else 0
         self._done = 0
         self._started = self._logged = time.monotonic()
-        SNAPSHOT_ROWS_TOTAL.labels(self._instance, table).set(self._total)
-        SNAPSHOT_ROWS_DONE.labels(self._instance, table).set(0)
+        self._context.gauge("meshconnect_snapshot_rows_total", table=table).set(self._total)
+        self._context.gauge("meshconnect_snapshot_rows_done", table=table).set(0)
         self._log.info("snapshot of table started", table=table, rows_estimate=self._total, resuming=resuming)
         ddl = create.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
         return SnapshotRow(table, db, name, self._key, None, self._plan.offset(table, None), ddl)
@@ -168,10 +166,10 @@ class SnapshotReader:
             rows.append(SnapshotRow(self._current, db, name, key, row, self._plan.offset(self._current, after)))
             self._after = after
         self._done += len(rows)
-        SNAPSHOT_ROWS_DONE.labels(self._instance, self._current).set(self._done)
+        self._context.gauge("meshconnect_snapshot_rows_done", table=self._current).set(self._done)
         if self._done > self._total:
             self._total = self._done
-            SNAPSHOT_ROWS_TOTAL.labels(self._instance, self._current).set(self._total)
+            self._context.gauge("meshconnect_snapshot_rows_total", table=self._current).set(self._total)
         self._progress()
         return rows
 

@@ -12,7 +12,7 @@ import orjson
 
 from runtime.columns import ColumnKind, ColumnRule
 from runtime.errors import DataError
-from services.mysql_sink.sql import Column
+from services.mysql.sql import Column
 
 __all__ = ["SchemaCatalog", "column_rule", "sql_type_from_json_schema", "sql_type_from_value"]
 

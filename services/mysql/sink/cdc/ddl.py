@@ -32,7 +32,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
 from runtime.errors import DataError
-from services.mysql_sink.sql import check_identifier
+from services.mysql.sql import check_identifier
 
 __all__ = ["TableDdl", "rebuild_ddl"]
 
