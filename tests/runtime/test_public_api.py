@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import runtime
 
 AUTHOR_API = {
@@ -41,4 +43,29 @@ def test_every_connector_imports_only_the_public_runtime_api_or_documented_modul
         for module in re.findall(r"^from (runtime[\w.]*) import", path.read_text(), flags=re.M):
             if module not in allowed and path.name != "__main__.py":
                 offenders.append(f"{path.relative_to(services)}: {module}")
+    assert offenders == [], offenders
+
+
+SERVICES = Path(runtime.__file__).parent.parent / "services"
+CONNECTOR_PACKAGES = sorted(".".join(path.parent.relative_to(SERVICES.parent).parts) for path in SERVICES.rglob("connector.py"))
+
+
+def _connector_package(module: str) -> str | None:
+    return next((package for package in CONNECTOR_PACKAGES if module == package or module.startswith(package + ".")), None)
+
+
+@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http"])
+def test_the_connectors_of_a_system_share_code_through_its_client_module_not_each_other(system: str) -> None:
+    # One folder per external system: what its source and sink have in common lives in
+    # services/<system>/client.py; a connector importing its sibling's connector (or another
+    # connector class to wrap) would tie their lifecycles and configs together again.
+    offenders = []
+    for path in (SERVICES / system).rglob("*.py"):
+        module = ".".join(path.with_suffix("").relative_to(SERVICES.parent).parts)
+        own = _connector_package(module)
+        for imported in re.findall(r"^(?:from|import) (services[\w.]*)", path.read_text(), flags=re.M):
+            other = _connector_package(imported)
+            if other is not None and other != own:
+                offenders.append(f"{module} imports {imported}")
+    assert (SERVICES / system / "client.py").is_file()
     assert offenders == [], offenders
