@@ -47,21 +47,21 @@ from services.cloudevents_json import record_to_json  # noqa: E402
 from services.dingtalk_sink.connector import DingtalkSink  # noqa: E402
 from services.file_sink.connector import FileSink, FileSinkConfig  # noqa: E402
 from services.file_source.connector import FileSource, FileSourceConfig  # noqa: E402
-from services.http_sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
-from services.http_source.connector import HttpSource, HttpSourceConfig  # noqa: E402
-from services.knative_sink.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
+from services.http.knative.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
+from services.http.sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
+from services.http.source.connector import HttpSource, HttpSourceConfig  # noqa: E402
 from services.lark_sink.connector import LarkSink  # noqa: E402
-from services.mqtt_sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
-from services.mqtt_source.connector import MqttSource, MqttSourceConfig  # noqa: E402
-from services.nats_sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
-from services.nats_source.connector import NatsSource, NatsSourceConfig  # noqa: E402
-from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig  # noqa: E402
-from services.postgres_source.connector import PostgresSource, PostgresSourceConfig  # noqa: E402
+from services.mqtt.sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
+from services.mqtt.source.connector import MqttSource, MqttSourceConfig  # noqa: E402
+from services.nats.sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
+from services.nats.source.connector import NatsSource, NatsSourceConfig  # noqa: E402
+from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig  # noqa: E402
+from services.postgres.source.connector import PostgresSource, PostgresSourceConfig  # noqa: E402
 from services.prometheus_source.connector import PrometheusSource, PrometheusSourceConfig  # noqa: E402
-from services.rabbitmq_sink.connector import RabbitmqSink, RabbitmqSinkConfig  # noqa: E402
-from services.rabbitmq_source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
-from services.redis_sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
-from services.redis_source.connector import RedisSource, RedisSourceConfig  # noqa: E402
+from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig  # noqa: E402
+from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
+from services.redis.sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
+from services.redis.source.connector import RedisSource, RedisSourceConfig  # noqa: E402
 from services.slack_sink.connector import SlackSink  # noqa: E402
 from services.wecom_sink.connector import WecomSink  # noqa: E402
 from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402

@@ -24,11 +24,14 @@ from runtime.record import ConnectorRecord, JsonValue, is_json_content_type
 __all__ = [
     "CONTENT_TYPE",
     "PayloadFormat",
+    "SinkPayload",
+    "data_bytes",
     "record_from_payload",
     "record_from_json",
     "record_from_mapping",
     "record_to_json",
     "record_to_mapping",
+    "record_to_payload",
 ]
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -92,6 +95,22 @@ def data_bytes(record: ConnectorRecord) -> bytes:
         return orjson.dumps(data)
     except TypeError as exc:
         raise DataError(f"event data cannot be written as JSON: {exc}") from exc
+
+
+SinkPayload = Literal["cloudevent", "data"]
+"""What a sink writes as a message body: the whole structured CloudEvent, or the event data alone."""
+
+
+def record_to_payload(record: ConnectorRecord, payload: SinkPayload) -> tuple[bytes, str | None]:
+    """The message body a sink writes for ``record``, and its content type.
+
+    ``cloudevent``: the structured CloudEvent JSON under :data:`CONTENT_TYPE`, which a source reads
+    back whole; ``data``: the data alone under the event's own content type (``None`` when it has
+    none). :class:`DataError` when the event cannot be written so (the sink dead-letters it).
+    """
+    if payload == "cloudevent":
+        return record_to_json(record), CONTENT_TYPE
+    return data_bytes(record), record.effective_content_type
 
 
 def record_from_json(body: bytes | str, **position: Any) -> ConnectorRecord:

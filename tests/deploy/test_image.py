@@ -198,7 +198,7 @@ def test_image_install_and_entrypoint(image_venv: Path, mesh: int, tmp_path: Pat
     assert probe.returncode != 0, "the image installs more than its connector's extra"
 
     config = tmp_path / "config.yaml"
-    shutil.copy2(ROOT / "services" / "http_source" / "config.example.yaml", config)
+    shutil.copy2(ROOT / "services" / "http" / "source" / "config.example.yaml", config)
     state = tmp_path / "state"  # the image's WORKDIR
     state.mkdir()
     admin_port, http_port = free_port(), free_port()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import runtime
 
 AUTHOR_API = {
@@ -54,4 +56,29 @@ def test_connectors_define_no_metrics_of_their_own() -> None:
         for path in services.rglob("*.py")
         if re.search(r"^\s*(from|import) prometheus_client\b", path.read_text(), flags=re.M)
     ]
+    assert offenders == [], offenders
+
+
+SERVICES = Path(runtime.__file__).parent.parent / "services"
+CONNECTOR_PACKAGES = sorted(".".join(path.parent.relative_to(SERVICES.parent).parts) for path in SERVICES.rglob("connector.py"))
+
+
+def _connector_package(module: str) -> str | None:
+    return next((package for package in CONNECTOR_PACKAGES if module == package or module.startswith(package + ".")), None)
+
+
+@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http", "mysql"])
+def test_the_connectors_of_a_system_share_code_through_its_client_module_not_each_other(system: str) -> None:
+    # One folder per external system: what its source and sink have in common lives in
+    # services/<system>/client.py; a connector importing its sibling's connector (or another
+    # connector class to wrap) would tie their lifecycles and configs together again.
+    offenders = []
+    for path in (SERVICES / system).rglob("*.py"):
+        module = ".".join(path.with_suffix("").relative_to(SERVICES.parent).parts)
+        own = _connector_package(module)
+        for imported in re.findall(r"^(?:from|import) (services[\w.]*)", path.read_text(), flags=re.M):
+            other = _connector_package(imported)
+            if other is not None and other != own:
+                offenders.append(f"{module} imports {imported}")
+    assert (SERVICES / system / "client.py").is_file()
     assert offenders == [], offenders

@@ -36,8 +36,8 @@ from runtime.testing import (
     run_sink_conformance,
     run_source_conformance,
 )
-from services.http_sink.connector import HttpSink, HttpSinkConfig
-from services.http_source.connector import HttpSource, HttpSourceConfig
+from services.http.sink.connector import HttpSink, HttpSinkConfig
+from services.http.source.connector import HttpSource, HttpSourceConfig
 from tests.servers import free_port, require_binary
 
 
@@ -344,7 +344,7 @@ async def test_a_sender_chooses_only_among_the_configured_and_the_allowed_topics
 
 
 def _documented_canonical(target: str, headers: dict[str, str], body: bytes) -> bytes:
-    """The canonical form exactly as services/http_source/README.md tells senders to build it."""
+    """The canonical form exactly as services/http/source/README.md tells senders to build it."""
     lowered = {name.lower(): value for name, value in headers.items()}
     signed = sorted(name for name in lowered if name.startswith("ce-"))
     lines = "".join(f"{name}:{lowered[name].strip()}\n" for name in signed)

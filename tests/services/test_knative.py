@@ -21,7 +21,7 @@ from runtime.connector import SinkContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, run_sink_conformance
-from services.knative_sink.connector import KnativeSink, KnativeSinkConfig
+from services.http.knative.connector import KnativeSink, KnativeSinkConfig
 from tests.services.fake_http import DROP, Canned, FakeHttpServer
 
 REFUSED_TYPE = "com.example.refused"

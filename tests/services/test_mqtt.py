@@ -18,8 +18,8 @@ from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
-from services.mqtt_sink.connector import MqttSink, MqttSinkConfig
-from services.mqtt_source.connector import MqttSource, MqttSourceConfig
+from services.mqtt.sink.connector import MqttSink, MqttSinkConfig
+from services.mqtt.source.connector import MqttSource, MqttSourceConfig
 from tests.servers import MosquittoServer
 
 

@@ -18,8 +18,8 @@ from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
-from services.nats_sink.connector import NatsSink, NatsSinkConfig
-from services.nats_source.connector import NatsSource, NatsSourceConfig
+from services.nats.sink.connector import NatsSink, NatsSinkConfig
+from services.nats.source.connector import NatsSource, NatsSourceConfig
 from tests.servers import NatsServer
 
 
@@ -104,6 +104,29 @@ async def test_source_loses_nothing_when_the_server_is_killed(private_nats: Nats
     finally:
         await source.stop()
     assert {record.id for record in first + rest} == {f"id-{n}" for n in range(15)}
+
+
+async def test_sink_with_payload_data_publishes_the_data_alone_under_its_content_type(nats_server: NatsServer) -> None:
+    stream, subject = _names()
+    sink = await _sink(nats_server.url, subject=f"{subject}.{{topic}}", stream=stream, subjects=[f"{subject}.>"], payload="data")
+    events = [_event(1), _event(2, data="a,b", datacontenttype="text/csv"), _event(3, data=None)]
+    try:
+        assert await sink.put(events) == []
+    finally:
+        await sink.stop()
+    client = await nats.connect(nats_server.url)
+    try:
+        js = client.jetstream()
+        messages = [await js.get_msg(stream, seq) for seq in (1, 2, 3)]
+    finally:
+        await client.close()
+    assert [message.data or b"" for message in messages] == [b'{"n":1}', b"a,b", b""]
+    # an event without data has no content type of its own: the message still says what it carries
+    assert [(message.headers or {}).get("Content-Type") for message in messages] == [
+        "application/json",
+        "text/csv",
+        "application/octet-stream",
+    ]
 
 
 async def test_sink_dedupes_redelivered_events_and_the_source_reads_them_back(nats_server: NatsServer) -> None:

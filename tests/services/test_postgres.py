@@ -18,8 +18,8 @@ from runtime.errors import DataError, RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
-from services.postgres_sink.connector import PostgresSink, PostgresSinkConfig
-from services.postgres_source.connector import PostgresSource, PostgresSourceConfig
+from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig
+from services.postgres.source.connector import PostgresSource, PostgresSourceConfig
 from tests.servers import PostgresServer, free_port
 from tests.services.workers import DEAD_LETTER_TOPIC, publish, readiness, sink_worker, until
 

@@ -17,8 +17,8 @@ from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import CONTENT_TYPE, record_to_json
-from services.rabbitmq_sink.connector import RabbitmqSink, RabbitmqSinkConfig
-from services.rabbitmq_source.connector import RabbitmqSource, RabbitmqSourceConfig
+from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig
+from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig
 from tests.servers import require_binary, wait_for_port
 
 

@@ -17,8 +17,8 @@ from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.cloudevents_json import record_to_json
-from services.redis_sink.connector import RedisSink, RedisSinkConfig
-from services.redis_source.connector import RedisSource, RedisSourceConfig
+from services.redis.sink.connector import RedisSink, RedisSinkConfig
+from services.redis.source.connector import RedisSource, RedisSourceConfig
 from tests.servers import RedisServer
 
 

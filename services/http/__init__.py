@@ -1,0 +1,1 @@
+"""HTTP: http-source, http-sink and knative-sink; the sinks share the delivery in :mod:`services.http.client`."""

@@ -1,0 +1,176 @@
+"""The HTTP delivery http-sink and knative-sink share: POST each event as a CloudEvent, sort the answers.
+
+A batch is sent concurrently (at most ``concurrency`` requests at a time) and :meth:`CloudEventPoster.put`
+returns once every request was answered: 2xx is delivered; 408, 425, 429 and 5xx or a connection
+failure make the whole batch retriable (the worker retries it with backoff, honouring the largest
+``Retry-After``); any other 4xx rejects that event to the dead-letter topic with the status and the
+start of the response body. Retried batches may deliver an event twice: receivers deduplicate on
+``ce-source`` + ``ce-id``. Each sink owns a poster built from its own config (composition: neither
+sink is the other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from runtime.config import Secret
+from runtime.connector import Rejection
+from runtime.errors import ConfigError, DataError, RetriableError
+from runtime.record import ConnectorRecord
+from services.cloudevents_json import CONTENT_TYPE, data_bytes, record_to_json
+
+__all__ = ["CloudEventPoster", "PosterSettings"]
+
+log = structlog.get_logger()
+
+# CloudEvents HTTP binding: header values are printable ASCII except space, '"' and '%', which are percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
+_RETRIABLE_STATUS = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class PosterSettings:
+    """How a :class:`CloudEventPoster` sends: each sink fills it from its own config model."""
+
+    mode: Literal["binary", "structured"]
+    timeout: float
+    connect_timeout: float
+    concurrency: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    token: Secret | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+class CloudEventPoster:
+    """One aiohttp session that POSTs events as CloudEvents (binary or structured mode); open, put, close."""
+
+    def __init__(self, settings: PosterSettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Start the session; :class:`ConfigError` when the TLS files cannot be loaded."""
+        settings = self._settings
+        connector = aiohttp.TCPConnector(limit=settings.concurrency, ssl=self._ssl_context())
+        timeout = aiohttp.ClientTimeout(total=settings.timeout, sock_connect=settings.connect_timeout)
+        headers = dict(settings.headers)
+        if settings.token is not None:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        settings = self._settings
+        if not settings.tls_verify:
+            return False
+        try:
+            context = ssl.create_default_context(cafile=settings.ca_file)
+            if settings.client_cert:
+                context.load_cert_chain(settings.client_cert, settings.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("config.ca_file/client_cert", f"cannot load TLS files: {exc}", "give readable PEM files") from exc
+        return context
+
+    async def put(self, records: Sequence[ConnectorRecord], targets: Callable[[], Sequence[str]]) -> list[Rejection]:
+        """POST every record to the URLs ``targets()`` names for it; the rejected ones, or :class:`RetriableError`."""
+        rejections: list[Rejection] = []
+        sends = []
+        for record in records:
+            try:
+                headers, body = self._encode(record)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                continue
+            for url in targets():
+                sends.append(self._send(url, record, headers, body))
+        outcomes = await asyncio.gather(*sends)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, RetriableError)]
+        if failures:
+            hints = [failure.retry_after for failure in failures if failure.retry_after is not None]
+            raise RetriableError(
+                f"{len(failures)} of {len(outcomes)} requests failed, first: {failures[0]}",
+                retry_after=max(hints) if hints else None,
+            )
+        rejections.extend(outcome for outcome in outcomes if isinstance(outcome, Rejection))
+        return rejections
+
+    async def _send(
+        self, url: str, record: ConnectorRecord, headers: Mapping[str, str], body: bytes
+    ) -> Rejection | RetriableError | None:
+        """POST one event; the one seam where aiohttp's errors become ours."""
+        assert self._session is not None, "open() first"
+        try:
+            async with self._session.post(url, data=body, headers=headers) as response:
+                if 200 <= response.status < 300:
+                    return None
+                excerpt = (await response.content.read(200)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return RetriableError(f"POST {url} failed: {exc.__class__.__name__} {exc}")
+        reason = f"POST {url} answered {response.status} {response.reason}: {excerpt}"
+        if response.status in _RETRIABLE_STATUS or response.status >= 500:
+            return RetriableError(reason, retry_after=_retry_after(response.headers.get("Retry-After")))
+        log.warning("http sink event rejected", url=url, status=response.status, id=record.id)
+        return Rejection(record, reason)
+
+    def _encode(self, record: ConnectorRecord) -> tuple[dict[str, str], bytes]:
+        if self._settings.mode == "structured":
+            return {"Content-Type": CONTENT_TYPE}, record_to_json(record)
+        return _binary_headers(record), data_bytes(record)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _binary_headers(record: ConnectorRecord) -> dict[str, str]:
+    if not (record.id and record.source and record.type):
+        raise DataError("event has no id, source or type: a CloudEvent needs all three")
+    attributes: dict[str, str | int | bool] = {
+        "specversion": "1.0",
+        "id": record.id,
+        "source": record.source,
+        "type": record.type,
+        "time": record.timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if record.subject:
+        attributes["subject"] = record.subject
+    if record.dataschema:
+        attributes["dataschema"] = record.dataschema
+    attributes.update(record.extensions)
+    headers = {f"ce-{name}": quote(_header_text(value), safe=_HEADER_SAFE) for name, value in attributes.items()}
+    content_type = record.effective_content_type
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return headers
+
+
+def _header_text(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or garbled."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

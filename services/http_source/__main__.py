@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.http_source.connector import HttpSource
-
-main_for(HttpSource)

@@ -1,0 +1,1 @@
+"""MQTT: mqtt-source and mqtt-sink, sharing the client in :mod:`services.mqtt.client`."""

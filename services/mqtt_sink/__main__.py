@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.mqtt_sink.connector import MqttSink
-
-main_for(MqttSink)

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.mqtt_source.connector import MqttSource
-
-main_for(MqttSource)

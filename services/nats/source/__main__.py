@@ -1,0 +1,4 @@
+from runtime.app import main_for
+from services.nats.source.connector import NatsSource
+
+main_for(NatsSource)

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.nats_sink.connector import NatsSink
-
-main_for(NatsSink)

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.nats_source.connector import NatsSource
-
-main_for(NatsSource)

@@ -1,0 +1,253 @@
+"""postgres-sink: upsert events into PostgreSQL, one statement and one transaction per batch.
+
+Two modes:
+
+``events`` (default)
+    every event is a row of ``table`` (created when missing) keyed by ``(source, id)``:
+    ``type, subject, time, datacontenttype, data jsonb`` (JSON data; text as a JSON string),
+    ``data_bytes bytea`` (binary data) and ``extensions jsonb``. A redelivered event changes
+    nothing (``ON CONFLICT DO NOTHING``): the sink is idempotent.
+``mapped``
+    the JSON object data of each event is a row of an existing ``table``: its fields fill the
+    columns of the same name (``jsonb_populate_recordset``) and ``key`` names the primary or
+    unique key to upsert on (``ON CONFLICT (key) DO UPDATE``); the last event of a batch wins for
+    a key. Data that is not an object is rejected, and so is a field whose value does not fit its
+    column's type (:mod:`runtime.columns`: PostgreSQL itself would read ``"5"`` as the integer 5
+    and ``1`` as true); the column types are read at start, and once more per batch before a refusal.
+
+A value the table refuses (a constraint) makes the batch a ``DataError``; the worker then
+writes record by record and dead-letters the one at fault. A lost connection is retriable, and so
+is a refused login or privilege after a good start (at start it is a config error).
+Identifiers are validated and quoted; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+import structlog
+from pydantic import Field, SecretStr, model_validator
+
+from runtime.columns import ColumnKind, ColumnRule
+from runtime.config import ConnectorConfig, Secret
+from runtime.connector import Rejection, Sink, SinkContext
+from runtime.errors import ConfigError, DataError, RetriableError
+from runtime.record import ConnectorRecord
+from services.postgres.client import PgConnection, pg_call, quote_identifier
+
+__all__ = ["PostgresSink", "PostgresSinkConfig"]
+
+log = structlog.get_logger()
+
+_EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    source text NOT NULL,
+    id text NOT NULL,
+    type text NOT NULL,
+    subject text,
+    time timestamptz NOT NULL,
+    datacontenttype text,
+    data jsonb,
+    data_bytes bytea,
+    extensions jsonb NOT NULL DEFAULT '{{}}',
+    PRIMARY KEY (source, id)
+)"""
+
+_INSERT_EVENTS = """
+INSERT INTO {table} (source, id, type, subject, time, datacontenttype, data, data_bytes, extensions)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::jsonb[], $8::bytea[], $9::jsonb[]
+)
+ON CONFLICT (source, id) DO NOTHING"""
+
+# Each column with its type (a domain's base type): name, category (pg_type.typcategory) and the type as written.
+_COLUMNS = """
+SELECT a.attname, b.typname::text, b.typcategory::text, format_type(a.atttypid, a.atttypmod) AS sql_type
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum"""
+_INTEGER_BITS = {"int2": 16, "int4": 32, "int8": 64}
+_FLOATS = frozenset({"float4", "float8"})
+
+
+class PostgresSinkConfig(ConnectorConfig):
+    dsn: Secret = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), description="postgresql:// DSN (may hold a password)."
+    )
+    mode: Literal["events", "mapped"] = Field("events", description="events: one row per event; mapped: data fields -> columns.")
+    table: str = Field("meshconnect_events", description="Target table, [schema.]name.")
+    create_table: bool = Field(True, description="Create the events table if missing (mode events).")
+    key: list[str] = Field(default_factory=list, description="Columns of the unique key to upsert on (mode mapped).")
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for connecting or for a batch to commit.")
+
+    @model_validator(mode="after")
+    def _mapped_needs_a_key(self) -> PostgresSinkConfig:
+        if self.mode == "mapped" and not self.key:
+            raise ValueError("mode mapped needs 'key': the columns of the table's primary or unique key")
+        return self
+
+
+class PostgresSink(Sink[PostgresSinkConfig]):
+    name = "postgres-sink"
+    description = "Upserts events into PostgreSQL: an idempotent events table, or data fields mapped to columns."
+    config_model = PostgresSinkConfig
+
+    def __init__(self, config: PostgresSinkConfig) -> None:
+        super().__init__(config)
+        self._table = quote_identifier(config.table)
+        self._connection = PgConnection(config.dsn, config.timeout)
+        self._statement = ""
+        self._rules: tuple[ColumnRule, ...] = ()  # mapped: what each column of the table takes
+
+    async def start(self, context: SinkContext) -> None:
+        connection = await self._connection.get()
+        try:
+            if self.config.mode == "events":
+                if self.config.create_table:
+                    await pg_call(
+                        "create table", connection.execute(_EVENTS_TABLE.format(table=self._table)), self.config.timeout
+                    )
+                self._statement = _INSERT_EVENTS.format(table=self._table)
+            else:
+                self._statement = await self._mapped_statement(connection)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _read_columns(self, connection: asyncpg.Connection, *, running: bool = False) -> list[asyncpg.Record]:
+        columns: list[asyncpg.Record] = await pg_call(
+            "read columns", connection.fetch(_COLUMNS, self._table), self.config.timeout, running=running
+        )
+        if columns:
+            self._rules = tuple(_column_rule(row) for row in columns)
+        return columns
+
+    async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
+        names = [row["attname"] for row in await self._read_columns(connection)]
+        if not names:
+            raise ConfigError("config.table", f"table {self.config.table} does not exist", "create it, or use mode events")
+        missing = [column for column in self.config.key if column not in names]
+        if missing:
+            raise ConfigError("config.key", f"{missing} are not columns of {self.config.table}", f"choose from {names}")
+        quoted = [quote_identifier(name) for name in names]
+        updates = ", ".join(
+            f"{column} = EXCLUDED.{column}" for name, column in zip(names, quoted, strict=True) if name not in self.config.key
+        )
+        conflict = ", ".join(quote_identifier(column) for column in self.config.key)
+        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        return (
+            f"INSERT INTO {self._table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
+            f"FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb) ON CONFLICT ({conflict}) {action}"
+        )
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        arguments: Sequence[Any] | None
+        if self.config.mode == "events":
+            rejections, arguments = self._event_rows(records)
+        else:
+            rejections, arguments, mismatched = self._mapped_rows(records)
+            if mismatched:
+                # The verdict may rest on types read before the table changed (a column widened): read them again.
+                try:
+                    await self._read_columns(await self._connection.get(running=True), running=True)
+                except RetriableError:
+                    self._connection.drop()
+                    raise
+                rejections, arguments, _ = self._mapped_rows(records)
+        if arguments is None:
+            return rejections
+        connection = await self._connection.get(running=True)
+        try:
+            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout, running=True)
+        except RetriableError:
+            self._connection.drop()  # reconnect for the retry
+            raise
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise DataError(f"PostgreSQL refused the batch: {exc.__class__.__name__}: {exc}") from exc
+        except asyncpg.UndefinedTableError as exc:
+            raise RetriableError(f"table {self.config.table} is missing: {exc}") from exc
+        return rejections
+
+    def _event_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[list[Any], ...] | None]:
+        rejections: list[Rejection] = []
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
+        for record in records:
+            if not (record.id and record.source and record.type):
+                rejections.append(Rejection(record, "event has no id, source or type"))
+                continue
+            data, data_bytes = record.data, None
+            if isinstance(data, bytes):
+                data, data_bytes = None, data
+            try:
+                data_json = None if data is None else orjson.dumps(data).decode()
+            except TypeError as exc:
+                rejections.append(Rejection(record, f"data cannot be stored as JSON: {exc}"))
+                continue
+            values = (
+                record.source,
+                record.id,
+                record.type,
+                record.subject,
+                record.timestamp,
+                record.datacontenttype,
+                data_json,
+                data_bytes,
+                orjson.dumps(dict(record.extensions)).decode(),
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        return rejections, (columns if columns[0] else None)
+
+    def _mapped_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[str] | None, bool]:
+        """The rejections, the argument of the upsert (None: nothing to write), and whether a value did not fit."""
+        rejections: list[Rejection] = []
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        mismatched = False
+        for record in records:
+            data = record.data
+            if not isinstance(data, dict):
+                rejections.append(Rejection(record, f"mode mapped needs JSON object data, got {type(data).__name__}"))
+                continue
+            try:
+                for rule in self._rules:
+                    value = data.get(rule.column)
+                    if type(value) not in rule.unchecked:
+                        rule.check(value)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                mismatched = True
+                continue
+            key = tuple(orjson.dumps(data.get(column)) for column in self.config.key)
+            rows.pop(key, None)
+            rows[key] = data  # the last event for a key wins, and keeps its place at the end
+        if not rows:
+            return rejections, None, mismatched
+        return rejections, (orjson.dumps(list(rows.values())).decode(),), mismatched
+
+    async def stop(self) -> None:
+        await self._connection.close()
+
+
+def _column_rule(column: asyncpg.Record) -> ColumnRule:
+    """The JSON values a column takes (see :mod:`runtime.columns`), by its (base) type."""
+    name, type_name, category, sql_type = column["attname"], column["typname"], column["typcategory"], column["sql_type"]
+    if type_name in _INTEGER_BITS:
+        bits = _INTEGER_BITS[type_name]
+        return ColumnRule(name, name, sql_type, ColumnKind.INTEGER, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if type_name == "numeric":
+        return ColumnRule(name, name, sql_type, ColumnKind.DECIMAL)
+    if type_name in _FLOATS or category == "N":  # float4, float8, and money, oid and the like
+        return ColumnRule(name, name, sql_type, ColumnKind.FLOAT)
+    if type_name == "bool":
+        return ColumnRule(name, name, sql_type, ColumnKind.BOOLEAN)
+    if type_name in ("json", "jsonb") or category == "S":  # text, varchar, char, name, citext
+        return ColumnRule(name, name, sql_type, ColumnKind.TEXT)
+    if category in ("A", "C"):  # arrays and composite types: JSON arrays and objects, or their text
+        return ColumnRule(name, name, sql_type, ColumnKind.STRUCTURED)
+    # Dates and times, intervals, enums, uuid, bytea, network and geometric types: strings.
+    return ColumnRule(name, name, sql_type, ColumnKind.STRING)

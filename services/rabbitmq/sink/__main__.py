@@ -1,0 +1,4 @@
+from runtime.app import main_for
+from services.rabbitmq.sink.connector import RabbitmqSink
+
+main_for(RabbitmqSink)

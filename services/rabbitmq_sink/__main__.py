@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.rabbitmq_sink.connector import RabbitmqSink
-
-main_for(RabbitmqSink)

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.rabbitmq_source.connector import RabbitmqSource
-
-main_for(RabbitmqSource)

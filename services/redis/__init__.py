@@ -1,0 +1,1 @@
+"""Redis: redis-source and redis-sink, sharing the client in :mod:`services.redis.client`."""

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.redis_sink.connector import RedisSink
-
-main_for(RedisSink)

@@ -1,4 +1,0 @@
-from runtime.app import main_for
-from services.redis_source.connector import RedisSource
-
-main_for(RedisSource)
