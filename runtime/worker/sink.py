@@ -239,20 +239,21 @@ class SinkWorker:
             return [self._item(entry.body, spooled=entry.end) for entry in entries]
 
         try:
-            await self._serve(take, self._spool_settler(spool), publisher, stop)
+            await self._serve(take, self._spool_settler(spool, stop), publisher, stop)
         finally:
             intake.cancel()
             await asyncio.gather(intake, return_exceptions=True)
 
-    def _spool_settler(self, spool: Spool) -> _Settle:
+    def _spool_settler(self, spool: Spool, stop: asyncio.Event) -> _Settle:
         async def settle(items: list[_Item]) -> None:
             end = items[-1].spooled
             assert end is not None
+            # Given up on stop, the batch is written again at the next start: a duplicate, never a loss.
             await retry_retriable(
                 lambda: spool.done(end),
                 what="spool checkpoint",
                 backoff=Backoff(self.settings.retry_initial, self.settings.retry_max),
-                stop=asyncio.Event(),  # the batch is written: record it whatever the stop says
+                stop=stop,
                 on_failure=self._unhealthy,
             )
             self._healthy()
@@ -263,7 +264,7 @@ class SinkWorker:
     async def _replay(self, spool: Spool, publisher: MeshClient, stop: asyncio.Event) -> None:
         """Write what the spool holds from an earlier run (acked to the mesh then, perhaps never written)."""
         self.log.info("spool: writing the events an earlier run acked and left", bytes=spool.pending_bytes)
-        settle_in_spool = self._spool_settler(spool)
+        settle_in_spool = self._spool_settler(spool, stop)
 
         async def take() -> list[_Item] | None:
             entries = await spool.read(self.settings.batch_size)
@@ -279,6 +280,13 @@ class SinkWorker:
     async def _spool_pushes(self, client: MeshClient, spool: Spool, stop: asyncio.Event) -> None:
         """Append each batch of pushes to the spool, then ack it; hold the input back while the spool is full."""
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        failing = False  # only a failure of the spool's own is cleared here, never one of put()
+
+        def unhealthy(exc: RetriableError) -> None:
+            nonlocal failing
+            failing = True
+            self._unhealthy(exc)
+
         try:
             while not stop.is_set() and (batch := await self._take_pushes(client, stop)) is not None:
                 bodies = [pushed.body for pushed in batch]
@@ -301,9 +309,11 @@ class SinkWorker:
                     what="spool write",
                     backoff=backoff,
                     stop=stop,
-                    on_failure=self._unhealthy,
+                    on_failure=unhealthy,
                 )
-                self._healthy()
+                if failing:
+                    failing = False
+                    self._healthy()
                 client.ack_all(batch)
                 self.metrics.spool_bytes.set(spool.pending_bytes)
         except Stopped:

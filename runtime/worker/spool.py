@@ -49,7 +49,6 @@ RECORD_OVERHEAD = _HEADER.size
 _SEGMENT_SUFFIX = ".seg"
 _DONE = "done"
 _LOCK = "lock"
-_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -112,7 +111,7 @@ class Spool:
     One task appends, one task reads and marks done; both on the event loop, disk work in threads.
     """
 
-    def __init__(self, path: Path, max_bytes: int, *, segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, path: Path, max_bytes: int, *, segment_bytes: int = 16 * 1024 * 1024) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 4))
@@ -160,6 +159,9 @@ class Spool:
             self._done = SpoolPosition(first, 0)
         self._cursor = self._done
         self._active = (self.path / _segment_name(self.active_segment)).open("ab")
+        # The directory entries (the spool's own, a new segment's) must be as durable as what is written into them.
+        _fsync_directory(self.path.parent)
+        _fsync_directory(self.path)
         if self.pending_bytes:
             self._appended.set()
 
@@ -177,13 +179,17 @@ class Spool:
             ) from exc
 
     def _recover_segment(self, segment: int) -> int:
-        """The length of the segment's whole records; anything after them (a torn write) is cut off."""
+        """The length of the segment's whole records; anything after them (a torn write) is cut off.
+
+        The segment is read whole: at most ``segment_bytes`` plus one batch.
+        """
         path = self.path / _segment_name(segment)
         data = path.read_bytes()
         valid = _valid_length(data)
         if valid < len(data):
             self.log.warning(
-                "spool: a torn record at the end of a segment is dropped (never acked: the mesh still has it)",
+                "spool: bytes after the last whole record fail their length or crc check and are dropped"
+                " (a write torn by a crash: never acked, the mesh still has it)",
                 segment=path.name,
                 offset=valid,
                 dropped_bytes=len(data) - valid,

@@ -15,7 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from runtime.app import serve
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import WorkerConfig
+from runtime.config import WorkerConfig, load_config
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.events import event_to_body
@@ -85,6 +85,25 @@ async def readyz(admin_port: int) -> tuple[int, list[str]]:
 
 def segments(spool: Path) -> list[Path]:
     return sorted(spool.glob("*.seg"))
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def test_a_spool_needs_a_path_and_a_sane_bound(tmp_path: Path) -> None:
+    config = tmp_path / "worker.yaml"
+    config.write_text("name: a\nconnector: x-sink\nsink: {spool: {max_bytes: 1048576}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert caught.value.key == "sink.spool.path"
+    assert "durable storage" in caught.value.fix
+    config.write_text("name: a\nconnector: x-sink\nsink: {spool: {path: /var/spool/x, max_bytes: 10}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert caught.value.key == "sink.spool.max_bytes"
+    config.write_text("name: a\nconnector: x-sink\nsink: {spool: {path: /var/spool/x}}\n")
+    spool = load_config(config).sink.spool
+    assert spool is not None and (spool.max_bytes, spool.fsync) == (256 * 1024 * 1024, "before_ack")
 
 
 # -- the spool on its own --------------------------------------------------------------------------
