@@ -45,7 +45,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from cloudevents.core.v1.event import CloudEvent
@@ -66,6 +66,8 @@ from runtime.worker.session import mesh_session
 from runtime.worker.spool import RECORD_OVERHEAD, Spool, SpoolPosition
 
 __all__ = ["SinkWorker"]
+
+T = TypeVar("T")
 
 
 class _Item:
@@ -196,10 +198,29 @@ class SinkWorker:
         self.board.set_dependency(str(exc))
         self.board.set_state("retrying")
 
-    def _healthy(self) -> None:
-        if self.board.dependency_error is not None:
-            self.board.set_dependency(None)
-            self.board.set_state("running")
+    async def _retry(self, action: Callable[[], Awaitable[T]], *, what: str, stop: asyncio.Event) -> T:
+        """``action`` until it does not raise a retriable error, not ready meanwhile; the not-ready it caused
+        (and only that: the spool's intake and ``put`` run side by side) is cleared once it succeeded."""
+        failed = False
+
+        def unhealthy(exc: RetriableError) -> None:
+            nonlocal failed
+            failed = True
+            self._unhealthy(exc)
+
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        answered = False
+        try:
+            result = await retry_retriable(action, what=what, backoff=backoff, stop=stop, on_failure=unhealthy)
+            answered = True
+            return result
+        except DataError:
+            answered = True  # the dependency is back, and objects to the data
+            raise
+        finally:
+            if failed and answered:
+                self.board.set_dependency(None)
+                self.board.set_state("running")
 
     def _taker(self, client: MeshClient, stop: asyncio.Event) -> _Take:
         """Batches of pushed events, taken straight from the client's bounded push buffer and decoded."""
@@ -249,14 +270,7 @@ class SinkWorker:
             end = items[-1].spooled
             assert end is not None
             # Given up on stop, the batch is written again at the next start: a duplicate, never a loss.
-            await retry_retriable(
-                lambda: spool.done(end),
-                what="spool checkpoint",
-                backoff=Backoff(self.settings.retry_initial, self.settings.retry_max),
-                stop=stop,
-                on_failure=self._unhealthy,
-            )
-            self._healthy()
+            await self._retry(lambda: spool.done(end), what="spool checkpoint", stop=stop)
             self.metrics.spool_bytes.set(spool.pending_bytes)
 
         return settle
@@ -279,14 +293,6 @@ class SinkWorker:
 
     async def _spool_pushes(self, client: MeshClient, spool: Spool, stop: asyncio.Event) -> None:
         """Append each batch of pushes to the spool, then ack it; hold the input back while the spool is full."""
-        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
-        failing = False  # only a failure of the spool's own is cleared here, never one of put()
-
-        def unhealthy(exc: RetriableError) -> None:
-            nonlocal failing
-            failing = True
-            self._unhealthy(exc)
-
         try:
             while not stop.is_set() and (batch := await self._take_pushes(client, stop)) is not None:
                 bodies = [pushed.body for pushed in batch]
@@ -304,16 +310,7 @@ class SinkWorker:
                         self.board.set_backpressure(None)
                     if stop.is_set():
                         return  # the batch stays un-acked: the mesh still owns it
-                await retry_retriable(
-                    functools.partial(spool.append, bodies),
-                    what="spool write",
-                    backoff=backoff,
-                    stop=stop,
-                    on_failure=unhealthy,
-                )
-                if failing:
-                    failing = False
-                    self._healthy()
+                await self._retry(functools.partial(spool.append, bodies), what="spool write", stop=stop)
                 client.ack_all(batch)
                 self.metrics.spool_bytes.set(spool.pending_bytes)
         except Stopped:
@@ -442,12 +439,7 @@ class SinkWorker:
     async def _put(self, items: list[_Item], stop: asyncio.Event) -> Sequence[Rejection]:
         """``put`` until it does not raise a retriable error; a draining worker gives up (nothing acked)."""
         records = [item.record for item in items if item.record is not None]
-        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
-        rejections = await retry_retriable(
-            lambda: self.sink.put(records), what="sink put", backoff=backoff, stop=stop, on_failure=self._unhealthy
-        )
-        self._healthy()
-        return rejections
+        return await self._retry(lambda: self.sink.put(records), what="sink put", stop=stop)
 
     def _apply(self, items: list[_Item], rejections: Sequence[Rejection]) -> None:
         if not rejections:
