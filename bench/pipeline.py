@@ -12,7 +12,10 @@ Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/
 (length-prefixed frames of the same size, an ack per frame, the same window), one way only.
 ``--mesh HOST:PORT`` also runs the same pipeline through that mesh (a real EventMesh runtime) in
 each run, on a topic of its own, and prints its rate beside the embedded mesh's; the ratio stays
-the embedded mesh's.
+the embedded mesh's. ``--spool`` (or ``BENCH_SPOOL=1``) also runs the pipeline with the sink
+spooling (``sink.spool``: each batch appended and fsynced before its ack, written from the spool)
+in each run, and prints its rate beside the plain one with the cost; the spool lives in the run's
+temp dir, or under ``--spool-dir`` (put it on the disk a deployment would use: the fsync is the cost).
 The last line is ``ratio: <pipeline events/s / raw events/s>`` (target >= 0.4).
 """
 
@@ -158,9 +161,13 @@ def undelivered(processes: dict[str, tuple[subprocess.Popen[bytes], Path]], why:
     return RuntimeError(f"the pipeline did not deliver every event: {why}")
 
 
-def pipeline_rate(run: int, external_mesh: str | None = None) -> float:
-    """Events/s through a fresh embedded mesh, or through ``external_mesh`` (HOST:PORT) if given."""
-    with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
+def pipeline_rate(run: int, external_mesh: str | None = None, spool_under: Path | None = None) -> float:
+    """Events/s through a fresh embedded mesh, or through ``external_mesh`` (HOST:PORT) if given; with
+    ``spool_under`` the sink spools there (``sink.spool``)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory,
+        tempfile.TemporaryDirectory(prefix="meshconnect-bench-spool-", dir=spool_under) as spool_directory,
+    ):
         state = Path(directory)
         processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         if external_mesh is None:
@@ -177,7 +184,8 @@ def pipeline_rate(run: int, external_mesh: str | None = None) -> float:
             "noop-sink",
             mesh,
             state,
-            sink={"topics": [topic], "batch_size": 500, "linger_ms": 5},
+            sink={"topics": [topic], "batch_size": 500, "linger_ms": 5}
+            | ({"spool": {"path": spool_directory}} if spool_under is not None else {}),
             config={"expect": EVENTS, "report": str(sink_report)},
         )
         source_config = worker_config(
@@ -221,9 +229,17 @@ def raw_rate() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mesh", metavar="HOST:PORT", help="also run the pipeline through this mesh (a real EventMesh)")
+    parser.add_argument(
+        "--spool",
+        action="store_true",
+        default=os.environ.get("BENCH_SPOOL", "") not in ("", "0"),
+        help="also run the pipeline with the sink spooling (sink.spool); env BENCH_SPOOL=1",
+    )
+    parser.add_argument("--spool-dir", type=Path, help="where the spools go (default: the temp dir)")
     args = parser.parse_args()
+    spool_under = (args.spool_dir or Path(tempfile.gettempdir())) if args.spool else None
     print(f"events: {EVENTS} of about 1 KiB; window {WINDOW}; runs: {RUNS}")
-    pipeline_rates, raw_rates, external_rates = [], [], []
+    pipeline_rates, raw_rates, external_rates, spooled_rates = [], [], [], []
     for run in range(RUNS):
         pipeline_rates.append(pipeline_rate(run))
         raw_rates.append(raw_rate())
@@ -231,6 +247,9 @@ def main() -> None:
         if args.mesh:
             external_rates.append(pipeline_rate(run, args.mesh))
             line += f", through {args.mesh} {external_rates[-1]:,.0f} events/s"
+        if spool_under is not None:
+            spooled_rates.append(pipeline_rate(run, spool_under=spool_under))
+            line += f", with sink.spool {spooled_rates[-1]:,.0f} events/s"
         print(line)
     pipeline, raw = statistics.median(pipeline_rates), statistics.median(raw_rates)
     print(f"source -> embedded mesh -> sink (3 processes): {pipeline:,.0f} events/s (median)")
@@ -238,6 +257,12 @@ def main() -> None:
         external = statistics.median(external_rates)
         share = external / pipeline
         print(f"source -> {args.mesh} -> sink: {external:,.0f} events/s (median), {share:.3f} of the embedded mesh's")
+    if spooled_rates:
+        spooled = statistics.median(spooled_rates)
+        print(
+            f"source -> embedded mesh -> sink with sink.spool in {spool_under}: {spooled:,.0f} events/s (median),"
+            f" {spooled / pipeline:.3f} of the plain sink's rate"
+        )
     print(f"raw asyncio publish with ack, one way (baseline): {raw:,.0f} events/s (median)")
     print(f"ratio: {pipeline / raw:.3f}")
 

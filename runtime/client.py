@@ -86,6 +86,7 @@ __all__ = [
     "PushedEvent",
     "AckWaiter",
     "Publishable",
+    "event_of_body",
     "parse_addresses",
     "user_agent_for",
 ]
@@ -223,14 +224,12 @@ class PushedEvent:
 
     def _decode(self) -> None:
         package = self._push.package
-        try:
-            if package.body is None:
-                raise DataError("pushed frame has no body")
-            self._event = body_to_event(package.body)
-        except (DataError, ProtocolError) as exc:
-            self._decode_error = str(exc)
+        if package.body is None:
+            self._event, self._decode_error = _undecodable_event(b""), "pushed frame has no body"
+        else:
+            self._event, self._decode_error = event_of_body(package.body)
+        if self._decode_error is not None:
             log.error("mesh pushed an undecodable event", seq=package.header.seq, reason=self._decode_error)
-            self._event = _undecodable_event(package.body or b"")
 
     async def ack(self) -> None:
         """Acknowledge the event; if its connection is gone since, the mesh redelivers it instead."""
@@ -239,6 +238,14 @@ class PushedEvent:
     async def reply(self, event: CloudEvent) -> None:
         """Answer a request-reply push (``REQUEST_TO_CLIENT``) with ``event``; then :meth:`ack`."""
         self._client._reply(self._push, event)
+
+
+def event_of_body(body: bytes) -> tuple[CloudEvent, str | None]:
+    """The event a pushed ``body`` holds, or else a stand-in holding its bytes and why it is not one."""
+    try:
+        return body_to_event(body), None
+    except (DataError, ProtocolError) as exc:
+        return _undecodable_event(body), str(exc)
 
 
 def _undecodable_event(body: bytes) -> CloudEvent:

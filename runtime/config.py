@@ -44,6 +44,7 @@ __all__ = [
     "HttpEndpoint",
     "Secret",
     "SinkSettings",
+    "SpoolSettings",
     "SourceSettings",
     "WorkerConfig",
     "ENV_PREFIX",
@@ -135,6 +136,22 @@ class SourceSettings(_Strict):
     poll_queue: int = Field(1000, ge=1, description="Records polled but not yet published, at most.")
 
 
+class SpoolSettings(_Strict):
+    path: str = Field(
+        min_length=1,
+        description="Directory of the spool, one per sink instance, on durable storage (a PVC in Kubernetes).",
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=4096,
+        description="Bytes of events spooled and not yet written at most; when full the sink stops taking pushes"
+        " and says not ready.",
+    )
+    fsync: Literal["before_ack"] = Field(
+        "before_ack", description="When the spool syncs to disk: before a batch is acked to the mesh (the only choice)."
+    )
+
+
 class SinkSettings(_Strict):
     topics: list[str] = Field(default_factory=list, description="Topics to subscribe (CLUSTERING, ASYNC).")
     batch_size: int = Field(500, ge=1, description="Records per put() at most.")
@@ -143,6 +160,11 @@ class SinkSettings(_Strict):
     dead_letter_topic: str | None = Field(None, description="Topic for dead letters; default <name>-dlq.")
     retry_initial: float = Field(0.2, gt=0, description="First retry delay, seconds (exponential, with jitter).")
     retry_max: float = Field(30.0, gt=0, description="Longest retry delay, seconds.")
+    spool: SpoolSettings | None = Field(
+        None,
+        description="A durable spool: pushed events are acked once on disk and written from there (for a real"
+        " EventMesh runtime, which does not redeliver); none: acked once written.",
+    )
 
 
 class RegistrySettings(_Strict):

@@ -9,7 +9,7 @@
   connector keeps itself (labelled ``name`` and its own labels) are defined here too, and reached by
   their names through the connector's context (``context.counter(...)``, ``context.gauge(...)``).
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
-  held or standing by, dependency healthy, no stall), ``/metrics`` and ``/status`` (JSON) from a
+  held or standing by, dependency healthy, input not held back, no stall), ``/metrics`` and ``/status`` (JSON) from a
   :class:`StatusBoard` that the worker keeps current. With ``admin.token`` set, ``/metrics`` and
   ``/status`` answer 401 unless the request carries ``Authorization: Bearer <token>``; the probes
   stay open. A stall is work pending with nothing
@@ -123,6 +123,14 @@ OFFSET_LAG = Gauge("meshconnect_offset_lag", "Records acknowledged by the mesh b
 LEASE_HELD = Gauge("meshconnect_lease_held", "1 while this replica holds the lease of the group.", (*_LABELS, "group"))
 TAKEOVERS = Counter("meshconnect_takeovers_total", "Leases this replica took over.", _LABELS)
 READY = Gauge("meshconnect_ready", "1 when /readyz says ready.", _LABELS)
+SPOOL_BYTES = Gauge(
+    "meshconnect_spool_bytes", "Bytes of events in a sink's spool (sink.spool): acked to the mesh, not yet written.", _LABELS
+)
+SPOOL_REPLAYED = Counter(
+    "meshconnect_spool_replayed_total",
+    "Events a sink found in its spool at start (acked by an earlier run, not known written) and wrote again.",
+    _LABELS,
+)
 LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
 
 # Kept by one kind of connector, labelled with its instance ``name`` (and labels of its own).
@@ -190,6 +198,8 @@ class ConnectorMetrics:
         self.takeovers = TAKEOVERS.labels(**labels)
         self.ready = READY.labels(**labels)
         self.last_checkpoint = LAST_CHECKPOINT.labels(**labels)
+        self.spool_bytes = SPOOL_BYTES.labels(**labels)
+        self.spool_replayed = SPOOL_REPLAYED.labels(**labels)
 
     def error(self, kind: str) -> None:
         ERRORS.labels(connector=self.connector, name=self.name, kind=kind).inc()
@@ -220,6 +230,7 @@ class StatusBoard:
     groups: frozenset[str] = frozenset()
     owned: frozenset[str] = frozenset()
     dependency_error: str | None = None
+    backpressure: str | None = None
     last_offsets: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     stall_timeout: float = 120.0
@@ -245,6 +256,10 @@ class StatusBoard:
     def set_dependency(self, error: str | None) -> None:
         self.dependency_error = error
 
+    def set_backpressure(self, reason: str | None) -> None:
+        """The worker holds its input back (``reason``), e.g. a full spool; None once it takes input again."""
+        self.backpressure = reason
+
     def set_owned(self, owned: frozenset[str]) -> None:
         self.owned = owned
         for group in self.groups:
@@ -259,6 +274,8 @@ class StatusBoard:
             reasons.append("mesh session is down")
         if self.dependency_error is not None:
             reasons.append(f"dependency unhealthy: {self.dependency_error}")
+        if self.backpressure is not None:
+            reasons.append(f"holding input back: {self.backpressure}")
         stalled = time.monotonic() - self.progress_at
         if self.state == "running" and stalled > self.stall_timeout and self.pending is not None and self.pending():
             reasons.append(
@@ -281,6 +298,7 @@ class StatusBoard:
             "mesh_connected": self.mesh_connected,
             "lease": lease,
             "dependency_error": self.dependency_error,
+            "backpressure": self.backpressure,
             "last_offsets": self.last_offsets,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }

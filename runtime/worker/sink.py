@@ -19,27 +19,38 @@ The order is the promise of at-least-once, stated once here:
    acknowledged. A dead letter the mesh refuses for what it is (too large) is sent again with its
    data cut; if even that is refused, the event is logged, counted and acknowledged all the same.
 
+With ``sink.spool`` (see :mod:`runtime.worker.spool`), for a mesh that does not redeliver (a real
+EventMesh runtime forgets a push un-acked for ~3 s), step 3 splits in two: each batch of pushed
+events is appended to the spool and fsynced, and only then acknowledged; ``put`` takes its batches
+from the spool, and once it returned (and the dead letters of the batch are published) the spool
+marks them done. At start the worker first writes what the spool still holds (the replay), then
+subscribes. When the spool holds ``sink.spool.max_bytes`` the worker takes no more pushes (the
+mesh holds them back) and ``/readyz`` says not ready. Both ways share steps 2 to 5.
+
 Duplicates (a redelivery after a crash, the same source+id twice in a batch) reach ``put``
 unchanged: sinks are idempotent. Stop (SIGTERM): reading stops, the batch in hand is finished
 (bounded by ``drain_timeout``), events buffered or decoded but not written stay unacknowledged for
-the mesh to deliver again, the session says goodbye. With a ``registry`` (given when the config names one),
-the sink also heartbeats its membership there, for status; it holds no lease.
+the mesh to deliver again (with a spool: spooled ones stay there for the next start), the session
+says goodbye. With a ``registry`` (given when the config names one), the sink also heartbeats its
+membership there, for status; it holds no lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 from cloudevents.core.v1.event import CloudEvent
 
-from runtime.client import MeshClient, PushedEvent
+from runtime.client import MeshClient, PushedEvent, event_of_body
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, FrameTooLargeError, MeshRejectedError, RetriableError
@@ -52,20 +63,44 @@ from runtime.registry.coordinator import Coordinator
 from runtime.worker.deadletter import DeadLetterForms, dead_letter_event, refusal_of
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
+from runtime.worker.spool import RECORD_OVERHEAD, Spool, SpoolPosition
 
 __all__ = ["SinkWorker"]
 
+T = TypeVar("T")
+
 
 class _Item:
-    """A pushed event and what became of it."""
+    """A pushed event (straight from the mesh, or from the spool at ``spooled``) and what became of it."""
 
-    __slots__ = ("attempts", "pushed", "reason", "record")
+    __slots__ = ("attempts", "body", "pushed", "reason", "record", "spooled")
 
-    def __init__(self, pushed: PushedEvent, record: ConnectorRecord | None, reason: str | None) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        record: ConnectorRecord | None,
+        reason: str | None,
+        *,
+        pushed: PushedEvent | None = None,
+        spooled: SpoolPosition | None = None,
+    ) -> None:
+        self.body = body
         self.pushed = pushed
+        self.spooled = spooled
         self.record = record
         self.reason = reason
         self.attempts = 0
+
+    @property
+    def event(self) -> CloudEvent:
+        """The event, or the stand-in holding the body's bytes when it is none (for its dead letter)."""
+        return self.pushed.event if self.pushed is not None else event_of_body(self.body)[0]
+
+
+_Take = Callable[[], Awaitable[list[_Item] | None]]
+"""The next batch, or None at the end of the input."""
+_Settle = Callable[[list[_Item]], Awaitable[None]]
+"""What a batch written (and dead-lettered) is followed by: acks to the mesh, or done in the spool."""
 
 
 class SinkWorker:
@@ -94,6 +129,18 @@ class SinkWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until ``stop`` is set, then finish the batch in hand and return."""
+        spool = None
+        if self.settings.spool is not None:
+            spool = Spool(Path(self.settings.spool.path), self.settings.spool.max_bytes)
+            spool.open()
+            self.metrics.spool_bytes.set(spool.pending_bytes)
+        try:
+            await self._run(stop, spool)
+        finally:
+            if spool is not None:
+                spool.close()
+
+    async def _run(self, stop: asyncio.Event, spool: Spool | None) -> None:
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         membership = None
         if self.registry is not None:
@@ -115,6 +162,10 @@ class SinkWorker:
                     mesh_session(self.config, "pub", self.board, stop, watch=False) as publisher,
                     mesh_session(self.config, "sub", self.board, stop) as client,
                 ):
+                    if spool is not None and spool.has_unread():
+                        await self._replay(spool, publisher, stop)
+                        if stop.is_set():
+                            return
 
                     async def join() -> None:
                         # A connection lost mid-way fails the call; subscribing again is harmless (the mesh keeps the first).
@@ -127,7 +178,10 @@ class SinkWorker:
                     self.board.set_state("running")
                     self.board.pending = lambda: self.handling
                     self.log.info("sink running", topics=self.settings.topics, group=self.config.mesh.group or self.config.name)
-                    await self._serve(client, publisher, stop)
+                    if spool is None:
+                        await self._serve(self._taker(client, stop), self._acker(client), publisher, stop)
+                    else:
+                        await self._serve_spooled(client, spool, publisher, stop)
             finally:
                 with contextlib.suppress(RetriableError):
                     await asyncio.wait_for(self.sink.stop(), self.drain_timeout)
@@ -144,10 +198,139 @@ class SinkWorker:
         self.board.set_dependency(str(exc))
         self.board.set_state("retrying")
 
-    async def _serve(self, client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+    async def _retry(self, action: Callable[[], Awaitable[T]], *, what: str, stop: asyncio.Event) -> T:
+        """``action`` until it does not raise a retriable error, not ready meanwhile; the not-ready it caused
+        (and only that: the spool's intake and ``put`` run side by side) is cleared once it succeeded."""
+        failed = False
+
+        def unhealthy(exc: RetriableError) -> None:
+            nonlocal failed
+            failed = True
+            self._unhealthy(exc)
+
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        answered = False
+        try:
+            result = await retry_retriable(action, what=what, backoff=backoff, stop=stop, on_failure=unhealthy)
+            answered = True
+            return result
+        except DataError:
+            answered = True  # the dependency is back, and objects to the data
+            raise
+        finally:
+            if failed and answered:
+                self.board.set_dependency(None)
+                self.board.set_state("running")
+
+    def _taker(self, client: MeshClient, stop: asyncio.Event) -> _Take:
+        """Batches of pushed events, taken straight from the client's bounded push buffer and decoded."""
+
+        async def take() -> list[_Item] | None:
+            batch = await self._take_pushes(client, stop)
+            return None if batch is None else [self._item(pushed.body, pushed=pushed) for pushed in batch]
+
+        return take
+
+    def _acker(self, client: MeshClient) -> _Settle:
+        async def ack(items: list[_Item]) -> None:
+            client.ack_all([item.pushed for item in items if item.pushed is not None])
+
+        return ack
+
+    async def _take_pushes(self, client: MeshClient, stop: asyncio.Event) -> list[PushedEvent] | None:
+        """The next batch of pushed events (see :meth:`_fill`); None once the client closed."""
+        if not await client.wait_for_pushes():
+            return None
+        batch = client.take_pushes(self.settings.batch_size)
+        await self._fill(batch, client, stop)
+        return batch
+
+    async def _serve_spooled(self, client: MeshClient, spool: Spool, publisher: MeshClient, stop: asyncio.Event) -> None:
+        """Pushes go to the spool (then are acked) in one task; the batch pipeline writes from the spool."""
+        intake = asyncio.create_task(self._spool_pushes(client, spool, stop), name="spool pushes")
+
+        async def take() -> list[_Item] | None:
+            while not (entries := await spool.read(self.settings.batch_size)):
+                if intake.done() and not spool.has_unread():
+                    intake.result()  # raise its error, if any
+                    return None
+                arrival = asyncio.ensure_future(spool.wait_for_records())
+                await asyncio.wait([arrival, intake], return_when=asyncio.FIRST_COMPLETED)
+                arrival.cancel()
+            return [self._item(entry.body, spooled=entry.end) for entry in entries]
+
+        try:
+            await self._serve(take, self._spool_settler(spool, stop), publisher, stop)
+        finally:
+            intake.cancel()
+            await asyncio.gather(intake, return_exceptions=True)
+
+    def _spool_settler(self, spool: Spool, stop: asyncio.Event) -> _Settle:
+        async def settle(items: list[_Item]) -> None:
+            end = items[-1].spooled
+            assert end is not None
+            # Given up on stop, the batch is written again at the next start: a duplicate, never a loss.
+            await self._retry(lambda: spool.done(end), what="spool checkpoint", stop=stop)
+            self.metrics.spool_bytes.set(spool.pending_bytes)
+
+        return settle
+
+    async def _replay(self, spool: Spool, publisher: MeshClient, stop: asyncio.Event) -> None:
+        """Write what the spool holds from an earlier run (acked to the mesh then, perhaps never written)."""
+        self.log.info("spool: writing the events an earlier run acked and left", bytes=spool.pending_bytes)
+        settle_in_spool = self._spool_settler(spool, stop)
+
+        async def take() -> list[_Item] | None:
+            entries = await spool.read(self.settings.batch_size)
+            return [self._item(entry.body, spooled=entry.end) for entry in entries] or None
+
+        async def settle(items: list[_Item]) -> None:
+            await settle_in_spool(items)
+            self.metrics.spool_replayed.inc(len(items))
+
+        await self._serve(take, settle, publisher, stop)
+        self.log.info("spool: replay finished", left_bytes=spool.pending_bytes)
+
+    async def _spool_pushes(self, client: MeshClient, spool: Spool, stop: asyncio.Event) -> None:
+        """Append each batch of pushes to the spool, then ack it; hold the input back while the spool is full."""
+        try:
+            while not stop.is_set() and (batch := await self._take_pushes(client, stop)) is not None:
+                bodies = [pushed.body for pushed in batch]
+                need = sum(len(body) for body in bodies) + RECORD_OVERHEAD * len(bodies)
+                if not spool.has_room(need):
+                    full = (
+                        f"the spool is full ({spool.pending_bytes} bytes wait for the target,"
+                        f" sink.spool.max_bytes is {spool.max_bytes})"
+                    )
+                    self.log.warning("spool full: taking no more pushes until the target catches up", bytes=spool.pending_bytes)
+                    self.board.set_backpressure(full)
+                    try:
+                        await self._until_stopped(spool.wait_for_room(need), stop)
+                    finally:
+                        self.board.set_backpressure(None)
+                    if stop.is_set():
+                        return  # the batch stays un-acked: the mesh still owns it
+                await self._retry(functools.partial(spool.append, bodies), what="spool write", stop=stop)
+                client.ack_all(batch)
+                self.metrics.spool_bytes.set(spool.pending_bytes)
+        except Stopped:
+            return
+
+    @staticmethod
+    async def _until_stopped(waiting: Awaitable[None], stop: asyncio.Event) -> None:
+        """Await ``waiting`` unless ``stop`` is set first."""
+        done = asyncio.ensure_future(waiting)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            stopping.cancel()
+
+    async def _serve(self, take: _Take, settle: _Settle, publisher: MeshClient, stop: asyncio.Event) -> None:
         # Two stages: the next batch is taken and decoded while ``put`` awaits its target with this one.
         batches: asyncio.Queue[list[_Item] | None] = asyncio.Queue(1)
-        preparing = asyncio.create_task(self._prepare(client, batches, stop), name="prepare batches")
+        preparing = asyncio.create_task(self._prepare(take, batches), name="prepare batches")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             while not stop.is_set():
@@ -161,21 +344,19 @@ class SinkWorker:
                     break
                 items = upcoming.result()
                 if items is None:
-                    return  # the client closed: the push stream ended
+                    return  # the input ended: the client closed, or the replay is through
                 self.board.set_state("draining" if stop.is_set() else "running")
-                await self._handle(items, client, publisher, stop)
+                await self._handle(items, settle, publisher, stop)
         finally:
             preparing.cancel()
             stopping.cancel()
             await asyncio.gather(preparing, stopping, return_exceptions=True)
         self.board.set_state("draining")
 
-    async def _prepare(self, client: MeshClient, batches: asyncio.Queue[list[_Item] | None], stop: asyncio.Event) -> None:
-        """Batches of pushed events, taken straight from the client's bounded push buffer and decoded; None at the end."""
-        while await client.wait_for_pushes():
-            batch = client.take_pushes(self.settings.batch_size)
-            await self._fill(batch, client, stop)
-            await batches.put([self._item(pushed) for pushed in batch])
+    async def _prepare(self, take: _Take, batches: asyncio.Queue[list[_Item] | None]) -> None:
+        """The batches ``take`` hands out, one ahead of ``put``; None at the end."""
+        while (items := await take()) is not None:
+            await batches.put(items)
         await batches.put(None)
 
     async def _fill(self, batch: list[PushedEvent], client: MeshClient, stop: asyncio.Event) -> None:
@@ -194,16 +375,16 @@ class SinkWorker:
             except TimeoutError:
                 return
 
-    async def _handle(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+    async def _handle(self, items: list[_Item], settle: _Settle, publisher: MeshClient, stop: asyncio.Event) -> None:
         self.board.progressed()  # the stall clock starts with the batch: an idle sink was not stalled
         self.handling = True
         try:
-            await self._write_and_ack(items, client, publisher, stop)
+            await self._write_and_settle(items, settle, publisher, stop)
         finally:
             self.handling = False
         self.board.progressed()
 
-    async def _write_and_ack(self, items: list[_Item], client: MeshClient, publisher: MeshClient, stop: asyncio.Event) -> None:
+    async def _write_and_settle(self, items: list[_Item], settle: _Settle, publisher: MeshClient, stop: asyncio.Event) -> None:
         started = time.monotonic()
         self.metrics.records_in.inc(len(items))
         self.metrics.in_flight.set(len(items))
@@ -213,19 +394,22 @@ class SinkWorker:
         for item in items:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)
-        client.ack_all([item.pushed for item in items])
+        await settle(items)
         written = sum(1 for item in items if item.reason is None)
         self.metrics.records_out.inc(written)
         self.metrics.in_flight.set(0)
         self.metrics.batch_latency.observe(time.monotonic() - started)
 
-    def _item(self, pushed: PushedEvent) -> _Item:
+    def _item(self, body: bytes, *, pushed: PushedEvent | None = None, spooled: SpoolPosition | None = None) -> _Item:
         try:
-            return _Item(pushed, body_to_record(pushed.body), None)
+            return _Item(body, body_to_record(body), None, pushed=pushed, spooled=spooled)
         except DataError as exc:
-            if pushed.decode_error is not None:
-                return _Item(pushed, None, f"the mesh pushed a body that is not an event: {pushed.decode_error}")
-            return _Item(pushed, None, f"event cannot become a record: {exc.reason}")
+            decode_error = pushed.decode_error if pushed is not None else event_of_body(body)[1]
+            if decode_error is not None:
+                reason = f"the mesh pushed a body that is not an event: {decode_error}"
+            else:
+                reason = f"event cannot become a record: {exc.reason}"
+            return _Item(body, None, reason, pushed=pushed, spooled=spooled)
 
     async def _write(self, items: list[_Item], stop: asyncio.Event) -> None:
         """``put`` the batch; on a data error, isolate the poison record by record."""
@@ -255,14 +439,7 @@ class SinkWorker:
     async def _put(self, items: list[_Item], stop: asyncio.Event) -> Sequence[Rejection]:
         """``put`` until it does not raise a retriable error; a draining worker gives up (nothing acked)."""
         records = [item.record for item in items if item.record is not None]
-        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
-        rejections = await retry_retriable(
-            lambda: self.sink.put(records), what="sink put", backoff=backoff, stop=stop, on_failure=self._unhealthy
-        )
-        if self.board.dependency_error is not None:
-            self.board.set_dependency(None)
-            self.board.set_state("running")
-        return rejections
+        return await self._retry(lambda: self.sink.put(records), what="sink put", stop=stop)
 
     def _apply(self, items: list[_Item], rejections: Sequence[Rejection]) -> None:
         if not rejections:
@@ -281,7 +458,7 @@ class SinkWorker:
         skipped (logged, counted) when even the smallest is refused; refusals that pass are retried."""
         forms = DeadLetterForms(
             dead_letter_event(
-                item.pushed.event,
+                item.event,
                 topic=self.dead_letter_topic,
                 reason=item.reason or "unknown",
                 connector=self.config.connector,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import Field
 
@@ -79,3 +82,35 @@ class ListSink(Sink[ListSinkConfig]):
         rejections = [Rejection(r, "rejected by the test") for r in records if isinstance(r.data, dict) and "reject" in r.data]
         RECEIVED.extend(r for r in records if not (isinstance(r.data, dict) and "reject" in r.data))
         return rejections
+
+
+class GatedFileSinkConfig(ConnectorConfig):
+    target: str = Field(description="File the records go to, one JSON line {id, data} each, fsynced.")
+    gate: str = Field(description="While this file exists, put() waits: a target that hangs (or a crash before the write).")
+
+
+class GatedFileSink(Sink[GatedFileSinkConfig]):
+    """Appends each record as a JSON line to ``target`` (durable across processes), once ``gate`` is gone."""
+
+    name = "gated-file-sink"
+    description = "Writes records to a file once a gate file is removed."
+    config_model = GatedFileSinkConfig
+
+    async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        while await asyncio.to_thread(Path(self.config.gate).exists):  # noqa: ASYNC110 - another process removes it
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(self._append, records)
+        return []
+
+    def _append(self, records: Sequence[ConnectorRecord]) -> None:
+        with open(self.config.target, "a") as target:
+            target.writelines(json.dumps({"id": record.id, "data": record.data}) + "\n" for record in records)
+            target.flush()
+            os.fsync(target.fileno())
+
+
+def written_ids(target: Path) -> list[str]:
+    """The ids a GatedFileSink wrote to ``target``, in order (duplicates kept)."""
+    if not target.exists():
+        return []
+    return [json.loads(line)["id"] for line in target.read_text().splitlines()]
