@@ -394,21 +394,24 @@ class Broker:
                     self.changes.trims[topic.name] = topic.first_offset
         self._to_trim.clear()
 
-    def expire_idle(self, now: float, idle_for: float) -> list[Consumer]:
-        """Drop the consumers that have had no session for ``idle_for`` by the clock of ``now``; returns them.
+    def expire_idle(self, now: float, idle_for: float | None) -> list[Consumer]:
+        """Drop the consumers that have had no session for ``idle_for`` (None: never) by the clock of ``now``,
+        and every BROADCASTING consumer left without a session; returns them.
 
-        Idleness is what successive calls observed, so the caller calls this now and then (its period is the
-        precision); a consumer loaded from the store starts idle at the first call. A topic left with no
-        consumer and no event is dropped too.
+        A broadcast reaches the sessions listening when it is published, as on the Java runtime: a
+        broadcast group whose sessions all left (a ``meshconnect tail`` that ended) keeps no cursor, or it
+        would hold its topics' events until it expired. Idleness is what successive calls observed, so the
+        caller calls this now and then (its period is the precision); a consumer loaded from the store
+        starts idle at the first call. A topic left with no consumer and no event is dropped too.
         """
         expired: list[Consumer] = []
         for consumer in self.consumers.values():
             if consumer.sessions:
                 self._idle_since.pop(consumer, None)
-            elif now - self._idle_since.setdefault(consumer, now) >= idle_for:
+            elif consumer.mode is SubscriptionMode.BROADCASTING or self._idle_for_long(consumer, now, idle_for):
                 expired.append(consumer)
         for consumer in expired:
-            del self._idle_since[consumer]
+            self._idle_since.pop(consumer, None)
             del self.consumers[(consumer.group, consumer.topic.name, consumer.mode)]
             consumer.topic.consumers.remove(consumer)
             self._to_pump.pop(consumer, None)
@@ -418,6 +421,9 @@ class Broker:
                 self.changes.dropped_consumers.append(consumer)
         self._drop_empty({consumer.topic for consumer in expired})
         return expired
+
+    def _idle_for_long(self, consumer: Consumer, now: float, idle_for: float | None) -> bool:
+        return idle_for is not None and now - self._idle_since.setdefault(consumer, now) >= idle_for
 
     def _drop_empty(self, candidates: Iterable[TopicLog]) -> None:
         """Forget the topics among ``candidates`` that have no consumer and no event left."""

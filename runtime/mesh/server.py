@@ -736,16 +736,15 @@ class EmbeddedMesh:
                 if pending.deadline <= now:
                     del self._requests[correlation_id]
                     pending.requester.waiting_requests -= 1
-            if self.group_expiry is not None:
-                for consumer in self.broker.expire_idle(now, self.group_expiry):
-                    log.info(
-                        "mesh.group.expired",
-                        group=consumer.group,
-                        topic=consumer.topic.name,
-                        mode=consumer.mode.name,
-                        unacked=consumer.unacked,
-                        idle_s=self.group_expiry,
-                    )
+            for consumer in self.broker.expire_idle(now, self.group_expiry):
+                log.info(
+                    "mesh.group.expired",
+                    group=consumer.group,
+                    topic=consumer.topic.name,
+                    mode=consumer.mode.name,
+                    unacked=consumer.unacked,
+                    idle_s=self.group_expiry,
+                )
             self.schedule_tick()
 
     # -- the protocol -----------------------------------------------------------------------------------------

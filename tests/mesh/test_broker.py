@@ -171,6 +171,23 @@ def test_a_group_idle_for_the_expiry_is_dropped_and_no_longer_holds_the_log(tmp_
     store.close()
 
 
+def test_a_broadcast_group_whose_sessions_left_keeps_no_cursor_even_without_group_expiry() -> None:
+    """A ``meshconnect tail`` that ended must not hold the topic's events for the connectors' groups."""
+    broker = Broker(max_topic_events=3, durable=False)
+    sinks, tail = broker.consumer("sinks", "t", CLUSTERING), broker.consumer("tail", "t", BROADCASTING)
+    sink_session, tail_session = FakeSession(), FakeSession()
+    broker.attach(sink_session, sinks)
+    broker.attach(tail_session, tail)
+    assert broker.expire_idle(0.0, None) == []  # listening: kept
+    broker.detach(tail_session, tail)
+    assert broker.expire_idle(0.0, None) == [tail]
+    for offset in range(3):
+        assert broker.append("t", b"x") == offset
+        sinks.ack(offset)
+    broker.settle()
+    assert broker.append("t", b"x") == 3, "the sinks' acks free the log: no cursor of the tail holds it"
+
+
 def test_topics_and_retained_bytes_are_bounded_and_acked_events_free_their_room() -> None:
     broker = Broker(max_topic_events=10, durable=False, max_topics=2, max_retained_bytes=10)
     assert broker.append("t", b"1234") == 0
