@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 import structlog
@@ -34,11 +36,13 @@ from pydantic import SecretStr
 from runtime.config import AdminSettings, LogSettings
 
 __all__ = [
+    "BUILD_INFO",
     "AdminServer",
     "ConnectorMetrics",
     "StatusBoard",
     "configure_logging",
     "mask_secrets",
+    "package_version",
 ]
 
 MASK = "**********"
@@ -118,6 +122,18 @@ LEASE_HELD = Gauge("meshconnect_lease_held", "1 while this replica holds the lea
 TAKEOVERS = Counter("meshconnect_takeovers_total", "Leases this replica took over.", _LABELS)
 READY = Gauge("meshconnect_ready", "1 when /readyz says ready.", _LABELS)
 LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
+
+
+def package_version() -> str:
+    """meshconnect's version from the installed package's metadata (``meshconnect --version``, build info)."""
+    try:
+        return version("meshconnect")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+BUILD_INFO = Gauge("meshconnect_build_info", "Always 1; the labels say which meshconnect and Python run.", ("version", "python"))
+BUILD_INFO.labels(version=package_version(), python=platform.python_version()).set(1)
 
 
 class ConnectorMetrics:

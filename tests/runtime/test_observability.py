@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import platform
+from importlib.metadata import version
 
 import aiohttp
 import pytest
@@ -84,3 +86,16 @@ async def test_an_admin_token_guards_metrics_and_status_but_not_the_probes(monke
         assert answers[header, "/readyz"] == 503  # open, and not ready: no mesh session on this board
     assert "admin-secret-31" not in out.getvalue()
     assert not any("admin-secret-31" in body for body in bodies)
+
+
+async def test_metrics_carry_the_build_info() -> None:
+    board = StatusBoard(connector="test-sink", name="obs-3", side="sink", metrics=ConnectorMetrics("test-sink", "obs-3"))
+    server = AdminServer(AdminSettings(host="127.0.0.1", port=0), board)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+            text = await response.text()
+    finally:
+        await server.stop()
+    expected = f'meshconnect_build_info{{python="{platform.python_version()}",version="{version("meshconnect")}"}} 1.0'
+    assert expected in text.splitlines()
