@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 import orjson
+from cloudevents.core.formats.json import JSONFormat
 
 from runtime.app import EXIT_CONFIG, EXIT_FAILED
 from runtime.client import MeshClient
@@ -27,10 +28,9 @@ from runtime.commands.options import positive_int
 from runtime.config import LogSettings, MeshSettings, validate_model
 from runtime.errors import ConfigError, DataError, MeshConnectError, MeshRejectedError
 from runtime.observability import configure_logging
-from runtime.protocol.events import body_to_record, record_to_body
+from runtime.protocol.events import body_to_event
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import is_json_content_type
-from services.cloudevents_json import record_from_mapping, record_to_json
 
 __all__ = ["register", "structured_json"]
 
@@ -79,8 +79,8 @@ def _mesh_settings(args: argparse.Namespace) -> MeshSettings:
 
 
 def structured_json(body: bytes) -> str:
-    """A mesh message body as one line of structured CloudEvents JSON (what ``tail`` prints)."""
-    return record_to_json(body_to_record(body)).decode()
+    """A mesh message body as one line of structured CloudEvents JSON (what ``tail`` prints), in the SDK's format."""
+    return str(JSONFormat().write(body_to_event(body)).decode())
 
 
 # -- publish -------------------------------------------------------------------------------------
@@ -95,6 +95,9 @@ def publish_command(args: argparse.Namespace) -> int:
     lines = [args.data] if args.data is not None else sys.stdin
     try:
         failed = asyncio.run(_publish(settings, args, lines))
+    except ConfigError as exc:  # e.g. an address that is not host:port
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except MeshConnectError as exc:
         print(f"publish failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -110,15 +113,15 @@ async def _publish(settings: MeshSettings, args: argparse.Namespace, lines: Any)
                 continue
             try:
                 document = _flag_event(args) if args.data is not None else _line_event(line)
-                record = record_from_mapping(_with_defaults(document, args))
-                body = record_to_body(record, connector="cli", default_source=args.source, default_type=args.type)
-                await client.publish(body)
+                # A structured CloudEvent is what a message body is too: the body reader parses and checks it.
+                event = body_to_event(orjson.dumps(_with_defaults(document, args)))
+                await client.publish(event)
             except (DataError, MeshRejectedError) as exc:
                 failed += 1
                 where = "--data" if args.data is not None else f"line {number}"
                 print(f"{where}: not published: {exc}", file=sys.stderr)
                 continue
-            print(f"acked id={record.id} topic={args.topic}", flush=True)
+            print(f"acked id={event.get_id()} topic={args.topic}", flush=True)
     return failed
 
 
@@ -172,6 +175,9 @@ def tail_command(args: argparse.Namespace) -> int:
         asyncio.run(_tail(settings, args.topic, args.count))
     except KeyboardInterrupt:
         return 0
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except MeshConnectError as exc:
         print(f"tail failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -372,3 +372,15 @@ def test_completion_scripts_come_from_the_parser() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("#compdef meshconnect")
     assert "publish" in result.stdout and "dlq" in result.stdout
+
+
+def test_publish_and_tail_tell_a_bad_address_from_an_absent_mesh() -> None:
+    for command in ("publish", "tail"):
+        extra = ["--data", "x"] if command == "publish" else []
+        result = meshconnect(command, "--mesh", "nowhere", "--topic", "t", *extra)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "mesh.address" in result.stderr and "host:port" in result.stderr
+        port = free_port()
+        result = meshconnect(command, "--mesh", f"127.0.0.1:{port}", "--topic", "t", *extra)
+        assert result.returncode == 1, (command, result.stderr)
+        assert f"cannot connect to the mesh at 127.0.0.1:{port}" in result.stderr
