@@ -217,13 +217,22 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert result.stdout.strip() == f"meshconnect {version('meshconnect')}"
 
 
-def test_list_as_json() -> None:
-    result = meshconnect("list", "--output", "json")
+def test_list_as_json_names_the_extra_a_connector_lacks(tmp_path: Path) -> None:
+    # nats-py made uninstallable for the child process: a module of its name that fails to import.
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "nats" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'nats'\", name='nats')\n")
+    hidden = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = meshconnect("list", "--output", "json", env=hidden)
     assert result.returncode == 0, result.stderr
     entries = {entry["name"]: entry for entry in orjson.loads(result.stdout)}
     assert entries["http-source"]["side"] == "source"
     assert entries["file-sink"]["usable"] is True and entries["file-sink"]["problem"] is None
     assert entries["file-sink"]["description"]
+    assert entries["nats-sink"]["usable"] is False
+    assert "pip install 'meshconnect[nats-sink]'" in entries["nats-sink"]["problem"]
+    result = meshconnect("run", "nats-sink", "--config", str(tmp_path / "any.yaml"), env=hidden)
+    assert result.returncode == 2
+    assert "pip install 'meshconnect[nats-sink]'" in result.stderr
 
 
 def test_docs_shows_secret_defaults_as_secret_and_prints_the_sample() -> None:
