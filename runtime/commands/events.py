@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -87,25 +89,35 @@ def structured_json(body: bytes) -> str:
 
 
 def publish_command(args: argparse.Namespace) -> int:
-    try:
-        settings = _mesh_settings(args)
-    except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     lines = [args.data] if args.data is not None else sys.stdin
+    return _against_mesh(args, "publish", lambda settings: _publish(settings, args, lines), interrupted=EXIT_FAILED)
+
+
+def tail_command(args: argparse.Namespace) -> int:
+    return _against_mesh(args, "tail", lambda settings: _tail(settings, args.topic, args.count), interrupted=0)
+
+
+def _against_mesh(
+    args: argparse.Namespace, what: str, work: Callable[[MeshSettings], Coroutine[Any, Any, int]], *, interrupted: int
+) -> int:
+    """Run ``work`` against the mesh the flags name; the exit code (``interrupted`` after Ctrl-C)."""
     try:
-        failed = asyncio.run(_publish(settings, args, lines))
-    except ConfigError as exc:  # e.g. an address that is not host:port
+        return asyncio.run(work(_mesh_settings(args)))
+    except KeyboardInterrupt:
+        return interrupted
+    except BrokenPipeError:  # the reader of stdout left (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ConfigError as exc:  # a bad flag, or an address that is not host:port
         print(f"invalid: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except MeshConnectError as exc:
-        print(f"publish failed: {exc}", file=sys.stderr)
+        print(f"{what} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED if failed else 0
 
 
 async def _publish(settings: MeshSettings, args: argparse.Namespace, lines: Any) -> int:
-    """Publish each line (or the ``--data`` event); returns how many could not be published."""
+    """Publish each line (or the ``--data`` event); exit code 1 if any could not be published."""
     failed = 0
     async with MeshClient.from_settings(settings, group=args.group, purpose="pub") as client:
         for number, line in enumerate(lines, 1):
@@ -122,7 +134,7 @@ async def _publish(settings: MeshSettings, args: argparse.Namespace, lines: Any)
                 print(f"{where}: not published: {exc}", file=sys.stderr)
                 continue
             print(f"acked id={event.get_id()} topic={args.topic}", flush=True)
-    return failed
+    return EXIT_FAILED if failed else 0
 
 
 def _line_event(line: str) -> dict[str, Any]:
@@ -165,26 +177,7 @@ def _with_defaults(document: dict[str, Any], args: argparse.Namespace) -> dict[s
 # -- tail ----------------------------------------------------------------------------------------
 
 
-def tail_command(args: argparse.Namespace) -> int:
-    try:
-        settings = _mesh_settings(args)
-    except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        asyncio.run(_tail(settings, args.topic, args.count))
-    except KeyboardInterrupt:
-        return 0
-    except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except MeshConnectError as exc:
-        print(f"tail failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
-
-
-async def _tail(settings: MeshSettings, topic: str, count: int | None) -> None:
+async def _tail(settings: MeshSettings, topic: str, count: int | None) -> int:
     shown = 0
     async with MeshClient.from_settings(settings, group=TAIL_GROUP, purpose="sub") as client:
         await client.subscribe(topic, SubscriptionMode.BROADCASTING, SubscriptionType.ASYNC)
@@ -198,4 +191,5 @@ async def _tail(settings: MeshSettings, topic: str, count: int | None) -> None:
             await pushed.ack()
             shown += 1
             if shown == count:
-                return
+                break
+    return 0

@@ -393,3 +393,29 @@ def test_publish_and_tail_tell_a_bad_address_from_an_absent_mesh() -> None:
         result = meshconnect(command, "--mesh", f"127.0.0.1:{port}", "--topic", "t", *extra)
         assert result.returncode == 1, (command, result.stderr)
         assert f"cannot connect to the mesh at 127.0.0.1:{port}" in result.stderr
+
+
+def test_tail_into_head_ends_quietly(mesh_port: int) -> None:
+    mesh = f"127.0.0.1:{mesh_port}"
+    pipeline = subprocess.Popen(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m runtime.cli tail --mesh {mesh} --topic piped | head -1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def publish_until_the_pipeline_ends() -> None:
+        async with MeshClient(mesh, user_agent_for("producer", "pub")) as producer, asyncio.timeout(30):
+            n = 0
+            while pipeline.poll() is None:
+                n += 1
+                attributes = {"specversion": "1.0", "id": f"p{n}", "source": "/s", "type": "t", "subject": "piped"}
+                await producer.publish(CloudEvent(attributes))
+                await asyncio.sleep(0.1)
+
+    asyncio.run(publish_until_the_pipeline_ends())
+    stdout, stderr = pipeline.communicate(timeout=10)
+    assert pipeline.returncode == 0, stderr
+    assert orjson.loads(stdout)["id"] == "p1"
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
