@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open_registry, run_connector
+from runtime.commands.completion import CONNECTOR_METAVAR
 from runtime.commands.events import structured_json
 from runtime.commands.options import add_config_argument, load_worker_config, report_config_error
 from runtime.config import LogSettings, WorkerConfig, connector_config
@@ -39,13 +40,13 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=list_connectors)
 
     run = subparsers.add_parser("run", help="run a connector until SIGTERM/SIGINT")
-    run.add_argument("name", help="connector type, e.g. mysql-sink (see meshconnect list)")
+    run.add_argument("name", help="connector type, e.g. mysql-sink (see meshconnect list)", metavar=CONNECTOR_METAVAR)
     add_config_argument(run, "worker config file (YAML; the Java layout is accepted too)")
     run.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT, help="seconds to drain on SIGTERM")
     run.set_defaults(func=run_command)
 
     check = subparsers.add_parser("check", help="validate a connector config (and with --connect, try it)")
-    check.add_argument("name", help="connector type, e.g. mysql-sink")
+    check.add_argument("name", help="connector type, e.g. mysql-sink", metavar=CONNECTOR_METAVAR)
     add_config_argument(check, "worker config file")
     check.add_argument(
         "--connect",
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_command)
 
     docs = subparsers.add_parser("docs", help="print a connector's config reference (markdown)")
-    docs.add_argument("name", help="connector type, e.g. mysql-sink")
+    docs.add_argument("name", help="connector type, e.g. mysql-sink", metavar=CONNECTOR_METAVAR)
     docs.add_argument("--sample", action="store_true", help="print the connector's whole sample config file instead")
     docs.set_defaults(func=docs_command)
 

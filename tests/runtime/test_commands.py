@@ -374,13 +374,16 @@ def test_completion_scripts_come_from_the_parser() -> None:
         f"{result.stdout}\n"
         'COMP_WORDS=(meshconnect dlq s); COMP_CWORD=2; _shtab_meshconnect; echo "${COMPREPLY[@]}"\n'
         'COMP_WORDS=(meshconnect tai); COMP_CWORD=1; _shtab_meshconnect; echo "${COMPREPLY[@]}"\n'
+        'COMP_WORDS=(meshconnect run file-s); COMP_CWORD=2; _shtab_meshconnect; echo "${COMPREPLY[@]}"\n'
+        'COMP_WORDS=(meshconnect check --config x.yaml redis-si); COMP_CWORD=4; _shtab_meshconnect; echo "${COMPREPLY[@]}"\n'
     )
     completed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False)
-    assert completed.stdout.splitlines() == ["show", "tail"], completed.stderr
+    assert completed.stdout.splitlines() == ["show", "tail", "file-sink file-source", "redis-sink"], completed.stderr
     result = meshconnect("completion", "zsh")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("#compdef meshconnect")
     assert "publish" in result.stdout and "dlq" in result.stdout
+    assert "file-sink file-source" in result.stdout  # the connector names a CONNECTOR argument completes
 
 
 def test_publish_and_tail_tell_a_bad_address_from_an_absent_mesh() -> None:
