@@ -13,8 +13,6 @@ import argparse
 from collections.abc import Iterator
 from typing import Any
 
-import shtab
-
 from runtime.plugins import catalogue
 
 __all__ = ["CONNECTOR_METAVAR", "register"]
@@ -31,6 +29,8 @@ def register(subparsers: Any) -> None:
 
 
 def completion_command(args: argparse.Namespace) -> int:
+    import shtab  # only this command needs it: every other command starts without it
+
     from runtime.cli import build_parser  # the whole parser, which this command is part of
 
     parser = build_parser()
