@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from runtime.observability import package_version
+
 __all__ = ["main"]
 
 COMMAND_MODULES = (
@@ -20,11 +22,14 @@ COMMAND_MODULES = (
     "runtime.commands.registry",
     "runtime.commands.dlq",
     "runtime.commands.demo",
+    "runtime.commands.events",
+    "runtime.commands.completion",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshconnect", description="Connectors for Apache EventMesh.")
+    parser.add_argument("--version", action="version", version=f"meshconnect {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -14,7 +14,9 @@ connectors, ``config:`` are needed::
 Environment variables override any key: ``MESHCONNECT__SINK__BATCH_SIZE=1000`` sets
 ``sink.batch_size``; ``MESHCONNECT__CONFIG__DSN=...`` a connector key. A secret is a plain
 string, ``{env: NAME}`` or ``{file: /run/secrets/x}``; it is held as a ``SecretStr`` and never
-logged. Every error names the key, the problem and the fix (:class:`~runtime.errors.ConfigError`).
+logged. Every error names the key, the problem and the fix (:class:`~runtime.errors.ConfigError`),
+and the variable when the value came from the environment. Nothing in the file is expanded: a
+value written ``${VAR}`` stays those characters, so the loader warns about it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import copy
 import difflib
 import enum
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,13 +33,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime.errors import ConfigError
 
 __all__ = [
     "AdminSettings",
+    "ConfigFileError",
     "ConnectorConfig",
     "LogSettings",
     "MeshSettings",
@@ -216,6 +220,8 @@ class WorkerConfig(_Strict):
     config: dict[str, Any] = Field(
         default_factory=dict, description="The connector's own settings, validated by its config model."
     )
+    _env_overrides: dict[str, str] = PrivateAttr(default_factory=dict)
+    """Dotted key -> the ``MESHCONNECT__...`` variable that set it, so that an error can name the variable."""
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -229,6 +235,21 @@ ConnectorConfigT = TypeVar("ConnectorConfigT", bound=ConnectorConfig)
 
 ENV_PREFIX = "MESHCONNECT__"
 """Environment variables starting with this override config keys: ``MESHCONNECT__SINK__BATCH_SIZE=1000``."""
+
+_SHELL_VARIABLE = re.compile(r"\$\{[^}]*\}")
+_HOW_ENV_WORKS = (
+    "config files are not expanded: write a secret as {env: NAME} or {file: PATH},"
+    " or set any key from the environment with MESHCONNECT__SECTION__KEY=value (e.g. MESHCONNECT__CONFIG__HOST)"
+)
+
+
+class ConfigFileError(ConfigError):
+    """The config file itself cannot be read (missing, a directory, unreadable): nothing in it was looked at."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        super().__init__(path, problem, fix)
+        self.args = (f"config file {path}: {problem}; fix: {fix}",)
+
 
 _JAVA_KEYS = frozenset(
     {"pubSubConfig", "connectorConfig", "sourceConnectorConfig", "sinkConnectorConfig", "offsetStorageConfig", "pollConfig"}
@@ -262,28 +283,69 @@ def load_config(
     data = _read_yaml(Path(path))
     if _JAVA_KEYS & data.keys():
         data = _from_java_layout(data, connector)
-    data = apply_env_overrides(data, os.environ if environ is None else environ)
+    overrides: dict[str, str] = {}
+    data = apply_env_overrides(data, os.environ if environ is None else environ, origins=overrides)
+    _warn_of_shell_variables(data)
     if connector is not None:
         given = data.setdefault("connector", connector)
         if given != connector:
             raise ConfigError(
                 "connector", f"the file says {given!r} but {connector!r} was asked for", f"run {given!r} or fix the file"
             )
-    return validate_model(WorkerConfig, data)
+    try:
+        worker = validate_model(WorkerConfig, data)
+    except ConfigError as exc:
+        raise _from_environment(exc, overrides) from None
+    worker._env_overrides = overrides
+    return worker
 
 
 def connector_config(model: type[ConnectorConfigT], worker: WorkerConfig) -> ConnectorConfigT:
     """Validate the ``config:`` block of ``worker`` with the connector's own model."""
-    return validate_model(model, worker.config, prefix="config")
+    try:
+        return validate_model(model, worker.config, prefix="config")
+    except ConfigError as exc:
+        raise _from_environment(exc, worker._env_overrides) from None
+
+
+def _from_environment(exc: ConfigError, overrides: Mapping[str, str]) -> ConfigError:
+    """``exc``, saying which variable set the value when it came from a ``MESHCONNECT__...`` override."""
+    variable = next(
+        (name for key, name in overrides.items() if exc.key == key or exc.key.startswith(f"{key}.")),
+        None,
+    )
+    if variable is None:
+        return exc
+    return ConfigError(
+        exc.key,
+        f"{exc.problem} (the value came from the environment variable {variable})",
+        f"{exc.fix}; change or unset {variable}",
+    )
+
+
+def _warn_of_shell_variables(data: Any, key: str = "") -> None:
+    """Warn about every string value holding ``${...}``: a shell habit that the loader does not honour."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            _warn_of_shell_variables(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            _warn_of_shell_variables(value, f"{key}.{index}")
+    elif isinstance(data, str) and _SHELL_VARIABLE.search(data):
+        structlog.get_logger().warning(
+            "config value looks like a shell variable, which is not expanded", key=key, fix=_HOW_ENV_WORKS
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            str(path), f"cannot read the config file ({exc.strerror})", "pass the path of a readable YAML file"
+    except FileNotFoundError as exc:
+        raise ConfigFileError(
+            str(path), "no such file", "pass the path of an existing YAML file (--config or MESHCONNECT_CONFIG)"
         ) from exc
+    except OSError as exc:
+        raise ConfigFileError(str(path), f"cannot be read ({exc.strerror})", "pass the path of a readable YAML file") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -297,11 +359,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_env_overrides(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def apply_env_overrides(
+    data: Mapping[str, Any], environ: Mapping[str, str], *, origins: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A copy of ``data`` with every ``MESHCONNECT__A__B=value`` set at ``a.b`` (value parsed as a YAML scalar).
 
     Names are matched to existing keys ignoring case (environment variables are upper case by
-    habit); a key not in the file is written in lower case.
+    habit); a key not in the file is written in lower case. ``origins``, when given, gets each
+    dotted key that was set and the variable that set it.
     """
     result = copy.deepcopy(dict(data))
     for variable in sorted(environ):
@@ -315,10 +380,14 @@ def apply_env_overrides(data: Mapping[str, Any], environ: Mapping[str, str]) -> 
         except yaml.YAMLError:
             value = environ[variable]
         node: dict[str, Any] = result
+        path: list[str] = []
         for depth, part in enumerate(parts):
             key = next((existing for existing in node if str(existing).lower() == part.lower()), part.lower())
+            path.append(str(key))
             if depth == len(parts) - 1:
                 node[key] = value
+                if origins is not None:
+                    origins[".".join(path)] = variable
                 break
             child = node.get(key)
             if not isinstance(child, dict):

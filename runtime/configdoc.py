@@ -46,6 +46,8 @@ def _default(field: FieldInfo) -> str:
         value = field.default
     if value is None:
         return "—"
+    if isinstance(value, SecretStr):
+        return "(secret)"  # a default that is a secret is shown as one, never as its masked repr
     if isinstance(value, BaseModel):
         value = value.model_dump()
     if isinstance(value, bool):

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO, TypeVar
 
 import structlog
@@ -37,6 +39,7 @@ from runtime.config import AdminSettings, LogSettings
 from runtime.errors import ConfigError
 
 __all__ = [
+    "BUILD_INFO",
     "AdminServer",
     "ConnectorMetrics",
     "StatusBoard",
@@ -44,6 +47,7 @@ __all__ = [
     "connector_counter",
     "connector_gauge",
     "mask_secrets",
+    "package_version",
 ]
 
 MASK = "**********"
@@ -177,6 +181,18 @@ def _connector_metric(defined: Mapping[str, _Metric], kind: str, metric: str) ->
             "define it in runtime/observability.py beside the others",
         )
     return found
+
+
+def package_version() -> str:
+    """meshconnect's version from the installed package's metadata (``meshconnect --version``, build info)."""
+    try:
+        return version("meshconnect")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+BUILD_INFO = Gauge("meshconnect_build_info", "Always 1; the labels say which meshconnect and Python run.", ("version", "python"))
+BUILD_INFO.labels(version=package_version(), python=platform.python_version()).set(1)
 
 
 class ConnectorMetrics:

@@ -1,24 +1,30 @@
-"""``meshconnect list``, ``run <name> --config FILE``, ``check <name> --config FILE`` and ``docs <name>``."""
+"""``meshconnect list``, ``run <name> --config FILE``, ``check <name> --config FILE`` and ``docs <name> [--sample]``.
+
+``--config`` may be left out when ``MESHCONNECT_CONFIG`` names the file, as in a container.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
-from cloudevents.core.v1.event import CloudEvent
 
 from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open_registry, run_connector
-from runtime.config import WorkerConfig, connector_config, load_config
+from runtime.commands.completion import CONNECTOR_METAVAR
+from runtime.commands.events import structured_json
+from runtime.commands.options import add_config_argument, load_worker_config, report_config_error
+from runtime.config import LogSettings, WorkerConfig, connector_config
 from runtime.configdoc import config_table
 from runtime.connector import Sink, SinkContext, Source, SourceContext
 from runtime.errors import ConfigError, DataError, MeshConnectError
 from runtime.observability import configure_logging
-from runtime.plugins import ConnectorClass, catalogue, load_connector
-from runtime.protocol.events import body_to_event
+from runtime.plugins import ConnectorClass, ConnectorInfo, catalogue, load_connector
 from runtime.publishing import PublishRules, check_source_topics
 from runtime.worker.session import build_client
 
@@ -30,17 +36,18 @@ _PREVIEW_SECONDS = 5.0
 
 def register(subparsers: Any) -> None:
     listing = subparsers.add_parser("list", help="list the installed connectors")
+    listing.add_argument("--output", choices=("text", "json"), default="text", help="text table or a JSON array")
     listing.set_defaults(func=list_connectors)
 
     run = subparsers.add_parser("run", help="run a connector until SIGTERM/SIGINT")
-    run.add_argument("name", help="connector type, e.g. mysql-sink (see meshconnect list)")
-    run.add_argument("--config", required=True, help="worker config file (YAML; the Java layout is accepted too)")
+    run.add_argument("name", help="connector type, e.g. mysql-sink (see meshconnect list)", metavar=CONNECTOR_METAVAR)
+    add_config_argument(run, "worker config file (YAML; the Java layout is accepted too)")
     run.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT, help="seconds to drain on SIGTERM")
     run.set_defaults(func=run_command)
 
     check = subparsers.add_parser("check", help="validate a connector config (and with --connect, try it)")
-    check.add_argument("name", help="connector type, e.g. mysql-sink")
-    check.add_argument("--config", required=True, help="worker config file")
+    check.add_argument("name", help="connector type, e.g. mysql-sink", metavar=CONNECTOR_METAVAR)
+    add_config_argument(check, "worker config file")
     check.add_argument(
         "--connect",
         action="store_true",
@@ -49,12 +56,16 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_command)
 
     docs = subparsers.add_parser("docs", help="print a connector's config reference (markdown)")
-    docs.add_argument("name", help="connector type, e.g. mysql-sink")
+    docs.add_argument("name", help="connector type, e.g. mysql-sink", metavar=CONNECTOR_METAVAR)
+    docs.add_argument("--sample", action="store_true", help="print the connector's whole sample config file instead")
     docs.set_defaults(func=docs_command)
 
 
-def list_connectors(_args: argparse.Namespace) -> int:
+def list_connectors(args: argparse.Namespace) -> int:
     entries = catalogue()
+    if args.output == "json":
+        print(orjson.dumps([_listing(entry) for entry in entries], option=orjson.OPT_INDENT_2).decode())
+        return 0
     width = max((len(entry.name) for entry in entries), default=4)
     for entry in entries:
         text = entry.description if entry.problem is None else f"(not usable here: {entry.problem})"
@@ -64,14 +75,37 @@ def list_connectors(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing(entry: ConnectorInfo) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "side": entry.side,
+        "description": entry.description,
+        "usable": entry.problem is None,
+        "problem": entry.problem,
+    }
+
+
 def docs_command(args: argparse.Namespace) -> int:
     try:
         cls = load_connector(args.name)
     except ConfigError as exc:
         print(f"meshconnect: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.sample:
+        return _print_sample(cls)
     print(f"## {cls.name}\n\n{cls.description}\n\n### Configuration (`config:` block)\n")
     print(config_table(cls.config_model), end="")
+    return 0
+
+
+def _print_sample(cls: ConnectorClass) -> int:
+    """The connector's ``config.example.yaml``, which lives beside its code (``services/<pkg>/``)."""
+    sample = Path(inspect.getfile(cls)).with_name("config.example.yaml")
+    try:
+        print(sample.read_text(), end="")
+    except OSError as exc:
+        print(f"meshconnect: {cls.name} ships no sample config ({sample}: {exc.strerror})", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -81,19 +115,19 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshconnect: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    configure_logging(LogSettings(), stream=sys.stderr)  # what the config load warns about, until the config says how
     return run_connector(args.config, connector_class=cls, shutdown_timeout=args.shutdown_timeout)
 
 
 def check_command(args: argparse.Namespace) -> int:
     try:
         cls = load_connector(args.name)
-        config = load_config(args.config, connector=args.name)
+        config = load_worker_config(args.config, connector=args.name)
         typed = connector_config(cls.config_model, config)
         if issubclass(cls, Source):
             check_source_topics(cls, config.source)
     except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return report_config_error(exc)
     print(f"ok: {args.config} is a valid {cls.name} config for instance {config.name!r}")
     if not args.connect:
         return 0
@@ -153,14 +187,9 @@ async def _preview(source: Source[Any], config: WorkerConfig) -> None:
                 print(f"record {shown}: would be dead-lettered: {refusal}")
                 continue
             try:
-                event = body_to_event(rules.encode(record).body)
+                line = structured_json(rules.encode(record).body)
             except DataError as exc:
                 print(f"record {shown}: would be dead-lettered: {exc.reason}")
                 continue
-            print(f"record {shown}: {_event_json(event)}")
+            print(f"record {shown}: {line}")
     print(f"ok: {config.connector} connected; {shown} record(s) shown, nothing published or committed")
-
-
-def _event_json(event: CloudEvent) -> str:
-    document = {**event.get_attributes(), "data": event.get_data()}
-    return orjson.dumps(document, default=str).decode()

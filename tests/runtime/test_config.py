@@ -10,7 +10,7 @@ import pytest
 import structlog
 from pydantic import Field
 
-from runtime.config import ConnectorConfig, LogSettings, Secret, connector_config, load_config
+from runtime.config import ConfigFileError, ConnectorConfig, LogSettings, Secret, connector_config, load_config
 from runtime.errors import ConfigError
 from runtime.observability import configure_logging
 
@@ -90,8 +90,11 @@ def test_connector_block_is_validated_by_its_model(tmp_path: Path) -> None:
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigFileError, match="no such file") as caught:
         load_config(tmp_path / "absent.yaml")
+    assert str(caught.value).startswith(f"config file {tmp_path / 'absent.yaml'}: no such file")
+    with pytest.raises(ConfigFileError, match="cannot be read"):
+        load_config(tmp_path)
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "name: [unclosed\n"))
 
@@ -202,3 +205,31 @@ def test_missing_secret_env_names_the_key(tmp_path: Path) -> None:
         load_config(write(tmp_path, "name: a\nconnector: x-sink\nmesh: {password: {env: MC_SURELY_UNSET_VAR}}\n"))
     assert caught.value.key == "mesh.password"
     assert "MC_SURELY_UNSET_VAR is not set" in caught.value.problem
+
+
+def test_a_shell_variable_in_a_value_is_warned_about_with_how_env_works_here(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: a\nconnector: mysql-sink\nmesh: {address: '${MESH}:10000'}\nconfig: {hosts: [db, '${DB}']}\n")
+    with structlog.testing.capture_logs() as logs:
+        load_config(path, environ={})
+    warned = {entry["key"]: entry for entry in logs if entry["log_level"] == "warning"}
+    assert set(warned) == {"mesh.address", "config.hosts.1"}
+    fix = warned["mesh.address"]["fix"]
+    assert "{env: NAME}" in fix and "{file: PATH}" in fix and "MESHCONNECT__SECTION__KEY" in fix
+
+
+def test_an_error_in_a_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: a\nconnector: mysql-sink\nsink: {batch_size: 5}\nconfig: {table: t}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"MESHCONNECT__SINK__BATCH_SIZE": "0"})
+    assert caught.value.key == "sink.batch_size"
+    assert "came from the environment variable MESHCONNECT__SINK__BATCH_SIZE" in str(caught.value)
+    config = load_config(path, environ={"MESHCONNECT__CONFIG__MODE": "sideways"})
+    with pytest.raises(ConfigError) as caught:
+        connector_config(TableConfig, config)
+    assert caught.value.key == "config.mode"
+    assert "MESHCONNECT__CONFIG__MODE" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        connector_config(
+            TableConfig, load_config(write(tmp_path, "name: a\nconnector: mysql-sink\nconfig: {table: t, mode: x}\n"), environ={})
+        )
+    assert "environment" not in str(caught.value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import platform
+from importlib.metadata import version
 
 import aiohttp
 import pytest
@@ -99,3 +101,16 @@ def test_a_connector_counts_into_the_runtime_registry_through_its_context() -> N
     assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 7
     with pytest.raises(ConfigError, match="meshconnect_rows_invented_total"):
         sink.counter("meshconnect_rows_invented_total")
+
+
+async def test_metrics_carry_the_build_info() -> None:
+    board = StatusBoard(connector="test-sink", name="obs-3", side="sink", metrics=ConnectorMetrics("test-sink", "obs-3"))
+    server = AdminServer(AdminSettings(host="127.0.0.1", port=0), board)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+            text = await response.text()
+    finally:
+        await server.stop()
+    expected = f'meshconnect_build_info{{python="{platform.python_version()}",version="{version("meshconnect")}"}} 1.0'
+    assert expected in text.splitlines()
