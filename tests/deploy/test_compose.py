@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ from tests.deploy.layout import (
 CONNECTORS = registered_connectors()
 INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "prometheus"}
 CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
+
+
+def target_down_job_pattern() -> str:
+    """The job regex of the MeshconnectTargetDown alert (`up{job=~"..."} == 0`)."""
+    rules = yaml.safe_load((ROOT / "deploy" / "monitoring" / "alerts.yaml").read_text())
+    (expr,) = [rule["expr"] for group in rules["groups"] for rule in group["rules"] if rule["alert"] == "MeshconnectTargetDown"]
+    match = re.search(r'up\{job=~"([^"]+)"\}', expr)
+    assert match, expr
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +174,11 @@ def test_compose_prometheus_scrapes_every_connector_with_the_alert_rules(compose
     assert Path(volumes["/etc/prometheus/alerts.yaml"]) == ROOT / "deploy" / "monitoring" / "alerts.yaml"
     config = yaml.safe_load(config_text)
     assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
-    targets = {target for job in config["scrape_configs"] for group in job["static_configs"] for target in group["targets"]}
-    assert {f"{name}:8090" for name in connector_services(compose)} <= targets
+    (job,) = config["scrape_configs"]
+    assert re.fullmatch(target_down_job_pattern(), job["job_name"]), "MeshconnectTargetDown would not watch this job"
+    assert "static_configs" not in job, "a static target whose profile is not up is always down (and alerts)"
+    looked_up = {(name, group["port"]) for group in job["dns_sd_configs"] for name in group["names"]}
+    assert {(name, 8090) for name in connector_services(compose)} <= looked_up
     # promtool checks the file as the container sees it: the rule file at its mounted path
     local = tmp_path / "prometheus.yml"
     local.write_text(config_text.replace("/etc/prometheus/alerts.yaml", volumes["/etc/prometheus/alerts.yaml"]))
