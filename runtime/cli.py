@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "runtime.commands.registry",
     "runtime.commands.dlq",
     "runtime.commands.demo",
+    "runtime.commands.probe",
 )
 
 
