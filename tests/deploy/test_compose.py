@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -183,3 +184,34 @@ def test_compose_prometheus_scrapes_every_connector_with_the_alert_rules(compose
     local = tmp_path / "prometheus.yml"
     local.write_text(config_text.replace("/etc/prometheus/alerts.yaml", volumes["/etc/prometheus/alerts.yaml"]))
     run([require_tool("promtool"), "check", "config", str(local)])
+
+
+HOST_PORT_VARIABLE = re.compile(r"\$\{(MESHCONNECT_[A-Z_]+_PORT):-(\d+)\}")
+
+
+def published_host_ports(rendered: dict[str, Any]) -> dict[tuple[str, int], int]:
+    """(service, container port) -> the fixed host port it is published on (a free port is left out)."""
+    return {
+        (name, int(port["target"])): int(port["published"])
+        for name, service in rendered["services"].items()
+        for port in service.get("ports", [])
+        if isinstance(port, dict) and port.get("published")
+    }
+
+
+def test_compose_publishes_only_documented_ports_each_overridable(compose: dict[str, Any]) -> None:
+    """A fixed host port collides with what already runs there (a local MySQL, Redis): only what a user
+    reaches from the host is published, each on a port an environment variable moves."""
+    variables = dict(HOST_PORT_VARIABLE.findall((ROOT / "docker-compose.yml").read_text()))
+    assert variables, "no MESHCONNECT_..._PORT variable in docker-compose.yml"
+    defaults = published_host_ports(compose)
+    assert sorted(defaults.values()) == sorted(int(port) for port in variables.values())
+    for infrastructure in ("redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats"):
+        assert not [key for key in defaults if key[0] == infrastructure], f"{infrastructure} is published on the host"
+    moved = {name: str(20000 + index) for index, name in enumerate(sorted(variables))}
+    environment = {"PATH": os.environ.get("PATH", ""), **moved}
+    rendered = yaml.safe_load(run([require_tool("docker-compose"), "--file", "docker-compose.yml", "config"], env=environment))
+    assert sorted(published_host_ports(rendered).values()) == sorted(int(port) for port in moved.values())
+    documented = (ROOT / "deploy" / "README.md").read_text()
+    for name in variables:
+        assert name in documented, f"deploy/README.md does not say {name} moves a published port"

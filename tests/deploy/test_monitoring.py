@@ -12,13 +12,14 @@ import yaml
 from prometheus_client import REGISTRY
 
 import runtime.observability  # noqa: F401  (registers the metrics)
-import services.mysql_sink.connector  # noqa: F401  (registers its own: the cdc alert names one)
+import services.mysql_sink.connector  # registers its own metrics: the cdc alert names one
 import services.mysql_source.snapshot  # noqa: F401  (registers the snapshot progress gauges)
 from tests.deploy.layout import DEPLOY, require_tool, run
 
 MONITORING = DEPLOY / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 ALERTS = MONITORING / "alerts.yaml"
+CHECKPOINT = "meshconnect_last_checkpoint_timestamp_seconds"
 METRIC_NAME = re.compile(r"\bmeshconnect_[a-z0-9_]+")
 # Grafana's variables, replaced by values Prometheus accepts so the expressions can be checked.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$connector": ".*", "$name": ".*"}
@@ -157,7 +158,8 @@ def test_required_alerts_exist() -> None:
 
 
 def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> None:
-    cases = [case for test in yaml.safe_load((MONITORING / "alerts.test.yaml").read_text())["tests"] for case in test["alert_rule_test"]]
+    unit_tests = yaml.safe_load((MONITORING / "alerts.test.yaml").read_text())["tests"]
+    cases = [case for test in unit_tests for case in test["alert_rule_test"]]
     fired = {case["alertname"] for case in cases if case["exp_alerts"]}
     quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
     assert alert_names() - fired == set(), "alerts no promtool test sees firing"
@@ -169,6 +171,7 @@ def test_since_last_checkpoint_shows_sources_and_leaves_out_sinks(dashboard: dic
     (panel,) = [panel for panel in dashboard["panels"] if panel["title"] == "Since last checkpoint"]
     (target,) = panel["targets"]
     expression = target["expr"].replace("$connector", ".*").replace("$name", ".*")
+    assert CHECKPOINT in expression
     tests = {
         "rule_files": [],
         "evaluation_interval": "1m",
@@ -177,8 +180,8 @@ def test_since_last_checkpoint_shows_sources_and_leaves_out_sinks(dashboard: dic
                 "interval": "1m",
                 "input_series": [
                     # a source that checkpointed at unix time 300 (promtool's clock starts at 0)
-                    {"series": 'meshconnect_last_checkpoint_timestamp_seconds{connector="file-source", name="logs", pod="a"}', "values": "300x20"},
-                    {"series": 'meshconnect_last_checkpoint_timestamp_seconds{connector="file-sink", name="out", pod="a"}', "values": "0x20"},
+                    {"series": f'{CHECKPOINT}{{connector="file-source", name="logs", pod="a"}}', "values": "300x20"},
+                    {"series": f'{CHECKPOINT}{{connector="file-sink", name="out", pod="a"}}', "values": "0x20"},
                 ],
                 "promql_expr_test": [
                     {
