@@ -215,3 +215,16 @@ def test_compose_publishes_only_documented_ports_each_overridable(compose: dict[
     documented = (ROOT / "deploy" / "README.md").read_text()
     for name in variables:
         assert name in documented, f"deploy/README.md does not say {name} moves a published port"
+
+
+def test_file_source_tails_files_mounted_into_its_container(compose: dict[str, Any]) -> None:
+    """The sample's globs (/var/log/app/*.log) name a directory the container has, and it holds files."""
+    service = compose["services"]["file-source"]
+    resolved = resolve_config(mounted_config(service), {key: str(value) for key, value in service["environment"].items()})
+    volumes = mounts(service)
+    found = []
+    for pattern in resolved["config"]["paths"]:
+        directory = str(Path(pattern).parent)
+        assert directory in volumes, f"{pattern}: {directory} is not mounted into file-source"
+        found.extend(Path(volumes[directory]).glob(Path(pattern).name))
+    assert found, f"the default directory has nothing for {resolved['config']['paths']} to read"
