@@ -150,3 +150,38 @@ def test_readme_command(command: list[str], compose: dict[str, Any]) -> None:
     check = CHECKS.get(tuple(command[:2])) or CHECKS.get(tuple(command[:1]))
     assert check is not None, f"no test knows how to check `{shlex.join(command)}`"
     check(command, compose)
+
+
+MAIN_README = ROOT / "README.md"
+
+
+def main_readme_lines(program: str) -> list[str]:
+    """Lines of the main README's code blocks that start with ``program``, comments dropped."""
+    return [
+        line.split("#", 1)[0].strip()
+        for block in FENCE.findall(MAIN_README.read_text())
+        for line in block.splitlines()
+        if line.startswith(f"{program} ")
+    ]
+
+
+def test_main_readme_meshconnect_commands_exist() -> None:
+    """The synopses (`meshconnect offsets show|set ...`) name commands and subcommands the CLI has."""
+    from runtime.cli import build_parser
+
+    lines = main_readme_lines("meshconnect")
+    assert lines
+    for line in lines:
+        words = line.split()
+        for command in words[1].split("|"):
+            argv = [command, *([words[2].split("|")[0]] if command in {"offsets", "leases", "registry"} else []), "--help"]
+            with pytest.raises(SystemExit) as exit_info:
+                build_parser().parse_args(argv)
+            assert exit_info.value.code == 0, f"`meshconnect {' '.join(argv)}` from the README is not a command"
+
+
+def test_main_readme_make_targets_exist() -> None:
+    for line in main_readme_lines("make"):
+        target = line.split()[1]
+        plan = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False)
+        assert plan.returncode == 0, f"`{line}` from the README: {plan.stderr}"
