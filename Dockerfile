@@ -47,10 +47,13 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MESHCONNECT_CONFIG=/etc/meshconnect/config.yaml
 
 USER 10001:10001
-# Admin HTTP: /healthz, /readyz, /metrics (Prometheus), /status.
+# Admin HTTP: /healthz, /readyz, /metrics (Prometheus), /status; 8090 by convention (compose and
+# Kubernetes set MESHCONNECT__ADMIN__PORT=8090), the config's admin.port otherwise.
 EXPOSE 8090
+# The probe reads $MESHCONNECT_CONFIG with the container's MESHCONNECT__... overrides, as the
+# connector does, and asks /healthz on the admin port that config gives.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MESHCONNECT__ADMIN__PORT', '8090'), timeout=4)"]
+    CMD ["/opt/venv/bin/meshconnect", "probe"]
 
 ENTRYPOINT ["/opt/venv/bin/meshconnect-connector"]
 CMD ["--config", "/etc/meshconnect/config.yaml"]

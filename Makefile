@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo deps test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy runtime
 
-unit: $(STAMP)
+unit: $(STAMP) deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The Debian packages the tests run and the RabbitMQ broker they use (.ci/deps): installed and started
+# as root with apt, else a failure that prints the command to run. Without them tests would skip.
+deps:
+	.ci/deps
 
 test: lint typecheck unit
 

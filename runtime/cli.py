@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "runtime.commands.demo",
     "runtime.commands.events",
     "runtime.commands.completion",
+    "runtime.commands.probe",
 )
 
 

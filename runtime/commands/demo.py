@@ -3,8 +3,10 @@
 Four processes, as in production: the embedded mesh (``meshconnect mesh``), an ``http-source``
 receiving events on ``--http-port`` and a ``file-sink`` writing them as CloudEvents JSON lines under
 ``--out``, both run with ``meshconnect run`` from configs written to a state directory (with a
-file registry there). The demo prints the commands to send events and where they land; Ctrl-C
-stops the source, then the sink, then the mesh, each draining cleanly. ``--mesh HOST:PORT`` runs
+file registry there). The demo prints the commands to send events, where they land and where each
+process's admin endpoint listens; Ctrl-C stops the source, then the sink, then the mesh, each
+draining cleanly. A state directory the demo made itself (no ``--state-dir``) is removed after a
+clean stop and kept, with a message saying where, when something failed: its logs say what. ``--mesh HOST:PORT`` runs
 the two connectors against a mesh that is already running (a real EventMesh runtime) instead.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +75,8 @@ class _Demo:
         self.out = out
         self.state = state
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.admin_ports: dict[str, int] = {}
+        self.mesh_address = mesh or ""
         self.stopping = False
 
     def spawn(self, label: str, command: list[str]) -> subprocess.Popen[bytes]:
@@ -119,13 +124,15 @@ class _Demo:
             path = self.state / f"{label}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             process = self.spawn(label, [sys.executable, "-m", "runtime.cli", "run", connector, "--config", str(path)])
+            self.admin_ports[label] = admin_port
             self.wait_ready(label, process, lambda port=admin_port: _ready(port))
 
     def start_embedded_mesh(self) -> str:
         port = _free_port()
         process = self.spawn("mesh", [sys.executable, "-m", "runtime.commands.mesh", "--host", "127.0.0.1", "--port", str(port)])
         self.wait_ready("mesh", process, lambda: _port_open("127.0.0.1", port))
-        return f"127.0.0.1:{port}"
+        self.mesh_address = f"127.0.0.1:{port}"
+        return self.mesh_address
 
     def stop(self) -> int:
         """SIGTERM the children newest first (source, sink, mesh), each drained before the next."""
@@ -159,9 +166,18 @@ def _ready(admin_port: int) -> bool:
         return False
 
 
-def _instructions(http_port: int, out: Path, state: Path, mesh: str | None) -> str:
+def _admin_endpoints(demo: _Demo) -> str:
+    width = max(len(label) for label in ("mesh", *demo.admin_ports))
+    lines = [f"  {label:<{width}}  http://127.0.0.1:{port}" for label, port in demo.admin_ports.items()]
+    if demo.mesh is None:
+        lines.append(f"  {'mesh':<{width}}  TCP {demo.mesh_address} (no admin endpoint; its log: {demo.state / 'mesh.log'})")
+    return "\n".join(lines)
+
+
+def _instructions(demo: _Demo) -> str:
+    http_port, out, state, mesh = demo.http_port, demo.out, demo.state, demo.mesh
     url = f"http://127.0.0.1:{http_port}/events"
-    through = f"the mesh at {mesh}" if mesh else "embedded mesh"
+    through = f"the mesh at {mesh}" if mesh else f"embedded mesh at {demo.mesh_address}"
     return f"""
 meshconnect demo is running: http-source -> {through} (topic '{_TOPIC}') -> file-sink
 
@@ -173,16 +189,27 @@ Or a plain JSON webhook:
 
 Events land as CloudEvents JSON lines in: {out}/events-*.jsonl
   tail -f {out}/events-*.jsonl
+Admin endpoints (/healthz /readyz /metrics /status):
+{_admin_endpoints(demo)}
+  curl -s http://127.0.0.1:{demo.admin_ports["file-sink"]}/status
 Configs, registry and logs: {state}
 Press Ctrl-C to stop everything cleanly.
 """
 
 
+def _leave_state(state: Path, created: bool, code: int) -> None:
+    """Remove a state directory the demo made once it stopped cleanly; otherwise say where it is and why."""
+    if not created:
+        print(f"state left in {state} (the --state-dir you gave)", flush=True)
+    elif code == 0:
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        print(f"state kept in {state} for its logs (something failed); remove it when done", file=sys.stderr, flush=True)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    state = Path(args.state_dir).resolve() if args.state_dir else Path(tempfile.mkdtemp(prefix="meshconnect-demo-"))
-    state.mkdir(parents=True, exist_ok=True)
     if _port_open("127.0.0.1", args.http_port):
         print(f"port {args.http_port} is taken: pass --http-port with a free port", file=sys.stderr)
         return 2
@@ -191,7 +218,19 @@ def run_demo(args: argparse.Namespace) -> int:
         if not host or not port.isdigit() or not _port_open(host, int(port)):
             print(f"--mesh {args.mesh}: no EventMesh answers there; give the HOST:PORT of a running one", file=sys.stderr)
             return 2
-    demo = _Demo(args.http_port, out, state, args.mesh)
+    created = args.state_dir is None
+    state = Path(tempfile.mkdtemp(prefix="meshconnect-demo-")) if created else Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    code = 1
+    try:
+        code = _run_pipeline(_Demo(args.http_port, out, state, args.mesh))
+    finally:
+        _leave_state(state, created, code)
+    return code
+
+
+def _run_pipeline(demo: _Demo) -> int:
+    """Start the processes, wait for Ctrl-C (or one of them dying), stop them: the exit code."""
     stop_requested = False
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -200,22 +239,22 @@ def run_demo(args: argparse.Namespace) -> int:
 
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"starting {'' if args.mesh else 'the embedded mesh, '}file-sink and http-source...", flush=True)
+        print(f"starting {'' if demo.mesh else 'the embedded mesh, '}file-sink and http-source...", flush=True)
         try:
             demo.start()
         except RuntimeError as exc:
             print(f"demo failed to start: {exc}", file=sys.stderr)
             demo.stop()
             return 1
-        print(_instructions(args.http_port, out, state, args.mesh), flush=True)
+        print(_instructions(demo), flush=True)
         while not stop_requested:
             dead = [(label, process.returncode) for label, process in demo.children if process.poll() is not None]
             if dead:
-                print(f"{dead[0][0]} exited with {dead[0][1]}; see {state / (dead[0][0] + '.log')}", file=sys.stderr)
+                print(f"{dead[0][0]} exited with {dead[0][1]}; see {demo.state / (dead[0][0] + '.log')}", file=sys.stderr)
                 demo.stop()
                 return 1
             time.sleep(0.2)
-        print(f"\nstopping: http-source, file-sink{'' if args.mesh else ', mesh'}...", flush=True)
+        print(f"\nstopping: http-source, file-sink{'' if demo.mesh else ', mesh'}...", flush=True)
         code = demo.stop()
         print("stopped." if code == 0 else "stopped, not cleanly.", flush=True)
         return code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,15 @@ from tests.deploy.layout import (
 CONNECTORS = registered_connectors()
 INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "prometheus"}
 CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
+
+
+def target_down_job_pattern() -> str:
+    """The job regex of the MeshconnectTargetDown alert (`up{job=~"..."} == 0`)."""
+    rules = yaml.safe_load((ROOT / "deploy" / "monitoring" / "alerts.yaml").read_text())
+    (expr,) = [rule["expr"] for group in rules["groups"] for rule in group["rules"] if rule["alert"] == "MeshconnectTargetDown"]
+    match = re.search(r'up\{job=~"([^"]+)"\}', expr)
+    assert match, expr
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +175,56 @@ def test_compose_prometheus_scrapes_every_connector_with_the_alert_rules(compose
     assert Path(volumes["/etc/prometheus/alerts.yaml"]) == ROOT / "deploy" / "monitoring" / "alerts.yaml"
     config = yaml.safe_load(config_text)
     assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
-    targets = {target for job in config["scrape_configs"] for group in job["static_configs"] for target in group["targets"]}
-    assert {f"{name}:8090" for name in connector_services(compose)} <= targets
+    (job,) = config["scrape_configs"]
+    assert re.fullmatch(target_down_job_pattern(), job["job_name"]), "MeshconnectTargetDown would not watch this job"
+    assert "static_configs" not in job, "a static target whose profile is not up is always down (and alerts)"
+    looked_up = {(name, group["port"]) for group in job["dns_sd_configs"] for name in group["names"]}
+    assert {(name, 8090) for name in connector_services(compose)} <= looked_up
     # promtool checks the file as the container sees it: the rule file at its mounted path
     local = tmp_path / "prometheus.yml"
     local.write_text(config_text.replace("/etc/prometheus/alerts.yaml", volumes["/etc/prometheus/alerts.yaml"]))
     run([require_tool("promtool"), "check", "config", str(local)])
+
+
+HOST_PORT_VARIABLE = re.compile(r"\$\{(MESHCONNECT_[A-Z_]+_PORT):-(\d+)\}")
+
+
+def published_host_ports(rendered: dict[str, Any]) -> dict[tuple[str, int], int]:
+    """(service, container port) -> the fixed host port it is published on (a free port is left out)."""
+    return {
+        (name, int(port["target"])): int(port["published"])
+        for name, service in rendered["services"].items()
+        for port in service.get("ports", [])
+        if isinstance(port, dict) and port.get("published")
+    }
+
+
+def test_compose_publishes_only_documented_ports_each_overridable(compose: dict[str, Any]) -> None:
+    """A fixed host port collides with what already runs there (a local MySQL, Redis): only what a user
+    reaches from the host is published, each on a port an environment variable moves."""
+    variables = dict(HOST_PORT_VARIABLE.findall((ROOT / "docker-compose.yml").read_text()))
+    assert variables, "no MESHCONNECT_..._PORT variable in docker-compose.yml"
+    defaults = published_host_ports(compose)
+    assert sorted(defaults.values()) == sorted(int(port) for port in variables.values())
+    for infrastructure in ("redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats"):
+        assert not [key for key in defaults if key[0] == infrastructure], f"{infrastructure} is published on the host"
+    moved = {name: str(20000 + index) for index, name in enumerate(sorted(variables))}
+    environment = {"PATH": os.environ.get("PATH", ""), **moved}
+    rendered = yaml.safe_load(run([require_tool("docker-compose"), "--file", "docker-compose.yml", "config"], env=environment))
+    assert sorted(published_host_ports(rendered).values()) == sorted(int(port) for port in moved.values())
+    documented = (ROOT / "deploy" / "README.md").read_text()
+    for name in variables:
+        assert name in documented, f"deploy/README.md does not say {name} moves a published port"
+
+
+def test_file_source_tails_files_mounted_into_its_container(compose: dict[str, Any]) -> None:
+    """The sample's globs (/var/log/app/*.log) name a directory the container has, and it holds files."""
+    service = compose["services"]["file-source"]
+    resolved = resolve_config(mounted_config(service), {key: str(value) for key, value in service["environment"].items()})
+    volumes = mounts(service)
+    found = []
+    for pattern in resolved["config"]["paths"]:
+        directory = str(Path(pattern).parent)
+        assert directory in volumes, f"{pattern}: {directory} is not mounted into file-source"
+        found.extend(Path(volumes[directory]).glob(Path(pattern).name))
+    assert found, f"the default directory has nothing for {resolved['config']['paths']} to read"

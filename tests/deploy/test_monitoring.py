@@ -17,6 +17,7 @@ from tests.deploy.layout import DEPLOY, require_tool, run
 MONITORING = DEPLOY / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 ALERTS = MONITORING / "alerts.yaml"
+CHECKPOINT = "meshconnect_last_checkpoint_timestamp_seconds"
 METRIC_NAME = re.compile(r"\bmeshconnect_[a-z0-9_]+")
 # Grafana's variables, replaced by values Prometheus accepts so the expressions can be checked.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$connector": ".*", "$name": ".*"}
@@ -90,8 +91,12 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
         "meshconnect_records_in_total", "meshconnect_records_out_total", "meshconnect_batch_latency_seconds_bucket",
         "meshconnect_retries_total", "meshconnect_dead_letters_total", "meshconnect_lease_held",
         "meshconnect_takeovers_total", "meshconnect_offset_lag",
+        # snapshots (mysql-source), cdc apply (mysql-sink), http-source's refusals
+        "meshconnect_snapshot_rows_done", "meshconnect_snapshot_rows_total", "meshconnect_cdc_late_resets_total",
+        "meshconnect_cdc_ddl_skipped_total", "meshconnect_refused_total",
     }  # fmt: skip
     assert needed <= shown
+    assert any(re.search(r"\bup\{", expression) for expression in panel_expressions(dashboard)), "no panel shows scrape health"
 
 
 def test_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:
@@ -136,11 +141,56 @@ def test_alerts_fire_on_what_they_name() -> None:
     run([require_tool("promtool"), "test", "rules", "alerts.test.yaml"], cwd=MONITORING)
 
 
+def alert_names() -> set[str]:
+    return {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]}
+
+
 def test_required_alerts_exist() -> None:
-    names = {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]}
     assert {
         "MeshconnectConnectorStalled",
         "MeshconnectDeadLettersGrowing",
         "MeshconnectLeaseUnheld",
         "MeshconnectLeaseLost",
-    } <= names
+        "MeshconnectTargetDown",
+    } <= alert_names()
+
+
+def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> None:
+    unit_tests = yaml.safe_load((MONITORING / "alerts.test.yaml").read_text())["tests"]
+    cases = [case for test in unit_tests for case in test["alert_rule_test"]]
+    fired = {case["alertname"] for case in cases if case["exp_alerts"]}
+    quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    assert alert_names() - fired == set(), "alerts no promtool test sees firing"
+    assert alert_names() - quiet == set(), "alerts no promtool test sees staying quiet"
+
+
+def test_since_last_checkpoint_shows_sources_and_leaves_out_sinks(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """A sink exports 0 (it never checkpoints an offset): time() - 0 would read as 56 years."""
+    (panel,) = [panel for panel in dashboard["panels"] if panel["title"] == "Since last checkpoint"]
+    (target,) = panel["targets"]
+    expression = target["expr"].replace("$connector", ".*").replace("$name", ".*")
+    assert CHECKPOINT in expression
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # a source that checkpointed at unix time 300 (promtool's clock starts at 0)
+                    {"series": f'{CHECKPOINT}{{connector="file-source", name="logs", pod="a"}}', "values": "300x20"},
+                    {"series": f'{CHECKPOINT}{{connector="file-sink", name="out", pod="a"}}', "values": "0x20"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expression,
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": '{connector="file-source", name="logs"}', "value": 300}],
+                    }
+                ],
+            }
+        ],
+    }  # fmt: skip
+    test_file = tmp_path / "checkpoint.test.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    run([require_tool("promtool"), "test", "rules", str(test_file)])

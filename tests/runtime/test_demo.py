@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import sys
+from asyncio.subprocess import Process
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,8 @@ def read_lines(out: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for path in files for line in path.read_bytes().splitlines() if line]
 
 
-async def test_demo_pipeline_delivers_http_events_to_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    http_port, out = free_port(), tmp_path / "out"
+async def start_demo(http_port: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[Process, str]:
+    """Start ``meshconnect demo``; return it once its banner (up to "Ctrl-C") is printed, and the banner."""
     demo = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -32,9 +35,9 @@ async def test_demo_pipeline_delivers_http_events_to_files_and_stops_on_ctrl_c(t
         str(http_port),
         "--out",
         str(out),
-        "--state-dir",
-        str(tmp_path / "state"),
+        *extra,
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
     )
     assert demo.stdout is not None
@@ -44,7 +47,26 @@ async def test_demo_pipeline_delivers_http_events_to_files_and_stops_on_ctrl_c(t
             line = await demo.stdout.readline()
             assert line, f"the demo ended before it was ready: {banner.decode()}"
             banner += line
-    assert f"curl -i -X POST http://127.0.0.1:{http_port}/events".encode() in banner
+    return demo, banner.decode()
+
+
+def admin_endpoints(banner: str) -> dict[str, str]:
+    """The process -> admin URL lines the banner prints."""
+    return dict(re.findall(r"^  ([a-z-]+)\s+(http://127\.0\.0\.1:\d+)$", banner, re.MULTILINE))
+
+
+async def test_demo_pipeline_delivers_http_events_to_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    http_port, out, state = free_port(), tmp_path / "out", tmp_path / "state"
+    demo, banner = await start_demo(http_port, out, "--state-dir", str(state))
+    assert demo.stdout is not None
+    assert f"curl -i -X POST http://127.0.0.1:{http_port}/events" in banner
+    endpoints = admin_endpoints(banner)
+    assert endpoints.keys() == {"file-sink", "http-source"}, banner
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for url in endpoints.values():
+            async with http.get(f"{url}/readyz") as response:
+                assert response.status == 200, f"{url} is not the admin endpoint of a ready process"
+    assert re.search(r"^  mesh\s+TCP 127\.0\.0\.1:\d+ ", banner, re.MULTILINE), banner
     url = f"http://127.0.0.1:{http_port}/events"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         binary = {"ce-specversion": "1.0", "ce-id": "b-1", "ce-source": "/test", "ce-type": "demo.binary"}
@@ -73,5 +95,18 @@ async def test_demo_pipeline_delivers_http_events_to_files_and_stops_on_ctrl_c(t
     assert by_mode["webhook"]["subject"] == "demo"
     demo.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(demo.wait(), 60) == 0
-    rest = await demo.stdout.read()
-    assert b"stopped." in rest
+    rest = (await demo.stdout.read()).decode()
+    assert "stopped." in rest
+    assert f"state left in {state}" in rest, "the --state-dir given is the user's: kept, and said so"
+    assert (state / "file-sink.log").is_file()
+
+
+async def test_demo_removes_the_state_directory_it_made_after_a_clean_stop(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"  # where the demo's own state directory goes (tempfile honours TMPDIR)
+    temp.mkdir()
+    demo, banner = await start_demo(free_port(), tmp_path / "out", env={**os.environ, "TMPDIR": str(temp)})
+    (made,) = temp.iterdir()
+    assert f"Configs, registry and logs: {made}" in banner
+    demo.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(demo.wait(), 60) == 0
+    assert list(temp.iterdir()) == [], "the demo left its temporary state directory behind"
