@@ -157,7 +157,8 @@ class SourceWorker:
         takeovers = 0
         while not stop.is_set():
             if self.coordinator is not None:
-                # No session runs here, so nothing is in flight: what is being handed over is committed.
+                # No session runs here, so nothing is in flight: a drained session committed what was
+                # acknowledged; after a loss, the uncommitted rest is the new owner's to publish again.
                 await self.coordinator.hand_over()
             owned = self.owned_groups(groups)
             self.board.set_owned(owned)
