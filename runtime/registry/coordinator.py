@@ -209,11 +209,14 @@ class Coordinator:
         """Set when a group is lost (fenced, or its deadline passed), as opposed to released."""
         return self._lost
 
-    async def hand_over(self) -> None:
-        """Release the groups being handed over. Call it when no work on them is in flight any more
-        (what was acknowledged is committed): the new owner resumes from that commit."""
-        if self._leaving:
-            await self._release(list(self._leaving), reason="handed over")
+    async def hand_over(self, groups: Iterable[str] | None = None) -> None:
+        """Release the groups being handed over (those of ``groups`` only, if given). Call it when no
+        work on them is in flight any more (what was acknowledged is committed): the new owner
+        resumes from that commit."""
+        chosen = None if groups is None else frozenset(groups)
+        leaving = [group for group in self._leaving if chosen is None or group in chosen]
+        if leaving:
+            await self._release(leaving, reason="handed over")
 
     # -- lifecycle -----------------------------------------------------------------------------
 

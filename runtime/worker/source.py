@@ -259,8 +259,12 @@ class _ActiveSession:
         self.worker.board.set_dependency(str(exc))
 
     async def _watch_ownership(self) -> None:
+        coordinator = self.worker.coordinator
         while self.worker.owned_groups(self.groups) == self.owned:
             self.worker.ownership_changed.clear()
+            if coordinator is not None and coordinator.handing_over - self.owned:
+                # Given away after this session started without them: no work of theirs is in flight here.
+                await coordinator.hand_over(coordinator.handing_over - self.owned)
             await _first_of(self.worker.ownership_changed.wait(), seconds=0.1)
 
     async def _poll(self) -> None:
