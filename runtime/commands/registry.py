@@ -3,9 +3,9 @@
 ::
 
     meshconnect offsets show|export [CONNECTOR]                 committed offsets, as JSON
-    meshconnect offsets set [CONNECTOR] PARTITION OFFSET        one partition (both JSON)
+    meshconnect offsets set CONNECTOR PARTITION OFFSET [--create]  one partition (both JSON)
     meshconnect offsets reset [CONNECTOR] [--partition P ...]   forget all offsets, or some
-    meshconnect offsets import [CONNECTOR] FILE [--replace]     offsets from an export
+    meshconnect offsets import CONNECTOR FILE [--replace] [--create]  offsets from an export
     meshconnect leases show [CONNECTOR]                         leases and live replicas
     meshconnect registry connectors                             every connector with keys
     meshconnect registry delete CONNECTOR                       remove a connector's keys
@@ -15,6 +15,11 @@ The store is named by ``--config FILE`` (the ``registry:`` block of a worker con
 (the file store). ``set``, ``reset``, ``import`` and ``registry delete`` refuse while a replica
 holds a lease of the connector (stop it first) unless ``--force``: a running source would
 overwrite the new offsets with its next checkpoint anyway.
+
+Every command but ``registry connectors|delete`` refuses a CONNECTOR the store does not know
+(exit status 2), listing the ones it does: a connector type (``mysql-source``) where the instance
+name (the config's ``name``) belongs would otherwise read as empty and write offsets nobody reads.
+``set`` and ``import`` take ``--create`` to write the first offsets of a connector that has not run.
 
 A PARTITION is the partition map as JSON (``'{"table": "orders"}'``, stored under its canonical
 key) or a stored key as ``offsets show`` prints it; an OFFSET is a JSON object. Exit status: 0
@@ -43,6 +48,8 @@ __all__ = ["register"]
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+_KNOWN_SHOWN = 20
+"""Connector names listed at most in the error for an unknown one."""
 
 
 class UsageError(Exception):
@@ -60,6 +67,8 @@ def register(subparsers: Any) -> None:
     named.add_argument("connector", nargs="?", help="connector instance name (default: the config's name)")
     force = argparse.ArgumentParser(add_help=False)
     force.add_argument("--force", action="store_true", help="write even while a replica holds a lease")
+    create = argparse.ArgumentParser(add_help=False)
+    create.add_argument("--create", action="store_true", help="the connector has not run yet: start its offsets")
 
     offsets = subparsers.add_parser("offsets", help="show, change, export or import committed offsets")
     actions = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
@@ -68,7 +77,7 @@ def register(subparsers: Any) -> None:
     export = actions.add_parser("export", parents=[named], help="write the offsets as a JSON document")
     export.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     export.set_defaults(func=_command(_export_offsets))
-    set_one = actions.add_parser("set", parents=[store, force], help="set the offset of one partition")
+    set_one = actions.add_parser("set", parents=[store, force, create], help="set the offset of one partition")
     set_one.add_argument("connector", help="connector instance name")
     set_one.add_argument("partition", help="partition map as JSON, or a stored partition key")
     set_one.add_argument("offset", help="offset as a JSON object")
@@ -76,7 +85,7 @@ def register(subparsers: Any) -> None:
     reset = actions.add_parser("reset", parents=[named, force], help="forget offsets: the source starts from its beginning")
     reset.add_argument("--partition", action="append", default=[], help="forget only this partition (repeatable)")
     reset.set_defaults(func=_command(_reset_offsets))
-    load = actions.add_parser("import", parents=[store, force], help="write offsets from an export")
+    load = actions.add_parser("import", parents=[store, force, create], help="write offsets from an export")
     load.add_argument("connector", help="connector instance name")
     load.add_argument("file", help="JSON from `offsets export` (or a plain partition -> offset map); - for stdin")
     load.add_argument("--replace", action="store_true", help="forget the partitions the file does not name")
@@ -90,17 +99,18 @@ def register(subparsers: Any) -> None:
     registry = subparsers.add_parser("registry", help="list or delete connectors in the store")
     registry_actions = registry.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
     listing = registry_actions.add_parser("connectors", parents=[store], help="every connector with keys in the store")
-    listing.set_defaults(func=_command(_list_connectors))
+    listing.set_defaults(func=_command(_list_connectors, known_only=False))
     delete = registry_actions.add_parser("delete", parents=[store, force], help="remove every key of a connector")
     delete.add_argument("connector", help="connector instance name")
-    delete.set_defaults(func=_command(_delete_connector))
+    delete.set_defaults(func=_command(_delete_connector, known_only=False))
 
 
 Action = Callable[[Registry, str | None, argparse.Namespace], Awaitable[None]]
 
 
-def _command(action: Action) -> Callable[[argparse.Namespace], int]:
-    """Wrap ``action``: open the store the options name, run, map errors to exit statuses."""
+def _command(action: Action, *, known_only: bool = True) -> Callable[[argparse.Namespace], int]:
+    """Wrap ``action``: open the store the options name, check the connector is one it knows
+    (``known_only``), run, map errors to exit statuses."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -112,7 +122,7 @@ def _command(action: Action) -> Callable[[argparse.Namespace], int]:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            asyncio.run(_run_and_close(action, registry, connector, args))
+            asyncio.run(_run_and_close(action, registry, connector, args, known_only=known_only))
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -124,11 +134,27 @@ def _command(action: Action) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-async def _run_and_close(action: Action, registry: Registry, connector: str | None, args: argparse.Namespace) -> None:
+async def _run_and_close(
+    action: Action, registry: Registry, connector: str | None, args: argparse.Namespace, *, known_only: bool
+) -> None:
     try:
+        if known_only and connector is not None and not getattr(args, "create", False):
+            await _require_known(registry, connector, creatable="create" in vars(args))
         await action(registry, connector, args)
     finally:
         await registry.close()
+
+
+async def _require_known(registry: Registry, connector: str, *, creatable: bool) -> None:
+    known = await registry.connectors()
+    if connector in known:
+        return
+    shown = ", ".join(known[:_KNOWN_SHOWN]) + (f" and {len(known) - _KNOWN_SHOWN} more" if len(known) > _KNOWN_SHOWN else "")
+    hint = "; or pass --create to write the first offsets of a connector that has not run yet" if creatable else ""
+    raise UsageError(
+        f"{registry!r} knows no connector {connector!r}; it knows: {shown or '(none)'}. Name the connector instance"
+        f" (the `name:` of its worker config), not its connector type{hint}"
+    )
 
 
 def _open_store(args: argparse.Namespace) -> tuple[Registry, str | None]:

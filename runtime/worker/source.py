@@ -26,8 +26,12 @@ Leases: an exclusive source (the default) runs only while its replica holds at l
 lease. On a lease lost (renewal refused, local deadline passed, or a fenced commit) polling and
 publishing stop at once, uncommitted state is dropped, the source is stopped and the replica
 stands by; when it owns groups again it starts a fresh source instance from the committed
-offsets. A non-exclusive source (``exclusive = False``: pushed-to sources such as an HTTP
-endpoint) runs on every replica and writes no offsets; ``commit`` still follows the acks.
+offsets. Any other change of the groups assigned here (one gained, or one the coordinator hands
+over to balance the load) drains the session as a stop does, and only then are the groups handed
+over released (:meth:`~runtime.registry.coordinator.Coordinator.hand_over`): the new owner
+resumes from that last checkpoint, so a hand-over publishes nothing twice. A non-exclusive
+source (``exclusive = False``: pushed-to sources such as an HTTP endpoint) runs on every replica
+and writes no offsets; ``commit`` still follows the acks.
 
 Stop (SIGTERM): polling stops, what was polled is published, acks are awaited (bounded by
 ``drain_timeout``), a last checkpoint is written, the source stops, the session says goodbye.
@@ -144,6 +148,9 @@ class SourceWorker:
                         self.config.registry.lease_ttl,
                         on_change=lambda _owned: self.ownership_changed.set(),
                         info={"connector": self.config.connector, "host": socket.gethostname(), "pid": os.getpid()},
+                        # A session drains (acks, then the last checkpoint) and stops its source,
+                        # each bounded by drain_timeout, before _serve hands its groups over.
+                        handover_timeout=2 * self.drain_timeout + self.config.registry.lease_ttl,
                     )
                     await retry_retriable(self.coordinator.start, what="registry", backoff=backoff, stop=stop)
                 try:
@@ -157,12 +164,21 @@ class SourceWorker:
         self.board.set_state("stopped")
 
     def owned_groups(self, groups: tuple[str, ...]) -> frozenset[str]:
-        """The groups this replica may work on now: those it holds the lease of (all, for a non-exclusive source)."""
-        return self.coordinator.owned if self.coordinator is not None else frozenset(groups)
+        """The groups this replica works on now: those it holds the lease of and is not handing over
+        (all, for a non-exclusive source)."""
+        return self.coordinator.assigned if self.coordinator is not None else frozenset(groups)
+
+    def still_holds(self, groups: frozenset[str]) -> bool:
+        """Whether every one of ``groups`` is still leased here (being handed over counts: its last commit is allowed)."""
+        return self.coordinator is None or groups <= self.coordinator.owned
 
     async def _serve(self, client: MeshClient, groups: tuple[str, ...], stop: asyncio.Event) -> None:
         takeovers = 0
         while not stop.is_set():
+            if self.coordinator is not None:
+                # No session runs here, so nothing is in flight: a drained session committed what was
+                # acknowledged; after a loss, the uncommitted rest is the new owner's to publish again.
+                await self.coordinator.hand_over()
             owned = self.owned_groups(groups)
             self.board.set_owned(owned)
             if self.coordinator is not None and self.coordinator.takeovers > takeovers:
@@ -242,7 +258,7 @@ class _ActiveSession:
                 error = None if task is stopping or task.cancelled() else task.exception()
                 if error is not None:
                     raise error
-            if watch in done and not self.owned <= self.worker.owned_groups(self.groups):
+            if watch in done and not self.worker.still_holds(self.owned):
                 raise _LeaseLost("a partition group was lost")
             self.worker.board.set_state("draining")
             await self._drain(poller, checkpointer)
@@ -271,8 +287,12 @@ class _ActiveSession:
         self.worker.board.set_dependency(str(exc))
 
     async def _watch_ownership(self) -> None:
+        coordinator = self.worker.coordinator
         while self.worker.owned_groups(self.groups) == self.owned:
             self.worker.ownership_changed.clear()
+            if coordinator is not None and coordinator.handing_over - self.owned:
+                # Given away after this session started without them: no work of theirs is in flight here.
+                await coordinator.hand_over(coordinator.handing_over - self.owned)
             await _first_of(self.worker.ownership_changed.wait(), seconds=0.1)
 
     async def _poll(self) -> None:

@@ -1,11 +1,13 @@
 """A stand-in source replica for the multi-process fault tests, run as ``python -m tests.registry.replica``.
 
 It does what the source worker does around the registry, and nothing else: a Coordinator keeps
-its groups; for every owned group it loads the committed offset ``{"n": N}``, "publishes" the next
-``--batch`` integers N+1.. by appending ``<group> <n>`` lines to ``--out`` (the mesh), and only
-then commits ``{"n": N + batch}`` under the lease it read *before* publishing, as a worker whose
-ack arrived would. Every step is reported on stdout as one JSON line with ``time.monotonic()``
-(one clock for every process on the machine):
+its groups; for every group assigned to it, it loads the committed offset ``{"n": N}``,
+"publishes" the next ``--batch`` integers N+1.. by appending ``<group> <n>`` lines to ``--out``
+(the mesh), and only after ``--ack-delay`` (every group's batch in flight at once) commits
+``{"n": N + batch}`` under the lease it read *before* publishing, as a worker whose ack arrived
+would. Between two steps (nothing in flight) it hands over the groups it is giving away. Every
+step is reported on stdout as one JSON line with ``time.monotonic()`` (one clock for every
+process on the machine):
 
     {"event": "member"|"acquired"|"resume"|"dropped"|"commit"|"fenced"|"unavailable",
      "group": ..., "n": ..., "token": ..., "t": ...}
@@ -29,6 +31,7 @@ import structlog
 
 from runtime.errors import FencedError, RegistryUnavailableError
 from runtime.record import partition_key
+from runtime.registry import Lease
 from runtime.registry.coordinator import Coordinator
 from runtime.registry.redis import RedisRegistry
 
@@ -68,6 +71,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
     report("member", holder=args.holder)
     while not stopping.is_set() and not (args.exit_on_loss and (fenced or coordinator.losses)):
         try:
+            await coordinator.hand_over()  # between steps nothing is in flight: every batch was committed
             if await step(args, coordinator, registry, positions, out):
                 fenced += 1
         except RegistryUnavailableError as exc:
@@ -82,11 +86,11 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
 async def step(
     args: argparse.Namespace, coordinator: Coordinator, registry: RedisRegistry, positions: dict[str, int], out: TextIO
 ) -> bool:
-    """One batch for every owned group; True if a commit was fenced under a lease still trusted."""
-    fenced = False
-    for group in sorted(coordinator.owned):
+    """One batch of every owned group, all in flight at once; True if a commit was fenced under a lease still trusted."""
+    batches: dict[str, tuple[Lease, int]] = {}
+    for group in sorted(coordinator.assigned):
         lease = coordinator.lease(group)
-        if lease is None:  # its deadline passed since .owned was read
+        if lease is None:  # its deadline passed since .assigned was read
             continue
         if group not in positions:
             committed = (await registry.load_offsets(args.connector)).get(offset_key(group), {"n": 0})
@@ -95,7 +99,10 @@ async def step(
         start = positions[group]
         for n in range(start + 1, start + args.batch + 1):
             out.write(f"{group} {n}\n")
-        await asyncio.sleep(args.ack_delay)  # the mesh acks the batch
+        batches[group] = lease, start
+    await asyncio.sleep(args.ack_delay)  # the mesh acks the batches
+    fenced = False
+    for group, (lease, start) in batches.items():
         try:
             await registry.commit_offsets(args.connector, {offset_key(group): {"n": start + args.batch}}, lease)
         except FencedError:

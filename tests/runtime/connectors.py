@@ -58,6 +58,41 @@ class CounterSource(Source[CounterConfig]):
         self.committed.extend(records)
 
 
+class GroupedCounterConfig(ConnectorConfig):
+    groups: int = Field(4, description="Partition groups g0..g<n-1>, one partition each.")
+    limit: int = Field(100, description="Numbers per group.")
+    batch: int = Field(3, description="Numbers per group and poll.")
+    pause: float = Field(0.05, description="Seconds after each poll: a steady stream, not a burst.")
+
+
+class GroupedCounterSource(Source[GroupedCounterConfig]):
+    """Emits 0..limit-1 in every partition group assigned to this replica, resuming from its offsets."""
+
+    name = "grouped-counter-source"
+    description = "One counting partition per partition group."
+    config_model = GroupedCounterConfig
+
+    async def partition_groups(self) -> Sequence[str]:
+        return [f"g{index}" for index in range(self.config.groups)]
+
+    async def start(self, context: SourceContext) -> None:
+        self.next = {}
+        for group in sorted(context.assigned_groups):
+            last = context.offset({"group": group})
+            self.next[group] = 0 if last is None else int(last["n"]) + 1
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        records = []
+        for group, n in self.next.items():
+            upto = min(n + self.config.batch, self.config.limit)
+            records += [
+                ConnectorRecord(data={"g": group, "n": k}, partition={"group": group}, offset={"n": k}) for k in range(n, upto)
+            ]
+            self.next[group] = upto
+        await asyncio.sleep(self.config.pause)
+        return records
+
+
 class ListSinkConfig(ConnectorConfig):
     fail_first: int = Field(0, description="Raise RetriableError on this many first puts.")
 

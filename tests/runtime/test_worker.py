@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from runtime.protocol.frames import Command, FrameDecoder, Header, Package, Subs
 from runtime.record import partition_key
 from runtime.registry.file import FileRegistry
 from tests.runtime import connectors
-from tests.runtime.connectors import CounterSource, ListSink
+from tests.runtime.connectors import CounterSource, GroupedCounterSource, ListSink
 from tests.servers import free_port
 
 
@@ -56,10 +58,13 @@ def sink_config(mesh: EmbeddedMesh, **sink: Any) -> WorkerConfig:
     )
 
 
-async def eventually(condition: Callable[[], bool], within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - the condition is plain state, not an event
-            await asyncio.sleep(0.02)
+async def eventually(condition: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - the condition is plain state, not an event
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{what}: not within {within}s")
 
 
 def received_numbers() -> set[tuple[int, int]]:
@@ -354,3 +359,70 @@ async def test_a_commit_slower_than_the_lease_ttl_does_not_stop_the_source(
         stop_source.set()
         stop_sink.set()
         assert (await source, await sink) == (0, 0)
+
+
+@pytest.mark.parametrize("store_delays", [{}, {"renew": 0.2, "release": 0.5}], ids=["prompt-store", "slow-store"])
+async def test_a_joining_replica_takes_its_share_of_groups_and_no_event_is_delivered_twice(
+    tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch, store_delays: dict[str, float]
+) -> None:
+    from runtime.registry.redis import RedisRegistry
+
+    groups, limit = [f"g{index}" for index in range(4)], 600
+    # A slow store spreads one round's hand-over decisions out in time: a group may be given away
+    # while the worker is releasing another, and its next session starts without it.
+    for method, delay in store_delays.items():
+        monkeypatch.setattr(RedisRegistry, method, _delayed(getattr(RedisRegistry, method), delay))
+
+    def replica(mesh: EmbeddedMesh) -> WorkerConfig:
+        return WorkerConfig.model_validate(
+            {
+                "name": "grouped",
+                "connector": "grouped-counter-source",
+                "mesh": {"address": f"127.0.0.1:{mesh.port}"},
+                "source": {"topic": "numbers", "checkpoint_every": 20, "checkpoint_interval": 0.2},
+                "registry": {"kind": "redis", "url": redis_server.url, "prefix": f"join-{tmp_path.name}", "lease_ttl": 2},
+                "admin": {"host": "127.0.0.1", "port": 0},
+                "config": {"groups": len(groups), "limit": limit},
+            }
+        )
+
+    def delivered() -> Counter[tuple[str, int]]:
+        return Counter((r.data["g"], r.data["n"]) for r in connectors.RECEIVED if isinstance(r.data, dict))
+
+    registry = RedisRegistry(redis_server.url, prefix=f"join-{tmp_path.name}")
+    stops = [asyncio.Event() for _ in range(3)]
+    async with EmbeddedMesh(port=0) as mesh:
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stops[0], install_signals=False))
+        first = asyncio.create_task(serve(GroupedCounterSource, replica(mesh), stop=stops[1], install_signals=False))
+        second = None
+        try:
+            await eventually(lambda: {group for group, _ in delivered()} == set(groups), what="the first replica publishes")
+            second = asyncio.create_task(serve(GroupedCounterSource, replica(mesh), stop=stops[2], install_signals=False))
+            holders: Counter[str] = Counter()
+            deadline = time.monotonic() + 20
+            while len(holders) < 2:
+                assert time.monotonic() < deadline, f"the second replica gets groups: {holders}"
+                holders = Counter(lease.holder for lease in await registry.leases("grouped") if lease.holder)
+                await asyncio.sleep(0.05)
+            assert len(delivered()) < limit * len(groups), "the groups moved while the stream ran"
+            await eventually(lambda: len(delivered()) == limit * len(groups), 30, "every event is delivered")
+            twice = {number: times for number, times in delivered().items() if times > 1}
+            assert twice == {}, f"{len(twice)} events delivered more than once"
+            holders = Counter(lease.holder for lease in await registry.leases("grouped") if lease.holder)
+            assert sorted(holders.values()) == [2, 2], "the groups are spread evenly"
+        finally:
+            for stop in stops:
+                stop.set()
+            assert await first == 0 and await sink == 0
+            assert second is None or await second == 0
+    await registry.close()
+    assert set(delivered()) == {(group, n) for group in groups for n in range(limit)}
+    assert max(delivered().values()) == 1
+
+
+def _delayed(method: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return await method(*args, **kwargs)
+
+    return slow
