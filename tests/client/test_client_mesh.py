@@ -243,10 +243,10 @@ async def test_a_full_push_buffer_stops_reading_the_socket() -> None:
             await asyncio.gather(*[await pub.start_publish(make_event(n, size=1000)) for n in range(1500)])
             await asyncio.sleep(0.5)
             # Reading stopped once 10 waited: at most one more read chunk (256 KiB, ~200 frames) came in.
-            assert sub._reading_paused
+            assert sub._inbox.reading_paused
             assert 10 <= sub.pushes_waiting <= 10 + 256 * 1024 // 1000
             assert server.unacked("sinks", "orders") > sub.pushes_waiting, "the rest waits in the socket and the mesh"
             assert sorted(numbers(await collect(sub, 1500))) == list(range(1500))
-            assert not sub._reading_paused
+            assert not sub._inbox.reading_paused
     finally:
         await server.stop()

@@ -15,6 +15,7 @@ from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
 from runtime.observability import SNAPSHOT_ROWS_DONE
 from runtime.record import derive_event_id, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
+from services.mysql.source.binlog import Mark, Phase, Step, Transaction
 from services.mysql.source.connector import MysqlSource, MysqlSourceConfig
 from tests.servers import MariaDBServer
 
@@ -356,3 +357,25 @@ async def test_snapshot_goes_on_after_the_server_restarts_mid_snapshot(mariadb_s
         await source.stop()
     assert failures >= 1
     assert [r.data["after"]["id"] for r in changes(records)] == list(range(1, 62))
+
+
+def test_binlog_transactions_open_and_end_as_the_phase_table_says() -> None:
+    mysql_ddl = Transaction()  # MySQL: a GTID, then the statement alone, no BEGIN
+    assert mysql_ddl.mark(Mark.GTID_STATEMENT, "uuid:7") is Step.START
+    assert (mysql_ddl.mark(Mark.DDL), mysql_ddl.phase, mysql_ddl.gtid) == (Step.END, Phase.BETWEEN, "uuid:7")
+
+    group = Transaction()  # MySQL row changes: GTID, BEGIN, rows, XID; the BEGIN keeps the GTID and the count
+    group.mark(Mark.GTID_STATEMENT, "uuid:8")
+    group.rows = 3
+    assert (group.mark(Mark.BEGIN), group.gtid, group.rows) == (Step.CONTINUE, "uuid:8", 3)
+    assert group.mark(Mark.STATEMENT) is Step.CONTINUE  # e.g. an INSERT logged as a statement: still inside
+    assert (group.mark(Mark.XID), group.open) == (Step.END, False)
+
+    bare = Transaction(gtid="0-1-1", rows=5, delivered=2)  # no GTID (a server without them): BEGIN starts it
+    assert (bare.mark(Mark.BEGIN), bare.gtid, bare.rows, bare.delivered) == (Step.START, None, 0, 0)
+    assert bare.mark(Mark.COMMIT) is Step.END
+    assert bare.mark(Mark.STATEMENT) is Step.END  # a statement between transactions is a boundary of its own
+
+    mariadb = Transaction(phase=Phase.GROUP)  # a transaction without COMMIT, then a new GTID: a new transaction
+    assert (mariadb.mark(Mark.GTID_GROUP, "0-1-9"), mariadb.phase) == (Step.START, Phase.GROUP)
+    assert mariadb.mark(Mark.DDL) is Step.END  # DDL commits implicitly

@@ -10,6 +10,9 @@ Every row of a transaction is counted (filtered tables included), so a resumed s
 first ``row`` changes of that transaction and continues with the next one: no gap, no duplicate.
 ``row`` 0 is a plain boundary (heartbeats). The server sends a heartbeat every second when idle,
 so the blocking read returns at least that often and the thread notices ``stop()``.
+
+Which events open, continue and end a transaction is one table, ``PHASES``; a :class:`Transaction`
+holds the phase, the GTID and the row counts of the one being read.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from pymysqlreplication import BinLogStreamReader
@@ -30,7 +34,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from runtime.record import ConnectorRecord
 
-__all__ = ["BinlogReader", "Failure", "Position", "ddl_target"]
+__all__ = ["PHASES", "BinlogReader", "Failure", "Mark", "Phase", "Position", "Step", "Transaction", "ddl_target"]
 
 _NAME = r"(?:`?(?P<db>[\w$]+)`?\s*\.\s*)?`?(?P<table>[\w$]+)`?"
 # Table-level DDL only: database, view, routine and trigger statements are not row data.
@@ -81,6 +85,70 @@ def ddl_target(statement: str, default_db: str) -> tuple[str, str] | None:
         if match is not None:
             return match.group("db") or default_db, match.group("table")
     return None
+
+
+class Phase(Enum):
+    """Where the reader is relative to the transactions of the binlog."""
+
+    BETWEEN = "between"  # no transaction open: a boundary, where a stream can resume
+    STATEMENT = "statement"  # a GTID opened a transaction of one statement, which ends it
+    GROUP = "group"  # a BEGIN opened a transaction that ends at COMMIT or XID
+
+
+class Mark(Enum):
+    """The binlog events that open, continue or end a transaction."""
+
+    GTID_STATEMENT = "gtid of a single statement"  # MySQL sends no BEGIN for one; MariaDB flags it standalone
+    GTID_GROUP = "gtid of a group"
+    BEGIN = "begin"
+    COMMIT = "commit"
+    XID = "xid"
+    DDL = "ddl"  # table DDL commits implicitly, whatever was open
+    STATEMENT = "other statement"
+
+
+class Step(Enum):
+    START = "start"  # a new transaction: its rows count from 0
+    CONTINUE = "continue"
+    END = "end"  # the position after this event is the next boundary
+
+
+_P = Phase
+_M = Mark
+# The whole machine: a GTID always starts a transaction, a BEGIN only when none is open; COMMIT, XID
+# and DDL end any; another statement ends a single-statement transaction (or stands alone outside one).
+PHASES: Mapping[tuple[Phase, Mark], tuple[Phase, Step]] = {
+    **{(phase, _M.GTID_STATEMENT): (_P.STATEMENT, Step.START) for phase in Phase},
+    **{(phase, _M.GTID_GROUP): (_P.GROUP, Step.START) for phase in Phase},
+    (_P.BETWEEN, _M.BEGIN): (_P.GROUP, Step.START),
+    (_P.STATEMENT, _M.BEGIN): (_P.GROUP, Step.CONTINUE),
+    (_P.GROUP, _M.BEGIN): (_P.GROUP, Step.CONTINUE),
+    **{(phase, mark): (_P.BETWEEN, Step.END) for phase in Phase for mark in (_M.COMMIT, _M.XID, _M.DDL)},
+    (_P.BETWEEN, _M.STATEMENT): (_P.BETWEEN, Step.END),
+    (_P.STATEMENT, _M.STATEMENT): (_P.BETWEEN, Step.END),
+    (_P.GROUP, _M.STATEMENT): (_P.GROUP, Step.CONTINUE),
+}
+
+
+@dataclass(slots=True)
+class Transaction:
+    """The transaction being read: its phase (moved by :data:`PHASES`), its GTID and its row counts."""
+
+    phase: Phase = Phase.BETWEEN
+    gtid: str | None = None
+    rows: int = 0  # row changes seen, filtered tables and DDL included: the index of the last one
+    delivered: int = 0  # of those, the ones handed over as records
+
+    @property
+    def open(self) -> bool:
+        return self.phase is not Phase.BETWEEN
+
+    def mark(self, mark: Mark, gtid: str | None = None) -> Step:
+        """Move on ``mark`` (``gtid``: the GTID event's); a transaction that starts counts from 0."""
+        self.phase, step = PHASES[(self.phase, mark)]
+        if step is Step.START:
+            self.gtid, self.rows, self.delivered = gtid, 0, 0
+        return step
 
 
 class BinlogReader:
@@ -156,52 +224,39 @@ class BinlogReader:
             enable_logging=False,
         )
         batch: list[ConnectorRecord] = []
-        in_transaction = False
-        standalone = True
-        row = 0
-        gtid: str | None = None
-        delivered = 0
+        transaction = Transaction()
         marker_due = time.monotonic() + _MARKER_EVERY
-        marker_pending = False
-
-        def end_transaction() -> None:
-            nonlocal in_transaction, marker_pending
-            in_transaction = False
-            self._boundary = Position(stream.log_file, stream.log_pos)
-            marker_pending = marker_pending or not delivered
+        marker_pending = False  # a boundary passed with nothing handed over since: report it (heartbeat)
 
         while not self._stopping.is_set():
             event = stream.fetchone()
             if event is None:
                 return
+            step = Step.CONTINUE
             if isinstance(event, RotateEvent):
-                if not in_transaction:
+                if not transaction.open:
                     self._boundary = Position(event.next_binlog, event.position)
             elif isinstance(event, GtidEvent | MariadbGtidEvent):
-                in_transaction, row, delivered, gtid = True, 0, 0, str(event.gtid)
-                # A statement on its own (DDL) ends with itself; MariaDB flags it, MySQL sends no BEGIN for it.
-                standalone = bool(event.flags & _FL_STANDALONE) if isinstance(event, MariadbGtidEvent) else True
+                alone = bool(event.flags & _FL_STANDALONE) if isinstance(event, MariadbGtidEvent) else True
+                step = transaction.mark(Mark.GTID_STATEMENT if alone else Mark.GTID_GROUP, str(event.gtid))
             elif isinstance(event, QueryEvent):
                 statement = event.query if isinstance(event.query, str) else event.query.decode("utf-8", "replace")
                 upper = statement.strip().upper()
                 if upper == "BEGIN":
-                    standalone = False
-                    if not in_transaction:
-                        in_transaction, row, delivered, gtid = True, 0, 0, None
+                    step = transaction.mark(Mark.BEGIN)
                 elif upper == "COMMIT":
-                    end_transaction()
+                    step = transaction.mark(Mark.COMMIT)
                 else:
                     schema = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema or "")
                     target = ddl_target(statement, schema)
                     if target is not None:
-                        row += 1
+                        transaction.rows += 1
+                        row = transaction.rows
                         if self._fresh(row) and self._accept(*target):
-                            batch.append(
-                                self._build(op="ddl", db=target[0], table=target[1], ddl=statement, **self._at(row, gtid, event))
-                            )
-                            delivered += 1
-                    if target is not None or standalone or not in_transaction:
-                        end_transaction()
+                            at = self._at(row, transaction.gtid, event)
+                            batch.append(self._build(op="ddl", db=target[0], table=target[1], ddl=statement, **at))
+                            transaction.delivered += 1
+                    step = transaction.mark(Mark.STATEMENT if target is None else Mark.DDL)
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 accepted = self._accept(event.schema, event.table)
                 if accepted and event.rows and any(name.startswith("UNKNOWN_COL") for name in _image(event.rows[0])):
@@ -214,8 +269,8 @@ class BinlogReader:
                     )
                 key = _key_columns(event.primary_key)
                 for change in event.rows:
-                    row += 1
-                    if not accepted or not self._fresh(row):
+                    transaction.rows += 1
+                    if not accepted or not self._fresh(transaction.rows):
                         continue
                     if isinstance(event, WriteRowsEvent):
                         before, after, op = None, change["values"], "c"
@@ -231,16 +286,19 @@ class BinlogReader:
                             before=before,
                             after=after,
                             key=key,
-                            **self._at(row, gtid, event),
+                            **self._at(transaction.rows, transaction.gtid, event),
                         )
                     )
-                    delivered += 1
+                    transaction.delivered += 1
                     if len(batch) >= self._max_batch:
                         self._flush(batch)
                         batch = []
             elif isinstance(event, XidEvent):
-                end_transaction()
-            if not in_transaction:
+                step = transaction.mark(Mark.XID)
+            if step is Step.END:
+                self._boundary = Position(stream.log_file, stream.log_pos)
+                marker_pending = marker_pending or not transaction.delivered
+            if not transaction.open:
                 if batch:
                     self._flush(batch)
                     batch = []
