@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from runtime.mesh.session import PUSH_PROPERTIES, RequestPush, Session
-from runtime.protocol.events import CORRELATION_EXTENSION, correlation_of
+from runtime.mesh.session import RequestPush, Session
+from runtime.protocol.events import CORRELATION_EXTENSION, PUSH_PROPERTIES, correlation_of
 from runtime.protocol.frames import Command, Header, Package
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runtime.mesh.broker import Consumer, Delivery, Fanout
+from runtime.protocol.events import PUSH_PROPERTIES
 from runtime.protocol.frames import (
     Command,
     FrameDecoder,
@@ -31,12 +32,11 @@ from runtime.protocol.frames import (
 if TYPE_CHECKING:
     from runtime.mesh.server import EmbeddedMesh
 
-__all__ = ["PUSH_PROPERTIES", "REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
+__all__ = ["REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
 
 log = structlog.get_logger("meshconnect.mesh")
 
 SUCCESS = "success"
-PUSH_PROPERTIES: Mapping[str, Any] = constant_properties({"protocoltype": "cloudevents"})
 
 # The answer to each request command (and to a command sent before HELLO), as the Java runtime's table.
 REPLY_COMMAND = {
