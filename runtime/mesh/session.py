@@ -1,8 +1,8 @@
 """One client connection of the embedded mesh: its decoder, HELLO, subscriptions, pushes in flight and output.
 
-A session turns the bytes it reads into packages for the mesh's protocol handling
-(``EmbeddedMesh.handle``, see :mod:`runtime.mesh.handlers`), buffers what the mesh has to say to its peer until the end of the
-loop turn, and keeps the pushes its peer has not acked yet, within the mesh's per-session windows.
+A session turns the bytes it reads into packages for the mesh's protocol handling (``EmbeddedMesh.handle``,
+see :mod:`runtime.mesh.handlers`), buffers what the mesh has to say to its peer until the end of the loop
+turn, and keeps the pushes its peer has not acked yet, within the mesh's per-session windows.
 """
 
 from __future__ import annotations
