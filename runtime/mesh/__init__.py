@@ -78,7 +78,9 @@ acked either way: un-acked events are pushed again after a restart, acked ones a
 ``data_dir`` everything is in memory.
 
 Layout: :mod:`runtime.mesh.broker` (topics, cursors, deliveries; no IO),
-:mod:`runtime.mesh.store` (SQLite), :mod:`runtime.mesh.server` (asyncio, sessions, timers).
+:mod:`runtime.mesh.store` (SQLite), :mod:`runtime.mesh.server` (lifecycle, ticks, timers),
+:mod:`runtime.mesh.session` (one connection), :mod:`runtime.mesh.handlers` (the answer to each command),
+:mod:`runtime.mesh.requests` (request-reply), :mod:`runtime.mesh.limits` (bounds and refusals).
 """
 
 from runtime.mesh.server import EmbeddedMesh

@@ -81,6 +81,7 @@ __all__ = [
     "DATA_ENCODING_EXTENSION",
     "EncodedEvent",
     "MAX_EVENT_BODY",
+    "PUSH_PROPERTIES",
     "Publishable",
     "TRANSPORT_EXTENSIONS",
     "ack_frame",
@@ -135,7 +136,8 @@ _PUBLISH_PROPERTIES = {
     )
     for version in ("1.0", "0.3")
 }
-_PUSH_PROPERTIES = constant_properties({"protocoltype": "cloudevents"})
+PUSH_PROPERTIES: Final = constant_properties({"protocoltype": "cloudevents"})
+"""The header properties of a pushed event: the runtime writes only the protocol type."""
 _EVENT_COMMANDS = (
     Command.ASYNC_MESSAGE_TO_SERVER,
     Command.BROADCAST_MESSAGE_TO_SERVER,
@@ -147,7 +149,7 @@ MAX_EVENT_BODY: Final = MAX_FRAME - max(
     # a seq of 20 digits holds any 64-bit counter.
     len(PREFIX) + len(header_json(command, 0, None, "9" * 20, properties))
     for command in _EVENT_COMMANDS
-    for properties in (*_PUBLISH_PROPERTIES.values(), _PUSH_PROPERTIES)
+    for properties in (*_PUBLISH_PROPERTIES.values(), PUSH_PROPERTIES)
 )
 """The largest message body (an event in its wire form) that fits the frame limit, published or pushed."""
 _ACK_OF_PUSH = {
@@ -461,7 +463,7 @@ def _publish_properties(event: CloudEvent) -> Mapping[str, Any]:
 
 def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes | None = None) -> Package:
     """The frame a mesh pushes to a subscriber; ``body`` (already encoded) avoids encoding ``event`` again."""
-    return Package(Header(command, seq=seq, properties=_PUSH_PROPERTIES), event_to_body(event) if body is None else body)
+    return Package(Header(command, seq=seq, properties=PUSH_PROPERTIES), event_to_body(event) if body is None else body)
 
 
 def ack_package(push: Package) -> Package:

@@ -21,25 +21,38 @@ The decoder mirrors the Java runtime's ``Codec.Decoder`` (a Netty ``LengthFieldB
 Any violation raises ``RemoteProtocolError`` and poisons the decoder: the Java runtime closes the
 connection, and so must the caller. ``FrameDecoder.feed`` is strict and also refuses frames the Java
 runtime accepts only to fail on them one step later (no header, or a header without ``cmd``);
-``FrameDecoder.feed_java`` reports those as ``HeaderlessFrame`` instead, for conformance tooling.
+``FrameDecoder.feed_java`` reports those as ``HeaderlessFrame`` instead, as the Java runtime sees them
+(the embedded mesh answers them with a goodbye, ``meshconnect protocol decode`` shows them).
+
+One path each way. Writing: ``encode`` -> ``encode_fields`` -> ``header_json`` (templates of the parts
+that do not vary) -> ``encode_raw`` (the framing). Reading: ``feed`` -> ``feed_java`` -> the header as
+Jackson reads it (``jackson.parse`` and the ``as_*`` coercions), before which a header met before in
+exactly ``header_json``'s form is recognised by its bytes (see ``_HEADER_SHAPES``). The typed bodies
+live in ``bodies``, Jackson's JSON rules in ``jackson``, views made only to compare with Java's in ``java``.
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import math
-import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
-import orjson
-
 from runtime.errors import FrameTooLargeError, RemoteProtocolError
 from runtime.protocol import jackson
+from runtime.protocol.bodies import (
+    RedirectInfo,
+    Subscription,
+    SubscriptionItem,
+    SubscriptionMode,
+    SubscriptionType,
+    UserAgent,
+    redirect_view,
+    subscription_view,
+    user_agent_view,
+)
 
 __all__ = [
     "MAX_FRAME",
@@ -55,11 +68,14 @@ __all__ = [
     "SubscriptionItem",
     "SubscriptionMode",
     "SubscriptionType",
+    "TYPED_BODIES",
     "UserAgent",
     "constant_properties",
     "encode",
     "encode_fields",
+    "encode_raw",
     "header_json",
+    "java_header_view",
 ]
 
 MAX_FRAME: Final = 4 * 1024 * 1024
@@ -70,9 +86,6 @@ _HEADER_START: Final = 21
 _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 _LENGTHS = struct.Struct(">ii")
-_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-_FLAT_JSON = frozenset({str, int, bool, type(None)})  # JSON values that orjson and the general path read alike
-_E = TypeVar("_E", bound=enum.Enum)
 _T = TypeVar("_T")
 
 
@@ -118,23 +131,6 @@ class Command(enum.Enum):
     RECOMMEND_RESPONSE = 36
 
 
-class SubscriptionMode(enum.Enum):
-    """How a group shares a topic: one session per event (CLUSTERING) or every session (BROADCASTING)."""
-
-    CLUSTERING = 0
-    BROADCASTING = 1
-    UNRECOGNIZED = 2
-
-
-class SubscriptionType(enum.Enum):
-    """Push style: SYNC pushes as REQUEST_TO_CLIENT (request-reply), ASYNC as ASYNC_MESSAGE_TO_CLIENT."""
-
-    SYNC = 0
-    ASYNC = 1
-    UNRECOGNIZED = 2
-
-
-_COMMANDS: Mapping[str, Command] = Command.__members__
 NULL_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 """The (empty) properties of a received header whose JSON said ``"properties": null``; Java keeps null there."""
 _USER_AGENT_COMMANDS = frozenset({Command.HELLO_REQUEST, Command.RECOMMEND_REQUEST})
@@ -170,116 +166,6 @@ _TEXT_BODY_COMMANDS = frozenset(
 )
 
 _TEXT_BODY_ORDINALS = frozenset(command.value for command in _TEXT_BODY_COMMANDS)  # an int hashes in C, a member in Python
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading JSON the way Jackson's ObjectMapper (EventMesh JsonUtils defaults) does.
-# ---------------------------------------------------------------------------------------------------------
-
-
-class _JsonInvalid(ValueError):
-    """A JSON value Jackson would refuse; the message says why."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise _JsonInvalid(f"non-standard JSON token {name}")
-
-
-_LENIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-_JAVA_BLANK = "".join(map(chr, range(33)))  # what Java's String.trim() removes
-_JAVA_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-
-
-def _parse_json(raw: bytes | bytearray | memoryview, *, from_bytes: bool = False) -> Any:
-    """Parse the first JSON value and ignore what follows it, as Jackson does by default.
-
-    Java reads bodies from a ``String`` (invalid UTF-8 already replaced) but the header from the bytes,
-    where invalid UTF-8 inside the value is an error and a leading byte order mark is skipped.
-    """
-    if not jackson.has_long_digits(raw):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    if from_bytes:
-        text = bytes(raw).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-    else:
-        text = bytes(raw).decode("utf-8", "replace")
-    start = _JSON_WHITESPACE.match(text)
-    begin = start.end() if start else 0
-    try:
-        value, end = _LENIENT_JSON.raw_decode(text, begin)
-    except json.JSONDecodeError as exc:
-        raise _JsonInvalid(f"not JSON ({exc.msg} at character {exc.pos})") from exc
-    except RecursionError as exc:
-        raise _JsonInvalid("JSON nested too deeply") from exc
-    if from_bytes and _ESCAPED_BYTE.search(text, begin, end):
-        raise _JsonInvalid("invalid UTF-8")
-    return value
-
-
-def _as_string(value: Any, name: str) -> str | None:
-    """Jackson's String coercion: scalars become their text, containers are refused."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return jackson.dumps(value).decode()
-    raise _JsonInvalid(f"'{name}' must be a string, got {type(value).__name__}")
-
-
-def _as_int(value: Any, name: str) -> int:
-    """Jackson's primitive int coercion: null is 0, floats truncate, numeric strings parse, range checked."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        raise _JsonInvalid(f"'{name}' must be an int, got a boolean")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _JsonInvalid(f"'{name}' must be an int, got {value}")
-        value = int(value)
-    elif isinstance(value, str):
-        text = value.strip(_JAVA_BLANK)
-        if not text or text == "null":
-            return 0
-        if not _JAVA_INT_TEXT.fullmatch(text):
-            raise _JsonInvalid(f"'{name}' must be an int, got {value!r}")
-        value = int(text)
-    elif not isinstance(value, int):
-        raise _JsonInvalid(f"'{name}' must be an int, got {type(value).__name__}")
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise _JsonInvalid(f"'{name}' is out of the int range: {value}")
-    return int(value)
-
-
-def _as_enum(value: Any, enum_type: type[_E], name: str) -> _E | None:
-    """Jackson's enum reading: exact (case-sensitive) name, or the ordinal as a number or a digit string."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip(_JAVA_BLANK)
-        member = enum_type.__members__.get(value) or enum_type.__members__.get(text)
-        if member is not None:
-            return member
-        if not (text[:1].isdigit() and text.isascii() and text.isdigit()):
-            # Empty and blank strings are refused too: Jackson's default coercion for enums is to fail.
-            raise _JsonInvalid(f"'{name}' has an unknown {enum_type.__name__} value {value!r}")
-        value = int(text)
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return enum_type(value)
-        except ValueError as exc:
-            raise _JsonInvalid(f"'{name}' ordinal {value} is not a {enum_type.__name__}") from exc
-    raise _JsonInvalid(f"'{name}' must be a {enum_type.__name__} name, got {type(value).__name__}")
-
-
-def _as_object(value: Any, what: str) -> dict[str, Any] | None:
-    if value is None or isinstance(value, dict):
-        return value
-    raise _JsonInvalid(f"{what} must be a JSON object, got {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,152 +241,11 @@ def constant_properties(values: Mapping[str, Any]) -> Mapping[str, Any]:
     return frozen
 
 
-@dataclass(frozen=True, slots=True)
-class UserAgent:
-    """The HELLO body. Field order is Java's; ``None`` fields are left out of the JSON."""
-
-    env: str | None = None
-    subsystem: str | None = None
-    path: str | None = None
-    pid: int = 0
-    host: str | None = None
-    port: int = 0
-    version: str | None = None
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-    idc: str | None = None
-    group: str | None = None
-    purpose: str | None = None
-    unack: int = 0
-
-    def json_fields(self) -> dict[str, Any]:
-        return {name: value for name in _USER_AGENT_FIELDS if (value := getattr(self, name)) is not None}
-
-    def __repr__(self) -> str:
-        shown = {name: value for name, value in self.json_fields().items() if name not in ("password", "token")}
-        secrets = [f"{name}='***'" for name in ("password", "token") if getattr(self, name) is not None]
-        return "UserAgent(" + ", ".join([*(f"{name}={value!r}" for name, value in shown.items()), *secrets]) + ")"
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> UserAgent:
-        fields: dict[str, Any] = {
-            name: _as_int(value.get(name), name) if name in _USER_AGENT_INTS else _as_string(value.get(name), name)
-            for name in _USER_AGENT_FIELDS
-        }
-        return cls(**fields)
-
-
-_USER_AGENT_FIELDS = (
-    "env",
-    "subsystem",
-    "path",
-    "pid",
-    "host",
-    "port",
-    "version",
-    "username",
-    "password",
-    "token",
-    "idc",
-    "group",
-    "purpose",
-    "unack",
-)
-_USER_AGENT_INTS = frozenset({"pid", "port", "unack"})
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionItem:
-    """One subscribed topic."""
-
-    topic: str
-    mode: SubscriptionMode = SubscriptionMode.CLUSTERING
-    type: SubscriptionType = SubscriptionType.ASYNC
-
-    def json_fields(self) -> dict[str, Any]:
-        return {"topic": self.topic, "mode": self.mode.name, "type": self.type.name}
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """The SUBSCRIBE body: ``{"topicList":[...]}``."""
-
-    topic_list: tuple[SubscriptionItem, ...] = ()
-
-    def json_fields(self) -> dict[str, Any]:
-        return {"topicList": [item.json_fields() for item in self.topic_list]}
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> Subscription:
-        items = _subscription_view(value).get("topicList") or []
-        topic_list = []
-        for index, item in enumerate(items):
-            if item is None or item.get("topic") is None:
-                raise _JsonInvalid(f"topicList[{index}] has no topic")
-            topic_list.append(
-                SubscriptionItem(
-                    topic=item["topic"],
-                    mode=SubscriptionMode[item.get("mode", "CLUSTERING")],
-                    type=SubscriptionType[item.get("type", "ASYNC")],
-                )
-            )
-        return cls(tuple(topic_list))
-
-
-@dataclass(frozen=True, slots=True)
-class RedirectInfo:
-    """The REDIRECT_TO_CLIENT body: where the client should reconnect."""
-
-    ip: str
-    port: int
-
-    def json_fields(self) -> dict[str, Any]:
-        return {"ip": self.ip, "port": self.port}
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> RedirectInfo:
-        view = _redirect_view(value)
-        if view.get("ip") is None:
-            raise _JsonInvalid("redirect has no ip")
-        return cls(ip=view["ip"], port=view["port"])
-
-
-def _user_agent_view(value: Mapping[str, Any]) -> dict[str, Any]:
-    return UserAgent.from_json(value).json_fields()
-
-
-def _subscription_item_view(value: Any, index: int) -> dict[str, Any] | None:
-    item = _as_object(value, f"topicList[{index}]")
-    if item is None:
-        return None
-    fields = {
-        "topic": _as_string(item.get("topic"), "topic"),
-        "mode": _as_enum(item.get("mode"), SubscriptionMode, "mode"),
-        "type": _as_enum(item.get("type"), SubscriptionType, "type"),
-    }
-    return {name: getattr(member, "name", member) for name, member in fields.items() if member is not None}
-
-
-def _subscription_view(value: Mapping[str, Any]) -> dict[str, Any]:
-    items = value.get("topicList")
-    if items is None:
-        return {}
-    if not isinstance(items, list):
-        raise _JsonInvalid(f"topicList must be a JSON array, got {type(items).__name__}")
-    return {"topicList": [_subscription_item_view(item, index) for index, item in enumerate(items)]}
-
-
-def _redirect_view(value: Mapping[str, Any]) -> dict[str, Any]:
-    view: dict[str, Any] = {"ip": _as_string(value.get("ip"), "ip"), "port": _as_int(value.get("port"), "port")}
-    return {name: item for name, item in view.items() if item is not None}
-
-
-# The Jackson bean view (non-null fields, Java order) of each typed body, keyed by the class Java reads.
-_TYPED_BODIES: dict[Command, tuple[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
-    **dict.fromkeys(_USER_AGENT_COMMANDS, ("UserAgent", _user_agent_view)),
-    **dict.fromkeys(_SUBSCRIPTION_COMMANDS, ("Subscription", _subscription_view)),
-    Command.REDIRECT_TO_CLIENT: ("RedirectInfo", _redirect_view),
+# The class Java reads each typed body as, and the Jackson view of it (non-null fields, Java order).
+TYPED_BODIES: Mapping[Command, tuple[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
+    **dict.fromkeys(_USER_AGENT_COMMANDS, ("UserAgent", user_agent_view)),
+    **dict.fromkeys(_SUBSCRIPTION_COMMANDS, ("Subscription", subscription_view)),
+    Command.REDIRECT_TO_CLIENT: ("RedirectInfo", redirect_view),
 }
 
 
@@ -533,9 +278,9 @@ class Package:
         if self.body is None:
             return None
         try:
-            value = _as_object(_parse_json(self.body), "the body")
+            value = jackson.as_object(jackson.parse(self.body), "the body")
             return None if value is None else build(value)
-        except (_JsonInvalid, KeyError) as exc:
+        except (jackson.JsonInvalid, KeyError) as exc:
             raise RemoteProtocolError(f"{self.header.command.name} body is invalid: {exc}") from exc
 
 
@@ -566,20 +311,16 @@ def encode_fields(
 ) -> bytes:
     """``encode(Package(Header(command, code, desc, seq, properties), body))`` without building the two values,
     for the frames sent once per event (publishes, acks, pushes)."""
-    header = header_json(command, code, desc, seq, properties)
-    body = body or b""
+    return encode_raw(header_json(command, code, desc, seq, properties), body or b"", command.name)
+
+
+def encode_raw(header: bytes, body: bytes, what: str = "") -> bytes:
+    """The frame of header JSON and body bytes written already (``what``, the command, names it in the error)."""
     length = 13 + len(header) + len(body)
     if length > MAX_FRAME:
-        raise FrameTooLargeError(f"{command.name} frame of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data")
+        kind = f"{what} frame" if what else "frame"
+        raise FrameTooLargeError(f"{kind} of {length} bytes exceeds the {MAX_FRAME}-byte limit; send smaller data")
     return b"".join((PREFIX, _LENGTHS.pack(length, len(header)), header, body))
-
-
-def encode_raw(header_json: bytes, body: bytes) -> bytes:
-    """A frame from already serialized header JSON and body bytes (conformance tooling)."""
-    length = 13 + len(header_json) + len(body)
-    if length > MAX_FRAME:
-        raise FrameTooLargeError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
-    return b"".join((PREFIX, _LENGTHS.pack(length, len(header_json)), header_json, body))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -589,11 +330,14 @@ def encode_raw(header_json: bytes, body: bytes) -> bytes:
 
 # Headers met before in exactly the form header_json writes, by their bytes up to the opening quote of the seq:
 # (the bytes after the seq digits, command, code, desc, properties). Such a header, with any digits as seq, is
-# read without parsing: its bytes are header_json's for those values, so parsing would give those values.
-# None marks a start whose header was not in that form (checked once). Bounded: descs carry free text.
+# read without parsing: its bytes are header_json's for those values, and header_json's output reads back as
+# the values it was written from, so parsing would give those values (tests/protocol/test_fast_paths.py holds
+# the two equal). None marks a start whose header was not in that form (checked once). Bounded: descs carry
+# free text. Only properties of immutable scalars are remembered, so that no two headers share a container.
 _SEQ_OPENING = b'"seq":"'
 _HEADER_SHAPES: dict[bytes, tuple[bytes, Command, int, str | None, dict[str, Any]] | None] = {}
 _HEADER_SHAPES_LIMIT = 1024
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]:
@@ -610,50 +354,35 @@ def _read_header(raw: memoryview) -> tuple[Header | None, dict[str, Any] | None]
             if digits_end > digits_start and seq_digits.isdigit() and data[digits_end:] == shape[0]:
                 return Header(shape[1], shape[2], shape[3], seq_digits.decode(), dict(shape[4])), None
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        value = None
-    # Fast path for the headers every Java or Python peer writes; anything unusual takes the general one.
-    # orjson reads an integer beyond 64 bits as a float: the fast path takes no float anywhere it reads, so
-    # such a header goes the general way, which reads it exactly (digits inside strings read the same in both).
-    if type(value) is dict:
-        name, code, desc, seq = value.get("cmd"), value.get("code", 0), value.get("desc"), value.get("seq")
-        properties = value.get("properties")
-        if (
-            type(name) is str
-            and (command := _COMMANDS.get(name)) is not None
-            and type(code) is int
-            and _INT_MIN <= code <= _INT_MAX
-            and (desc is None or type(desc) is str)
-            and (seq is None or type(seq) is str)
-            and (
-                (type(properties) is dict and (not properties or all(type(item) in _FLAT_JSON for item in properties.values())))
-                or (properties is None and "properties" not in value)
-            )
-        ):
-            header = Header(command, code, desc, seq, {} if properties is None else properties)
-            if start is not None and seq is not None and properties is not None and _new_shape(start, seq):
-                _HEADER_SHAPES[start] = _shape_of(data, header, len(start))
-            return header, None
-    try:
-        value = _as_object(_parse_json(data, from_bytes=True), "the header")
+        value = jackson.as_object(jackson.parse(data, from_bytes=True), "the header")
         if value is None:
             return None, None
-        command = _as_enum(value.get("cmd"), Command, "cmd")
-        code = _as_int(value.get("code"), "code")
-        desc = _as_string(value.get("desc"), "desc")
-        seq = _as_string(value.get("seq"), "seq")
-        properties = _as_object(value.get("properties", {}), "'properties'")
-    except _JsonInvalid as exc:
+        command = jackson.as_enum(value.get("cmd"), Command, "cmd")
+        code = jackson.as_int(value.get("code"), "code")
+        desc = jackson.as_string(value.get("desc"), "desc")
+        seq = jackson.as_string(value.get("seq"), "seq")
+        properties = jackson.as_object(value.get("properties", {}), "'properties'")
+    except jackson.JsonInvalid as exc:
         raise RemoteProtocolError(f"frame header is invalid: {exc}") from exc
     if command is None:
         return None, {"cmd": None, "code": code, "desc": desc, "seq": seq, "properties": properties}
-    return Header(command, code, desc, seq, NULL_PROPERTIES if properties is None else properties), None
+    if properties is None:
+        return Header(command, code, desc, seq, NULL_PROPERTIES), None
+    header = Header(command, code, desc, seq, properties)
+    if start is not None and seq is not None and _new_shape(start, seq, properties):
+        _HEADER_SHAPES[start] = _shape_of(data, header, len(start))
+    return header, None
 
 
-def _new_shape(start: bytes, seq: str) -> bool:
-    """Whether a header with these first bytes and this seq is worth checking for its shape."""
-    return start not in _HEADER_SHAPES and len(_HEADER_SHAPES) < _HEADER_SHAPES_LIMIT and seq.isascii() and seq.isdigit()
+def _new_shape(start: bytes, seq: str, properties: Mapping[str, Any]) -> bool:
+    """Whether a header with these first bytes, this seq and these properties is worth checking for its shape."""
+    return (
+        start not in _HEADER_SHAPES
+        and len(_HEADER_SHAPES) < _HEADER_SHAPES_LIMIT
+        and seq.isascii()
+        and seq.isdigit()
+        and all(type(item) in _SCALARS for item in properties.values())
+    )
 
 
 def _shape_of(data: bytes, header: Header, digits_start: int) -> tuple[bytes, Command, int, str | None, dict[str, Any]] | None:
@@ -668,36 +397,24 @@ def _check_body(command: Command, body: bytes) -> bytes | None:
     """Validate the body the way Java's ``deserializeBody`` would; the bytes kept, or None when dropped."""
     if command._value_ in _TEXT_BODY_ORDINALS:
         return body
-    typed = _TYPED_BODIES.get(command)
+    typed = TYPED_BODIES.get(command)
     if typed is None:
         return None
     java_type, view = typed
     try:
-        value = _as_object(_parse_json(body), f"a {java_type} body")
+        value = jackson.as_object(jackson.parse(body), f"a {java_type} body")
         if value is None:
             return None
         view(value)
-    except _JsonInvalid as exc:
+    except jackson.JsonInvalid as exc:
         raise RemoteProtocolError(f"{command.name} body is not a valid {java_type}: {exc}") from exc
     return body
 
 
 def java_header_view(header: Header) -> dict[str, Any]:
-    """The header as Java's decoder holds it (cmd, code, desc, seq, properties), for conformance tooling."""
+    """The header as Java's decoder holds it (cmd, code, desc, seq, properties): what ``meshconnect protocol decode`` shows."""
     properties = None if header.properties is NULL_PROPERTIES else dict(header.properties)
     return {"cmd": header.command.name, "code": header.code, "desc": header.desc, "seq": header.seq, "properties": properties}
-
-
-def java_body_view(package: Package) -> tuple[str | None, Any]:
-    """What Java's decoder turns the body into: (Java class name, value), for conformance tooling."""
-    if package.body is None:
-        return None, None
-    typed = _TYPED_BODIES.get(package.header.command)
-    if typed is None:
-        return "String", package.text()
-    java_type, view = typed
-    value = _as_object(_parse_json(package.body), java_type)
-    return java_type, None if value is None else view(value)
 
 
 class FrameDecoder:

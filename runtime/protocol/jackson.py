@@ -1,4 +1,4 @@
-"""JSON bytes exactly as the Java runtime's Jackson ``ObjectMapper`` writes them, and Java ``HashMap`` order.
+"""JSON as the Java runtime's Jackson ``ObjectMapper`` writes and reads it, and Java ``HashMap`` order.
 
 The EventMesh Java codec serializes headers and non-CloudEvents bodies with Jackson (compact, no pretty
 printing). To be byte-compatible we reproduce its output rules:
@@ -13,23 +13,35 @@ printing). To be byte-compatible we reproduce its output rules:
 orjson produces the same bytes for most strings and is an order of magnitude faster, so it is used
 whenever a string holds none of the characters where the two differ.
 
+Reading (``parse`` and the ``as_*`` coercions) follows the EventMesh ``JsonUtils`` defaults: the first
+JSON value counts and what follows it is ignored, scalars are coerced to the bean field's type (a number
+to a String, a numeric string to an int, an enum by name or ordinal), and what Jackson refuses raises
+``JsonInvalid`` saying why.
+
 ``java_hashmap_order`` gives the iteration order of a ``java.util.HashMap<String, ?>`` filled with the
 given keys, which is the order Java writes header properties and CloudEvent extensions in.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
 __all__ = [
     "LONG_DIGITS",
     "JsonBean",
+    "JsonInvalid",
+    "as_enum",
+    "as_int",
+    "as_object",
+    "as_string",
     "dumps",
     "dumps_str",
     "has_long_digits",
@@ -37,6 +49,7 @@ __all__ = [
     "java_hashmap_order",
     "java_string_hash",
     "orjson_differs",
+    "parse",
 ]
 
 
@@ -236,3 +249,124 @@ def _hashmap_order(unique: tuple[str, ...]) -> tuple[str, ...]:
 def _spread_hash(key: str) -> int:
     hashed = java_string_hash(key) & 0xFFFFFFFF
     return hashed ^ (hashed >> 16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading, as Jackson reads a bean's fields.
+# ---------------------------------------------------------------------------------------------------------
+
+_E = TypeVar("_E", bound=enum.Enum)
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+class JsonInvalid(ValueError):
+    """A JSON value Jackson would refuse; the message says why."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonInvalid(f"non-standard JSON token {name}")
+
+
+_LENIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_JAVA_BLANK = "".join(map(chr, range(33)))  # what Java's String.trim() removes
+_JAVA_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def parse(raw: bytes | bytearray | memoryview, *, from_bytes: bool = False) -> Any:
+    """Parse the first JSON value and ignore what follows it, as Jackson does by default.
+
+    Java reads bodies from a ``String`` (invalid UTF-8 already replaced) but the header from the bytes,
+    where invalid UTF-8 inside the value is an error and a leading byte order mark is skipped. orjson
+    reads every document it accepts as the standard parser does, except integers beyond 64 bits (which it
+    reads as floats): it is tried first unless ``raw`` holds a run of 19 digits.
+    """
+    if not has_long_digits(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    if from_bytes:
+        text = bytes(raw).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    else:
+        text = bytes(raw).decode("utf-8", "replace")
+    start = _JSON_WHITESPACE.match(text)
+    begin = start.end() if start else 0
+    try:
+        value, end = _LENIENT_JSON.raw_decode(text, begin)
+    except json.JSONDecodeError as exc:
+        raise JsonInvalid(f"not JSON ({exc.msg} at character {exc.pos})") from exc
+    except RecursionError as exc:
+        raise JsonInvalid("JSON nested too deeply") from exc
+    if from_bytes and _ESCAPED_BYTE.search(text, begin, end):
+        raise JsonInvalid("invalid UTF-8")
+    return value
+
+
+def as_string(value: Any, name: str) -> str | None:
+    """Jackson's String coercion: scalars become their text, containers are refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return dumps(value).decode()
+    raise JsonInvalid(f"'{name}' must be a string, got {type(value).__name__}")
+
+
+def as_int(value: Any, name: str) -> int:
+    """Jackson's primitive int coercion: null is 0, floats truncate, numeric strings parse, range checked."""
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return value
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise JsonInvalid(f"'{name}' must be an int, got a boolean")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise JsonInvalid(f"'{name}' must be an int, got {value}")
+        value = int(value)
+    elif isinstance(value, str):
+        text = value.strip(_JAVA_BLANK)
+        if not text or text == "null":
+            return 0
+        if not _JAVA_INT_TEXT.fullmatch(text):
+            raise JsonInvalid(f"'{name}' must be an int, got {value!r}")
+        value = int(text)
+    elif not isinstance(value, int):
+        raise JsonInvalid(f"'{name}' must be an int, got {type(value).__name__}")
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise JsonInvalid(f"'{name}' is out of the int range: {value}")
+    return int(value)
+
+
+def as_enum(value: Any, enum_type: type[_E], name: str) -> _E | None:
+    """Jackson's enum reading: exact (case-sensitive) name, or the ordinal as a number or a digit string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        member = enum_type.__members__.get(value)
+        if member is not None:
+            return member
+        text = value.strip(_JAVA_BLANK)
+        member = enum_type.__members__.get(text)
+        if member is not None:
+            return member
+        if not (text[:1].isdigit() and text.isascii() and text.isdigit()):
+            # Empty and blank strings are refused too: Jackson's default coercion for enums is to fail.
+            raise JsonInvalid(f"'{name}' has an unknown {enum_type.__name__} value {value!r}")
+        value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return enum_type(value)
+        except ValueError as exc:
+            raise JsonInvalid(f"'{name}' ordinal {value} is not a {enum_type.__name__}") from exc
+    raise JsonInvalid(f"'{name}' must be a {enum_type.__name__} name, got {type(value).__name__}")
+
+
+def as_object(value: Any, what: str) -> dict[str, Any] | None:
+    """A JSON object (or null) where Jackson reads a bean or a map; anything else is refused."""
+    if value is None or isinstance(value, dict):
+        return value
+    raise JsonInvalid(f"{what} must be a JSON object, got {type(value).__name__}")

@@ -1,7 +1,7 @@
 """The client side of an EventMesh TCP session, sans IO: bytes in, events out, bytes to send.
 
 One :class:`ClientSession` lives as long as the client and spans its connections. The caller (the
-async shell in ``runtime/client.py``) tells it what happened on the wire and at what time; it answers
+async shell in ``runtime/client/``) tells it what happened on the wire and at what time; it answers
 with :class:`SessionEvent` values and queues the bytes to write, fetched with :meth:`data_to_send`.
 It never reads a clock, opens a socket or logs.
 

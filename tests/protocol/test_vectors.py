@@ -9,7 +9,8 @@ import pytest
 from runtime.errors import RemoteProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.frames import FrameDecoder, HeaderlessFrame, Package, encode, encode_raw
-from tests.protocol.vectors import ALL_FRAMES, MALFORMED, VALID, expected_outcome, expected_packages, java_view
+from runtime.protocol.java import java_view
+from tests.protocol.vectors import ALL_FRAMES, MALFORMED, VALID, expected_outcome, expected_packages
 
 _EVERY_SPLIT_UP_TO = 20_000  # bytes; larger frames (the 100 KiB body) are split at 2000 evenly spaced points
 

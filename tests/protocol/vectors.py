@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.protocol.frames import HeaderlessFrame, Package, java_body_view, java_header_view
-
 # The full conformance set has the same shape; point MESHCONNECT_TCP_VECTORS at it to run it too.
 VECTORS_PATH = Path(
     os.environ.get("MESHCONNECT_TCP_VECTORS", Path(__file__).parent.parent / "data" / "eventmesh-tcp-vectors.json")
@@ -17,14 +15,6 @@ VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VALID: list[dict[str, Any]] = VECTORS["valid"]
 MALFORMED: list[dict[str, Any]] = VECTORS["malformed"]
 ALL_FRAMES: list[tuple[str, bytes]] = [(v["name"], bytes.fromhex(v["frame_hex"])) for v in VALID + MALFORMED]
-
-
-def java_view(frame: Package | HeaderlessFrame) -> dict[str, Any]:
-    """A decoded frame shaped like the vectors' ``decoded_by_java`` packages."""
-    if isinstance(frame, HeaderlessFrame):
-        return {"header": None if frame.header is None else dict(frame.header), "body_java_type": None, "body": None}
-    java_type, body = java_body_view(frame)
-    return {"header": java_header_view(frame.header), "body_java_type": java_type, "body": body}
 
 
 def expected_packages(vector: dict[str, Any]) -> list[dict[str, Any]]:
