@@ -182,6 +182,14 @@ class Source(_Connector[ConfigT]):
         """
         return ["default"]
 
+    def group_of(self, partition: Mapping[str, JsonValue]) -> str:
+        """The partition group ``partition`` belongs to: one of :meth:`partition_groups`.
+
+        Called for every record when the source has more than one group, so it must be cheap and
+        do no IO. The default reads the partition's ``"group"`` key, or ``"default"``.
+        """
+        return str(partition.get("group", "default"))
+
 
 class Sink(_Connector[ConfigT]):
     """Writes records to an external system. See the module docstring."""

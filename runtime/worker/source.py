@@ -19,8 +19,8 @@ The order is the promise of at-least-once, stated once here:
    only then is ``Source.commit(records)`` called (the place to ack upstream).
 
 Partition groups: a record belongs to the group named by its partition's ``"group"`` key, or to
-``"default"``; a source with a single group puts every record in it, and a source may define a
-method ``group_of(partition) -> str`` to decide itself.
+``"default"``; a source with a single group puts every record in it, and a source may override
+:meth:`Source.group_of <runtime.connector.Source.group_of>` to decide itself.
 
 Leases: an exclusive source (the default) runs only while its replica holds at least one group's
 lease. On a lease lost (renewal refused, local deadline passed, or a fenced commit) polling and
@@ -92,10 +92,7 @@ def group_of(source: Source[Any], groups: tuple[str, ...], partition: Mapping[st
     """The partition group of ``partition`` (see the module docstring)."""
     if len(groups) == 1:
         return groups[0]
-    custom = getattr(source, "group_of", None)
-    if custom is not None:
-        return str(custom(partition))
-    return str(partition.get("group", "default"))
+    return source.group_of(partition)
 
 
 class _LeaseLost(Exception):
