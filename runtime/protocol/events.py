@@ -50,8 +50,7 @@ import base64
 import functools
 import json
 import re
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -317,16 +316,18 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
     return event, transport
 
 
-def body_to_record(body: bytes) -> ConnectorRecord:
+def body_to_record(body: bytes, *, now: Callable[[], datetime], new_id: Callable[[], str]) -> ConnectorRecord:
     """``cloudevent_to_record(body_to_event(body))`` without the CloudEvent in between (once per pushed event).
 
-    The same record and the same verdicts: the SDK's defaults (specversion, a random id) and its
+    The same record and the same verdicts: the SDK's defaults (specversion, an id) and its
     validation rules are applied here, and a test holds the two paths equal over generated bodies.
+    The codec reads no clock and draws no random id itself: ``new_id()`` is called only for a body
+    without ``id`` and ``now()`` (timezone-aware) only for one without ``time``.
     """
     attributes, data, _ = _read_body(body)
     attributes.setdefault("specversion", "1.0")
     if "id" not in attributes:
-        attributes["id"] = str(uuid.uuid4())
+        attributes["id"] = new_id()
     problem = _attribute_problem(attributes)
     if problem is not None:
         raise DataError(f"message body is not a valid CloudEvent: {problem}")
@@ -335,7 +336,7 @@ def body_to_record(body: bytes) -> ConnectorRecord:
     get = attributes.get
     return ConnectorRecord(
         data=data,
-        timestamp=datetime.now(UTC) if moment is None else moment,
+        timestamp=now() if moment is None else moment,
         id=attributes["id"],
         source=attributes["source"],
         type=attributes["type"],

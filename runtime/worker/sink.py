@@ -43,7 +43,9 @@ import functools
 import os
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +70,16 @@ from runtime.worker.spool import RECORD_OVERHEAD, Spool, SpoolPosition
 __all__ = ["SinkWorker"]
 
 T = TypeVar("T")
+
+
+def _utc_now() -> datetime:
+    """The time of an event pushed without one (the codec reads no clock)."""
+    return datetime.now(UTC)
+
+
+def _random_event_id() -> str:
+    """The id of an event pushed without one, as the CloudEvents SDK would make it up."""
+    return str(uuid.uuid4())
 
 
 class _Item:
@@ -402,7 +414,7 @@ class SinkWorker:
 
     def _item(self, body: bytes, *, pushed: PushedEvent | None = None, spooled: SpoolPosition | None = None) -> _Item:
         try:
-            return _Item(body, body_to_record(body), None, pushed=pushed, spooled=spooled)
+            return _Item(body, body_to_record(body, now=_utc_now, new_id=_random_event_id), None, pushed=pushed, spooled=spooled)
         except DataError as exc:
             decode_error = pushed.decode_error if pushed is not None else event_of_body(body)[1]
             if decode_error is not None:

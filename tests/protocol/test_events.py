@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -275,6 +276,14 @@ def test_jackson_writer_output_is_json_of_the_same_value(value: Any) -> None:
     assert json.loads(jackson.dumps(value)) == value
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
 def _record_by_sdk(body: bytes) -> ConnectorRecord:
     return cloudevent_to_record(body_to_event(body))
 
@@ -296,7 +305,7 @@ def assert_same_record(fast: ConnectorRecord, slow: ConnectorRecord, document: d
 @given(events())
 def test_body_to_record_gives_the_record_of_the_sdk_event(event: CloudEvent) -> None:
     body = event_to_body(event)
-    assert_same_record(body_to_record(body), _record_by_sdk(body), orjson.loads(body))
+    assert_same_record(body_to_record(body, now=_now, new_id=_new_id), _record_by_sdk(body), orjson.loads(body))
 
 
 _any_value = (
@@ -352,9 +361,25 @@ def test_body_to_record_refuses_exactly_what_the_sdk_path_refuses(document: dict
         slow = _record_by_sdk(body)
     except DataError:
         with pytest.raises(DataError):
-            body_to_record(body)
+            body_to_record(body, now=_now, new_id=_new_id)
         return
-    assert_same_record(body_to_record(body), slow, document)
+    assert_same_record(body_to_record(body, now=_now, new_id=_new_id), slow, document)
+
+
+def test_body_to_record_takes_a_missing_time_and_id_from_the_caller_not_a_clock() -> None:
+    supplied = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+    body = orjson.dumps({"specversion": "1.0", "source": "/s", "type": "t", "data": {"n": 1}})
+    record = body_to_record(body, now=lambda: supplied, new_id=lambda: "supplied-id")
+    assert (record.timestamp, record.id) == (supplied, "supplied-id")
+
+
+def test_body_to_record_asks_for_no_time_or_id_the_body_has() -> None:
+    def unwanted() -> Any:
+        raise AssertionError("called although the body has its time and id")
+
+    body = orjson.dumps({"specversion": "1.0", "id": "7", "source": "/s", "type": "t", "time": "2026-01-01T00:00:00Z"})
+    record = body_to_record(body, now=unwanted, new_id=unwanted)
+    assert (record.timestamp, record.id) == (datetime(2026, 1, 1, tzinfo=UTC), "7")
 
 
 def test_base64_data_beyond_ascii_is_a_data_error_not_a_crash() -> None:
@@ -362,4 +387,4 @@ def test_base64_data_beyond_ascii_is_a_data_error_not_a_crash() -> None:
     with pytest.raises(DataError, match="base64"):
         body_to_event(body)
     with pytest.raises(DataError, match="base64"):
-        body_to_record(body)
+        body_to_record(body, now=_now, new_id=_new_id)
