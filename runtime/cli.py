@@ -32,14 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshconnect", description="Connectors for Apache EventMesh.")
     parser.add_argument("--version", action="version", version=f"meshconnect {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command module needs only the core dependencies: one that cannot be imported is a broken
+    # installation, reported as such rather than a command silently missing from the list.
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from cloudevents.core.v1.event import CloudEvent
 
+from runtime import cli
 from runtime.client import MeshClient, user_agent_for
 from runtime.plugins import load_connector
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
@@ -101,6 +102,13 @@ def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
     path = tmp_path / "worker.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_a_command_module_that_cannot_be_imported_fails_the_command_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A command missing from ``meshconnect --help`` without a word would look like a feature that does not exist.
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "runtime.commands.not_there"))
+    with pytest.raises(ModuleNotFoundError, match=r"runtime\.commands\.not_there"):
+        cli.build_parser()
 
 
 def test_list_shows_the_registered_connectors() -> None:
