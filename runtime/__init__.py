@@ -1,8 +1,18 @@
 """meshconnect's runtime: everything a connector author imports comes from here."""
 
 from runtime.app import main_for
-from runtime.config import ConnectorConfig, Secret, load_config
-from runtime.connector import CounterMetric, GaugeMetric, Rejection, Sink, SinkContext, Source, SourceContext
+from runtime.columns import ColumnKind, ColumnRule
+from runtime.config import ConnectorConfig, HttpEndpoint, Secret, load_config
+from runtime.connector import (
+    MAX_EVENT_BODY,
+    CounterMetric,
+    GaugeMetric,
+    Rejection,
+    Sink,
+    SinkContext,
+    Source,
+    SourceContext,
+)
 from runtime.errors import (
     ConfigError,
     DataError,
@@ -10,9 +20,12 @@ from runtime.errors import (
     MeshConnectError,
     RetriableError,
 )
-from runtime.record import ConnectorRecord
+from runtime.record import ConnectorRecord, JsonValue, cloudevent_to_record, is_json_content_type, partition_key
 
 __all__ = [
+    "MAX_EVENT_BODY",
+    "ColumnKind",
+    "ColumnRule",
     "ConfigError",
     "ConnectorConfig",
     "ConnectorRecord",
@@ -20,6 +33,8 @@ __all__ = [
     "DataError",
     "FencedError",
     "GaugeMetric",
+    "HttpEndpoint",
+    "JsonValue",
     "MeshConnectError",
     "Rejection",
     "RetriableError",
@@ -28,6 +43,9 @@ __all__ = [
     "SinkContext",
     "Source",
     "SourceContext",
+    "cloudevent_to_record",
+    "is_json_content_type",
     "load_config",
     "main_for",
+    "partition_key",
 ]

@@ -28,8 +28,7 @@ from urllib.parse import urlencode
 
 from pydantic import Field, field_validator
 
-from runtime.config import HttpEndpoint, Secret
-from runtime.record import ConnectorRecord
+from runtime import ConnectorRecord, HttpEndpoint, Secret
 from services.chatbot import (
     ApiAnswer,
     ChatbotConfig,

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.file_sink.connector import FileSink
 
 main_for(FileSink)

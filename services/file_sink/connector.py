@@ -20,10 +20,7 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
-from runtime.config import ConnectorConfig
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Sink, SinkContext
 from services.cloudevents_json import record_to_json
 
 __all__ = ["FileSink", "FileSinkConfig"]

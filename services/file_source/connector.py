@@ -23,10 +23,7 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
-from runtime.config import ConnectorConfig
-from runtime.connector import Source, SourceContext
-from runtime.errors import RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
 from services.cloudevents_json import PayloadFormat, record_from_payload
 
 __all__ = ["FileSource", "FileSourceConfig"]

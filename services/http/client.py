@@ -23,10 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from runtime.config import Secret
-from runtime.connector import Rejection
-from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConfigError, ConnectorRecord, DataError, Rejection, RetriableError, Secret
 from services.cloudevents_json import CONTENT_TYPE, data_bytes, record_to_json
 
 __all__ = ["CloudEventPoster", "PosterSettings"]

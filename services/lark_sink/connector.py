@@ -26,8 +26,7 @@ import time
 
 from pydantic import Field
 
-from runtime.config import HttpEndpoint, Secret
-from runtime.record import ConnectorRecord
+from runtime import ConnectorRecord, HttpEndpoint, Secret
 from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["LarkSink", "LarkSinkConfig", "lark_sign"]

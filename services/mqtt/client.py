@@ -13,7 +13,7 @@ from typing import TypeVar
 import aiomqtt
 import structlog
 
-from runtime.errors import RetriableError
+from runtime import RetriableError
 
 __all__ = ["mqtt_call", "mqtt_disconnect"]
 

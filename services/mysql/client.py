@@ -14,8 +14,7 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from runtime.config import Secret
-from runtime.errors import ConfigError, DataError, RetriableError
+from runtime import ConfigError, DataError, RetriableError, Secret
 
 __all__ = [
     "RETRIABLE_CODES",

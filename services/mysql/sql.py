@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import DataError
+from runtime import DataError
 
 __all__ = ["Column", "TableSchema", "check_identifier", "load_table", "quote"]
 

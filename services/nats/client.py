@@ -17,8 +17,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from runtime.config import Secret
-from runtime.errors import ConfigError, RetriableError
+from runtime import ConfigError, RetriableError, Secret
 
 __all__ = ["ensure_stream", "nats_call", "nats_connect"]
 

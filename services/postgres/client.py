@@ -13,8 +13,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from runtime.config import Secret
-from runtime.errors import ConfigError, RetriableError
+from runtime import ConfigError, RetriableError, Secret
 
 __all__ = ["PgConnection", "pg_call", "quote_identifier"]
 

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.prometheus_source.connector import PrometheusSource
 
 main_for(PrometheusSource)

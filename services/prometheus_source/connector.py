@@ -38,10 +38,17 @@ import orjson
 import structlog
 from pydantic import Field, field_validator
 
-from runtime.config import ConnectorConfig, HttpEndpoint, Secret
-from runtime.connector import Source, SourceContext
-from runtime.errors import ConfigError, RetriableError
-from runtime.record import ConnectorRecord, partition_key
+from runtime import (
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    HttpEndpoint,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+    partition_key,
+)
 
 __all__ = ["PrometheusSource", "PrometheusSourceConfig"]
 

@@ -15,7 +15,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
-from runtime.errors import ConfigError, RetriableError
+from runtime import ConfigError, RetriableError
 
 __all__ = ["ExchangeType", "amqp_call", "amqp_connect"]
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from runtime.errors import ConfigError, RetriableError
+from runtime import ConfigError, RetriableError
 
 __all__ = ["redis_call", "redis_connect"]
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from runtime.config import HttpEndpoint, Secret
-from runtime.errors import RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConnectorRecord, HttpEndpoint, RetriableError, Secret
 from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["SlackSink", "SlackSinkConfig"]

@@ -20,8 +20,7 @@ from urllib.parse import urlencode
 
 from pydantic import Field
 
-from runtime.config import HttpEndpoint, Secret
-from runtime.record import ConnectorRecord
+from runtime import ConnectorRecord, HttpEndpoint, Secret
 from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["WecomSink", "WecomSinkConfig"]

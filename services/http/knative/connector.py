@@ -24,9 +24,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, field_validator
 
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, Rejection, Secret, Sink, SinkContext
 from services.http.client import CloudEventPoster, PosterSettings
 
 __all__ = ["KnativeSink", "KnativeSinkConfig"]

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.http.sink.connector import HttpSink
 
 main_for(HttpSink)

@@ -17,9 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from runtime.config import ConnectorConfig, HttpEndpoint, Secret
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, HttpEndpoint, Rejection, Secret, Sink, SinkContext
 from services.http.client import CloudEventPoster, PosterSettings
 
 __all__ = ["HttpSink", "HttpSinkConfig"]

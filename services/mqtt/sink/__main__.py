@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.mqtt.sink.connector import MqttSink
 
 main_for(MqttSink)

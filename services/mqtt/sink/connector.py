@@ -17,10 +17,7 @@ import aiomqtt
 import structlog
 from pydantic import Field
 
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import DataError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Secret, Sink, SinkContext
 from services.cloudevents_json import SinkPayload, record_to_payload
 from services.mqtt.client import mqtt_call, mqtt_disconnect
 

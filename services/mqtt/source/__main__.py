@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.mqtt.source.connector import MqttSource
 
 main_for(MqttSource)

@@ -15,8 +15,7 @@ from typing import Any, Literal, NamedTuple, NoReturn
 
 import orjson
 
-from runtime.columns import ColumnKind, ColumnRule
-from runtime.errors import DataError
+from runtime import ColumnKind, ColumnRule, DataError
 from services.mysql.sink.schema import column_rule
 from services.mysql.sql import TableSchema
 

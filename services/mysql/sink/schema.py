@@ -10,8 +10,7 @@ from typing import Any
 
 import orjson
 
-from runtime.columns import ColumnKind, ColumnRule
-from runtime.errors import DataError
+from runtime import ColumnKind, ColumnRule, DataError
 from services.mysql.sql import Column
 
 __all__ = ["SchemaCatalog", "column_rule", "sql_type_from_json_schema", "sql_type_from_value"]

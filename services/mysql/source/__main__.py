@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.mysql.source.connector import MysqlSource
 
 main_for(MysqlSource)

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.nats.sink.connector import NatsSink
 
 main_for(NatsSink)

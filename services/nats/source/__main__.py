@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.nats.source.connector import NatsSource
 
 main_for(NatsSource)

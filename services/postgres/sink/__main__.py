@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.postgres.sink.connector import PostgresSink
 
 main_for(PostgresSink)

@@ -31,11 +31,19 @@ import orjson
 import structlog
 from pydantic import Field, SecretStr, model_validator
 
-from runtime.columns import ColumnKind, ColumnRule
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import (
+    ColumnKind,
+    ColumnRule,
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    Sink,
+    SinkContext,
+)
 from services.postgres.client import PgConnection, pg_call, quote_identifier
 
 __all__ = ["PostgresSink", "PostgresSinkConfig"]

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.postgres.source.connector import PostgresSource
 
 main_for(PostgresSource)

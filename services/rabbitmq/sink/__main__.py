@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.rabbitmq.sink.connector import RabbitmqSink
 
 main_for(RabbitmqSink)

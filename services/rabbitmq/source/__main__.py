@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.rabbitmq.source.connector import RabbitmqSource
 
 main_for(RabbitmqSource)

@@ -21,10 +21,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Source, SourceContext
-from runtime.errors import RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
 from services.cloudevents_json import CONTENT_TYPE, PayloadFormat, record_from_payload
 from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
 

@@ -1,4 +1,4 @@
-from runtime.app import main_for
+from runtime import main_for
 from services.redis.sink.connector import RedisSink
 
 main_for(RedisSink)

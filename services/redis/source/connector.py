@@ -23,10 +23,7 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis import exceptions as redis_errors
 
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Source, SourceContext
-from runtime.errors import ConfigError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
 from services.cloudevents_json import PayloadFormat, record_from_payload
 from services.redis.client import redis_call, redis_connect
 

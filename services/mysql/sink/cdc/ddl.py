@@ -31,7 +31,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from runtime.errors import DataError
+from runtime import DataError
 from services.mysql.sql import check_identifier
 
 __all__ = ["TableDdl", "rebuild_ddl"]

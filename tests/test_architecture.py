@@ -1,0 +1,84 @@
+"""The import rules of ARCHITECTURE.md, checked on the source: who may import whom."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "runtime"
+SERVICES = ROOT / "services"
+
+# Files another branch is changing right now (the chat helpers move into runtime, the postgres and
+# mysql sources are being reworked); they switch to ``from runtime import ...`` when those land.
+_PENDING = {"chatbot.py", "cloudevents_json.py", "postgres/source/connector.py", "mysql/source/binlog.py"}
+
+# The codec is sans-IO: no event loop, socket, clock, logging or randomness of its own.
+_IO_MODULES = {"asyncio", "socket", "time", "structlog", "uuid", "random", "secrets", "selectors", "threading"}
+_CLOCK_READS = {"now", "utcnow", "today"}
+
+
+def _imports(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(module, imported names) of every import in ``path``, nested ones included."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            yield node.module, [alias.name for alias in node.names]
+
+
+def _service_files() -> Iterator[tuple[str, Path]]:
+    for path in sorted(SERVICES.rglob("*.py")):
+        relative = path.relative_to(SERVICES).as_posix()
+        if relative not in _PENDING:
+            yield relative, path
+
+
+def test_services_import_only_the_public_names_of_runtime() -> None:
+    offenders = []
+    for relative, path in _service_files():
+        for module, names in _imports(path):
+            if module.split(".")[0] != "runtime":
+                continue
+            if module != "runtime" or not names:
+                offenders.append(f"{relative}: {module} (import from runtime itself)")
+            offenders.extend(f"{relative}: runtime.{name} is not public" for name in names if name not in runtime.__all__)
+    assert offenders == [], offenders
+
+
+def test_services_import_only_their_own_system_folder_and_the_shared_service_modules() -> None:
+    shared = {f"services.{path.stem}" for path in SERVICES.glob("*.py") if path.stem != "__init__"}
+    offenders = []
+    for relative, path in _service_files():
+        own = f"services.{relative.split('/')[0]}" if "/" in relative else None
+        for module, _ in _imports(path):
+            if module.split(".")[0] != "services" or module in shared:
+                continue
+            if own is None or not (module == own or module.startswith(own + ".")):
+                offenders.append(f"{relative}: {module}")
+    assert offenders == [], offenders
+
+
+def test_the_protocol_codec_does_no_io() -> None:
+    offenders = []
+    for path in sorted((RUNTIME / "protocol").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        offenders.extend(f"{relative}: imports {module}" for module, _ in _imports(path) if module.split(".")[0] in _IO_MODULES)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in _CLOCK_READS:
+                offenders.append(f"{relative}:{node.lineno}: reads the clock ({node.attr})")
+    assert offenders == [], offenders
+
+
+def test_runtime_does_not_import_services() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT).as_posix()}: {module}"
+        for path in sorted(RUNTIME.rglob("*.py"))
+        for module, _ in _imports(path)
+        if module.split(".")[0] == "services"
+    ]
+    assert offenders == [], offenders
