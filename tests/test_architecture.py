@@ -21,9 +21,40 @@ _IO_MODULES = {"asyncio", "socket", "time", "structlog", "uuid", "random", "secr
 _CLOCK_READS = {"now", "utcnow", "today"}
 
 
-def _imports(path: Path) -> Iterator[tuple[str, list[str]]]:
-    """(module, imported names) of every import in ``path``, nested ones included."""
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+# The layers of runtime, lowest first (ARCHITECTURE.md): a module imports only from lower layers
+# and its own package. cli and commands are one layer, the command line.
+_LAYERS = (
+    {"errors"},
+    {"record", "config", "columns"},
+    {"protocol", "observability", "registry"},
+    {"client", "mesh", "publishing"},
+    {"connector"},
+    {"plugins", "worker"},
+    {"app", "configdoc"},
+    {"testing"},
+    {"cli"},
+)
+_RANK = {unit: rank for rank, units in enumerate(_LAYERS) for unit in units}
+
+
+def _unit(module: str) -> str:
+    """The runtime package or top-level module ``module`` belongs to (``runtime.worker.sink`` -> ``worker``)."""
+    name = module.split(".")[1] if "." in module else "__init__"
+    return "cli" if name == "commands" else name
+
+
+def _imports(path: Path, *, include_type_checking: bool = True) -> Iterator[tuple[str, list[str]]]:
+    """(module, imported names) of every import in ``path``, nested ones included (and, unless
+    ``include_type_checking`` is false, those under ``if TYPE_CHECKING:``, which cost nothing at run time)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[ast.AST] = set()
+    if not include_type_checking:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                skipped.update(child for statement in node.body for child in ast.walk(statement))
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, []
@@ -71,6 +102,22 @@ def test_the_protocol_codec_does_no_io() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in _CLOCK_READS:
                 offenders.append(f"{relative}:{node.lineno}: reads the clock ({node.attr})")
+    assert offenders == [], offenders
+
+
+def test_runtime_modules_import_only_lower_layers() -> None:
+    offenders = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        own = _unit(".".join(path.with_suffix("").relative_to(ROOT).parts))
+        if own == "__init__":
+            continue  # the public API gathers names from every layer
+        for module, _ in _imports(path, include_type_checking=False):
+            other = _unit(module) if module.split(".")[0] == "runtime" else None
+            if other is not None and other != own and _RANK[other] >= _RANK[own]:
+                offenders.append(f"{path.relative_to(ROOT).as_posix()}: {module} ({other} is not below {own})")
+    modules = [path for path in RUNTIME.iterdir() if path.suffix == ".py" or (path / "__init__.py").is_file()]
+    units = {_unit(f"runtime.{path.stem}") for path in modules}
+    assert units - {"__init__"} == set(_RANK), "place every runtime module in a layer of _LAYERS"
     assert offenders == [], offenders
 
 
