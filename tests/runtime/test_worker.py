@@ -337,12 +337,18 @@ async def test_a_commit_slower_than_the_lease_ttl_does_not_stop_the_source(
 ) -> None:
     commit = FileRegistry.commit_offsets
     stalls = 0
+    stall_over = asyncio.Event()
 
     async def stalling_commit(self: FileRegistry, *args: Any, **kwargs: Any) -> None:
         nonlocal stalls
         if stalls == 0:
             stalls += 1
-            await asyncio.sleep(3)  # longer than the lease TTL of source_config (2 s): a stalled disk or store
+            try:
+                await asyncio.sleep(3)  # longer than the lease TTL of source_config (2 s): a stalled disk or store
+                await commit(self, *args, **kwargs)
+            finally:
+                stall_over.set()
+            return
         await commit(self, *args, **kwargs)
 
     monkeypatch.setattr(FileRegistry, "commit_offsets", stalling_commit)
@@ -352,10 +358,9 @@ async def test_a_commit_slower_than_the_lease_ttl_does_not_stop_the_source(
             serve(CounterSource, source_config(mesh, tmp_path, limit=100), stop=stop_source, install_signals=False)
         )
         sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
-        await eventually(lambda: stalls == 1)
-        await asyncio.sleep(4)
-        assert not source.done(), f"the source worker exited with {source.result()} after a slow registry commit"
+        await asyncio.wait_for(stall_over.wait(), 30)
         await eventually(lambda: len(received_numbers()) == 200)
+        assert not source.done(), f"the source worker exited with {source.result()} after a slow registry commit"
         stop_source.set()
         stop_sink.set()
         assert (await source, await sink) == (0, 0)
