@@ -29,8 +29,9 @@ Sink
 
 A complete source, runnable with ``meshconnect run`` once registered::
 
-    from runtime import ConnectorConfig, ConnectorRecord, Source, SourceContext
+    import anyio
     from pydantic import Field
+    from runtime import ConnectorConfig, ConnectorRecord, Source, SourceContext
 
     class CounterConfig(ConnectorConfig):
         limit: int = Field(10, description="How many numbers to emit.")
@@ -80,13 +81,13 @@ class Rejection:
 
 
 class CounterMetric(Protocol):
-    """A Prometheus counter of one connector instance: :meth:`_Metrics.counter` hands it out."""
+    """A Prometheus counter of one connector instance, as ``context.counter(name)`` hands it out."""
 
     def inc(self, amount: float = 1) -> None: ...
 
 
 class GaugeMetric(Protocol):
-    """A Prometheus gauge of one connector instance: :meth:`_Metrics.gauge` hands it out."""
+    """A Prometheus gauge of one connector instance, as ``context.gauge(name, **labels)`` hands it out."""
 
     def set(self, value: float) -> None: ...
 
