@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ from runtime.client import MeshClient, user_agent_for
 from runtime.config import AdminSettings, RegistrySettings, WorkerConfig
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import Command, FrameDecoder, Header, Package, SubscriptionMode, SubscriptionType, encode
-from runtime.record import partition_key
+from runtime.record import JsonValue, partition_key
 from runtime.registry.file import FileRegistry
+from runtime.worker.source import group_of
 from tests.runtime import connectors
 from tests.runtime.connectors import CounterSource, GroupedCounterSource, ListSink
 from tests.servers import free_port
@@ -431,3 +432,20 @@ def _delayed(method: Callable[..., Any], seconds: float) -> Callable[..., Any]:
         return await method(*args, **kwargs)
 
     return slow
+
+
+class _ByPartitionNumber(CounterSource):
+    """Groups its partitions by number, ignoring any "group" key."""
+
+    def group_of(self, partition: Mapping[str, JsonValue]) -> str:
+        return f"g{partition['p']}"
+
+
+def test_a_record_goes_to_the_group_its_source_names() -> None:
+    config = connectors.CounterConfig()
+    default, custom = CounterSource(config), _ByPartitionNumber(config)
+    groups = ("g0", "g1")
+    assert group_of(default, groups, {"group": "g1", "p": 0}) == "g1"
+    assert group_of(default, groups, {"p": 0}) == "default"
+    assert group_of(custom, groups, {"group": "g0", "p": 1}) == "g1"
+    assert group_of(custom, ("only",), {"p": 1}) == "only", "a single group takes every record"
