@@ -29,6 +29,8 @@ Sink
 
 A complete source, runnable with ``meshconnect run`` once registered::
 
+    import asyncio
+
     from runtime import ConnectorConfig, ConnectorRecord, Source, SourceContext
     from pydantic import Field
 
@@ -46,7 +48,7 @@ A complete source, runnable with ``meshconnect run`` once registered::
 
         async def poll(self) -> list[ConnectorRecord]:
             if self.next >= self.config.limit:
-                await anyio.sleep(0.5)
+                await asyncio.sleep(0.5)
                 return []
             n, self.next = self.next, self.next + 1
             return [ConnectorRecord(data={"n": n}, partition={"counter": "main"}, offset={"n": n})]
