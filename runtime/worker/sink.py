@@ -151,7 +151,7 @@ class SinkWorker:
             await membership.start()
         try:
             await retry_retriable(
-                lambda: self.sink.start(SinkContext(self.config.name, log=self.log)),
+                lambda: self.sink.start(SinkContext(self.config.name, log=self.log, connector_type=self.config.connector)),
                 what="sink start",
                 backoff=backoff,
                 stop=stop,

@@ -234,6 +234,7 @@ class _ActiveSession:
             log=self.log,
             rules=worker.rules,
             count_refused=self.metrics.refused,
+            connector_type=self.config.connector,
         )
         tasks: list[asyncio.Task[Any]] = []
         try:

@@ -92,12 +92,15 @@ async def test_an_admin_token_guards_metrics_and_status_but_not_the_probes(monke
 
 
 def test_a_connector_counts_into_the_runtime_registry_through_its_context() -> None:
-    sink, source = SinkContext("context-metrics-sink"), SourceContext("context-metrics-source", {})
+    sink = SinkContext("context-metrics-sink", connector_type="mysql-sink")
+    source = SourceContext("context-metrics-source", {}, connector_type="mysql-source")
     sink.counter("meshconnect_tombstones_purged_total").inc(3)
     sink.counter("meshconnect_tombstones_purged_total").inc()
     source.gauge("meshconnect_snapshot_rows_done", table="shop.orders").set(7)
-    assert REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "context-metrics-sink"}) == 4
-    labels = {"name": "context-metrics-source", "table": "shop.orders"}
+    # The labels of every meshconnect metric (README): connector (the type) and name (the instance).
+    sink_labels = {"connector": "mysql-sink", "name": "context-metrics-sink"}
+    assert REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", sink_labels) == 4
+    labels = {"connector": "mysql-source", "name": "context-metrics-source", "table": "shop.orders"}
     assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 7
     with pytest.raises(ConfigError, match="meshconnect_rows_invented_total"):
         sink.counter("meshconnect_rows_invented_total")
@@ -114,3 +117,4 @@ async def test_metrics_carry_the_build_info() -> None:
         await server.stop()
     expected = f'meshconnect_build_info{{python="{platform.python_version()}",version="{version("meshconnect")}"}} 1.0'
     assert expected in text.splitlines()
+

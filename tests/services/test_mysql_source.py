@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
 from runtime.observability import SNAPSHOT_ROWS_DONE
@@ -379,3 +380,20 @@ def test_binlog_transactions_open_and_end_as_the_phase_table_says() -> None:
     mariadb = Transaction(phase=Phase.GROUP)  # a transaction without COMMIT, then a new GTID: a new transaction
     assert (mariadb.mark(Mark.GTID_GROUP, "0-1-9"), mariadb.phase) == (Step.START, Phase.GROUP)
     assert mariadb.mark(Mark.DDL) is Step.END  # DDL commits implicitly
+
+
+async def test_binlog_stream_reports_how_far_behind_the_server_it_reads(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY)", database)
+    settings = {"port": mariadb_server.port, "replica_id": 60000 + next(_ids), "include_databases": [database]}
+    source = MysqlSource(MysqlSourceConfig.model_validate({**settings, "snapshot_mode": "never"}))
+    await source.start(SourceContext("lag-test", {}, connector_type="mysql-source"))
+    labels = {"connector": "mysql-source", "name": "lag-test"}
+    try:
+        # The binlog stamps an event with its statement's time: an hour back, as a replica an hour behind sees it.
+        mariadb_server.sql("SET TIMESTAMP = UNIX_TIMESTAMP() - 3600; INSERT INTO t VALUES (1)", database)
+        await drain(source, lambda rs: bool(changes(rs)))
+        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
+        assert lag is not None and 3590 < lag < 3700
+        await drain(source, lambda rs: REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0)
+    finally:
+        await source.stop()
