@@ -120,7 +120,8 @@ REFUSED = Counter(
 )
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
-    "Time from a batch's first record to its completion (acked or written).",
+    "Source: from the poll that returned a batch until the mesh acked all its records (or their dead letters). "
+    "Sink: from a batch's first record until it was written.",
     _LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

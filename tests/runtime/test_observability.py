@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import platform
 from importlib.metadata import version
+from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
 from prometheus_client import REGISTRY
 
+from runtime.app import serve
 from runtime.config import AdminSettings, LogSettings
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError
+from runtime.mesh import EmbeddedMesh
 from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard, configure_logging
+from tests.runtime import connectors
+from tests.runtime.connectors import CounterSource, ListSink
+from tests.runtime.test_worker import eventually, received_numbers, sink_config, source_config
 
 
 async def test_admin_endpoint_reflects_the_board() -> None:
@@ -118,3 +125,27 @@ async def test_metrics_carry_the_build_info() -> None:
     expected = f'meshconnect_build_info{{python="{platform.python_version()}",version="{version("meshconnect")}"}} 1.0'
     assert expected in text.splitlines()
 
+
+async def test_a_source_times_each_polled_batch_until_the_mesh_acknowledged_all_of_it(tmp_path: Path) -> None:
+    """meshconnect_batch_latency_seconds for a source: one observation per poll that returned records."""
+    labels = {"connector": "counter-source", "name": "counter"}
+
+    def batches_timed() -> float:
+        return REGISTRY.get_sample_value("meshconnect_batch_latency_seconds_count", labels) or 0.0
+
+    connectors.RECEIVED.clear()
+    before = batches_timed()
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        # 2 partitions x 10 numbers a poll, 50 numbers each: 5 polls return records, later ones none.
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=50), stop=stop_source, install_signals=False)
+        )
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        await eventually(lambda: len(received_numbers()) == 100, what="all numbers delivered")
+        await eventually(lambda: batches_timed() - before == 5, what="five batches timed")
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+    assert batches_timed() - before == 5
+    assert (REGISTRY.get_sample_value("meshconnect_batch_latency_seconds_sum", labels) or 0.0) > 0
