@@ -125,6 +125,13 @@ BATCH_LATENCY = Histogram(
     _LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EVENT_AGE_AT_WRITE = Histogram(
+    "meshconnect_event_age_at_write_seconds",
+    "Sink: age of a batch's first event when the batch was written: now minus the event's time (when its source "
+    "system stamped it or its source read it).",
+    _LABELS,
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
 IN_FLIGHT = Gauge("meshconnect_in_flight", "Records taken but not yet done.", _LABELS)
 OFFSET_LAG = Gauge("meshconnect_offset_lag", "Records acknowledged by the mesh but not yet checkpointed.", _LABELS)
 LEASE_HELD = Gauge("meshconnect_lease_held", "1 while this replica holds the lease of the group.", (*_LABELS, "group"))
@@ -226,6 +233,7 @@ class ConnectorMetrics:
         self.dead_letters = DEAD_LETTERS.labels(**labels)
         self.dead_letters_dropped = DEAD_LETTERS_DROPPED.labels(**labels)
         self.batch_latency = BATCH_LATENCY.labels(**labels)
+        self.event_age_at_write = EVENT_AGE_AT_WRITE.labels(**labels)
         self.in_flight = IN_FLIGHT.labels(**labels)
         self.offset_lag = OFFSET_LAG.labels(**labels)
         self.takeovers = TAKEOVERS.labels(**labels)

@@ -54,7 +54,7 @@ from runtime.client import MeshClient, PushedEvent, event_of_body
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, FrameTooLargeError, MeshRejectedError, RetriableError
-from runtime.observability import ConnectorMetrics, StatusBoard
+from runtime.observability import ConnectorMetrics, StatusBoard, seconds_behind
 from runtime.protocol.events import body_to_record
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
@@ -391,6 +391,9 @@ class SinkWorker:
         good = [item for item in items if item.record is not None]
         if good:
             await self._write(good, stop)
+            # Pushed in order, the first event is as a rule the oldest: how stale the batch got on its way here.
+            first = next(item.record for item in good if item.record is not None)
+            self.metrics.event_age_at_write.observe(seconds_behind(first.timestamp))
         for item in items:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)

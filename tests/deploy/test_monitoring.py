@@ -94,8 +94,8 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
         # snapshots (mysql-source), cdc apply (mysql-sink), http-source's refusals
         "meshconnect_snapshot_rows_done", "meshconnect_snapshot_rows_total", "meshconnect_cdc_late_resets_total",
         "meshconnect_cdc_ddl_skipped_total", "meshconnect_refused_total",
-        # how far sources read behind their systems
-        "meshconnect_source_lag_seconds",
+        # how far sources read behind their systems, how old events are when sinks write them
+        "meshconnect_source_lag_seconds", "meshconnect_event_age_at_write_seconds_bucket",
     }  # fmt: skip
     assert needed <= shown
     assert any(re.search(r"\bup\{", expression) for expression in panel_expressions(dashboard)), "no panel shows scrape health"

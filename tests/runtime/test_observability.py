@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import platform
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
+from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import REGISTRY
 
 from runtime.app import serve
+from runtime.client import MeshClient, user_agent_for
 from runtime.config import AdminSettings, LogSettings
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError
@@ -149,3 +152,27 @@ async def test_a_source_times_each_polled_batch_until_the_mesh_acknowledged_all_
         assert (await source, await sink) == (0, 0)
     assert batches_timed() - before == 5
     assert (REGISTRY.get_sample_value("meshconnect_batch_latency_seconds_sum", labels) or 0.0) > 0
+
+
+async def test_a_sink_records_how_old_events_are_when_it_writes_them() -> None:
+    """meshconnect_event_age_at_write_seconds: now minus the event's time, once per written batch."""
+    labels = {"connector": "list-sink", "name": "lister"}
+
+    def ages() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("meshconnect_event_age_at_write_seconds_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("meshconnect_event_age_at_write_seconds_sum", labels) or 0.0
+
+    connectors.RECEIVED.clear()
+    count_before, sum_before = ages()
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            attributes = {"id": "old-1", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+            await producer.publish(CloudEvent({**attributes, "time": an_hour_ago}, {"ok": 1}))
+        await eventually(lambda: ages()[0] == count_before + 1, what="one batch written")
+        stop_sink.set()
+        assert await sink == 0
+    assert [record.data for record in connectors.RECEIVED] == [{"ok": 1}]
+    assert 3590 < ages()[1] - sum_before < 3700
