@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
-from runtime.observability import SNAPSHOT_ROWS_DONE
 from runtime.record import derive_event_id, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
 from services.mysql.source.binlog import Mark, Phase, Step, Transaction
@@ -35,7 +34,7 @@ def database(mariadb_server: MariaDBServer) -> str:
 async def started(server: MariaDBServer, offsets: Mapping[str, Mapping[str, Any]] | None = None, **config: Any) -> MysqlSource:
     config.setdefault("replica_id", 60000 + next(_ids))
     source = MysqlSource(MysqlSourceConfig.model_validate({"port": server.port, **config}))
-    await source.start(SourceContext("source-test", dict(offsets or {})))
+    await source.start(SourceContext("source-test", dict(offsets or {}), connector_type="mysql-source"))
     return source
 
 
@@ -80,7 +79,8 @@ async def test_snapshot_then_stream_inserts_updates_deletes_and_ddl(mariadb_serv
         assert first["after"] == {"id": 1, "name": "one", "price": "1.50", "at": "2026-01-01 10:00:00.123000", "raw": "AP8="}
         assert first["binary"] == ["raw"] and first["key"] == ["id"] and first["source"]["snapshot"] is True
         assert snapshot[1].subject == f"{db}.a" and snapshot[5].data["key"] == ["k1", "k2"]
-        assert SNAPSHOT_ROWS_DONE.labels("source-test", f"{db}.b")._value.get() == 3
+        labels = {"connector": "mysql-source", "name": "source-test", "table": f"{db}.b"}
+        assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 3
         assert len({r.offset["snapshot"]["after"] is None for r in snapshot}) == 2
         assert len({partition_key(r.offset) for r in snapshot}) == len(snapshot)  # distinct offsets
 
