@@ -169,6 +169,11 @@ SOURCE_LAG = Gauge(
     "read, set at each read; 0 once it found nothing newer. Only sources whose system stamps its records.",
     _LABELS,
 )
+SOURCE_BYTES_BEHIND = Gauge(
+    "meshconnect_source_bytes_behind",
+    "file-source: bytes of the tailed files after the position read, a line still being written included.",
+    _LABELS,
+)
 _CONNECTOR_COUNTERS = {
     "meshconnect_cdc_late_resets_total": CDC_LATE_RESETS,
     "meshconnect_cdc_ddl_skipped_total": CDC_DDL_SKIPPED,
@@ -178,6 +183,7 @@ _CONNECTOR_GAUGES = {
     "meshconnect_snapshot_rows_done": SNAPSHOT_ROWS_DONE,
     "meshconnect_snapshot_rows_total": SNAPSHOT_ROWS_TOTAL,
     "meshconnect_source_lag_seconds": SOURCE_LAG,
+    "meshconnect_source_bytes_behind": SOURCE_BYTES_BEHIND,
 }
 
 
