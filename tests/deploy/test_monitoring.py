@@ -95,7 +95,7 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
         "meshconnect_snapshot_rows_done", "meshconnect_snapshot_rows_total", "meshconnect_cdc_late_resets_total",
         "meshconnect_cdc_ddl_skipped_total", "meshconnect_refused_total",
         # how far sources read behind their systems, how old events are when sinks write them
-        "meshconnect_source_lag_seconds", "meshconnect_event_age_at_write_seconds_bucket",
+        "meshconnect_source_lag_seconds", "meshconnect_source_bytes_behind", "meshconnect_event_age_at_write_seconds_bucket",
     }  # fmt: skip
     assert needed <= shown
     assert any(re.search(r"\bup\{", expression) for expression in panel_expressions(dashboard)), "no panel shows scrape health"
