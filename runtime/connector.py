@@ -29,7 +29,7 @@ Sink
 
 A complete source, runnable with ``meshconnect run`` once registered::
 
-    import anyio
+    import asyncio
     from pydantic import Field
     from runtime import ConnectorConfig, ConnectorRecord, Source, SourceContext
 
@@ -47,7 +47,7 @@ A complete source, runnable with ``meshconnect run`` once registered::
 
         async def poll(self) -> list[ConnectorRecord]:
             if self.next >= self.config.limit:
-                await anyio.sleep(0.5)
+                await asyncio.sleep(0.5)
                 return []
             n, self.next = self.next, self.next + 1
             return [ConnectorRecord(data={"n": n}, partition={"counter": "main"}, offset={"n": n})]
@@ -57,12 +57,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 
 from runtime.config import ConnectorConfig
-from runtime.observability import connector_counter, connector_gauge
+from runtime.observability import connector_counter, connector_gauge, seconds_behind
 from runtime.protocol.events import MAX_EVENT_BODY
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, partition_key
@@ -93,21 +94,22 @@ class GaugeMetric(Protocol):
 
 
 class _Metrics:
-    """The metrics a connector keeps itself, defined once in :mod:`runtime.observability` and labelled with its name."""
+    """The metrics a connector keeps itself, defined once in :mod:`runtime.observability`, labelled like the worker's."""
 
     __slots__ = ()
     connector_name: str
+    connector_type: str
 
     def counter(self, metric: str, **labels: str) -> CounterMetric:
         """The counter ``metric`` (e.g. ``meshconnect_tombstones_purged_total``) of this instance, ``labels`` bound.
 
         An unknown name is a ConfigError: metrics are defined in runtime/observability.py, not by connectors.
         """
-        return connector_counter(metric, self.connector_name, labels)
+        return connector_counter(metric, self.connector_type, self.connector_name, labels)
 
     def gauge(self, metric: str, **labels: str) -> GaugeMetric:
         """The gauge ``metric`` (e.g. ``meshconnect_snapshot_rows_done``) of this instance, ``labels`` bound."""
-        return connector_gauge(metric, self.connector_name, labels)
+        return connector_gauge(metric, self.connector_type, self.connector_name, labels)
 
 
 @dataclass(slots=True)
@@ -122,10 +124,17 @@ class SourceContext(_Metrics):
     """How the worker publishes the records: the topic, the topics input may name, the defaults it fills in."""
     count_refused: Callable[[str], None] = field(default=lambda reason: None)
     """Count input the source refused before it became a record (``meshconnect_refused_total{reason}``)."""
+    connector_type: str = ""
+    """The registered connector (e.g. ``mysql-source``): the ``connector`` label of the metrics."""
 
     def offset(self, partition: Mapping[str, JsonValue]) -> Mapping[str, JsonValue] | None:
         """The last committed offset of ``partition``, or ``None`` when nothing was committed."""
         return self.committed_offsets.get(partition_key(partition))
+
+    def report_lag(self, newest: datetime | None) -> None:
+        """How far behind its system this source reads (``meshconnect_source_lag_seconds``): ``newest`` is the
+        system's time (commit, append) of the newest record just read; None once a read found nothing newer."""
+        self.gauge("meshconnect_source_lag_seconds").set(0.0 if newest is None else seconds_behind(newest))
 
 
 @dataclass(slots=True)
@@ -134,6 +143,8 @@ class SinkContext(_Metrics):
 
     connector_name: str
     log: Any = field(default_factory=structlog.get_logger)
+    connector_type: str = ""
+    """The registered connector (e.g. ``mysql-sink``): the ``connector`` label of the metrics."""
 
 
 class _Connector(Generic[ConfigT]):

@@ -6,7 +6,7 @@
   a log line, whoever logged them.
 * Metrics are defined once, here, with the labels ``connector`` (the type, e.g. ``mysql-sink``) and
   ``name`` (the instance); :class:`ConnectorMetrics` binds those labels for one worker. The few a
-  connector keeps itself (labelled ``name`` and its own labels) are defined here too, and reached by
+  connector keeps itself (with the same two labels and its own) are defined here too, and reached by
   their names through the connector's context (``context.counter(...)``, ``context.gauge(...)``).
 * :class:`AdminServer` serves ``/healthz`` (the process lives), ``/readyz`` (mesh session up, lease
   held or standing by, dependency healthy, input not held back, no stall), ``/metrics`` and ``/status`` (JSON) from a
@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO, TypeVar
 
@@ -48,6 +49,7 @@ __all__ = [
     "connector_gauge",
     "mask_secrets",
     "package_version",
+    "seconds_behind",
 ]
 
 MASK = "**********"
@@ -118,9 +120,17 @@ REFUSED = Counter(
 )
 BATCH_LATENCY = Histogram(
     "meshconnect_batch_latency_seconds",
-    "Time from a batch's first record to its completion (acked or written).",
+    "Source: from the poll that returned a batch until the mesh acked all its records (or their dead letters). "
+    "Sink: from a batch's first record until it was written.",
     _LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_AGE_AT_WRITE = Histogram(
+    "meshconnect_event_age_at_write_seconds",
+    "Sink: age of a batch's first event when the batch was written: now minus the event's time (when its source "
+    "system stamped it or its source read it).",
+    _LABELS,
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
 )
 IN_FLIGHT = Gauge("meshconnect_in_flight", "Records taken but not yet done.", _LABELS)
 OFFSET_LAG = Gauge("meshconnect_offset_lag", "Records acknowledged by the mesh but not yet checkpointed.", _LABELS)
@@ -137,20 +147,33 @@ SPOOL_REPLAYED = Counter(
 )
 LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
 
-# Kept by one kind of connector, labelled with its instance ``name`` (and labels of its own).
+# Kept by the connectors that can know them, with the labels above and labels of their own.
 CDC_LATE_RESETS = Counter(
     "meshconnect_cdc_late_resets_total",
     "TRUNCATE/DROP applied after newer row changes of its table: those rows went with it (re-sync the table).",
-    ["name"],
+    _LABELS,
 )
 CDC_DDL_SKIPPED = Counter(
-    "meshconnect_cdc_ddl_skipped_total", "Schema-change events acknowledged without running them (apply_ddl: false).", ["name"]
+    "meshconnect_cdc_ddl_skipped_total", "Schema-change events acknowledged without running them (apply_ddl: false).", _LABELS
 )
 TOMBSTONES_PURGED = Counter(
-    "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", ["name"]
+    "meshconnect_tombstones_purged_total", "Versions of deleted rows (tombstones) purged after tombstone_retention.", _LABELS
 )
-SNAPSHOT_ROWS_DONE = Gauge("meshconnect_snapshot_rows_done", "Rows of a table read by the running snapshot.", ["name", "table"])
-SNAPSHOT_ROWS_TOTAL = Gauge("meshconnect_snapshot_rows_total", "Estimated rows of a table the snapshot reads.", ["name", "table"])
+SNAPSHOT_ROWS_DONE = Gauge("meshconnect_snapshot_rows_done", "Rows of a table read by the running snapshot.", (*_LABELS, "table"))
+SNAPSHOT_ROWS_TOTAL = Gauge(
+    "meshconnect_snapshot_rows_total", "Estimated rows of a table the snapshot reads.", (*_LABELS, "table")
+)
+SOURCE_LAG = Gauge(
+    "meshconnect_source_lag_seconds",
+    "How far a source reads behind its system: now minus the system's time (commit, append) of the newest record "
+    "read, set at each read; 0 once it found nothing newer. Only sources whose system stamps its records.",
+    _LABELS,
+)
+SOURCE_BYTES_BEHIND = Gauge(
+    "meshconnect_source_bytes_behind",
+    "file-source: bytes of the tailed files after the position read, a line still being written included.",
+    _LABELS,
+)
 _CONNECTOR_COUNTERS = {
     "meshconnect_cdc_late_resets_total": CDC_LATE_RESETS,
     "meshconnect_cdc_ddl_skipped_total": CDC_DDL_SKIPPED,
@@ -159,17 +182,24 @@ _CONNECTOR_COUNTERS = {
 _CONNECTOR_GAUGES = {
     "meshconnect_snapshot_rows_done": SNAPSHOT_ROWS_DONE,
     "meshconnect_snapshot_rows_total": SNAPSHOT_ROWS_TOTAL,
+    "meshconnect_source_lag_seconds": SOURCE_LAG,
+    "meshconnect_source_bytes_behind": SOURCE_BYTES_BEHIND,
 }
 
 
-def connector_counter(metric: str, name: str, labels: Mapping[str, str]) -> Counter:
-    """The connector counter ``metric`` of the instance ``name``, with its own ``labels`` bound."""
-    return _connector_metric(_CONNECTOR_COUNTERS, "counter", metric).labels(name=name, **labels)
+def connector_counter(metric: str, connector: str, name: str, labels: Mapping[str, str]) -> Counter:
+    """The connector counter ``metric`` of the instance ``name`` of ``connector``, with its own ``labels`` bound."""
+    return _connector_metric(_CONNECTOR_COUNTERS, "counter", metric).labels(connector=connector, name=name, **labels)
 
 
-def connector_gauge(metric: str, name: str, labels: Mapping[str, str]) -> Gauge:
-    """The connector gauge ``metric`` of the instance ``name``, with its own ``labels`` bound."""
-    return _connector_metric(_CONNECTOR_GAUGES, "gauge", metric).labels(name=name, **labels)
+def connector_gauge(metric: str, connector: str, name: str, labels: Mapping[str, str]) -> Gauge:
+    """The connector gauge ``metric`` of the instance ``name`` of ``connector``, with its own ``labels`` bound."""
+    return _connector_metric(_CONNECTOR_GAUGES, "gauge", metric).labels(connector=connector, name=name, **labels)
+
+
+def seconds_behind(moment: datetime) -> float:
+    """Seconds from ``moment`` (aware) to now, never below 0 (clocks of two hosts disagree a little)."""
+    return max(0.0, time.time() - moment.timestamp())
 
 
 def _connector_metric(defined: Mapping[str, _Metric], kind: str, metric: str) -> _Metric:
@@ -209,6 +239,7 @@ class ConnectorMetrics:
         self.dead_letters = DEAD_LETTERS.labels(**labels)
         self.dead_letters_dropped = DEAD_LETTERS_DROPPED.labels(**labels)
         self.batch_latency = BATCH_LATENCY.labels(**labels)
+        self.event_age_at_write = EVENT_AGE_AT_WRITE.labels(**labels)
         self.in_flight = IN_FLIGHT.labels(**labels)
         self.offset_lag = OFFSET_LAG.labels(**labels)
         self.takeovers = TAKEOVERS.labels(**labels)

@@ -151,7 +151,7 @@ async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any
             print(f"ok: mesh {mesh.address} accepted the handshake")
     instance = cls(typed)
     if isinstance(instance, Sink):
-        await instance.start(SinkContext(config.name, log=structlog.get_logger()))
+        await instance.start(SinkContext(config.name, log=structlog.get_logger(), connector_type=cls.name))
         await instance.stop()
         print(f"ok: {cls.name} connected")
         return
@@ -161,7 +161,9 @@ async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any
         offsets = await registry.load_offsets(config.name)
         print(f"ok: registry ({config.registry.kind}) answered: {len(offsets)} committed partition offset(s)")
         groups = frozenset(await instance.partition_groups())
-        context = SourceContext(config.name, offsets, assigned_groups=groups, rules=PublishRules.from_config(config))
+        context = SourceContext(
+            config.name, offsets, assigned_groups=groups, rules=PublishRules.from_config(config), connector_type=cls.name
+        )
         await instance.start(context)
         try:
             await _preview(instance, config)

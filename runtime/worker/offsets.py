@@ -26,6 +26,8 @@ class Submitted:
     key: str
     group: str
     acked: bool = False
+    batch: Any = None
+    """What the worker counts the record in (its poll's batch, for the batch latency); the tracker never reads it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ from runtime.client import MeshClient, PushedEvent, event_of_body
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, FrameTooLargeError, MeshRejectedError, RetriableError
-from runtime.observability import ConnectorMetrics, StatusBoard
+from runtime.observability import ConnectorMetrics, StatusBoard, seconds_behind
 from runtime.protocol.events import body_to_record
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
@@ -163,7 +163,7 @@ class SinkWorker:
             await membership.start()
         try:
             await retry_retriable(
-                lambda: self.sink.start(SinkContext(self.config.name, log=self.log)),
+                lambda: self.sink.start(SinkContext(self.config.name, log=self.log, connector_type=self.config.connector)),
                 what="sink start",
                 backoff=backoff,
                 stop=stop,
@@ -403,6 +403,9 @@ class SinkWorker:
         good = [item for item in items if item.record is not None]
         if good:
             await self._write(good, stop)
+            # Pushed in order, the first event is as a rule the oldest: how stale the batch got on its way here.
+            first = next(item.record for item in good if item.record is not None)
+            self.metrics.event_age_at_write.observe(seconds_behind(first.timestamp))
         for item in items:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)

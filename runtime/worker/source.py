@@ -45,6 +45,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -218,6 +219,8 @@ class _ActiveSession:
         self.backoff = Backoff(0.2, 5.0)
         self.acked = 0
         self.acked_bytes = 0
+        # Each poll's batch, in polling order, until the publisher hands its records out (batch latency).
+        self.polled: deque[_PollBatch] = deque()
 
     async def run(self) -> None:
         worker = self.worker
@@ -231,6 +234,7 @@ class _ActiveSession:
             log=self.log,
             rules=worker.rules,
             count_refused=self.metrics.refused,
+            connector_type=self.config.connector,
         )
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -311,6 +315,8 @@ class _ActiveSession:
                 backoff.reset()
                 self.worker.board.set_dependency(None)
             self.metrics.records_in.inc(len(records))
+            if records:
+                self.polled.append(_PollBatch(len(records)))
             queue = self.queue
             for record in records:
                 if queue.full():
@@ -322,11 +328,16 @@ class _ActiveSession:
         # Steady state without an await per record: while the window has room, publishing is synchronous.
         queue = self.queue
         client = self.client
+        batch = _PollBatch(0)
         while True:
             record = await queue.get()
             while True:
+                if not batch.unassigned:
+                    batch = self.polled.popleft()
+                batch.unassigned -= 1
                 event = self._event_for(record)
                 entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
+                entry.batch = batch
                 publication = _Publication(self, entry, event)
                 try:
                     sent = client.publish_nowait(event, publication)
@@ -387,6 +398,11 @@ class _ActiveSession:
 
     def _settled(self, entry: Submitted) -> None:
         """``entry`` needs nothing more from the mesh: its offset may commit once those before it may."""
+        batch = entry.batch
+        if not entry.acked and batch is not None:
+            batch.unsettled -= 1
+            if not batch.unsettled:
+                self.metrics.batch_latency.observe(time.monotonic() - batch.polled_at)
         self.tracker.ack(entry)
         # Without a lease there is no registry write to amortize: commit upstream as soon as acked
         # (an HTTP source holds its response until then).
@@ -544,6 +560,16 @@ class _ActiveSession:
             self.log.warning("drain timed out: unacknowledged events will be published again", in_flight=self.tracker.in_flight)
         await asyncio.wait_for(self._checkpoint(), max(1.0, deadline - time.monotonic()))
         self.log.info("drained", last_offsets=len(self.worker.board.last_offsets))
+
+
+class _PollBatch:
+    """The records one poll returned: how many the publisher has still to take, how many the mesh has still to settle."""
+
+    __slots__ = ("polled_at", "unassigned", "unsettled")
+
+    def __init__(self, size: int) -> None:
+        self.polled_at = time.monotonic()
+        self.unassigned = self.unsettled = size
 
 
 class _Publication:

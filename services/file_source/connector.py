@@ -60,6 +60,7 @@ class FileSource(Source[FileSourceConfig]):
         self._tails: dict[tuple[int, int], _Tail] = {}
         self._context: SourceContext | None = None
         self._next_scan = 0.0
+        self._bytes_behind = 0
 
     async def start(self, context: SourceContext) -> None:
         self._context = context
@@ -67,6 +68,8 @@ class FileSource(Source[FileSourceConfig]):
 
     async def poll(self) -> Sequence[ConnectorRecord]:
         records = await asyncio.to_thread(self._read)
+        assert self._context is not None
+        self._context.gauge("meshconnect_source_bytes_behind").set(self._bytes_behind)
         if not records:
             await asyncio.sleep(0.2)
         return records
@@ -87,6 +90,7 @@ class FileSource(Source[FileSourceConfig]):
                 records.extend(self._read_lines(tail, self.config.batch_size - len(records)))
                 if len(records) >= self.config.batch_size:
                     break
+            self._bytes_behind = sum(self._unread(tail) for tail in self._tails.values())
             return records
         except OSError as exc:
             raise RetriableError(f"cannot read tailed files: {exc}") from exc
@@ -129,7 +133,12 @@ class FileSource(Source[FileSourceConfig]):
         log.info("tailing file", path=path, position=position)
 
     def _at_end(self, tail: _Tail) -> bool:
-        return os.fstat(tail.file.fileno()).st_size <= tail.position
+        return self._unread(tail) == 0
+
+    @staticmethod
+    def _unread(tail: _Tail) -> int:
+        """Bytes of the file after the position read (0 when truncated below it: read again from 0 next)."""
+        return max(0, os.fstat(tail.file.fileno()).st_size - tail.position)
 
     def _read_lines(self, tail: _Tail, limit: int) -> list[ConnectorRecord]:
         size = os.fstat(tail.file.fileno()).st_size

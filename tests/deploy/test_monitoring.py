@@ -94,9 +94,24 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
         # snapshots (mysql-source), cdc apply (mysql-sink), http-source's refusals
         "meshconnect_snapshot_rows_done", "meshconnect_snapshot_rows_total", "meshconnect_cdc_late_resets_total",
         "meshconnect_cdc_ddl_skipped_total", "meshconnect_refused_total",
+        # how far sources read behind their systems, how old events are when sinks write them
+        "meshconnect_source_lag_seconds", "meshconnect_source_bytes_behind", "meshconnect_event_age_at_write_seconds_bucket",
     }  # fmt: skip
     assert needed <= shown
     assert any(re.search(r"\bup\{", expression) for expression in panel_expressions(dashboard)), "no panel shows scrape health"
+
+
+def test_every_aggregation_keeps_the_connector_and_name_labels(dashboard: dict[str, Any]) -> None:
+    """Every meshconnect metric carries ``connector`` and ``name`` (README): panels and alerts group by both."""
+    for expression in [*panel_expressions(dashboard), *alert_expressions()]:
+        if not METRIC_NAME.search(expression):
+            continue
+        for grouping in re.findall(r"\bby \(([^)]*)\)", expression):
+            labels = {label.strip() for label in grouping.split(",")}
+            assert {"connector", "name"} <= labels, f"by ({grouping}) in {expression!r}"
+        for selector in re.findall(r"\bmeshconnect_[a-z0-9_]+\{([^}]*)\}", expression):
+            if "$name" in selector:
+                assert "$connector" in selector, f"{{{selector}}} in {expression!r} filters by name, not by connector"
 
 
 def test_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:

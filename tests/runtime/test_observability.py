@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import platform
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
+from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
+from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import REGISTRY
 
+from runtime.app import serve
+from runtime.client import MeshClient, user_agent_for
 from runtime.config import AdminSettings, LogSettings
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError
+from runtime.mesh import EmbeddedMesh
 from runtime.observability import AdminServer, ConnectorMetrics, StatusBoard, configure_logging
+from tests.runtime import connectors
+from tests.runtime.connectors import CounterSource, ListSink
+from tests.runtime.test_worker import eventually, received_numbers, sink_config, source_config
 
 
 async def test_admin_endpoint_reflects_the_board() -> None:
@@ -92,12 +102,15 @@ async def test_an_admin_token_guards_metrics_and_status_but_not_the_probes(monke
 
 
 def test_a_connector_counts_into_the_runtime_registry_through_its_context() -> None:
-    sink, source = SinkContext("context-metrics-sink"), SourceContext("context-metrics-source", {})
+    sink = SinkContext("context-metrics-sink", connector_type="mysql-sink")
+    source = SourceContext("context-metrics-source", {}, connector_type="mysql-source")
     sink.counter("meshconnect_tombstones_purged_total").inc(3)
     sink.counter("meshconnect_tombstones_purged_total").inc()
     source.gauge("meshconnect_snapshot_rows_done", table="shop.orders").set(7)
-    assert REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "context-metrics-sink"}) == 4
-    labels = {"name": "context-metrics-source", "table": "shop.orders"}
+    # The labels of every meshconnect metric (README): connector (the type) and name (the instance).
+    sink_labels = {"connector": "mysql-sink", "name": "context-metrics-sink"}
+    assert REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", sink_labels) == 4
+    labels = {"connector": "mysql-source", "name": "context-metrics-source", "table": "shop.orders"}
     assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 7
     with pytest.raises(ConfigError, match="meshconnect_rows_invented_total"):
         sink.counter("meshconnect_rows_invented_total")
@@ -114,3 +127,52 @@ async def test_metrics_carry_the_build_info() -> None:
         await server.stop()
     expected = f'meshconnect_build_info{{python="{platform.python_version()}",version="{version("meshconnect")}"}} 1.0'
     assert expected in text.splitlines()
+
+
+async def test_a_source_times_each_polled_batch_until_the_mesh_acknowledged_all_of_it(tmp_path: Path) -> None:
+    """meshconnect_batch_latency_seconds for a source: one observation per poll that returned records."""
+    labels = {"connector": "counter-source", "name": "counter"}
+
+    def batches_timed() -> float:
+        return REGISTRY.get_sample_value("meshconnect_batch_latency_seconds_count", labels) or 0.0
+
+    connectors.RECEIVED.clear()
+    before = batches_timed()
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        # 2 partitions x 10 numbers a poll, 50 numbers each: 5 polls return records, later ones none.
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=50), stop=stop_source, install_signals=False)
+        )
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        await eventually(lambda: len(received_numbers()) == 100, what="all numbers delivered")
+        await eventually(lambda: batches_timed() - before == 5, what="five batches timed")
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+    assert batches_timed() - before == 5
+    assert (REGISTRY.get_sample_value("meshconnect_batch_latency_seconds_sum", labels) or 0.0) > 0
+
+
+async def test_a_sink_records_how_old_events_are_when_it_writes_them() -> None:
+    """meshconnect_event_age_at_write_seconds: now minus the event's time, once per written batch."""
+    labels = {"connector": "list-sink", "name": "lister"}
+
+    def ages() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("meshconnect_event_age_at_write_seconds_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("meshconnect_event_age_at_write_seconds_sum", labels) or 0.0
+
+    connectors.RECEIVED.clear()
+    count_before, sum_before = ages()
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with EmbeddedMesh(port=0) as mesh:
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, sink_config(mesh), stop=stop_sink, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            attributes = {"id": "old-1", "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
+            await producer.publish(CloudEvent({**attributes, "time": an_hour_ago}, {"ok": 1}))
+        await eventually(lambda: ages()[0] == count_before + 1, what="one batch written")
+        stop_sink.set()
+        assert await sink == 0
+    assert [record.data for record in connectors.RECEIVED] == [{"ok": 1}]
+    assert 3590 < ages()[1] - sum_before < 3700

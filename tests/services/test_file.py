@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
@@ -280,3 +281,23 @@ async def test_file_source_conformance(tmp_path: Path) -> None:
         ),
         workdir=tmp_path / "work",
     )
+
+
+async def test_source_reports_the_bytes_it_has_still_to_read(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    log_file.write_bytes(b"first\nsecond\nthird, still being writ")
+    source = FileSource(FileSourceConfig(paths=[str(tmp_path / "*.log")], batch_size=1))
+    await source.start(SourceContext("file-behind-test", {}, connector_type="file-source"))
+    labels = {"connector": "file-source", "name": "file-behind-test"}
+    try:
+        assert [record.data for record in await source.poll()] == ["first"]
+        assert REGISTRY.get_sample_value("meshconnect_source_bytes_behind", labels) == len(b"second\nthird, still being writ")
+        assert [record.data for record in await source.poll()] == ["second"]
+        assert await source.poll() == []  # the last line is not complete yet, and counts as unread
+        assert REGISTRY.get_sample_value("meshconnect_source_bytes_behind", labels) == len(b"third, still being writ")
+        with log_file.open("ab") as appending:
+            appending.write(b"ten\n")
+        assert [record.data for record in await source.poll()] == ["third, still being written"]
+        assert REGISTRY.get_sample_value("meshconnect_source_bytes_behind", labels) == 0
+    finally:
+        await source.stop()

@@ -35,9 +35,12 @@ def database(mariadb_server: MariaDBServer) -> str:
     return name
 
 
+SINK_LABELS = {"connector": "mysql-sink", "name": "cdc-ddl-test"}
+
+
 async def started(server: MariaDBServer, database: str, **settings: Any) -> MysqlSink:
     sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, "database": database, "mode": "cdc", **settings}))
-    await sink.start(SinkContext("cdc-ddl-test"))
+    await sink.start(SinkContext("cdc-ddl-test", connector_type="mysql-sink"))
     return sink
 
 
@@ -143,7 +146,7 @@ async def test_with_apply_ddl_false_schema_changes_are_acknowledged_counted_and_
     mariadb_server: MariaDBServer, database: str
 ) -> None:
     def skipped() -> float:
-        return REGISTRY.get_sample_value("meshconnect_cdc_ddl_skipped_total", {"name": "cdc-ddl-test"}) or 0.0
+        return REGISTRY.get_sample_value("meshconnect_cdc_ddl_skipped_total", SINK_LABELS) or 0.0
 
     before = skipped()
     sink = await started(mariadb_server, database, apply_ddl=False)

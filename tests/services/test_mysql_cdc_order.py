@@ -31,9 +31,12 @@ def database(mariadb_server: MariaDBServer) -> str:
     return name
 
 
+SINK_LABELS = {"connector": "mysql-sink", "name": "cdc-order-test"}
+
+
 async def started(server: MariaDBServer, database: str, **settings: Any) -> MysqlSink:
     sink = MysqlSink(MysqlSinkConfig.model_validate({"port": server.port, "database": database, "mode": "cdc", **settings}))
-    await sink.start(SinkContext("cdc-order-test"))
+    await sink.start(SinkContext("cdc-order-test", connector_type="mysql-sink"))
     return sink
 
 
@@ -184,7 +187,7 @@ async def test_a_schema_change_left_pending_by_a_crash_holds_newer_changes_until
 
 async def test_a_truncate_applied_after_newer_row_changes_is_reported(mariadb_server: MariaDBServer, database: str) -> None:
     def late_resets() -> float:
-        return REGISTRY.get_sample_value("meshconnect_cdc_late_resets_total", {"name": "cdc-order-test"}) or 0.0
+        return REGISTRY.get_sample_value("meshconnect_cdc_late_resets_total", SINK_LABELS) or 0.0
 
     before = late_resets()
     sink = await started(mariadb_server, database)
@@ -283,7 +286,7 @@ def versions(server: MariaDBServer, database: str) -> list[list[str]]:
 async def test_tombstones_older_than_the_retention_are_purged_and_the_table_floor_keeps_older_changes_out(
     mariadb_server: MariaDBServer, database: str
 ) -> None:
-    purged_before = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "cdc-order-test"}) or 0.0
+    purged_before = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", SINK_LABELS) or 0.0
     insert_1 = change("c", None, item(1, "one"), source(100))
     insert_2 = change("c", None, item(2, "two"), source(150))
     delete_1 = change("d", item(1, "one"), None, source(200))
@@ -298,7 +301,7 @@ async def test_tombstones_older_than_the_retention_are_purged_and_the_table_floo
             await asyncio.sleep(0.1)
         # The tombstone is gone, the live row's version stays, the floor holds the purged delete's version.
         assert [row[:2] for row in versions(mariadb_server, database)] == [["[2]", live_version], ["reset", delete_version]]
-        purged = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", {"name": "cdc-order-test"})
+        purged = REGISTRY.get_sample_value("meshconnect_tombstones_purged_total", SINK_LABELS)
         assert purged == purged_before + 1
         await put_each(sink, [insert_1], [change("u", item(1, "zero"), item(1, "one"), source(120))])
         assert table(mariadb_server, database) == [["2", "two", "NULL"]]  # older than the purged delete: skipped

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime import ConfigError, ConnectorRecord, RetriableError, SourceContext
-from runtime.observability import SNAPSHOT_ROWS_DONE
 from runtime.record import derive_event_id, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
 from services.mysql.source.binlog import Mark, Phase, Step, Transaction
@@ -34,7 +34,7 @@ def database(mariadb_server: MariaDBServer) -> str:
 async def started(server: MariaDBServer, offsets: Mapping[str, Mapping[str, Any]] | None = None, **config: Any) -> MysqlSource:
     config.setdefault("replica_id", 60000 + next(_ids))
     source = MysqlSource(MysqlSourceConfig.model_validate({"port": server.port, **config}))
-    await source.start(SourceContext("source-test", dict(offsets or {})))
+    await source.start(SourceContext("source-test", dict(offsets or {}), connector_type="mysql-source"))
     return source
 
 
@@ -79,7 +79,8 @@ async def test_snapshot_then_stream_inserts_updates_deletes_and_ddl(mariadb_serv
         assert first["after"] == {"id": 1, "name": "one", "price": "1.50", "at": "2026-01-01 10:00:00.123000", "raw": "AP8="}
         assert first["binary"] == ["raw"] and first["key"] == ["id"] and first["source"]["snapshot"] is True
         assert snapshot[1].subject == f"{db}.a" and snapshot[5].data["key"] == ["k1", "k2"]
-        assert SNAPSHOT_ROWS_DONE.labels("source-test", f"{db}.b")._value.get() == 3
+        labels = {"connector": "mysql-source", "name": "source-test", "table": f"{db}.b"}
+        assert REGISTRY.get_sample_value("meshconnect_snapshot_rows_done", labels) == 3
         assert len({r.offset["snapshot"]["after"] is None for r in snapshot}) == 2
         assert len({partition_key(r.offset) for r in snapshot}) == len(snapshot)  # distinct offsets
 
@@ -379,3 +380,20 @@ def test_binlog_transactions_open_and_end_as_the_phase_table_says() -> None:
     mariadb = Transaction(phase=Phase.GROUP)  # a transaction without COMMIT, then a new GTID: a new transaction
     assert (mariadb.mark(Mark.GTID_GROUP, "0-1-9"), mariadb.phase) == (Step.START, Phase.GROUP)
     assert mariadb.mark(Mark.DDL) is Step.END  # DDL commits implicitly
+
+
+async def test_binlog_stream_reports_how_far_behind_the_server_it_reads(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY)", database)
+    settings = {"port": mariadb_server.port, "replica_id": 60000 + next(_ids), "include_databases": [database]}
+    source = MysqlSource(MysqlSourceConfig.model_validate({**settings, "snapshot_mode": "never"}))
+    await source.start(SourceContext("lag-test", {}, connector_type="mysql-source"))
+    labels = {"connector": "mysql-source", "name": "lag-test"}
+    try:
+        # The binlog stamps an event with its statement's time: an hour back, as a replica an hour behind sees it.
+        mariadb_server.sql("SET TIMESTAMP = UNIX_TIMESTAMP() - 3600; INSERT INTO t VALUES (1)", database)
+        await drain(source, lambda rs: bool(changes(rs)))
+        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
+        assert lag is not None and 3590 < lag < 3700
+        await drain(source, lambda rs: REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0)
+    finally:
+        await source.stop()

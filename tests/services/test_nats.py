@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
@@ -247,3 +248,20 @@ async def test_nats_source_conformance(private_nats: NatsServer, tmp_path: Path)
         ),
         workdir=tmp_path,
     )
+
+
+async def test_source_reports_how_far_behind_the_stream_it_reads(nats_server: NatsServer) -> None:
+    stream, subject = _names()
+    settings = {"servers": [nats_server.url], "stream": stream, "subjects": [f"{subject}.>"], "durable": "lag"}
+    source = NatsSource(NatsSourceConfig.model_validate(settings))
+    await source.start(SourceContext("nats-lag-test", {}, connector_type="nats-source"))
+    labels = {"connector": "nats-source", "name": "nats-lag-test"}
+    try:
+        await _publish(nats_server.url, subject, [_event(1)])
+        assert len(await poll_until(source, 1)) == 1
+        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
+        assert lag is not None and 0 < lag < 60  # read after JetStream stored it, on this host's clock
+        assert await source.poll() == []  # nothing newer within the fetch's second: caught up
+        assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
+    finally:
+        await source.stop()

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
@@ -389,3 +390,21 @@ async def test_sink_worker_waits_out_a_revoked_grant_and_a_refused_login(
         await until(lambda: ready(200), "ready again")
         assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
     assert worker.result() == 0
+
+
+async def test_source_reports_how_far_behind_the_commits_it_reads(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    settings = {"dsn": postgres_server.dsn, "slot": table, "publication": table, "tables": [table], "idle_wait": 0.1}
+    source = PostgresSource(PostgresSourceConfig.model_validate(settings))
+    await source.start(SourceContext("pg-lag-test", {}, connector_type="postgres-source"))
+    labels = {"connector": "postgres-source", "name": "pg-lag-test"}
+    try:
+        await db.execute(f"INSERT INTO {table} (id) VALUES (1)")
+        assert len(await poll_until(source, 1)) == 1
+        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
+        assert lag is not None and 0 < lag < 60  # read after its commit, on this host's clock
+        assert await source.poll() == []  # read every commit: caught up
+        assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
+    finally:
+        await source.stop()

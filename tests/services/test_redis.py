@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
@@ -253,3 +255,22 @@ async def test_redis_source_conformance(redis_server: RedisServer, client: aiore
         ),
         workdir=tmp_path,
     )
+
+
+async def test_stream_source_reports_how_far_behind_the_stream_it_reads(
+    redis_server: RedisServer, client: aioredis.Redis
+) -> None:
+    stream = _key()
+    an_hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    await client.xadd(stream, {"event": record_to_json(_event(1))}, id=f"{an_hour_ago_ms}-0")  # an entry id is its append time
+    source = RedisSource(RedisSourceConfig.model_validate({"url": redis_server.url, "streams": [stream]}))
+    await source.start(SourceContext("redis-lag-test", {}, connector_type="redis-source"))
+    labels = {"connector": "redis-source", "name": "redis-lag-test"}
+    try:
+        assert len(await poll_until(source, 1)) == 1
+        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
+        assert lag is not None and 3590 < lag < 3700
+        assert await source.poll() == []  # read everything: caught up
+        assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
+    finally:
+        await source.stop()

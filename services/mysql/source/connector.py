@@ -271,9 +271,11 @@ class MysqlSource(Source[MysqlSourceConfig]):
         if records:
             self._last_offset = dict(records[-1].offset)
             self._last_emit = time.monotonic()
+            self._context.report_lag(records[-1].timestamp)
             return records
         if failure is not None:
             raise RetriableError(failure.message)
+        self._context.report_lag(None)  # read all the server had logged
         return self._heartbeat()
 
     def _heartbeat(self) -> list[ConnectorRecord]:

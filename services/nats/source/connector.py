@@ -59,8 +59,10 @@ class NatsSource(Source[NatsSourceConfig]):
         self._subscription: Any = None
         self._unacked: dict[int, Any] = {}
         self._partition: dict[str, str] = {}
+        self._context = SourceContext(self.name, {})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
+        self._context = context
         timeout = self.config.timeout
         durable = self.config.durable or context.connector_name
         self._client = await nats_connect(self.config.servers, self.config.token, timeout)
@@ -93,8 +95,11 @@ class NatsSource(Source[NatsSourceConfig]):
                 and self._client is not None
                 and self._client.is_connected
             ):
+                self._context.report_lag(None)
                 return []  # nothing to read within the second
             raise
+        # The metadata carries the time JetStream stored the message.
+        self._context.report_lag(messages[-1].metadata.timestamp if messages else None)
         records = []
         for message in messages:
             sequence = message.metadata.sequence.stream

@@ -69,8 +69,10 @@ class PostgresSource(Source[PostgresSourceConfig]):
         # Every peek decodes from the slot's position: remember how far in the changes not yet handed out begin.
         self._rows_behind = 0
         self._transaction_rows: dict[int, int] = {}  # end LSN -> messages, of the transactions of the last peek
+        self._context = SourceContext(self.name, {})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
+        self._context = context
         committed = context.offset(self._partition)
         if committed is not None:
             self._cursor = (int(committed["lsn"]), int(committed["n"]))
@@ -120,6 +122,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             self._connection.drop()
             raise
         records = self._records(rows)
+        self._context.report_lag(records[-1].timestamp if records else None)  # a record's time is its commit's
         if not records:
             await asyncio.sleep(self.config.idle_wait)
         return records

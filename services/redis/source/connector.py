@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -73,8 +74,10 @@ class RedisSource(Source[RedisSourceConfig]):
         self._backlog_cursor = dict.fromkeys(config.streams, "0")
         self._session = uuid.uuid4().hex
         self._received = 0
+        self._context = SourceContext(self.name, {})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
+        self._context = context
         self._consumer = self.config.consumer or context.connector_name
         self._redis = redis_connect(self.config.url.get_secret_value(), self.config.timeout)
         await redis_call("PING", self._redis.ping())
@@ -119,11 +122,14 @@ class RedisSource(Source[RedisSourceConfig]):
                     claimed = await self._claim(stream)
                     if claimed:
                         return claimed
-            return await self._read(dict.fromkeys(self.config.streams, ">"), block=1000)
+            records = await self._read(dict.fromkeys(self.config.streams, ">"), block=1000)
         except RetriableError as exc:
             if "NOGROUP" in str(exc):  # the server lost the group (restarted without persistence): make it again
                 await self._ensure_groups()
             raise
+        # An entry id starts with the server's clock (ms) at XADD: how far behind the newest entry read is.
+        self._context.report_lag(_appended_at(str(records[-1].offset["id"])) if records else None)
+        return records
 
     async def _read(self, streams: dict[Any, Any], block: int | None) -> list[ConnectorRecord]:
         assert self._redis is not None
@@ -194,3 +200,8 @@ class RedisSource(Source[RedisSourceConfig]):
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+
+def _appended_at(entry_id: str) -> datetime:
+    """When the stream entry ``entry_id`` (``<ms>-<seq>``) was appended, by the Redis server's clock."""
+    return datetime.fromtimestamp(int(entry_id.partition("-")[0]) / 1000, UTC)
