@@ -102,7 +102,9 @@ class PostgresSinkConfig(ConnectorConfig):
 
 class PostgresSink(Sink[PostgresSinkConfig]):
     name = "postgres-sink"
-    description = "Upserts events into PostgreSQL: an idempotent events table, or data fields mapped to columns."
+    description = (
+        "Upserts events into PostgreSQL: an idempotent events table, data fields mapped to columns, or change events applied."
+    )
     config_model = PostgresSinkConfig
 
     def __init__(self, config: PostgresSinkConfig) -> None:

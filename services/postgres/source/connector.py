@@ -69,7 +69,10 @@ class PostgresSourceConfig(ConnectorConfig):
 
 class PostgresSource(Source[PostgresSourceConfig]):
     name = "postgres-source"
-    description = "Streams PostgreSQL row changes by logical decoding (pgoutput slot), advancing the slot after the mesh ack."
+    description = (
+        "Snapshots PostgreSQL tables, then streams their row changes and TRUNCATEs by logical decoding (pgoutput slot),"
+        " advancing the slot after the mesh ack."
+    )
     config_model = PostgresSourceConfig
 
     def __init__(self, config: PostgresSourceConfig) -> None:
