@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord, partition_key
-from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
+from runtime.testing import (
+    SinkHarness,
+    SourceHarness,
+    WorkerProcess,
+    poll_until,
+    run_sink_conformance,
+    run_source_conformance,
+)
 from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres.source.connector import PostgresSource, PostgresSourceConfig
 from tests.servers import PostgresServer, free_port
@@ -178,6 +185,38 @@ async def test_source_snapshots_the_rows_that_precede_the_slot_then_streams(
     assert records[2].data["after"]["name"] == odd
     assert first.data["source"]["snapshot"] is True and records[7].data["source"]["snapshot"] is False
     assert first.data["source"]["lsn"] < records[7].data["source"]["lsn"]  # snapshot rows stand before every change
+
+
+async def test_a_snapshot_goes_on_after_its_connection_is_lost(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
+    try:
+        first = list(await source.poll())
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
+        )
+        with pytest.raises(RetriableError):
+            await source.poll()
+        rest = await _drain(source)
+    finally:
+        await source.stop()
+    assert [r.data["after"]["id"] for r in first + rest] == list(range(1, 11))
+
+
+async def test_a_table_without_primary_key_is_snapshot_in_chunks(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+    await db.execute(f"INSERT INTO {table} (id) SELECT n % 3 FROM generate_series(1, 7) n")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=2)
+    try:
+        records = await _drain(source)
+    finally:
+        await source.stop()
+    assert sorted(r.data["after"]["id"] for r in records) == sorted(n % 3 for n in range(1, 8))
+    assert {r.data["op"] for r in records} == {"r"} and records[0].data["key"] == []
 
 
 async def _target(db: asyncpg.Connection) -> str:
@@ -490,3 +529,58 @@ async def test_sink_worker_waits_out_a_revoked_grant_and_a_refused_login(
         await until(lambda: ready(200), "ready again")
         assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
     assert worker.result() == 0
+
+
+async def test_a_source_worker_killed_mid_snapshot_resumes_without_gaps_into_a_sink_target(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str, tmp_path: Path
+) -> None:
+    """SIGKILL during the snapshot; the restarted worker goes on from its committed offset and the target converges."""
+    rows = 20_000
+    await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'v' || n FROM generate_series(1, $1::int) n", rows)
+    target = await _target(db)
+
+    async def copied() -> int:
+        return int(await db.fetchval(f"SELECT count(*) FROM {target}"))
+
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        sink_worker(PostgresSink, mesh, free_port(), dsn=postgres_server.dsn, mode="cdc", table=target, key=["id"]),
+    ):
+        config = {
+            "name": "pg-snapshot-source",
+            "connector": PostgresSource.name,
+            "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+            "registry": {"kind": "file", "path": str(tmp_path / "registry"), "lease_ttl": 2},
+            "admin": {"host": "127.0.0.1", "port": free_port()},
+            "log": {"format": "json"},
+            "source": {"topic": "orders", "checkpoint_every": 10, "checkpoint_interval": 0.2},
+            "config": {
+                "dsn": postgres_server.dsn,
+                "slot": table,
+                "publication": table,
+                "tables": [table],
+                "snapshot_chunk_size": 100,
+            },
+        }
+        source = WorkerProcess(PostgresSource, config, tmp_path)
+        try:
+            await source.start(within=30)
+            await until(lambda: _more_than(copied, 500), "the first snapshot rows copied")
+            await source.kill()
+            assert await copied() < rows, "the snapshot ended before the kill: nothing to resume"
+            await db.execute(f"UPDATE {table} SET name = 'changed' WHERE id IN (1, 19000)")
+            await db.execute(f"DELETE FROM {table} WHERE id IN (2, 19001)")
+            await db.execute(f"INSERT INTO {table} (id, name) VALUES ($1, 'late')", rows + 1)
+            await source.start(within=30)
+
+            async def converged() -> bool:
+                return await _rows(db, target) == await _rows(db, table)
+
+            await until(converged, "the target equal to the source table", within=60)
+        finally:
+            await source.kill()
+    assert await copied() == rows - 1  # two deleted, one added
+
+
+async def _more_than(count: Callable[[], Awaitable[int]], least: int) -> bool:
+    return await count() > least
