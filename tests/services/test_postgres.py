@@ -205,6 +205,23 @@ async def test_a_snapshot_goes_on_after_its_connection_is_lost(
     assert [r.data["after"]["id"] for r in first + rest] == list(range(1, 11))
 
 
+async def test_a_snapshot_whose_slot_was_lost_starts_again(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
+    first = list(await source.poll())
+    await source.commit(first)
+    await source.stop()
+    await db.execute("SELECT pg_drop_replication_slot($1)", table)
+    source = await _source(postgres_server.dsn, table, offsets=_offsets(first), snapshot_chunk_size=3)
+    try:
+        again = await _drain(source)
+    finally:
+        await source.stop()
+    assert [r.data["after"]["id"] for r in again] == list(range(1, 11))
+
+
 async def test_a_table_without_primary_key_is_snapshot_in_chunks(
     postgres_server: PostgresServer, db: asyncpg.Connection, table: str
 ) -> None:
@@ -247,6 +264,26 @@ async def test_truncate_replicates_into_a_postgres_sink_target(
     assert [r.data["ddl"] for r in truncate] == [f'TRUNCATE TABLE "public"."{table}"']
     assert truncate[0].data["source"]["table"] == table
     assert await _rows(db, target) == [(4, "new", None, None, None)]
+
+
+async def test_cdc_sink_dead_letters_what_it_cannot_apply(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    target = await _target(db)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    changes = {
+        "alter": {"ddl": "ALTER TABLE t ADD COLUMN x int", "source": {}},
+        "op": {"op": "x", "before": None, "after": {"id": 1}, "source": {}},
+        "no-key": {"op": "d", "before": {"name": "a"}, "after": None, "source": {}},
+        "misfit": {"op": "c", "before": None, "after": {"id": "1"}, "source": {}},
+        "good": {"op": "c", "before": None, "after": {"id": 2, "name": "two"}, "source": {}},
+    }
+    try:
+        rejections = await sink.put([_event(0, id=name, data=data) for name, data in changes.items()])
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == {"alter", "op", "no-key", "misfit"}
+    assert "TRUNCATE" in reasons["alter"] and "'x'" in reasons["op"] and "before image lacks the key" in reasons["no-key"]
+    assert await _rows(db, target) == [(2, "two", None, None, None)]
 
 
 async def test_a_snapshot_stopped_midway_resumes_without_gaps_or_duplicates(

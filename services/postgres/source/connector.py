@@ -99,7 +99,10 @@ class PostgresSource(Source[PostgresSourceConfig]):
         try:
             await self._ensure_publication(connection)
             if await self._slot_lsn(connection) is None:
-                if streaming and self.config.snapshot_mode == "when_needed":
+                if isinstance(resume, dict):  # the rows handed out stand before changes the lost slot held
+                    log.warning("replication slot is missing mid-snapshot; the snapshot starts again", slot=self.config.slot)
+                    resume = None
+                elif streaming and self.config.snapshot_mode == "when_needed":
                     log.warning("replication slot is missing; taking a new snapshot", slot=self.config.slot)
                     snapshot, self._cursor = True, (0, -1)
                 elif streaming:
@@ -209,7 +212,10 @@ class PostgresSource(Source[PostgresSourceConfig]):
             if self._reading is None:
                 # The slot's snapshot ended with its connection: go on in a new one (see services.postgres.source.snapshot).
                 reading = await pg_call(
-                    "connect for the snapshot", asyncpg.connect(self.config.dsn.get_secret_value()), self.config.timeout
+                    "connect for the snapshot",
+                    asyncpg.connect(self.config.dsn.get_secret_value()),
+                    self.config.timeout,
+                    running=True,
                 )
                 self._reading = reading
                 await pg_call("begin snapshot", reading.execute("SET standard_conforming_strings = on"), self.config.timeout)

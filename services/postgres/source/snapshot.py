@@ -131,7 +131,9 @@ class SnapshotReader:
         return None
 
     async def _open(self, table: Table, catalog: asyncpg.Connection) -> None:
-        estimate = await pg_call("estimate rows", catalog.fetchval(_ESTIMATE, quote_identifier(table.qualified)), self._seconds)
+        estimate = await pg_call(
+            "estimate rows", catalog.fetchval(_ESTIMATE, quote_identifier(table.qualified)), self._seconds, running=True
+        )
         self._opened = table.qualified
         self._total, self._done = int(estimate or 0), 0
         self._started = self._logged = time.monotonic()
@@ -155,7 +157,7 @@ class SnapshotReader:
         async def keep(data: bytes) -> None:
             received.append(bytes(data))
 
-        await pg_call(f"snapshot of {table.qualified}", reading.copy_from_query(query, output=keep), self._seconds)
+        await pg_call(f"snapshot of {table.qualified}", reading.copy_from_query(query, output=keep), self._seconds, running=True)
         rows: list[tuple[dict[str, Any], list[str]]] = []
         for line in b"".join(received).decode().splitlines():
             fields = [_unescape(field) for field in line.split("\t")]
