@@ -14,7 +14,7 @@ SERVICES = ROOT / "services"
 
 # Files another branch is changing right now (the chat helpers move into runtime, the postgres and
 # mysql sources are being reworked); they switch to ``from runtime import ...`` when those land.
-_PENDING = {"chatbot.py", "cloudevents_json.py", "postgres/source/connector.py", "mysql/source/binlog.py"}
+_PENDING = {"chatbot.py", "cloudevents_json.py"}
 
 # The codec is sans-IO: no event loop, socket, clock, logging or randomness of its own.
 _IO_MODULES = {"asyncio", "socket", "time", "structlog", "uuid", "random", "secrets", "selectors", "threading"}

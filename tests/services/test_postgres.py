@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,14 @@ from runtime.connector import SinkContext, SourceContext
 from runtime.errors import DataError, RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord, partition_key
-from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
+from runtime.testing import (
+    SinkHarness,
+    SourceHarness,
+    WorkerProcess,
+    poll_until,
+    run_sink_conformance,
+    run_source_conformance,
+)
 from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig
 from services.postgres.source.connector import PostgresSource, PostgresSourceConfig
 from tests.servers import PostgresServer, free_port
@@ -81,14 +88,17 @@ async def test_source_streams_inserts_updates_deletes_in_commit_order(
     finally:
         await source.stop()
     assert [(r.data["op"], r.type) for r in records] == [
-        ("insert", "postgres.insert"),
-        ("insert", "postgres.insert"),
-        ("update", "postgres.update"),
-        ("delete", "postgres.delete"),
+        ("c", "postgres.change.c"),
+        ("c", "postgres.change.c"),
+        ("u", "postgres.change.u"),
+        ("d", "postgres.change.d"),
     ]
-    assert records[0].data["row"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
-    assert records[0].data["table"] == table and records[0].extensions["pgtable"] == f"public.{table}"
-    assert records[3].data["old"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
+    assert records[0].data["after"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
+    assert records[0].data["before"] is None and records[0].data["key"] == ["id"]
+    assert records[0].data["source"]["table"] == table and records[0].extensions["pgtable"] == f"public.{table}"
+    assert records[3].data["before"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
+    assert records[3].data["after"] is None
+    assert records[2].data["source"]["ts_ms"] == int(records[2].timestamp.timestamp() * 1000)
     assert records[0].timestamp.tzinfo is not None
     pending = await db.fetchval(
         "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
@@ -101,13 +111,13 @@ async def test_source_streams_inserts_updates_deletes_in_commit_order(
 async def test_source_resumes_inside_a_transaction_without_duplicates(
     postgres_server: PostgresServer, db: asyncpg.Connection, table: str
 ) -> None:
-    await (await _source(postgres_server.dsn, table)).stop()  # creates the slot before the writes
+    await (await _source(postgres_server.dsn, table, snapshot_mode="never")).stop()  # creates the slot before the writes
     await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 5)")
-    source = await _source(postgres_server.dsn, table, batch_size=2)
+    source = await _source(postgres_server.dsn, table, batch_size=2, snapshot_mode="never")
     first = await source.poll()
     await source.commit(first)  # two of five: the slot cannot move yet
     await source.stop()
-    assert [r.data["row"]["id"] for r in first] == [1, 2]
+    assert [r.data["after"]["id"] for r in first] == [1, 2]
     source = await _source(postgres_server.dsn, table, offsets=_offsets(first))
     try:
         rest = await poll_until(source, 3)
@@ -115,7 +125,7 @@ async def test_source_resumes_inside_a_transaction_without_duplicates(
         assert await poll_until(source, 1, within=0.5) == []
     finally:
         await source.stop()
-    assert [r.data["row"]["id"] for r in rest] == [3, 4, 5]
+    assert [r.data["after"]["id"] for r in rest] == [3, 4, 5]
 
 
 async def test_source_loses_nothing_across_a_server_restart(postgres_server: PostgresServer, table: str) -> None:
@@ -135,7 +145,174 @@ async def test_source_loses_nothing_across_a_server_restart(postgres_server: Pos
     finally:
         await source.stop()
         await db.close()
-    assert sorted(r.data["row"]["id"] for r in first + rest) == list(range(1, 16))
+    assert sorted(r.data["after"]["id"] for r in first + rest) == list(range(1, 16))
+
+
+async def _drain(source: PostgresSource, sink: PostgresSink | None = None, quiet_polls: int = 3) -> list[ConnectorRecord]:
+    """Every record until the source has nothing more (bounded), each batch written to ``sink`` and committed."""
+    records: list[ConnectorRecord] = []
+    quiet = 0
+    for _ in range(200):
+        batch = list(await source.poll())
+        if sink is not None and batch:
+            assert await sink.put(batch) == []
+        await source.commit(batch)
+        records += batch
+        quiet = 0 if batch else quiet + 1
+        if quiet >= quiet_polls:
+            return records
+    raise AssertionError("the source never went quiet")
+
+
+async def test_source_snapshots_the_rows_that_precede_the_slot_then_streams(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    odd = "tab\there, back\\slash, 'quote', new\nline"
+    await db.execute(f"INSERT INTO {table} VALUES (1, 'a', '{{\"k\": [1]}}', 1.50, true), (2, NULL, NULL, NULL, NULL)")
+    await db.execute(f"INSERT INTO {table} (id, name) VALUES (3, $1)", odd)
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(4, 7)")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=2)
+    try:
+        await db.execute(f"INSERT INTO {table} (id, name) VALUES (8, 'after the slot')")
+        await db.execute(f"UPDATE {table} SET name = 'b' WHERE id = 1")
+        records = await _drain(source)
+    finally:
+        await source.stop()
+    assert [(r.data["op"], r.data["after"]["id"]) for r in records] == [*(("r", n) for n in range(1, 8)), ("c", 8), ("u", 1)]
+    first = records[0]
+    assert first.type == "postgres.change.r" and first.data["key"] == ["id"] and first.data["before"] is None
+    assert first.data["after"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
+    assert records[1].data["after"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
+    assert records[2].data["after"]["name"] == odd
+    assert first.data["source"]["snapshot"] is True and records[7].data["source"]["snapshot"] is False
+    assert first.data["source"]["lsn"] < records[7].data["source"]["lsn"]  # snapshot rows stand before every change
+
+
+async def test_a_snapshot_goes_on_after_its_connection_is_lost(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
+    try:
+        first = list(await source.poll())
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
+        )
+        with pytest.raises(RetriableError):
+            await source.poll()
+        rest = await _drain(source)
+    finally:
+        await source.stop()
+    assert [r.data["after"]["id"] for r in first + rest] == list(range(1, 11))
+
+
+async def test_a_snapshot_whose_slot_was_lost_starts_again(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
+    first = list(await source.poll())
+    await source.commit(first)
+    await source.stop()
+    await db.execute("SELECT pg_drop_replication_slot($1)", table)
+    source = await _source(postgres_server.dsn, table, offsets=_offsets(first), snapshot_chunk_size=3)
+    try:
+        again = await _drain(source)
+    finally:
+        await source.stop()
+    assert [r.data["after"]["id"] for r in again] == list(range(1, 11))
+
+
+async def test_a_table_without_primary_key_is_snapshot_in_chunks(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+    await db.execute(f"INSERT INTO {table} (id) SELECT n % 3 FROM generate_series(1, 7) n")
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=2)
+    try:
+        records = await _drain(source)
+    finally:
+        await source.stop()
+    assert sorted(r.data["after"]["id"] for r in records) == sorted(n % 3 for n in range(1, 8))
+    assert {r.data["op"] for r in records} == {"r"} and records[0].data["key"] == []
+
+
+async def _target(db: asyncpg.Connection) -> str:
+    name = f"target_{uuid.uuid4().hex[:6]}"
+    await db.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, name text, doc jsonb, price numeric, ok bool)")
+    return name
+
+
+async def _rows(db: asyncpg.Connection, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in await db.fetch(f"SELECT id, name, doc, price, ok FROM {table} ORDER BY id")]
+
+
+async def test_truncate_replicates_into_a_postgres_sink_target(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    target = await _target(db)
+    source = await _source(postgres_server.dsn, table)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    try:
+        await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'old' FROM generate_series(1, 3) n")
+        await db.execute(f"TRUNCATE {table}")
+        await db.execute(f"INSERT INTO {table} (id, name) VALUES (4, 'new')")
+        records = await _drain(source, sink)
+    finally:
+        await sink.stop()
+        await source.stop()
+    truncate = [r for r in records if r.type == "postgres.change.ddl"]
+    assert [r.data["ddl"] for r in truncate] == [f'TRUNCATE TABLE "public"."{table}"']
+    assert truncate[0].data["source"]["table"] == table
+    assert await _rows(db, target) == [(4, "new", None, None, None)]
+
+
+async def test_cdc_sink_dead_letters_what_it_cannot_apply(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    target = await _target(db)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    changes = {
+        "alter": {"ddl": "ALTER TABLE t ADD COLUMN x int", "source": {}},
+        "op": {"op": "x", "before": None, "after": {"id": 1}, "source": {}},
+        "no-key": {"op": "d", "before": {"name": "a"}, "after": None, "source": {}},
+        "misfit": {"op": "c", "before": None, "after": {"id": "1"}, "source": {}},
+        "good": {"op": "c", "before": None, "after": {"id": 2, "name": "two"}, "source": {}},
+    }
+    try:
+        rejections = await sink.put([_event(0, id=name, data=data) for name, data in changes.items()])
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == {"alter", "op", "no-key", "misfit"}
+    assert "TRUNCATE" in reasons["alter"] and "'x'" in reasons["op"] and "before image lacks the key" in reasons["no-key"]
+    assert await _rows(db, target) == [(2, "two", None, None, None)]
+
+
+async def test_a_snapshot_stopped_midway_resumes_without_gaps_or_duplicates(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'v' || n FROM generate_series(1, 25) n")
+    target = await _target(db)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=4)
+    try:
+        handed_out = [*await source.poll(), *await source.poll()]
+        stored = handed_out[:6]  # the mesh stored six of eight when the source was stopped
+        assert await sink.put(stored) == []
+        await source.commit(stored)
+        await source.stop()
+        # Written while no source runs: before, inside and after what the first run read.
+        await db.execute(f"UPDATE {table} SET name = 'changed' WHERE id IN (3, 15)")
+        await db.execute(f"DELETE FROM {table} WHERE id IN (5, 20)")
+        await db.execute(f"INSERT INTO {table} (id, name) VALUES (30, 'late')")
+        source = await _source(postgres_server.dsn, table, offsets=_offsets(stored), snapshot_chunk_size=4)
+        rest = await _drain(source, sink)
+    finally:
+        await sink.stop()
+        await source.stop()
+    resumed = [r.data["after"]["id"] for r in rest if r.data.get("op") == "r"]
+    assert resumed == [n for n in range(7, 26) if n != 20] + [30]  # the second run begins after the last stored row
+    assert await _rows(db, target) == await _rows(db, table)
+    assert len(await _rows(db, target)) == 24
 
 
 def _event(n: int, **overrides: Any) -> ConnectorRecord:
@@ -337,7 +514,7 @@ async def test_postgres_source_conformance(postgres_server: PostgresServer, tabl
             connector=PostgresSource,
             config=lambda: {"dsn": postgres_server.dsn, "slot": table, "publication": table, "tables": [table], "timeout": 5},
             produce=produce,
-            number_of=lambda event: int(event.get_data()["row"]["id"]),  # type: ignore[index]
+            number_of=lambda event: int(event.get_data()["after"]["id"]),  # type: ignore[index]
             kill_system=postgres_server.kill,
             restart_system=postgres_server.start,
         ),
@@ -408,3 +585,58 @@ async def test_source_reports_how_far_behind_the_commits_it_reads(
         assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
     finally:
         await source.stop()
+
+
+async def test_a_source_worker_killed_mid_snapshot_resumes_without_gaps_into_a_sink_target(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str, tmp_path: Path
+) -> None:
+    """SIGKILL during the snapshot; the restarted worker goes on from its committed offset and the target converges."""
+    rows = 20_000
+    await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'v' || n FROM generate_series(1, $1::int) n", rows)
+    target = await _target(db)
+
+    async def copied() -> int:
+        return int(await db.fetchval(f"SELECT count(*) FROM {target}"))
+
+    async with (
+        EmbeddedMesh(port=0) as mesh,
+        sink_worker(PostgresSink, mesh, free_port(), dsn=postgres_server.dsn, mode="cdc", table=target, key=["id"]),
+    ):
+        config = {
+            "name": "pg-snapshot-source",
+            "connector": PostgresSource.name,
+            "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+            "registry": {"kind": "file", "path": str(tmp_path / "registry"), "lease_ttl": 2},
+            "admin": {"host": "127.0.0.1", "port": free_port()},
+            "log": {"format": "json"},
+            "source": {"topic": "orders", "checkpoint_every": 10, "checkpoint_interval": 0.2},
+            "config": {
+                "dsn": postgres_server.dsn,
+                "slot": table,
+                "publication": table,
+                "tables": [table],
+                "snapshot_chunk_size": 100,
+            },
+        }
+        source = WorkerProcess(PostgresSource, config, tmp_path)
+        try:
+            await source.start(within=30)
+            await until(lambda: _more_than(copied, 500), "the first snapshot rows copied")
+            await source.kill()
+            assert await copied() < rows, "the snapshot ended before the kill: nothing to resume"
+            await db.execute(f"UPDATE {table} SET name = 'changed' WHERE id IN (1, 19000)")
+            await db.execute(f"DELETE FROM {table} WHERE id IN (2, 19001)")
+            await db.execute(f"INSERT INTO {table} (id, name) VALUES ($1, 'late')", rows + 1)
+            await source.start(within=30)
+
+            async def converged() -> bool:
+                return await _rows(db, target) == await _rows(db, table)
+
+            await until(converged, "the target equal to the source table", within=60)
+        finally:
+            await source.kill()
+    assert await copied() == rows - 1  # two deleted, one added
+
+
+async def _more_than(count: Callable[[], Awaitable[int]], least: int) -> bool:
+    return await count() > least

@@ -32,7 +32,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from runtime.record import ConnectorRecord
+from runtime import ConnectorRecord
 
 __all__ = ["PHASES", "BinlogReader", "Failure", "Mark", "Phase", "Position", "Step", "Transaction", "ddl_target"]
 

@@ -1,6 +1,6 @@
-"""postgres-sink: upsert events into PostgreSQL, one statement and one transaction per batch.
+"""postgres-sink: upsert events into PostgreSQL, one transaction per batch.
 
-Two modes:
+Three modes:
 
 ``events`` (default)
     every event is a row of ``table`` (created when missing) keyed by ``(source, id)``:
@@ -14,6 +14,12 @@ Two modes:
     a key. Data that is not an object is rejected, and so is a field whose value does not fit its
     column's type (:mod:`runtime.columns`: PostgreSQL itself would read ``"5"`` as the integer 5
     and ``1`` as true); the column types are read at start, and once more per batch before a refusal.
+``cdc``
+    each event is a change envelope (postgres-source's or mysql-source's: ``op``, ``before``,
+    ``after``) of the rows of ``table``, applied in order: ``c``, ``u`` and ``r`` upsert ``after``
+    as in ``mapped`` (same checks), ``d`` deletes the row keyed by ``before``, and a ``TRUNCATE``
+    (``{"ddl": "TRUNCATE ..."}``) empties ``table``. Its text is never run; other DDL is dead-lettered.
+    Replayed after a restart, the same changes in the same order end in the same rows.
 
 A value the table refuses (a constraint) makes the batch a ``DataError``; the worker then
 writes record by record and dead-letters the one at fault. A lost connection is retriable, and so
@@ -87,22 +93,26 @@ class PostgresSinkConfig(ConnectorConfig):
     dsn: Secret = Field(
         SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), description="postgresql:// DSN (may hold a password)."
     )
-    mode: Literal["events", "mapped"] = Field("events", description="events: one row per event; mapped: data fields -> columns.")
+    mode: Literal["events", "mapped", "cdc"] = Field(
+        "events", description="events: one row per event; mapped: data fields -> columns; cdc: change envelopes applied."
+    )
     table: str = Field("meshconnect_events", description="Target table, [schema.]name.")
     create_table: bool = Field(True, description="Create the events table if missing (mode events).")
-    key: list[str] = Field(default_factory=list, description="Columns of the unique key to upsert on (mode mapped).")
+    key: list[str] = Field(default_factory=list, description="Columns of the unique key to upsert on (modes mapped, cdc).")
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for connecting or for a batch to commit.")
 
     @model_validator(mode="after")
     def _mapped_needs_a_key(self) -> PostgresSinkConfig:
-        if self.mode == "mapped" and not self.key:
-            raise ValueError("mode mapped needs 'key': the columns of the table's primary or unique key")
+        if self.mode in ("mapped", "cdc") and not self.key:
+            raise ValueError(f"mode {self.mode} needs 'key': the columns of the table's primary or unique key")
         return self
 
 
 class PostgresSink(Sink[PostgresSinkConfig]):
     name = "postgres-sink"
-    description = "Upserts events into PostgreSQL: an idempotent events table, or data fields mapped to columns."
+    description = (
+        "Upserts events into PostgreSQL: an idempotent events table, data fields mapped to columns, or change events applied."
+    )
     config_model = PostgresSinkConfig
 
     def __init__(self, config: PostgresSinkConfig) -> None:
@@ -110,6 +120,11 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._table = quote_identifier(config.table)
         self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
+        keys = ", ".join(quote_identifier(column) for column in config.key)
+        self._delete = (
+            f"DELETE FROM {self._table} WHERE ({keys}) IN"
+            f" (SELECT {keys} FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb))"
+        )
         self._rules: tuple[ColumnRule, ...] = ()  # mapped: what each column of the table takes
 
     async def start(self, context: SinkContext) -> None:
@@ -154,6 +169,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         )
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        if self.config.mode == "cdc":
+            return await self._apply_changes(records)
         arguments: Sequence[Any] | None
         if self.config.mode == "events":
             rejections, arguments = self._event_rows(records)
@@ -222,10 +239,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 rejections.append(Rejection(record, f"mode mapped needs JSON object data, got {type(data).__name__}"))
                 continue
             try:
-                for rule in self._rules:
-                    value = data.get(rule.column)
-                    if type(value) not in rule.unchecked:
-                        rule.check(value)
+                self._check_row(data)
             except DataError as exc:
                 rejections.append(Rejection(record, exc.reason))
                 mismatched = True
@@ -236,6 +250,81 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         if not rows:
             return rejections, None, mismatched
         return rejections, (orjson.dumps(list(rows.values())).decode(),), mismatched
+
+    def _check_row(self, row: dict[str, Any]) -> None:
+        """DataError naming the first field whose value does not fit its column (see :mod:`runtime.columns`)."""
+        for rule in self._rules:
+            value = row.get(rule.column)
+            if type(value) not in rule.unchecked:
+                rule.check(value)
+
+    async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        rejections, steps, mismatched = self._change_steps(records)
+        connection = await self._connection.get(running=True)
+        try:
+            if mismatched:  # as in mapped: read the column types again before refusing
+                await self._read_columns(connection, running=True)
+                rejections, steps, _ = self._change_steps(records)
+            if steps:
+                await pg_call("apply changes", self._run_steps(connection, steps), self.config.timeout, running=True)
+        except RetriableError:
+            self._connection.drop()
+            raise
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise DataError(f"PostgreSQL refused the batch: {exc.__class__.__name__}: {exc}") from exc
+        except asyncpg.UndefinedTableError as exc:
+            raise RetriableError(f"table {self.config.table} is missing: {exc}") from exc
+        return rejections
+
+    async def _run_steps(self, connection: asyncpg.Connection, steps: list[tuple[str, dict[tuple[bytes, ...], Any]]]) -> None:
+        async with connection.transaction():
+            for statement, rows in steps:
+                if statement == "truncate":
+                    await connection.execute(f"TRUNCATE TABLE {self._table}")
+                else:
+                    await connection.execute(statement, orjson.dumps(list(rows.values())).decode())
+
+    def _change_steps(
+        self, records: Sequence[ConnectorRecord]
+    ) -> tuple[list[Rejection], list[tuple[str, dict[tuple[bytes, ...], Any]]], bool]:
+        """The rejections, the statements in order (consecutive upserts or deletes as one), and whether a value did not fit."""
+        rejections: list[Rejection] = []
+        steps: list[tuple[str, dict[tuple[bytes, ...], Any]]] = []
+        mismatched = False
+        for record in records:
+            data = record.data
+            if not isinstance(data, dict):
+                rejections.append(Rejection(record, f"mode cdc needs a change envelope (JSON object), got {type(data).__name__}"))
+                continue
+            if "ddl" in data:
+                statement = data["ddl"]
+                if not (isinstance(statement, str) and statement.lstrip().upper().startswith("TRUNCATE")):
+                    rejections.append(Rejection(record, "mode cdc applies no schema change but TRUNCATE; apply it by hand"))
+                    continue
+                steps.append(("truncate", {}))
+                continue
+            op = data.get("op")
+            row = data.get("before" if op == "d" else "after")
+            if op not in ("c", "u", "r", "d"):
+                rejections.append(Rejection(record, f"change envelope has op {op!r}; mode cdc takes c, u, d or r"))
+                continue
+            if not isinstance(row, dict) or any(row.get(column) is None for column in self.config.key):
+                image = "before" if op == "d" else "after"
+                rejections.append(Rejection(record, f"change envelope's {image} image lacks the key {self.config.key}"))
+                continue
+            try:
+                self._check_row(row)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                mismatched = True
+                continue
+            statement = self._delete if op == "d" else self._statement
+            if not steps or steps[-1][0] != statement:
+                steps.append((statement, {}))
+            key = tuple(orjson.dumps(row.get(column)) for column in self.config.key)
+            steps[-1][1].pop(key, None)
+            steps[-1][1][key] = row  # the last change of a key in a run of upserts wins
+        return rejections, steps, mismatched
 
     async def stop(self) -> None:
         await self._connection.close()

@@ -1,16 +1,19 @@
-"""postgres-source: row changes of PostgreSQL tables by logical decoding (pgoutput), at least once.
+"""postgres-source: a consistent snapshot of PostgreSQL tables, then their changes by logical decoding (pgoutput).
 
-The source reads a logical replication slot through SQL: each poll *peeks* at the slot's pending
-changes (``pg_logical_slot_peek_binary_changes`` with the built-in ``pgoutput`` plugin and a
-publication), and :meth:`commit` moves the slot forward (``pg_replication_slot_advance``) only past
-transactions whose every change the mesh stored. A crash therefore replays from the last fully
-stored transaction, and the committed offset (commit LSN + index of the change in its transaction)
-skips what was already published. No replication-protocol connection is needed: plain asyncpg.
+On its first start (``snapshot_mode``) the source creates the replication slot together with a
+snapshot and reads every table of the publication in primary-key chunks (:mod:`.snapshot`), each
+row a record with ``op: r``; then it streams from the slot's consistent point. The slot is read
+through SQL: each poll *peeks* at the slot's pending changes (``pg_logical_slot_peek_binary_changes``
+with the built-in ``pgoutput`` plugin and a publication), and :meth:`commit` moves the slot forward
+(``pg_replication_slot_advance``) only past transactions whose every change the mesh stored. A crash
+therefore replays from the last fully stored transaction, and the committed offset (commit LSN +
+index of the change in its transaction, or the table and key of the last snapshot row) skips what
+was already published.
 
-Each change becomes one record: data ``{"op", "schema", "table", "row", "old"}`` (``row`` the new
-row of an insert or update, ``old`` the key, or the whole old row with REPLICA IDENTITY FULL, of an
-update or delete), type ``postgres.<op>``, time = the commit time. Every poll decodes from the
-slot's position, as far as the changes already handed out plus a batch (at most ``max_peek``
+Each change is one record in mysql-source's envelope (:mod:`services.mysql.envelope`): data
+``{"op": "c|u|d|r", "before", "after", "key", "source"}``, a TRUNCATE ``{"ddl", "source"}``, type
+``postgres.change.<op>`` (``ddl`` for a TRUNCATE), time = the commit time. Every poll decodes from
+the slot's position, as far as the changes already handed out plus a batch (at most ``max_peek``
 messages: keep it above what is in flight, the worker's poll queue plus the mesh window); whole
 transactions are always read, so a very large transaction is read at once.
 """
@@ -18,19 +21,18 @@ transactions are always read, so a very large transaction is read at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 from pydantic import Field, SecretStr
 
-from runtime.config import ConnectorConfig, Secret
-from runtime.connector import Source, SourceContext
-from runtime.errors import ConfigError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
 from services.postgres.client import PgConnection, pg_call, quote_identifier
-from services.postgres.source.pgoutput import Begin, Change, Commit, Relation, decode
+from services.postgres.source.pgoutput import Begin, Change, Commit, Relation, Truncate, decode
+from services.postgres.source.snapshot import SnapshotChunk, SnapshotReader, read_tables
 
 __all__ = ["PostgresSource", "PostgresSourceConfig"]
 
@@ -38,6 +40,8 @@ log = structlog.get_logger()
 
 _PEEK = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+_TYPE_PREFIX = "postgres.change"
+_OPS = {"insert": "c", "update": "u", "delete": "d"}
 
 
 class PostgresSourceConfig(ConnectorConfig):
@@ -49,6 +53,11 @@ class PostgresSourceConfig(ConnectorConfig):
     tables: list[str] = Field(
         default_factory=list, description="Tables ([schema.]name) of the publication when it is created; empty = all tables."
     )
+    snapshot_mode: Literal["initial", "never", "when_needed"] = Field(
+        "initial",
+        description="initial: snapshot when no offset; never: stream from now; when_needed: also when the slot was lost.",
+    )
+    snapshot_chunk_size: int = Field(2000, ge=1, le=100_000, description="Rows per snapshot query (primary-key chunks).")
     batch_size: int = Field(500, ge=1, description="Changes per poll, at most.")
     max_peek: int = Field(20_000, ge=100, description="Messages decoded per poll at most (see above).")
     idle_wait: float = Field(0.5, gt=0, le=1.0, description="Seconds to wait before looking again when nothing changed.")
@@ -57,7 +66,10 @@ class PostgresSourceConfig(ConnectorConfig):
 
 class PostgresSource(Source[PostgresSourceConfig]):
     name = "postgres-source"
-    description = "Streams PostgreSQL row changes by logical decoding (pgoutput slot), advancing the slot after the mesh ack."
+    description = (
+        "Snapshots PostgreSQL tables, then streams their row changes and TRUNCATEs by logical decoding (pgoutput slot),"
+        " advancing the slot after the mesh ack."
+    )
     config_model = PostgresSourceConfig
 
     def __init__(self, config: PostgresSourceConfig) -> None:
@@ -70,30 +82,96 @@ class PostgresSource(Source[PostgresSourceConfig]):
         self._rows_behind = 0
         self._transaction_rows: dict[int, int] = {}  # end LSN -> messages, of the transactions of the last peek
         self._context = SourceContext(self.name, {})  # the worker's, once started
+        self._snapshot: SnapshotReader | None = None
+        self._snapshot_lsn = 0  # the slot's consistent point: where the snapshot's rows stand
+        self._reading: asyncpg.Connection | None = None  # the snapshot's repeatable-read transaction
 
     async def start(self, context: SourceContext) -> None:
         self._context = context
         committed = context.offset(self._partition)
-        if committed is not None:
+        resume = committed.get("snapshot") if committed is not None else None
+        streaming = committed is not None and not isinstance(resume, dict)
+        if committed is not None and streaming:
             self._cursor = (int(committed["lsn"]), int(committed["n"]))
+        snapshot = isinstance(resume, dict) or (committed is None and self.config.snapshot_mode != "never")
         connection = await self._connection.get()
         try:
             await self._ensure_publication(connection)
-            exists = await pg_call(
-                "slot lookup",
-                connection.fetchval("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", self.config.slot),
-                self.config.timeout,
-            )
-            if not exists:
-                await pg_call(
-                    "create slot",
-                    connection.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", self.config.slot),
-                    self.config.timeout,
-                )
-                log.info("replication slot created", slot=self.config.slot)
+            if await self._slot_lsn(connection) is None:
+                if isinstance(resume, dict):  # the rows handed out stand before changes the lost slot held
+                    log.warning("replication slot is missing mid-snapshot; the snapshot starts again", slot=self.config.slot)
+                    resume = None
+                elif streaming and self.config.snapshot_mode == "when_needed":
+                    log.warning("replication slot is missing; taking a new snapshot", slot=self.config.slot)
+                    snapshot, self._cursor = True, (0, -1)
+                elif streaming:
+                    log.warning(
+                        "replication slot is missing: changes since the committed offset are lost; created anew"
+                        " (snapshot_mode: when_needed snapshots again instead)",
+                        slot=self.config.slot,
+                    )
+                if snapshot:  # the slot's own snapshot: exactly what precedes its first change
+                    self._reading = await self._create_slot_with_snapshot()
+                else:
+                    await pg_call(
+                        "create slot",
+                        connection.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", self.config.slot),
+                        self.config.timeout,
+                    )
+                log.info("replication slot created", slot=self.config.slot, snapshot=snapshot)
+            if snapshot:
+                await self._plan_snapshot(connection, committed if isinstance(resume, dict) else None, context)
         except BaseException:
             await self.stop()
             raise
+
+    async def _slot_lsn(self, connection: asyncpg.Connection) -> int | None:
+        """The slot's consistent point (confirmed flush LSN); None when there is no such slot."""
+        lsn = await pg_call(
+            "slot lookup",
+            connection.fetchval(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                self.config.slot,
+            ),
+            self.config.timeout,
+        )
+        return None if lsn is None else int(lsn)
+
+    async def _create_slot_with_snapshot(self) -> asyncpg.Connection:
+        """The slot, created on a replication connection whose open transaction keeps the slot's snapshot."""
+        reading = await pg_call(
+            "connect for the snapshot",
+            asyncpg.connect(self.config.dsn.get_secret_value(), server_settings={"replication": "database"}),
+            self.config.timeout,
+        )
+        try:
+            await pg_call("begin snapshot", reading.execute("SET standard_conforming_strings = on"), self.config.timeout)
+            await pg_call("begin snapshot", reading.execute("BEGIN ISOLATION LEVEL REPEATABLE READ"), self.config.timeout)
+            # The slot name matches ^[a-z0-9_]{1,63}$ (config): a plain identifier of the replication grammar.
+            statement = f"CREATE_REPLICATION_SLOT {self.config.slot} LOGICAL pgoutput USE_SNAPSHOT"
+            await pg_call("create slot with snapshot", reading.execute(statement), self.config.timeout)
+        except BaseException:
+            reading.terminate()
+            raise
+        return reading
+
+    async def _plan_snapshot(
+        self, connection: asyncpg.Connection, committed: Mapping[str, Any] | None, context: SourceContext
+    ) -> None:
+        tables = await read_tables(connection, self.config.publication, self.config.timeout)
+        resume = None
+        if committed is not None:
+            self._snapshot_lsn = int(committed["lsn"])
+            resume = (str(committed["snapshot"]["table"]), committed["snapshot"]["after"])
+        else:
+            self._snapshot_lsn = await self._slot_lsn(connection) or 0
+        self._snapshot = SnapshotReader(tables, self.config.snapshot_chunk_size, context, resume, self.config.timeout)
+        log.info(
+            "snapshot starting",
+            tables=len(tables),
+            resume_table=resume[0] if resume else None,
+            own_transaction=self._reading is not None,
+        )
 
     async def _ensure_publication(self, connection: asyncpg.Connection) -> None:
         found = await pg_call(
@@ -111,6 +189,8 @@ class PostgresSource(Source[PostgresSourceConfig]):
             raise ConfigError("config.tables", str(exc), "name existing tables") from exc
 
     async def poll(self) -> Sequence[ConnectorRecord]:
+        if self._snapshot is not None:
+            return await self._poll_snapshot(self._snapshot)
         try:
             connection = await self._connection.get()
             rows = await pg_call(
@@ -126,6 +206,79 @@ class PostgresSource(Source[PostgresSourceConfig]):
         if not records:
             await asyncio.sleep(self.config.idle_wait)
         return records
+
+    async def _poll_snapshot(self, snapshot: SnapshotReader) -> list[ConnectorRecord]:
+        try:
+            if self._reading is None:
+                # The slot's snapshot ended with its connection: go on in a new one (see services.postgres.source.snapshot).
+                reading = await pg_call(
+                    "connect for the snapshot",
+                    asyncpg.connect(self.config.dsn.get_secret_value()),
+                    self.config.timeout,
+                    running=True,
+                )
+                self._reading = reading
+                await pg_call("begin snapshot", reading.execute("SET standard_conforming_strings = on"), self.config.timeout)
+                await pg_call(
+                    "begin snapshot", reading.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"), self.config.timeout
+                )
+                log.info("snapshot continues in a new transaction", slot=self.config.slot)
+            chunk = await snapshot.next_chunk(self._reading, await self._connection.get())
+        except RetriableError:
+            self._connection.drop()
+            self._drop_reading()
+            raise
+        if chunk is None:
+            await self._end_snapshot()
+            log.info("snapshot finished; streaming from the slot", slot=self.config.slot)
+            return []
+        return self._snapshot_records(chunk)
+
+    def _snapshot_records(self, chunk: SnapshotChunk) -> list[ConnectorRecord]:
+        table = chunk.table
+        now = datetime.now(UTC)
+        source = self._source_block(table.schema, table.name, lsn=self._snapshot_lsn, index=0, xid=None, time=now, snapshot=True)
+        return [
+            ConnectorRecord(
+                data={"op": "r", "before": None, "after": row, "key": list(table.key), "source": source},
+                partition=self._partition,
+                offset={"lsn": self._snapshot_lsn, "snapshot": {"table": table.qualified, "after": after}},
+                timestamp=now,
+                type=f"{_TYPE_PREFIX}.r",
+                datacontenttype="application/json",
+                extensions={"pgtable": table.qualified},
+            )
+            for row, after in chunk.rows
+        ]
+
+    async def _end_snapshot(self) -> None:
+        """Every table read: end the transaction (it holds back vacuum) and stream."""
+        self._snapshot = None
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            try:
+                await pg_call("end snapshot", reading.close(timeout=self.config.timeout), self.config.timeout)
+            except RetriableError:
+                reading.terminate()
+
+    def _drop_reading(self) -> None:
+        if self._reading is not None:
+            self._reading.terminate()
+            self._reading = None
+
+    def _source_block(
+        self, schema: str, table: str, *, lsn: int, index: int, xid: int | None, time: datetime, snapshot: bool
+    ) -> dict[str, Any]:
+        return {
+            "slot": self.config.slot,
+            "lsn": lsn,
+            "n": index,
+            "xid": xid,
+            "ts_ms": int(time.timestamp() * 1000),
+            "schema": schema,
+            "table": table,
+            "snapshot": snapshot,
+        }
 
     def _peek_size(self) -> int:
         """Messages to decode: those before the first change not handed out yet, plus room for a batch."""
@@ -143,6 +296,8 @@ class PostgresSource(Source[PostgresSourceConfig]):
                 begin, begin_row, changes = message, row_number, []
             elif isinstance(message, Change):
                 changes.append(message)
+            elif isinstance(message, Truncate):  # one change per table emptied
+                changes += [Change("truncate", oid) for oid in message.relation_oids]
             elif isinstance(message, Commit) and begin is not None:
                 records += self._transaction(begin, message, changes, self.config.batch_size - len(records))
                 self._transaction_rows[message.end_lsn] = row_number + 1 - begin_row
@@ -157,7 +312,23 @@ class PostgresSource(Source[PostgresSourceConfig]):
             if (begin.commit_lsn, index) <= self._cursor or len(records) >= room:
                 continue
             relation = self._relations[change.relation_oid]
-            data = {"op": change.op, "schema": relation.schema, "table": relation.table, "row": change.new, "old": change.old}
+            source = self._source_block(
+                relation.schema,
+                relation.table,
+                lsn=begin.commit_lsn,
+                index=index,
+                xid=begin.xid,
+                time=begin.commit_time,
+                snapshot=False,
+            )
+            data: dict[str, Any]
+            if change.op == "truncate":
+                op = "ddl"
+                data = {"ddl": f"TRUNCATE TABLE {quote_identifier(f'{relation.schema}.{relation.table}')}", "source": source}
+            else:
+                op = _OPS[change.op]
+                key = [name for name, _, in_key in relation.columns if in_key]
+                data = {"op": op, "before": change.old, "after": change.new, "key": key, "source": source}
             offset = {"lsn": begin.commit_lsn, "n": index, "end": commit.end_lsn, "last": index == len(changes) - 1}
             records.append(
                 ConnectorRecord(
@@ -165,7 +336,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
                     partition=self._partition,
                     offset=offset,
                     timestamp=begin.commit_time,
-                    type=f"postgres.{change.op}",
+                    type=f"{_TYPE_PREFIX}.{op}",
                     datacontenttype="application/json",
                     extensions={"pgtable": f"{relation.schema}.{relation.table}", "pgxid": begin.xid},
                 )
@@ -198,6 +369,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             self._rows_behind = max(0, self._rows_behind - sum(self._transaction_rows.pop(end) for end in advanced))
 
     async def stop(self) -> None:
+        self._drop_reading()
         await self._connection.close()
 
 

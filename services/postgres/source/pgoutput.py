@@ -2,7 +2,7 @@
 
 Each message is one ``bytea`` row of ``pg_logical_slot_peek_binary_changes``. Only what a change
 event needs is decoded: Begin (commit LSN and time), Commit (end LSN), Relation (names and column
-types), Insert, Update and Delete. Other kinds (Origin, Type, Truncate, Message) are returned as
+types), Insert, Update, Delete and Truncate. Other kinds (Origin, Type, Message) are returned as
 ``None`` and skipped. Column values arrive as text and become JSON values by their type: integers,
 floats, booleans and json/jsonb are converted, everything else (numeric included, to keep its
 precision) stays text. An unchanged TOASTed value is left out of its row.
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Begin", "Change", "Commit", "Relation", "decode"]
+__all__ = ["Begin", "Change", "Commit", "Relation", "Truncate", "column_value", "decode"]
 
 _POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _INTEGER_TYPES = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
@@ -51,11 +51,17 @@ class Relation:
 @dataclass(frozen=True, slots=True)
 class Change:
     op: str
-    """insert, update or delete"""
+    """insert, update, delete or truncate"""
     relation_oid: int
     new: dict[str, Any] | None = None
     old: dict[str, Any] | None = field(default=None)
     """the old key (replica identity) or, with REPLICA IDENTITY FULL, the old row"""
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    relation_oids: tuple[int, ...]
+    """every table the statement emptied (those reached by CASCADE included)"""
 
 
 class _Reader:
@@ -80,7 +86,7 @@ class _Reader:
         return value
 
 
-def decode(message: bytes, relations: dict[int, Relation]) -> Begin | Commit | Relation | Change | None:
+def decode(message: bytes, relations: dict[int, Relation]) -> Begin | Commit | Relation | Change | Truncate | None:
     """Decode one message; a Relation is also stored in ``relations`` for the changes that follow."""
     reader = _Reader(message)
     kind = reader.byte()
@@ -115,6 +121,9 @@ def decode(message: bytes, relations: dict[int, Relation]) -> Begin | Commit | R
             new = _tuple(reader, relation)
         op = {"I": "insert", "U": "update", "D": "delete"}[kind]
         return Change(op, oid, new=new, old=old)
+    if kind == "T":
+        count, _options = reader.unpack(">IB")
+        return Truncate(reader.unpack(f">{count}I"))
     return None
 
 
@@ -130,12 +139,13 @@ def _tuple(reader: _Reader, relation: Relation) -> dict[str, Any]:
             (length,) = reader.unpack(">I")
             text = reader.data[reader.at : reader.at + length].decode()
             reader.at += length
-            row[name] = _value(text, type_oid)
+            row[name] = column_value(text, type_oid)
         # "u": an unchanged TOASTed value the server did not send: left out
     return row
 
 
-def _value(text: str, type_oid: int) -> Any:
+def column_value(text: str, type_oid: int) -> Any:
+    """A column's text (as pgoutput and COPY send it) as a JSON value, by the column's type."""
     if type_oid in _INTEGER_TYPES:
         return int(text)
     if type_oid in _FLOAT_TYPES:
