@@ -40,10 +40,10 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from runtime import record_to_json  # noqa: E402
 from runtime.connector import Sink, SinkContext, Source, SourceContext  # noqa: E402
 from runtime.record import ConnectorRecord  # noqa: E402
 from services.chatbot import ChatbotSink  # noqa: E402
-from services.cloudevents_json import record_to_json  # noqa: E402
 from services.dingtalk_sink.connector import DingtalkSink  # noqa: E402
 from services.file_sink.connector import FileSink, FileSinkConfig  # noqa: E402
 from services.file_source.connector import FileSource, FileSourceConfig  # noqa: E402

@@ -1,6 +1,18 @@
 """meshconnect's runtime: everything a connector author imports comes from here."""
 
 from runtime.app import main_for
+from runtime.cloudevents import (
+    CLOUDEVENTS_JSON,
+    PayloadFormat,
+    SinkPayload,
+    cloudevent_to_record,
+    data_bytes,
+    is_json_content_type,
+    record_from_json,
+    record_from_payload,
+    record_to_json,
+    record_to_payload,
+)
 from runtime.config import ConnectorConfig, Secret, load_config
 from runtime.connector import CounterMetric, GaugeMetric, Rejection, Sink, SinkContext, Source, SourceContext
 from runtime.errors import (
@@ -13,6 +25,7 @@ from runtime.errors import (
 from runtime.record import ConnectorRecord
 
 __all__ = [
+    "CLOUDEVENTS_JSON",
     "ConfigError",
     "ConnectorConfig",
     "ConnectorRecord",
@@ -21,13 +34,22 @@ __all__ = [
     "FencedError",
     "GaugeMetric",
     "MeshConnectError",
+    "PayloadFormat",
     "Rejection",
     "RetriableError",
     "Secret",
     "Sink",
     "SinkContext",
+    "SinkPayload",
     "Source",
     "SourceContext",
+    "cloudevent_to_record",
+    "data_bytes",
+    "is_json_content_type",
     "load_config",
     "main_for",
+    "record_from_json",
+    "record_from_payload",
+    "record_to_json",
+    "record_to_payload",
 ]

@@ -20,11 +20,11 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
+from runtime import record_to_json
 from runtime.config import ConnectorConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import record_to_json
 
 __all__ = ["FileSink", "FileSinkConfig"]
 

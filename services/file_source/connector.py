@@ -23,11 +23,11 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
+from runtime import PayloadFormat, record_from_payload
 from runtime.config import ConnectorConfig
 from runtime.connector import Source, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import PayloadFormat, record_from_payload
 
 __all__ = ["FileSource", "FileSourceConfig"]
 

@@ -23,11 +23,11 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
+from runtime import CLOUDEVENTS_JSON, data_bytes, record_to_json
 from runtime.config import Secret
 from runtime.connector import Rejection
 from runtime.errors import ConfigError, DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import CONTENT_TYPE, data_bytes, record_to_json
 
 __all__ = ["CloudEventPoster", "PosterSettings"]
 
@@ -126,7 +126,7 @@ class CloudEventPoster:
 
     def _encode(self, record: ConnectorRecord) -> tuple[dict[str, str], bytes]:
         if self._settings.mode == "structured":
-            return {"Content-Type": CONTENT_TYPE}, record_to_json(record)
+            return {"Content-Type": CLOUDEVENTS_JSON}, record_to_json(record)
         return _binary_headers(record), data_bytes(record)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 import runtime
 
 AUTHOR_API = {
+    "CLOUDEVENTS_JSON",
     "ConfigError",
     "ConnectorConfig",
     "ConnectorRecord",
@@ -18,15 +19,24 @@ AUTHOR_API = {
     "FencedError",
     "GaugeMetric",
     "MeshConnectError",
+    "PayloadFormat",
     "Rejection",
     "RetriableError",
     "Secret",
     "Sink",
     "SinkContext",
+    "SinkPayload",
     "Source",
     "SourceContext",
+    "cloudevent_to_record",
+    "data_bytes",
+    "is_json_content_type",
     "load_config",
     "main_for",
+    "record_from_json",
+    "record_from_payload",
+    "record_to_json",
+    "record_to_payload",
 }
 
 

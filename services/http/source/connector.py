@@ -45,10 +45,10 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import Field
 
+from runtime import ConnectorRecord, cloudevent_to_record, is_json_content_type
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import MAX_EVENT_BODY, Source, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord, cloudevent_to_record, is_json_content_type
 from services.http.source import signing
 from services.http.source.connections import ConnectionGuard, GuardedSite
 

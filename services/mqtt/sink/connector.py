@@ -17,11 +17,11 @@ import aiomqtt
 import structlog
 from pydantic import Field
 
+from runtime import SinkPayload, record_to_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import SinkPayload, record_to_payload
 from services.mqtt.client import mqtt_call, mqtt_disconnect
 
 __all__ = ["MqttSink", "MqttSinkConfig"]

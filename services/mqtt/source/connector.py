@@ -23,11 +23,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import Field
 
+from runtime import PayloadFormat, record_from_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Source, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import PayloadFormat, record_from_payload
 from services.mqtt.client import mqtt_call, mqtt_disconnect
 
 __all__ = ["MqttSource", "MqttSourceConfig"]

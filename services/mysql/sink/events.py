@@ -8,8 +8,7 @@ from typing import Any
 
 import orjson
 
-from runtime import ConnectorRecord, DataError
-from runtime.record import is_json_content_type
+from runtime import ConnectorRecord, DataError, is_json_content_type
 from services.mysql.sink.changes import Change
 from services.mysql.sink.mode import SinkMode
 from services.mysql.sql import quote

@@ -19,11 +19,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import Field
 
+from runtime import SinkPayload, record_to_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import SinkPayload, record_to_payload
 from services.nats.client import ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSink", "NatsSinkConfig"]

@@ -22,11 +22,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import Field
 
+from runtime import PayloadFormat, record_from_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Source, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import PayloadFormat, record_from_payload
 from services.nats.client import ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSource", "NatsSourceConfig"]

@@ -19,11 +19,11 @@ import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
+from runtime import SinkPayload, record_to_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import SinkPayload, record_to_payload
 from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSink", "RabbitmqSinkConfig"]

@@ -21,11 +21,11 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
+from runtime import CLOUDEVENTS_JSON, PayloadFormat, record_from_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Source, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import CONTENT_TYPE, PayloadFormat, record_from_payload
 from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSource", "RabbitmqSourceConfig"]
@@ -96,7 +96,7 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
         return [self._record(message) for message in messages]
 
     def _record(self, message: AbstractIncomingMessage) -> ConnectorRecord:
-        payload_format: PayloadFormat = "cloudevents" if message.content_type == CONTENT_TYPE else self.config.format
+        payload_format: PayloadFormat = "cloudevents" if message.content_type == CLOUDEVENTS_JSON else self.config.format
         self._received += 1
         self._unacked[self._received] = message
         # Delivery tags restart with every channel: a per-run counter keeps offsets distinct.

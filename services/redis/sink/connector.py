@@ -20,11 +20,11 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis import exceptions as redis_errors
 
+from runtime import SinkPayload, record_to_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import SinkPayload, record_to_payload
 from services.redis.client import redis_call, redis_connect
 
 __all__ = ["RedisSink", "RedisSinkConfig"]

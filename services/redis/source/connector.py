@@ -23,11 +23,11 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis import exceptions as redis_errors
 
+from runtime import PayloadFormat, record_from_payload
 from runtime.config import ConnectorConfig, Secret
 from runtime.connector import Source, SourceContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
-from services.cloudevents_json import PayloadFormat, record_from_payload
 from services.redis.client import redis_call, redis_connect
 
 __all__ = ["RedisSource", "RedisSourceConfig"]
