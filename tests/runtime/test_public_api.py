@@ -77,7 +77,7 @@ def _connector_package(module: str) -> str | None:
     return next((package for package in CONNECTOR_PACKAGES if module == package or module.startswith(package + ".")), None)
 
 
-@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http", "mysql"])
+@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http", "mysql", "chat"])
 def test_the_connectors_of_a_system_share_code_through_its_client_module_not_each_other(system: str) -> None:
     # One folder per external system: what its source and sink have in common lives in
     # services/<system>/client.py; a connector importing its sibling's connector (or another

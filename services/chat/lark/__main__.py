@@ -1,4 +1,4 @@
 from runtime.app import main_for
-from services.lark_sink.connector import LarkSink
+from services.chat.lark.connector import LarkSink
 
 main_for(LarkSink)

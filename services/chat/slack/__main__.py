@@ -1,4 +1,4 @@
 from runtime.app import main_for
-from services.slack_sink.connector import SlackSink
+from services.chat.slack.connector import SlackSink
 
 main_for(SlackSink)

@@ -1,4 +1,4 @@
 from runtime.app import main_for
-from services.wecom_sink.connector import WecomSink
+from services.chat.wecom.connector import WecomSink
 
 main_for(WecomSink)
