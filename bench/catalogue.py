@@ -40,17 +40,19 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from runtime import record_to_json  # noqa: E402
 from runtime.connector import Sink, SinkContext, Source, SourceContext  # noqa: E402
 from runtime.record import ConnectorRecord  # noqa: E402
-from services.chatbot import ChatbotSink  # noqa: E402
-from services.cloudevents_json import record_to_json  # noqa: E402
-from services.dingtalk_sink.connector import DingtalkSink  # noqa: E402
+from services.chat.client import ChatbotSink  # noqa: E402
+from services.chat.dingtalk.connector import DingtalkSink  # noqa: E402
+from services.chat.lark.connector import LarkSink  # noqa: E402
+from services.chat.slack.connector import SlackSink  # noqa: E402
+from services.chat.wecom.connector import WecomSink  # noqa: E402
 from services.file_sink.connector import FileSink, FileSinkConfig  # noqa: E402
 from services.file_source.connector import FileSource, FileSourceConfig  # noqa: E402
 from services.http.knative.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
 from services.http.sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
 from services.http.source.connector import HttpSource, HttpSourceConfig  # noqa: E402
-from services.lark_sink.connector import LarkSink  # noqa: E402
 from services.mqtt.sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
 from services.mqtt.source.connector import MqttSource, MqttSourceConfig  # noqa: E402
 from services.nats.sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
@@ -62,8 +64,6 @@ from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig  #
 from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
 from services.redis.sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
 from services.redis.source.connector import RedisSource, RedisSourceConfig  # noqa: E402
-from services.slack_sink.connector import SlackSink  # noqa: E402
-from services.wecom_sink.connector import WecomSink  # noqa: E402
 from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "4000"))

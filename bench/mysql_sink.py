@@ -40,9 +40,8 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from protocol import free_port, spawn, stop  # noqa: E402
 
-from runtime import SinkContext  # noqa: E402
+from runtime import SinkContext, cloudevent_to_record  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
-from runtime.record import cloudevent_to_record  # noqa: E402
 from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
 

@@ -24,9 +24,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runtime.cloudevents import record_to_body
 from runtime.config import SourceSettings, WorkerConfig
 from runtime.errors import ConfigError
-from runtime.protocol.events import EncodedEvent, record_to_body
+from runtime.protocol.events import EncodedEvent
 from runtime.record import ConnectorRecord
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""ConnectorRecord, what sources produce and sinks consume, and its CloudEvents 1.0 mapping.
+"""ConnectorRecord, what sources produce and sinks consume (its CloudEvents 1.0 mapping: :mod:`runtime.cloudevents`).
 
 Data keeps its meaning exactly (the Java v1 worker turns the string ``hello`` into ``"hello"``; we
 do not):
@@ -16,7 +16,6 @@ carries the same ``source`` + ``id`` and idempotent sinks drop the duplicate.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import uuid
@@ -26,39 +25,29 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import orjson
-from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import DataError
 
 __all__ = [
-    "JsonValue",
-    "ConnectorRecord",
-    "derive_event_id",
-    "event_attributes",
-    "is_json_content_type",
-    "partition_key",
-    "record_to_cloudevent",
-    "cloudevent_to_record",
+    "CONTEXT_ATTRIBUTES",
     "EXTENSION_NAME",
+    "ConnectorRecord",
+    "JsonValue",
+    "derive_event_id",
+    "partition_key",
 ]
 
 JsonValue: TypeAlias = Any
 """Any value ``orjson`` can serialize: dict, list, str, int, float, bool or None."""
 
 EXTENSION_NAME = re.compile(r"[a-z0-9]{1,64}")  # used with fullmatch: "$" would let a trailing newline through
-_JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
-_CONTEXT_ATTRIBUTES = frozenset(
+CONTEXT_ATTRIBUTES = frozenset(
     {"id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
 )
+"""The names of a CloudEvent's JSON members that are not extensions."""
 # Events derived from positions share this namespace, so ids are stable across versions.
 _EVENT_ID_NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
 _EVENT_ID_NAMESPACE_BYTES = _EVENT_ID_NAMESPACE.bytes
-
-
-@functools.lru_cache(maxsize=256)  # a connector uses a handful of content types, asked once per record
-def is_json_content_type(content_type: str | None) -> bool:
-    """True when the content type says the data is JSON (per the CloudEvents JSON format)."""
-    return content_type is not None and _JSON_CONTENT_TYPE.match(content_type) is not None
 
 
 def partition_key(partition: Mapping[str, JsonValue]) -> str:
@@ -103,7 +92,7 @@ class ConnectorRecord:
         if self.timestamp.tzinfo is None:
             raise DataError("record timestamp must be timezone-aware (use datetime.now(UTC))")
         for name, value in self.extensions.items():
-            if not EXTENSION_NAME.fullmatch(name) or name in _CONTEXT_ATTRIBUTES:
+            if not EXTENSION_NAME.fullmatch(name) or name in CONTEXT_ATTRIBUTES:
                 raise DataError(
                     f"extension name {name!r} is invalid: CloudEvents extension names are 1-64 "
                     "lower-case letters or digits and must not shadow a context attribute"
@@ -128,90 +117,3 @@ class ConnectorRecord:
         if isinstance(self.data, str):
             return "text/plain"
         return "application/json"
-
-
-def record_to_cloudevent(
-    record: ConnectorRecord,
-    *,
-    connector: str,
-    default_source: str,
-    default_type: str,
-    default_subject: str | None = None,
-) -> CloudEvent:
-    """Build the CloudEvent a source publishes for ``record``.
-
-    Raises :class:`DataError` when the record cannot become a valid event (e.g. text data under a
-    JSON content type that is not valid JSON, or no topic at all).
-    """
-    attributes, data = event_attributes(
-        record, connector=connector, default_source=default_source, default_type=default_type, default_subject=default_subject
-    )
-    try:
-        return CloudEvent(attributes, data)
-    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
-        raise DataError(f"record cannot become a CloudEvent: {exc}") from exc
-
-
-def event_attributes(
-    record: ConnectorRecord,
-    *,
-    connector: str,
-    default_source: str,
-    default_type: str,
-    default_subject: str | None = None,
-) -> tuple[dict[str, Any], Any]:
-    """(the attributes, the data) of the event for ``record``, before the CloudEvents SDK validates them."""
-    content_type = record.effective_content_type
-    data = record.data
-    if isinstance(data, bytes) and is_json_content_type(content_type):
-        try:
-            data = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise DataError(f"data is declared {content_type} but is not valid JSON: {exc}") from exc
-    elif data is not None and not isinstance(data, (str, bytes)) and not is_json_content_type(content_type):
-        raise DataError(f"data of type {type(data).__name__} needs a JSON content type, not {content_type!r}")
-    subject = record.subject or default_subject
-    if not subject:
-        raise DataError("record has no subject (topic) and the connector config names none")
-    if record.id is not None:
-        event_id = record.id
-    elif record.offset:
-        event_id = derive_event_id(connector, record.partition, record.offset)
-    else:
-        event_id = str(uuid.uuid4())
-    attributes: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": record.source or default_source,
-        "type": record.type or default_type,
-        "subject": subject,
-        "time": record.timestamp,
-    }
-    if content_type is not None:
-        attributes["datacontenttype"] = content_type
-    if record.dataschema is not None:
-        attributes["dataschema"] = record.dataschema
-    if record.extensions:
-        attributes.update(record.extensions)
-    return attributes, data
-
-
-def cloudevent_to_record(event: CloudEvent) -> ConnectorRecord:
-    """The record a sink receives for ``event``: attributes kept, extensions as given."""
-    attributes = event.get_attributes()
-    extensions = {k: v for k, v in attributes.items() if k not in _CONTEXT_ATTRIBUTES}
-    time = attributes.get("time")
-    timestamp = time if isinstance(time, datetime) else datetime.now(UTC)
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
-    return ConnectorRecord(
-        data=event.get_data(),
-        timestamp=timestamp,
-        id=attributes["id"],
-        source=attributes["source"],
-        type=attributes["type"],
-        subject=attributes.get("subject"),
-        datacontenttype=attributes.get("datacontenttype"),
-        dataschema=attributes.get("dataschema"),
-        extensions=extensions,
-    )

@@ -71,7 +71,6 @@ from runtime.protocol.frames import (
     encode_fields,
     header_json,
 )
-from runtime.record import ConnectorRecord, event_attributes, is_json_content_type
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -85,14 +84,16 @@ __all__ = [
     "TRANSPORT_EXTENSIONS",
     "ack_frame",
     "ack_package",
+    "attribute_problem",
+    "attributes_to_body",
+    "body_to_attributes",
     "body_to_event",
     "body_to_event_and_transport",
-    "body_to_record",
     "correlation_of",
     "event_to_body",
+    "is_json_content_type",
     "publish_frame",
     "publish_package",
-    "record_to_body",
     "push_package",
 ]
 
@@ -124,6 +125,7 @@ _CONTEXT_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacon
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 _OPTIONAL_TEXT_ATTRIBUTES = ("subject", "datacontenttype", "dataschema")
 _INT32 = range(-(2**31), 2**31)
+_JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
 
 # Header properties in the order the Java SDK's HashMap writes them: protocolversion, protocoldesc, protocoltype.
 _PUBLISH_PROPERTIES = {
@@ -159,6 +161,12 @@ _ACK_OF_PUSH = {
 }
 _NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 _ACK_BY_PUSH_ORDINAL = {push.value: ack for push, ack in _ACK_OF_PUSH.items()}  # an int hashes in C, a member in Python
+
+
+@functools.lru_cache(maxsize=256)  # a connector uses a handful of content types, asked once per event
+def is_json_content_type(content_type: str | None) -> bool:
+    """True when the content type says the data is JSON (per the CloudEvents JSON format)."""
+    return content_type is not None and _JSON_CONTENT_TYPE.match(content_type) is not None
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -201,7 +209,7 @@ def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
 def event_to_body(event: CloudEvent) -> bytes:
     """The TCP message body for ``event`` (see the module docstring). Raises ``DataError`` for events
     that cannot travel (bad extension names or values, data that is not JSON-serializable)."""
-    return _attributes_to_body(event.get_attributes(), event.get_data())
+    return attributes_to_body(event.get_attributes(), event.get_data())
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,26 +223,9 @@ Publishable = CloudEvent | EncodedEvent
 """What the client publishes: an event, or one already encoded."""
 
 
-def record_to_body(
-    record: ConnectorRecord,
-    *,
-    connector: str,
-    default_source: str,
-    default_type: str,
-    default_subject: str | None = None,
-) -> EncodedEvent:
-    """``event_to_body(record_to_cloudevent(record, ...))`` without the CloudEvent in between (once per polled
-    record): the same bytes and the same verdicts, which a test holds equal over generated records."""
-    attributes, data = event_attributes(
-        record, connector=connector, default_source=default_source, default_type=default_type, default_subject=default_subject
-    )
-    problem = _attribute_problem(attributes)
-    if problem is not None:
-        raise DataError(f"record cannot become a CloudEvent: {problem}")
-    return EncodedEvent(_attributes_to_body(attributes, data))
-
-
-def _attributes_to_body(attributes: Mapping[str, Any], value: Any) -> bytes:
+def attributes_to_body(attributes: Mapping[str, Any], value: Any) -> bytes:
+    """The TCP message body of the event with these attributes and data (``value``); the attributes are taken
+    as valid CloudEvents 1.0 ones (see :func:`attribute_problem`), the extensions are checked here."""
     content_type = attributes.get("datacontenttype")
     encoding, data = _wire_data(value, content_type)
     document: dict[str, Any] = {"specversion": attributes.get("specversion", "1.0")}
@@ -316,40 +307,24 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
     return event, transport
 
 
-def body_to_record(body: bytes, *, now: Callable[[], datetime], new_id: Callable[[], str]) -> ConnectorRecord:
-    """``cloudevent_to_record(body_to_event(body))`` without the CloudEvent in between (once per pushed event).
-
-    The same record and the same verdicts: the SDK's defaults (specversion, an id) and its
-    validation rules are applied here, and a test holds the two paths equal over generated bodies.
-    The codec reads no clock and draws no random id itself: ``new_id()`` is called only for a body
-    without ``id`` and ``now()`` (timezone-aware) only for one without ``time``.
-    """
+def body_to_attributes(body: bytes, *, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any]:
+    """(the attributes, the data) of the original event of a message body, without building a CloudEvent
+    (once per pushed event): the SDK's defaults (specversion, an id) applied and its verdicts given
+    (:func:`attribute_problem`), which a test holds equal to ``body_to_event``'s over generated bodies.
+    The codec draws no random id itself: ``new_id()`` is called only for a body without ``id``."""
     attributes, data, _ = _read_body(body)
     attributes.setdefault("specversion", "1.0")
     if "id" not in attributes:
         attributes["id"] = new_id()
-    problem = _attribute_problem(attributes)
+    problem = attribute_problem(attributes)
     if problem is not None:
         raise DataError(f"message body is not a valid CloudEvent: {problem}")
-    moment = attributes.pop("time", None)
-    extensions = {name: attributes.pop(name) for name in list(attributes) if name not in _CONTEXT_ATTRIBUTES}
-    get = attributes.get
-    return ConnectorRecord(
-        data=data,
-        timestamp=now() if moment is None else moment,
-        id=attributes["id"],
-        source=attributes["source"],
-        type=attributes["type"],
-        subject=get("subject"),
-        datacontenttype=get("datacontenttype"),
-        dataschema=get("dataschema"),
-        extensions=extensions,
-    )
+    return attributes, data
 
 
-def _attribute_problem(attributes: Mapping[str, Any]) -> str | None:
+def attribute_problem(attributes: Mapping[str, Any]) -> str | None:
     """What the CloudEvents SDK would refuse in these v1.0 attributes (see ``CloudEvent.__init__``), or None;
-    what ``ConnectorRecord`` checks itself (a timezone on the time, extension names) is left to it."""
+    a timezone on the time and the extension names are left to the caller (``ConnectorRecord`` checks them)."""
     for name in ("id", "source", "type"):
         value = attributes.get(name)
         if not value or not isinstance(value, str):

@@ -53,11 +53,11 @@ import structlog
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.client import MeshClient, PushedEvent, event_of_body
+from runtime.cloudevents import body_to_record
 from runtime.config import WorkerConfig
 from runtime.connector import Rejection, Sink, SinkContext
 from runtime.errors import DataError, FrameTooLargeError, MeshRejectedError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard, seconds_behind
-from runtime.protocol.events import body_to_record
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
 from runtime.registry import Registry

@@ -4,7 +4,7 @@ The order is the promise of at-least-once, stated once here:
 
 1. ``poll()`` fills a bounded queue (``source.poll_queue`` records); when it is full, polling
    waits. A slow mesh therefore slows polling down instead of growing memory.
-2. Each record becomes its CloudEvent's message body (:func:`~runtime.protocol.events.record_to_body`) and is published
+2. Each record becomes its CloudEvent's message body (:func:`~runtime.cloudevents.record_to_body`) and is published
    through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
    cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
    instead, and counts as done once that publish is acknowledged. So does an event the mesh refuses

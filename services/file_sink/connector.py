@@ -20,8 +20,17 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Sink, SinkContext
-from services.cloudevents_json import record_to_json
+from runtime import (
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Sink,
+    SinkContext,
+    record_to_json,
+)
 
 __all__ = ["FileSink", "FileSinkConfig"]
 

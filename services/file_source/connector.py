@@ -23,8 +23,7 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
-from services.cloudevents_json import PayloadFormat, record_from_payload
+from runtime import ConnectorConfig, ConnectorRecord, PayloadFormat, RetriableError, Source, SourceContext, record_from_payload
 
 __all__ = ["FileSource", "FileSourceConfig"]
 

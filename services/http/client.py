@@ -23,8 +23,17 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from runtime import ConfigError, ConnectorRecord, DataError, Rejection, RetriableError, Secret
-from services.cloudevents_json import CONTENT_TYPE, data_bytes, record_to_json
+from runtime import (
+    CLOUDEVENTS_JSON,
+    ConfigError,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    data_bytes,
+    record_to_json,
+)
 
 __all__ = ["CloudEventPoster", "PosterSettings"]
 
@@ -123,7 +132,7 @@ class CloudEventPoster:
 
     def _encode(self, record: ConnectorRecord) -> tuple[dict[str, str], bytes]:
         if self._settings.mode == "structured":
-            return {"Content-Type": CONTENT_TYPE}, record_to_json(record)
+            return {"Content-Type": CLOUDEVENTS_JSON}, record_to_json(record)
         return _binary_headers(record), data_bytes(record)
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from cloudevents.core.v1.event import CloudEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runtime.cloudevents import body_to_record, cloudevent_to_record
 from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.events import (
@@ -21,13 +22,12 @@ from runtime.protocol.events import (
     ack_package,
     body_to_event,
     body_to_event_and_transport,
-    body_to_record,
     event_to_body,
     publish_package,
     push_package,
 )
 from runtime.protocol.frames import Command, FrameDecoder, Header, Package, encode
-from runtime.record import ConnectorRecord, cloudevent_to_record
+from runtime.record import ConnectorRecord
 from tests.protocol.vectors import VALID
 
 _VECTORS = {vector["name"]: vector for vector in VALID}

@@ -7,7 +7,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.record import derive_event_id, is_json_content_type, partition_key
+from runtime.cloudevents import is_json_content_type
+from runtime.record import derive_event_id, partition_key
 
 _NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
 _positions = st.dictionaries(st.text(max_size=6), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10) | st.none(), max_size=3)

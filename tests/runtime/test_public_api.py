@@ -10,6 +10,7 @@ import pytest
 import runtime
 
 AUTHOR_API = {
+    "CLOUDEVENTS_JSON",
     "MAX_EVENT_BODY",
     "ColumnKind",
     "ColumnRule",
@@ -23,18 +24,25 @@ AUTHOR_API = {
     "HttpEndpoint",
     "JsonValue",
     "MeshConnectError",
+    "PayloadFormat",
     "Rejection",
     "RetriableError",
     "Secret",
     "Sink",
     "SinkContext",
+    "SinkPayload",
     "Source",
     "SourceContext",
     "cloudevent_to_record",
+    "data_bytes",
     "is_json_content_type",
     "load_config",
     "main_for",
     "partition_key",
+    "record_from_json",
+    "record_from_payload",
+    "record_to_json",
+    "record_to_payload",
 }
 
 
@@ -62,7 +70,7 @@ def _connector_package(module: str) -> str | None:
     return next((package for package in CONNECTOR_PACKAGES if module == package or module.startswith(package + ".")), None)
 
 
-@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http", "mysql"])
+@pytest.mark.parametrize("system", ["nats", "redis", "rabbitmq", "mqtt", "postgres", "http", "mysql", "chat"])
 def test_the_connectors_of_a_system_share_code_through_its_client_module_not_each_other(system: str) -> None:
     # One folder per external system: what its source and sink have in common lives in
     # services/<system>/client.py; a connector importing its sibling's connector (or another

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.cloudevents import cloudevent_to_record, record_to_body, record_to_cloudevent
 from runtime.errors import DataError
-from runtime.protocol.events import body_to_event, event_to_body, record_to_body
-from runtime.record import ConnectorRecord, cloudevent_to_record, record_to_cloudevent
+from runtime.protocol.events import body_to_event, event_to_body
+from runtime.record import ConnectorRecord
 from runtime.worker.offsets import OffsetTracker
 from runtime.worker.retry import Backoff
 

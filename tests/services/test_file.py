@@ -10,11 +10,12 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from runtime import record_from_json
+from runtime.cloudevents import record_to_cloudevent
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError, DataError, RetriableError
-from runtime.record import ConnectorRecord, partition_key, record_to_cloudevent
+from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, run_sink_conformance, run_source_conformance
-from services.cloudevents_json import record_from_json
 from services.file_sink.connector import FileSink, FileSinkConfig
 from services.file_source.connector import FileSource, FileSourceConfig
 

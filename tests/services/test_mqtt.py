@@ -13,11 +13,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from runtime import record_to_json
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
-from services.cloudevents_json import record_to_json
 from services.mqtt.sink.connector import MqttSink, MqttSinkConfig
 from services.mqtt.source.connector import MqttSource, MqttSourceConfig
 from tests.servers import MosquittoServer

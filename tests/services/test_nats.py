@@ -14,11 +14,11 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from runtime import record_to_json
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
-from services.cloudevents_json import record_to_json
 from services.nats.sink.connector import NatsSink, NatsSinkConfig
 from services.nats.source.connector import NatsSource, NatsSourceConfig
 from tests.servers import NatsServer

@@ -12,11 +12,11 @@ from typing import Any
 import aio_pika
 import pytest
 
+from runtime import CLOUDEVENTS_JSON, record_to_json
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
-from services.cloudevents_json import CONTENT_TYPE, record_to_json
 from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig
 from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig
 from tests.servers import require_binary, wait_for_port
@@ -68,7 +68,7 @@ async def _sink(url: str, **config: Any) -> RabbitmqSink:
 
 async def _publish(channel: aio_pika.abc.AbstractChannel, queue: str, records: list[ConnectorRecord]) -> None:
     for record in records:
-        await channel.default_exchange.publish(aio_pika.Message(record_to_json(record), content_type=CONTENT_TYPE), queue)
+        await channel.default_exchange.publish(aio_pika.Message(record_to_json(record), content_type=CLOUDEVENTS_JSON), queue)
 
 
 async def test_source_acks_only_what_was_committed(vhost_url: str, channel: aio_pika.abc.AbstractChannel) -> None:
@@ -143,7 +143,7 @@ async def test_sink_publishes_confirmed_messages_the_source_reads_back(
     assert message is not None
     assert (message.message_id, message.content_type, message.delivery_mode) == (
         "id-0",
-        CONTENT_TYPE,
+        CLOUDEVENTS_JSON,
         aio_pika.DeliveryMode.PERSISTENT,
     )
     await message.nack(requeue=True)

@@ -14,11 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from runtime import record_to_json
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
-from services.cloudevents_json import record_to_json
 from services.redis.sink.connector import RedisSink, RedisSinkConfig
 from services.redis.source.connector import RedisSource, RedisSourceConfig
 from tests.servers import RedisServer

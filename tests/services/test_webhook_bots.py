@@ -33,11 +33,11 @@ from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, WorkerProcess, run_sink_conformance
-from services.chatbot import ChatbotSink
-from services.dingtalk_sink.connector import DingtalkSink, DingtalkSinkConfig
-from services.lark_sink.connector import LarkSink, LarkSinkConfig
-from services.slack_sink.connector import SlackSink, SlackSinkConfig
-from services.wecom_sink.connector import WecomSink, WecomSinkConfig
+from services.chat.client import ChatbotSink
+from services.chat.dingtalk.connector import DingtalkSink, DingtalkSinkConfig
+from services.chat.lark.connector import LarkSink, LarkSinkConfig
+from services.chat.slack.connector import SlackSink, SlackSinkConfig
+from services.chat.wecom.connector import WecomSink, WecomSinkConfig
 from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
 

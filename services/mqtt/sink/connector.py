@@ -17,8 +17,18 @@ import aiomqtt
 import structlog
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Secret, Sink, SinkContext
-from services.cloudevents_json import SinkPayload, record_to_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    Sink,
+    SinkContext,
+    SinkPayload,
+    record_to_payload,
+)
 from services.mqtt.client import mqtt_call, mqtt_disconnect
 
 __all__ = ["MqttSink", "MqttSinkConfig"]

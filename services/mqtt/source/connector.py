@@ -23,8 +23,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.cloudevents_json import PayloadFormat, record_from_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    PayloadFormat,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+    record_from_payload,
+)
 from services.mqtt.client import mqtt_call, mqtt_disconnect
 
 __all__ = ["MqttSource", "MqttSourceConfig"]

@@ -19,8 +19,17 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, Secret, Sink, SinkContext
-from services.cloudevents_json import SinkPayload, record_to_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    Secret,
+    Sink,
+    SinkContext,
+    SinkPayload,
+    record_to_payload,
+)
 from services.nats.client import ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSink", "NatsSinkConfig"]

@@ -22,8 +22,16 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.cloudevents_json import PayloadFormat, record_from_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    PayloadFormat,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+    record_from_payload,
+)
 from services.nats.client import ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSource", "NatsSourceConfig"]

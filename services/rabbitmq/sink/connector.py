@@ -19,8 +19,18 @@ import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
-from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Secret, Sink, SinkContext
-from services.cloudevents_json import SinkPayload, record_to_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    Sink,
+    SinkContext,
+    SinkPayload,
+    record_to_payload,
+)
 from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSink", "RabbitmqSinkConfig"]

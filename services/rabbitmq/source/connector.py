@@ -21,8 +21,17 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
-from runtime import ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.cloudevents_json import CONTENT_TYPE, PayloadFormat, record_from_payload
+from runtime import (
+    CLOUDEVENTS_JSON,
+    ConnectorConfig,
+    ConnectorRecord,
+    PayloadFormat,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+    record_from_payload,
+)
 from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSource", "RabbitmqSourceConfig"]
@@ -93,7 +102,7 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
         return [self._record(message) for message in messages]
 
     def _record(self, message: AbstractIncomingMessage) -> ConnectorRecord:
-        payload_format: PayloadFormat = "cloudevents" if message.content_type == CONTENT_TYPE else self.config.format
+        payload_format: PayloadFormat = "cloudevents" if message.content_type == CLOUDEVENTS_JSON else self.config.format
         self._received += 1
         self._unacked[self._received] = message
         # Delivery tags restart with every channel: a per-run counter keeps offsets distinct.

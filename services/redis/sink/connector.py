@@ -20,8 +20,18 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis import exceptions as redis_errors
 
-from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Secret, Sink, SinkContext
-from services.cloudevents_json import SinkPayload, record_to_payload
+from runtime import (
+    ConnectorConfig,
+    ConnectorRecord,
+    DataError,
+    Rejection,
+    RetriableError,
+    Secret,
+    Sink,
+    SinkContext,
+    SinkPayload,
+    record_to_payload,
+)
 from services.redis.client import redis_call, redis_connect
 
 __all__ = ["RedisSink", "RedisSinkConfig"]

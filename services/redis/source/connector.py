@@ -24,8 +24,17 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis import exceptions as redis_errors
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.cloudevents_json import PayloadFormat, record_from_payload
+from runtime import (
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    PayloadFormat,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+    record_from_payload,
+)
 from services.redis.client import redis_call, redis_connect
 
 __all__ = ["RedisSource", "RedisSourceConfig"]

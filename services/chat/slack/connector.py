@@ -15,7 +15,7 @@ would fail alike until the config is fixed; any other error (``msg_too_long``, `
 rejects the event. Values put into the template are escaped as Slack asks (``&``, ``<``, ``>``), so
 event data cannot mention ``@channel``; the template's own text may (``<!here>``).
 The Java connector's keys map as ``appToken`` -> ``token``, ``channelId`` -> ``channel``.
-See :mod:`services.chatbot` for templates, pacing and repeats.
+See :mod:`services.chat.client` for templates, pacing and repeats.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from runtime import ConnectorRecord, HttpEndpoint, RetriableError, Secret
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chat.client import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["SlackSink", "SlackSinkConfig"]
 

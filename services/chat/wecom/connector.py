@@ -10,7 +10,7 @@ content is limited to 2048 bytes and markdown to 4096 (UTF-8). WeCom answers ``{
 What each answer means here: ``errcode`` 0 delivered; 45009 retried after ``rate_limit_backoff``;
 an invalid or removed webhook key (93000, 40014, 93004) retried and logged, since every event would
 fail alike; any other code rejects the event. The Java connector's ``robotWebhookKey`` is ``key``.
-See :mod:`services.chatbot` for templates, pacing and repeats.
+See :mod:`services.chat.client` for templates, pacing and repeats.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from pydantic import Field
 
 from runtime import ConnectorRecord, HttpEndpoint, Secret
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chat.client import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["WecomSink", "WecomSinkConfig"]
 

@@ -14,7 +14,7 @@ What each answer means here: ``errcode`` 0 delivered; 130101 and 410100 (rate li
 "keywords not in content" and any other code reject the event (the template lacks the robot's keyword
 for it). The Java connector uses the enterprise app robot API (``appKey``, ``appSecret``,
 ``robotCode``, ``openConversationId``); this one uses the webhook robot, which needs no app.
-See :mod:`services.chatbot` for templates, pacing and repeats.
+See :mod:`services.chat.client` for templates, pacing and repeats.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 from pydantic import Field, field_validator
 
 from runtime import ConnectorRecord, HttpEndpoint, Secret
-from services.chatbot import (
+from services.chat.client import (
     ApiAnswer,
     ChatbotConfig,
     ChatbotSink,

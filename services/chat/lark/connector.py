@@ -14,7 +14,7 @@ or ``rate_limit_backoff``; a signature, IP whitelist or hook refusal (19021, 190
 logged, since every event would fail alike; 19024 (the message lacks the bot's keyword) and any other
 code reject the event. The Java connector uses the IM app API (``appId``, ``appSecret``,
 ``receiveIdType``, ``receiveId``); this one uses the webhook bot, which needs no app.
-See :mod:`services.chatbot` for templates, pacing and repeats.
+See :mod:`services.chat.client` for templates, pacing and repeats.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pydantic import Field
 
 from runtime import ConnectorRecord, HttpEndpoint, Secret
-from services.chatbot import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
+from services.chat.client import ApiAnswer, ChatbotConfig, ChatbotSink, Post, check_length
 
 __all__ = ["LarkSink", "LarkSinkConfig", "lark_sign"]
 

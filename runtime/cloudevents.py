@@ -1,40 +1,190 @@
-"""Records as structured-mode CloudEvents JSON (``application/cloudevents+json``), with orjson.
+"""The one mapping between a ``ConnectorRecord`` and a CloudEvent 1.0, and the encodings connectors use.
 
-The connectors that carry whole events through another system (file lines, Redis, RabbitMQ, MQTT,
-NATS, PostgreSQL) store each event in the CloudEvents JSON format, so a sink's output is a source's
-input and any CloudEvents SDK can read it. Data follows the format's rules: JSON data (a JSON
-content type, or none with non-text data) is embedded as a JSON value, text as a string, bytes as
-``data_base64``. The CloudEvents SDK's own JSON format uses the standard ``json`` module; this one
-is several times faster and keeps the record's data types exactly.
+A record becomes the attributes and data of its event (:func:`event_attributes`), and the attributes
+and data of an event become a record (:func:`record_of_attributes`); every path goes through these two:
+
+* the EventMesh TCP message body, Java-exact (:func:`record_to_body`, :func:`body_to_record`; the
+  wire codec itself, on attributes and bytes, is :mod:`runtime.protocol.events`), what the workers
+  publish and receive;
+* the CloudEvents SDK's ``CloudEvent`` (:func:`record_to_cloudevent`, :func:`cloudevent_to_record`);
+* structured-mode CloudEvents JSON (``application/cloudevents+json``), what the connectors that
+  carry whole events through another system (file lines, Redis, RabbitMQ, MQTT, NATS, HTTP) write
+  and read, so a sink's output is a source's input and any CloudEvents SDK can read it. Data follows
+  the format's rules: JSON data (a JSON content type, or none with non-text data) is embedded as a
+  JSON value, text as a string, bytes as ``data_base64``. The SDK's own JSON format uses the standard
+  ``json`` module; this one (orjson) is several times faster and keeps the record's data types exactly.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import DataError
-from runtime.record import ConnectorRecord, JsonValue, is_json_content_type
+from runtime.protocol.events import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    EncodedEvent,
+    attribute_problem,
+    attributes_to_body,
+    body_to_attributes,
+    is_json_content_type,
+)
+from runtime.record import CONTEXT_ATTRIBUTES, ConnectorRecord, JsonValue, derive_event_id
 
 __all__ = [
-    "CONTENT_TYPE",
+    "CLOUDEVENTS_JSON",
     "PayloadFormat",
     "SinkPayload",
+    "body_to_record",
+    "cloudevent_to_record",
     "data_bytes",
-    "record_from_payload",
+    "event_attributes",
+    "is_json_content_type",
     "record_from_json",
     "record_from_mapping",
+    "record_from_payload",
+    "record_of_attributes",
+    "record_to_body",
+    "record_to_cloudevent",
     "record_to_json",
     "record_to_mapping",
     "record_to_payload",
 ]
 
-CONTENT_TYPE = "application/cloudevents+json"
+CLOUDEVENTS_JSON = CLOUDEVENTS_CONTENT_TYPE
+"""The content type of a structured CloudEvent in JSON: ``application/cloudevents+json``."""
+_REQUIRED = ("id", "source", "type")
+_OPTIONAL = ("subject", "datacontenttype", "dataschema")
+
+
+def event_attributes(
+    record: ConnectorRecord,
+    *,
+    connector: str,
+    default_source: str,
+    default_type: str,
+    default_subject: str | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """(the attributes, the data) of the event a source publishes for ``record``, before they are validated."""
+    content_type = record.effective_content_type
+    data = record.data
+    if isinstance(data, bytes) and is_json_content_type(content_type):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise DataError(f"data is declared {content_type} but is not valid JSON: {exc}") from exc
+    elif data is not None and not isinstance(data, (str, bytes)) and not is_json_content_type(content_type):
+        raise DataError(f"data of type {type(data).__name__} needs a JSON content type, not {content_type!r}")
+    subject = record.subject or default_subject
+    if not subject:
+        raise DataError("record has no subject (topic) and the connector config names none")
+    if record.id is not None:
+        event_id = record.id
+    elif record.offset:
+        event_id = derive_event_id(connector, record.partition, record.offset)
+    else:
+        event_id = str(uuid.uuid4())
+    attributes: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": record.source or default_source,
+        "type": record.type or default_type,
+        "subject": subject,
+        "time": record.timestamp,
+    }
+    if content_type is not None:
+        attributes["datacontenttype"] = content_type
+    if record.dataschema is not None:
+        attributes["dataschema"] = record.dataschema
+    if record.extensions:
+        attributes.update(record.extensions)
+    return attributes, data
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def record_of_attributes(attributes: dict[str, Any], data: Any, *, now: Callable[[], datetime] = _utc_now) -> ConnectorRecord:
+    """The record a sink receives for the valid v1.0 event with these attributes (consumed) and ``data``:
+    attributes kept, extensions as given; ``now()`` (timezone-aware) is asked only when there is no time."""
+    moment = attributes.pop("time", None)
+    extensions = {name: attributes.pop(name) for name in list(attributes) if name not in CONTEXT_ATTRIBUTES}
+    get = attributes.get
+    return ConnectorRecord(
+        data=data,
+        timestamp=now() if moment is None else moment,
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        subject=get("subject"),
+        datacontenttype=get("datacontenttype"),
+        dataschema=get("dataschema"),
+        extensions=extensions,
+    )
+
+
+def record_to_body(
+    record: ConnectorRecord,
+    *,
+    connector: str,
+    default_source: str,
+    default_type: str,
+    default_subject: str | None = None,
+) -> EncodedEvent:
+    """The message body a source publishes for ``record`` (once per polled record): the bytes and the verdicts
+    of ``event_to_body(record_to_cloudevent(record, ...))`` without the CloudEvent, which a test holds equal."""
+    attributes, data = event_attributes(
+        record, connector=connector, default_source=default_source, default_type=default_type, default_subject=default_subject
+    )
+    problem = attribute_problem(attributes)
+    if problem is not None:
+        raise DataError(f"record cannot become a CloudEvent: {problem}")
+    return EncodedEvent(attributes_to_body(attributes, data))
+
+
+def body_to_record(body: bytes, *, now: Callable[[], datetime], new_id: Callable[[], str]) -> ConnectorRecord:
+    """The record a sink receives for a pushed message body (once per pushed event): the record and the
+    verdicts of ``cloudevent_to_record(body_to_event(body))`` without the CloudEvent, which a test holds
+    equal. ``now()`` and ``new_id()`` are asked only for a body without ``time`` or ``id``."""
+    attributes, data = body_to_attributes(body, new_id=new_id)
+    return record_of_attributes(attributes, data, now=now)
+
+
+def record_to_cloudevent(
+    record: ConnectorRecord,
+    *,
+    connector: str,
+    default_source: str,
+    default_type: str,
+    default_subject: str | None = None,
+) -> CloudEvent:
+    """The CloudEvent a source publishes for ``record``.
+
+    Raises :class:`DataError` when the record cannot become a valid event (e.g. text data under a
+    JSON content type that is not valid JSON, or no topic at all).
+    """
+    attributes, data = event_attributes(
+        record, connector=connector, default_source=default_source, default_type=default_type, default_subject=default_subject
+    )
+    try:
+        return CloudEvent(attributes, data)
+    except Exception as exc:  # the SDK raises its own validation errors: map them at this seam
+        raise DataError(f"record cannot become a CloudEvent: {exc}") from exc
+
+
+def cloudevent_to_record(event: CloudEvent) -> ConnectorRecord:
+    """The record a sink receives for ``event``: attributes kept, extensions as given."""
+    return record_of_attributes(dict(event.get_attributes()), event.get_data())
+
+
 _REQUIRED = ("id", "source", "type")
 _OPTIONAL = ("subject", "datacontenttype", "dataschema")
 
@@ -104,12 +254,12 @@ SinkPayload = Literal["cloudevent", "data"]
 def record_to_payload(record: ConnectorRecord, payload: SinkPayload) -> tuple[bytes, str | None]:
     """The message body a sink writes for ``record``, and its content type.
 
-    ``cloudevent``: the structured CloudEvent JSON under :data:`CONTENT_TYPE`, which a source reads
+    ``cloudevent``: the structured CloudEvent JSON under :data:`CLOUDEVENTS_JSON`, which a source reads
     back whole; ``data``: the data alone under the event's own content type (``None`` when it has
     none). :class:`DataError` when the event cannot be written so (the sink dead-letters it).
     """
     if payload == "cloudevent":
-        return record_to_json(record), CONTENT_TYPE
+        return record_to_json(record), CLOUDEVENTS_JSON
     return data_bytes(record), record.effective_content_type
 
 

@@ -38,10 +38,7 @@ import orjson
 import structlog
 from pydantic import Field, SecretStr, field_validator
 
-from runtime.config import ConnectorConfig
-from runtime.connector import Rejection, Sink, SinkContext
-from runtime.errors import DataError, RetriableError
-from runtime.record import ConnectorRecord
+from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Sink, SinkContext
 
 __all__ = [
     "ApiAnswer",
