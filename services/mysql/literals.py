@@ -3,9 +3,9 @@
 PyMySQL's binding runs ``str.translate`` over every string and dispatches each value through a
 Python mapping; on a multi-row upsert that is half the sink's CPU. Here a string is checked with
 C-level ``in`` scans and only the characters it holds are replaced, and the common types are
-dispatched on their exact type. What comes out is the driver's text for every
-value except bytes, which become hex literals (``X'00ff'``): the same binary string, and correct
-under ``NO_BACKSLASH_ESCAPES`` too, where aiomysql's own ``_binary'...'`` escaping is not.
+dispatched on their exact type. What comes out is the driver's text for every value except bytes,
+which become hex literals (``X'00ff'``): the same binary string, and correct under
+``NO_BACKSLASH_ESCAPES`` too, where aiomysql's own ``_binary'...'`` escaping is not.
 Types not handled here (timedelta, struct_time, sequences ...) go to the driver's own encoders.
 
 Escaping depends on the session, exactly as in the driver: ``NO_BACKSLASH_ESCAPES`` (which the
