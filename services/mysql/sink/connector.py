@@ -22,6 +22,7 @@ import structlog
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, Rejection, Sink, SinkContext
 from services.mysql.client import Pooled, create_pool, translate_mysql_errors
+from services.mysql.literals import check_session
 from services.mysql.sink.cdc import CdcMode
 from services.mysql.sink.config import MysqlSinkConfig
 from services.mysql.sink.events import EventsMode
@@ -76,6 +77,9 @@ class MysqlSink(Sink[MysqlSinkConfig]):
     async def _prepare_target(self) -> None:
         config = self.config
         async with self._connection() as conn, conn.cursor() as cursor:
+            # Values are escaped by services.mysql.literals: the session must speak a character set it escapes safely.
+            sql_mode = await check_session(cursor, "config.host")
+            log.info("mysql session", sql_mode=sql_mode, charset=conn.charset)
             await cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (config.database,))
             if await cursor.fetchone() is None:
                 if not (config.auto_create or config.mode == "events"):

@@ -21,6 +21,7 @@ import structlog
 
 from runtime import ConnectorRecord, DataError, Rejection, SinkContext
 from services.mysql.client import is_data_error
+from services.mysql.literals import literals_for
 from services.mysql.sink.changes import Change
 from services.mysql.sink.config import MysqlSinkConfig
 from services.mysql.sink.tables import TableCache
@@ -103,11 +104,11 @@ class SinkMode:
                 await self.write_changes(cursor, changes)
             await conn.commit()
             return []
-        except pymysql.MySQLError as exc:
+        except (pymysql.MySQLError, DataError) as exc:
             await _rollback(conn)
-            if not is_data_error(exc):
+            if not isinstance(exc, DataError) and not is_data_error(exc):
                 raise
-            self.log.info("batch refused by the server; isolating the bad rows", reason=str(exc))
+            self.log.info("batch refused; isolating the bad rows", reason=str(exc))
             if self.tables is not None:
                 self.tables.forget()
         rejections: list[Rejection] = []
@@ -116,6 +117,9 @@ class SinkMode:
                 await cursor.execute("SAVEPOINT row_write")
                 try:
                     await self.write_changes(cursor, planned.changes)
+                except DataError as exc:  # a value no literal can carry (a NaN): refused before the server saw it
+                    await cursor.execute("ROLLBACK TO SAVEPOINT row_write")
+                    rejections.append(Rejection(planned.record, exc.reason))
                 except pymysql.MySQLError as exc:
                     if not is_data_error(exc):
                         raise
@@ -180,29 +184,34 @@ def _collapse(changes: list[Change]) -> _NetChanges:
 async def _send_upsert(
     cursor: Any, database: str, target: tuple[str, tuple[str, ...], tuple[str, ...]], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Multi-row upserts of ``rows`` (values of ``target``'s columns), each within the client's statement length."""
-    values = [value for row in rows for value in row]
-    # The driver binds the values (mogrify is what execute does); bound first, so the length is known.
-    statement = cursor.mogrify(_upsert_sql(database, *target, len(rows)), values)
-    encoded = statement.encode(cursor.connection.encoding, "surrogateescape")
-    if len(encoded) > cursor.max_stmt_length and len(rows) > 1:
-        # As many parts as the length asks for, so rows alike are bound about twice, not log(n) times.
-        parts = min(len(rows), len(encoded) // cursor.max_stmt_length + 1)
-        step = -(-len(rows) // parts)
-        for start in range(0, len(rows), step):
-            await _send_upsert(cursor, database, target, rows[start : start + step])
-        return
-    await cursor.execute(encoded)
+    """Multi-row upserts of ``rows`` (values of ``target``'s columns), each within the client's statement length.
+
+    Each row's literals are built once (:mod:`services.mysql.literals`, equal to the driver's binding)
+    and rows are packed into statements by their encoded size: nothing is escaped twice.
+    """
+    head, tail = _upsert_sql(database, *target)
+    connection = cursor.connection
+    literals = literals_for(connection)
+    encoding = connection.encoding
+    room = cursor.max_stmt_length - len(head) - len(tail)
+    values: list[bytes] = []
+    size = -1  # the commas between rows: one fewer than the rows
+    for row in rows:
+        encoded = literals.row(row).encode(encoding, "surrogateescape")
+        if values and size + 1 + len(encoded) > room:
+            await cursor.execute(head + b",".join(values) + tail)
+            values, size = [], -1
+        values.append(encoded)
+        size += 1 + len(encoded)
+    if values:  # a row longer than the limit alone goes alone: the server's max_allowed_packet decides
+        await cursor.execute(head + b",".join(values) + tail)
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_sql(database: str, table: str, columns: tuple[str, ...], key_columns: tuple[str, ...], rows: int) -> str:
-    """The text of a ``rows``-row upsert, with a ``%s`` per value: built once per table, column set and row count."""
+def _upsert_sql(database: str, table: str, columns: tuple[str, ...], key_columns: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """The text of an upsert before and after its VALUES rows: built once per table and column set."""
     updates = [f"{quote(c)}=VALUES({quote(c)})" for c in columns if c not in key_columns] or [
         f"{quote(key_columns[0])}={quote(key_columns[0])}"
     ]
-    row = "(" + ",".join(["%s"] * len(columns)) + ")"
-    return (
-        f"INSERT INTO {quote(database, table)} ({','.join(quote(c) for c in columns)})"
-        f" VALUES {','.join([row] * rows)} ON DUPLICATE KEY UPDATE {','.join(updates)}"
-    )
+    head = f"INSERT INTO {quote(database, table)} ({','.join(quote(c) for c in columns)}) VALUES "
+    return head.encode(), f" ON DUPLICATE KEY UPDATE {','.join(updates)}".encode()
