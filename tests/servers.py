@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -28,6 +29,7 @@ __all__ = [
     "ServerProcess",
     "free_port",
     "require_binary",
+    "unavailable",
     "wait_for_port",
 ]
 
@@ -44,9 +46,13 @@ def require_binary(*candidates: str) -> str:
         found = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
         if found:
             return found
-    message = f"none of {', '.join(candidates)} is installed"
+    unavailable(f"none of {', '.join(candidates)} is installed")
+
+
+def unavailable(message: str) -> NoReturn:
+    """A service a test needs is missing: a failure under ``CI=true`` (CI must provide it), else a skip."""
     if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI must install it: see .ci/run)")
+        pytest.fail(message + " (CI must install and start it: see .ci/deps)")
     pytest.skip(message)
 
 

@@ -19,7 +19,7 @@ from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
 from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig
 from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig
-from tests.servers import require_binary, wait_for_port
+from tests.servers import require_binary, unavailable, wait_for_port
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -32,7 +32,7 @@ def vhost_url() -> Iterator[str]:
     try:
         wait_for_port(5672, timeout=2)
     except TimeoutError:
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+        unavailable("no RabbitMQ broker answers on 127.0.0.1:5672")
     vhost = f"meshconnect-test-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
