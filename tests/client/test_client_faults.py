@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from runtime.config import MeshSettings
 from runtime.errors import ConfigError, MeshUnavailableError
 from runtime.protocol.frames import Command, Header, Package, RedirectInfo
 from tests.client.fakes import FakeMesh, make_event
-from tests.servers import free_port
+from tests.servers import free_port, require_binary
 
 AGENT = user_agent_for("producers", "pub")
 FAST = {"request_timeout": 5.0, "backoff_initial": 0.05, "backoff_max": 0.5}
@@ -162,9 +161,7 @@ def test_a_bad_address_is_a_config_error() -> None:
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    openssl = require_binary("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.servers import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -61,10 +61,7 @@ def require_tool(name: str) -> str:
     """The path of an offline checker; missing is a failure in CI (.ci/run installs it), a skip elsewhere."""
     found = shutil.which(name) or shutil.which(name, path=str(VENV_BIN))
     if found is None:
-        message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed")
     return found
 
 
