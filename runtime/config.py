@@ -173,10 +173,30 @@ class SinkSettings(_Strict):
 
 class RegistrySettings(_Strict):
     kind: Literal["redis", "file"] = Field("file", description="Offset and lease store.")
-    url: Secret | None = Field(None, description="redis:// or rediss:// URL (kind=redis); may hold a password.")
+    url: Secret | None = Field(
+        None,
+        description=(
+            "kind=redis: redis://[:password@]host:port/db, rediss:// for TLS, or through Sentinel"
+            " redis+sentinel://[:password@]host1:port1,host2:port2/service/db (rediss+sentinel:// for TLS);"
+            " may hold a password."
+        ),
+    )
     prefix: str = Field("meshconnect", description="Key prefix: one namespace per deployment.")
     path: str = Field("./state", description="State directory (kind=file).")
     lease_ttl: float = Field(10.0, gt=0, description="Lease time-to-live, seconds; renewed every ttl/3.")
+    min_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "kind=redis: replicas that must acknowledge (WAIT) a lease acquisition or renewal and an offset"
+            " commit before it counts; 0 counts a write once the primary has it."
+        ),
+    )
+    replica_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds to wait for min_replicas acknowledgements; a write not acknowledged by then is retried.",
+    )
 
 
 class AdminSettings(_Strict):

@@ -16,8 +16,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 __all__ = [
     "MariaDBServer",
@@ -25,6 +27,7 @@ __all__ = [
     "NatsServer",
     "PostgresServer",
     "RedisServer",
+    "RedisSentinelSetup",
     "ServerProcess",
     "free_port",
     "require_binary",
@@ -135,9 +138,10 @@ class ServerProcess:
 class RedisServer(ServerProcess):
     name = "redis"
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, replica_of: int | None = None) -> None:
         self.binary = require_binary("redis-server")
         self.password = password
+        self.replica_of = replica_of
         super().__init__()
 
     def command(self) -> Sequence[str]:
@@ -156,12 +160,99 @@ class RedisServer(ServerProcess):
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         return cmd
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+
+class RedisSentinel(ServerProcess):
+    """One ``redis-server --sentinel`` watching ``service`` on ``primary_port``, quick to fail over."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, service: str, primary_port: int) -> None:
+        self.binary = require_binary("redis-server")
+        self.service = service
+        self.primary_port = primary_port
+        super().__init__()
+
+    def prepare(self) -> None:
+        # Sentinel rewrites its config file as it learns the topology, so it lives in the temp dir.
+        (self.dir / "sentinel.conf").write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+
+    def command(self) -> Sequence[str]:
+        return [self.binary, str(self.dir / "sentinel.conf"), "--sentinel"]
+
+
+class RedisSentinelSetup:
+    """A primary, one replica and three Sentinels (quorum 2) on loopback: failover in seconds."""
+
+    service = "registry"
+
+    def __init__(self) -> None:
+        self.primary = RedisServer.running()
+        assert isinstance(self.primary, RedisServer)
+        self.replica = RedisServer(replica_of=self.primary.port)
+        self.replica.start()
+        self.sentinels = [RedisSentinel(self.service, self.primary.port) for _ in range(3)]
+        for sentinel in self.sentinels:
+            sentinel.prepare()
+            sentinel.start()
+        self.wait_until_watched()
+
+    def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
+        client = redis.Redis(port=sentinel.port, socket_timeout=5, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def primary_port(self) -> int:
+        """The primary's port as the first Sentinel that answers sees it."""
+        for sentinel in self.sentinels:
+            try:
+                _, port = self._ask(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return int(port)
+            except (OSError, redis.exceptions.RedisError):
+                continue
+        raise RuntimeError("no Sentinel answered")
+
+    def wait_until_watched(self, timeout: float = 60.0) -> None:
+        """Until the replica is in sync and every Sentinel knows it and its two peers: only then
+        can replicas acknowledge writes and Sentinels fail over."""
+        deadline = time.monotonic() + timeout
+        replica = redis.Redis(port=self.replica.port, socket_timeout=5, decode_responses=True)
+        while time.monotonic() < deadline:
+            if replica.info("replication").get("master_link_status") == "up" and all(
+                self._ask(sentinel, "SENTINEL", "REPLICAS", self.service)
+                and len(self._ask(sentinel, "SENTINEL", "SENTINELS", self.service)) >= 2
+                for sentinel in self.sentinels
+            ):
+                replica.close()
+                return
+            time.sleep(0.2)
+        replica.close()
+        raise TimeoutError(f"the Sentinels did not all see the replica and each other within {timeout}s")
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.stop()
 
 
 class MariaDBServer(ServerProcess):
