@@ -31,10 +31,26 @@ Every lease mutation and every offset commit is one Lua script, so Redis itself 
   (:mod:`runtime.registry.fencing`), so offsets never move backwards.
 * renew and release check holder and token the same way.
 
+Replica acknowledgement and failover
+------------------------------------
+With ``min_replicas`` > 0, acquire, renew and commit are each followed by ``WAIT min_replicas
+replica_timeout`` on the same connection; fewer acknowledgements raise
+:class:`~runtime.errors.RegistryUnavailableError`: the lease is not held, the offset not committed,
+and the caller retries. So every token a holder uses, and every offset it counts, was on
+``min_replicas`` replicas first, and a replica Sentinel promotes (the most up to date one) has them.
+No separate re-validation step is needed after a failover: the commit and renew scripts compare
+holder and token with the lease stored on whichever primary they reach, so the first write after a
+failover is checked against the new primary's lease.
+
 Connecting
 ----------
 ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS; TLS options go in the URL query
 (``?ssl_cert_reqs=required&ssl_ca_certs=/etc/ssl/ca.pem&ssl_certfile=...&ssl_keyfile=...``).
+Through Sentinel: ``redis+sentinel://[:password@]host1:port1,host2:port2/service/db`` (or
+``rediss+sentinel://`` with the same TLS options, used towards the Sentinels and the primary; a
+Sentinel password goes in ``?sentinel_password=``). redis-py's Sentinel client asks the Sentinels
+for the primary on every new connection, and drops a connection that finds a demoted primary, so
+after a failover the next retry reaches the new primary. Redis Cluster is not supported yet.
 The URL is a secret in the config (``{env: REDIS_URL}`` or ``{file: ...}``), so a password in it
 is never logged; a password may also be passed apart from the URL. Commands time out after
 ``timeout`` seconds and are retried twice with exponential backoff and jitter; after that,
