@@ -159,7 +159,7 @@ class RedisServer(ServerProcess):
             str(self.dir),
         ]
         if self.password:
-            cmd += ["--requirepass", self.password]
+            cmd += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
             cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         return cmd
@@ -175,10 +175,14 @@ class RedisSentinel(ServerProcess):
 
     name = "redis-sentinel"
 
-    def __init__(self, service: str, primary_port: int) -> None:
+    def __init__(
+        self, service: str, primary_port: int, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.service = service
         self.primary_port = primary_port
+        self.password = password
+        self.sentinel_password = sentinel_password
         super().__init__()
 
     def prepare(self) -> None:
@@ -189,6 +193,9 @@ class RedisSentinel(ServerProcess):
             f"sentinel down-after-milliseconds {self.service} 1000\n"
             f"sentinel failover-timeout {self.service} 5000\n"
             f"sentinel parallel-syncs {self.service} 1\n"
+            + (f"sentinel auth-pass {self.service} {self.password}\n" if self.password else "")
+            # Sentinels reach each other with their own requirepass.
+            + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else "")
         )
 
     def command(self) -> Sequence[str]:
@@ -196,23 +203,28 @@ class RedisSentinel(ServerProcess):
 
 
 class RedisSentinelSetup:
-    """A primary, one replica and three Sentinels (quorum 2) on loopback: failover in seconds."""
+    """A primary, one replica and three Sentinels (quorum 2) on loopback: failover in seconds.
+
+    ``password`` protects primary and replica, ``sentinel_password`` the Sentinels.
+    """
 
     service = "registry"
 
-    def __init__(self) -> None:
-        self.primary = RedisServer.running()
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None) -> None:
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self.primary = RedisServer.running(password=password)
         assert isinstance(self.primary, RedisServer)
-        self.replica = RedisServer(replica_of=self.primary.port)
+        self.replica = RedisServer(password=password, replica_of=self.primary.port)
         self.replica.start()
-        self.sentinels = [RedisSentinel(self.service, self.primary.port) for _ in range(3)]
+        self.sentinels = [RedisSentinel(self.service, self.primary.port, password, sentinel_password) for _ in range(3)]
         for sentinel in self.sentinels:
             sentinel.prepare()
             sentinel.start()
         self.wait_until_watched()
 
     def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
-        client = redis.Redis(port=sentinel.port, socket_timeout=5, decode_responses=True)
+        client = redis.Redis(port=sentinel.port, password=self.sentinel_password, socket_timeout=5, decode_responses=True)
         try:
             return client.execute_command(*command)
         finally:
@@ -232,7 +244,7 @@ class RedisSentinelSetup:
         """Until the replica is in sync and every Sentinel knows it and its two peers: only then
         can replicas acknowledge writes and Sentinels fail over."""
         deadline = time.monotonic() + timeout
-        replica = redis.Redis(port=self.replica.port, socket_timeout=5, decode_responses=True)
+        replica = redis.Redis(port=self.replica.port, password=self.password, socket_timeout=5, decode_responses=True)
         while time.monotonic() < deadline:
             if replica.info("replication").get("master_link_status") == "up" and all(
                 self._ask(sentinel, "SENTINEL", "REPLICAS", self.service)
@@ -247,8 +259,10 @@ class RedisSentinelSetup:
 
     @property
     def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
         hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"redis+sentinel://{auth}{hosts}/{self.service}/0{query}"
 
     def stop(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):

@@ -152,3 +152,28 @@ async def test_after_a_failover_no_token_or_offset_goes_backwards(sentinel_setup
     finally:
         await a.close()
         await b.close()
+
+
+async def test_passwords_for_the_primary_and_the_sentinels_and_none_in_errors() -> None:
+    setup = RedisSentinelSetup(password="pr1mary-pw", sentinel_password="sent1nel-pw")
+    try:
+        registry = RedisRegistry(setup.url, prefix="auth", min_replicas=1, replica_timeout=3)
+        try:
+            assert "pr1mary" not in repr(registry) and "sent1nel" not in repr(registry)
+            lease = await registry.try_acquire("orders", "g0", "a", 30)
+            assert lease is not None
+            await registry.commit_offsets("orders", {"p": {"n": 1}}, lease)
+            assert await registry.load_offsets("orders") == {"p": {"n": 1}}
+        finally:
+            await registry.close()
+        for wrong_url in (setup.url.replace("sent1nel-pw", "wrong-s3cret"), setup.url.replace("pr1mary-pw", "wrong-s3cret")):
+            wrong = RedisRegistry(wrong_url, prefix="auth", retries=0)
+            try:
+                with pytest.raises(RegistryUnavailableError) as refused:
+                    await wrong.load_offsets("orders")
+                message = str(refused.value)
+                assert "s3cret" not in message and "pr1mary" not in message and "sent1nel" not in message
+            finally:
+                await wrong.close()
+    finally:
+        setup.stop()
