@@ -33,7 +33,18 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from runtime.errors import ConfigError
@@ -195,8 +206,22 @@ class RegistrySettings(_Strict):
     replica_timeout: float = Field(
         1.0,
         gt=0,
-        description="Seconds to wait for min_replicas acknowledgements; a write not acknowledged by then is retried.",
+        description=(
+            "Seconds to wait for min_replicas acknowledgements, below lease_ttl/3 (a renewal must not wait"
+            " its lease away); a write not acknowledged by then is retried."
+        ),
     )
+
+    @field_validator("replica_timeout")
+    @classmethod
+    def _replica_wait_within_renewal(cls, replica_timeout: float, info: ValidationInfo) -> float:
+        lease_ttl, min_replicas = info.data.get("lease_ttl"), info.data.get("min_replicas")
+        if min_replicas and lease_ttl is not None and replica_timeout >= lease_ttl / 3:
+            raise ValueError(
+                f"{replica_timeout:g} s is not below a third of registry.lease_ttl ({lease_ttl:g} s):"
+                " a renewal waiting that long for replicas would let the lease lapse"
+            )
+        return replica_timeout
 
 
 class AdminSettings(_Strict):

@@ -324,13 +324,6 @@ class RedisRegistry(Registry):
     def from_settings(cls, settings: RegistrySettings) -> RedisRegistry:
         if settings.url is None:
             raise ConfigError("registry.url", "is missing for kind: redis", "set registry.url: redis://host:6379/0")
-        if settings.min_replicas and settings.replica_timeout >= settings.lease_ttl / 3:
-            raise ConfigError(
-                "registry.replica_timeout",
-                f"{settings.replica_timeout} s is not below a third of registry.lease_ttl ({settings.lease_ttl} s):"
-                " a renewal waiting that long for replicas would let the lease lapse",
-                "lower registry.replica_timeout (1 s is typical) or raise registry.lease_ttl",
-            )
         return cls(
             settings.url.get_secret_value(),
             prefix=settings.prefix,

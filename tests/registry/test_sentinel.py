@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from runtime.config import RegistrySettings
+from runtime.config import RegistrySettings, validate_model
 from runtime.errors import ConfigError, FencedError, RegistryUnavailableError
 from runtime.registry import Lease
 from runtime.registry.redis import RedisRegistry
@@ -62,12 +62,12 @@ def test_a_sentinel_url_is_checked_at_start() -> None:
             RedisRegistry(url)
         assert refused.value.key == "registry.url"
         assert problem in refused.value.problem, url
-    settings = RegistrySettings(
-        kind="redis", url="redis+sentinel://127.0.0.1:26379/registry/0", min_replicas=1, replica_timeout=5, lease_ttl=10
-    )
+    registry = {"kind": "redis", "url": "redis+sentinel://127.0.0.1:26379/registry/0", "lease_ttl": 10}
     with pytest.raises(ConfigError) as too_slow:
-        RedisRegistry.from_settings(settings)
+        validate_model(RegistrySettings, {**registry, "min_replicas": 1, "replica_timeout": 5}, prefix="registry")
     assert too_slow.value.key == "registry.replica_timeout"
+    assert "lease_ttl" in too_slow.value.problem
+    validate_model(RegistrySettings, {**registry, "replica_timeout": 5}, prefix="registry")  # no wait, no bound
 
 
 async def test_through_sentinel_a_commit_is_on_the_replica_once_it_returns(sentinel_setup: RedisSentinelSetup) -> None:
