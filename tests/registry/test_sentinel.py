@@ -177,3 +177,20 @@ async def test_passwords_for_the_primary_and_the_sentinels_and_none_in_errors() 
                 await wrong.close()
     finally:
         setup.stop()
+
+
+async def test_tls_towards_the_sentinels_and_the_primary() -> None:
+    setup = RedisSentinelSetup(password="pr1mary-pw", tls=True)
+    try:
+        assert setup.url.startswith("rediss+sentinel://")
+        registry = RedisRegistry(setup.url, prefix="tls", min_replicas=1, replica_timeout=3)
+        try:
+            assert repr(registry).startswith("RedisRegistry('rediss+sentinel://127.0.0.1:")
+            lease = await registry.try_acquire("orders", "g0", "a", 30)
+            assert lease is not None
+            await registry.commit_offsets("orders", {"p": {"n": 1}}, lease)
+            assert await registry.load_offsets("orders") == {"p": {"n": 1}}
+        finally:
+            await registry.close()
+    finally:
+        setup.stop()
