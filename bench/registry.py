@@ -8,6 +8,11 @@ A throwaway ``redis-server`` on loopback serves both sides, in the same run:
 * **baseline**: the same 16 keys and JSON values written by a pipelined ``SET`` x16 (no
   transaction, no fencing), one pipeline awaited at a time.
 
+A second pair, a primary and its replica started by the bench, measures the cost of
+replica-acknowledged commits (``registry.min_replicas: 1``: the script, then ``WAIT 1``) against
+plain fenced commits on the same primary (a Sentinel is not needed for that: it only finds the
+primary).
+
 Both are counted in 16-partition writes per second. The checkpoint overhead on the pipeline is
 one fenced commit's time divided by the time 1000 events take through the pipeline (the worker
 checkpoints once per 1000 events by default), the pipeline rate taken from ``bench/pipeline.py``
@@ -53,8 +58,8 @@ def offsets(step: int) -> dict[str, dict[str, object]]:
     }
 
 
-async def fenced_rate(url: str, prefix: str) -> float:
-    registry = RedisRegistry(url, prefix=prefix)
+async def fenced_rate(url: str, prefix: str, min_replicas: int = 0) -> float:
+    registry = RedisRegistry(url, prefix=prefix, min_replicas=min_replicas)
     try:
         lease = await registry.try_acquire("bench", "default", "bench-replica", 600)
         assert lease is not None
@@ -111,7 +116,7 @@ def pipeline_events_per_second() -> tuple[float, str]:
     return float(match.group(1).replace(",", "")), "bench/pipeline.py (1 run)"
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(directory: Path, replica_of: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
@@ -119,6 +124,8 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
     proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -129,6 +136,39 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("redis-server did not start")
+
+
+async def wait_for_sync(replica_port: int) -> None:
+    client = aioredis.Redis(port=replica_port, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 30
+        while (await client.info("replication")).get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise SystemExit("the replica did not sync with its primary within 30 s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+def replicated_rates(temp: Path) -> tuple[float, float]:
+    """Median fenced commits/s on a primary with one replica: plain, and acknowledged by the replica."""
+    (temp / "primary").mkdir()
+    (temp / "replica").mkdir()
+    primary, primary_port = start_redis(temp / "primary")
+    replica, replica_port = start_redis(temp / "replica", replica_of=primary_port)
+    url = f"redis://127.0.0.1:{primary_port}/0"
+    plain, acknowledged = [], []
+    try:
+        asyncio.run(wait_for_sync(replica_port))
+        for run in range(RUNS):
+            plain.append(asyncio.run(fenced_rate(url, f"plain{run}")))
+            acknowledged.append(asyncio.run(fenced_rate(url, f"acked{run}", min_replicas=1)))
+            print(f"    run {run + 1}: with a replica, plain {plain[-1]:,.0f} commits/s, WAIT 1 {acknowledged[-1]:,.0f}/s")
+    finally:
+        for proc in (replica, primary):
+            proc.terminate()
+            proc.wait(10)
+    return statistics.median(plain), statistics.median(acknowledged)
 
 
 def main() -> None:
@@ -147,6 +187,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
         fenced_median, baseline_median = statistics.median(fenced), statistics.median(baseline)
+        plain_median, acknowledged_median = replicated_rates(Path(temp))
         pipeline_rate, pipeline_source = pipeline_events_per_second()
     commit_seconds = 1 / fenced_median
     per_checkpoint_seconds = CHECKPOINT_EVERY / pipeline_rate
@@ -157,6 +198,16 @@ def main() -> None:
     print(f", so {per_checkpoint_seconds * 1e3:,.1f} ms per {CHECKPOINT_EVERY} events")
     print(
         f"checkpoint overhead at one per {CHECKPOINT_EVERY} events: {commit_seconds / per_checkpoint_seconds:.2%} (target <= 5%)"
+    )
+    acknowledged_seconds = 1 / acknowledged_median
+    print(
+        f"with a replica: plain {plain_median:,.0f} commits/s, replica-acknowledged (min_replicas 1)"
+        f" {acknowledged_median:,.0f} commits/s, {acknowledged_seconds * 1e6:,.0f} us each"
+        f" ({plain_median / acknowledged_median:.2f}x the time)"
+    )
+    print(
+        f"replica-acknowledged checkpoint overhead at one per {CHECKPOINT_EVERY} events:"
+        f" {acknowledged_seconds / per_checkpoint_seconds:.2%}"
     )
     print(f"ratio: {fenced_median / baseline_median:.3f}")
 

@@ -33,7 +33,18 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from runtime.errors import ConfigError
@@ -173,10 +184,44 @@ class SinkSettings(_Strict):
 
 class RegistrySettings(_Strict):
     kind: Literal["redis", "file"] = Field("file", description="Offset and lease store.")
-    url: Secret | None = Field(None, description="redis:// or rediss:// URL (kind=redis); may hold a password.")
+    url: Secret | None = Field(
+        None,
+        description=(
+            "kind=redis: redis://[:password@]host:port/db, rediss:// for TLS, or through Sentinel"
+            " redis+sentinel://[:password@]host1:port1,host2:port2/service/db (rediss+sentinel:// for TLS);"
+            " may hold a password."
+        ),
+    )
     prefix: str = Field("meshconnect", description="Key prefix: one namespace per deployment.")
     path: str = Field("./state", description="State directory (kind=file).")
     lease_ttl: float = Field(10.0, gt=0, description="Lease time-to-live, seconds; renewed every ttl/3.")
+    min_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "kind=redis: replicas that must acknowledge (WAIT) a lease acquisition or renewal and an offset"
+            " commit before it counts; 0 counts a write once the primary has it."
+        ),
+    )
+    replica_timeout: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Seconds to wait for min_replicas acknowledgements, below lease_ttl/3 (a renewal must not wait"
+            " its lease away); a write not acknowledged by then is retried."
+        ),
+    )
+
+    @field_validator("replica_timeout")
+    @classmethod
+    def _replica_wait_within_renewal(cls, replica_timeout: float, info: ValidationInfo) -> float:
+        lease_ttl, min_replicas = info.data.get("lease_ttl"), info.data.get("min_replicas")
+        if min_replicas and lease_ttl is not None and replica_timeout >= lease_ttl / 3:
+            raise ValueError(
+                f"{replica_timeout:g} s is not below a third of registry.lease_ttl ({lease_ttl:g} s):"
+                " a renewal waiting that long for replicas would let the lease lapse"
+            )
+        return replica_timeout
 
 
 class AdminSettings(_Strict):

@@ -16,9 +16,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+import redis
 
 __all__ = [
     "MariaDBServer",
@@ -26,8 +27,10 @@ __all__ = [
     "NatsServer",
     "PostgresServer",
     "RedisServer",
+    "RedisSentinelSetup",
     "ServerProcess",
     "free_port",
+    "make_tls_files",
     "require_binary",
     "unavailable",
     "wait_for_port",
@@ -138,19 +141,47 @@ class ServerProcess:
         return server
 
 
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    openssl = require_binary("openssl")
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    san = directory / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    ca_args = ["-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test-ca"]
+    request_args = ["-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"]
+    sign_args = ["-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2"]
+    for command in (["req", *ca_args], ["req", *request_args], ["x509", *sign_args, "-extfile", san]):
+        subprocess.run([openssl, *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def _redis_tls_options(tls: tuple[Path, Path, Path]) -> list[str]:
+    """redis-server options to serve TLS only, on the server's port, and use it towards other servers."""
+    ca, cert, key = tls
+    return [
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)),
+        *("--tls-auth-clients", "no", "--tls-replication", "yes"),
+    ]
+
+
 class RedisServer(ServerProcess):
     name = "redis"
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(
+        self, password: str | None = None, replica_of: int | None = None, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.password = password
+        self.replica_of = replica_of
+        self.tls = tls
         super().__init__()
 
     def command(self) -> Sequence[str]:
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
         cmd = [
             self.binary,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -161,13 +192,136 @@ class RedisServer(ServerProcess):
             str(self.dir),
         ]
         if self.password:
-            cmd += ["--requirepass", self.password]
+            cmd += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        if self.tls is not None:
+            cmd += _redis_tls_options(self.tls)
         return cmd
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+
+class RedisSentinel(ServerProcess):
+    """One ``redis-server --sentinel`` watching ``service`` on ``primary_port``, quick to fail over."""
+
+    name = "redis-sentinel"
+
+    def __init__(
+        self,
+        service: str,
+        primary_port: int,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        self.binary = require_binary("redis-server")
+        self.service = service
+        self.primary_port = primary_port
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self.tls = tls
+        super().__init__()
+
+    def prepare(self) -> None:
+        # Sentinel rewrites its config file as it learns the topology, so it lives in the temp dir.
+        (self.dir / "sentinel.conf").write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+            + (f"sentinel auth-pass {self.service} {self.password}\n" if self.password else "")
+            # Sentinels reach each other with their own requirepass.
+            + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else "")
+        )
+
+    def command(self) -> Sequence[str]:
+        cmd = [self.binary, str(self.dir / "sentinel.conf"), "--sentinel"]
+        if self.tls is not None:
+            cmd += ["--port", "0", "--tls-port", str(self.port), *_redis_tls_options(self.tls)]
+        return cmd
+
+
+class RedisSentinelSetup:
+    """A primary, one replica and three Sentinels (quorum 2) on loopback: failover in seconds.
+
+    ``password`` protects primary and replica, ``sentinel_password`` the Sentinels; with ``tls``
+    every server speaks only TLS (certificates from :func:`make_tls_files` in a temp dir).
+    """
+
+    service = "registry"
+
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None, *, tls: bool = False) -> None:
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self.tls_dir = Path(tempfile.mkdtemp(prefix="meshconnect-redis-tls-"))
+        self.tls = make_tls_files(self.tls_dir) if tls else None
+        self.primary = RedisServer.running(password=password, tls=self.tls)
+        assert isinstance(self.primary, RedisServer)
+        self.replica = RedisServer(password=password, replica_of=self.primary.port, tls=self.tls)
+        self.replica.start()
+        self.sentinels = [RedisSentinel(self.service, self.primary.port, password, sentinel_password, self.tls) for _ in range(3)]
+        for sentinel in self.sentinels:
+            sentinel.prepare()
+            sentinel.start()
+        self.wait_until_watched()
+
+    def _client(self, port: int, password: str | None) -> redis.Redis:
+        tls: dict[str, Any] = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls[0])}
+        return redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5, decode_responses=True, **tls)
+
+    def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
+        client = self._client(sentinel.port, self.sentinel_password)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def primary_port(self) -> int:
+        """The primary's port as the first Sentinel that answers sees it."""
+        for sentinel in self.sentinels:
+            try:
+                _, port = self._ask(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return int(port)
+            except (OSError, redis.exceptions.RedisError):
+                continue
+        raise RuntimeError("no Sentinel answered")
+
+    def wait_until_watched(self, timeout: float = 60.0) -> None:
+        """Until the replica is in sync and every Sentinel knows it and its two peers: only then
+        can replicas acknowledge writes and Sentinels fail over."""
+        deadline = time.monotonic() + timeout
+        replica = self._client(self.replica.port, self.password)
+        while time.monotonic() < deadline:
+            if replica.info("replication").get("master_link_status") == "up" and all(
+                self._ask(sentinel, "SENTINEL", "REPLICAS", self.service)
+                and len(self._ask(sentinel, "SENTINEL", "SENTINELS", self.service)) >= 2
+                for sentinel in self.sentinels
+            ):
+                replica.close()
+                return
+            time.sleep(0.2)
+        replica.close()
+        raise TimeoutError(f"the Sentinels did not all see the replica and each other within {timeout}s")
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        options = [f"sentinel_password={self.sentinel_password}"] if self.sentinel_password else []
+        if self.tls is not None:
+            options += ["ssl_cert_reqs=required", f"ssl_ca_certs={self.tls[0]}"]
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{auth}{hosts}/{self.service}/0" + (f"?{'&'.join(options)}" if options else "")
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.stop()
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
 
 
 class MariaDBServer(ServerProcess):

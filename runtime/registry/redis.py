@@ -31,10 +31,26 @@ Every lease mutation and every offset commit is one Lua script, so Redis itself 
   (:mod:`runtime.registry.fencing`), so offsets never move backwards.
 * renew and release check holder and token the same way.
 
+Replica acknowledgement and failover
+------------------------------------
+With ``min_replicas`` > 0, acquire, renew and commit are each followed by ``WAIT min_replicas
+replica_timeout`` on the same connection; fewer acknowledgements raise
+:class:`~runtime.errors.RegistryUnavailableError`: the lease is not held, the offset not committed,
+and the caller retries. So every token a holder uses, and every offset it counts, was on
+``min_replicas`` replicas first, and a replica Sentinel promotes (the most up to date one) has them.
+No separate re-validation step is needed after a failover: the commit and renew scripts compare
+holder and token with the lease stored on whichever primary they reach, so the first write after a
+failover is checked against the new primary's lease.
+
 Connecting
 ----------
 ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS; TLS options go in the URL query
 (``?ssl_cert_reqs=required&ssl_ca_certs=/etc/ssl/ca.pem&ssl_certfile=...&ssl_keyfile=...``).
+Through Sentinel: ``redis+sentinel://[:password@]host1:port1,host2:port2/service/db`` (or
+``rediss+sentinel://`` with the same TLS options, used towards the Sentinels and the primary; a
+Sentinel password goes in ``?sentinel_password=``). redis-py's Sentinel client asks the Sentinels
+for the primary on every new connection, and drops a connection that finds a demoted primary, so
+after a failover the next retry reaches the new primary. Redis Cluster is not supported yet.
 The URL is a secret in the config (``{env: REDIS_URL}`` or ``{file: ...}``), so a password in it
 is never logged; a password may also be passed apart from the URL. Commands time out after
 ``timeout`` seconds and are retried twice with exponential backoff and jitter; after that,
@@ -49,16 +65,19 @@ twice, which the holder check in every script still tells apart.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 
 from runtime.config import RegistrySettings
 from runtime.errors import ConfigError, FencedError, RegistryUnavailableError
@@ -169,6 +188,73 @@ return out
 
 _NAME_FORBIDDEN = re.compile(r"[{}\s]")
 
+_SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+_SENTINEL_FORM = "redis+sentinel://[:password@]host1:26379,host2:26379/service/0 (rediss+sentinel:// for TLS)"
+_TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
+
+
+@dataclass(frozen=True, slots=True)
+class _SentinelTarget:
+    """What a ``redis+sentinel://`` URL names: the Sentinels to ask, and which primary of theirs."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+    tls: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        """For messages: no credentials."""
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        return f"{scheme}://{hosts}/{self.service}/{self.db}"
+
+    @classmethod
+    def parse(cls, url: str) -> _SentinelTarget:
+        # urlsplit cannot read a host list as one host:port, so the netloc is split here.
+        parts = urlsplit(url)
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+        sentinels = []
+        for entry in hostlist.split(","):
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError("registry.url", f"Sentinel address {entry!r} is not host:port", f"write {_SENTINEL_FORM}")
+            sentinels.append((host.strip("[]"), int(port)))
+        path = [segment for segment in parts.path.split("/") if segment]
+        if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ConfigError(
+                "registry.url", "names no Sentinel service (or a db that is not a number)", f"write {_SENTINEL_FORM}"
+            )
+        query = dict(parse_qsl(parts.query))
+        sentinel_password = query.pop("sentinel_password", None)
+        unknown = sorted(set(query) - _TLS_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                "registry.url",
+                f"has unknown query option(s) {', '.join(unknown)}",
+                f"use only sentinel_password and {', '.join(sorted(_TLS_OPTIONS))}",
+            )
+        tls: dict[str, Any] = {}
+        if parts.scheme == "rediss+sentinel":
+            tls = {"ssl": True, **query}
+            if "ssl_check_hostname" in tls:
+                tls["ssl_check_hostname"] = tls["ssl_check_hostname"].lower() in ("1", "true", "yes")
+        elif query:
+            raise ConfigError("registry.url", "has TLS options but no TLS", "use rediss+sentinel:// for TLS")
+        return cls(
+            sentinels=sentinels,
+            service=unquote(path[0]),
+            db=int(path[1]) if len(path) == 2 else 0,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            sentinel_password=sentinel_password,
+            tls=tls,
+        )
+
 
 class RedisRegistry(Registry):
     """Offsets and leases in Redis under ``prefix`` (see the module docstring for the key layout)."""
@@ -181,23 +267,49 @@ class RedisRegistry(Registry):
         password: str | None = None,
         timeout: float = 2.0,
         retries: int = 2,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("registry.url", "is not a Redis URL", "write redis://host:6379/0 or rediss://host:6380/0 for TLS")
+        if not url.startswith(("redis://", "rediss://", "unix://", *_SENTINEL_SCHEMES)):
+            raise ConfigError(
+                "registry.url",
+                "is not a Redis URL",
+                "write redis://host:6379/0 (rediss:// for TLS) or redis+sentinel://host1:26379,host2:26379/service/0",
+            )
+        if min_replicas < 0:
+            raise ConfigError("registry.min_replicas", f"{min_replicas} is negative", "use 0 (no wait) or a replica count")
         _check_name("registry.prefix", prefix)
         self.prefix = prefix
-        parts = urlsplit(url)
-        self._where = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = _ms(replica_timeout)
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
         options: dict[str, Any] = {
-            "socket_timeout": timeout,
+            # WAIT blocks for up to replica_timeout: a reply that slow is not a dead socket.
+            "socket_timeout": timeout + (replica_timeout if min_replicas else 0),
             "socket_connect_timeout": timeout,
             "retry": retry,
             "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError],
         }
         if password is not None:
             options["password"] = password
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        self._sentinel: Sentinel | None = None
+        if url.startswith(_SENTINEL_SCHEMES):
+            target = _SentinelTarget.parse(url)
+            self._where = target.where
+            sentinel_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **target.tls}
+            if target.sentinel_password is not None:
+                sentinel_options["password"] = target.sentinel_password
+            self._sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_options)
+            master_options = {**options, **target.tls, "db": target.db}
+            if target.username is not None:
+                master_options["username"] = target.username
+            if target.password is not None:
+                master_options.setdefault("password", target.password)
+            self._redis: aioredis.Redis = self._sentinel.master_for(target.service, **master_options)
+        else:
+            parts = urlsplit(url)
+            self._where = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
+            self._redis = aioredis.Redis.from_url(url, **options)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
@@ -212,13 +324,20 @@ class RedisRegistry(Registry):
     def from_settings(cls, settings: RegistrySettings) -> RedisRegistry:
         if settings.url is None:
             raise ConfigError("registry.url", "is missing for kind: redis", "set registry.url: redis://host:6379/0")
-        return cls(settings.url.get_secret_value(), prefix=settings.prefix)
+        return cls(
+            settings.url.get_secret_value(),
+            prefix=settings.prefix,
+            min_replicas=settings.min_replicas,
+            replica_timeout=settings.replica_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"RedisRegistry({self._where!r}, prefix={self.prefix!r})"
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     # -- keys and the one seam to redis-py ------------------------------------------------------
 
@@ -237,6 +356,28 @@ class RedisRegistry(Registry):
             raise RegistryUnavailableError(f"Redis at {self._where} unreachable while {what}: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             raise RegistryUnavailableError(f"Redis at {self._where} failed while {what}: {exc}") from exc
+
+    async def _replicated(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | bytes], what: str) -> Any:
+        """Run a write that matters, then ``WAIT`` for ``min_replicas`` on the same connection.
+
+        WAIT counts the replicas that have every write this connection made, so script and WAIT go
+        in one pipeline (one connection). Too few acknowledgements: the write may vanish in a
+        failover, so it does not count and the caller retries (a retry of any of these scripts is
+        harmless: acquire and renew extend the same lease, a commit gets a newer version).
+        """
+        if not self._min_replicas:
+            return await script(keys=keys, args=args)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            result, acknowledged = await pipe.execute()
+        if acknowledged < self._min_replicas:
+            raise RegistryUnavailableError(
+                f"Redis at {self._where}: {what} reached {acknowledged} of {self._min_replicas} replica(s) within"
+                f" {self._replica_timeout_ms} ms, so it does not count (a failover could lose it); retrying."
+                " Check the replicas' links to the primary, or lower registry.min_replicas"
+            )
+        return result
 
     async def _announce(self, connector: str) -> None:
         if connector not in self._announced:
@@ -260,7 +401,7 @@ class RedisRegistry(Registry):
         keys = [self._lease_key(connector, lease.group), self._key(connector, "offsets"), self._key(connector, "versions")]
         args = [lease.holder, str(lease.token), lease.group, str(version.counter), *pairs]
         async with self._reaching(f"committing offsets of {connector}/{lease.group}"):
-            written = await self._commit(keys=keys, args=args)
+            written = await self._replicated(self._commit, keys, args, f"commit of {connector}/{lease.group}")
         if written == -1:
             raise FencedError(f"commit of {connector}/{lease.group} refused: token {lease.token} is no longer the current lease")
 
@@ -287,13 +428,14 @@ class RedisRegistry(Registry):
         keys = [self._lease_key(connector, group), self._key(connector, "tokens")]
         async with self._reaching(f"acquiring {connector}/{group}"):
             await self._announce(connector)
-            token = await self._acquire(keys=keys, args=[holder, group, _ms(ttl)])
+            token = await self._replicated(self._acquire, keys, [holder, group, _ms(ttl)], f"lease of {connector}/{group}")
         return None if token is None else Lease(connector, group, holder, int(token))
 
     async def renew(self, lease: Lease, ttl: float) -> None:
         keys = [self._lease_key(lease.connector, lease.group)]
         async with self._reaching(f"renewing {lease.connector}/{lease.group}"):
-            renewed = await self._renew(keys=keys, args=[lease.holder, str(lease.token), _ms(ttl)])
+            args: list[str | int | bytes] = [lease.holder, str(lease.token), _ms(ttl)]
+            renewed = await self._replicated(self._renew, keys, args, f"renewal of {lease.connector}/{lease.group}")
         if not renewed:
             raise FencedError(f"lease {lease.connector}/{lease.group} token {lease.token} was lost")
 
