@@ -199,11 +199,22 @@ def _wire_data(data: Any, content_type: str | None) -> tuple[str, bytes]:
     if isinstance(data, _BINARY):
         return "base64", b'"' + base64.b64encode(data) + b'"'
     if isinstance(data, str) and not is_json_content_type(content_type):
+        if not data.isascii():
+            _check_unicode(data)
         return "text", jackson.dumps_str(data)
     try:
         return "json", orjson.dumps(data)
     except TypeError:
         return "json", _json_bytes(data)
+
+
+def _check_unicode(text: str) -> None:
+    """Refuse text with a lone surrogate (what a surrogateescape decode of bytes that are not UTF-8 leaves):
+    Jackson would write it as an escape that no strict JSON reader, the mesh's included, takes back."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise DataError(f"text data is not valid Unicode (a lone surrogate at {exc.start}), which JSON cannot carry") from exc
 
 
 def event_to_body(event: CloudEvent) -> bytes:
@@ -251,7 +262,10 @@ def attributes_to_body(attributes: Mapping[str, Any], value: Any) -> bytes:
     # One orjson call writes the whole body as Jackson does, unless a string needs Jackson's own escapes:
     # one check over the whole output, then the general writer for the attributes and the data.
     document["data"] = orjson.Fragment(data)
-    fast = orjson.dumps(document, option=orjson.OPT_UTC_Z)
+    try:
+        fast = orjson.dumps(document, option=orjson.OPT_UTC_Z)
+    except orjson.JSONEncodeError as exc:  # what every value above can still hold: a lone surrogate
+        raise DataError(f"event holds text that is not valid Unicode (a lone surrogate), which JSON cannot carry: {exc}") from exc
     if not jackson.orjson_differs(fast):
         return fast
     del document["data"]

@@ -117,7 +117,10 @@ def record_dead_letter_event(
         "extensions": record.extensions,
     }
     # The record broke the event once already: keep only plain JSON of it, whatever it held.
-    body = orjson.loads(orjson.dumps(fields, default=repr, option=orjson.OPT_NON_STR_KEYS))
+    try:
+        body = orjson.loads(orjson.dumps(fields, default=repr, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:  # text that is not valid Unicode: its lone surrogates become U+FFFD
+        body = orjson.loads(orjson.dumps(_valid_unicode(fields), default=repr, option=orjson.OPT_NON_STR_KEYS))
     attributes = {
         "specversion": "1.0",
         "id": event_id,
@@ -130,6 +133,17 @@ def record_dead_letter_event(
         attributes["subject"] = original_topic
     event = CloudEvent(attributes, body)
     return dead_letter_event(event, topic=topic, reason=reason, connector=connector, attempts=1)
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_valid_unicode(key): _valid_unicode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_unicode(item) for item in value]
+    return value
 
 
 class DeadLetterForms:

@@ -20,6 +20,7 @@ class CounterConfig(ConnectorConfig):
     poison_every: int = Field(0, description="Every n-th number cannot become an event (0: none).")
     big_every: int = Field(0, description="Every n-th number carries big_size bytes of padding (0: none).")
     big_size: int = Field(5000, description="Padding of the big numbers, bytes.")
+    broken_text_every: int = Field(0, description="Every n-th number is text holding a lone surrogate (0: none).")
 
 
 class CounterSource(Source[CounterConfig]):
@@ -41,6 +42,12 @@ class CounterSource(Source[CounterConfig]):
                 poison = self.config.poison_every and k % self.config.poison_every == self.config.poison_every - 1
                 big = self.config.big_every and k % self.config.big_every == self.config.big_every - 1
                 number: dict[str, object] = {"p": p, "n": k, "pad": "x" * self.config.big_size} if big else {"p": p, "n": k}
+                broken = self.config.broken_text_every and k % self.config.broken_text_every == self.config.broken_text_every - 1
+                if broken:  # what a surrogateescape decode of bytes that are not UTF-8 leaves
+                    records.append(
+                        ConnectorRecord(data=f"n={k} \udcff", datacontenttype="text/plain", partition={"p": p}, offset={"n": k})
+                    )
+                    continue
                 records.append(
                     ConnectorRecord(
                         data="not json" if poison else number,

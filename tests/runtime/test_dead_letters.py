@@ -125,6 +125,31 @@ async def test_a_topic_no_group_subscribes_yet_is_waited_for_never_dead_lettered
     assert topics == {"numbers"}, "nothing went to the dead-letter topic"
 
 
+async def test_text_that_is_not_valid_unicode_is_dead_lettered_and_the_source_goes_on(tmp_path: Path) -> None:
+    """A lone surrogate (what decoding bytes that are not UTF-8 with surrogateescape leaves) cannot be
+    written as JSON: the record is dead-lettered with the reason, the pipeline goes on, nothing ends."""
+    async with EmbeddedMesh(port=0) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "counter-dlq", 2, letters))
+        stop = asyncio.Event()
+        config = source_config(mesh, tmp_path, limit=10, partitions=1, broken_text_every=5)
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        offsets: list[Any] = [None]
+
+        async def last_offset() -> None:
+            while offsets[-1] != {"n": 9}:
+                offsets.append(await committed(tmp_path, {"p": 0}))
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(last_offset(), 20)
+        await asyncio.wait_for(reader, 20)
+        stop.set()
+        assert await source == 0
+        assert mesh.topic_depth("numbers") == 8
+    assert sorted(letter.get_data()["offset"]["n"] for letter in letters) == [4, 9]  # type: ignore[index]
+    assert all("Unicode" in str(letter.get_extension("dlqreason")) for letter in letters)
+
+
 def event_with_frame_of(size: int, data_key: str, id_: str) -> CloudEvent:
     """An event on topic ``numbers`` whose publish frame is ``size`` bytes long."""
     attributes = {"id": id_, "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}
