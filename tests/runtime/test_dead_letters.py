@@ -40,6 +40,13 @@ async def committed(state: Path, partition: dict[str, Any]) -> Any:
     return (await FileRegistry(state).load_offsets("counter")).get(partition_key(partition))
 
 
+async def offset_reaches(state: Path, offset: dict[str, Any], within: float) -> None:
+    """Wait until partition 0's committed offset is ``offset``."""
+    async with asyncio.timeout(within):
+        while await committed(state, {"p": 0}) != offset:  # noqa: ASYNC110 - the registry has no event for it
+            await asyncio.sleep(0.05)
+
+
 async def test_an_event_over_the_mesh_size_limit_is_dead_lettered_cut_and_the_offsets_move_on(tmp_path: Path) -> None:
     async with EmbeddedMesh(port=0, max_event_size=JAVA_MAX_EVENT_SIZE) as mesh:
         letters: list[CloudEvent] = []
@@ -50,14 +57,7 @@ async def test_an_event_over_the_mesh_size_limit_is_dead_lettered_cut_and_the_of
         )
         stop = asyncio.Event()
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        offsets: list[Any] = [None]
-
-        async def last_offset() -> None:
-            while offsets[-1] != {"n": 29}:
-                offsets.append(await committed(tmp_path, {"p": 0}))
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(last_offset(), 20)
+        await offset_reaches(tmp_path, {"n": 29}, within=20)
         await asyncio.wait_for(reader, 20)
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
             ready = response.status
@@ -84,14 +84,7 @@ async def test_a_record_whose_smallest_dead_letter_is_refused_is_counted_and_ski
         stop = asyncio.Event()
         config = source_config(mesh, tmp_path, limit=5, partitions=1)
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        offsets: list[Any] = [None]
-
-        async def last_offset() -> None:
-            while offsets[-1] != {"n": 4}:
-                offsets.append(await committed(tmp_path, {"p": 0}))
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(last_offset(), 20)
+        await offset_reaches(tmp_path, {"n": 4}, within=20)
         stop.set()
         assert await source == 0
         assert mesh.topic_depth("counter-dlq") == 0
@@ -108,14 +101,7 @@ async def test_a_topic_no_group_subscribes_yet_is_waited_for_never_dead_lettered
         stop = asyncio.Event()
         config = source_config(mesh, tmp_path, limit=3, partitions=1)  # type: ignore[arg-type]
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        offsets: list[Any] = [None]
-
-        async def last_offset() -> None:
-            while offsets[-1] != {"n": 2}:
-                offsets.append(await committed(tmp_path, {"p": 0}))
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(last_offset(), 30)
+        await offset_reaches(tmp_path, {"n": 2}, within=30)
         stop.set()
         assert await source == 0
     finally:
@@ -134,14 +120,7 @@ async def test_text_that_is_not_valid_unicode_is_dead_lettered_and_the_source_go
         stop = asyncio.Event()
         config = source_config(mesh, tmp_path, limit=10, partitions=1, broken_text_every=5)
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        offsets: list[Any] = [None]
-
-        async def last_offset() -> None:
-            while offsets[-1] != {"n": 9}:
-                offsets.append(await committed(tmp_path, {"p": 0}))
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(last_offset(), 20)
+        await offset_reaches(tmp_path, {"n": 9}, within=20)
         await asyncio.wait_for(reader, 20)
         stop.set()
         assert await source == 0
@@ -191,14 +170,7 @@ async def test_a_record_too_large_for_a_frame_is_dead_lettered_cut_and_the_sourc
         config = source_config(mesh, tmp_path, limit=6, partitions=1, big_every=3, big_size=MAX_FRAME)
         stop = asyncio.Event()
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        offsets: list[Any] = [None]
-
-        async def last_offset() -> None:
-            while offsets[-1] != {"n": 5}:
-                offsets.append(await committed(tmp_path, {"p": 0}))
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(last_offset(), 20)
+        await offset_reaches(tmp_path, {"n": 5}, within=20)
         await asyncio.wait_for(reader, 20)
         stop.set()
         assert await source == 0
