@@ -200,11 +200,12 @@ class ChatbotConfig(ConnectorConfig):
 
 @dataclass(frozen=True, slots=True)
 class Post:
-    """One API call: where, what JSON, which headers."""
+    """One API call: where, what JSON (None: no body), which headers, which method."""
 
     url: str
-    body: Mapping[str, Any]
+    body: Mapping[str, Any] | None
     headers: Mapping[str, str]
+    method: str = "POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,14 @@ class ChatbotSink(Sink[ConfigT]):
         """The request posting ``text`` (raise :class:`DataError` when the API cannot take it)."""
         raise NotImplementedError
 
+    def compose(self, record: ConnectorRecord) -> Post:
+        """The request for ``record``: by default ``template`` rendered and handed to :meth:`message`."""
+        return self.message(self._template.render(record), record)
+
+    async def exchange(self, post: Post) -> str | None:
+        """Send ``post`` and judge the answer: by default one call, judged by :meth:`verdict`."""
+        return self.verdict(await self.send(post))
+
     def verdict(self, answer: ApiAnswer) -> str | None:
         """None when the message was delivered, else the reason it is rejected; raises RetriableError."""
         raise NotImplementedError
@@ -261,10 +270,10 @@ class ChatbotSink(Sink[ConfigT]):
     async def _deliver(self, record: ConnectorRecord) -> str | None:
         """Post the message of ``record``: None once the API confirmed it, else why it cannot be delivered."""
         try:
-            post = self.message(self._template.render(record), record)
+            post = self.compose(record)
         except DataError as exc:
             return exc.reason
-        reason = self.verdict(await self._send(post))
+        reason = await self.exchange(post)
         if reason is not None:
             log.warning("chat message rejected", connector=self.name, id=record.id, reason=reason)
         return reason
@@ -276,19 +285,19 @@ class ChatbotSink(Sink[ConfigT]):
         if len(self._outcomes) > self.config.remember:
             self._outcomes.popitem(last=False)
 
-    async def _send(self, post: Post) -> ApiAnswer:
-        """POST one message, paced; the one seam where aiohttp's errors become ours."""
+    async def send(self, post: Post) -> ApiAnswer:
+        """Make one API call, paced; the one seam where aiohttp's errors become ours."""
         assert self._session is not None, "start() first"
         wait = self._last_sent + self.config.min_interval - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         self._last_sent = time.monotonic()
         try:
-            async with self._session.post(post.url, json=post.body, headers=dict(post.headers)) as response:
+            async with self._session.request(post.method, post.url, json=post.body, headers=dict(post.headers)) as response:
                 raw = await response.content.read(64 * 1024)
                 status, retry_after_header = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetriableError(self._redact(f"{self.name}: the API call failed: {exc.__class__.__name__} {exc}")) from exc
+            raise RetriableError(self.redact(f"{self.name}: the API call failed: {exc.__class__.__name__} {exc}")) from exc
         retry_after = _retry_after(retry_after_header)
         if retry_after is None and status == 429:
             retry_after = self.config.rate_limit_backoff
@@ -296,14 +305,14 @@ class ChatbotSink(Sink[ConfigT]):
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        excerpt = self._redact(raw[:200].decode("utf-8", "replace"))
+        excerpt = self.redact(raw[:200].decode("utf-8", "replace"))
         if status in _RETRIABLE_STATUS or status >= 500:
             raise RetriableError(f"{self.name}: the API answered {status}: {excerpt}", retry_after=retry_after)
         if body is None:
             raise RetriableError(f"{self.name}: the API answered {status} with no JSON: {excerpt}")
         return ApiAnswer(status, retry_after, body)
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         """``text`` without the config's secrets: the tokens travel in URLs, which errors may quote."""
         for value in self.config.model_dump().values():
             if isinstance(value, SecretStr) and value.get_secret_value():

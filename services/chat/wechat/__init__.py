@@ -1,0 +1,1 @@
+"""wechat-sink: send a WeChat official-account template message for each event."""
