@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ import redis
 __all__ = [
     "MariaDBServer",
     "MosquittoServer",
+    "MotoS3Server",
     "NatsServer",
     "PostgresServer",
     "RedisServer",
@@ -497,3 +499,42 @@ class PostgresServer(ServerProcess):
     @property
     def dsn(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+
+class MotoS3Server(ServerProcess):
+    """moto's S3 in server mode: a real HTTP S3 endpoint, its objects in memory (a restart empties it).
+
+    ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT) make it an endpoint that stops answering and comes
+    back with its objects: an outage that keeps the data, as a real store's would.
+    """
+
+    name = "moto"
+    access_key = "testing-access-key"
+    secret_key = "testing-secret-key"
+
+    def __init__(self) -> None:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            unavailable("moto[server] is not installed (pip install -e '.[dev]')")
+        super().__init__()
+
+    def command(self) -> Sequence[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()  # a stopped process acts on SIGTERM only once continued
+        super().terminate()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
