@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from runtime import ConfigError, ConnectorConfig, HttpEndpoint, RetriableError, Secret
 
-__all__ = ["S3Config", "S3Missing", "S3PreconditionFailed", "s3_call", "s3_client"]
+__all__ = ["S3Config", "S3Missing", "S3PreconditionFailed", "ensure_bucket", "s3_call", "s3_client"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class S3Config(ConnectorConfig):
     secret_access_key: Secret | None = Field(None, description="Secret access key, with access_key_id.")
     path_style: bool = Field(False, description="Address the bucket in the path (MinIO, moto) instead of the host name.")
     timeout: float = Field(10.0, gt=0, description="Seconds for any one S3 call (connect, send, answer).")
+    create_bucket: bool = Field(False, description="Create the bucket at start when it does not exist.")
 
     @field_validator("bucket")
     @classmethod
@@ -116,3 +117,15 @@ async def s3_call(what: str, call: Awaitable[T], config: S3Config) -> T:
         raise RetriableError(f"S3 unavailable during {what} on bucket {config.bucket!r}: {code or status}") from exc
     except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise RetriableError(f"S3 unavailable during {what} on bucket {config.bucket!r}: {exc.__class__.__name__}") from exc
+
+
+async def ensure_bucket(s3: Any, config: S3Config) -> None:
+    """Check that the bucket exists and the credentials reach it; create it if missing and ``create_bucket``."""
+    try:
+        await s3_call("head bucket", s3.head_bucket(Bucket=config.bucket), config)
+    except S3Missing as exc:
+        if not config.create_bucket:
+            raise ConfigError(
+                "config.bucket", f"bucket {config.bucket!r} does not exist", "create it, name another, or set create_bucket"
+            ) from exc
+        await s3_call("create bucket", s3.create_bucket(Bucket=config.bucket), config)

@@ -445,6 +445,19 @@ def test_an_unsafe_key_template_fails_at_load_naming_the_key(template: str, prob
     assert info.value.key == "config.key_template"
 
 
+async def test_a_missing_bucket_fails_at_start_naming_the_key_or_is_created(moto: MotoS3Server) -> None:
+    store = Store(moto, f"missing-bucket-{next(_buckets)}")
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        await _sink(store)
+    assert info.value.key == "config.bucket"
+    sink = await _sink(store, create_bucket=True)
+    try:
+        assert await sink.put([_event(1)]) == []
+    finally:
+        await sink.stop()
+    assert _ids(await store.objects()) == ["e-1"]
+
+
 def test_bucket_names_and_credentials_are_checked_and_hidden() -> None:
     with pytest.raises(ConfigError) as info:
         validate_model(S3SourceConfig, {"bucket": "Not_A_Bucket"}, prefix="config")

@@ -46,7 +46,7 @@ from runtime import (
     SinkPayload,
     record_to_payload,
 )
-from services.s3.client import S3Config, s3_call, s3_client
+from services.s3.client import S3Config, ensure_bucket, s3_call, s3_client
 
 __all__ = ["S3Sink", "S3SinkConfig"]
 
@@ -116,7 +116,7 @@ class S3Sink(Sink[S3SinkConfig]):
         self._connector = context.connector_name
         self._s3 = await self._resources.enter_async_context(s3_client(self.config))
         try:
-            await s3_call("head bucket", self._s3.head_bucket(Bucket=self.config.bucket), self.config)
+            await ensure_bucket(self._s3, self.config)
         except BaseException:
             await self.stop()
             raise

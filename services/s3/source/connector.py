@@ -46,7 +46,7 @@ from runtime import (
     SourceContext,
     record_from_payload,
 )
-from services.s3.client import S3Config, S3Missing, S3PreconditionFailed, s3_call, s3_client
+from services.s3.client import S3Config, S3Missing, S3PreconditionFailed, ensure_bucket, s3_call, s3_client
 
 __all__ = ["S3Source", "S3SourceConfig"]
 
@@ -112,7 +112,7 @@ class S3Source(Source[S3SourceConfig]):
         self._context = context
         self._s3 = await self._resources.enter_async_context(s3_client(self.config))
         try:
-            await s3_call("head bucket", self._s3.head_bucket(Bucket=self.config.bucket), self.config)
+            await ensure_bucket(self._s3, self.config)
             await self._resume(context.offset(self._partition))
         except BaseException:
             await self.stop()
