@@ -4,20 +4,26 @@ A batch is split by the object key its events render: ``prefix`` + ``key_templat
 set of placeholders, ``{topic}`` (the event's subject, which must be 1-128 letters, digits, ``.``,
 ``_`` or ``-``: any other subject dead-letters the event), ``{connector}`` (the instance name),
 ``{year}`` ``{month}`` ``{day}`` ``{hour}`` ``{minute}`` (the event's time, UTC: its ``time``
-attribute, or its arrival when it has none) and ``{batch}``, which the template must hold: a hash
-of the ``source`` + ``id`` of every event of the object, in order. So a batch delivered again as it
-was (a retry, a redelivery after a crash before the ack) is written to the same key and overwrites
-it with the same content. Each line is the event as structured CloudEvent JSON (``payload:
-cloudevent``) or its data alone (``payload: data``); an event that cannot be written so is
-dead-lettered with the reason.
+attribute, or its arrival when it has none) and ``{batch}``, which the template must hold. Each line
+is the event as structured CloudEvent JSON (``payload: cloudevent``) or its data alone (``payload:
+data``); an event that cannot be written so is dead-lettered with the reason.
+
+Replays. With CloudEvent lines, ``{batch}`` is a hash of the ``source`` + ``id`` of the object's
+first event, and the sink reads the key before writing: when an earlier delivery of the same first
+event left an object there (a retry, or a redelivery after a crash before the ack, batched the same
+or not), only the events it lacks are added, so nothing written before is lost or written twice.
+Data lines carry no id: ``{batch}`` then hashes every event's ``source`` + ``id``, and only a batch
+delivered again as it was goes to the same key. The ids of the last ``remember`` events written are
+also kept, so a redelivered event is not written again by the same process. A redelivery whose
+first event was in the middle of an earlier object can still leave events in two objects (at least
+once; each CloudEvent line carries its ``id``).
 
 An object is uploaded in one PUT up to ``part_bytes``, beyond that as a multipart upload that is
 completed, or aborted when any part fails: S3 shows the whole object or none of it, never a part.
 ``put`` returns once S3 answered the last upload, so the events are acknowledged only when durable.
-Objects are cut at ``max_object_bytes``. The ids of the last ``remember`` events written are kept,
-so a redelivered event is not written again by the same process; after a restart, a redelivery
-batched differently from the first delivery leaves some events in two objects (at least once: each
-cloudevent line carries its ``id``, so readers can drop the repeat).
+Objects are cut at ``max_object_bytes``. Two writers of one key at once (two replicas handed the
+same events) could lose one's addition: the read-then-write is not conditional, so that it works on
+every S3-compatible store.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
+import orjson
 import structlog
 from pydantic import Field, field_validator
 
@@ -46,7 +53,7 @@ from runtime import (
     SinkPayload,
     record_to_payload,
 )
-from services.s3.client import S3Config, ensure_bucket, s3_call, s3_client
+from services.s3.client import S3Config, S3Missing, ensure_bucket, s3_call, s3_client
 
 __all__ = ["S3Sink", "S3SinkConfig"]
 
@@ -136,10 +143,45 @@ class S3Sink(Sink[S3SinkConfig]):
             groups.setdefault(tuple(sorted(fields.items())), []).append((record, line))
         for fields, lines in groups.items():
             for chunk in self._chunks(lines):
-                key = self.config.prefix + self.config.key_template.format(**dict(fields), batch=_batch_id(chunk))
-                await self._upload(key, b"".join(line + b"\n" for _, line in chunk))
+                await self._store(dict(fields), chunk)
                 self._remember(record for record, _ in chunk)
         return rejections
+
+    def _key(self, fields: dict[str, str], batch: str) -> str:
+        return self.config.prefix + self.config.key_template.format(**fields, batch=batch)
+
+    async def _store(self, fields: dict[str, str], chunk: list[tuple[ConnectorRecord, bytes]]) -> None:
+        """Write ``chunk`` as one object. CloudEvent lines go under their first event's key, adding to an
+        object an earlier delivery left there only the events it lacks; data lines, which carry no id,
+        under the key of all their events."""
+        body = b"".join(line + b"\n" for _, line in chunk)
+        if self.config.payload == "data":
+            await self._upload(self._key(fields, _batch_id(chunk)), body)
+            return
+        key = self._key(fields, _batch_id(chunk[:1]))
+        found, existing = await self._existing(key)
+        if not found:
+            await self._upload(key, body)
+            return
+        if existing is None:  # too large to add to: the key of all the events, as for data lines
+            await self._upload(self._key(fields, _batch_id(chunk)), body)
+            return
+        stored = _event_ids(existing)
+        missing = [(record, line) for record, line in chunk if (record.source, record.id) not in stored]
+        if missing:
+            await self._upload(key, existing + b"".join(line + b"\n" for _, line in missing))
+
+    async def _existing(self, key: str) -> tuple[bool, bytes | None]:
+        """Whether an object is at ``key``, and its content (None when over twice ``max_object_bytes``)."""
+        try:
+            answer = await s3_call("get object", self._s3.get_object(Bucket=self.config.bucket, Key=key), self.config)
+        except S3Missing:
+            return False, None
+        async with answer["Body"] as body:
+            if int(answer["ContentLength"]) > self.config.max_object_bytes * 2:
+                return True, None
+            data: bytes = await s3_call("read object", body.read(), self.config)
+        return True, data
 
     def _fields(self, record: ConnectorRecord) -> dict[str, str]:
         """The placeholder values of ``record``'s key but {batch}; DataError when its subject cannot be in a key."""
@@ -219,6 +261,17 @@ class S3Sink(Sink[S3SinkConfig]):
             await asyncio.wait_for(self._resources.aclose(), self.config.timeout)
         except (TimeoutError, OSError) as exc:
             log.warning("s3 client did not close cleanly", error=repr(exc))
+
+
+def _event_ids(body: bytes) -> set[tuple[str | None, str | None]]:
+    """The source + id of every CloudEvent line of ``body`` (a line that is not one is kept, not counted)."""
+    ids: set[tuple[str | None, str | None]] = set()
+    for line in body.splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            event = orjson.loads(line)
+            if isinstance(event, dict):
+                ids.add((event.get("source"), event.get("id")))
+    return ids
 
 
 def _batch_id(chunk: list[tuple[ConnectorRecord, bytes]]) -> str:
