@@ -13,8 +13,8 @@ then: ``restart`` reads the new content from its first byte (its events carry ne
 ``skip`` leaves it and goes on with the next key. Lines already published from the old content
 stay published. An object replaced after it was read to its end is not read again. Once every
 listed object is read, the bucket is listed again every ``poll_interval`` seconds for keys after the
-last one read: new objects must sort after the ones before them (time-ordered keys, as s3-sink
-writes), or they are never read.
+last one read: new objects must sort after the ones before them (keys that begin with their
+creation time), or they are never read.
 
 A line that is not what ``format`` promises (e.g. invalid JSON) becomes a record the worker
 dead-letters with the parse error; a line longer than ``max_line_bytes`` is cut into pieces of that
