@@ -1,4 +1,4 @@
-"""What the chat robot sinks (slack, dingtalk, wecom, lark) share: message templates and the POST seam.
+"""What the chat sinks (slack, dingtalk, wecom, lark, wechat) share: message templates and the API call seam.
 
 A message is rendered from each event with a Python format string (``str.format`` syntax) over the
 event: ``{id}``, ``{source}``, ``{type}``, ``{subject}``, ``{time}``, ``{datacontenttype}``,

@@ -249,6 +249,18 @@ async def test_no_failed_call_quotes_the_appsecret_or_the_token(fake: WechatFake
     assert "***" in str(echoed.value) and "***" in str(echoed_secret.value)
 
 
+async def test_an_answer_that_echoes_the_appsecret_is_redacted(fake: WechatFake) -> None:
+    sink = await _sink(fake.config())
+    echo = {"errcode": 40164, "errmsg": f"invalid ip 10.0.0.1, not in whitelist, secret={APPSECRET}"}
+    try:
+        fake.server.faults = [Canned(200, echo)]
+        with capture_logs() as logs, pytest.raises(RetriableError, match="40164") as info:
+            await sink.put([_record(1)])
+    finally:
+        await sink.stop()
+    assert APPSECRET not in str(info.value) and APPSECRET not in repr(logs) and "***" in str(info.value)
+
+
 def test_the_appsecret_is_required_and_hidden_and_templates_are_checked() -> None:
     with pytest.raises(ConfigError) as info:
         validate_model(WechatSinkConfig, {"appid": APPID}, prefix="config")

@@ -139,7 +139,7 @@ class WechatSink(ChatbotSink[WechatSinkConfig]):
             self._token = None  # expired early, or replaced by a fetch elsewhere: one fresh token, one more try
             answer = await self.send(self._with_token(post, await self._access_token()))
             if _errcode(answer) in _TOKEN_INVALID:
-                raise RetriableError(f"{self.name}: WeChat refuses a freshly fetched access token: {_describe(answer)}")
+                raise RetriableError(f"{self.name}: WeChat refuses a freshly fetched access token: {self._describe(answer)}")
         return self.verdict(answer)
 
     @staticmethod
@@ -165,24 +165,29 @@ class WechatSink(ChatbotSink[WechatSinkConfig]):
             return token
         code = body.get("errcode")
         if code == _BUSY:
-            raise RetriableError(f"{self.name}: WeChat is busy issuing an access token: {_describe(answer)}")
+            raise RetriableError(f"{self.name}: WeChat is busy issuing an access token: {self._describe(answer)}")
         if code in _RATE_LIMITED:
-            raise self.rate_limited(f"access token: {_describe(answer)}", answer)
+            raise self.rate_limited(f"access token: {self._describe(answer)}", answer)
         if code in _TOKEN_SETUP_ERRORS:
-            raise self.refused_setup(f"access token: {_describe(answer)}")
-        raise RetriableError(f"{self.name}: WeChat issued no access token: {_describe(answer)}")
+            raise self.refused_setup(f"access token: {self._describe(answer)}")
+        raise RetriableError(f"{self.name}: WeChat issued no access token: {self._describe(answer)}")
 
     def verdict(self, answer: ApiAnswer) -> str | None:
         code = _errcode(answer)
         if code == 0:
             return None
         if code == _BUSY:
-            raise RetriableError(f"{self.name}: WeChat is busy: {_describe(answer)}")
+            raise RetriableError(f"{self.name}: WeChat is busy: {self._describe(answer)}")
         if code in _RATE_LIMITED:
-            raise self.rate_limited(_describe(answer), answer)
+            raise self.rate_limited(self._describe(answer), answer)
         if code in _SEND_SETUP_ERRORS or (code == 40037 and self.config.template_id is not None):
-            raise self.refused_setup(_describe(answer))
-        return f"WeChat refused the message: {_describe(answer)}"
+            raise self.refused_setup(self._describe(answer))
+        return f"WeChat refused the message: {self._describe(answer)}"
+
+    def _describe(self, answer: ApiAnswer) -> str:
+        """The API's code and message, for errors and logs (redacted: an answer may echo what was sent)."""
+        body = answer.body if isinstance(answer.body, dict) else {}
+        return self.redact(f"errcode {body.get('errcode')} {body.get('errmsg', '')}".strip())
 
     def redact(self, text: str) -> str:
         text = super().redact(text)
@@ -196,8 +201,3 @@ def _client_msg_id(record: ConnectorRecord) -> str:
 
 def _errcode(answer: ApiAnswer) -> Any:
     return answer.body.get("errcode") if isinstance(answer.body, dict) else None
-
-
-def _describe(answer: ApiAnswer) -> str:
-    body = answer.body if isinstance(answer.body, dict) else {}
-    return f"errcode {body.get('errcode')} {body.get('errmsg', '')}".strip()
