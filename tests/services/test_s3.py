@@ -329,6 +329,21 @@ async def test_sink_writes_json_lines_under_time_and_topic_keys(bucket: Store) -
     assert [(r.record.id, "cannot be part of an object key" in r.reason) for r in rejections] == [("e-4", True)]
 
 
+async def test_data_lines_are_the_data_alone_and_a_line_break_in_it_is_dead_lettered(bucket: Store) -> None:
+    records = [
+        ConnectorRecord(data={"n": 1}, id="d-1", source="/s", subject="raw"),
+        ConnectorRecord(data="two\nlines", id="d-2", source="/s", subject="raw"),
+        ConnectorRecord(data="plain text", id="d-3", source="/s", subject="raw"),
+    ]
+    sink = await _sink(bucket, payload="data")
+    try:
+        rejections = await sink.put(records)
+    finally:
+        await sink.stop()
+    assert [(r.record.id, "line break" in r.reason) for r in rejections] == [("d-2", True)]
+    assert list((await bucket.objects()).values()) == [b'{"n":1}\nplain text\n']
+
+
 async def test_a_replayed_batch_overwrites_the_same_key(bucket: Store) -> None:
     batch = [_event(n) for n in range(5)]
     for _ in range(2):  # a fresh process each time: no memory of what was written

@@ -137,6 +137,8 @@ class S3Sink(Sink[S3SinkConfig]):
             try:
                 fields = self._fields(record)
                 line, _ = record_to_payload(record, self.config.payload)
+                if b"\n" in line:
+                    raise DataError("the event data holds a line break, so it cannot be one line; use payload: cloudevent")
             except DataError as exc:
                 rejections.append(Rejection(record, exc.reason))
                 continue
