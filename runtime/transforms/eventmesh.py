@@ -112,7 +112,7 @@ _MISSING: Final = _Missing()
 
 def _timestamp_text(value: datetime) -> str:
     """A timestamp as the structured JSON of an event writes it (RFC 3339, UTC as ``Z``)."""
-    return str(orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()[1:-1])
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()[1:-1]
 
 
 def _as_text(value: object, where: str) -> str:
@@ -274,10 +274,7 @@ class _FieldRule:
     attribute: str  # a top-level attribute, or "data"
     data_path: tuple[str, ...]
     conditions: tuple[_Condition, ...]
-
-    @property
-    def where(self) -> str:
-        return ".".join((self.attribute, *self.data_path))
+    where: str  # the field as error messages name it: data.obj.k
 
     def value_in(self, event: Mapping[str, object]) -> object:
         value: object = event.get(self.attribute, _MISSING)
@@ -366,7 +363,7 @@ def compile_eventmesh_filter(rule: str | Mapping[str, object], *, key: str = "fi
                 )
             fields.extend(_data_fields(value, (), where))
         elif name in _ATTRIBUTES:
-            fields.append(_FieldRule(name, (), _conditions(value, where)))
+            fields.append(_FieldRule(name, (), _conditions(value, where), name))
         else:
             raise ConfigError(
                 where,
@@ -394,7 +391,7 @@ def _data_fields(members: Mapping[str, object], path: tuple[str, ...], where: st
         if isinstance(value, Mapping):
             yield from _data_fields(value, (*path, name), field_where)
         else:
-            yield _FieldRule("data", (*path, name), _conditions(value, field_where))
+            yield _FieldRule("data", (*path, name), _conditions(value, field_where), ".".join(("data", *path, name)))
 
 
 def _conditions(value: object, where: str) -> tuple[_Condition, ...]:
@@ -461,7 +458,9 @@ def _numeric(parameter: object, where: str) -> _Numeric:
                 f"use one of {' '.join(_NUMERIC_OPERATORS)}",
             )
         if isinstance(bound, bool) or not isinstance(bound, int | float):
-            raise ConfigError(f"{where}[{index + 1}]", f"{_describe(bound)} is not a number", f"write the bound unquoted: {fix}")
+            raise ConfigError(
+                f"{where}[{index + 1}]", f"{_describe(bound)} is not a number", "write the bound as a JSON number, unquoted"
+            )
         comparisons.append((str(operator), _java_compare_key(_java_double(bound))))
     return _Numeric(tuple(comparisons))
 
@@ -655,8 +654,8 @@ def _template_transformer(variables: Mapping[str, str], template: str, where: st
                 yield piece.written
 
     parts: list[str | _PathValue] = []
-    for part in expand(template, ()):
-        if len(parts) >= _MAX_TEMPLATE_PARTS:
+    for count, part in enumerate(expand(template, ())):
+        if count >= _MAX_TEMPLATE_PARTS:
             raise ConfigError(
                 where, f"the template expands into more than {_MAX_TEMPLATE_PARTS} pieces", "refer to fewer constants"
             )
