@@ -34,8 +34,9 @@ not the accident (each was seen by running EventMesh's own classes):
 * a rule EventMesh would take but never apply as written is refused when it is compiled: a condition
   object with several keys (EventMesh reads the first), an empty one (EventMesh fails on every
   event), an unknown numeric operator or a bound that is not a number, a ``data`` leaf that is not a
-  list, an empty condition list, a field name holding JSONPath syntax (EventMesh pastes the name into
-  a path), a rule that is not a JSON object, or JSON followed by anything else.
+  list, an empty condition list or anything-but, ``exists`` inside anything-but, a field name holding
+  JSONPath syntax (EventMesh pastes the name into a path), a rule that is not a JSON object (EventMesh
+  drops such a filter), or JSON followed by anything else.
 
 **Transformers** (:func:`compile_eventmesh_transformer`), with EventMesh's keys:
 ``{"transformerType": "original"}`` gives the event as JSON (as Jackson writes it);
@@ -49,7 +50,10 @@ writes it (``100``, ``true``, ``1.0E20``, ``{k=v, n=[1, 2]}``), and ``null`` whe
 The template is Apache Commons Text's: ``${name}``, ``${name:-default}``, ``$${...}`` for a literal
 ``${...}``, and an unknown name without a default stays as written. Constants and defaults are
 templates themselves. Unlike EventMesh, text read from the event is inserted as it is, never read as
-a template again: event data cannot pull in other variables or make the expansion loop.
+a template again: event data cannot pull in other variables or make the expansion loop. Refused at
+compile time: an unknown type or key, a missing ``value`` or ``template`` (EventMesh would write
+``null``), constants that refer to each other in a loop (EventMesh fails on every event), and Jayway's
+path functions such as ``.length()``, which no Python JSONPath library reads.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def _as_text(value: object, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int):
-        return str(value)
+        return _integer_text(value, where)
     if isinstance(value, float):
         return java_double_to_string(value)
     if isinstance(value, datetime):
@@ -134,6 +138,13 @@ def _as_text(value: object, where: str) -> str:
     if isinstance(value, Mapping | list | tuple):
         return ""
     raise _not_json(value, where)
+
+
+def _integer_text(value: int, where: str) -> str:
+    try:
+        return str(value)
+    except ValueError as exc:  # Python refuses to write integers of more than 4300 digits
+        raise DataError(f"event field {where} holds an integer too long to write ({exc}); send it as text") from exc
 
 
 def _java_text(value: object, where: str, depth: int = 0) -> str:
@@ -163,6 +174,8 @@ def _plain_json(value: object, where: str, depth: int = 0) -> object:
         return plain
     if isinstance(value, list | tuple):
         return [_plain_json(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        _integer_text(value, where)
     if value is None or isinstance(value, str | int | float):
         return value
     raise _not_json(value, where)

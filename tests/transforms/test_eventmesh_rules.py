@@ -243,6 +243,7 @@ def test_the_config_key_given_prefixes_the_pointer() -> None:
         (["not", "a", "mapping"], "the EventMesh filter got a list, not a CloudEvent mapping"),
         ({**FILTER_EVENT, "data": {"state": b"enable"}}, "event field data.state holds a bytes, which is not a JSON value"),
         ({**FILTER_EVENT, "source": object()}, "event field source holds a object"),
+        ({**FILTER_EVENT, "data": {"state": 10**5000}}, "event field data.state holds an integer too long"),
     ],
 )
 def test_unreadable_event_is_a_data_error(event: Any, message: str) -> None:
@@ -434,6 +435,7 @@ def _nested(depth: int) -> dict[str, Any]:
         ({"transformerType": "original"}, {"data": {"tags": {"a", "b"}}}, "event field event.data.tags holds a set"),
         ({"transformerType": "original"}, {"data": {1: "x"}}, "has a key 1 that is not text"),
         ({"transformerType": "original"}, {"data": _nested(300)}, "nests deeper than 256 levels"),
+        ({"transformerType": "original"}, {"data": {"n": 10**5000}}, "event field event.data.n holds an integer too long"),
         ({"transformerType": "template", "value": {"v": "$.data"}, "template": "${v}"}, {"data": _nested(300)}, "nests deeper"),
         (
             {"transformerType": "template", "value": {"v": "$.data.x"}, "template": "${v}"},
