@@ -464,7 +464,7 @@ def _numeric(parameter: object, where: str) -> _Numeric:
     comparisons = []
     for index in range(0, len(parameter), 2):
         operator, bound = parameter[index], parameter[index + 1]
-        if operator not in _NUMERIC_OPERATORS:
+        if not isinstance(operator, str) or operator not in _NUMERIC_OPERATORS:
             raise ConfigError(
                 f"{where}[{index}]",
                 f"{_describe(operator)} is not a numeric operator",
@@ -474,7 +474,7 @@ def _numeric(parameter: object, where: str) -> _Numeric:
             raise ConfigError(
                 f"{where}[{index + 1}]", f"{_describe(bound)} is not a number", "write the bound as a JSON number, unquoted"
             )
-        comparisons.append((str(operator), _java_compare_key(_java_double(bound))))
+        comparisons.append((operator, _java_compare_key(_java_double(bound))))
     return _Numeric(tuple(comparisons))
 
 
@@ -534,8 +534,8 @@ def _template_pieces(text: str) -> list[str | _Reference]:
             index += 1
             continue
         if literal and literal[-1] == "$":
-            # "$${" is an escape: the first "$" goes, the rest is text (scanning goes on after the "$").
-            literal[-1] = "$"
+            # "$${" is an escape for "${": of the two dollars, one stays text (the one already taken)
+            # and scanning goes on at the "{", so what follows is no reference.
             index += 1
             continue
         end = text.find("}", index + 2)

@@ -184,6 +184,7 @@ BAD_FILTERS: list[tuple[str, object, str, str]] = [
         "filter.data.num[0].numeric[0]",
         '"~" is not a numeric operator',
     ),
+    ("numeric operator a list", {"data": {"num": [{"numeric": [[">"], 1]}]}}, "filter.data.num[0].numeric[0]", '[">"] is not'),
     (
         "numeric bound as text",
         {"data": {"num": [{"numeric": [">", "5"]}]}},
