@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.errors import ConfigError, DataError
 from runtime.transforms.eventmesh import compile_eventmesh_filter, compile_eventmesh_transformer
@@ -450,3 +452,39 @@ def test_unreadable_event_is_a_data_error_for_transformers(spec: Mapping[str, ob
     with pytest.raises(DataError) as caught:
         transformer(event)
     assert message in caught.value.reason
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["k", "num", "state", "x"]), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_EVENTS = st.fixed_dictionaries(
+    {"id": st.text(max_size=4), "source": _JSON_VALUES},
+    optional={"subject": _JSON_VALUES, "data": _JSON_VALUES},
+)
+_ANY_EVENT_FILTER = compile_eventmesh_filter(
+    {
+        "source": ["a", {"prefix": "a"}, {"anything-but": {"suffix": "z"}}],
+        "subject": [{"exists": False}, {"numeric": [">", 0]}],
+        "data": {"num": [{"numeric": [">=", -1.5, "<", 1e9]}, None], "x": {"k": [{"anything-but": [1, "b"]}]}},
+    }
+)
+_ANY_EVENT_TEMPLATE = compile_eventmesh_transformer(
+    {
+        "transformerType": "template",
+        "value": {"a": "$.data", "b": "$.data.x.k", "c": "$.data[0]", "d": "$.source[-1]", "e": "$.data.*"},
+        "template": "${a}|${b}|${c}|${d}|${e}|${f:-none}",
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_EVENTS)
+def test_any_json_event_is_filtered_and_transformed_without_error(event: dict[str, Any]) -> None:
+    assert isinstance(_ANY_EVENT_FILTER(event), bool)
+    text = _ANY_EVENT_TEMPLATE(event)
+    assert text.endswith("|$.data.*|none")
+    assert json.loads(compile_eventmesh_transformer({"transformerType": "original"})(event)) == event
