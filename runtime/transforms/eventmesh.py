@@ -519,7 +519,7 @@ class _Reference:
 class _PathValue:
     """The place in the filled template where what ``path`` finds goes."""
 
-    name: str
+    written: str
     path: jsonpath.JSONPath
 
 
@@ -600,7 +600,7 @@ def compile_eventmesh_transformer(spec: Mapping[str, object], *, key: str = "tra
     template = spec["template"]
     if not isinstance(template, str):
         raise ConfigError(f"{key}.template", f"the template is text, not {_describe(template)}", 'write e.g. "name is ${name}"')
-    return _template_transformer(_variables(spec["value"], f"{key}.value"), template, f"{key}.template")
+    return _template_transformer(_variables(spec["value"], f"{key}.value"), f"{key}.value", template, f"{key}.template")
 
 
 def _original(event: Mapping[str, object]) -> str:
@@ -625,9 +625,29 @@ def _variables(value: object, where: str) -> dict[str, str]:
     return variables
 
 
+def _space_between_segments(text: str) -> bool:
+    """Whether ``text`` has white space outside brackets before its end, which Jayway refuses in a path."""
+    depth, quote, escaped = 0, "", False
+    for char in text.rstrip():
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "[]":
+            depth += 1 if char == "[" else -1
+        elif char.isspace() and depth == 0:
+            return True
+    return False
+
+
 def _definite_path(text: str, where: str) -> jsonpath.JSONPath | None:
     """The path ``text`` is when Jayway JsonPath would read it as a definite path; ``None`` for a constant."""
-    if not text.startswith("$") or (len(text) > 1 and text[1] not in ".["):
+    if not text.startswith("$") or (len(text) > 1 and text[1] not in ".[") or _space_between_segments(text):
         return None
     try:
         path = jsonpath.compile(text)
@@ -642,8 +662,12 @@ def _definite_path(text: str, where: str) -> jsonpath.JSONPath | None:
     return path
 
 
-def _template_transformer(variables: Mapping[str, str], template: str, where: str) -> EventTransformer:
-    paths = {name: path for name, text in variables.items() if (path := _definite_path(text, f"{where}.{name}")) is not None}
+def _template_transformer(variables: Mapping[str, str], variables_key: str, template: str, where: str) -> EventTransformer:
+    paths = {
+        name: _PathValue(text, path)
+        for name, text in variables.items()
+        if (path := _definite_path(text, f"{variables_key}.{name}")) is not None
+    }
     constants = {name: text for name, text in variables.items() if name not in paths}
 
     def expand(text: str, chain: tuple[str, ...]) -> Iterator[str | _PathValue]:
@@ -658,7 +682,7 @@ def _template_transformer(variables: Mapping[str, str], template: str, where: st
                     "make one of them a plain constant",
                 )
             if piece.name in paths:
-                yield _PathValue(piece.name, paths[piece.name])
+                yield paths[piece.name]
             elif piece.name in constants:
                 yield from expand(constants[piece.name], (*chain, piece.name))
             elif piece.default is not None:
@@ -687,4 +711,4 @@ def _template_transformer(variables: Mapping[str, str], template: str, where: st
 
 def _read(part: _PathValue, event: Mapping[str, object]) -> str:
     found = part.path.findall(event)
-    return _java_text(found[0], part.name) if found else "null"
+    return _java_text(found[0], part.written) if found else "null"

@@ -308,6 +308,11 @@ TEMPLATE_CASES: list[tuple[str, object, str, str]] = [
     ("filter is text", {"v": "$.data[?(@.k)]"}, "${v}", "$.data[?(@.k)]"),
     ("invalid path is text", {"v": "$.data."}, "${v}", "$.data."),
     ("dollar word is text", {"v": "$data"}, "${v}", "$data"),
+    ("space between segments is text", {"v": "$.data .name"}, "${v}", "$.data .name"),
+    ("space after the root is text", {"v": "$ .data.name"}, "${v}", "$ .data.name"),
+    ("space inside brackets is a path", {"v": "$[ 'data' ][ 'a b' ]"}, "${v}", "spaced"),
+    ("quoted bracket and space is a path", {"v": "$['data']['a b']"}, "${v}", "spaced"),
+    ("space at the end is a path", {"v": "$.data.name "}, "${v}", "test-transformer"),
     ("number constant", '{"v": 5}', "${v}", "5"),
     ("null constant", '{"v": null}', "${v}", "null"),
     # Commons Text templates
@@ -388,7 +393,7 @@ BAD_TRANSFORMERS: list[tuple[str, object, str, str]] = [
     (
         "JSONPath function",
         {"transformerType": "template", "value": {"v": "$.data.obj.n.length()"}, "template": "${v}"},
-        "transformer.template.v",
+        "transformer.value.v",
         "calls a JSONPath function",
     ),
     (
@@ -443,7 +448,7 @@ def _nested(depth: int) -> dict[str, Any]:
         (
             {"transformerType": "template", "value": {"v": "$.data.x"}, "template": "${v}"},
             {"data": {"x": b"raw"}},
-            "holds a bytes",
+            "event field $.data.x holds a bytes",
         ),
     ],
 )
