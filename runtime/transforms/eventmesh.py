@@ -610,7 +610,7 @@ def _original(event: Mapping[str, object]) -> str:
 
 def _variables(value: object, where: str) -> dict[str, str]:
     """The template's variables as ``name -> text``, each text being a JSONPath or a constant."""
-    parsed = _parse_json(value, where, "the template variables") if isinstance(value, str) else value
+    parsed = _parse_json(value, where, "the value") if isinstance(value, str) else value
     if not isinstance(parsed, Mapping):
         raise ConfigError(
             where, f"the template variables are a JSON object, not {_describe(parsed)}", 'write e.g. {"name": "$.data.name"}'
