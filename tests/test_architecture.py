@@ -24,7 +24,7 @@ _LAYERS = (
     {"errors"},
     {"record", "config", "columns"},
     {"protocol", "observability", "registry"},
-    {"cloudevents"},
+    {"cloudevents", "transforms"},
     {"client", "mesh", "publishing"},
     {"connector"},
     {"plugins", "worker"},
