@@ -516,7 +516,7 @@ class MotoS3Server(ServerProcess):
         try:
             import moto.server  # noqa: F401
         except ImportError:
-            unavailable("moto[server] is not installed (pip install -e '.[dev]')")
+            unavailable("moto[s3] with flask is not installed (pip install -e '.[dev]')")
         super().__init__()
 
     def command(self) -> Sequence[str]:
