@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -218,5 +219,49 @@ async def test_source_reports_how_far_behind_the_commits_it_reads(
         assert lag is not None and 0 < lag < 60  # read after its commit, on this host's clock
         assert await source.poll() == []  # read every commit: caught up
         assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
+    finally:
+        await source.stop()
+
+
+async def _refused_twice(source: PostgresSource, reason: str) -> None:
+    """Polls fail with a RetriableError naming ``reason`` (the worker backs off, not ready), never a ConfigError."""
+    refused = 0
+    for _ in range(10):
+        try:
+            await source.poll()
+        except RetriableError as exc:
+            refused += reason in str(exc)
+        if refused >= 2:
+            return
+    raise AssertionError(f"polls were not refused with {reason}")
+
+
+async def test_source_waits_out_a_revoked_replication_right_and_a_refused_login(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    role = f"src_{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        f"CREATE ROLE {role} LOGIN REPLICATION; GRANT SELECT ON {table} TO {role}; CREATE PUBLICATION {table} FOR TABLE {table}"
+    )
+    dsn = postgres_server.dsn.replace(f"//{postgres_server.user}@", f"//{role}:not-a-Secret@")
+    source = await start_source(dsn, table, snapshot_mode="never", timeout=5)
+    try:
+        await db.execute(f"INSERT INTO {table} (id) VALUES (1)")
+        await source.commit(await poll_until(source, 1))
+
+        await db.execute(f"ALTER ROLE {role} NOREPLICATION")
+        await db.execute(f"INSERT INTO {table} (id) VALUES (2)")
+        await _refused_twice(source, "InsufficientPrivilegeError")
+        await db.execute(f"ALTER ROLE {role} REPLICATION")
+        records = await poll_until(source, 1)
+        assert [r.data["after"]["id"] for r in records] == [2]
+        await source.commit(records)
+
+        await db.execute(f"ALTER ROLE {role} NOLOGIN")
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await db.execute(f"INSERT INTO {table} (id) VALUES (3)")
+        await _refused_twice(source, "InvalidAuthorizationSpecificationError")
+        await db.execute(f"ALTER ROLE {role} LOGIN")
+        assert [r.data["after"]["id"] for r in await poll_until(source, 1)] == [3]
     finally:
         await source.stop()
