@@ -265,3 +265,37 @@ async def test_source_waits_out_a_revoked_replication_right_and_a_refused_login(
         assert [r.data["after"]["id"] for r in await poll_until(source, 1)] == [3]
     finally:
         await source.stop()
+
+
+async def test_a_table_dropped_mid_snapshot_is_skipped_with_a_warning(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    """A dropped table has no rows left to read: the snapshot goes on with the others (its rows read before stay)."""
+    reread, gone = f"{table}_b", f"{table}_c"  # read after ``table``, in name order
+    for name in (reread, gone):
+        await db.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    for name in (table, reread, gone):
+        await db.execute(f"INSERT INTO {name} (id) SELECT generate_series(1, 6)")
+    source = await start_source(postgres_server.dsn, table, tables=[table, reread, gone], snapshot_chunk_size=4)
+    try:
+        records = [*await source.poll(), *await source.poll(), *await source.poll()]  # table: 4 + 2, then reread: 4
+        # Not read yet, so not locked by the snapshot's transaction: dropped before the snapshot reaches it.
+        await db.execute(f"DROP TABLE {gone}")
+        # Half read, and then its lock is gone with the transaction: dropped before the new transaction reads on.
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
+        )
+        await db.execute(f"DROP TABLE {reread}")
+        with pytest.raises(RetriableError):
+            await source.poll()
+        records += await drain(source)
+        await db.execute(f"INSERT INTO {table} (id) VALUES (7)")
+        records += await drain(source)
+    finally:
+        await source.stop()
+    read = [(r.data["source"]["table"], r.data["op"], r.data["after"]["id"]) for r in records]
+    assert read == [
+        *((table, "r", n) for n in range(1, 7)),
+        *((reread, "r", n) for n in range(1, 5)),
+        (table, "c", 7),
+    ]
