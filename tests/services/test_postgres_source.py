@@ -299,3 +299,18 @@ async def test_a_table_dropped_mid_snapshot_is_skipped_with_a_warning(
         *((reread, "r", n) for n in range(1, 5)),
         (table, "c", 7),
     ]
+
+
+async def test_column_names_with_dots_are_quoted_as_one_identifier(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    dotted = f"{table}_dots"
+    await db.execute(f'CREATE TABLE {dotted} ("k.id" int PRIMARY KEY, "a.b" text, "x.y.z" int)')
+    await db.execute(f"INSERT INTO {dotted} SELECT n, 'v' || n, n * 10 FROM generate_series(1, 5) n")
+    source = await start_source(postgres_server.dsn, table, tables=[dotted], snapshot_chunk_size=2)
+    try:
+        records = await drain(source)
+    finally:
+        await source.stop()
+    assert [r.data["after"] for r in records] == [{"k.id": n, "a.b": f"v{n}", "x.y.z": n * 10} for n in range(1, 6)]
+    assert records[0].data["key"] == ["k.id"]

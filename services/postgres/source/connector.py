@@ -30,7 +30,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.postgres.client import PgConnection, pg_call, quote_identifier
+from services.postgres.client import PgConnection, pg_call, quote_identifier, quote_relation
 from services.postgres.source.pgoutput import Begin, Change, Commit, Relation, Truncate, decode
 from services.postgres.source.snapshot import SnapshotChunk, SnapshotReader, read_tables
 
@@ -330,7 +330,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             data: dict[str, Any]
             if change.op == "truncate":
                 op = "ddl"
-                data = {"ddl": f"TRUNCATE TABLE {quote_identifier(f'{relation.schema}.{relation.table}')}", "source": source}
+                data = {"ddl": f"TRUNCATE TABLE {quote_relation(relation.schema, relation.table)}", "source": source}
             else:
                 op = _OPS[change.op]
                 key = [name for name, _, in_key in relation.columns if in_key]
