@@ -176,7 +176,8 @@ class SnapshotReader:
             received.append(bytes(data))
 
         copy = f"snapshot of {table.qualified}"
-        if self._locked_by is reading:
+        locked = self._locked_by is reading  # (a separate name: "is" would narrow reading to the Optional)
+        if locked:
             await pg_call(copy, reading.copy_from_query(query, output=keep), self._seconds, running=True)
         else:  # the table may be gone: a failure must not abort the transaction (see the module docstring)
             await pg_call(copy, reading.execute("SAVEPOINT snapshot_table"), self._seconds, running=True)
