@@ -6,6 +6,8 @@ library doing the same job in the same run: the same payload bytes, the same bat
 the same durability (fsync, publisher confirms, PUBACKs, JetStream acks, committed rows, acks
 upstream). Servers are throwaway (tests/servers.py), RabbitMQ is the machine's, in a vhost of its
 own. A connector whose system is missing is skipped. Each measure is the median of ``RUNS``.
+The measures of the server-based systems are in catalogue_servers.py, what all share in
+catalogue_common.py.
 
 Prints one line per connector (events/s, raw events/s, ratio), then ``ratio: <median ratio>``.
 """
@@ -22,7 +24,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,25 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import aio_pika  # noqa: E402
 import aiohttp  # noqa: E402
-import aiomqtt  # noqa: E402
-import asyncpg  # noqa: E402
-import nats  # noqa: E402
 import orjson  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from bench.catalogue_common import (  # noqa: E402
+    BATCH,
+    EVENTS,
+    HTTP_CONCURRENCY,
+    RUNS,
+    Measure,
+    batches,
+    make_records,
+    sink_run,
+    source_run,
+    timed,
+)
+from bench.catalogue_servers import jetstream, mqtt, postgres, rabbitmq, redis  # noqa: E402
 from runtime import record_to_json  # noqa: E402
-from runtime.connector import Sink, SinkContext, Source, SourceContext  # noqa: E402
-from runtime.record import ConnectorRecord  # noqa: E402
+from runtime.connector import SourceContext  # noqa: E402
 from services.chat.client import ChatbotSink  # noqa: E402
 from services.chat.dingtalk.connector import DingtalkSink  # noqa: E402
 from services.chat.lark.connector import LarkSink  # noqa: E402
@@ -53,77 +61,8 @@ from services.file_source.connector import FileSource, FileSourceConfig  # noqa:
 from services.http.knative.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
 from services.http.sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
 from services.http.source.connector import HttpSource, HttpSourceConfig  # noqa: E402
-from services.mqtt.sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
-from services.mqtt.source.connector import MqttSource, MqttSourceConfig  # noqa: E402
-from services.nats.sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
-from services.nats.source.connector import NatsSource, NatsSourceConfig  # noqa: E402
-from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig  # noqa: E402
-from services.postgres.source.connector import PostgresSource, PostgresSourceConfig  # noqa: E402
 from services.prometheus_source.connector import PrometheusSource, PrometheusSourceConfig  # noqa: E402
-from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig  # noqa: E402
-from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
-from services.redis.sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
-from services.redis.source.connector import RedisSource, RedisSourceConfig  # noqa: E402
 from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
-
-EVENTS = int(os.environ.get("BENCH_EVENTS", "4000"))
-BATCH = 500
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-HTTP_CONCURRENCY = 16
-
-Measure = Callable[[], Awaitable[float]]
-"""Runs the work once and returns its seconds."""
-
-
-def _records(count: int, subject: str = "bench") -> list[ConnectorRecord]:
-    now = datetime.now(UTC)
-    return [
-        ConnectorRecord(
-            data={"n": n, "text": "x" * 200},
-            id=f"e-{uuid.uuid4().hex}-{n}",
-            source="/bench",
-            type="bench",
-            subject=subject,
-            timestamp=now,
-        )
-        for n in range(count)
-    ]
-
-
-def _batches(records: list[ConnectorRecord]) -> list[list[ConnectorRecord]]:
-    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
-
-
-async def _timed(work: Awaitable[Any]) -> float:
-    started = time.perf_counter()
-    await work
-    return time.perf_counter() - started
-
-
-async def _sink_run(sink: Sink[Any], records: list[ConnectorRecord]) -> float:
-    await sink.start(SinkContext(connector_name="bench"))
-    try:
-        started = time.perf_counter()
-        for batch in _batches(records):
-            await sink.put(batch)
-        return time.perf_counter() - started
-    finally:
-        await sink.stop()
-
-
-async def _source_run(source: Source[Any], count: int) -> float:
-    await source.start(SourceContext(connector_name="bench", committed_offsets={}))
-    try:
-        started = time.perf_counter()
-        seen = 0
-        while seen < count:
-            records = await source.poll()
-            await source.commit(records)
-            seen += len(records)
-        return time.perf_counter() - started
-    finally:
-        await source.stop()
-
 
 # -- file --------------------------------------------------------------------------------------
 
@@ -131,10 +70,10 @@ async def _source_run(source: Source[Any], count: int) -> float:
 def file_sink(workdir: Path) -> tuple[Measure, Measure]:
     async def connector() -> float:
         directory = workdir / f"sink-{uuid.uuid4().hex[:6]}"
-        return await _sink_run(FileSink(FileSinkConfig(directory=str(directory))), _records(EVENTS))
+        return await sink_run(FileSink(FileSinkConfig(directory=str(directory))), make_records(EVENTS))
 
     async def raw() -> float:
-        records = _records(EVENTS)
+        records = make_records(EVENTS)
         path = workdir / f"raw-{uuid.uuid4().hex[:6]}.jsonl"
 
         def append(handle: Any, chunk: bytes) -> None:
@@ -144,7 +83,7 @@ def file_sink(workdir: Path) -> tuple[Measure, Measure]:
 
         with path.open("ab") as handle:
             started = time.perf_counter()
-            for batch in _batches(records):  # one fsync'ed write per batch, in a thread, as the connector does
+            for batch in batches(records):  # one fsync'ed write per batch, in a thread, as the connector does
                 await asyncio.to_thread(append, handle, b"".join(record_to_json(record) + b"\n" for record in batch))
             return time.perf_counter() - started
 
@@ -154,12 +93,12 @@ def file_sink(workdir: Path) -> tuple[Measure, Measure]:
 def file_source(workdir: Path) -> tuple[Measure, Measure]:
     async def prepared() -> Path:
         path = workdir / f"in-{uuid.uuid4().hex[:6]}.log"
-        path.write_bytes(b"".join(record_to_json(record) + b"\n" for record in _records(EVENTS)))
+        path.write_bytes(b"".join(record_to_json(record) + b"\n" for record in make_records(EVENTS)))
         return path
 
     async def connector() -> float:
         path = await prepared()
-        return await _source_run(FileSource(FileSourceConfig(paths=[str(path)], format="cloudevents", batch_size=BATCH)), EVENTS)
+        return await source_run(FileSource(FileSourceConfig(paths=[str(path)], format="cloudevents", batch_size=BATCH)), EVENTS)
 
     async def raw() -> float:
         path = await prepared()
@@ -168,7 +107,7 @@ def file_source(workdir: Path) -> tuple[Measure, Measure]:
             with path.open("rb") as handle:
                 return sum(1 for line in handle if orjson.loads(line))
 
-        return await _timed(asyncio.to_thread(read))
+        return await timed(asyncio.to_thread(read))
 
     return connector, raw
 
@@ -223,14 +162,16 @@ def http_sink(workdir: Path) -> tuple[Measure, Measure]:
     async def connector() -> float:
         await receiver.start()
         try:
-            return await _sink_run(HttpSink(HttpSinkConfig(urls=[receiver.url], concurrency=HTTP_CONCURRENCY)), _records(EVENTS))
+            return await sink_run(
+                HttpSink(HttpSinkConfig(urls=[receiver.url], concurrency=HTTP_CONCURRENCY)), make_records(EVENTS)
+            )
         finally:
             await receiver.stop()
 
     async def raw() -> float:
         await receiver.start()
         try:
-            bodies = [({"content-type": "application/cloudevents+json"}, record_to_json(r)) for r in _records(EVENTS)]
+            bodies = [({"content-type": "application/cloudevents+json"}, record_to_json(r)) for r in make_records(EVENTS)]
             started = time.perf_counter()
             for start in range(0, len(bodies), BATCH):
                 await _post_all(receiver.url, bodies[start : start + BATCH])
@@ -242,7 +183,7 @@ def http_sink(workdir: Path) -> tuple[Measure, Measure]:
 
 
 def http_source(workdir: Path) -> tuple[Measure, Measure]:
-    bodies = [({"content-type": "application/cloudevents+json"}, record_to_json(r)) for r in _records(EVENTS)]
+    bodies = [({"content-type": "application/cloudevents+json"}, record_to_json(r)) for r in make_records(EVENTS)]
 
     async def connector() -> float:
         port = free_port()
@@ -255,7 +196,7 @@ def http_source(workdir: Path) -> tuple[Measure, Measure]:
 
         pumping = asyncio.create_task(pump())
         try:
-            return await _timed(_post_all(f"http://127.0.0.1:{port}/in", bodies))
+            return await timed(_post_all(f"http://127.0.0.1:{port}/in", bodies))
         finally:
             pumping.cancel()
             await asyncio.gather(pumping, return_exceptions=True)
@@ -265,7 +206,7 @@ def http_source(workdir: Path) -> tuple[Measure, Measure]:
         receiver = _Receiver()
         await receiver.start()
         try:
-            return await _timed(_post_all(receiver.url, bodies))
+            return await timed(_post_all(receiver.url, bodies))
         finally:
             await receiver.stop()
 
@@ -282,7 +223,7 @@ def knative_sink(workdir: Path) -> tuple[Measure, Measure]:
         await receiver.start()
         try:
             sink = KnativeSink(KnativeSinkConfig(url=receiver.url, concurrency=HTTP_CONCURRENCY))
-            return await _sink_run(sink, _records(EVENTS))
+            return await sink_run(sink, make_records(EVENTS))
         finally:
             await receiver.stop()
 
@@ -302,7 +243,7 @@ def knative_sink(workdir: Path) -> tuple[Measure, Measure]:
                     },
                     orjson.dumps(r.data),
                 )
-                for r in _records(EVENTS)
+                for r in make_records(EVENTS)
             ]
             started = time.perf_counter()
             for start in range(0, len(bodies), BATCH):
@@ -356,14 +297,14 @@ def chat_sink(name: str) -> tuple[Measure, Measure]:
             config = sink_class.config_model.model_validate(
                 {**settings, **endpoint, "template": _CHAT_TEMPLATE, "min_interval": 0}
             )
-            return await _sink_run(sink_class(config), _records(EVENTS))
+            return await sink_run(sink_class(config), make_records(EVENTS))
         finally:
             await receiver.stop()
 
     async def raw() -> float:
         await receiver.start()
         try:
-            records = _records(EVENTS)
+            records = make_records(EVENTS)
             async with aiohttp.ClientSession() as session:
                 started = time.perf_counter()
                 for r in records:
@@ -414,7 +355,7 @@ def prometheus_source(workdir: Path) -> tuple[Measure, Measure]:
             config = PrometheusSourceConfig(
                 url=url, query="bench", step=1, delay=0, interval=1, start=_PROMETHEUS_T0, max_points=BATCH
             )
-            return await _source_run(PrometheusSource(config), EVENTS)
+            return await source_run(PrometheusSource(config), EVENTS)
 
         return await serving(measure)
 
@@ -435,340 +376,6 @@ def prometheus_source(workdir: Path) -> tuple[Measure, Measure]:
         return await serving(measure)
 
     return connector, raw
-
-
-# -- redis -------------------------------------------------------------------------------------
-
-
-def redis(server: RedisServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
-    async def sink() -> float:
-        config = RedisSinkConfig(url=server.url, key=f"s-{uuid.uuid4().hex[:6]}")  # type: ignore[arg-type]
-        return await _sink_run(RedisSink(config), _records(EVENTS))
-
-    async def sink_raw() -> float:
-        client = aioredis.Redis.from_url(server.url)
-        key = f"r-{uuid.uuid4().hex[:6]}"
-        try:
-            started = time.perf_counter()
-            for batch in _batches(_records(EVENTS)):
-                pipe = client.pipeline(transaction=False)
-                for record in batch:
-                    pipe.xadd(key, {"event": record_to_json(record)})
-                await pipe.execute()
-            return time.perf_counter() - started
-        finally:
-            await client.aclose()
-
-    async def filled() -> str:
-        key = f"in-{uuid.uuid4().hex[:6]}"
-        client = aioredis.Redis.from_url(server.url)
-        pipe = client.pipeline(transaction=False)
-        for record in _records(EVENTS):
-            pipe.xadd(key, {"event": record_to_json(record)})
-        await pipe.execute()
-        await client.aclose()
-        return key
-
-    async def source() -> float:
-        key = await filled()
-        return await _source_run(RedisSource(RedisSourceConfig(url=server.url, streams=[key], batch_size=BATCH)), EVENTS)  # type: ignore[arg-type]
-
-    async def source_raw() -> float:
-        key = await filled()
-        client = aioredis.Redis.from_url(server.url)
-        try:
-            await client.xgroup_create(key, "raw", id="0")
-            started = time.perf_counter()
-            seen = 0
-            while seen < EVENTS:
-                reply = await client.xreadgroup("raw", "c", {key: ">"}, count=BATCH, block=1000)
-                for _, entries in reply:
-                    for _, fields in entries:
-                        orjson.loads(fields[b"event"])
-                    await client.xack(key, "raw", *[entry_id for entry_id, _ in entries])
-                    seen += len(entries)
-            return time.perf_counter() - started
-        finally:
-            await client.aclose()
-
-    return (sink, sink_raw), (source, source_raw)
-
-
-# -- rabbitmq ----------------------------------------------------------------------------------
-
-
-def rabbitmq(url: str) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
-    async def declared() -> str:
-        queue = f"q-{uuid.uuid4().hex[:6]}"
-        connection = await aio_pika.connect(url)
-        channel = await connection.channel()
-        await channel.declare_queue(queue, durable=True)
-        await connection.close()
-        return queue
-
-    async def sink() -> float:
-        queue = await declared()
-        return await _sink_run(RabbitmqSink(RabbitmqSinkConfig(url=url, routing_key=queue)), _records(EVENTS))  # type: ignore[arg-type]
-
-    async def sink_raw() -> float:
-        queue = await declared()
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            started = time.perf_counter()
-            for batch in _batches(_records(EVENTS)):
-                await asyncio.gather(
-                    *(
-                        channel.default_exchange.publish(
-                            aio_pika.Message(record_to_json(r), message_id=r.id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                            queue,
-                        )
-                        for r in batch
-                    )
-                )
-            return time.perf_counter() - started
-        finally:
-            await connection.close()
-
-    async def filled() -> str:
-        queue = await declared()
-        connection = await aio_pika.connect(url)
-        channel = await connection.channel(publisher_confirms=False)
-        for record in _records(EVENTS):
-            await channel.default_exchange.publish(aio_pika.Message(record_to_json(record)), queue)
-        await connection.close()
-        return queue
-
-    async def source() -> float:
-        queue = await filled()
-        return await _source_run(RabbitmqSource(RabbitmqSourceConfig(url=url, queue=queue, batch_size=BATCH)), EVENTS)  # type: ignore[arg-type]
-
-    async def source_raw() -> float:
-        queue_name = await filled()
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=1000)
-            queue = await channel.declare_queue(queue_name, durable=True)
-            started = time.perf_counter()
-            seen = 0
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    orjson.loads(message.body)
-                    await message.ack()
-                    seen += 1
-                    if seen >= EVENTS:
-                        break
-            return time.perf_counter() - started
-        finally:
-            await connection.close()
-
-    return (sink, sink_raw), (source, source_raw)
-
-
-# -- mqtt --------------------------------------------------------------------------------------
-
-
-def mqtt(server: MosquittoServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
-    async def sink() -> float:
-        return await _sink_run(MqttSink(MqttSinkConfig(port=server.port, topic="bench/sink")), _records(EVENTS))
-
-    async def sink_raw() -> float:
-        async with aiomqtt.Client("127.0.0.1", server.port, max_inflight_messages=1000) as client:
-            started = time.perf_counter()
-            for batch in _batches(_records(EVENTS)):
-                await asyncio.gather(*(client.publish("bench/raw", record_to_json(r), qos=1) for r in batch))
-            return time.perf_counter() - started
-
-    async def measure_source(read: Callable[[str], Awaitable[float]]) -> float:
-        topic = f"bench/in-{uuid.uuid4().hex[:6]}"
-        reading = asyncio.create_task(read(topic))
-        await asyncio.sleep(0.5)  # subscribed before anything is published
-        async with aiomqtt.Client("127.0.0.1", server.port, max_inflight_messages=1000) as client:
-            for batch in _batches(_records(EVENTS)):
-                await asyncio.gather(*(client.publish(topic, record_to_json(r), qos=1) for r in batch))
-        return await reading
-
-    async def source() -> float:
-        async def read(topic: str) -> float:
-            config = MqttSourceConfig(
-                port=server.port, topics=[topic], client_id=f"bench-{uuid.uuid4().hex[:6]}", batch_size=BATCH
-            )
-            return await _source_run(MqttSource(config), EVENTS)
-
-        return await measure_source(read)
-
-    async def source_raw() -> float:
-        async def read(topic: str) -> float:
-            async with aiomqtt.Client(
-                "127.0.0.1", server.port, identifier=f"raw-{uuid.uuid4().hex[:6]}", clean_session=False
-            ) as client:
-                await client.subscribe(topic, qos=1)
-                started = time.perf_counter()
-                seen = 0
-                async for message in client.messages:  # PUBACK sent by the library as each arrives
-                    orjson.loads(message.payload)  # type: ignore[arg-type]
-                    seen += 1
-                    if seen >= EVENTS:
-                        break
-                return time.perf_counter() - started
-
-        return await measure_source(read)
-
-    return (sink, sink_raw), (source, source_raw)
-
-
-# -- nats --------------------------------------------------------------------------------------
-
-
-def jetstream(server: NatsServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
-    async def stream() -> str:
-        name = f"B{uuid.uuid4().hex[:6]}"
-        client = await nats.connect(server.url)
-        await client.jetstream().add_stream(name=name, subjects=[f"{name}.>"])
-        await client.close()
-        return name
-
-    async def sink() -> float:
-        name = await stream()
-        config = NatsSinkConfig(servers=[server.url], subject=f"{name}.{{topic}}", stream=name)
-        return await _sink_run(NatsSink(config), _records(EVENTS))
-
-    async def sink_raw() -> float:
-        name = await stream()
-        client = await nats.connect(server.url)
-        try:
-            js = client.jetstream()
-            started = time.perf_counter()
-            for batch in _batches(_records(EVENTS)):
-                await asyncio.gather(
-                    *(
-                        js.publish(f"{name}.bench", record_to_json(r), headers={"Nats-Msg-Id": f"{r.source} {r.id}"})
-                        for r in batch
-                    )
-                )
-            return time.perf_counter() - started
-        finally:
-            await client.close()
-
-    async def filled() -> str:
-        name = await stream()
-        client = await nats.connect(server.url)
-        js = client.jetstream()
-        for batch in _batches(_records(EVENTS)):
-            await asyncio.gather(*(js.publish(f"{name}.in", record_to_json(r)) for r in batch))
-        await client.close()
-        return name
-
-    async def source() -> float:
-        name = await filled()
-        config = NatsSourceConfig(servers=[server.url], stream=name, durable="bench", batch_size=BATCH)
-        return await _source_run(NatsSource(config), EVENTS)
-
-    async def source_raw() -> float:
-        name = await filled()
-        client = await nats.connect(server.url)
-        try:
-            subscription = await client.jetstream().pull_subscribe("", durable="raw", stream=name)
-            started = time.perf_counter()
-            seen = 0
-            while seen < EVENTS:
-                for message in await subscription.fetch(BATCH, timeout=5):
-                    orjson.loads(message.data)
-                    await message.ack()
-                    seen += 1
-            return time.perf_counter() - started
-        finally:
-            await client.close()
-
-    return (sink, sink_raw), (source, source_raw)
-
-
-# -- postgres ----------------------------------------------------------------------------------
-
-
-_GET_CHANGES = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)"
-
-
-async def _pg(dsn: str) -> asyncpg.Connection:
-    for _ in range(300):
-        try:
-            return await asyncpg.connect(dsn)
-        except (asyncpg.CannotConnectNowError, OSError):
-            await asyncio.sleep(0.1)
-    return await asyncpg.connect(dsn)
-
-
-def postgres(server: PostgresServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
-    async def sink() -> float:
-        return await _sink_run(
-            PostgresSink(PostgresSinkConfig(dsn=server.dsn, table=f"e_{uuid.uuid4().hex[:6]}")), _records(EVENTS)
-        )  # type: ignore[arg-type]
-
-    async def sink_raw() -> float:
-        table = f"r_{uuid.uuid4().hex[:6]}"
-        connection = await _pg(server.dsn)
-        try:
-            await connection.execute(
-                f"CREATE TABLE {table} (source text, id text, type text, time timestamptz, data jsonb, PRIMARY KEY (source, id))"
-            )
-            started = time.perf_counter()
-            for batch in _batches(_records(EVENTS)):
-                rows = [(r.source, r.id, r.type, r.timestamp, orjson.dumps(r.data).decode()) for r in batch]
-                async with connection.transaction():
-                    await connection.executemany(f"INSERT INTO {table} VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", rows)
-            return time.perf_counter() - started
-        finally:
-            await connection.close()
-
-    async def filled(slot: str) -> None:
-        connection = await _pg(server.dsn)
-        await connection.execute(f"CREATE TABLE {slot} (id int PRIMARY KEY, name text)")
-        await connection.execute(f"CREATE PUBLICATION {slot} FOR TABLE {slot}")
-        await connection.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
-        for start in range(0, EVENTS, BATCH):  # one transaction per batch, as an application would
-            await connection.execute(
-                f"INSERT INTO {slot} SELECT n, repeat('x', 200) FROM generate_series($1::int, $2::int) n",
-                start,
-                start + BATCH - 1,
-            )
-        await connection.close()
-
-    async def dropped(slot: str) -> None:
-        connection = await _pg(server.dsn)
-        await connection.execute("SELECT pg_drop_replication_slot($1)", slot)
-        await connection.close()
-
-    async def source() -> float:
-        slot = f"s_{uuid.uuid4().hex[:6]}"
-        await filled(slot)
-        try:
-            config = PostgresSourceConfig(dsn=server.dsn, slot=slot, publication=slot, batch_size=BATCH)  # type: ignore[arg-type]
-            return await _source_run(PostgresSource(config), EVENTS)
-        finally:
-            await dropped(slot)
-
-    async def source_raw() -> float:
-        slot = f"s_{uuid.uuid4().hex[:6]}"
-        await filled(slot)
-        connection = await _pg(server.dsn)
-        try:  # consume the same changes with the SQL interface, a batch of transactions at a time
-            started = time.perf_counter()
-            seen = 0
-            while seen < EVENTS:
-                rows = await connection.fetch(
-                    _GET_CHANGES,
-                    slot,
-                    BATCH,
-                    slot,
-                )
-                seen += sum(1 for row in rows if bytes(row["data"][:1]) == b"I")
-            return time.perf_counter() - started
-        finally:
-            await connection.close()
-            await dropped(slot)
-
-    return (sink, sink_raw), (source, source_raw)
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 from protocol import RAW_SERVER, free_port, one_kib_event, publish_raw, spawn, stop  # noqa: E402
 
 from runtime import ConnectorConfig, ConnectorRecord, Rejection, Sink, Source, SourceContext  # noqa: E402
-from runtime.protocol.events import publish_package  # noqa: E402
-from runtime.protocol.frames import Command, encode  # noqa: E402
+from runtime.protocol.events import publish_frame  # noqa: E402
+from runtime.protocol.frames import Command  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
@@ -217,7 +217,7 @@ def pipeline_rate(run: int, external_mesh: str | None = None, spool_under: Path 
 
 
 def raw_rate() -> float:
-    payloads = [encode(publish_package(one_kib_event(n), Command.ASYNC_MESSAGE_TO_SERVER, "0000000001")) for n in range(EVENTS)]
+    payloads = [publish_frame(one_kib_event(n), Command.ASYNC_MESSAGE_TO_SERVER, "0000000001") for n in range(EVENTS)]
     port = free_port()
     server = spawn(["-c", RAW_SERVER, str(port), "per-frame"], port)
     try:

@@ -1,6 +1,6 @@
 """EventMesh TCP hot path: (a) codec encode+decode, (b) publish-with-ack through MeshClient.
 
-(a) 1 KiB CloudEvent publishes: ``publish_package`` + ``encode`` (event mapping included), then
+(a) 1 KiB CloudEvent publishes: ``publish_frame`` (event mapping included), then
     ``FrameDecoder.feed`` over 64 KiB chunks; baseline: the same body bytes framed with a bare
     4-byte length prefix and split again.
 (b) publish-with-ack events/s from one task, window ``WINDOW``, to the embedded mesh running in
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.app import freeze_startup_heap  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
-from runtime.protocol.events import publish_package  # noqa: E402
-from runtime.protocol.frames import Command, FrameDecoder, encode  # noqa: E402
+from runtime.protocol.events import event_to_body, publish_frame  # noqa: E402
+from runtime.protocol.frames import Command, FrameDecoder  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 CODEC_EVENTS = 20_000
@@ -140,15 +140,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def bench_codec(events: list[CloudEvent]) -> tuple[float, float]:
     """(codec packages/s, bare framing packages/s) for encode + decode of ``events``."""
     started = time.perf_counter()
-    wire = b"".join(
-        encode(publish_package(event, Command.ASYNC_MESSAGE_TO_SERVER, f"{n:010d}")) for n, event in enumerate(events)
-    )
+    wire = b"".join(publish_frame(event, Command.ASYNC_MESSAGE_TO_SERVER, f"{n:010d}") for n, event in enumerate(events))
     decoder = FrameDecoder()
     decoded = sum(len(decoder.feed(wire[offset : offset + CHUNK])) for offset in range(0, len(wire), CHUNK))
     codec_seconds = time.perf_counter() - started
     assert decoded == len(events)
 
-    bodies = [publish_package(event, Command.ASYNC_MESSAGE_TO_SERVER, f"{n:010d}").body or b"" for n, event in enumerate(events)]
+    bodies = [event_to_body(event) for event in events]
     started = time.perf_counter()
     raw = b"".join(_LENGTH.pack(len(body)) + body for body in bodies)
     frames, position = 0, 0
@@ -246,8 +244,8 @@ async def publish_raw(port: int, payloads: list[bytes], batched: bool) -> float:
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     events = [one_kib_event(n) for n in range(max(CODEC_EVENTS, PUBLISH_EVENTS))]
-    frame_size = len(encode(publish_package(events[0], Command.ASYNC_MESSAGE_TO_SERVER, "0000000001")))
-    print(f"event: {len(publish_package(events[0]).body or b'')} body bytes, {frame_size} frame bytes; runs: {RUNS}")
+    frame_size = len(publish_frame(events[0], Command.ASYNC_MESSAGE_TO_SERVER, "0000000001"))
+    print(f"event: {len(event_to_body(events[0]))} body bytes, {frame_size} frame bytes; runs: {RUNS}")
 
     codec_rates, framing_rates = zip(*(bench_codec(events[:CODEC_EVENTS]) for _ in range(RUNS)), strict=True)
     codec, framing = statistics.median(codec_rates), statistics.median(framing_rates)
@@ -257,7 +255,7 @@ def main() -> None:
     )
 
     publish_events = events[:PUBLISH_EVENTS]
-    payloads = [encode(publish_package(event, Command.ASYNC_MESSAGE_TO_SERVER, "0000000001")) for event in publish_events]
+    payloads = [publish_frame(event, Command.ASYNC_MESSAGE_TO_SERVER, "0000000001") for event in publish_events]
     client_rates: list[float] = []
     raw_rates: list[float] = []
     batched_rates: list[float] = []

@@ -162,6 +162,9 @@ async def _finish(worker: asyncio.Task[None], shutdown_timeout: float, log: Any)
         await asyncio.wait({worker})
         return 0
     exc = None if worker.cancelled() else worker.exception()
+    if isinstance(exc, ConfigError):  # met only once running, e.g. a spool directory it cannot use
+        log.error("bad configuration", key=exc.key, problem=exc.problem, fix=exc.fix)
+        return EXIT_CONFIG
     if exc is not None:  # the worker's own failure, whatever it was: report it and exit non-zero
         log.error("worker failed", error=repr(exc), exc_info=exc)
         return EXIT_FAILED

@@ -12,6 +12,7 @@
     │   ├── LocalProtocolError       ... by us (a package we were asked to encode is invalid)
     │   │   └── FrameTooLargeError   ... a frame over the 4 MiB limit: the event itself must shrink
     │   └── RemoteProtocolError      ... by the peer (malformed bytes, unknown command)
+    │       └── HeaderlessFrameError ... a well-framed frame without header or cmd: end the session with a goodbye
     ├── MeshRejectedError            the mesh answered a request with a failure code
     │   └── HelloRefusedError        the handshake was refused (authentication included)
     └── FencedError                  the lease is lost: stop writing offsets and go to standby
@@ -22,11 +23,18 @@ into these at one seam per boundary (``raise Ours(...) from exc``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.protocol.frames import Package
+
 __all__ = [
     "ConfigError",
     "DataError",
     "FencedError",
     "FrameTooLargeError",
+    "HeaderlessFrameError",
     "HelloRefusedError",
     "LocalProtocolError",
     "MeshConnectError",
@@ -101,7 +109,26 @@ class FrameTooLargeError(LocalProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that are not a valid EventMesh frame."""
+    """The peer sent bytes that are not a valid EventMesh frame.
+
+    ``packages`` are the frames a decoder completed before the bad one in the same call: the Java runtime
+    handles those before it closes the connection, and a server that mirrors it does the same.
+    """
+
+    packages: tuple[Package, ...] = ()
+
+
+class HeaderlessFrameError(RemoteProtocolError):
+    """A frame with no header, or a header without ``cmd``: well framed, but nothing can dispatch it.
+
+    The Java runtime's decoder delivers such a frame and its session answers with SERVER_GOODBYE_REQUEST;
+    ``header`` is Jackson's view of the header (``cmd`` None), or None when there was none. The frame is
+    consumed: the decoder stays usable for the bytes after it.
+    """
+
+    def __init__(self, message: str, header: Mapping[str, Any] | None) -> None:
+        self.header = header
+        super().__init__(message)
 
 
 class MeshRejectedError(MeshConnectError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open
 from runtime.commands.completion import CONNECTOR_METAVAR
 from runtime.commands.events import structured_json
 from runtime.commands.options import add_config_argument, load_worker_config, report_config_error
-from runtime.config import LogSettings, WorkerConfig, connector_config
+from runtime.config import LogSettings, SinkSettings, WorkerConfig, connector_config
 from runtime.configdoc import config_table
 from runtime.connector import Sink, SinkContext, Source, SourceContext
 from runtime.errors import ConfigError, DataError, MeshConnectError
@@ -126,6 +127,8 @@ def check_command(args: argparse.Namespace) -> int:
         typed = connector_config(cls.config_model, config)
         if issubclass(cls, Source):
             check_source_topics(cls, config.source)
+        else:
+            check_spool_path(config.sink)
     except ConfigError as exc:
         return report_config_error(exc)
     print(f"ok: {args.config} is a valid {cls.name} config for instance {config.name!r}")
@@ -142,6 +145,24 @@ def check_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print("ok: every system the config names answered")
     return 0
+
+
+def check_spool_path(settings: SinkSettings) -> None:
+    """Whether the sink could make and write its spool directory; creates and locks nothing (a running worker
+    may hold the spool). :class:`ConfigError` naming ``sink.spool.path`` when it cannot."""
+    if settings.spool is None:
+        return
+    path = Path(settings.spool.path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # the part of the path already there
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = f"{str(existing)!r} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{str(existing)!r} is not writable by this user"
+    else:
+        return
+    raise ConfigError("sink.spool.path", f"cannot use {str(path)!r} as the spool: {problem}", "name a writable directory")
 
 
 async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any) -> None:

@@ -24,9 +24,10 @@ from typing import IO, Any
 
 import orjson
 
-from runtime.errors import LocalProtocolError
+from runtime.errors import HeaderlessFrameError, LocalProtocolError, RemoteProtocolError
 from runtime.protocol import jackson
-from runtime.protocol.frames import FrameDecoder, HeaderlessFrame, Package, encode_raw, java_header_view
+from runtime.protocol.frames import FrameDecoder, Package
+from runtime.protocol.java import frame_as_written, headerless_header_view, java_header_view
 
 __all__ = ["decode_line", "encode_line", "register"]
 
@@ -76,7 +77,7 @@ def encode_line(line: str) -> str:
             body = jackson.dumps(request["body"])
         else:
             body = b""
-        return encode_raw(jackson.dumps(request["header"]), body).hex()
+        return frame_as_written(jackson.dumps(request["header"]), body).hex()
     except (ValueError, TypeError, LocalProtocolError) as exc:
         return json.dumps({"error": str(exc)}, ensure_ascii=False)
 
@@ -88,20 +89,25 @@ def decode_line(line: str) -> str:
     except ValueError as exc:
         return _dumps({"packages": [], "error": f"input is not hex: {exc}", "unconsumed_bytes": 0})
     decoder = FrameDecoder()
-    frames, error = decoder.feed_java(data)
-    return _dumps(
-        {
-            "packages": [_package_view(frame) for frame in frames],
-            "error": None if error is None else str(error),
-            "unconsumed_bytes": decoder.buffered,
-        }
-    )
+    views: list[dict[str, Any]] = []
+    error: RemoteProtocolError | None = None
+    while True:
+        try:
+            views += [_package_view(package) for package in decoder.feed(data)]
+            break
+        except HeaderlessFrameError as headerless:  # Java delivers it and goes on decoding
+            views += [_package_view(package) for package in headerless.packages]
+            views.append({"header": headerless_header_view(headerless), "body_text": None})
+            data = b""
+        except RemoteProtocolError as exc:
+            views += [_package_view(package) for package in exc.packages]
+            error = exc
+            break
+    return _dumps({"packages": views, "error": None if error is None else str(error), "unconsumed_bytes": decoder.buffered})
 
 
-def _package_view(frame: Package | HeaderlessFrame) -> dict[str, Any]:
-    if isinstance(frame, HeaderlessFrame):
-        return {"header": None if frame.header is None else dict(frame.header), "body_text": None}
-    return {"header": java_header_view(frame.header), "body_text": frame.text()}
+def _package_view(package: Package) -> dict[str, Any]:
+    return {"header": java_header_view(package.header), "body_text": package.text()}
 
 
 def _dumps(value: Any) -> str:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from runtime.errors import HeaderlessFrameError, RemoteProtocolError
 from runtime.mesh.broker import Consumer, Delivery, Fanout
 from runtime.protocol.events import PUSH_PROPERTIES
 from runtime.protocol.frames import (
     Command,
     FrameDecoder,
     Header,
-    HeaderlessFrame,
     Package,
     SubscriptionItem,
     UserAgent,
@@ -111,25 +111,31 @@ class Session(asyncio.Protocol):
         mesh = self._mesh
         decoder = self._decoder
         buffered = decoder.buffered
-        frames, error = decoder.feed_java(data)
+        headerless: HeaderlessFrameError | None = None
+        error: RemoteProtocolError | None = None
+        try:
+            packages = decoder.feed(data)
+        except HeaderlessFrameError as exc:
+            packages, headerless = list(exc.packages), exc
+        except RemoteProtocolError as exc:
+            packages, error = list(exc.packages), exc
         mesh.incomplete_frame_bytes += decoder.buffered - buffered
-        for frame in frames:
-            if isinstance(frame, HeaderlessFrame):
+        for package in packages:
+            mesh.handle(self, package)
+            if self._close_after_flush:
+                break
+        else:
+            if headerless is not None:
                 # As the Java runtime: a frame without a command ends the session with a goodbye.
                 log.warning("mesh.session.headerless_frame", peer=self.peer)
                 self.send(Package(Header(Command.SERVER_GOODBYE_REQUEST, code=1, desc="a frame had no header or no cmd"), None))
                 self.close_after_flush()
-                break
-            mesh.handle(self, frame)
-            if self._close_after_flush:
-                break
-        else:
-            if error is not None:
+            elif error is not None:
                 # As the Java runtime: bytes that do not decode close the connection without an answer.
                 log.warning("mesh.session.undecodable", peer=self.peer, error=str(error))
                 self.abort()
                 return
-            if not self._incomplete_frame_fits():
+            elif not self._incomplete_frame_fits():
                 return
         mesh.schedule_tick()
 

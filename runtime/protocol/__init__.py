@@ -1,11 +1,11 @@
 """Sans-IO EventMesh TCP protocol: frames (``frames``), Jackson-exact JSON (``jackson``), CloudEvent mapping (``events``)."""
 
 from runtime.protocol.events import (
-    ack_package,
+    ack_frame,
     body_to_event,
     body_to_event_and_transport,
     event_to_body,
-    publish_package,
+    publish_frame,
     push_package,
 )
 from runtime.protocol.frames import (
@@ -13,7 +13,6 @@ from runtime.protocol.frames import (
     Command,
     FrameDecoder,
     Header,
-    HeaderlessFrame,
     Package,
     RedirectInfo,
     Subscription,
@@ -30,7 +29,6 @@ __all__ = [
     "Command",
     "FrameDecoder",
     "Header",
-    "HeaderlessFrame",
     "Package",
     "RedirectInfo",
     "Subscription",
@@ -38,12 +36,12 @@ __all__ = [
     "SubscriptionMode",
     "SubscriptionType",
     "UserAgent",
-    "ack_package",
+    "ack_frame",
     "body_to_event",
     "body_to_event_and_transport",
     "encode",
     "event_to_body",
     "java_hashmap_order",
-    "publish_package",
+    "publish_frame",
     "push_package",
 ]

@@ -83,7 +83,6 @@ __all__ = [
     "Publishable",
     "TRANSPORT_EXTENSIONS",
     "ack_frame",
-    "ack_package",
     "attribute_problem",
     "attributes_to_body",
     "body_to_attributes",
@@ -93,7 +92,6 @@ __all__ = [
     "event_to_body",
     "is_json_content_type",
     "publish_frame",
-    "publish_package",
     "push_package",
 ]
 
@@ -431,13 +429,12 @@ def _decode_base64(text: Any) -> bytes:
         raise DataError(f"event data is not valid base64: {exc}") from exc
 
 
-def publish_package(event: CloudEvent, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> Package:
-    """The frame a client sends to publish ``event`` (ASYNC/BROADCAST_MESSAGE_TO_SERVER, REQUEST/RESPONSE_TO_SERVER)."""
-    return Package(Header(command, seq=seq, properties=_publish_properties(event)), event_to_body(event))
-
-
 def publish_frame(event: Publishable, command: Command = Command.ASYNC_MESSAGE_TO_SERVER, seq: str | None = None) -> bytes:
-    """``encode(publish_package(event, command, seq))``, without building the package (once per published event)."""
+    """The frame a client sends to publish ``event`` (ASYNC/BROADCAST_MESSAGE_TO_SERVER, REQUEST/RESPONSE_TO_SERVER).
+
+    The header carries the protocol type, version and description in the Java SDK's order; the body is
+    ``event_to_body(event)`` (an ``EncodedEvent`` is its body already).
+    """
     if isinstance(event, EncodedEvent):
         return encode_fields(command, seq, _PUBLISH_PROPERTIES["1.0"], event.body)
     return encode_fields(command, seq, _publish_properties(event), event_to_body(event))
@@ -456,13 +453,8 @@ def push_package(event: CloudEvent, command: Command, seq: str, *, body: bytes |
     return Package(Header(command, seq=seq, properties=PUSH_PROPERTIES), event_to_body(event) if body is None else body)
 
 
-def ack_package(push: Package) -> Package:
-    """The acknowledgement of a pushed frame: ``<cmd>_ACK``, the same seq, code 0, no properties, no body."""
-    return Package(Header(_ack_command(push), seq=push.header.seq))
-
-
 def ack_frame(push: Package) -> bytes:
-    """``encode(ack_package(push))``, without building the package (once per pushed event)."""
+    """The acknowledgement of a pushed frame: ``<cmd>_ACK``, the same seq, code 0, no properties, no body."""
     return encode_fields(_ack_command(push), push.header.seq, _NO_PROPERTIES, None)
 
 

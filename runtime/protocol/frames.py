@@ -19,16 +19,16 @@ The decoder mirrors the Java runtime's ``Codec.Decoder`` (a Netty ``LengthFieldB
   kept); message, ack, response and goodbye commands keep their bytes; every other command drops its body.
 
 Any violation raises ``RemoteProtocolError`` and poisons the decoder: the Java runtime closes the
-connection, and so must the caller. ``FrameDecoder.feed`` is strict and also refuses frames the Java
-runtime accepts only to fail on them one step later (no header, or a header without ``cmd``);
-``FrameDecoder.feed_java`` reports those as ``HeaderlessFrame`` instead, as the Java runtime sees them
-(the embedded mesh answers them with a goodbye, ``meshconnect protocol decode`` shows them).
+connection, and so must the caller. A frame the Java runtime decodes but cannot dispatch (no header, or a
+header without ``cmd``) raises ``HeaderlessFrameError`` with Jackson's view of the header; it is consumed
+and the decoder stays usable, as Java's does (its session ends with a goodbye: the embedded mesh sends
+one). Either error carries the packages completed before it in the same call (``packages``).
 
 One path each way. Writing: ``encode`` -> ``encode_fields`` -> ``header_json`` (templates of the parts
-that do not vary) -> ``encode_raw`` (the framing). Reading: ``feed`` -> ``feed_java`` -> the header as
-Jackson reads it (``jackson.parse`` and the ``as_*`` coercions), before which a header met before in
-exactly ``header_json``'s form is recognised by its bytes (see ``_HEADER_SHAPES``). The typed bodies
-live in ``bodies``, Jackson's JSON rules in ``jackson``, views made only to compare with Java's in ``java``.
+that do not vary) -> ``frame_bytes`` (the framing). Reading: ``feed`` -> the header as Jackson reads it
+(``jackson.parse`` and the ``as_*`` coercions), before which a header met before in exactly
+``header_json``'s form is recognised by its bytes (see ``_HEADER_SHAPES``). The typed bodies live in
+``bodies``, Jackson's JSON rules in ``jackson``, views made only to compare with Java's in ``java``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
-from runtime.errors import FrameTooLargeError, RemoteProtocolError
+from runtime.errors import FrameTooLargeError, HeaderlessFrameError, RemoteProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.bodies import (
     RedirectInfo,
@@ -61,7 +61,6 @@ __all__ = [
     "Command",
     "FrameDecoder",
     "Header",
-    "HeaderlessFrame",
     "Package",
     "RedirectInfo",
     "Subscription",
@@ -73,9 +72,8 @@ __all__ = [
     "constant_properties",
     "encode",
     "encode_fields",
-    "encode_raw",
+    "frame_bytes",
     "header_json",
-    "java_header_view",
 ]
 
 MAX_FRAME: Final = 4 * 1024 * 1024
@@ -284,16 +282,6 @@ class Package:
             raise RemoteProtocolError(f"{self.header.command.name} body is invalid: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderlessFrame:
-    """A frame Java's decoder delivers although it cannot be dispatched: no header, or a header without cmd.
-
-    ``header`` is Jackson's view of the header (``cmd`` None) or None when there was none at all.
-    """
-
-    header: Mapping[str, Any] | None
-
-
 def encode(package: Package) -> bytes:
     """The frame bytes of ``package``; ``FrameTooLargeError`` when it exceeds the 4 MiB limit like Java."""
     header = package.header
@@ -311,11 +299,15 @@ def encode_fields(
 ) -> bytes:
     """``encode(Package(Header(command, code, desc, seq, properties), body))`` without building the two values,
     for the frames sent once per event (publishes, acks, pushes)."""
-    return encode_raw(header_json(command, code, desc, seq, properties), body or b"", command.name)
+    return frame_bytes(header_json(command, code, desc, seq, properties), body or b"", command.name)
 
 
-def encode_raw(header: bytes, body: bytes, what: str = "") -> bytes:
-    """The frame of header JSON and body bytes written already (``what``, the command, names it in the error)."""
+def frame_bytes(header: bytes, body: bytes, what: str = "") -> bytes:
+    """The framing step of ``encode``: header JSON and body bytes, written already, in one frame.
+
+    ``what`` (the command) names the frame in the error. Outside ``encode_fields`` only the conformance
+    views (``java.frame_as_written``) call it, for headers written as given.
+    """
     length = 13 + len(header) + len(body)
     if length > MAX_FRAME:
         kind = f"{what} frame" if what else "frame"
@@ -411,10 +403,7 @@ def _check_body(command: Command, body: bytes) -> bytes | None:
     return body
 
 
-def java_header_view(header: Header) -> dict[str, Any]:
-    """The header as Java's decoder holds it (cmd, code, desc, seq, properties): what ``meshconnect protocol decode`` shows."""
-    properties = None if header.properties is NULL_PROPERTIES else dict(header.properties)
-    return {"cmd": header.command.name, "code": header.code, "desc": header.desc, "seq": header.seq, "properties": properties}
+_HEADERLESS = "frame has no header or no cmd; the Java runtime ends such a session with SERVER_GOODBYE_REQUEST"
 
 
 class FrameDecoder:
@@ -437,24 +426,12 @@ class FrameDecoder:
         return len(self._buffer) + self._stranded
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Package]:
-        """Packages completed by ``data``. Raises ``RemoteProtocolError`` on any malformed or headerless frame."""
-        frames, error = self.feed_java(data)
-        if error is not None:
-            raise error
-        packages: list[Package] = []
-        for frame in frames:
-            if isinstance(frame, HeaderlessFrame):
-                self._error = RemoteProtocolError(
-                    "frame has no header or no cmd; the Java runtime ends such a session with SERVER_GOODBYE_REQUEST"
-                )
-                raise self._error
-            packages.append(frame)
-        return packages
+        """Packages completed by ``data``.
 
-    def feed_java(
-        self, data: bytes | bytearray | memoryview
-    ) -> tuple[list[Package | HeaderlessFrame], RemoteProtocolError | None]:
-        """Everything Java's decoder would deliver for ``data``, then the error it stopped on (if any)."""
+        Raises ``HeaderlessFrameError`` at a frame without header or cmd (consumed; feed again to go on) and
+        ``RemoteProtocolError`` on malformed bytes (the decoder is then unusable); both carry the packages
+        completed before them in this call.
+        """
         if self._error is not None:
             raise RemoteProtocolError(f"decoder is unusable after an earlier error ({self._error}); close the connection")
         buffer = self._buffer
@@ -463,7 +440,8 @@ class FrameDecoder:
             view = memoryview(buffer)
         else:
             view = memoryview(data).cast("B")
-        frames: list[Package | HeaderlessFrame] = []
+        packages: list[Package] = []
+        headerless: HeaderlessFrameError | None = None
         position = 0
         end = len(view)
         try:
@@ -476,24 +454,33 @@ class FrameDecoder:
                     raise RemoteProtocolError(f"frame of {frame_size} bytes exceeds the {MAX_FRAME}-byte limit")
                 if end - position < frame_size:
                     break
-                frames.append(self._decode_frame(view[position : position + frame_size], length))
+                try:
+                    packages.append(self._decode_frame(view[position : position + frame_size], length))
+                except HeaderlessFrameError as exc:
+                    headerless = exc.with_traceback(None)  # its frames hold views of the buffer, resized below
+                    position += frame_size
+                    break
                 position += frame_size
         except RemoteProtocolError as exc:
             self._error = exc
             self._stranded = end - position
             view.release()
             self._buffer = bytearray()
-            return frames, exc
+            exc.packages = tuple(packages)
+            raise
         remainder = bytes(view[position:]) if position < end else b""
         view.release()
         if buffer:
             del buffer[:position]
         else:
             buffer += remainder
-        return frames, None
+        if headerless is not None:
+            headerless.packages = tuple(packages)
+            raise headerless
+        return packages
 
     @staticmethod
-    def _decode_frame(frame: memoryview, length: int) -> Package | HeaderlessFrame:
+    def _decode_frame(frame: memoryview, length: int) -> Package:
         if frame[:13] != _PREFIX_VIEW:
             flag = bytes(frame[:9]).decode("latin-1")
             version = bytes(frame[9:13]).decode("latin-1")
@@ -503,7 +490,7 @@ class FrameDecoder:
         (header_length,) = _INT32.unpack_from(frame, _LENGTH_FIELD_END)
         body_length = length - 13 - header_length
         if header_length <= 0:
-            return HeaderlessFrame(None)
+            raise HeaderlessFrameError(_HEADERLESS, None)
         if header_length > length - 13:
             raise RemoteProtocolError(f"header length {header_length} exceeds the {length - 13} bytes left in the frame")
         body_start = _HEADER_START + header_length
@@ -511,7 +498,7 @@ class FrameDecoder:
         if header is None:
             if headerless is not None and body_length > 0:
                 raise RemoteProtocolError("frame header has no cmd, so its body cannot be decoded")
-            return HeaderlessFrame(headerless)
+            raise HeaderlessFrameError(_HEADERLESS, headerless)
         if body_length <= 0:
             return Package(header)
         return Package(header, _check_body(header.command, bytes(frame[body_start:])))

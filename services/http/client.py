@@ -5,8 +5,8 @@ returns once every request was answered: 2xx is delivered; 408, 425, 429 and 5xx
 failure make the whole batch retriable (the worker retries it with backoff, honouring the largest
 ``Retry-After``); any other 4xx rejects that event to the dead-letter topic with the status and the
 start of the response body. Retried batches may deliver an event twice: receivers deduplicate on
-``ce-source`` + ``ce-id``. Each sink owns a poster built from its own config (composition: neither
-sink is the other).
+``ce-source`` + ``ce-id``. Both sinks' config models extend :class:`PosterConfig` (how to send) and
+each owns a poster built from its config (composition: neither sink is the other).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -22,10 +21,12 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
+from pydantic import Field
 
 from runtime import (
     CLOUDEVENTS_JSON,
     ConfigError,
+    ConnectorConfig,
     ConnectorRecord,
     DataError,
     Rejection,
@@ -35,7 +36,7 @@ from runtime import (
     record_to_json,
 )
 
-__all__ = ["CloudEventPoster", "PosterSettings"]
+__all__ = ["CloudEventPoster", "PosterConfig"]
 
 log = structlog.get_logger()
 
@@ -44,27 +45,28 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
 _RETRIABLE_STATUS = frozenset({408, 425, 429})
 
 
-@dataclass(frozen=True, slots=True)
-class PosterSettings:
-    """How a :class:`CloudEventPoster` sends: each sink fills it from its own config model."""
+class PosterConfig(ConnectorConfig):
+    """How http-sink and knative-sink send: both config models extend it (the keys stay top-level)."""
 
-    mode: Literal["binary", "structured"]
-    timeout: float
-    connect_timeout: float
-    concurrency: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    token: Secret | None = None
-    tls_verify: bool = True
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
+    timeout: float = Field(10.0, gt=0, description="Seconds for a whole request (connect, send, answer).")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at most.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (no secrets: use token).")
+    token: Secret | None = Field(None, description="Sent as 'Authorization: Bearer <token>' (e.g. an OIDC token).")
+    tls_verify: bool = Field(True, description="Verify the server certificate (https).")
+    ca_file: str | None = Field(None, description="PEM bundle of CAs to trust instead of the system ones.")
+
+    def client_certificate(self) -> tuple[str, str | None] | None:
+        """The PEM certificate and key files for mutual TLS; None where the sink offers none."""
+        return None
 
 
 class CloudEventPoster:
     """One aiohttp session that POSTs events as CloudEvents (binary or structured mode); open, put, close."""
 
-    def __init__(self, settings: PosterSettings) -> None:
+    def __init__(self, settings: PosterConfig, mode: Literal["binary", "structured"]) -> None:
         self._settings = settings
+        self._mode = mode
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -83,8 +85,9 @@ class CloudEventPoster:
             return False
         try:
             context = ssl.create_default_context(cafile=settings.ca_file)
-            if settings.client_cert:
-                context.load_cert_chain(settings.client_cert, settings.client_key)
+            certificate = settings.client_certificate()
+            if certificate is not None:
+                context.load_cert_chain(*certificate)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError("config.ca_file/client_cert", f"cannot load TLS files: {exc}", "give readable PEM files") from exc
         return context
@@ -131,7 +134,7 @@ class CloudEventPoster:
         return Rejection(record, reason)
 
     def _encode(self, record: ConnectorRecord) -> tuple[dict[str, str], bytes]:
-        if self._settings.mode == "structured":
+        if self._mode == "structured":
             return {"Content-Type": CLOUDEVENTS_JSON}, record_to_json(record)
         return _binary_headers(record), data_bytes(record)
 

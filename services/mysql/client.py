@@ -82,9 +82,12 @@ def translate_mysql_errors(what: str, *, running: bool = False) -> Iterator[None
         raise RetriableError(f"{what}: connection to MySQL lost ({exc})") from exc
 
 
-async def connect(*, host: str, port: int, user: str, password: Secret | None, connect_timeout: float) -> Any:
-    """One autocommit connection (the source's), within twice ``connect_timeout``; failures translated."""
-    with translate_mysql_errors(f"connecting to {host}:{port}"):
+async def connect(
+    *, host: str, port: int, user: str, password: Secret | None, connect_timeout: float, running: bool = False
+) -> Any:
+    """One autocommit connection (the source's), within twice ``connect_timeout``; failures translated
+    (``running``: after a good start, as :func:`translate_mysql_errors` says)."""
+    with translate_mysql_errors(f"connecting to {host}:{port}", running=running):
         return await asyncio.wait_for(
             aiomysql.connect(
                 host=host,

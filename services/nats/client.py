@@ -1,4 +1,5 @@
-"""The NATS client both sides share: connecting, bounded calls with nats-py's errors translated, streams.
+"""The NATS client both sides share: the connection settings, connecting, bounded calls with nats-py's
+errors translated, streams.
 
 nats-source and nats-sink reach JetStream only through these helpers, so a refused credential is
 a :class:`ConfigError` naming ``config.token`` and anything else the server or network does is a
@@ -16,12 +17,23 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from pydantic import Field
 
-from runtime import ConfigError, RetriableError, Secret
+from runtime import ConfigError, ConnectorConfig, RetriableError, Secret
 
-__all__ = ["ensure_stream", "nats_call", "nats_connect"]
+__all__ = ["NatsConnection", "ensure_stream", "nats_call", "nats_connect"]
 
 T = TypeVar("T")
+
+
+class NatsConnection(ConnectorConfig):
+    """How nats-source and nats-sink reach the server: both config models extend it (the keys stay top-level)."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS server URLs.")
+    token: Secret | None = Field(None, description="Authentication token, if the server wants one.")
+    timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for connecting or any server answer (a sink: the acks of a batch)."
+    )
 
 
 async def nats_call(what: str, call: Awaitable[T], seconds: float) -> T:
@@ -35,17 +47,18 @@ async def nats_call(what: str, call: Awaitable[T], seconds: float) -> T:
         raise RetriableError(f"NATS unavailable during {what}: {exc!r}") from exc
 
 
-async def nats_connect(servers: list[str], token: Secret | None, seconds: float) -> NatsClient:
+async def nats_connect(connection: NatsConnection) -> NatsClient:
     """A client that reconnects forever by itself (waits stay bounded: every call has its own timeout)."""
+    seconds = connection.timeout
     options: dict[str, Any] = {
-        "servers": servers,
+        "servers": connection.servers,
         "connect_timeout": seconds,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
     }
-    if token is not None:
-        options["token"] = token.get_secret_value()
+    if connection.token is not None:
+        options["token"] = connection.token.get_secret_value()
     return await nats_call("connect", nats.connect(**options), seconds)
 
 

@@ -15,17 +15,35 @@ import asyncpg
 
 from runtime import ConfigError, RetriableError, Secret
 
-__all__ = ["PgConnection", "pg_call", "quote_identifier"]
+__all__ = ["PgConnection", "pg_call", "quote_column", "quote_identifier", "quote_relation"]
 
 T = TypeVar("T")
 
 
 def quote_identifier(name: str) -> str:
-    """``name`` (or ``schema.name``) as a quoted SQL identifier; checked, never interpolated raw."""
+    """A ``[schema.]name`` from the config as a quoted SQL identifier; checked, never interpolated raw.
+
+    The dot separates the schema: a name the catalog gives (a column, a relation's parts) may hold dots
+    itself and goes through :func:`quote_column` or :func:`quote_relation` instead.
+    """
     parts = name.split(".")
     if not 1 <= len(parts) <= 2 or not all(part and len(part) <= 63 and "\x00" not in part for part in parts):
         raise ConfigError("config", f"{name!r} is not a valid [schema.]name identifier", "use up to 63 characters per part")
-    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+    return ".".join(_quoted(part) for part in parts)
+
+
+def quote_column(name: str) -> str:
+    """One identifier (a column, as the catalog names it: dots and quotes are part of it) quoted for SQL."""
+    return _quoted(name)
+
+
+def quote_relation(schema: str, name: str) -> str:
+    """A relation the catalog names by its schema and name (either may hold dots) quoted for SQL."""
+    return f"{_quoted(schema)}.{_quoted(name)}"
+
+
+def _quoted(part: str) -> str:
+    return '"' + part.replace('"', '""') + '"'
 
 
 _REFUSALS = (

@@ -14,10 +14,11 @@ from typing import Literal, TypeVar
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
+from pydantic import Field, SecretStr
 
-from runtime import ConfigError, RetriableError
+from runtime import ConfigError, ConnectorConfig, RetriableError, Secret
 
-__all__ = ["ExchangeType", "amqp_call", "amqp_connect"]
+__all__ = ["ExchangeType", "RabbitmqConnection", "amqp_call", "amqp_connect"]
 
 T = TypeVar("T")
 
@@ -45,7 +46,18 @@ async def amqp_call(what: str, call: Awaitable[T], seconds: float) -> T:
         raise RetriableError(f"RabbitMQ unavailable during {what}: {exc!r}") from exc
 
 
-async def amqp_connect(url: str, seconds: float) -> AbstractRobustConnection:
+class RabbitmqConnection(ConnectorConfig):
+    """How rabbitmq-source and rabbitmq-sink reach the broker: both config models extend it (the keys stay top-level)."""
+
+    url: Secret = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="amqp:// or amqps:// URL with credentials.")
+    timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for connecting or any broker answer (a sink: the confirms of a batch)."
+    )
+
+
+async def amqp_connect(connection: RabbitmqConnection) -> AbstractRobustConnection:
     """A self-healing connection: aio-pika reconnects and restores channels and consumers after a drop."""
+    seconds = connection.timeout
     # Reconnect after 1 s instead of aio-pika's 5 s: the broker requeued our unacked messages already.
-    return await amqp_call("connect", aio_pika.connect_robust(url, reconnect_interval=1.0, timeout=seconds), seconds)
+    connect = aio_pika.connect_robust(connection.url.get_secret_value(), reconnect_interval=1.0, timeout=seconds)
+    return await amqp_call("connect", connect, seconds)

@@ -1,4 +1,5 @@
-"""The Redis client both sides share: one way to connect, one seam where redis-py's errors become ours.
+"""The Redis client both sides share: the connection settings, one way to connect, one seam where
+redis-py's errors become ours.
 
 redis-source and redis-sink reach Redis only through these helpers, so refused credentials are a
 :class:`ConfigError` naming ``config.url`` and a lost or busy server is a :class:`RetriableError`
@@ -11,13 +12,21 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from pydantic import Field, SecretStr
 from redis import exceptions as redis_errors
 
-from runtime import ConfigError, RetriableError
+from runtime import ConfigError, ConnectorConfig, RetriableError, Secret
 
-__all__ = ["redis_call", "redis_connect"]
+__all__ = ["RedisConnection", "redis_call", "redis_connect"]
 
 T = TypeVar("T")
+
+
+class RedisConnection(ConnectorConfig):
+    """How redis-source and redis-sink reach Redis: both config models extend it (the keys stay top-level)."""
+
+    url: Secret = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL; may hold the password.")
+    timeout: float = Field(5.0, gt=0, description="Seconds to wait for any Redis answer.")
 
 
 async def redis_call(what: str, call: Awaitable[T]) -> T:
@@ -32,8 +41,13 @@ async def redis_call(what: str, call: Awaitable[T]) -> T:
         raise RetriableError(f"Redis answered {what} with an error: {exc}") from exc
 
 
-def redis_connect(url: str, timeout: float) -> aioredis.Redis:
-    """A client whose every socket wait (connect, read, write) is bounded by ``timeout``."""
+def redis_connect(connection: RedisConnection) -> aioredis.Redis:
+    """A client whose every socket wait (connect, read, write) is bounded by ``connection.timeout``."""
+    timeout = connection.timeout
     return aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30, retry_on_timeout=False
+        connection.url.get_secret_value(),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry_on_timeout=False,
     )

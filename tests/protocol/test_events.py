@@ -19,11 +19,11 @@ from runtime.errors import DataError, LocalProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.events import (
     TRANSPORT_EXTENSIONS,
-    ack_package,
+    ack_frame,
     body_to_event,
     body_to_event_and_transport,
     event_to_body,
-    publish_package,
+    publish_frame,
     push_package,
 )
 from runtime.protocol.frames import Command, FrameDecoder, Header, Package, encode
@@ -125,11 +125,11 @@ def test_body_is_in_java_jsonformat_order() -> None:
     assert b'"time":"2024-05-06T07:08:09Z"' in body
 
 
-def test_publish_package_matches_the_java_sdk_vector() -> None:
+def test_publish_frame_matches_the_java_sdk_vector() -> None:
     vector = _VECTORS["async_message_to_server_cloudevent"]
     event = body_to_event(vector["body_text"].encode())
     assert event.get_extension("ttl") == "30000"
-    package = publish_package(event, Command.ASYNC_MESSAGE_TO_SERVER, "0000000013")
+    package = FrameDecoder().feed(publish_frame(event, Command.ASYNC_MESSAGE_TO_SERVER, "0000000013"))[0]
     assert package.header.to_json().decode() == vector["header_json_text"]
     # A Java-published event (no meshdataenc) keeps its content type and JSON data.
     assert event.get_datacontenttype() == "application/cloudevents+json"
@@ -146,18 +146,17 @@ def test_push_from_java_runtime_strips_transport_extensions() -> None:
     assert event.get_time() is None  # published without time, and kept so
 
 
-def test_ack_package_echoes_the_seq_with_the_ack_command() -> None:
+def test_ack_frame_echoes_the_seq_with_the_ack_command() -> None:
     push = FrameDecoder().feed(bytes.fromhex(_VECTORS["async_message_to_client_cloudevent"]["frame_hex"]))[0]
-    ack = ack_package(push)
-    assert ack == Package(Header(Command.ASYNC_MESSAGE_TO_CLIENT_ACK, seq="0000000100"))
+    assert ack_frame(push) == encode(Package(Header(Command.ASYNC_MESSAGE_TO_CLIENT_ACK, seq="0000000100")))
     for pushed, acked in [
         (Command.BROADCAST_MESSAGE_TO_CLIENT, Command.BROADCAST_MESSAGE_TO_CLIENT_ACK),
         (Command.REQUEST_TO_CLIENT, Command.REQUEST_TO_CLIENT_ACK),
         (Command.RESPONSE_TO_CLIENT, Command.RESPONSE_TO_CLIENT_ACK),
     ]:
-        assert ack_package(Package(Header(pushed, seq="7"))).header == Header(acked, seq="7")
+        assert ack_frame(Package(Header(pushed, seq="7"))) == encode(Package(Header(acked, seq="7")))
     with pytest.raises(LocalProtocolError):
-        ack_package(Package(Header(Command.HELLO_RESPONSE, seq="7")))
+        ack_frame(Package(Header(Command.HELLO_RESPONSE, seq="7")))
 
 
 def test_push_package_carries_only_protocoltype() -> None:
@@ -263,7 +262,7 @@ def test_event_body_event_round_trip_is_lossless(event: CloudEvent) -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events(), st.text(alphabet="0123456789", min_size=1, max_size=10))
 def test_event_survives_the_java_runtime_rerendering_it_on_push(event: CloudEvent, seq: str) -> None:
-    published = FrameDecoder().feed(encode(publish_package(event, Command.ASYNC_MESSAGE_TO_SERVER, seq)))[0]
+    published = FrameDecoder().feed(publish_frame(event, Command.ASYNC_MESSAGE_TO_SERVER, seq))[0]
     pushed_body = java_rerender(published.body or b"")
     restored, transport = body_to_event_and_transport(pushed_body)
     assert_same_event(restored, event)

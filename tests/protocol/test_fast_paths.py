@@ -1,6 +1,6 @@
 """The codec has one path each way; what makes them fast are memos, held here equal to the path itself.
 
-Writing: ``encode`` -> ``encode_fields`` -> ``header_json`` -> ``encode_raw``. ``header_json`` writes the
+Writing: ``encode`` -> ``encode_fields`` -> ``header_json`` -> ``frame_bytes``. ``header_json`` writes the
 parts of a header that do not vary from templates (the start per command, code and desc; the properties
 made by ``constant_properties``); the tests below hold its bytes equal to the general Jackson writer's,
 member by member, over generated headers, so the writer keeps no second, slower path beside it.
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.protocol import jackson
-from runtime.protocol.events import ack_frame, ack_package, event_to_body, publish_frame, publish_package
+from runtime.protocol.events import ack_frame, event_to_body, publish_frame
 from runtime.protocol.frames import Command, FrameDecoder, Header, Package, constant_properties, encode, encode_fields
 from tests.protocol.test_events import events
 
@@ -183,8 +183,10 @@ def test_frames_from_fields_are_the_general_writers_header_and_the_body(header: 
     st.sampled_from([Command.ASYNC_MESSAGE_TO_SERVER, Command.BROADCAST_MESSAGE_TO_SERVER, Command.REQUEST_TO_SERVER]),
     st.none() | st.text(alphabet="0123456789", min_size=10, max_size=10),
 )
-def test_publish_frame_is_the_encoded_publish_package(event: CloudEvent, command: Command, seq: str | None) -> None:
-    assert publish_frame(event, command, seq) == encode(publish_package(event, command, seq))
+def test_publish_frame_is_the_publish_header_and_the_event_body(event: CloudEvent, command: Command, seq: str | None) -> None:
+    properties = {"protocolversion": event.get_specversion(), "protocoldesc": "tcp", "protocoltype": "cloudevents"}
+    expected = Package(Header(command, seq=seq, properties=properties), event_to_body(event))
+    assert publish_frame(event, command, seq) == encode(expected)
 
 
 @pytest.mark.parametrize(
@@ -196,10 +198,11 @@ def test_publish_frame_is_the_encoded_publish_package(event: CloudEvent, command
         Command.RESPONSE_TO_CLIENT,
     ],
 )
-def test_ack_frame_is_the_encoded_ack_package(command: Command) -> None:
+def test_ack_frame_is_the_encoded_ack_header(command: Command) -> None:
     push = Package(Header(command, seq="42", properties={"protocoltype": "cloudevents"}), b"{}")
-    assert ack_frame(push) == encode(ack_package(push))
-    assert FrameDecoder().feed(ack_frame(push))[0] == ack_package(push)
+    ack = Package(Header(Command[f"{command.name}_ACK"], seq="42"))
+    assert ack_frame(push) == encode(ack)
+    assert FrameDecoder().feed(ack_frame(push))[0] == ack
 
 
 _digit_seqs = st.text(alphabet="0123456789", min_size=1, max_size=20)

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from runtime.errors import LocalProtocolError, RemoteProtocolError
+from runtime.errors import HeaderlessFrameError, LocalProtocolError, RemoteProtocolError
 from runtime.protocol import jackson
 from runtime.protocol.frames import (
     MAX_FRAME,
@@ -15,7 +15,6 @@ from runtime.protocol.frames import (
     Command,
     FrameDecoder,
     Header,
-    HeaderlessFrame,
     Package,
     RedirectInfo,
     Subscription,
@@ -24,9 +23,9 @@ from runtime.protocol.frames import (
     SubscriptionType,
     UserAgent,
     encode,
-    encode_raw,
-    java_header_view,
+    frame_bytes,
 )
+from runtime.protocol.java import frame_as_written, java_header_view
 
 
 def frame(header: bytes | str, body: bytes = b"", *, header_length: int | None = None, length: int | None = None) -> bytes:
@@ -95,11 +94,9 @@ def test_magic_is_only_checked_once_the_whole_frame_is_there() -> None:
 @pytest.mark.parametrize("header_length", [0, -1, -(2**31)])
 def test_header_length_zero_or_negative_is_a_headerless_frame(header_length: int) -> None:
     data = frame('{"cmd":"HELLO_REQUEST"}', b'{"x":1}', header_length=header_length)
-    frames, error = FrameDecoder().feed_java(data)
-    assert error is None
-    assert frames == [HeaderlessFrame(None)]
-    with pytest.raises(RemoteProtocolError, match="no header"):
+    with pytest.raises(HeaderlessFrameError, match="no header") as raised:
         FrameDecoder().feed(data)
+    assert raised.value.header is None
 
 
 @pytest.mark.parametrize(
@@ -166,11 +163,22 @@ def test_header_with_invalid_utf8_inside_the_json_is_an_error() -> None:
 
 
 def test_header_without_cmd_is_headerless_unless_a_body_follows() -> None:
-    frames, error = FrameDecoder().feed_java(frame('{"code":3,"seq":"s"}'))
-    assert error is None
-    assert frames == [HeaderlessFrame({"cmd": None, "code": 3, "desc": None, "seq": "s", "properties": {}})]
-    _, error = FrameDecoder().feed_java(frame('{"code":3}', b"x"))
-    assert error is not None
+    with pytest.raises(HeaderlessFrameError) as raised:
+        FrameDecoder().feed(frame('{"code":3,"seq":"s"}'))
+    assert raised.value.header == {"cmd": None, "code": 3, "desc": None, "seq": "s", "properties": {}}
+    with pytest.raises(RemoteProtocolError) as refused:
+        FrameDecoder().feed(frame('{"code":3}', b"x"))
+    assert not isinstance(refused.value, HeaderlessFrameError)
+
+
+def test_headerless_frame_is_consumed_and_the_decoder_goes_on_like_javas() -> None:
+    heartbeat = encode(Package(Header(Command.HEARTBEAT_REQUEST, seq="1")))
+    decoder = FrameDecoder()
+    with pytest.raises(HeaderlessFrameError) as raised:
+        decoder.feed(heartbeat + frame('{"seq":"2"}') + heartbeat + heartbeat[:5])
+    assert [package.header.seq for package in raised.value.packages] == ["1"]
+    assert decoder.feed(heartbeat[5:]) == [Package(Header(Command.HEARTBEAT_REQUEST, seq="1"))] * 2
+    assert decoder.buffered == 0
 
 
 @pytest.mark.parametrize(
@@ -261,14 +269,15 @@ def test_decoder_keeps_at_most_one_partial_frame() -> None:
     assert decoder.buffered == 0
 
 
-def test_error_after_good_frames_reports_them_first_in_java_mode() -> None:
+def test_error_after_good_frames_carries_them() -> None:
     good = encode(Package(Header(Command.HEARTBEAT_REQUEST, seq="1")))
-    frames, error = FrameDecoder().feed_java(good + b"X" * 30)
-    assert len(frames) == 1
-    assert error is not None
+    with pytest.raises(RemoteProtocolError, match="limit") as raised:
+        FrameDecoder().feed(good + b"X" * 30)
+    assert raised.value.packages == (Package(Header(Command.HEARTBEAT_REQUEST, seq="1")),)
 
 
-def test_encode_raw_matches_encode() -> None:
+def test_a_header_framed_as_written_is_the_frame_encode_writes() -> None:
     package = Package(Header(Command.ASYNC_MESSAGE_TO_SERVER, seq="9", properties={"protocoltype": "cloudevents"}), b"{}")
-    assert encode_raw(package.header.to_json(), b"{}") == encode(package)
+    assert frame_as_written(package.header.to_json(), b"{}") == encode(package)
+    assert frame_bytes(package.header.to_json(), b"{}") == encode(package)
     assert jackson.dumps({"k": None}) == b'{"k":null}'

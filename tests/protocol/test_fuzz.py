@@ -10,16 +10,16 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import RemoteProtocolError
-from runtime.protocol.frames import MAX_FRAME, PREFIX, FrameDecoder, HeaderlessFrame, Package, encode
+from runtime.errors import HeaderlessFrameError, RemoteProtocolError
+from runtime.protocol.frames import MAX_FRAME, PREFIX, FrameDecoder, Package, encode
 from tests.protocol.vectors import ALL_FRAMES
 
 _SEEDS = [frame for _, frame in ALL_FRAMES if len(frame) < 5000]
 
 
 def drive(data: bytes, chunk_sizes: list[int]) -> None:
-    """Feed ``data`` in chunks through both entry points; only RemoteProtocolError may escape."""
-    for java_mode in (False, True):
+    """Feed ``data`` in chunks, going on past headerless frames as Java does; only RemoteProtocolError may escape."""
+    for go_on_past_headerless in (False, True):
         decoder = FrameDecoder()
         position = 0
         sizes = iter(chunk_sizes or [len(data) or 1])
@@ -28,18 +28,23 @@ def drive(data: bytes, chunk_sizes: list[int]) -> None:
                 size = next(sizes, len(data))
                 chunk = data[position : position + max(1, size)]
                 position += len(chunk)
-                if java_mode:
-                    frames, error = decoder.feed_java(chunk)
-                    assert all(isinstance(frame, Package | HeaderlessFrame) for frame in frames)
-                    if error is not None:
-                        break
-                else:
-                    packages = decoder.feed(chunk)
-                    for package in packages:
-                        _touch(package)
+                for package in _feed(decoder, chunk, go_on_past_headerless):
+                    _touch(package)
                 assert decoder.buffered <= MAX_FRAME
         except RemoteProtocolError as exc:
             assert str(exc)
+
+
+def _feed(decoder: FrameDecoder, chunk: bytes, go_on_past_headerless: bool) -> list[Package]:
+    packages: list[Package] = []
+    while True:
+        try:
+            return packages + decoder.feed(chunk)
+        except HeaderlessFrameError as headerless:
+            if not go_on_past_headerless:
+                raise
+            packages += headerless.packages
+            chunk = b""
 
 
 def _touch(package: Package) -> None:

@@ -219,6 +219,30 @@ def test_run_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
     assert "sink.batch_size" in result.stderr
 
 
+def test_an_unusable_spool_directory_is_a_config_error_for_run_and_check(tmp_path: Path) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    for spool in (occupied, occupied / "spool"):
+        config = {
+            "name": "files",
+            "connector": "file-sink",
+            "mesh": {"address": f"127.0.0.1:{free_port()}"},
+            "sink": {"topics": ["t"], "spool": {"path": str(spool)}},
+            "config": {"directory": str(tmp_path)},
+        }
+        path = write_config(tmp_path, config)
+        result = meshconnect("check", "file-sink", "--config", str(path))
+        assert result.returncode == 2, (spool, result.stdout, result.stderr)
+        assert "sink.spool.path" in result.stderr and "writable directory" in result.stderr
+        result = meshconnect("run", "file-sink", "--config", str(path))
+        assert result.returncode == 2, (spool, result.stdout, result.stderr)
+        assert "sink.spool.path" in result.stdout + result.stderr
+    good = write_config(tmp_path, {**config, "sink": {"topics": ["t"], "spool": {"path": str(tmp_path / "new" / "spool")}}})
+    result = meshconnect("check", "file-sink", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
 def test_version_comes_from_the_package_metadata() -> None:
     result = meshconnect("--version")
     assert result.returncode == 0

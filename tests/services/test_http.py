@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
-import io
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -17,21 +15,15 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client import REGISTRY
 
-from runtime.config import ConnectorConfig
-from runtime.connector import SinkContext, SourceContext
+from runtime.connector import SinkContext
 from runtime.errors import LocalProtocolError, RetriableError
-from runtime.mesh import EmbeddedMesh
-from runtime.observability import ConnectorMetrics
 from runtime.protocol.events import MAX_EVENT_BODY, EncodedEvent, publish_frame
 from runtime.protocol.frames import Command
-from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
 from runtime.testing import (
     SinkHarness,
     SourceHarness,
-    WorkerProcess,
     poll_until,
     run_sink_conformance,
     run_source_conformance,
@@ -39,70 +31,21 @@ from runtime.testing import (
 from services.http.sink.connector import HttpSink, HttpSinkConfig
 from services.http.source.connector import HttpSource, HttpSourceConfig
 from tests.servers import free_port, require_binary
-
-
-def _config(**overrides: Any) -> HttpSourceConfig:
-    return HttpSourceConfig.model_validate({"host": "127.0.0.1", "port": 0, "path": "/events", **overrides})
-
-
-# As the worker configures it: events go to "webhooks", a sender may choose "orders" or an "audit.*" topic.
-RULES = PublishRules(connector="test", topic="webhooks", allowed_topics=("orders", "audit.*"))
-
-
-async def _started(config: ConnectorConfig, rules: PublishRules = RULES) -> HttpSource:
-    source = HttpSource(config)  # type: ignore[arg-type]
-    refused = ConnectorMetrics("http-source", "test").refused
-    await source.start(SourceContext(connector_name="test", committed_offsets={}, rules=rules, count_refused=refused))
-    return source
-
-
-class _Pump:
-    """Stands in for the worker: polls, and commits what it polled (unless paused)."""
-
-    def __init__(self, source: HttpSource) -> None:
-        self.source = source
-        self.seen: list[ConnectorRecord] = []
-        self.committing = asyncio.Event()
-        self.committing.set()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            records = await self.source.poll()
-            self.seen.extend(records)
-            await self.committing.wait()
-            if records:
-                await self.source.commit(records)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+from tests.services.http_source import RULES, Pump, events_url, post_event, refused_count, source_config, started_source
 
 
 @pytest.fixture
 async def source() -> AsyncIterator[HttpSource]:
-    source = await _started(_config())
+    source = await started_source(source_config())
     yield source
     await source.stop()
 
 
 @pytest.fixture
-async def pump(source: HttpSource) -> AsyncIterator[_Pump]:
-    pump = _Pump(source)
+async def pump(source: HttpSource) -> AsyncIterator[Pump]:
+    pump = Pump(source)
     yield pump
     await pump.close()
-
-
-def _url(source: HttpSource) -> str:
-    return f"http://127.0.0.1:{source.port}/events"
-
-
-async def _post(source: HttpSource, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(_url(source), data=io.BytesIO(body), headers=headers, timeout=aiohttp.ClientTimeout(total=20)) as response,
-    ):
-        return response.status, orjson.loads(await response.read()), dict(response.headers)
 
 
 BINARY_HEADERS = {
@@ -116,8 +59,8 @@ BINARY_HEADERS = {
 }
 
 
-async def test_binary_mode_event_becomes_a_record_and_200_only_after_commit(source: HttpSource, pump: _Pump) -> None:
-    status, body, _ = await _post(source, b'{"n": 1}', BINARY_HEADERS)
+async def test_binary_mode_event_becomes_a_record_and_200_only_after_commit(source: HttpSource, pump: Pump) -> None:
+    status, body, _ = await post_event(source, b'{"n": 1}', BINARY_HEADERS)
     assert (status, body) == (200, {"accepted": 1})
     [record] = pump.seen
     assert (record.id, record.source, record.type, record.subject) == ("evt-1", "/tests", "com.example.created", "orders")
@@ -126,9 +69,9 @@ async def test_binary_mode_event_becomes_a_record_and_200_only_after_commit(sour
     assert record.partition == {"path": "/events"}
 
 
-async def test_response_is_held_until_commit(source: HttpSource, pump: _Pump) -> None:
+async def test_response_is_held_until_commit(source: HttpSource, pump: Pump) -> None:
     pump.committing.clear()
-    request = asyncio.create_task(_post(source, b'{"n": 1}', BINARY_HEADERS))
+    request = asyncio.create_task(post_event(source, b'{"n": 1}', BINARY_HEADERS))
     await asyncio.sleep(0.5)
     assert pump.seen and not request.done()
     pump.committing.set()
@@ -136,7 +79,7 @@ async def test_response_is_held_until_commit(source: HttpSource, pump: _Pump) ->
     assert status == 200
 
 
-async def test_structured_and_text_and_binary_data(source: HttpSource, pump: _Pump) -> None:
+async def test_structured_and_text_and_binary_data(source: HttpSource, pump: Pump) -> None:
     event = {
         "specversion": "1.0",
         "id": "s-1",
@@ -147,28 +90,28 @@ async def test_structured_and_text_and_binary_data(source: HttpSource, pump: _Pu
         "datacontenttype": "text/plain",
         "data": "hello",
     }
-    status, _, _ = await _post(source, orjson.dumps(event), {"content-type": "application/cloudevents+json"})
+    status, _, _ = await post_event(source, orjson.dumps(event), {"content-type": "application/cloudevents+json"})
     assert status == 200
     binary = {**event, "id": "s-2", "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}
     del binary["data"]
-    status, _, _ = await _post(source, orjson.dumps(binary), {"content-type": "application/cloudevents+json"})
+    status, _, _ = await post_event(source, orjson.dumps(binary), {"content-type": "application/cloudevents+json"})
     assert status == 200
     text, raw = pump.seen
     assert text.data == "hello" and text.timestamp.year == 2026
     assert raw.data == b"\x00\x01\x02"
 
 
-async def test_batch_mode_answers_once_every_event_is_committed(source: HttpSource, pump: _Pump) -> None:
+async def test_batch_mode_answers_once_every_event_is_committed(source: HttpSource, pump: Pump) -> None:
     events = [{"specversion": "1.0", "id": f"b-{i}", "source": "/b", "type": "t", "data": {"i": i}} for i in range(5)]
-    status, body, _ = await _post(source, orjson.dumps(events), {"content-type": "application/cloudevents-batch+json"})
+    status, body, _ = await post_event(source, orjson.dumps(events), {"content-type": "application/cloudevents-batch+json"})
     assert (status, body) == (200, {"accepted": 5})
     assert [record.id for record in pump.seen] == [f"b-{i}" for i in range(5)]
     assert len({orjson.dumps(record.offset) for record in pump.seen}) == 5
 
 
-async def test_plain_json_webhook_with_github_headers(source: HttpSource, pump: _Pump) -> None:
+async def test_plain_json_webhook_with_github_headers(source: HttpSource, pump: Pump) -> None:
     headers = {"content-type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-42"}
-    status, _, _ = await _post(source, b'{"ref": "main"}', headers)
+    status, _, _ = await post_event(source, b'{"ref": "main"}', headers)
     assert status == 200
     [record] = pump.seen
     assert (record.id, record.type, record.data) == ("d-42", "com.github.push", {"ref": "main"})
@@ -188,11 +131,11 @@ async def test_plain_json_webhook_with_github_headers(source: HttpSource, pump: 
 async def test_a_webhook_takes_the_senders_id_so_a_retried_delivery_is_the_same_event(
     settings: dict[str, Any], headers: dict[str, str], body: bytes, expected: str
 ) -> None:
-    source = await _started(_config(**settings))
-    pump = _Pump(source)
+    source = await started_source(source_config(**settings))
+    pump = Pump(source)
     try:
         for _ in range(2):  # the sender retries the same delivery
-            status, _, _ = await _post(source, body, {"content-type": "application/json", **headers})
+            status, _, _ = await post_event(source, body, {"content-type": "application/json", **headers})
             assert status == 200
     finally:
         await pump.close()
@@ -200,9 +143,9 @@ async def test_a_webhook_takes_the_senders_id_so_a_retried_delivery_is_the_same_
     assert [record.id for record in pump.seen] == [expected, expected]
 
 
-async def test_a_webhook_without_an_id_of_its_sender_gets_a_new_one_per_request(source: HttpSource, pump: _Pump) -> None:
+async def test_a_webhook_without_an_id_of_its_sender_gets_a_new_one_per_request(source: HttpSource, pump: Pump) -> None:
     for _ in range(2):
-        assert (await _post(source, b'{"a": 1}', {"content-type": "application/json"}))[0] == 200
+        assert (await post_event(source, b'{"a": 1}', {"content-type": "application/json"}))[0] == 200
     first, second = [record.id for record in pump.seen]
     assert first and second and first != second
 
@@ -222,22 +165,24 @@ async def test_a_webhook_without_an_id_of_its_sender_gets_a_new_one_per_request(
     ],
 )
 async def test_malformed_requests_get_a_4xx_with_the_reason(
-    source: HttpSource, pump: _Pump, case: tuple[bytes, dict[str, str], int, str]
+    source: HttpSource, pump: Pump, case: tuple[bytes, dict[str, str], int, str]
 ) -> None:
     body, headers, status, reason = case
-    got_status, got_body, _ = await _post(source, body, headers)
+    got_status, got_body, _ = await post_event(source, body, headers)
     assert got_status == status
     assert reason in got_body["error"]
     assert pump.seen == []
 
 
 async def test_full_queue_answers_503_with_retry_after() -> None:
-    source = await _started(_config(queue_size=2, retry_after=7))
+    source = await started_source(source_config(queue_size=2, retry_after=7))
     try:  # nobody polls: the first request's two events fill the queue
         batch = [{"specversion": "1.0", "id": f"q-{i}", "source": "/q", "type": "t"} for i in range(2)]
-        held = asyncio.create_task(_post(source, orjson.dumps(batch), {"content-type": "application/cloudevents-batch+json"}))
+        held = asyncio.create_task(
+            post_event(source, orjson.dumps(batch), {"content-type": "application/cloudevents-batch+json"})
+        )
         await asyncio.sleep(0.3)
-        status, body, headers = await _post(source, b"{}", {"content-type": "application/json"})
+        status, body, headers = await post_event(source, b"{}", {"content-type": "application/json"})
         assert status == 503 and headers["Retry-After"] == "7" and "retry" in body["error"]
         records = await source.poll()
         await source.commit(records)
@@ -247,25 +192,25 @@ async def test_full_queue_answers_503_with_retry_after() -> None:
 
 
 async def test_uncommitted_request_times_out_with_503() -> None:
-    source = await _started(_config(response_timeout=0.3))
+    source = await started_source(source_config(response_timeout=0.3))
     try:
-        status, _, headers = await _post(source, b"{}", {"content-type": "application/json"})
+        status, _, headers = await post_event(source, b"{}", {"content-type": "application/json"})
         assert status == 503 and "Retry-After" in headers
     finally:
         await source.stop()
 
 
 async def test_hmac_signature_and_token_are_checked() -> None:
-    source = await _started(_config(hmac_secret="s3cret", token="tok"))
-    pump = _Pump(source)
+    source = await started_source(source_config(hmac_secret="s3cret", token="tok"))
+    pump = Pump(source)
     try:
         body = b'{"a": 1}'
         signature = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
         good = {"content-type": "application/json", "Authorization": "Bearer tok", "X-Hub-Signature-256": signature}
-        assert (await _post(source, body, good))[0] == 200
-        assert (await _post(source, body, {**good, "X-Hub-Signature-256": "sha256=00"}))[0] == 401
-        assert (await _post(source, body, {**good, "Authorization": "Bearer nope"}))[0] == 401
-        assert (await _post(source, b'{"a": 2}', good))[0] == 401  # signature of another body
+        assert (await post_event(source, body, good))[0] == 200
+        assert (await post_event(source, body, {**good, "X-Hub-Signature-256": "sha256=00"}))[0] == 401
+        assert (await post_event(source, body, {**good, "Authorization": "Bearer nope"}))[0] == 401
+        assert (await post_event(source, b'{"a": 2}', good))[0] == 401  # signature of another body
         assert len(pump.seen) == 1
     finally:
         await pump.close()
@@ -273,8 +218,8 @@ async def test_hmac_signature_and_token_are_checked() -> None:
 
 
 async def test_stop_answers_waiting_requests_with_503() -> None:
-    source = await _started(_config())
-    request = asyncio.create_task(_post(source, b"{}", {"content-type": "application/json"}))
+    source = await started_source(source_config())
+    request = asyncio.create_task(post_event(source, b"{}", {"content-type": "application/json"}))
     await asyncio.sleep(0.3)
     await source.stop()
     status, _, _ = await asyncio.wait_for(request, 10)
@@ -284,12 +229,6 @@ async def test_stop_answers_waiting_requests_with_503() -> None:
 async def test_poll_returns_empty_within_about_a_second(source: HttpSource) -> None:
     records: Sequence[ConnectorRecord] = await asyncio.wait_for(source.poll(), 3)
     assert records == []
-
-
-def _refused(reason: str) -> float:
-    """meshconnect_refused_total of the test sources (instance "test") for ``reason``."""
-    labels = {"connector": "http-source", "name": "test", "reason": reason}
-    return REGISTRY.get_sample_value("meshconnect_refused_total", labels) or 0.0
 
 
 # -- topics: the config names them, a sender chooses only among source.allowed_topics ------------
@@ -316,17 +255,17 @@ def _refused(reason: str) -> float:
     ids=["binary", "structured", "batch"],
 )
 async def test_a_subject_outside_the_allowed_topics_is_refused_with_403_and_counted(
-    source: HttpSource, pump: _Pump, body: bytes, headers: dict[str, str]
+    source: HttpSource, pump: Pump, body: bytes, headers: dict[str, str]
 ) -> None:
-    before = _refused("topic")
-    status, answer, _ = await _post(source, body, headers)
+    before = refused_count("topic")
+    status, answer, _ = await post_event(source, body, headers)
     assert status == 403
     assert "'cdc.shop.orders'" in answer["error"] and "source.allowed_topics" in answer["error"]
-    assert _refused("topic") == before + 1
+    assert refused_count("topic") == before + 1
     assert await poll_until(source, 1, within=1.5) == [] and pump.seen == []
 
 
-async def test_a_sender_chooses_only_among_the_configured_and_the_allowed_topics(source: HttpSource, pump: _Pump) -> None:
+async def test_a_sender_chooses_only_among_the_configured_and_the_allowed_topics(source: HttpSource, pump: Pump) -> None:
     for n, (subject, status) in enumerate(
         [("webhooks", 200), ("orders", 200), ("audit.eu.created", 200), (None, 200), ("orders.v2", 403), ("audit", 403)]
     ):
@@ -335,7 +274,7 @@ async def test_a_sender_chooses_only_among_the_configured_and_the_allowed_topics
             del headers["ce-subject"]
         else:
             headers["ce-subject"] = subject
-        assert (await _post(source, b"{}", headers))[0] == status, subject
+        assert (await post_event(source, b"{}", headers))[0] == status, subject
     # No subject: the record names none and the worker gives it source.topic.
     assert [record.subject for record in pump.seen] == ["webhooks", "orders", "audit.eu.created", None]
 
@@ -358,42 +297,42 @@ def _cloudevent_signed(headers: dict[str, str], body: bytes, secret: bytes = b"s
 
 async def test_cloudevent_signature_covers_the_ce_headers_so_a_changed_subject_fails() -> None:
     """The 'cloudevent' mode, against the 'body' mode (GitHub, Stripe-style), where the same change passes."""
-    source = await _started(_config(hmac_secret="s3cret", signature="cloudevent"))
-    pump = _Pump(source)
+    source = await started_source(source_config(hmac_secret="s3cret", signature="cloudevent"))
+    pump = Pump(source)
     try:
         body = b'{"n": 1}'
         signed = _cloudevent_signed(BINARY_HEADERS, body)
-        assert (await _post(source, body, signed))[0] == 200
-        before = _refused("auth")
+        assert (await post_event(source, body, signed))[0] == 200
+        before = refused_count("auth")
         for tampered in (
             {**signed, "ce-subject": "audit.eu"},  # another topic the sender could name: the signature still fails
             {**signed, "ce-type": "com.example.deleted"},
             {**signed, "content-type": "text/plain"},
             {**signed, "ce-extra": "added"},
         ):
-            status, answer, _ = await _post(source, body, tampered)
+            status, answer, _ = await post_event(source, body, tampered)
             assert (status, answer["error"]) == (401, "missing or wrong X-Meshconnect-Signature")
-        assert (await _post(source, b'{"n": 2}', signed))[0] == 401
-        assert _refused("auth") == before + 5
+        assert (await post_event(source, b'{"n": 2}', signed))[0] == 401
+        assert refused_count("auth") == before + 5
         assert [record.subject for record in pump.seen] == ["orders"]
     finally:
         await pump.close()
         await source.stop()
-    source = await _started(_config(hmac_secret="s3cret", signature="body"))
-    pump = _Pump(source)
+    source = await started_source(source_config(hmac_secret="s3cret", signature="body"))
+    pump = Pump(source)
     try:
         body_signed = {**BINARY_HEADERS, "X-Hub-Signature-256": "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()}
-        assert (await _post(source, body, {**body_signed, "ce-subject": "audit.eu"}))[0] == 200
-        assert (await _post(source, b'{"n": 2}', body_signed))[0] == 401
+        assert (await post_event(source, body, {**body_signed, "ce-subject": "audit.eu"}))[0] == 200
+        assert (await post_event(source, b'{"n": 2}', body_signed))[0] == 401
         assert [record.subject for record in pump.seen] == ["audit.eu"]
     finally:
         await pump.close()
         await source.stop()
 
 
-async def test_a_header_that_makes_the_event_may_not_come_twice(source: HttpSource, pump: _Pump) -> None:
+async def test_a_header_that_makes_the_event_may_not_come_twice(source: HttpSource, pump: Pump) -> None:
     headers = [*BINARY_HEADERS.items(), ("ce-subject", "audit.eu")]
-    async with aiohttp.ClientSession() as session, session.post(_url(source), data=b"{}", headers=headers) as response:
+    async with aiohttp.ClientSession() as session, session.post(events_url(source), data=b"{}", headers=headers) as response:
         assert response.status == 400
         assert "ce-subject appears more than once" in (await response.json())["error"]
     assert pump.seen == []
@@ -417,116 +356,18 @@ async def test_an_event_larger_than_max_event_bytes_is_refused_with_413_naming_t
         return ConnectorRecord(data=b"x" * size, id="big", source="/s", type="t", datacontenttype="application/octet-stream")
 
     limit = len(RULES.encode(event(3000)).body)  # the wire form: the data in base64 and the attributes
-    source = await _started(_config(max_event_bytes=limit))
-    pump = _Pump(source)
+    source = await started_source(source_config(max_event_bytes=limit))
+    pump = Pump(source)
     headers = {**BINARY_HEADERS, "ce-id": "big", "ce-source": "/s", "ce-type": "t", "content-type": "application/octet-stream"}
     del headers["ce-subject"], headers["ce-traceparent"]
     try:
-        before = _refused("size")
-        status, answer, _ = await _post(source, b"x" * 3003, headers)  # three bytes more: four more in base64
+        before = refused_count("size")
+        status, answer, _ = await post_event(source, b"x" * 3003, headers)  # three bytes more: four more in base64
         assert status == 413 and f"larger than max_event_bytes ({limit})" in answer["error"]
-        assert _refused("size") == before + 1
-        assert (await _post(source, b"x" * 3000, headers))[0] == 200
+        assert refused_count("size") == before + 1
+        assert (await post_event(source, b"x" * 3000, headers))[0] == 200
         assert [len(record.data) for record in pump.seen] == [3000]
     finally:
-        await pump.close()
-        await source.stop()
-
-
-# -- connections: head and body deadlines, a limit on their number -------------------------------
-
-
-async def _until_closed(reader: asyncio.StreamReader, within: float = 20.0) -> bytes:
-    """Everything the server sends until it closes the connection (bounded)."""
-    received = b""
-    async with asyncio.timeout(within):
-        while chunk := await reader.read(65536):
-            received += chunk
-    return received
-
-
-async def _trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
-    """A slow-loris: the head of a request, then a header line now and then, never the end of the head."""
-    writer.write(head)
-    with contextlib.suppress(ConnectionError):
-        for n in range(1000):
-            await asyncio.sleep(0.2)
-            writer.write(b"X-Slow-%d: y\r\n" % n)
-            await writer.drain()
-
-
-async def test_a_slow_request_head_is_cut_off_after_header_timeout() -> None:
-    source = await _started(_config(header_timeout=1.0))
-    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
-    trickling = asyncio.create_task(_trickle(writer, b"POST /events HTTP/1.1\r\nHost: x\r\n"))
-    try:
-        before = _refused("header_timeout")
-        assert await _until_closed(reader) == b""
-        assert _refused("header_timeout") == before + 1
-    finally:
-        trickling.cancel()
-        writer.close()
-        await source.stop()
-
-
-async def test_a_slow_body_is_answered_408_after_body_timeout() -> None:
-    source = await _started(_config(body_timeout=1.0))
-    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
-    writer.write(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-    try:
-        answer = await _until_closed(reader)
-        assert answer.startswith(b"HTTP/1.1 408 ") and b"body_timeout" in answer
-    finally:
-        writer.close()
-        await source.stop()
-
-
-async def test_a_kept_alive_connection_may_idle_longer_than_the_head_deadline_until_keepalive_timeout() -> None:
-    source = await _started(_config(header_timeout=1.0, keepalive_timeout=3.0))
-    pump = _Pump(source)
-    request = b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
-    try:
-        for _ in range(2):
-            writer.write(request)
-            async with asyncio.timeout(10):
-                assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
-                await reader.readuntil(b'{"accepted": 1}')
-            await asyncio.sleep(1.5)  # idle for longer than header_timeout: a client's pooled connection
-        assert await _until_closed(reader) == b""  # ... but not beyond keepalive_timeout
-    finally:
-        writer.close()
-        await pump.close()
-        await source.stop()
-
-
-async def test_the_connection_limit_holds_under_a_flood_and_requests_succeed_after_it() -> None:
-    source = await _started(_config(max_connections=20, header_timeout=2.0))
-    pump = _Pump(source)
-    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    trickling: list[asyncio.Task[None]] = []
-    try:
-        for _ in range(20):
-            reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
-            trickling.append(asyncio.create_task(_trickle(writer, b"POST /events HTTP/1.1\r\n")))
-            slow.append((reader, writer))
-        before = _refused("busy")
-        flood = [await asyncio.open_connection("127.0.0.1", source.port) for _ in range(200)]
-        answers = await asyncio.gather(*(_until_closed(reader) for reader, _ in flood), return_exceptions=True)
-        refused = [a for a in answers if isinstance(a, bytes) and a.startswith(b"HTTP/1.1 503 ") and b"max_connections 20" in a]
-        # Every connection over the limit is answered 503 at once (a reset may beat the answer to a few clients).
-        assert len(refused) >= 150 and all(isinstance(a, bytes | ConnectionError) for a in answers)
-        assert _refused("busy") == before + 200
-        assert all(not reader.at_eof() for reader, _ in slow[:5])  # the 20 within the limit are still open
-        for reader, _ in slow:  # ... until their head deadline closes them
-            assert await _until_closed(reader) == b""
-        status, _, _ = await _post(source, b'{"after": "flood"}', {"content-type": "application/json"})
-        assert status == 200 and pump.seen[-1].data == {"after": "flood"}
-    finally:
-        for task in trickling:
-            task.cancel()
-        for _, writer in [*slow, *flood]:
-            writer.close()
         await pump.close()
         await source.stop()
 
@@ -586,8 +427,8 @@ def _sink_record(n: int, **overrides: Any) -> ConnectorRecord:
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
-async def test_sink_posts_cloudevents_that_the_http_source_reads_back(source: HttpSource, pump: _Pump, mode: str) -> None:
-    sink = await _http_sink(urls=[_url(source)], mode=mode)
+async def test_sink_posts_cloudevents_that_the_http_source_reads_back(source: HttpSource, pump: Pump, mode: str) -> None:
+    sink = await _http_sink(urls=[events_url(source)], mode=mode)
     records = [_sink_record(1), _sink_record(2, data="plain", datacontenttype="text/plain"), _sink_record(3, data=b"\x00\x01")]
     try:
         assert await sink.put(records) == []
@@ -757,122 +598,3 @@ async def test_sink_posts_over_tls_trusting_the_given_ca(tmp_path: Path) -> None
     finally:
         await runner.cleanup()
     assert received == ["e-1"]
-
-
-def _structured_json(**fields: Any) -> bytes:
-    return orjson.dumps({"specversion": "1.0", "id": "m-1", "source": "/m", "type": "t", **fields})
-
-
-_CE = {"ce-specversion": "1.0", "ce-id": "m-1", "ce-source": "/m", "ce-type": "t", "content-type": "application/json"}
-_STRUCTURED = {"content-type": "application/cloudevents+json"}
-_BATCH = {"content-type": "application/cloudevents-batch+json"}
-
-# (what, body, headers, expected status) sent to a running worker; None: any answer below 500.
-MALFORMED: list[tuple[str, bytes, Any, int | None]] = [
-    ("webhook without a subject", b'{"no": "subject"}', {"content-type": "application/json"}, 200),
-    ("bad JSON", b"{not json", {"content-type": "application/json"}, 400),
-    ("bad JSON in binary mode", b"{not json", _CE, 400),
-    ("non-object structured event", b"[1, 2]", _STRUCTURED, 400),
-    ("null structured event", b"null", _STRUCTURED, 400),
-    ("bad base64", _structured_json(data_base64="%%%not base64"), _STRUCTURED, 400),
-    ("data and data_base64", _structured_json(data=1, data_base64="AA=="), _STRUCTURED, 400),
-    ("missing ce-id and ce-source", b"{}", {"ce-specversion": "1.0", "ce-type": "t"}, 400),
-    ("missing attributes, structured", b'{"specversion": "1.0"}', _STRUCTURED, 400),
-    ("wrong ce-specversion", b"{}", {**_CE, "ce-specversion": "0.1"}, 400),
-    ("empty ce-id", b"{}", {**_CE, "ce-id": ""}, 400),
-    ("invalid ce-time", b"{}", {**_CE, "ce-time": "yesterday"}, 400),
-    ("invalid time, structured", _structured_json(time="soon"), _STRUCTURED, 400),
-    ("non-string subject", _structured_json(subject=42), _STRUCTURED, 400),
-    ("invalid extension name", b"{}", {**_CE, "ce-Bad_Name": "x"}, 400),
-    ("extension name too long", b"{}", {**_CE, "ce-" + "a" * 100: "x"}, 400),
-    ("extension the mesh mapping owns", b"{}", {**_CE, "ce-meshdataenc": "base64"}, 400),
-    ("dead-letter extension", b"{}", {**_CE, "ce-dlqreason": "forged"}, 400),
-    ("extension beyond 32 bits", _structured_json(big=2**40), _STRUCTURED, 400),
-    ("repeated ce-subject", b"{}", [*_CE.items(), ("ce-subject", "orders"), ("ce-subject", "cdc.shop.orders")], 400),
-    ("topic not allowed", b"{}", {**_CE, "ce-subject": "cdc.shop.orders"}, 403),
-    ("topic not allowed, structured", _structured_json(subject="cdc.shop.orders"), _STRUCTURED, 403),
-    ("huge header", b"{}", {**_CE, "ce-big": "x" * 20_000}, 400),
-    ("too many headers", b"{}", {**_CE, **{f"x-h{n}": "v" for n in range(300)}}, 400),
-    ("text/plain", b"hello", {"content-type": "text/plain"}, 415),
-    ("no content type", b"hello", {}, 415),
-    ("form post", b"a=1", {"content-type": "application/x-www-form-urlencoded"}, 415),
-    ("batch that is an object", b"{}", _BATCH, 400),
-    ("batch with garbage", b'[1, "x", null]', _BATCH, 400),
-    ("batch with an invalid event", b'[{"specversion": "1.0", "id": "b", "source": "/b", "type": "t"}, {"id": 2}]', _BATCH, 400),
-    ("batch naming a topic not allowed", b"[" + _structured_json(subject="cdc.shop.orders") + b"]", _BATCH, 403),
-    ("invalid UTF-8 in JSON", b'{"a": "\xff\xfe"}', {"content-type": "application/json"}, 400),
-    ("invalid UTF-8 in a structured event", b'{"specversion": "1.0", "id": "\xff"}', _STRUCTURED, 400),
-    ("invalid UTF-8 text in binary mode", b"\xff\xfe", {**_CE, "content-type": "text/plain", "ce-id": "utf"}, None),
-    ("non-object JSON webhook", b'"just a string"', {"content-type": "application/json"}, 200),
-    ("body over max_body_bytes", b"x" * (9 * 1024 * 1024), {"content-type": "application/json"}, 413),
-    # Binary data of 3.5 MB is 4.7 MB in base64: the mesh could never take it (the old code died on it).
-    ("event over the frame limit", b"\x00" * 3_500_000, {**_CE, "content-type": "application/octet-stream"}, 413),
-]
-
-RAW_REQUESTS = [
-    b"GARBAGE\r\n\r\n",
-    b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
-    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    b"POST /events HTTP/1.1\r\nHost: x\r\nce-source: \xff\xfe\r\nce-id: r\r\nce-specversion: 1.0\r\nce-type: t\r\n\r\n",
-    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS hello on the plain port
-]
-
-
-async def test_no_malformed_request_ends_the_http_source_worker(tmp_path: Path) -> None:
-    """Each kind of malformed input against the real worker process and the embedded mesh: every one
-    gets its 4xx and reason, none reaches a topic, and the process goes on serving."""
-    port = free_port()
-    mesh = EmbeddedMesh(port=0)
-    await mesh.start()
-    config = {
-        "name": "hooks",
-        "connector": "http-source",
-        "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
-        "source": {"topic": "webhooks", "allowed_topics": ["orders"]},
-        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
-        "log": {"format": "json"},
-        "config": {
-            "host": "127.0.0.1",
-            "port": port,
-            "path": "/events",
-            "max_body_bytes": 8 * 1024 * 1024,
-            "header_timeout": 2,
-            "keepalive_timeout": 2,
-        },
-    }
-    worker = WorkerProcess(HttpSource, config, tmp_path)
-    url = f"http://127.0.0.1:{port}/events"
-    try:
-        await worker.start(30)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            for what, body, headers, expected in MALFORMED:
-                try:
-                    async with session.post(url, data=io.BytesIO(body), headers=headers) as response:
-                        status, text = response.status, await response.text()
-                except aiohttp.ClientError as exc:  # a refused oversized body may be cut off while it is sent
-                    status, text = 413, repr(exc)
-                assert worker.process is not None and worker.process.returncode is None, f"{what}: {worker.log_tail()}"
-                if expected is None:
-                    assert status < 500, (what, status, text)
-                else:
-                    assert status == expected, (what, status, text)
-            for raw in RAW_REQUESTS:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(raw)
-                answer = await _until_closed(reader)
-                writer.close()
-                assert not answer or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), (raw, answer[:100])
-            async with session.post(url, data=b'{"still": "serving"}', headers={"content-type": "application/json"}) as response:
-                assert response.status == 200, await response.text()
-            async with session.get(f"http://127.0.0.1:{config['admin']['port']}/metrics") as metrics:
-                text = await metrics.text()
-        assert 'meshconnect_refused_total{connector="http-source",name="hooks",reason="topic"} 3.0' in text
-        assert mesh.topic_depth("cdc.shop.orders") == 0
-        # Only what was fine arrived: the two webhooks, the undecodable text kept as bytes, and the last one.
-        assert mesh.topic_depth("webhooks") == 4
-        assert await worker.terminate(30) == 0
-    finally:
-        await worker.kill()
-        await mesh.stop()

@@ -397,3 +397,83 @@ async def test_binlog_stream_reports_how_far_behind_the_server_it_reads(mariadb_
         await drain(source, lambda rs: REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0)
     finally:
         await source.stop()
+
+
+async def _poll_refused(source: MysqlSource, code: str) -> None:
+    """The next polls fail with a RetriableError naming the refusal (the worker backs off, not ready), never exit."""
+    with pytest.raises(RetriableError, match=code):
+        await source.poll()
+    with pytest.raises(RetriableError, match=code):
+        await source.poll()
+
+
+def _source_user(server: MariaDBServer, user: str, grants: str) -> dict[str, Any]:
+    server.sql(f"DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%' IDENTIFIED BY 'first-Secret-1'")
+    server.sql(f"GRANT {grants} TO '{user}'@'%'")
+    return {"user": user, "password": "first-Secret-1"}
+
+
+def _kill_sessions(server: MariaDBServer, user: str) -> None:
+    """End ``user``'s sessions: its next query must log in again."""
+    for line in server.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{user}'").split():
+        if line.isdigit():
+            server.sql(f"KILL {line}")
+
+
+async def test_polling_waits_out_a_revoked_grant_and_a_changed_password(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql(
+        "CREATE TABLE log (id INT AUTO_INCREMENT PRIMARY KEY, msg VARCHAR(10)); INSERT INTO log (msg) VALUES ('a')", database
+    )
+    login = _source_user(mariadb_server, "poll_src", f"SELECT ON {database}.*")
+    config = {
+        "mode": "polling",
+        "poll_tables": [{"table": f"{database}.log", "incrementing_column": "id"}],
+        "poll_interval": 0.05,
+    }
+    source = await started(mariadb_server, **login, **config)
+    try:
+        assert len(await drain(source, lambda rs: len(rs) >= 1)) == 1
+        mariadb_server.sql(f"REVOKE SELECT ON {database}.* FROM 'poll_src'@'%'; INSERT INTO {database}.log (msg) VALUES ('b')")
+        await asyncio.sleep(0.1)  # past poll_interval: the next poll queries again
+        await _poll_refused(source, "1142")
+        mariadb_server.sql(f"GRANT SELECT ON {database}.* TO 'poll_src'@'%'")
+        assert [r.data["after"]["msg"] for r in await drain(source, lambda rs: len(rs) >= 1)] == ["b"]
+
+        mariadb_server.sql("ALTER USER 'poll_src'@'%' IDENTIFIED BY 'second-Secret-2'")
+        _kill_sessions(mariadb_server, "poll_src")
+        mariadb_server.sql(f"INSERT INTO {database}.log (msg) VALUES ('c')")
+        failures = 0
+        deadline = time.monotonic() + 20
+        while failures < 2:  # the killed session's error first, then the refused login
+            assert time.monotonic() < deadline
+            try:
+                assert await source.poll() == []
+            except RetriableError as exc:
+                failures += "1045" in str(exc)
+        mariadb_server.sql("ALTER USER 'poll_src'@'%' IDENTIFIED BY 'first-Secret-1'")
+        assert [r.data["after"]["msg"] for r in await drain(source, lambda rs: len(rs) >= 1)] == ["c"]
+    finally:
+        await source.stop()
+
+
+async def test_snapshot_waits_out_a_changed_password(mariadb_server: MariaDBServer, database: str) -> None:
+    mariadb_server.sql("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t SELECT seq FROM seq_1_to_30", database)
+    login = _source_user(mariadb_server, "snap_src", "SELECT, RELOAD, LOCK TABLES, REPLICATION CLIENT, REPLICATION SLAVE ON *.*")
+    source = await started(mariadb_server, include_databases=[database], snapshot_chunk_size=5, **login)
+    try:
+        records = await drain(source, lambda rs: len(changes(rs)) >= 5)
+        mariadb_server.sql("ALTER USER 'snap_src'@'%' IDENTIFIED BY 'second-Secret-2'")
+        _kill_sessions(mariadb_server, "snap_src")
+        refused = 0
+        deadline = time.monotonic() + 20
+        while refused < 2:  # the killed session's error first, then the refused login, again and again
+            assert time.monotonic() < deadline
+            try:
+                records.extend(await source.poll())
+            except RetriableError as exc:
+                refused += "1045" in str(exc)
+        mariadb_server.sql("ALTER USER 'snap_src'@'%' IDENTIFIED BY 'first-Secret-1'")
+        records.extend(await drain(source, lambda rs: len(changes(rs)) >= 30 - len(changes(records))))
+    finally:
+        await source.stop()
+    assert sorted({r.data["after"]["id"] for r in changes(records)}) == list(range(1, 31))

@@ -1,4 +1,5 @@
-"""postgres-source (logical decoding) and postgres-sink against a throwaway PostgreSQL, driven directly."""
+"""postgres-sink, and postgres-source feeding it, against a throwaway PostgreSQL, driven directly (the source alone:
+test_postgres_source.py)."""
 
 from __future__ import annotations
 
@@ -12,229 +13,33 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 
-from runtime.connector import SinkContext, SourceContext
+from runtime.connector import SinkContext
 from runtime.errors import DataError, RetriableError
 from runtime.mesh import EmbeddedMesh
-from runtime.record import ConnectorRecord, partition_key
+from runtime.record import ConnectorRecord
 from runtime.testing import (
     SinkHarness,
-    SourceHarness,
     WorkerProcess,
-    poll_until,
     run_sink_conformance,
-    run_source_conformance,
 )
 from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig
-from services.postgres.source.connector import PostgresSource, PostgresSourceConfig
+from services.postgres.source.connector import PostgresSource
 from tests.servers import PostgresServer, free_port
+from tests.services.postgres import connect_when_up, database_connection, drain, fresh_table, offsets_of, start_source
 from tests.services.workers import DEAD_LETTER_TOPIC, publish, readiness, sink_worker, until
-
-
-async def _connect(dsn: str, within: float = 30.0) -> asyncpg.Connection:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        try:
-            return await asyncpg.connect(dsn)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
 async def db(postgres_server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
-    connection = await _connect(postgres_server.dsn)
-    yield connection
-    if not connection.is_closed():
-        await connection.close()
+    async with database_connection(postgres_server) as connection:
+        yield connection
 
 
 @pytest.fixture
 async def table(postgres_server: PostgresServer) -> AsyncIterator[str]:
-    """A fresh table with a slot and publication name of its own; the slot is dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:8]}"
-    connection = await _connect(postgres_server.dsn)
-    await connection.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, name text, doc jsonb, price numeric, ok bool)")
-    await connection.close()
-    yield name
-    connection = await _connect(postgres_server.dsn)
-    await connection.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name)
-    await connection.close()
-
-
-async def _source(dsn: str, name: str, offsets: dict[str, Any] | None = None, **config: Any) -> PostgresSource:
-    settings = {"dsn": dsn, "slot": name, "publication": name, "tables": [name], "idle_wait": 0.1, **config}
-    source = PostgresSource(PostgresSourceConfig.model_validate(settings))
-    await source.start(SourceContext(connector_name="pg-test", committed_offsets=offsets or {}))
-    return source
-
-
-def _offsets(records: list[ConnectorRecord]) -> dict[str, Any]:
-    return {partition_key(records[-1].partition): dict(records[-1].offset)}
-
-
-async def test_source_streams_inserts_updates_deletes_in_commit_order(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    source = await _source(postgres_server.dsn, table)
-    try:
-        await db.execute(f"INSERT INTO {table} VALUES (1, 'a', '{{\"k\": [1]}}', 1.50, true), (2, NULL, NULL, NULL, false)")
-        await db.execute(f"UPDATE {table} SET name = 'b' WHERE id = 1")
-        await db.execute(f"DELETE FROM {table} WHERE id = 2")
-        records = await poll_until(source, 4)
-        await source.commit(records)
-    finally:
-        await source.stop()
-    assert [(r.data["op"], r.type) for r in records] == [
-        ("c", "postgres.change.c"),
-        ("c", "postgres.change.c"),
-        ("u", "postgres.change.u"),
-        ("d", "postgres.change.d"),
-    ]
-    assert records[0].data["after"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
-    assert records[0].data["before"] is None and records[0].data["key"] == ["id"]
-    assert records[0].data["source"]["table"] == table and records[0].extensions["pgtable"] == f"public.{table}"
-    assert records[3].data["before"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
-    assert records[3].data["after"] is None
-    assert records[2].data["source"]["ts_ms"] == int(records[2].timestamp.timestamp() * 1000)
-    assert records[0].timestamp.tzinfo is not None
-    pending = await db.fetchval(
-        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
-        table,
-        table,
-    )
-    assert pending == 0  # the slot moved past everything committed
-
-
-async def test_source_resumes_inside_a_transaction_without_duplicates(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    await (await _source(postgres_server.dsn, table, snapshot_mode="never")).stop()  # creates the slot before the writes
-    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 5)")
-    source = await _source(postgres_server.dsn, table, batch_size=2, snapshot_mode="never")
-    first = await source.poll()
-    await source.commit(first)  # two of five: the slot cannot move yet
-    await source.stop()
-    assert [r.data["after"]["id"] for r in first] == [1, 2]
-    source = await _source(postgres_server.dsn, table, offsets=_offsets(first))
-    try:
-        rest = await poll_until(source, 3)
-        await source.commit(rest)
-        assert await poll_until(source, 1, within=0.5) == []
-    finally:
-        await source.stop()
-    assert [r.data["after"]["id"] for r in rest] == [3, 4, 5]
-
-
-async def test_source_loses_nothing_across_a_server_restart(postgres_server: PostgresServer, table: str) -> None:
-    db = await _connect(postgres_server.dsn)
-    source = await _source(postgres_server.dsn, table)
-    try:
-        await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
-        first = await poll_until(source, 10)
-        await source.commit(first[:4])
-        await db.close()
-        await asyncio.to_thread(postgres_server.restart)
-        db = await _connect(postgres_server.dsn)
-        await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(11, 15)")
-        await source.commit(first[4:])  # retried by the worker after the restart
-        rest = await poll_until(source, 5, within=20)
-        await source.commit(rest)
-    finally:
-        await source.stop()
-        await db.close()
-    assert sorted(r.data["after"]["id"] for r in first + rest) == list(range(1, 16))
-
-
-async def _drain(source: PostgresSource, sink: PostgresSink | None = None, quiet_polls: int = 3) -> list[ConnectorRecord]:
-    """Every record until the source has nothing more (bounded), each batch written to ``sink`` and committed."""
-    records: list[ConnectorRecord] = []
-    quiet = 0
-    for _ in range(200):
-        batch = list(await source.poll())
-        if sink is not None and batch:
-            assert await sink.put(batch) == []
-        await source.commit(batch)
-        records += batch
-        quiet = 0 if batch else quiet + 1
-        if quiet >= quiet_polls:
-            return records
-    raise AssertionError("the source never went quiet")
-
-
-async def test_source_snapshots_the_rows_that_precede_the_slot_then_streams(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    odd = "tab\there, back\\slash, 'quote', new\nline"
-    await db.execute(f"INSERT INTO {table} VALUES (1, 'a', '{{\"k\": [1]}}', 1.50, true), (2, NULL, NULL, NULL, NULL)")
-    await db.execute(f"INSERT INTO {table} (id, name) VALUES (3, $1)", odd)
-    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(4, 7)")
-    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=2)
-    try:
-        await db.execute(f"INSERT INTO {table} (id, name) VALUES (8, 'after the slot')")
-        await db.execute(f"UPDATE {table} SET name = 'b' WHERE id = 1")
-        records = await _drain(source)
-    finally:
-        await source.stop()
-    assert [(r.data["op"], r.data["after"]["id"]) for r in records] == [*(("r", n) for n in range(1, 8)), ("c", 8), ("u", 1)]
-    first = records[0]
-    assert first.type == "postgres.change.r" and first.data["key"] == ["id"] and first.data["before"] is None
-    assert first.data["after"] == {"id": 1, "name": "a", "doc": {"k": [1]}, "price": "1.50", "ok": True}
-    assert records[1].data["after"] == {"id": 2, "name": None, "doc": None, "price": None, "ok": None}
-    assert records[2].data["after"]["name"] == odd
-    assert first.data["source"]["snapshot"] is True and records[7].data["source"]["snapshot"] is False
-    assert first.data["source"]["lsn"] < records[7].data["source"]["lsn"]  # snapshot rows stand before every change
-
-
-async def test_a_snapshot_goes_on_after_its_connection_is_lost(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
-    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
-    try:
-        first = list(await source.poll())
-        await db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
-        )
-        with pytest.raises(RetriableError):
-            await source.poll()
-        rest = await _drain(source)
-    finally:
-        await source.stop()
-    assert [r.data["after"]["id"] for r in first + rest] == list(range(1, 11))
-
-
-async def test_a_snapshot_whose_slot_was_lost_starts_again(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 10)")
-    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=3)
-    first = list(await source.poll())
-    await source.commit(first)
-    await source.stop()
-    await db.execute("SELECT pg_drop_replication_slot($1)", table)
-    source = await _source(postgres_server.dsn, table, offsets=_offsets(first), snapshot_chunk_size=3)
-    try:
-        again = await _drain(source)
-    finally:
-        await source.stop()
-    assert [r.data["after"]["id"] for r in again] == list(range(1, 11))
-
-
-async def test_a_table_without_primary_key_is_snapshot_in_chunks(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    await db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
-    await db.execute(f"INSERT INTO {table} (id) SELECT n % 3 FROM generate_series(1, 7) n")
-    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=2)
-    try:
-        records = await _drain(source)
-    finally:
-        await source.stop()
-    assert sorted(r.data["after"]["id"] for r in records) == sorted(n % 3 for n in range(1, 8))
-    assert {r.data["op"] for r in records} == {"r"} and records[0].data["key"] == []
+    async with fresh_table(postgres_server) as name:
+        yield name
 
 
 async def _target(db: asyncpg.Connection) -> str:
@@ -251,13 +56,13 @@ async def test_truncate_replicates_into_a_postgres_sink_target(
     postgres_server: PostgresServer, db: asyncpg.Connection, table: str
 ) -> None:
     target = await _target(db)
-    source = await _source(postgres_server.dsn, table)
+    source = await start_source(postgres_server.dsn, table)
     sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
     try:
         await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'old' FROM generate_series(1, 3) n")
         await db.execute(f"TRUNCATE {table}")
         await db.execute(f"INSERT INTO {table} (id, name) VALUES (4, 'new')")
-        records = await _drain(source, sink)
+        records = await drain(source, sink)
     finally:
         await sink.stop()
         await source.stop()
@@ -293,7 +98,7 @@ async def test_a_snapshot_stopped_midway_resumes_without_gaps_or_duplicates(
     await db.execute(f"INSERT INTO {table} (id, name) SELECT n, 'v' || n FROM generate_series(1, 25) n")
     target = await _target(db)
     sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
-    source = await _source(postgres_server.dsn, table, snapshot_chunk_size=4)
+    source = await start_source(postgres_server.dsn, table, snapshot_chunk_size=4)
     try:
         handed_out = [*await source.poll(), *await source.poll()]
         stored = handed_out[:6]  # the mesh stored six of eight when the source was stopped
@@ -304,8 +109,8 @@ async def test_a_snapshot_stopped_midway_resumes_without_gaps_or_duplicates(
         await db.execute(f"UPDATE {table} SET name = 'changed' WHERE id IN (3, 15)")
         await db.execute(f"DELETE FROM {table} WHERE id IN (5, 20)")
         await db.execute(f"INSERT INTO {table} (id, name) VALUES (30, 'late')")
-        source = await _source(postgres_server.dsn, table, offsets=_offsets(stored), snapshot_chunk_size=4)
-        rest = await _drain(source, sink)
+        source = await start_source(postgres_server.dsn, table, offsets=offsets_of(stored), snapshot_chunk_size=4)
+        rest = await drain(source, sink)
     finally:
         await sink.stop()
         await source.stop()
@@ -466,7 +271,7 @@ async def test_sink_while_the_server_is_down_is_retriable(postgres_server: Postg
                 await asyncio.sleep(0.2)
     finally:
         await sink.stop()
-    check = await _connect(postgres_server.dsn)
+    check = await connect_when_up(postgres_server.dsn)
     assert await check.fetchval(f"SELECT count(*) FROM {table}") == 2
     await check.close()
 
@@ -478,7 +283,7 @@ async def test_postgres_sink_conformance(postgres_server: PostgresServer, tmp_pa
     table = f"events_{uuid.uuid4().hex[:6]}"
 
     async def read() -> list[str]:
-        connection = await _connect(postgres_server.dsn)
+        connection = await connect_when_up(postgres_server.dsn)
         try:
             return [row["id"] for row in await connection.fetch(f"SELECT id FROM {table}")]
         except asyncpg.UndefinedTableError:
@@ -491,30 +296,6 @@ async def test_postgres_sink_conformance(postgres_server: PostgresServer, tmp_pa
             connector=PostgresSink,
             config=lambda: {"dsn": postgres_server.dsn, "table": table, "timeout": 5},
             read=read,
-            kill_system=postgres_server.kill,
-            restart_system=postgres_server.start,
-        ),
-        workdir=tmp_path,
-        within=60,
-    )
-
-
-async def test_postgres_source_conformance(postgres_server: PostgresServer, table: str, tmp_path: Path) -> None:
-    async def produce(start: int, count: int) -> None:
-        connection = await _connect(postgres_server.dsn)
-        try:
-            await connection.execute(
-                f"INSERT INTO {table} (id) SELECT generate_series($1::int, $2::int)", start, start + count - 1
-            )
-        finally:
-            await connection.close()
-
-    await run_source_conformance(
-        SourceHarness(
-            connector=PostgresSource,
-            config=lambda: {"dsn": postgres_server.dsn, "slot": table, "publication": table, "tables": [table], "timeout": 5},
-            produce=produce,
-            number_of=lambda event: int(event.get_data()["after"]["id"]),  # type: ignore[index]
             kill_system=postgres_server.kill,
             restart_system=postgres_server.start,
         ),
@@ -567,24 +348,6 @@ async def test_sink_worker_waits_out_a_revoked_grant_and_a_refused_login(
         await until(lambda: ready(200), "ready again")
         assert mesh.topic_depth(DEAD_LETTER_TOPIC) == 0
     assert worker.result() == 0
-
-
-async def test_source_reports_how_far_behind_the_commits_it_reads(
-    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
-) -> None:
-    settings = {"dsn": postgres_server.dsn, "slot": table, "publication": table, "tables": [table], "idle_wait": 0.1}
-    source = PostgresSource(PostgresSourceConfig.model_validate(settings))
-    await source.start(SourceContext("pg-lag-test", {}, connector_type="postgres-source"))
-    labels = {"connector": "postgres-source", "name": "pg-lag-test"}
-    try:
-        await db.execute(f"INSERT INTO {table} (id) VALUES (1)")
-        assert len(await poll_until(source, 1)) == 1
-        lag = REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels)
-        assert lag is not None and 0 < lag < 60  # read after its commit, on this host's clock
-        assert await source.poll() == []  # read every commit: caught up
-        assert REGISTRY.get_sample_value("meshconnect_source_lag_seconds", labels) == 0
-    finally:
-        await source.stop()
 
 
 async def test_a_source_worker_killed_mid_snapshot_resumes_without_gaps_into_a_sink_target(

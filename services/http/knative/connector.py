@@ -24,23 +24,17 @@ from collections.abc import Sequence
 
 from pydantic import Field, field_validator
 
-from runtime import ConnectorConfig, ConnectorRecord, Rejection, Secret, Sink, SinkContext
-from services.http.client import CloudEventPoster, PosterSettings
+from runtime import ConnectorRecord, Rejection, Sink, SinkContext
+from services.http.client import CloudEventPoster, PosterConfig
 
 __all__ = ["KnativeSink", "KnativeSinkConfig"]
 
 
-class KnativeSinkConfig(ConnectorConfig):
+class KnativeSinkConfig(PosterConfig):
     url: str = Field(
         description="Knative address: Service URL, Broker ingress or Channel (http(s)://...; without a scheme, http://)."
     )
     timeout: float = Field(30.0, gt=0, description="Seconds for a whole request (a Service may scale from zero first).")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
-    concurrency: int = Field(16, ge=1, description="Requests in flight at most.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (no secrets: use token).")
-    token: Secret | None = Field(None, description="Sent as 'Authorization: Bearer <token>' (e.g. an OIDC token).")
-    tls_verify: bool = Field(True, description="Verify the server certificate (https).")
-    ca_file: str | None = Field(None, description="PEM bundle of CAs to trust instead of the system ones.")
 
     @field_validator("url")
     @classmethod
@@ -58,18 +52,7 @@ class KnativeSink(Sink[KnativeSinkConfig]):
 
     def __init__(self, config: KnativeSinkConfig) -> None:
         super().__init__(config)
-        self._poster = CloudEventPoster(
-            PosterSettings(
-                mode="binary",
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-                concurrency=config.concurrency,
-                headers=config.headers,
-                token=config.token,
-                tls_verify=config.tls_verify,
-                ca_file=config.ca_file,
-            )
-        )
+        self._poster = CloudEventPoster(config, "binary")
 
     async def start(self, context: SinkContext) -> None:
         await self._poster.open()

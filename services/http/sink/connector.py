@@ -17,13 +17,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from runtime import ConnectorConfig, ConnectorRecord, HttpEndpoint, Rejection, Secret, Sink, SinkContext
-from services.http.client import CloudEventPoster, PosterSettings
+from runtime import ConnectorRecord, HttpEndpoint, Rejection, Sink, SinkContext
+from services.http.client import CloudEventPoster, PosterConfig
 
 __all__ = ["HttpSink", "HttpSinkConfig"]
 
 
-class HttpSinkConfig(ConnectorConfig):
+class HttpSinkConfig(PosterConfig):
     urls: list[HttpEndpoint] = Field(min_length=1, description="Endpoints to POST events to (http:// or https://).")
     delivery: Literal["broadcast", "round_robin"] = Field(
         "broadcast", description="broadcast: every event to every URL; round_robin: each event to one URL in turn."
@@ -31,15 +31,11 @@ class HttpSinkConfig(ConnectorConfig):
     mode: Literal["binary", "structured"] = Field(
         "binary", description="CloudEvents HTTP content mode: ce-* headers + data body, or the whole event as JSON."
     )
-    timeout: float = Field(10.0, gt=0, description="Seconds for a whole request (connect, send, answer).")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
-    concurrency: int = Field(16, ge=1, description="Requests in flight at most.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (no secrets: use token).")
-    token: Secret | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
-    tls_verify: bool = Field(True, description="Verify the server certificate (https).")
-    ca_file: str | None = Field(None, description="PEM bundle of CAs to trust instead of the system ones.")
     client_cert: str | None = Field(None, description="PEM client certificate for mutual TLS.")
     client_key: str | None = Field(None, description="PEM private key of client_cert.")
+
+    def client_certificate(self) -> tuple[str, str | None] | None:
+        return None if self.client_cert is None else (self.client_cert, self.client_key)
 
 
 class HttpSink(Sink[HttpSinkConfig]):
@@ -49,20 +45,7 @@ class HttpSink(Sink[HttpSinkConfig]):
 
     def __init__(self, config: HttpSinkConfig) -> None:
         super().__init__(config)
-        self._poster = CloudEventPoster(
-            PosterSettings(
-                mode=config.mode,
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-                concurrency=config.concurrency,
-                headers=config.headers,
-                token=config.token,
-                tls_verify=config.tls_verify,
-                ca_file=config.ca_file,
-                client_cert=config.client_cert,
-                client_key=config.client_key,
-            )
-        )
+        self._poster = CloudEventPoster(config, config.mode)
         self._turn = count()
 
     async def start(self, context: SinkContext) -> None:

@@ -18,36 +18,29 @@ import structlog
 from pydantic import Field
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     DataError,
     Rejection,
     RetriableError,
-    Secret,
     Sink,
     SinkContext,
     SinkPayload,
     record_to_payload,
 )
-from services.mqtt.client import mqtt_call, mqtt_disconnect
+from services.mqtt.client import MqttConnection, mqtt_call, mqtt_client, mqtt_disconnect
 
 __all__ = ["MqttSink", "MqttSinkConfig"]
 
 log = structlog.get_logger()
 
 
-class MqttSinkConfig(ConnectorConfig):
-    host: str = Field("127.0.0.1", description="Broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
-    username: str | None = Field(None, description="User name, if the broker wants one.")
-    password: Secret | None = Field(None, description="Password of username.")
+class MqttSinkConfig(MqttConnection):
     client_id: str | None = Field(None, description="Client identifier; default the instance name.")
     topic: str = Field("{topic}", description="MQTT topic to publish to; {topic} = the event's subject.")
     qos: Literal[1] = Field(1, description="Publish QoS; 1 = the broker acknowledges every message.")
     retain: bool = Field(False, description="Publish retained messages.")
     payload: SinkPayload = Field("cloudevent", description="cloudevent: structured JSON; data: the data only.")
     max_inflight: int = Field(1000, ge=1, description="Messages published but not yet acknowledged, at most.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or for the acks of a batch.")
 
 
 class MqttSink(Sink[MqttSinkConfig]):
@@ -65,16 +58,7 @@ class MqttSink(Sink[MqttSinkConfig]):
         await self._connect()
 
     async def _connect(self) -> aiomqtt.Client:
-        password = self.config.password.get_secret_value() if self.config.password else None
-        client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username,
-            password=password,
-            identifier=self._client_id,
-            timeout=self.config.timeout,
-            max_inflight_messages=self.config.max_inflight,
-        )
+        client = mqtt_client(self.config, self._client_id, max_inflight_messages=self.config.max_inflight)
         client.pending_calls_threshold = self.config.max_inflight + 1  # a full batch in flight is normal, not a warning
         await mqtt_call("connect", client.__aenter__(), self.config.timeout)
         self._client = client

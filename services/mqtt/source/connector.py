@@ -24,27 +24,21 @@ from paho.mqtt.properties import Properties
 from pydantic import Field
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     PayloadFormat,
     RetriableError,
-    Secret,
     Source,
     SourceContext,
     record_from_payload,
 )
-from services.mqtt.client import mqtt_call, mqtt_disconnect
+from services.mqtt.client import MqttConnection, mqtt_call, mqtt_client, mqtt_disconnect
 
 __all__ = ["MqttSource", "MqttSourceConfig"]
 
 log = structlog.get_logger()
 
 
-class MqttSourceConfig(ConnectorConfig):
-    host: str = Field("127.0.0.1", description="Broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
-    username: str | None = Field(None, description="User name, if the broker wants one.")
-    password: Secret | None = Field(None, description="Password of username.")
+class MqttSourceConfig(MqttConnection):
     client_id: str | None = Field(None, description="Client identifier of the persistent session; default the instance name.")
     topics: list[str] = Field(min_length=1, description="Topic filters to subscribe to (wildcards + and # allowed).")
     qos: Literal[1] = Field(1, description="Subscription QoS; 1 = at-least-once (the only sound choice here).")
@@ -56,7 +50,6 @@ class MqttSourceConfig(ConnectorConfig):
     session_expiry: int = Field(
         7 * 24 * 3600, ge=1, description="Seconds the broker keeps the session (and queues messages) while the source is away."
     )
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or any broker answer.")
 
 
 class MqttSource(Source[MqttSourceConfig]):
@@ -79,17 +72,12 @@ class MqttSource(Source[MqttSourceConfig]):
 
     async def _connect(self) -> None:
         await self._disconnect()
-        password = self.config.password.get_secret_value() if self.config.password else None
-        client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username,
-            password=password,
-            identifier=self._client_id,
+        client = mqtt_client(
+            self.config,
+            self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=self._connect_properties(),
-            timeout=self.config.timeout,
         )
         # aiomqtt has no manual-ack switch of its own; its paho client does (PUBACK only on .ack()).
         client._client.manual_ack_set(True)

@@ -86,7 +86,8 @@ class MysqlSource(Source[MysqlSourceConfig]):
             await self.stop()
             raise
 
-    async def _connect(self) -> Any:
+    async def _connect(self, *, running: bool = False) -> Any:
+        """A connection; ``running`` (polls, after a good start): a refused login is waited out, not fatal."""
         config = self.config
         return await connect(
             host=config.host,
@@ -94,6 +95,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
             user=config.user,
             password=config.password,
             connect_timeout=config.connect_timeout,
+            running=running,
         )
 
     async def _query(self, statement: str, params: Sequence[Any] = (), conn: Any = None) -> list[tuple[Any, ...]]:
@@ -225,12 +227,17 @@ class MysqlSource(Source[MysqlSourceConfig]):
         assert self._snapshot is not None and self._stream_from is not None
         if self._snapshot_conn is None:
             # The server went away mid-snapshot: a new consistent view, continuing after the last row handed over.
-            self._snapshot_conn = await self._connect()
-            with translate_mysql_errors("restarting the snapshot"):
-                await SnapshotReader.begin(self._snapshot_conn)
-            self._snapshot.reconnect(self._snapshot_conn)
+            conn = await self._connect(running=True)
+            try:
+                with translate_mysql_errors("restarting the snapshot", running=True):
+                    await SnapshotReader.begin(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._snapshot_conn = conn
+            self._snapshot.reconnect(conn)
         try:
-            with translate_mysql_errors("reading the snapshot"):
+            with translate_mysql_errors("reading the snapshot", running=True):
                 async with asyncio.timeout(self.config.query_timeout):
                     rows = await self._snapshot.next_rows()
         except RetriableError:
@@ -239,7 +246,7 @@ class MysqlSource(Source[MysqlSourceConfig]):
             raise
         records = [self._snapshot_record(row) for row in rows or ()]
         if self._snapshot.exhausted:
-            with translate_mysql_errors("ending the snapshot"):
+            with translate_mysql_errors("ending the snapshot", running=True):
                 await self._snapshot.close()
             self._snapshot = None
             self._log.info("snapshot complete")

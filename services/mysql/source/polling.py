@@ -31,7 +31,8 @@ __all__ = ["TablePoller"]
 class TablePoller:
     """Polls ``config.poll_tables`` in turn over a connection of its own (``connect`` opens one)."""
 
-    def __init__(self, config: MysqlSourceConfig, connect: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, config: MysqlSourceConfig, connect: Callable[..., Awaitable[Any]]) -> None:
+        """``connect(running=...)`` opens a connection (see ``MysqlSource._connect``)."""
         self.config = config
         self._connect = connect
         self._conn: Any = None
@@ -122,9 +123,9 @@ class TablePoller:
         order = ",".join(quote(c) for c in (ts, *((inc,) if inc else key)) if c)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         statement = f"SELECT * FROM {quote(db, name)}{where} ORDER BY {order} LIMIT {self.config.max_batch}"
-        with translate_mysql_errors(f"polling {table.table}"):
+        with translate_mysql_errors(f"polling {table.table}", running=True):
             if self._conn is None:
-                self._conn = await self._connect()
+                self._conn = await self._connect(running=True)
             try:
                 async with asyncio.timeout(self.config.query_timeout), self._conn.cursor() as cursor:
                     await cursor.execute(statement, params)

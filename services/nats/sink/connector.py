@@ -20,33 +20,28 @@ from nats.js import JetStreamContext
 from pydantic import Field
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     DataError,
     Rejection,
-    Secret,
     Sink,
     SinkContext,
     SinkPayload,
     record_to_payload,
 )
-from services.nats.client import ensure_stream, nats_call, nats_connect
+from services.nats.client import NatsConnection, ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSink", "NatsSinkConfig"]
 
 log = structlog.get_logger()
 
 
-class NatsSinkConfig(ConnectorConfig):
-    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS server URLs.")
-    token: Secret | None = Field(None, description="Authentication token, if the server wants one.")
+class NatsSinkConfig(NatsConnection):
     subject: str = Field("{topic}", description="Subject to publish to; {topic} = the event's subject.")
     stream: str | None = Field(
         None, description="Expected stream (checked by the server) and, with subjects, created if missing."
     )
     subjects: list[str] = Field(default_factory=list, description="Subjects of the stream when it is created.")
     payload: SinkPayload = Field("cloudevent", description="cloudevent: structured JSON; data: the data only.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or for the acks of a batch.")
 
 
 class NatsSink(Sink[NatsSinkConfig]):
@@ -60,7 +55,7 @@ class NatsSink(Sink[NatsSinkConfig]):
         self._js: JetStreamContext | None = None
 
     async def start(self, context: SinkContext) -> None:
-        self._client = await nats_connect(self.config.servers, self.config.token, self.config.timeout)
+        self._client = await nats_connect(self.config)
         self._js = self._client.jetstream(timeout=self.config.timeout)
         if self.config.stream:
             await ensure_stream(self._js, self.config.stream, self.config.subjects, self.config.timeout)

@@ -23,25 +23,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import Field
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     PayloadFormat,
     RetriableError,
-    Secret,
     Source,
     SourceContext,
     record_from_payload,
 )
-from services.nats.client import ensure_stream, nats_call, nats_connect
+from services.nats.client import NatsConnection, ensure_stream, nats_call, nats_connect
 
 __all__ = ["NatsSource", "NatsSourceConfig"]
 
 log = structlog.get_logger()
 
 
-class NatsSourceConfig(ConnectorConfig):
-    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS server URLs.")
-    token: Secret | None = Field(None, description="Authentication token, if the server wants one.")
+class NatsSourceConfig(NatsConnection):
     stream: str = Field(min_length=1, description="JetStream stream to read.")
     subjects: list[str] = Field(default_factory=list, description="Create the stream with these subjects if it is missing.")
     durable: str | None = Field(None, description="Durable consumer name; default the instance name.")
@@ -53,7 +49,6 @@ class NatsSourceConfig(ConnectorConfig):
         "cloudevents", description="Payload format: cloudevents (structured JSON), json, text or binary."
     )
     batch_size: int = Field(500, ge=1, description="Messages per fetch, at most.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or any server answer.")
 
 
 class NatsSource(Source[NatsSourceConfig]):
@@ -73,7 +68,7 @@ class NatsSource(Source[NatsSourceConfig]):
         self._context = context
         timeout = self.config.timeout
         durable = self.config.durable or context.connector_name
-        self._client = await nats_connect(self.config.servers, self.config.token, timeout)
+        self._client = await nats_connect(self.config)
         js = self._client.jetstream(timeout=timeout)
         await ensure_stream(js, self.config.stream, self.config.subjects, timeout)
         consumer = ConsumerConfig(

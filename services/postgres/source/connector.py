@@ -30,7 +30,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.postgres.client import PgConnection, pg_call, quote_identifier
+from services.postgres.client import PgConnection, pg_call, quote_identifier, quote_relation
 from services.postgres.source.pgoutput import Begin, Change, Commit, Relation, Truncate, decode
 from services.postgres.source.snapshot import SnapshotChunk, SnapshotReader, read_tables
 
@@ -191,12 +191,13 @@ class PostgresSource(Source[PostgresSourceConfig]):
     async def poll(self) -> Sequence[ConnectorRecord]:
         if self._snapshot is not None:
             return await self._poll_snapshot(self._snapshot)
-        try:
-            connection = await self._connection.get()
+        try:  # after a good start a refusal is an operator's to mend: retried (running=True), not fatal
+            connection = await self._connection.get(running=True)
             rows = await pg_call(
                 "peek changes",
                 connection.fetch(_PEEK, self.config.slot, self._peek_size(), self.config.publication),
                 self.config.timeout,
+                running=True,
             )
         except RetriableError:
             self._connection.drop()
@@ -218,12 +219,17 @@ class PostgresSource(Source[PostgresSourceConfig]):
                     running=True,
                 )
                 self._reading = reading
-                await pg_call("begin snapshot", reading.execute("SET standard_conforming_strings = on"), self.config.timeout)
                 await pg_call(
-                    "begin snapshot", reading.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"), self.config.timeout
+                    "begin snapshot", reading.execute("SET standard_conforming_strings = on"), self.config.timeout, running=True
+                )
+                await pg_call(
+                    "begin snapshot",
+                    reading.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                    self.config.timeout,
+                    running=True,
                 )
                 log.info("snapshot continues in a new transaction", slot=self.config.slot)
-            chunk = await snapshot.next_chunk(self._reading, await self._connection.get())
+            chunk = await snapshot.next_chunk(self._reading, await self._connection.get(running=True))
         except RetriableError:
             self._connection.drop()
             self._drop_reading()
@@ -324,7 +330,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             data: dict[str, Any]
             if change.op == "truncate":
                 op = "ddl"
-                data = {"ddl": f"TRUNCATE TABLE {quote_identifier(f'{relation.schema}.{relation.table}')}", "source": source}
+                data = {"ddl": f"TRUNCATE TABLE {quote_relation(relation.schema, relation.table)}", "source": source}
             else:
                 op = _OPS[change.op]
                 key = [name for name, _, in_key in relation.columns if in_key]
@@ -349,7 +355,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
         if not finished:
             return
         # Every change of these transactions is stored: the slot may forget them.
-        connection = await self._connection.get()
+        connection = await self._connection.get(running=True)
         try:
             await pg_call(
                 "advance slot",
@@ -357,6 +363,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
                     "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", self.config.slot, _lsn_text(max(finished))
                 ),
                 self.config.timeout,
+                running=True,
             )
         except asyncpg.ObjectNotInPrerequisiteStateError:
             pass  # the slot is already past that point

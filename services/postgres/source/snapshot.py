@@ -14,6 +14,11 @@ pgoutput sends too, converted alike (:func:`~.pgoutput.column_value`). The next 
 the last key handed over, written as quoted literals cast to the key's type (the simple protocol
 binds nothing); a table without a primary key is read in ``ctid`` order and, after a restart in its
 middle, again from its start.
+
+A table dropped before the snapshot reads it (or, half read, before a new transaction reads on) has no
+rows left to read: it is skipped with a warning, as Debezium does, and the snapshot goes on with the
+others. The first read of a table in a transaction runs under a savepoint, so that its failure leaves
+the transaction, and its snapshot, usable; from then on the transaction's lock keeps the table there.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncpg
 import structlog
 
 from runtime import DataError, SourceContext
-from services.postgres.client import pg_call, quote_identifier
+from services.postgres.client import pg_call, quote_column, quote_relation
 from services.postgres.source.pgoutput import column_value
 
 __all__ = ["SnapshotChunk", "SnapshotReader", "Table", "read_tables"]
@@ -74,7 +79,11 @@ async def read_tables(connection: asyncpg.Connection, publication: str, seconds:
     """The publication's tables, sorted, with their columns and primary keys (read from the catalog)."""
     tables: list[Table] = []
     for schema, name in await pg_call("list tables", connection.fetch(_TABLES, publication), seconds):
-        rows = await pg_call("read columns", connection.fetch(_COLUMNS, quote_identifier(f"{schema}.{name}")), seconds)
+        try:
+            rows = await pg_call("read columns", connection.fetch(_COLUMNS, quote_relation(schema, name)), seconds)
+        except asyncpg.UndefinedTableError:
+            log.warning("table dropped before the snapshot read it: skipped", table=f"{schema}.{name}")
+            continue
         columns = tuple((row["attname"], int(row["type_oid"]), str(row["sql_type"])) for row in rows)
         keyed = sorted((row["key_position"], row["attname"]) for row in rows if row["key_position"])
         tables.append(Table(schema, name, columns, tuple(column for _, column in keyed)))
@@ -104,6 +113,8 @@ class SnapshotReader:
         self._total = 0
         self._started = self._logged = 0.0
         self._opened: str | None = None
+        # The snapshot transaction (its connection) that has read the current table: it holds the table's lock.
+        self._locked_by: asyncpg.Connection | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -113,15 +124,19 @@ class SnapshotReader:
         """The next rows over ``reading`` (the snapshot transaction), or None once every table is read."""
         while self._tables:
             table = self._tables[0]
-            if self._opened != table.qualified:
-                await self._open(table, catalog)
-            rows = await self._read(reading, table)
+            try:
+                if self._opened != table.qualified:
+                    await self._open(table, catalog)
+                rows = await self._read(reading, table)
+            except asyncpg.UndefinedTableError:
+                log.warning("table dropped during the snapshot: skipped", table=table.qualified, rows_read=self._done)
+                self._next_table()
+                continue
             self._done += len(rows)
             self._gauges(table)
             if len(rows) < self._chunk:
                 self._progress(table, final=True)
-                self._tables.pop(0)
-                self._after = None
+                self._next_table()
             else:
                 self._after = rows[-1][1]
                 self._progress(table)
@@ -129,9 +144,14 @@ class SnapshotReader:
                 return SnapshotChunk(table, rows)
         return None
 
+    def _next_table(self) -> None:
+        self._tables.pop(0)
+        self._after = None
+        self._locked_by = None
+
     async def _open(self, table: Table, catalog: asyncpg.Connection) -> None:
         estimate = await pg_call(
-            "estimate rows", catalog.fetchval(_ESTIMATE, quote_identifier(table.qualified)), self._seconds, running=True
+            "estimate rows", catalog.fetchval(_ESTIMATE, quote_relation(table.schema, table.name)), self._seconds, running=True
         )
         self._opened = table.qualified
         self._total, self._done = int(estimate or 0), 0
@@ -141,22 +161,33 @@ class SnapshotReader:
 
     async def _read(self, reading: asyncpg.Connection, table: Table) -> list[tuple[dict[str, Any], list[str]]]:
         types = {name: sql_type for name, _, sql_type in table.columns}
-        order = [quote_identifier(column) for column in table.key] or ["ctid"]
+        order = [quote_column(column) for column in table.key] or ["ctid"]
         after_types = [types[column] for column in table.key] or ["tid"]
         where = ""
         if self._after is not None:
             literals = ", ".join(f"{_literal(text)}::{sql_type}" for text, sql_type in zip(self._after, after_types, strict=True))
             where = f" WHERE ({', '.join(order)}) > ({literals})"
-        selected = ", ".join([*(quote_identifier(name) for name, _, _ in table.columns), *(["ctid"] if not table.key else [])])
-        query = (
-            f"SELECT {selected} FROM {quote_identifier(table.qualified)}{where} ORDER BY {', '.join(order)} LIMIT {self._chunk}"
-        )
+        selected = ", ".join([*(quote_column(name) for name, _, _ in table.columns), *(["ctid"] if not table.key else [])])
+        relation = quote_relation(table.schema, table.name)
+        query = f"SELECT {selected} FROM {relation}{where} ORDER BY {', '.join(order)} LIMIT {self._chunk}"
         received: list[bytes] = []
 
         async def keep(data: bytes) -> None:
             received.append(bytes(data))
 
-        await pg_call(f"snapshot of {table.qualified}", reading.copy_from_query(query, output=keep), self._seconds, running=True)
+        copy = f"snapshot of {table.qualified}"
+        locked = self._locked_by is reading  # (a separate name: "is" would narrow reading to the Optional)
+        if locked:
+            await pg_call(copy, reading.copy_from_query(query, output=keep), self._seconds, running=True)
+        else:  # the table may be gone: a failure must not abort the transaction (see the module docstring)
+            await pg_call(copy, reading.execute("SAVEPOINT snapshot_table"), self._seconds, running=True)
+            try:
+                await pg_call(copy, reading.copy_from_query(query, output=keep), self._seconds, running=True)
+            except asyncpg.UndefinedTableError:
+                await pg_call(copy, reading.execute("ROLLBACK TO SAVEPOINT snapshot_table"), self._seconds, running=True)
+                raise
+            await pg_call(copy, reading.execute("RELEASE SAVEPOINT snapshot_table"), self._seconds, running=True)
+            self._locked_by = reading
         rows: list[tuple[dict[str, Any], list[str]]] = []
         for line in b"".join(received).decode().splitlines():
             fields = [_unescape(field) for field in line.split("\t")]

@@ -17,29 +17,26 @@ from collections.abc import Sequence
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     DataError,
     Rejection,
     RetriableError,
-    Secret,
     Sink,
     SinkContext,
     SinkPayload,
     record_to_payload,
 )
-from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
+from services.rabbitmq.client import ExchangeType, RabbitmqConnection, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSink", "RabbitmqSinkConfig"]
 
 log = structlog.get_logger()
 
 
-class RabbitmqSinkConfig(ConnectorConfig):
-    url: Secret = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="amqp:// or amqps:// URL with credentials.")
+class RabbitmqSinkConfig(RabbitmqConnection):
     exchange: str = Field("", description='Exchange to publish to; "" is the default exchange (routing key = queue name).')
     exchange_type: ExchangeType = Field("topic", description="Type of the exchange when declared.")
     declare: bool = Field(True, description="Declare the exchange (durable) if it does not exist.")
@@ -47,7 +44,6 @@ class RabbitmqSinkConfig(ConnectorConfig):
     mandatory: bool = Field(True, description="Treat a message no queue takes as a failure (retried) instead of dropping it.")
     persistent: bool = Field(True, description="Persistent messages (delivery mode 2): on disk in durable queues.")
     payload: SinkPayload = Field("cloudevent", description="cloudevent: structured JSON; data: the data only.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or for the confirms of a batch.")
 
 
 class RabbitmqSink(Sink[RabbitmqSinkConfig]):
@@ -62,7 +58,7 @@ class RabbitmqSink(Sink[RabbitmqSinkConfig]):
 
     async def start(self, context: SinkContext) -> None:
         timeout = self.config.timeout
-        self._connection = await amqp_connect(self.config.url.get_secret_value(), timeout)
+        self._connection = await amqp_connect(self.config)
         channel = await amqp_call("channel", self._connection.channel(publisher_confirms=True, on_return_raises=True), timeout)
         if self.config.exchange and self.config.declare:
             exchange_type = aio_pika.ExchangeType(self.config.exchange_type)

@@ -19,28 +19,25 @@ from dataclasses import replace
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from runtime import (
     CLOUDEVENTS_JSON,
-    ConnectorConfig,
     ConnectorRecord,
     PayloadFormat,
     RetriableError,
-    Secret,
     Source,
     SourceContext,
     record_from_payload,
 )
-from services.rabbitmq.client import ExchangeType, amqp_call, amqp_connect
+from services.rabbitmq.client import ExchangeType, RabbitmqConnection, amqp_call, amqp_connect
 
 __all__ = ["RabbitmqSource", "RabbitmqSourceConfig"]
 
 log = structlog.get_logger()
 
 
-class RabbitmqSourceConfig(ConnectorConfig):
-    url: Secret = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="amqp:// or amqps:// URL with credentials.")
+class RabbitmqSourceConfig(RabbitmqConnection):
     queue: str = Field(min_length=1, description="Queue to consume.")
     declare: bool = Field(True, description="Declare the queue (durable) and the exchange if they do not exist.")
     exchange: str | None = Field(None, description="Bind the queue to this exchange (optional).")
@@ -51,7 +48,6 @@ class RabbitmqSourceConfig(ConnectorConfig):
         "cloudevents", description="Payload format: cloudevents (structured JSON), json, text or binary."
     )
     batch_size: int = Field(500, ge=1, description="Messages per poll, at most.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or any broker answer.")
 
 
 class RabbitmqSource(Source[RabbitmqSourceConfig]):
@@ -71,7 +67,7 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
 
     async def start(self, context: SourceContext) -> None:
         timeout = self.config.timeout
-        self._connection = await amqp_connect(self.config.url.get_secret_value(), timeout)
+        self._connection = await amqp_connect(self.config)
         self._channel = await amqp_call("channel", self._connection.channel(), timeout)
         assert self._channel is not None
         await amqp_call("basic.qos", self._channel.set_qos(prefetch_count=self.config.prefetch), timeout)

@@ -17,22 +17,20 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from redis import exceptions as redis_errors
 
 from runtime import (
-    ConnectorConfig,
     ConnectorRecord,
     DataError,
     Rejection,
     RetriableError,
-    Secret,
     Sink,
     SinkContext,
     SinkPayload,
     record_to_payload,
 )
-from services.redis.client import redis_call, redis_connect
+from services.redis.client import RedisConnection, redis_call, redis_connect
 
 __all__ = ["RedisSink", "RedisSinkConfig"]
 
@@ -55,8 +53,7 @@ return id
 """
 
 
-class RedisSinkConfig(ConnectorConfig):
-    url: Secret = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL; may hold the password.")
+class RedisSinkConfig(RedisConnection):
     mode: Literal["stream", "pubsub"] = Field("stream", description="stream: XADD; pubsub: PUBLISH.")
     key: str = Field("{topic}", description="Stream key (mode stream); {topic} = the event's subject.")
     channel: str = Field("{topic}", description="Channel (mode pubsub); {topic} = the event's subject.")
@@ -65,7 +62,6 @@ class RedisSinkConfig(ConnectorConfig):
     dedup_seconds: int = Field(600, ge=0, description="Skip an event already added within this many seconds (0 = off).")
     dedup_prefix: str = Field("meshconnect:dedup:", description="Key prefix of the dedup markers.")
     payload: SinkPayload = Field("cloudevent", description="cloudevent: structured JSON; data: the data only.")
-    timeout: float = Field(5.0, gt=0, description="Seconds to wait for any Redis answer.")
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> RedisSinkConfig:
@@ -86,7 +82,7 @@ class RedisSink(Sink[RedisSinkConfig]):
         self._script_sha = ""
 
     async def start(self, context: SinkContext) -> None:
-        self._redis = redis_connect(self.config.url.get_secret_value(), self.config.timeout)
+        self._redis = redis_connect(self.config)
         await redis_call("PING", self._redis.ping())
         await self._load_script()
 

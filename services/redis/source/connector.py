@@ -21,29 +21,26 @@ from typing import Any, Literal
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from redis import exceptions as redis_errors
 
 from runtime import (
     ConfigError,
-    ConnectorConfig,
     ConnectorRecord,
     PayloadFormat,
     RetriableError,
-    Secret,
     Source,
     SourceContext,
     record_from_payload,
 )
-from services.redis.client import redis_call, redis_connect
+from services.redis.client import RedisConnection, redis_call, redis_connect
 
 __all__ = ["RedisSource", "RedisSourceConfig"]
 
 log = structlog.get_logger()
 
 
-class RedisSourceConfig(ConnectorConfig):
-    url: Secret = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL; may hold the password.")
+class RedisSourceConfig(RedisConnection):
     mode: Literal["stream", "pubsub"] = Field("stream", description="stream: consumer group (at-least-once); pubsub: channels.")
     streams: list[str] = Field(default_factory=list, description="Stream keys to read (mode stream).")
     group: str = Field("meshconnect", description="Consumer group (mode stream); created if missing.")
@@ -59,7 +56,6 @@ class RedisSourceConfig(ConnectorConfig):
         "cloudevents", description="Payload format: cloudevents (structured JSON), json, text or binary."
     )
     batch_size: int = Field(500, ge=1, description="Entries or messages per poll, at most.")
-    timeout: float = Field(5.0, gt=0, description="Seconds to wait for any Redis answer.")
 
     @model_validator(mode="after")
     def _something_to_read(self) -> RedisSourceConfig:
@@ -88,7 +84,7 @@ class RedisSource(Source[RedisSourceConfig]):
     async def start(self, context: SourceContext) -> None:
         self._context = context
         self._consumer = self.config.consumer or context.connector_name
-        self._redis = redis_connect(self.config.url.get_secret_value(), self.config.timeout)
+        self._redis = redis_connect(self.config)
         await redis_call("PING", self._redis.ping())
         if self.config.mode == "stream":
             await self._ensure_groups()
