@@ -171,12 +171,19 @@ class RedisServer(ServerProcess):
     name = "redis"
 
     def __init__(
-        self, password: str | None = None, replica_of: int | None = None, tls: tuple[Path, Path, Path] | None = None
+        self,
+        password: str | None = None,
+        replica_of: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        *,
+        persistent: bool = False,
     ) -> None:
+        """``persistent``: an append-only file fsynced on every write, as a production registry must run."""
         self.binary = require_binary("redis-server")
         self.password = password
         self.replica_of = replica_of
         self.tls = tls
+        self.persistent = persistent
         super().__init__()
 
     def command(self) -> Sequence[str]:
@@ -188,8 +195,7 @@ class RedisServer(ServerProcess):
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]),
             "--dir",
             str(self.dir),
         ]
@@ -257,17 +263,30 @@ class RedisSentinelSetup:
 
     service = "registry"
 
-    def __init__(self, password: str | None = None, sentinel_password: str | None = None, *, tls: bool = False) -> None:
+    def __init__(
+        self,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        *,
+        tls: bool = False,
+        persistent: bool = False,
+        port: Callable[[], int] = free_port,
+    ) -> None:
+        """``persistent`` servers keep an append-only file (a server restarted empty voids every acknowledgement
+        it gave); ``port`` hands out each server's port (a caller restarting servers picks ports no client socket takes)."""
         self.password = password
         self.sentinel_password = sentinel_password
         self.tls_dir = Path(tempfile.mkdtemp(prefix="meshconnect-redis-tls-"))
         self.tls = make_tls_files(self.tls_dir) if tls else None
-        self.primary = RedisServer.running(password=password, tls=self.tls)
-        assert isinstance(self.primary, RedisServer)
-        self.replica = RedisServer(password=password, replica_of=self.primary.port, tls=self.tls)
+        self.primary = RedisServer(password=password, tls=self.tls, persistent=persistent)
+        self.primary.port = port()
+        self.primary.start()
+        self.replica = RedisServer(password=password, replica_of=self.primary.port, tls=self.tls, persistent=persistent)
+        self.replica.port = port()
         self.replica.start()
         self.sentinels = [RedisSentinel(self.service, self.primary.port, password, sentinel_password, self.tls) for _ in range(3)]
         for sentinel in self.sentinels:
+            sentinel.port = port()
             sentinel.prepare()
             sentinel.start()
         self.wait_until_watched()
@@ -292,6 +311,11 @@ class RedisSentinelSetup:
             except (OSError, redis.exceptions.RedisError):
                 continue
         raise RuntimeError("no Sentinel answered")
+
+    def current_primary(self) -> RedisServer:
+        """The server the Sentinels name as primary now (the first ``primary`` until a failover)."""
+        port = self.primary_port()
+        return self.primary if port == self.primary.port else self.replica
 
     def wait_until_watched(self, timeout: float = 60.0) -> None:
         """Until the replica is in sync and every Sentinel knows it and its two peers: only then
