@@ -7,7 +7,7 @@ faults. Prints the fault timeline, the table, then
 ``verdict: accepted=N landed=N dead_lettered=N lost=N duplicates=N`` and, as the last line,
 ``ratio: <landed/accepted>``, where the baseline is what was accepted in the same run (the
 does-not-fit events, dead-lettered by design, count as accepted and not landed). Exits 1 when
-anything was lost or duplicated.
+anything was lost or duplicated, or the replica's rows differ from the source's.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main() -> int:
         print(line)
     verdict = report.verdict
     print(f"ratio: {verdict.landed / verdict.accepted if verdict.accepted else 0.0:.4f}")
-    return 0 if verdict.lost == 0 and verdict.duplicates == 0 else 1
+    return 0 if verdict.lost == 0 and verdict.duplicates == 0 and verdict.mismatches == 0 else 1
 
 
 if __name__ == "__main__":

@@ -207,6 +207,17 @@ def test_a_failover_of_the_slots_primary_loses_nothing_and_no_token_goes_backwar
         old_primary.kill()
         killed_at = time.monotonic()
         wait_for(lambda: _serves(cluster, prefix, promoted), 30, "the replica of the killed primary takes its slots over")
+        # What the promoted replica holds: no token below one used, no offset below one counted before the kill.
+        stored_tokens = cluster.read(promoted, "HGETALL", f"{prefix}:{{{CONNECTOR}}}:tokens")
+        stored_offsets = cluster.read(promoted, "HGETALL", _slot_key(prefix, CONNECTOR))
+        for group in groups:
+            before = [event for r in replicas for event in r.events() if event["t"] < killed_at and event.get("group") == group]
+            used = max(event["token"] for event in before if event["event"] in ("acquired", "commit"))
+            counted = max(event["n"] for event in before if event["event"] == "commit")
+            assert int(stored_tokens[group]) >= used, (
+                f"{group}: token {stored_tokens[group]} after the failover, {used} used before"
+            )
+            assert orjson.loads(stored_offsets[_offset_key(group)])["n"] >= counted, f"{group}: an offset went backwards"
         # Back on its port and with its nodes.conf, the old primary rejoins as the new one's replica:
         # the replica min_replicas waits for from now on.
         old_primary.start()
