@@ -75,7 +75,9 @@ is never logged; a password may also be passed apart from the URL. Commands time
 Persistence: a production Redis must persist (``appendonly yes``, ``appendfsync everysec`` or
 ``always``). A Redis that restarts empty forgets every offset, and sources start again from their
 beginning (duplicates, never loss); one that loses its last second of writes may hand a token out
-twice, which the holder check in every script still tells apart.
+twice, which the holder check in every script still tells apart. Replicas too: a replica that
+restarts empty no longer has what it acknowledged, and if a failover promotes it before it has
+synced again, every offset is gone.
 """
 
 from __future__ import annotations
