@@ -188,7 +188,8 @@ class RegistrySettings(_Strict):
         None,
         description=(
             "kind=redis: redis://[:password@]host:port/db, rediss:// for TLS, or through Sentinel"
-            " redis+sentinel://[:password@]host1:port1,host2:port2/service/db (rediss+sentinel:// for TLS);"
+            " redis+sentinel://[:password@]host1:port1,host2:port2/service/db (rediss+sentinel:// for TLS),"
+            " or a Redis Cluster redis+cluster://[:password@]host1:port1,host2:port2 (rediss+cluster:// for TLS);"
             " may hold a password."
         ),
     )

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import MariaDBServer, MosquittoServer, NatsServer, PostgresServer, RedisServer
+from tests.servers import MariaDBServer, MosquittoServer, NatsServer, PostgresServer, RedisClusterSetup, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +14,14 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer.running()
     yield server  # type: ignore[misc]
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterSetup]:
+    """Three primaries with a replica each; tests that fail a node over start a cluster of their own."""
+    cluster = RedisClusterSetup()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

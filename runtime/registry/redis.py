@@ -42,6 +42,14 @@ No separate re-validation step is needed after a failover: the commit and renew 
 holder and token with the lease stored on whichever primary they reach, so the first write after a
 failover is checked against the new primary's lease.
 
+In a Redis Cluster the same holds per slot. A connector's keys share one slot, served by one
+primary, and WAIT goes to that primary (see Connecting), so it counts that primary's replicas. When
+the primary fails, the cluster promotes one of its replicas, and every replica that acknowledged
+has each token used and each offset counted; with ``min_replicas`` equal to the primary's replica
+count, that is every replica it could promote. A write that reaches a node that no longer serves
+the slot is refused there (``MOVED``, before the script runs) or, on a primary cut off in a
+minority partition, gets no acknowledgement from replicas on the other side: it does not count.
+
 Connecting
 ----------
 ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS; TLS options go in the URL query
@@ -50,7 +58,15 @@ Through Sentinel: ``redis+sentinel://[:password@]host1:port1,host2:port2/service
 ``rediss+sentinel://`` with the same TLS options, used towards the Sentinels and the primary; a
 Sentinel password goes in ``?sentinel_password=``). redis-py's Sentinel client asks the Sentinels
 for the primary on every new connection, and drops a connection that finds a demoted primary, so
-after a failover the next retry reaches the new primary. Redis Cluster is not supported yet.
+after a failover the next retry reaches the new primary.
+A Redis Cluster: ``redis+cluster://[[user]:password@]host1:port1,host2:port2`` (or
+``rediss+cluster://`` with the same TLS options), any reachable nodes of it; redis-py's
+``RedisCluster`` learns the slot map from them and follows ``MOVED`` and failovers. Every script
+touches the keys of one connector only, one slot. A replica-acknowledged write (``min_replicas``)
+goes, with its ``WAIT``, to the primary that serves the connector's slot, on one connection of a
+client of that node alone: WAIT counts that node's replicas. If that node no longer serves the slot
+(``MOVED``, a replica refusing ``WAIT``, a dead node), the write does not count, the cluster client
+looks the slot up again, and the caller retries.
 The URL is a secret in the config (``{env: REDIS_URL}`` or ``{file: ...}``), so a password in it
 is never logged; a password may also be passed apart from the URL. Commands time out after
 ``timeout`` seconds and are retried twice with exponential backoff and jitter; after that,
@@ -59,21 +75,25 @@ is never logged; a password may also be passed apart from the URL. Commands time
 Persistence: a production Redis must persist (``appendonly yes``, ``appendfsync everysec`` or
 ``always``). A Redis that restarts empty forgets every offset, and sources start again from their
 beginning (duplicates, never loss); one that loses its last second of writes may hand a token out
-twice, which the holder check in every script still tells apart.
+twice, which the holder check in every script still tells apart. Replicas too: a replica that
+restarts empty no longer has what it acknowledged, and if a failover promotes it before it has
+synced again, every offset is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
@@ -190,70 +210,90 @@ _NAME_FORBIDDEN = re.compile(r"[{}\s]")
 
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SENTINEL_FORM = "redis+sentinel://[:password@]host1:26379,host2:26379/service/0 (rediss+sentinel:// for TLS)"
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_CLUSTER_FORM = "redis+cluster://[:password@]host1:6379,host2:6379 (rediss+cluster:// for TLS)"
 _TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
 
 
 @dataclass(frozen=True, slots=True)
-class _SentinelTarget:
-    """What a ``redis+sentinel://`` URL names: the Sentinels to ask, and which primary of theirs."""
+class _HostList:
+    """What every URL naming several servers carries: the servers, the credentials, the TLS options."""
 
-    sentinels: list[tuple[str, int]]
-    service: str
-    db: int
+    scheme: str
+    hosts: list[tuple[str, int]]
+    path: list[str]
     username: str | None
     password: str | None
-    sentinel_password: str | None
-    tls: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, str]
+    """Query options other than the TLS ones."""
+    tls: dict[str, Any]
 
     @property
     def where(self) -> str:
         """For messages: no credentials."""
-        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
-        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        return f"{scheme}://{hosts}/{self.service}/{self.db}"
+        return f"{self.scheme}://{','.join(f'{host}:{port}' for host, port in self.hosts)}"
 
     @classmethod
-    def parse(cls, url: str) -> _SentinelTarget:
+    def parse(cls, url: str, form: str, extra_options: frozenset[str] = frozenset()) -> _HostList:
         # urlsplit cannot read a host list as one host:port, so the netloc is split here.
         parts = urlsplit(url)
         userinfo, _, hostlist = parts.netloc.rpartition("@")
         username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-        sentinels = []
+        hosts = []
         for entry in hostlist.split(","):
             host, _, port = entry.rpartition(":")
             if not host or not port.isdigit():
-                raise ConfigError("registry.url", f"Sentinel address {entry!r} is not host:port", f"write {_SENTINEL_FORM}")
-            sentinels.append((host.strip("[]"), int(port)))
-        path = [segment for segment in parts.path.split("/") if segment]
-        if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
-            raise ConfigError(
-                "registry.url", "names no Sentinel service (or a db that is not a number)", f"write {_SENTINEL_FORM}"
-            )
+                raise ConfigError("registry.url", f"address {entry!r} is not host:port", f"write {form}")
+            hosts.append((host.strip("[]"), int(port)))
         query = dict(parse_qsl(parts.query))
-        sentinel_password = query.pop("sentinel_password", None)
-        unknown = sorted(set(query) - _TLS_OPTIONS)
+        unknown = sorted(set(query) - _TLS_OPTIONS - extra_options)
         if unknown:
             raise ConfigError(
                 "registry.url",
                 f"has unknown query option(s) {', '.join(unknown)}",
-                f"use only sentinel_password and {', '.join(sorted(_TLS_OPTIONS))}",
+                f"use only {', '.join(sorted(extra_options | _TLS_OPTIONS))}",
             )
-        tls: dict[str, Any] = {}
-        if parts.scheme == "rediss+sentinel":
-            tls = {"ssl": True, **query}
+        tls: dict[str, Any] = {key: value for key, value in query.items() if key in _TLS_OPTIONS}
+        if parts.scheme.startswith("rediss+"):
+            tls["ssl"] = True
             if "ssl_check_hostname" in tls:
                 tls["ssl_check_hostname"] = tls["ssl_check_hostname"].lower() in ("1", "true", "yes")
-        elif query:
-            raise ConfigError("registry.url", "has TLS options but no TLS", "use rediss+sentinel:// for TLS")
+        elif tls:
+            raise ConfigError(
+                "registry.url", "has TLS options but no TLS", f"use {parts.scheme.replace('redis', 'rediss', 1)}://"
+            )
         return cls(
-            sentinels=sentinels,
-            service=unquote(path[0]),
-            db=int(path[1]) if len(path) == 2 else 0,
+            scheme=parts.scheme,
+            hosts=hosts,
+            path=[segment for segment in parts.path.split("/") if segment],
             username=unquote(username) or None,
             password=unquote(password) or None,
-            sentinel_password=sentinel_password,
+            query={key: value for key, value in query.items() if key not in _TLS_OPTIONS},
             tls=tls,
         )
+
+    def credentials(self) -> dict[str, str]:
+        found = {"username": self.username, "password": self.password}
+        return {key: value for key, value in found.items() if value is not None}
+
+
+def _sentinel_target(url: str) -> tuple[_HostList, str, int]:
+    """The Sentinels a ``redis+sentinel://`` URL names, the service (primary) to ask them for, and the db."""
+    target = _HostList.parse(url, _SENTINEL_FORM, frozenset({"sentinel_password"}))
+    path = target.path
+    if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError("registry.url", "names no Sentinel service (or a db that is not a number)", f"write {_SENTINEL_FORM}")
+    return target, unquote(path[0]), int(path[1]) if len(path) == 2 else 0
+
+
+def _cluster_target(url: str) -> _HostList:
+    """The nodes a ``redis+cluster://`` URL names (a cluster has only db 0)."""
+    target = _HostList.parse(url, _CLUSTER_FORM)
+    if target.path not in ([], ["0"]):
+        raise ConfigError(
+            "registry.url", "names a db other than 0, which a Redis Cluster does not have", f"write {_CLUSTER_FORM}"
+        )
+    return target
 
 
 class RedisRegistry(Registry):
@@ -270,11 +310,12 @@ class RedisRegistry(Registry):
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://", *_SENTINEL_SCHEMES)):
+        if not url.startswith(("redis://", "rediss://", "unix://", *_SENTINEL_SCHEMES, *_CLUSTER_SCHEMES)):
             raise ConfigError(
                 "registry.url",
                 "is not a Redis URL",
-                "write redis://host:6379/0 (rediss:// for TLS) or redis+sentinel://host1:26379,host2:26379/service/0",
+                "write redis://host:6379/0 (rediss:// for TLS), redis+sentinel://host1:26379,host2:26379/service/0"
+                " or redis+cluster://host1:6379,host2:6379",
             )
         if min_replicas < 0:
             raise ConfigError("registry.min_replicas", f"{min_replicas} is negative", "use 0 (no wait) or a replica count")
@@ -293,19 +334,27 @@ class RedisRegistry(Registry):
         if password is not None:
             options["password"] = password
         self._sentinel: Sentinel | None = None
+        self._cluster: RedisCluster | None = None
+        self._node_options: dict[str, Any] = {}
+        """Connection options of a client of one cluster node (replica-acknowledged writes)."""
+        self._nodes: dict[str, aioredis.Redis] = {}
+        self._redis: aioredis.Redis | RedisCluster
         if url.startswith(_SENTINEL_SCHEMES):
-            target = _SentinelTarget.parse(url)
-            self._where = target.where
+            target, service, db = _sentinel_target(url)
+            self._where = f"{target.where}/{service}/{db}"
             sentinel_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **target.tls}
-            if target.sentinel_password is not None:
-                sentinel_options["password"] = target.sentinel_password
-            self._sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_options)
-            master_options = {**options, **target.tls, "db": target.db}
-            if target.username is not None:
-                master_options["username"] = target.username
-            if target.password is not None:
-                master_options.setdefault("password", target.password)
-            self._redis: aioredis.Redis = self._sentinel.master_for(target.service, **master_options)
+            if "sentinel_password" in target.query:
+                sentinel_options["password"] = target.query["sentinel_password"]
+            self._sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_options)
+            master_options = {**target.credentials(), **options, **target.tls, "db": db}
+            self._redis = self._sentinel.master_for(service, **master_options)
+        elif url.startswith(_CLUSTER_SCHEMES):
+            target = _cluster_target(url)
+            self._where = target.where
+            self._node_options = {**target.credentials(), **options, **target.tls}
+            startup_nodes = [ClusterNode(host, port) for host, port in target.hosts]
+            self._cluster = RedisCluster(startup_nodes=startup_nodes, **self._node_options)
+            self._redis = self._cluster
         else:
             parts = urlsplit(url)
             self._where = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
@@ -336,6 +385,8 @@ class RedisRegistry(Registry):
 
     async def close(self) -> None:
         await self._redis.aclose()
+        for node in self._nodes.values():
+            await node.aclose()
         if self._sentinel is not None:
             await self._sentinel.aclose()
 
@@ -354,7 +405,8 @@ class RedisRegistry(Registry):
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError, OSError) as exc:
             raise RegistryUnavailableError(f"Redis at {self._where} unreachable while {what}: {exc}") from exc
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException (no node reachable, a slot no node serves) is not a RedisError.
             raise RegistryUnavailableError(f"Redis at {self._where} failed while {what}: {exc}") from exc
 
     async def _replicated(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | bytes], what: str) -> Any:
@@ -367,10 +419,20 @@ class RedisRegistry(Registry):
         """
         if not self._min_replicas:
             return await script(keys=keys, args=args)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)
-            pipe.wait(self._min_replicas, self._replica_timeout_ms)
-            result, acknowledged = await pipe.execute()
+        try:
+            primary = await self._primary_for(keys[0])
+            async with primary.pipeline(transaction=False) as pipe:
+                await script(keys=keys, args=args, client=pipe)
+                pipe.wait(self._min_replicas, self._replica_timeout_ms)
+                result, acknowledged = await pipe.execute()
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            if self._cluster is not None:
+                # That node may no longer serve the slot (a failover, a resharding): a keyed read
+                # through the cluster client follows MOVED or the failover and updates its slot
+                # map, so the caller's retry reaches the slot's primary.
+                with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+                    await self._cluster.exists(keys[0])
+            raise
         if acknowledged < self._min_replicas:
             raise RegistryUnavailableError(
                 f"Redis at {self._where}: {what} reached {acknowledged} of {self._min_replicas} replica(s) within"
@@ -378,6 +440,20 @@ class RedisRegistry(Registry):
                 " Check the replicas' links to the primary, or lower registry.min_replicas"
             )
         return result
+
+    async def _primary_for(self, key: str) -> aioredis.Redis:
+        """A client of the primary serving ``key``; in a cluster, of the node serving its slot (as the cluster client knows)."""
+        if self._cluster is None:
+            assert isinstance(self._redis, aioredis.Redis)
+            return self._redis
+        await self._cluster.initialize()
+        node = self._cluster.get_node_from_key(key)
+        if node is None:
+            raise RegistryUnavailableError(f"Redis Cluster at {self._where}: no node serves the slot of {key}; retrying")
+        client = self._nodes.get(node.name)
+        if client is None:
+            client = self._nodes[node.name] = aioredis.Redis(host=node.host, port=int(node.port), **self._node_options)
+        return client
 
     async def _announce(self, connector: str) -> None:
         if connector not in self._announced:
@@ -468,13 +544,13 @@ class RedisRegistry(Registry):
         """As the interface says; a ``ttl`` of 0 or less removes ``holder`` at once (a graceful leave)."""
         keys = [self._key(connector, "members"), self._key(connector, "member-info")]
         args: list[str | int | bytes] = [holder, _ms(ttl) if ttl > 0 else 0, orjson.dumps(dict(info))]
-        async with self._reaching(f"heartbeating {connector}/{holder}"), self._redis.pipeline(transaction=False) as pipe:
-            await self._heartbeat(keys=keys, args=args, client=pipe)
+        async with self._reaching(f"heartbeating {connector}/{holder}"):
+            await self._heartbeat(keys=keys, args=args)
             if ttl > 0:
-                # Every round, in the same round trip: a live connector reappears in the listing
-                # even after an operator deleted it under its feet.
-                pipe.sadd(f"{self.prefix}:connectors", connector)
-            await pipe.execute()
+                # Every round: a live connector reappears in the listing even after an operator
+                # deleted it under its feet. (Not in one pipeline with the script: the listing is
+                # in another Cluster slot, and a pipeline would not load a script a node lacks.)
+                await self._redis.sadd(f"{self.prefix}:connectors", connector)
 
     async def members(self, connector: str) -> dict[str, dict[str, Any]]:
         keys = [self._key(connector, "members"), self._key(connector, "member-info")]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -131,6 +133,7 @@ class Faults:
         kinds = {
             "zombie_source": self.zombie,
             "redis_restart": self.redis_restart,
+            "redis_failover": self.redis_failover,
             "sink_db_restart": self.sink_db_restart,
             "mesh_restart": self.mesh_restart,
         }
@@ -165,6 +168,34 @@ class Faults:
     async def redis_restart(self) -> None:
         assert self.topology.redis is not None
         await self._restart(self.topology.redis, "Redis", 2.0, "redis_restart")
+
+    async def redis_failover(self) -> None:
+        """kill -9 or SIGSTOP (in turn) of the primary until the Sentinels promote the replica; then start or resume it."""
+        setup = self.topology.sentinel
+        assert setup is not None and self.settings.sentinel, "redis_failover needs the Sentinel setup (sentinel=True)"
+        primary = await asyncio.to_thread(setup.current_primary)
+        assert primary.proc is not None
+        pausing = self.counts["redis_failover"] % 2 == 1
+        if pausing:
+            os.killpg(primary.proc.pid, signal.SIGSTOP)
+        else:
+            await asyncio.to_thread(primary.kill)
+        self.note(f"Redis primary :{primary.port} {'paused (SIGSTOP)' if pausing else 'killed (-9)'}")
+        started = time.monotonic()
+        try:
+            while await asyncio.to_thread(setup.primary_port) == primary.port:
+                if time.monotonic() - started > 30:
+                    self.note("the Sentinels did not fail over within 30 s")
+                    return
+                await asyncio.sleep(0.2)
+            self.counts["redis_failover"] += 1
+            self.note(f"Sentinels promoted :{setup.primary_port()} after {time.monotonic() - started:.1f}s")
+        finally:
+            if pausing:
+                os.killpg(primary.proc.pid, signal.SIGCONT)
+            else:
+                await asyncio.to_thread(primary.start)
+            self.note(f"old primary :{primary.port} {'resumed' if pausing else 'restarted'}, to become a replica")
 
     async def sink_db_restart(self) -> None:
         assert self.topology.sink_db is not None

@@ -16,6 +16,11 @@ Faults while the load runs: kill -9 of a random connector every few seconds; SIG
 active mysql-source replica for longer than its lease TTL, then SIGCONT (a zombie); Redis killed
 and restarted; the sink-side MariaDB killed and restarted; the mesh killed and restarted; and all
 the while the proxy between every connector and the mesh splits, delays and cuts connections.
+
+With ``sentinel`` the registry is a Redis primary, a replica and three Sentinels (every
+connector on ``redis+sentinel://`` with ``min_replicas: 1``), and the Redis fault is a failover
+instead of a restart: the primary is killed (-9) or paused (SIGSTOP), in turn, until the
+Sentinels promote the replica, then started again (or resumed) to become the new primary's replica.
 Bad input arrives all the while as well (:mod:`tests.chaos.badinput`). Then the load stops, the
 system drains, and :mod:`tests.chaos.checker` gives the verdict.
 """
@@ -30,7 +35,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +51,25 @@ from tests.chaos.faults import Faults, sleep_or_stop
 from tests.chaos.loadgen import SOURCE_TABLES, HttpLoad, SqlLoad
 from tests.chaos.proxy import ChaosProxy
 from tests.chaos.supervisor import Managed, Supervisor, peak_rss_kb
-from tests.servers import MariaDBServer, RedisServer, wait_for_port
+from tests.servers import MariaDBServer, RedisSentinelSetup, RedisServer, wait_for_port
 
-__all__ = ["ChaosReport", "ChaosSettings", "FAULT_KINDS", "run_chaos"]
+__all__ = ["FAULT_KINDS", "ONE_REDIS_FAULTS", "SENTINEL_FAULTS", "ChaosReport", "ChaosSettings", "run_chaos"]
 
 log = structlog.get_logger("chaos")
 
-FAULT_KINDS = ("connector_kill", "zombie_source", "redis_restart", "sink_db_restart", "mesh_restart", "proxy_cut")
+FAULT_KINDS = (
+    "connector_kill",
+    "zombie_source",
+    "redis_restart",
+    "redis_failover",
+    "sink_db_restart",
+    "mesh_restart",
+    "proxy_cut",
+)
+ONE_REDIS_FAULTS = tuple(kind for kind in FAULT_KINDS if kind != "redis_failover")
+"""The faults of a run on one Redis (the default)."""
+SENTINEL_FAULTS = tuple(kind for kind in FAULT_KINDS if kind != "redis_restart")
+"""The faults of a run on a Sentinel-watched primary and replica."""
 SOURCE_DB = "shop"
 REPLICA_DB = "replica"
 HTTP_DB = "sink_http"
@@ -89,8 +106,10 @@ class ChaosSettings:
     major_fault_every: float = 10.0
     lease_ttl: float = 2.0
     redelivery_timeout: float = 3.0
-    faults: tuple[str, ...] = FAULT_KINDS
-    """The fault kinds injected (all by default)."""
+    sentinel: bool = False
+    """The registry on a primary, a replica and three Sentinels, replica-acknowledged (``min_replicas: 1``)."""
+    faults: tuple[str, ...] = ONE_REDIS_FAULTS
+    """The fault kinds injected (with ``sentinel``, pass :data:`SENTINEL_FAULTS` for all of them)."""
     bad_fit_share: float = 0.02
     drain_timeout: float = 90.0
     ready_timeout: float = 60.0
@@ -128,14 +147,8 @@ class AppendOnlyRedis(RedisServer):
     """Redis with the append-only file on (fsync always): a kill -9 and restart keeps offsets and leases."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(persistent=True)
         self.port = stable_port()
-
-    def command(self) -> Sequence[str]:
-        command = list(super().command())
-        at = command.index("--appendonly")
-        command[at + 1] = "yes"
-        return [*command, "--appendfsync", "always"]
 
 
 @dataclass
@@ -184,7 +197,7 @@ class ChaosReport:
             ("http answers", " ".join(f"{k}:{n}" for k, n in sorted(self.http.statuses.items()))),
             ("source transactions ok / failed", f"{self.sql.committed} / {self.sql.failed}"),
         ]
-        rows += [(f"fault {kind}", self.faults.get(kind, 0)) for kind in FAULT_KINDS]
+        rows += [(f"fault {kind}", self.faults.get(kind, 0)) for kind in self.settings.faults]
         rows.append(("proxy", " ".join(f"{k}={n}" for k, n in self.proxy_stats.items())))
         rows.append(
             ("max takeover time", f"{max(self.takeovers):.2f} s ({len(self.takeovers)} takeovers)" if self.takeovers else "n/a")
@@ -225,6 +238,7 @@ class Topology:
         self.workdir = workdir
         self.supervisor = Supervisor(workdir)
         self.redis: AppendOnlyRedis | None = None
+        self.sentinel: RedisSentinelSetup | None = None
         self.source_db: ChaosMariaDB | None = None
         self.sink_db: ChaosMariaDB | None = None
         self.mesh_port = stable_port()
@@ -237,10 +251,13 @@ class Topology:
         return [f"http://127.0.0.1:{port}/events" for port in self.http_ports]
 
     async def start(self) -> None:
-        self.redis = AppendOnlyRedis()
+        if self.settings.sentinel:
+            self.sentinel = await asyncio.to_thread(RedisSentinelSetup, persistent=True, port=stable_port)
+        else:
+            self.redis = AppendOnlyRedis()
         self.source_db = ChaosMariaDB(server_id=1)
         self.sink_db = ChaosMariaDB(server_id=2)
-        servers = (self.redis, self.source_db, self.sink_db)
+        servers = (*([self.redis] if self.redis is not None else []), self.source_db, self.sink_db)
         for server in servers:  # one at a time: two mariadb-install-db runs at once can fail
             await asyncio.to_thread(server.prepare)
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
@@ -281,8 +298,15 @@ class Topology:
         await asyncio.to_thread(wait_for_port, self.mesh_port, 30.0)
         await self.wait_ready(self.settings.ready_timeout)
 
-    def _worker(self, name: str, connector: str, admin_port: int, **sections: Any) -> dict[str, Any]:
+    def _registry(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"kind": "redis", "prefix": "chaos", "lease_ttl": self.settings.lease_ttl}
+        if self.sentinel is not None:
+            # Below lease_ttl/3, as the config requires.
+            return {**settings, "url": self.sentinel.url, "min_replicas": 1, "replica_timeout": self.settings.lease_ttl / 4}
         assert self.redis is not None
+        return {**settings, "url": self.redis.url}
+
+    def _worker(self, name: str, connector: str, admin_port: int, **sections: Any) -> dict[str, Any]:
         return {
             "name": name,
             "connector": connector,
@@ -292,7 +316,7 @@ class Topology:
                 "request_timeout": 5,
                 "heartbeat_interval": 5,
             },
-            "registry": {"kind": "redis", "url": self.redis.url, "prefix": "chaos", "lease_ttl": self.settings.lease_ttl},
+            "registry": self._registry(),
             "admin": {"host": "127.0.0.1", "port": admin_port},
             "log": {"format": "json", "level": "info"},
             **sections,
@@ -434,7 +458,7 @@ class Topology:
             return self._stopped
         codes = self._stopped = await self.supervisor.stop()
         await self.proxy.stop()
-        for server in (self.redis, self.source_db, self.sink_db):
+        for server in (self.redis, self.sentinel, self.source_db, self.sink_db):
             if server is not None:
                 await asyncio.to_thread(server.stop)
         return codes

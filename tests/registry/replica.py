@@ -5,8 +5,9 @@ its groups; for every group assigned to it, it loads the committed offset ``{"n"
 "publishes" the next ``--batch`` integers N+1.. by appending ``<group> <n>`` lines to ``--out``
 (the mesh), and only after ``--ack-delay`` (every group's batch in flight at once) commits
 ``{"n": N + batch}`` under the lease it read *before* publishing, as a worker whose ack arrived
-would. Between two steps (nothing in flight) it hands over the groups it is giving away. Every
-step is reported on stdout as one JSON line with ``time.monotonic()`` (one clock for every
+would. Between two steps (nothing in flight) it hands over the groups it is giving away.
+``--min-replicas`` makes every lease and commit count only once that many Redis replicas have it.
+Every step is reported on stdout as one JSON line with ``time.monotonic()`` (one clock for every
 process on the machine):
 
     {"event": "member"|"acquired"|"resume"|"dropped"|"commit"|"fenced"|"unavailable",
@@ -48,7 +49,9 @@ def offset_key(group: str) -> str:
 
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
-    registry = RedisRegistry(args.redis_url, prefix=args.prefix, timeout=0.5)
+    registry = RedisRegistry(
+        args.redis_url, prefix=args.prefix, timeout=0.5, min_replicas=args.min_replicas, replica_timeout=args.replica_timeout
+    )
     positions: dict[str, int] = {}
     """Last committed n of each group this replica is working on; dropped when the group is lost."""
     held: set[str] = set()
@@ -130,6 +133,8 @@ def main() -> None:
     parser.add_argument("--ack-delay", type=float, default=0.01)
     parser.add_argument("--out", required=True)
     parser.add_argument("--exit-on-loss", action="store_true")
+    parser.add_argument("--min-replicas", type=int, default=0, help="registry.min_replicas")
+    parser.add_argument("--replica-timeout", type=float, default=0.5, help="registry.replica_timeout")
     args = parser.parse_args()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     with open(args.out, "a", buffering=1) as out:

@@ -239,17 +239,9 @@ def test_a_paused_active_is_fenced_and_stops_by_itself(cluster: Cluster) -> None
     assert cluster.stored_offset("g0") == commits[-1]
 
 
-class PersistentRedisServer(RedisServer):
-    """Redis with an append-only file fsynced on every write, as a production registry must run."""
-
-    def command(self) -> Sequence[str]:
-        command = list(super().command())
-        command[command.index("--appendonly") + 1] = "yes"
-        return [*command, "--appendfsync", "always"]
-
-
 def test_a_redis_restart_loses_and_regresses_nothing(tmp_path: Path) -> None:
-    server = PersistentRedisServer.running()
+    server = RedisServer(persistent=True)  # as a production registry must run
+    server.start()
     cluster = Cluster(tmp_path, server.url)
     try:
         groups = ["g0", "g1"]
