@@ -25,7 +25,7 @@ _LAYERS = (
     {"record", "config", "columns"},
     {"protocol", "observability", "registry"},
     {"cloudevents"},
-    {"client", "mesh", "publishing"},
+    {"client", "mesh", "publishing", "transforms"},
     {"connector"},
     {"plugins", "worker"},
     {"app", "configdoc"},
