@@ -60,6 +60,18 @@ class Routing:
     connector: str = ""
 
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(ConnectorRecord))
+
+
+def _replaced(record: ConnectorRecord, **changes: Any) -> ConnectorRecord:
+    """``record`` with ``changes`` that its step has checked (extension names when it was compiled, values here),
+    without ``ConnectorRecord.__init__``, whose generic checks cost a route more than its expression does."""
+    copy = object.__new__(ConnectorRecord)
+    for name in _FIELDS:
+        object.__setattr__(copy, name, changes[name] if name in changes else getattr(record, name))
+    return copy
+
+
 def _cel_filter(spec: Any, key: str, view: EventView) -> Test:
     program = _cel(spec, key, view)
 
@@ -146,7 +158,7 @@ def _route(program: CelProgram, key: str, routing: Routing) -> Step:
         return value
 
     if routing.side == "sink":
-        return lambda record: dataclasses.replace(record, target=target_of(record))
+        return lambda record: _replaced(record, target=target_of(record))
     permits = routing.permits
     assert permits is not None  # a source's routing always says what it allows
 
@@ -154,7 +166,7 @@ def _route(program: CelProgram, key: str, routing: Routing) -> Step:
         topic = target_of(record)
         if not permits(topic):
             raise DataError(f"{program.expression!r} gave topic {topic[:200]!r}, which is not allowed here ({routing.allowed})")
-        return dataclasses.replace(record, subject=topic)
+        return _replaced(record, subject=topic)
 
     return to_topic
 
@@ -199,7 +211,7 @@ def _set(assignments: Mapping[str, str], key: str, view: EventView) -> Step:
                 raise DataError(f"{program.expression!r} gave {kind} {value!r}; an extension is a string, int or bool")
         if extensions is not None:
             changes["extensions"] = extensions
-        return dataclasses.replace(record, **changes)
+        return _replaced(record, **changes)
 
     return step
 
@@ -227,8 +239,8 @@ def _remove(names: list[str], key: str) -> Step:
     def step(record: ConnectorRecord) -> ConnectorRecord:
         extensions = {name: value for name, value in record.extensions.items() if name not in gone}
         if schema_too:
-            return dataclasses.replace(record, extensions=extensions, dataschema=None)
-        return dataclasses.replace(record, extensions=extensions)
+            return _replaced(record, extensions=extensions, dataschema=None)
+        return _replaced(record, extensions=extensions)
 
     return step
 
@@ -238,7 +250,7 @@ def _map(reshape: Reshape) -> Step:
         data, content_type = reshape(record)
         if is_json_content_type(record.effective_content_type) and is_json_content_type(content_type):
             content_type = record.effective_content_type or content_type
-        return dataclasses.replace(record, data=data, datacontenttype=content_type, dataschema=None)
+        return _replaced(record, data=data, datacontenttype=content_type, dataschema=None)
 
     return step
 
@@ -269,7 +281,7 @@ def _mask(spec: MaskSpec) -> Step:
             raise DataError(f"mask needs JSON object or array data, not {type(data).__name__}: the fields could not be masked")
         for path in paths:
             data = _masked(data, path, hide)
-        return dataclasses.replace(record, data=data)
+        return _replaced(record, data=data)
 
     return step
 

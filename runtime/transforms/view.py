@@ -69,8 +69,9 @@ def _data(record: ConnectorRecord) -> Any:
     return record.data
 
 
-def _extensions(record: ConnectorRecord) -> dict[str, Any]:
-    return dict(record.extensions)
+def _extensions(record: ConnectorRecord) -> Any:
+    extensions = record.extensions
+    return extensions if type(extensions) is dict else dict(extensions)
 
 
 def _time(record: ConnectorRecord) -> Any:
