@@ -33,7 +33,7 @@ from runtime.record import CONTEXT_ATTRIBUTES, EXTENSION_NAME, ConnectorRecord, 
 from runtime.transforms.cel import CelProgram
 from runtime.transforms.jq import JqProgram
 from runtime.transforms.spec import MaskSpec, StepSpec
-from runtime.transforms.view import EventView
+from runtime.transforms.view import EventView, event_data
 
 __all__ = ["FILTER_LANGUAGES", "MAP_LANGUAGES", "Routing", "Step", "build_step"]
 
@@ -90,9 +90,10 @@ def _jq_map(spec: Any, key: str, _view: EventView) -> Reshape:
     program = JqProgram(spec, key=key)
 
     def reshape(record: ConnectorRecord) -> tuple[JsonValue, str]:
-        if isinstance(record.data, bytes):
+        data = event_data(record)
+        if isinstance(data, bytes):
             raise DataError(f"jq {spec!r}: the data is binary ({record.effective_content_type}), not JSON or text")
-        return program(record.data), "application/json"
+        return program(data), "application/json"
 
     return reshape
 
@@ -274,7 +275,7 @@ def _mask(spec: MaskSpec) -> Step:
             return None if value is None else replacement
 
     def step(record: ConnectorRecord) -> ConnectorRecord:
-        data = record.data
+        data = event_data(record)
         if data is None:
             return record
         if not isinstance(data, dict | list):

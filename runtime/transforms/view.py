@@ -12,9 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from runtime.errors import DataError
+from runtime.protocol.events import is_json_content_type
 from runtime.record import ConnectorRecord, derive_event_id
 
-__all__ = ["ATTRIBUTES", "EventView"]
+__all__ = ["ATTRIBUTES", "EventView", "event_data"]
 
 ATTRIBUTES = ("id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema")
 """The CloudEvent context attributes a step can read, beside ``data`` and ``extensions``."""
@@ -61,12 +65,22 @@ class EventView:
                 event[name] = value
         event.update(record.extensions)
         if record.data is not None:
-            event["data"] = record.data
+            event["data"] = event_data(record)
         return event
 
 
-def _data(record: ConnectorRecord) -> Any:
-    return record.data
+def event_data(record: ConnectorRecord) -> Any:
+    """The record's data as its event carries it: bytes under a JSON content type are the JSON value they hold."""
+    data = record.data
+    if isinstance(data, bytes) and is_json_content_type(record.datacontenttype):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise DataError(f"data is declared {record.datacontenttype} but is not valid JSON: {exc}") from None
+    return data
+
+
+_data = event_data
 
 
 def _extensions(record: ConnectorRecord) -> Any:

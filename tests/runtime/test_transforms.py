@@ -265,3 +265,35 @@ def test_transform_runs_the_chain_on_json_lines(tmp_path: Path) -> None:
     assert "line 3 (id 3): would be dead-lettered: transform step 1 (route) failed" in result.stderr
     assert "line 4: not a CloudEvent" in result.stderr
     assert "4 in, 1 out, 1 dropped, 2 failed" in result.stderr
+
+
+def test_set_and_remove_change_attributes_and_extensions_and_json_bytes_are_read_as_json() -> None:
+    chain = source_chain(
+        [
+            {"set": {"time": 'timestamp("2026-01-02T03:04:05Z")', "dataschema": "null", "tenant": "data.customer.tenant"}},
+            {"remove": ["trace"]},
+            {"map": "{id: .order}"},
+        ]
+    )
+    record = ConnectorRecord(
+        data=b'{"order": 7, "customer": {"tenant": "acme"}}',
+        datacontenttype="application/json",
+        dataschema="file:///orders.json",
+        extensions={"trace": "t1"},
+    )
+    result = chain.apply(record)
+    assert result.timestamp.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert (result.dataschema, dict(result.extensions), result.data) == (None, {"tenant": "acme"}, {"id": 7})
+    with pytest.raises(DataError, match="an extension is a string, int or bool"):
+        source_chain([{"set": {"ratio": "1.5"}}]).apply(ConnectorRecord(data={}))
+    with pytest.raises(DataError, match="is not valid JSON"):
+        chain.apply(ConnectorRecord(data=b"{", datacontenttype="application/json"))
+
+
+async def test_a_worker_with_a_bad_step_does_not_start(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        config = sink_config(mesh).model_copy(update={"transforms": [{"map": ".a |"}]})
+        assert await serve(ListSink, config, install_signals=False) == 2
+        steps = [{"route": '"other"'}, {"set": {"source": '"x"'}}]
+        config = source_config(mesh, tmp_path).model_copy(update={"transforms": steps})
+        assert await serve(CounterSource, config, install_signals=False) == 2
