@@ -27,13 +27,15 @@ class MaskSpec(_Strict):
     method: Literal["hmac", "redact"] = Field(
         "hmac", description="hmac: the value's HMAC-SHA256 in hex (equal values stay equal, so joins work); redact: replacement."
     )
-    key: Secret | None = Field(None, description="method hmac: the HMAC key (a secret: {env: NAME} or {file: PATH}).")
+    secret: Secret | None = Field(
+        None, description="method hmac: the key the hashes are made with ({env: NAME} or {file: PATH}; never logged)."
+    )
     replacement: str = Field("REDACTED", description="method redact: what each value becomes.")
 
     @model_validator(mode="after")
     def _key_for_hmac(self) -> MaskSpec:
-        if self.method == "hmac" and (self.key is None or not self.key.get_secret_value()):
-            raise ValueError("method 'hmac' needs 'key': the secret the hashes are keyed with ({env: NAME} or {file: PATH})")
+        if self.method == "hmac" and (self.secret is None or not self.secret.get_secret_value()):
+            raise ValueError("method 'hmac' needs 'secret': the key the hashes are made with ({env: NAME} or {file: PATH})")
         return self
 
 

@@ -259,8 +259,8 @@ def _map(reshape: Reshape) -> Step:
 def _mask(spec: MaskSpec) -> Step:
     paths = [tuple(path.split(".")) for path in spec.fields]
     if spec.method == "hmac":
-        assert spec.key is not None  # MaskSpec's check
-        key = spec.key.get_secret_value().encode()
+        assert spec.secret is not None  # MaskSpec's check
+        key = spec.secret.get_secret_value().encode()
 
         def hide(value: Any) -> Any:
             if value is None:

@@ -13,9 +13,10 @@ from prometheus_client import REGISTRY
 
 from runtime.app import serve
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import SourceSettings
+from runtime.config import SourceSettings, WorkerConfig
 from runtime.errors import ConfigError, DataError
 from runtime.mesh import EmbeddedMesh
+from runtime.observability import mask_secrets
 from runtime.record import ConnectorRecord, derive_event_id
 from runtime.transforms import EventView, Routing, compile_transforms
 from tests.runtime import connectors
@@ -149,7 +150,7 @@ def source_chain(steps: list[dict[str, Any]]) -> Any:
         ([{"set": {"subject": '"x"'}}], "transforms.0.set.subject", "'subject' is the event's topic"),
         ([{"filter": "true", "map": "."}], "transforms.0", "exactly one of filter, route, set, remove, map, mask"),
         ([{"filter": {"sql": "x"}}], "transforms.0.filter", "['sql'] names no language of this step"),
-        ([{"mask": {"fields": ["email"]}}], "transforms.0.mask", "method 'hmac' needs 'key'"),
+        ([{"mask": {"fields": ["email"]}}], "transforms.0.mask", "method 'hmac' needs 'secret'"),
         ([{"filter": "true"}, {"remove": ["id"]}], "transforms.1.remove", "'id' cannot be removed"),
     ],
 )
@@ -184,7 +185,7 @@ def test_a_source_step_sees_the_attributes_the_worker_fills_in() -> None:
 def test_mask_hashes_with_the_key_so_equal_values_stay_equal_and_redacts_in_lists() -> None:
     chain = source_chain(
         [
-            {"mask": {"fields": ["customer.email", "missing.field"], "key": "k1"}},
+            {"mask": {"fields": ["customer.email", "missing.field"], "secret": "k1"}},
             {"mask": {"fields": ["items.*.card"], "method": "redact"}},
         ]
     )
@@ -195,7 +196,7 @@ def test_mask_hashes_with_the_key_so_equal_values_stay_equal_and_redacts_in_list
     assert len(first.data["customer"]["email"]) == 64
     assert first.data["items"] == [{"card": "REDACTED", "n": 1}, {"n": 2}]
     assert data["customer"]["email"] == "ann@example.com"  # the polled record's data is left as it was
-    other_key = source_chain([{"mask": {"fields": ["customer.email"], "key": "k2"}}]).apply(ConnectorRecord(data=data))
+    other_key = source_chain([{"mask": {"fields": ["customer.email"], "secret": "k2"}}]).apply(ConnectorRecord(data=data))
     assert other_key.data["customer"]["email"] != first.data["customer"]["email"]
     with pytest.raises(DataError, match="mask needs JSON object or array data"):
         chain.apply(ConnectorRecord(data=b"\x00", datacontenttype="application/octet-stream"))
@@ -297,3 +298,12 @@ async def test_a_worker_with_a_bad_step_does_not_start(tmp_path: Path) -> None:
         steps = [{"route": '"other"'}, {"set": {"source": '"x"'}}]
         config = source_config(mesh, tmp_path).model_copy(update={"transforms": steps})
         assert await serve(CounterSource, config, install_signals=False) == 2
+
+
+def test_a_mask_secret_given_as_text_never_reaches_a_log_line() -> None:
+    config = WorkerConfig.model_validate(
+        {"name": "n", "connector": "list-sink", "transforms": [{"mask": {"fields": ["email"], "secret": "pepper-1234"}}]}
+    )
+    logged = mask_secrets(None, "info", {"event": "starting", "config": config.model_dump()})
+    assert "pepper-1234" not in str(logged)
+    assert logged["config"]["transforms"][0]["mask"]["fields"] == ["email"]

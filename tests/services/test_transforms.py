@@ -107,7 +107,7 @@ async def test_mysql_sink_writes_a_flattened_masked_envelope_into_the_routed_tab
     steps = [
         {"filter": 'type != "heartbeat"'},
         {"name": "flatten", "map": '(if .op == "d" then .before else .after end) + {deleted: (.op == "d")}'},
-        {"name": "pii", "mask": {"fields": ["email"], "key": "pepper"}},
+        {"name": "pii", "mask": {"fields": ["email"], "secret": "pepper"}},
         {"name": "by-region", "route": 'has(extensions.region) ? "orders_" + extensions.region : "orders"'},
     ]
 
