@@ -265,7 +265,10 @@ def _mask(spec: MaskSpec) -> Step:
         def hide(value: Any) -> Any:
             if value is None:
                 return None
-            text = value.encode() if isinstance(value, str) else orjson.dumps(value)
+            try:
+                text = value.encode() if isinstance(value, str) else orjson.dumps(value)
+            except (TypeError, UnicodeEncodeError) as exc:  # nested too deep for JSON, or text that is not Unicode
+                raise DataError(f"mask: a value cannot be hashed: {exc}") from None
             return hmac.new(key, text, hashlib.sha256).hexdigest()
 
     else:

@@ -200,6 +200,12 @@ def test_mask_hashes_with_the_key_so_equal_values_stay_equal_and_redacts_in_list
     assert other_key.data["customer"]["email"] != first.data["customer"]["email"]
     with pytest.raises(DataError, match="mask needs JSON object or array data"):
         chain.apply(ConnectorRecord(data=b"\x00", datacontenttype="application/octet-stream"))
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    for value in (deep, "ann \udcff"):  # input must not end the worker: each is a data error of its event
+        with pytest.raises(DataError, match="a value cannot be hashed"):
+            chain.apply(ConnectorRecord(data={"customer": {"email": value}}))
 
 
 def test_check_fails_on_a_bad_step_with_its_index_and_the_expression(tmp_path: Path) -> None:
