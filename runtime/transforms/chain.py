@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from runtime.config import validate_model
-from runtime.errors import DataError
+from runtime.errors import ConfigError, DataError
 from runtime.record import ConnectorRecord
 from runtime.transforms.spec import StepSpec
 from runtime.transforms.steps import Routing, Step, build_step
@@ -81,6 +81,11 @@ def compile_transforms(
     for index, raw in enumerate(steps):
         spec = validate_model(StepSpec, raw, prefix=f"transforms.{index}")
         label = f"{index} {spec.name!r} ({spec.kind})" if spec.name else f"{index} ({spec.kind})"
-        key = f"transforms.{index}.{spec.kind}"
-        compiled.append((label, build_step(spec, key if spec.name is None else f"{key} (step {spec.name!r})", view, routing)))
+        try:
+            step = build_step(spec, f"transforms.{index}.{spec.kind}", view, routing)
+        except ConfigError as exc:
+            if spec.name is None:
+                raise
+            raise ConfigError(f"{exc.key} (step {spec.name!r})", exc.problem, exc.fix) from None
+        compiled.append((label, step))
     return TransformChain(compiled, counters)
