@@ -33,6 +33,10 @@ _FUNCTIONS = frozenset(
         "getDayOfYear", "getFullYear", "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds",
     }
 )  # fmt: skip
+# The variables whose values repeat from event to event (not id, time or data), and how many results are kept.
+_MEMO_VARIABLES = frozenset({"source", "type", "specversion", "subject", "datacontenttype", "dataschema", "extensions"})
+_MEMO_SIZE = 4096
+_ABSENT: Any = object()
 # Comprehension macros bind a variable of their own: list.exists(x, x > 1).
 _BOUND = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 
@@ -40,7 +44,7 @@ _BOUND = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_
 class CelProgram:
     """One compiled expression; calling it on a record evaluates it (DataError when it fails on that record)."""
 
-    __slots__ = ("_getters", "_program", "expression")
+    __slots__ = ("_getters", "_memo", "_program", "expression")
 
     def __init__(self, expression: str, *, key: str, view: EventView) -> None:
         self.expression = expression
@@ -68,15 +72,38 @@ class CelProgram:
                     f"use one of {', '.join(sorted(_FUNCTIONS))}",
                 )
         self._getters = tuple((name, view.getter(name)) for name in names)
+        # An expression over a few attributes (a type, a tenant) is a function of their values alone, and events
+        # share a handful of them: its results are kept per values (not the errors), up to _MEMO_SIZE of them.
+        self._memo: dict[Any, Any] | None = {} if set(names) <= _MEMO_VARIABLES else None
 
     def __call__(self, record: ConnectorRecord) -> Any:
         activation = {name: read(record) for name, read in self._getters}
+        memo = self._memo
+        if memo is None:
+            return self._execute(activation)
+        key = tuple(_memo_key(value) for value in activation.values())
+        result = memo.get(key, _ABSENT)
+        if result is _ABSENT:
+            result = self._execute(activation)
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = result
+        return result
+
+    def _execute(self, activation: dict[str, Any]) -> Any:
         try:
             return self._program.execute(activation)
         except KeyError as exc:
             raise DataError(f"{self.expression!r}: the event has no {exc.args[0]!r} (test it first with has(...))") from None
         except Exception as exc:  # the library's errors, one type per kind of failure: mapped here, once
             raise DataError(f"{self.expression!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _memo_key(value: Any) -> Any:
+    """``value`` (an attribute, or the extensions) as part of a key; a value's type too, as True == 1 in Python, not in CEL."""
+    if isinstance(value, dict):
+        return frozenset((name, type(item), item) for name, item in value.items())
+    return (type(value), value)
 
 
 def _pointer(expression: str, name: str) -> str:

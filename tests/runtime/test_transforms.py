@@ -313,3 +313,13 @@ def test_a_mask_secret_given_as_text_never_reaches_a_log_line() -> None:
     logged = mask_secrets(None, "info", {"event": "starting", "config": config.model_dump()})
     assert "pepper-1234" not in str(logged)
     assert logged["config"]["transforms"][0]["mask"]["fields"] == ["email"]
+
+
+def test_results_kept_per_attribute_values_tell_true_from_1_and_never_keep_an_error() -> None:
+    chain = source_chain([{"filter": "extensions.flag == true"}])
+    assert chain.apply(ConnectorRecord(data={}, extensions={"flag": 1})) is None
+    assert chain.apply(ConnectorRecord(data={}, extensions={"flag": True})) is not None
+    assert chain.apply(ConnectorRecord(data={}, extensions={"flag": 1})) is None
+    for _ in range(2):
+        with pytest.raises(DataError, match="the event has no 'flag'"):
+            chain.apply(ConnectorRecord(data={}, extensions={}))
