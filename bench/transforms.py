@@ -7,9 +7,12 @@ a ``tenant`` extension. With transforms, the source keeps every record whose typ
 ``heartbeat`` (none is: the filter costs its test, it drops nothing) and routes each to
 ``<topic>.<tenant>`` (the topic the plain run publishes to directly), and the sink maps each
 event's data with jq (``{n, payload, kind: "bench"}``). The rate is events delivered to the sink
-per second from the source's first poll to the sink's last record; each line also gives the
-chain's own cost per event, measured in this process on the same records.
-The last line is ``ratio: <events/s with transforms / events/s without>`` (target >= 0.85).
+per second from the source's first poll to the sink's last record; each run also gives the CPU
+time of the three processes per event over the same span (from /proc: Linux), which other work
+on a shared machine moves far less than the rate, and the chains' own cost per event, measured
+in this process on the same records.
+The last line is ``ratio: <events/s with transforms / events/s without>``, the median of the runs' ratios, each
+run measuring both back to back (target >= 0.85).
 """
 
 from __future__ import annotations
@@ -54,7 +57,17 @@ class TenantSource(NoopSource):
         ]
 
 
-def pipeline_rate(run: int, transforms: bool) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user and system) the processes ``pids`` used so far, from /proc (Linux)."""
+    used = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        used += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of the line
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def pipeline_rate(run: int, transforms: bool) -> tuple[float, float]:
+    """Events/s, and CPU microseconds per event of the three processes from the first poll to the last record."""
     with tempfile.TemporaryDirectory(prefix="meshconnect-bench-transforms-") as directory:
         state = Path(directory)
         processes = {}
@@ -89,6 +102,10 @@ def pipeline_rate(run: int, transforms: bool) -> float:
             time.sleep(1.0)  # the sink subscribes first, so the rate is not a replay of a backlog
             processes["source"] = run_worker("transforms:TenantSource", source_config)
             deadline = time.monotonic() + 300
+            while not source_report.exists() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            pids = [process.pid for process, _ in processes.values()]
+            cpu_at_first_poll = cpu_seconds(pids)
             while not sink_report.exists():
                 dead = [name for name, (process, _) in processes.items() if process.poll() is not None]
                 if dead:
@@ -96,9 +113,10 @@ def pipeline_rate(run: int, transforms: bool) -> float:
                 if time.monotonic() > deadline:
                     raise undelivered(processes, "not all of them within 300 s")
                 time.sleep(0.05)
+            cpu = cpu_seconds(pids) - cpu_at_first_poll
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
-            return EVENTS / (last - first)
+            return EVENTS / (last - first), cpu / EVENTS * 1e6
         finally:
             for process, _ in reversed(processes.values()):
                 stop(process)
@@ -130,16 +148,26 @@ def main() -> None:
     print(f"events: {EVENTS} of about 1 KiB; runs: {RUNS}")
     source_cost, sink_cost = chain_cost()
     print(f"chain cost per event: source (filter + route) {source_cost:.1f} us, sink (map) {sink_cost:.1f} us")
-    plain_rates, transformed_rates = [], []
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for run in range(RUNS):
-        plain_rates.append(pipeline_rate(run, transforms=False))
-        transformed_rates.append(pipeline_rate(run, transforms=True))
-        plain, transformed = plain_rates[-1], transformed_rates[-1]
-        print(f"    run {run + 1}: without transforms {plain:,.0f} events/s, with {transformed:,.0f} events/s")
-    plain, transformed = statistics.median(plain_rates), statistics.median(transformed_rates)
-    print(f"without transforms: {plain:,.0f} events/s (median)")
+        for transforms in (False, True):
+            rate, cpu_per_event = pipeline_rate(run, transforms)
+            rates[transforms].append(rate)
+            cpu[transforms].append(cpu_per_event)
+        print(
+            f"    run {run + 1}: without transforms {rates[False][-1]:,.0f} events/s ({cpu[False][-1]:.0f} us CPU an event),"
+            f" with {rates[True][-1]:,.0f} events/s ({cpu[True][-1]:.0f} us CPU an event)"
+        )
+    # Each run measures both back to back, under the same load of the machine: ratios are medians of the runs' ratios.
+    rate_ratio = statistics.median(with_steps / without for with_steps, without in zip(rates[True], rates[False], strict=True))
+    cpu_ratio = statistics.median(without / with_steps for with_steps, without in zip(cpu[True], cpu[False], strict=True))
+    print(f"without transforms: {statistics.median(rates[False]):,.0f} events/s (median)")
+    transformed = statistics.median(rates[True])
     print(f"with a filter and a route on the source and a map on the sink: {transformed:,.0f} events/s (median)")
-    print(f"ratio: {transformed / plain:.3f}")
+    print(f"events/s with transforms / without: {rate_ratio:.3f} (a machine shared with other work moves it run to run)")
+    print(f"CPU an event without transforms / with, the three processes together: {cpu_ratio:.3f}")
+    print(f"ratio: {rate_ratio:.3f}")
 
 
 if __name__ == "__main__":
