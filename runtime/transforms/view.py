@@ -37,7 +37,7 @@ class EventView:
     def getter(self, name: str) -> Callable[[ConnectorRecord], Any]:
         """How to read ``name`` (an attribute, ``data`` or ``extensions``) of a record as its event has it."""
         if name == "data":
-            return _data
+            return event_data
         if name == "extensions":
             return _extensions
         if name == "time":
@@ -56,18 +56,6 @@ class EventView:
             return record.id
         return derive_event_id(self.connector, record.partition, record.offset)
 
-    def structured(self, record: ConnectorRecord) -> dict[str, Any]:
-        """The record as a structured-mode CloudEvent mapping: attributes and extensions as members, and ``data``."""
-        event: dict[str, Any] = {}
-        for name in ATTRIBUTES:
-            value = self.getter(name)(record)
-            if value is not None:
-                event[name] = value
-        event.update(record.extensions)
-        if record.data is not None:
-            event["data"] = event_data(record)
-        return event
-
 
 def event_data(record: ConnectorRecord) -> Any:
     """The record's data as its event carries it: bytes under a JSON content type are the JSON value they hold."""
@@ -78,9 +66,6 @@ def event_data(record: ConnectorRecord) -> Any:
         except orjson.JSONDecodeError as exc:
             raise DataError(f"data is declared {record.datacontenttype} but is not valid JSON: {exc}") from None
     return data
-
-
-_data = event_data
 
 
 def _extensions(record: ConnectorRecord) -> Any:
