@@ -32,6 +32,7 @@ from runtime.plugins import ConnectorClass, load_connector
 from runtime.publishing import check_source_topics
 from runtime.registry import Registry
 from runtime.worker import SinkWorker, SourceWorker
+from runtime.worker.transforming import transforms_for
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "freeze_startup_heap", "main_for", "open_registry", "run_connector", "serve"]
 
@@ -108,6 +109,7 @@ async def serve(
         instance = cls(connector_config(cls.config_model, config))
         if isinstance(instance, Source):
             check_source_topics(type(instance), config.source)
+        transforms_for(config, cls)  # the workers compile them again; a bad step stops the start here
         # A sink only reports its membership, and only to a registry its config names.
         wants_registry = cls.side == "source" or "registry" in config.model_fields_set
         registry = open_registry(config.registry) if wants_registry else None

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "runtime.commands.events",
     "runtime.commands.completion",
     "runtime.commands.probe",
+    "runtime.commands.transform",
 )
 
 

@@ -10,6 +10,7 @@ connectors, ``config:`` are needed::
     registry: {kind: redis, url: "redis://127.0.0.1:6379/0"}
     admin:   {port: 8090}
     config: {...}                  # the connector's own settings, validated by its config model
+    transforms: [{filter: 'type != "heartbeat"'}]   # filters, routes and transforms of each event
 
 Environment variables override any key: ``MESHCONNECT__SINK__BATCH_SIZE=1000`` sets
 ``sink.batch_size``; ``MESHCONNECT__CONFIG__DSN=...`` a connector key. A secret is a plain
@@ -265,6 +266,11 @@ class WorkerConfig(_Strict):
     log: LogSettings = Field(default_factory=LogSettings)
     config: dict[str, Any] = Field(
         default_factory=dict, description="The connector's own settings, validated by its config model."
+    )
+    transforms: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Steps applied to every event in order (filter, route, set, remove, map, mask): a source's after"
+        " poll, a sink's before put; see the README's transforms section.",
     )
     _env_overrides: dict[str, str] = PrivateAttr(default_factory=dict)
     """Dotted key -> the ``MESHCONNECT__...`` variable that set it, so that an error can name the variable."""

@@ -207,6 +207,10 @@ class Sink(_Connector[ConfigT]):
     """Writes records to an external system. See the module docstring."""
 
     side: ClassVar[str] = "sink"
+    routed_target: ClassVar[str | None] = None
+    """What a ``route`` transform step chooses for this sink (mysql-sink: ``"table"``), read from each
+    record's :attr:`~runtime.record.ConnectorRecord.target` (None: the config's own) and validated by the
+    sink as its config's value is. None: the sink has no such choice, and a route step is a config error."""
 
     async def start(self, context: SinkContext) -> None:
         """Connect."""

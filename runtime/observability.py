@@ -145,6 +145,19 @@ SPOOL_REPLAYED = Counter(
     "Events a sink found in its spool at start (acked by an earlier run, not known written) and wrote again.",
     _LABELS,
 )
+TRANSFORM_EVENTS = Counter(
+    "meshconnect_transform_events_total", "Events that reached a transform step (transforms:).", (*_LABELS, "step")
+)
+TRANSFORM_DROPPED = Counter(
+    "meshconnect_transform_dropped_total",
+    "Events a transform step dropped (a filter was false): committed (source) or acknowledged (sink), never dead-lettered.",
+    (*_LABELS, "step"),
+)
+TRANSFORM_FAILED = Counter(
+    "meshconnect_transform_failed_total",
+    "Events a transform step failed on (an expression error on that event): dead-lettered with the step and the reason.",
+    (*_LABELS, "step"),
+)
 LAST_CHECKPOINT = Gauge("meshconnect_last_checkpoint_timestamp_seconds", "Unix time of the last offset checkpoint.", _LABELS)
 
 # Kept by the connectors that can know them, with the labels above and labels of their own.
@@ -253,6 +266,11 @@ class ConnectorMetrics:
 
     def refused(self, reason: str) -> None:
         REFUSED.labels(connector=self.connector, name=self.name, reason=reason).inc()
+
+    def transform_step(self, step: str) -> tuple[Counter, Counter, Counter]:
+        """The counters of the transform step labelled ``step``: events in, dropped, failed."""
+        labels = {"connector": self.connector, "name": self.name, "step": step}
+        return TRANSFORM_EVENTS.labels(**labels), TRANSFORM_DROPPED.labels(**labels), TRANSFORM_FAILED.labels(**labels)
 
     def lease_held(self, group: str, held: bool) -> None:
         LEASE_HELD.labels(connector=self.connector, name=self.name, group=group).set(1 if held else 0)

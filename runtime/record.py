@@ -87,6 +87,9 @@ class ConnectorRecord:
     datacontenttype: str | None = None
     dataschema: str | None = None
     extensions: Mapping[str, str | int | bool] = field(default_factory=dict)
+    target: str | None = None
+    """Where a sink writes this record when a ``route`` transform step chose it (mysql-sink: the table);
+    None: where its config says. Never part of the event: a source's records do not carry it."""
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:

@@ -27,7 +27,9 @@ from runtime.errors import ConfigError, DataError, MeshConnectError
 from runtime.observability import configure_logging
 from runtime.plugins import ConnectorClass, ConnectorInfo, catalogue, load_connector
 from runtime.publishing import PublishRules, check_source_topics
+from runtime.record import ConnectorRecord
 from runtime.worker.session import build_client
+from runtime.worker.transforming import transforms_for
 
 __all__ = ["register"]
 
@@ -129,6 +131,7 @@ def check_command(args: argparse.Namespace) -> int:
             check_source_topics(cls, config.source)
         else:
             check_spool_path(config.sink)
+        transforms_for(config, cls)
     except ConfigError as exc:
         return report_config_error(exc)
     print(f"ok: {args.config} is a valid {cls.name} config for instance {config.name!r}")
@@ -195,24 +198,41 @@ async def _try_connections(cls: ConnectorClass, config: WorkerConfig, typed: Any
 
 
 async def _preview(source: Source[Any], config: WorkerConfig) -> None:
-    """Print the first few events the source would publish (nothing is published or committed)."""
+    """Print the first few events the source would publish (nothing is published or committed), each
+    before and after the ``transforms:`` steps when there are some."""
     shown = 0
     rules = PublishRules.from_config(config)
+    transforms = transforms_for(config, type(source))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _PREVIEW_SECONDS
     while shown < _PREVIEW_RECORDS and loop.time() < deadline:
-        for record in await source.poll():
+        for polled in await source.poll():
             if shown >= _PREVIEW_RECORDS:
                 break
             shown += 1
-            refusal = None if source.names_own_topics else rules.refusal(record.subject)
-            if refusal is not None:
-                print(f"record {shown}: would be dead-lettered: {refusal}")
-                continue
-            try:
-                line = structured_json(rules.encode(record).body)
-            except DataError as exc:
-                print(f"record {shown}: would be dead-lettered: {exc.reason}")
-                continue
-            print(f"record {shown}: {line}")
+            record = polled
+            if transforms is not None:
+                print(f"record {shown} as polled: {_preview_line(polled, rules, check_topic=False)}")
+                try:
+                    transformed = transforms.apply(polled)
+                except DataError as exc:
+                    print(f"record {shown}: would be dead-lettered: {exc.reason}")
+                    continue
+                if transformed is None:
+                    print(f"record {shown}: dropped by a filter (its offset would commit)")
+                    continue
+                record = transformed
+            line = _preview_line(record, rules, check_topic=not source.names_own_topics)
+            print(f"record {shown}{' after the transforms' if transforms is not None else ''}: {line}")
     print(f"ok: {config.connector} connected; {shown} record(s) shown, nothing published or committed")
+
+
+def _preview_line(record: ConnectorRecord, rules: PublishRules, *, check_topic: bool) -> str:
+    """The event of ``record`` as structured JSON, or what would become of it instead."""
+    refusal = rules.refusal(record.subject) if check_topic else None
+    if refusal is not None:
+        return f"would be dead-lettered: {refusal}"
+    try:
+        return structured_json(rules.encode(record).body)
+    except DataError as exc:
+        return f"would be dead-lettered: {exc.reason}"

@@ -7,6 +7,9 @@ The order is the promise of at-least-once, stated once here:
    bounded buffer; when it is full the worker stops reading (TCP backpressure up to the mesh).
 2. A batch closes at ``sink.batch_size`` events or ``sink.linger_ms`` after its first event. Its
    events are decoded into records while ``put`` still writes the batch before (one batch ahead).
+   The ``transforms:`` steps run on each record then (:mod:`runtime.transforms`): one a filter
+   drops is acknowledged with the batch and not written; one a step fails on is dead-lettered as
+   it arrived, with the step and the reason.
 3. ``put(records)`` runs. Only when it returned are the events acknowledged to the mesh: an
    event is never acked before its write is durable.
 4. :class:`~runtime.errors.RetriableError` (the target is down): the same batch is retried with
@@ -66,6 +69,7 @@ from runtime.worker.deadletter import DeadLetterForms, dead_letter_event, refusa
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
 from runtime.worker.spool import RECORD_OVERHEAD, Spool, SpoolPosition
+from runtime.worker.transforming import transforms_for
 
 __all__ = ["SinkWorker"]
 
@@ -85,7 +89,7 @@ def _random_event_id() -> str:
 class _Item:
     """A pushed event (straight from the mesh, or from the spool at ``spooled``) and what became of it."""
 
-    __slots__ = ("attempts", "body", "pushed", "reason", "record", "spooled")
+    __slots__ = ("attempts", "body", "dropped", "pushed", "reason", "record", "spooled")
 
     def __init__(
         self,
@@ -102,6 +106,8 @@ class _Item:
         self.record = record
         self.reason = reason
         self.attempts = 0
+        self.dropped = False
+        """A transform step's filter dropped it: acknowledged, neither written nor dead-lettered."""
 
     @property
     def event(self) -> CloudEvent:
@@ -136,6 +142,7 @@ class SinkWorker:
         self.metrics = metrics
         self.drain_timeout = drain_timeout
         self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
+        self.transforms = transforms_for(config, type(sink), metrics)
         self.handling = False
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
 
@@ -410,14 +417,16 @@ class SinkWorker:
             if item.reason is not None:
                 await self._dead_letter(item, publisher, stop)
         await settle(items)
-        written = sum(1 for item in items if item.reason is None)
+        written = sum(1 for item in items if item.reason is None and not item.dropped)
+        if self.transforms is not None:
+            self.transforms.flush_metrics()
         self.metrics.records_out.inc(written)
         self.metrics.in_flight.set(0)
         self.metrics.batch_latency.observe(time.monotonic() - started)
 
     def _item(self, body: bytes, *, pushed: PushedEvent | None = None, spooled: SpoolPosition | None = None) -> _Item:
         try:
-            return _Item(body, body_to_record(body, now=_utc_now, new_id=_random_event_id), None, pushed=pushed, spooled=spooled)
+            record = body_to_record(body, now=_utc_now, new_id=_random_event_id)
         except DataError as exc:
             decode_error = pushed.decode_error if pushed is not None else event_of_body(body)[1]
             if decode_error is not None:
@@ -425,6 +434,15 @@ class SinkWorker:
             else:
                 reason = f"event cannot become a record: {exc.reason}"
             return _Item(body, None, reason, pushed=pushed, spooled=spooled)
+        if self.transforms is None:
+            return _Item(body, record, None, pushed=pushed, spooled=spooled)
+        try:
+            transformed = self.transforms.apply(record)
+        except DataError as exc:  # the pushed event as it arrived is dead-lettered, with the step and the reason
+            return _Item(body, None, exc.reason, pushed=pushed, spooled=spooled)
+        item = _Item(body, transformed, None, pushed=pushed, spooled=spooled)
+        item.dropped = transformed is None
+        return item
 
     async def _write(self, items: list[_Item], stop: asyncio.Event) -> None:
         """``put`` the batch; on a data error, isolate the poison record by record."""

@@ -4,12 +4,15 @@ The order is the promise of at-least-once, stated once here:
 
 1. ``poll()`` fills a bounded queue (``source.poll_queue`` records); when it is full, polling
    waits. A slow mesh therefore slows polling down instead of growing memory.
-2. Each record becomes its CloudEvent's message body (:func:`~runtime.cloudevents.record_to_body`) and is published
+2. The ``transforms:`` steps run on each record (:mod:`runtime.transforms`): one a filter drops
+   counts as done at once, in its place among its partition's records (its offset commits); one a
+   step fails on goes to the dead-letter topic with the step and the reason.
+   Each record becomes its CloudEvent's message body (:func:`~runtime.cloudevents.record_to_body`) and is published
    through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
    cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
    instead, and counts as done once that publish is acknowledged. So does an event the mesh refuses
    for what it is (too large, invalid), at once and with its data cut if that is what it takes
-   (:mod:`runtime.worker.deadletter`); a record whose smallest dead letter is refused too is logged,
+   (:mod:`runtime.worker.refusals`); a record whose smallest dead letter is refused too is logged,
    counted (``meshconnect_dead_letters_dropped_total``) and counts as done, so no record can hold
    its partition's offsets back for good.
 3. Acks come back in any order; an offset becomes committable only when every earlier record of
@@ -55,38 +58,22 @@ from cloudevents.core.v1.event import CloudEvent
 from runtime.client import MeshClient
 from runtime.config import WorkerConfig
 from runtime.connector import Source, SourceContext
-from runtime.errors import (
-    DataError,
-    FencedError,
-    FrameTooLargeError,
-    MeshRejectedError,
-    RegistryUnavailableError,
-    RetriableError,
-)
+from runtime.errors import DataError, FencedError, FrameTooLargeError, RegistryUnavailableError, RetriableError
 from runtime.observability import ConnectorMetrics, StatusBoard
-from runtime.protocol.events import EncodedEvent, body_to_event, event_to_body
+from runtime.protocol.events import EncodedEvent, event_to_body
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord, JsonValue, derive_event_id
 from runtime.registry import Registry
 from runtime.registry.coordinator import Coordinator
-from runtime.worker.deadletter import (
-    DeadLetterForms,
-    awaits_subscriber,
-    dead_letter_event,
-    record_dead_letter_event,
-    refusal_of,
-    refused_for_size,
-)
+from runtime.transforms import TransformChain
+from runtime.worker.deadletter import record_dead_letter_event
 from runtime.worker.offsets import OffsetTracker, Submitted
+from runtime.worker.refusals import RefusedPublishes
 from runtime.worker.retry import Backoff, Stopped, retry_retriable
 from runtime.worker.session import mesh_session
+from runtime.worker.transforming import transforms_for
 
 __all__ = ["SourceWorker", "group_of"]
-
-# A publish the mesh refuses for the moment (a full topic, a rate limit) is tried this often before the
-# event is dead-lettered; one it refuses for what it is (size, validation) is dead-lettered at once;
-# a mesh that is unreachable is retried for as long as it takes.
-_REJECTED_ATTEMPTS = 5
 
 
 def group_of(source: Source[Any], groups: tuple[str, ...], partition: Mapping[str, JsonValue]) -> str:
@@ -123,6 +110,7 @@ class SourceWorker:
         self.drain_timeout = drain_timeout
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
         self.rules = PublishRules.from_config(config)
+        self.transforms = transforms_for(config, type(source), metrics)
         self.dead_letter_topic = config.sink.dead_letter_topic or f"{config.name}-dlq"
         self.coordinator: Coordinator | None = None
         self.ownership_changed = asyncio.Event()
@@ -221,6 +209,15 @@ class _ActiveSession:
         self.acked_bytes = 0
         # Each poll's batch, in polling order, until the publisher hands its records out (batch latency).
         self.polled: deque[_PollBatch] = deque()
+        self.refusals = RefusedPublishes(
+            client,
+            metrics=self.metrics,
+            log=self.log,
+            dead_letter_topic=worker.dead_letter_topic,
+            connector=self.config.connector,
+            done=self._done,
+            settled=self._settled,
+        )
 
     async def run(self) -> None:
         worker = self.worker
@@ -328,6 +325,7 @@ class _ActiveSession:
         # Steady state without an await per record: while the window has room, publishing is synchronous.
         queue = self.queue
         client = self.client
+        transforms = self.worker.transforms
         batch = _PollBatch(0)
         while True:
             record = await queue.get()
@@ -335,20 +333,31 @@ class _ActiveSession:
                 if not batch.unassigned:
                     batch = self.polled.popleft()
                 batch.unassigned -= 1
-                event = self._event_for(record)
+                event = self._event_for(record) if transforms is None else self._transformed(record, transforms)
                 entry = self.tracker.submit(record, group_of(self.source, self.groups, record.partition))
                 entry.batch = batch
-                publication = _Publication(self, entry, event)
-                try:
-                    sent = client.publish_nowait(event, publication)
-                except FrameTooLargeError as exc:
-                    publication.set_exception(exc)
-                    sent = True
-                if not sent:
-                    await self._publish_when_room(publication)
+                if event is None:  # dropped by a filter: done now, its offset committed in its place in the partition
+                    self._settled(entry)
+                else:
+                    publication = _Publication(self, entry, event)
+                    try:
+                        sent = client.publish_nowait(event, publication)
+                    except FrameTooLargeError as exc:
+                        publication.set_exception(exc)
+                        sent = True
+                    if not sent:
+                        await self._publish_when_room(publication)
                 if queue.empty():
                     break
                 record = queue.get_nowait()
+
+    def _transformed(self, record: ConnectorRecord, transforms: TransformChain) -> EncodedEvent | None:
+        """The event of ``record`` after the transforms, None when a filter dropped it, its dead letter when a step failed."""
+        try:
+            transformed = transforms.apply(record)
+        except DataError as exc:
+            return EncodedEvent(event_to_body(self._dead_letter_for(record, exc.reason)))
+        return None if transformed is None else self._event_for(transformed)
 
     def _event_for(self, record: ConnectorRecord) -> EncodedEvent:
         rules = self.worker.rules
@@ -387,7 +396,7 @@ class _ActiveSession:
             publication.set_exception(exc)
 
     def _failed(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
-        task = asyncio.create_task(self._republish(entry, event, error))
+        task = asyncio.create_task(self.refusals.republish(entry, event, error))
         self.retries.add(task)
         task.add_done_callback(self.retries.discard)
 
@@ -416,84 +425,8 @@ class _ActiveSession:
         self.acked = self.acked_bytes = 0
         self.metrics.in_flight.set(self.tracker.in_flight)
         self.metrics.offset_lag.set(self.tracker.committable_count)
-
-    async def _republish(self, entry: Submitted, event: EncodedEvent, error: BaseException) -> None:
-        """Publish ``event`` again until the mesh takes it. An event the mesh refuses for what it is (never sent
-        again as it was) or keeps refusing goes to the dead-letter topic, in ever smaller forms; a record whose
-        smallest dead letter is refused too is logged and skipped, so that the offsets behind it commit."""
-        backoff = Backoff(0.2, 30.0)
-        rejected = 0
-        forms: DeadLetterForms | None = None
-        while True:
-            refusal = refusal_of(error)
-            if awaits_subscriber(error):
-                self.log.warning("mesh stores nothing on the topic until a group subscribes it: retrying", reason=str(error))
-            elif isinstance(error, MeshRejectedError) or refusal is not None:
-                rejected += 1
-            elif not isinstance(error, RetriableError):
-                raise error
-            if forms is None and (refusal is not None or rejected >= _REJECTED_ATTEMPTS):
-                forms, next_event = self._dead_letter_forms(event, refusal, error, rejected)
-            elif forms is not None and refusal is not None:
-                next_event = _encoded_smaller(forms, refusal)
-            else:
-                next_event = event
-            if next_event is None:
-                self._skip(entry, event, refusal or str(error))
-                return
-            event = next_event
-            self.metrics.retries.inc()
-            self.metrics.error("retriable" if isinstance(error, RetriableError) else "rejected")
-            await asyncio.sleep(backoff.next_delay(getattr(error, "retry_after", None)))
-            try:
-                await self.client.publish(event)
-            except (MeshRejectedError, RetriableError, FrameTooLargeError) as exc:
-                error = exc
-                continue
-            self._done(entry, event)
-            return
-
-    def _dead_letter_forms(
-        self, event: EncodedEvent, refusal: str | None, error: BaseException, rejected: int
-    ) -> tuple[DeadLetterForms, EncodedEvent | None]:
-        """The dead-letter forms of a refused ``event`` and the first one to try (None: no form is left)."""
-        refused = body_to_event(event.body)
-        if refused.get_subject() == self.worker.dead_letter_topic and refused.get_extension("dlqreason") is not None:
-            # Already a dead letter (of a record that could not become an event): only its data can shrink.
-            forms = DeadLetterForms(refused)
-            return forms, (event if refusal is None else _encoded_smaller(forms, refusal))
-        reason = refusal or getattr(error, "desc", None) or str(error)
-        self.metrics.dead_letters.inc()
-        self.log.warning("mesh refuses an event: dead-lettered", id=refused.get_id(), reason=reason, attempts=rejected)
-        forms = DeadLetterForms(
-            dead_letter_event(
-                refused,
-                topic=self.worker.dead_letter_topic,
-                reason=f"mesh refused the event: {reason}",
-                connector=self.config.connector,
-                attempts=rejected,
-            )
-        )
-        if refusal is not None and refused_for_size(refusal):
-            return forms, _encoded_smaller(forms, refusal)  # the whole dead letter carries the same data: cut at once
-        try:
-            return forms, EncodedEvent(event_to_body(forms.whole))
-        except DataError as exc:
-            return forms, _encoded_smaller(forms, exc.reason)
-
-    def _skip(self, entry: Submitted, event: EncodedEvent, refusal: str) -> None:
-        """The mesh refused every form of the record's dead letter: log what is known of it and go on."""
-        self.metrics.dead_letters_dropped.inc()
-        self.metrics.error("data")
-        attributes = {name: value for name, value in body_to_event(event.body).get_attributes().items() if name != "dlqreason"}
-        self.log.error(
-            "mesh refused even the smallest dead letter: record skipped",
-            reason=refusal,
-            partition=dict(entry.record.partition),
-            offset=entry.record.offset,
-            attributes=attributes,
-        )
-        self._settled(entry)
+        if self.worker.transforms is not None:
+            self.worker.transforms.flush_metrics()
 
     async def _checkpoints(self) -> None:
         interval = self.config.source.checkpoint_interval
@@ -593,16 +526,6 @@ class _Publication:
     def set_exception(self, exception: BaseException, /) -> None:
         self.answered = True
         self.session._failed(self.entry, self.event, exception)
-
-
-def _encoded_smaller(forms: DeadLetterForms, refusal: str) -> EncodedEvent | None:
-    """The next smaller dead-letter form that encodes, as a message body; None when none is left."""
-    while (smaller := forms.smaller(refusal)) is not None:
-        try:
-            return EncodedEvent(event_to_body(smaller))
-        except DataError as exc:
-            refusal = exc.reason
-    return None
 
 
 async def _first_of(*waits: Any, seconds: float) -> None:

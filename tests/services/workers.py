@@ -22,9 +22,15 @@ DEAD_LETTER_TOPIC = "orders-sink-dlq"
 
 @contextlib.asynccontextmanager
 async def sink_worker(
-    connector: type[Sink[Any]], mesh: EmbeddedMesh, admin_port: int, **config: Any
+    connector: type[Sink[Any]],
+    mesh: EmbeddedMesh,
+    admin_port: int,
+    *,
+    transforms: list[dict[str, Any]] | None = None,
+    **config: Any,
 ) -> AsyncIterator[asyncio.Task[int]]:
-    """The worker of ``connector`` on topic ``orders`` (dead letters to ``DEAD_LETTER_TOPIC``), stopped on the way out."""
+    """The worker of ``connector`` on topic ``orders`` (dead letters to ``DEAD_LETTER_TOPIC``), with ``transforms``
+    if given, stopped on the way out."""
     settings = WorkerConfig.model_validate(
         {
             "name": "orders-sink",
@@ -33,6 +39,7 @@ async def sink_worker(
             "sink": {"topics": ["orders"], "batch_size": 8, "linger_ms": 20, "retry_initial": 0.05, "retry_max": 0.5},
             "admin": {"host": "127.0.0.1", "port": admin_port},
             "config": config,
+            "transforms": transforms or [],
         }
     )
     stop = asyncio.Event()

@@ -43,6 +43,7 @@ class MysqlSink(Sink[MysqlSinkConfig]):
         "Writes events to MySQL/MariaDB: events table, mapped columns or CDC apply; upserts, one transaction per batch."
     )
     config_model: ClassVar[type[ConnectorConfig]] = MysqlSinkConfig
+    routed_target: ClassVar[str | None] = "table"
 
     def __init__(self, config: MysqlSinkConfig) -> None:
         super().__init__(config)
@@ -98,6 +99,12 @@ class MysqlSink(Sink[MysqlSinkConfig]):
             self._pool = None
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
+        if self.config.mode != "mapped" and any(record.target is not None for record in records):
+            return [
+                Rejection(record, f"a route step chose table {record.target!r}, but only mode 'mapped' writes a routed table")
+                for record in records
+                if record.target is not None
+            ] + await self.put([record for record in records if record.target is None])
         with translate_mysql_errors(f"writing {len(records)} records to {self.config.database}", running=True):
             async with asyncio.timeout(self.config.write_timeout):
                 async with self._connection() as conn:

@@ -1,5 +1,9 @@
 """mode ``mapped``: fields of the JSON data upserted into ``table`` on its primary key (or ``key_columns``).
 
+A ``route`` transform step may choose another table of ``database`` per event (``record.target``):
+it must exist (or ``auto_create`` makes it), and a name that is no valid identifier, or a table that
+does not exist, makes the event a data error.
+
 ``fields`` maps a data field path (dots for nesting) to a column; without it the data's top-level
 keys are the columns. An event whose ``delete_field`` holds one of ``delete_values``, or whose type
 is in ``delete_types``, deletes the row instead. Each value is checked against its column's type
@@ -73,7 +77,7 @@ class MappedMode(SinkMode):
 
     async def _change(self, conn: Any, record: ConnectorRecord, data: dict[str, Any]) -> Change:
         tables = self._tables
-        table = self._table
+        table = record.target or self._table  # a route step's table is checked as an identifier when it is first read
         values: dict[str, Any]
         if self._fields:
             values = {}

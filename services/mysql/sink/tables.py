@@ -82,7 +82,7 @@ class TableCache:
     ) -> TableSchema:
         schema = await self._load(conn, table)
         if schema is None:
-            if not self.config.auto_create and self.config.mode == "mapped":
+            if not self.config.auto_create and self.config.mode == "mapped" and table == self.config.table:
                 # It was there at start: dropped since, or hidden by a revoked grant. The operator's to mend, not the event's.
                 raise RetriableError(
                     f"table {self.config.database}.{table} is gone or no longer visible to {self.config.user!r} (dropped, or"
