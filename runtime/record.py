@@ -87,6 +87,9 @@ class ConnectorRecord:
     datacontenttype: str | None = None
     dataschema: str | None = None
     extensions: Mapping[str, str | int | bool] = field(default_factory=dict)
+    refusal: str | None = None
+    """Set by a source for input it read but cannot turn into an event (a message key that is not
+    text, say): the worker dead-letters the record with this reason instead of publishing it."""
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:
