@@ -22,7 +22,14 @@ from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
 from runtime.registry.file import FileRegistry
-from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
+from runtime.testing import (
+    SinkHarness,
+    SourceHarness,
+    WorkerProcess,
+    poll_until,
+    run_sink_conformance,
+    run_source_conformance,
+)
 from services.kafka.sink.connector import KafkaSink, KafkaSinkConfig
 from services.kafka.source.connector import KafkaSource, KafkaSourceConfig
 from tests.servers import KafkaServer, free_port
@@ -389,3 +396,104 @@ async def test_kafka_source_conformance(kafka_server: KafkaServer, tmp_path: Pat
         ),
         workdir=tmp_path,
     )
+
+
+async def test_pipeline_through_kills_and_a_broker_restart_loses_nothing(kafka_server: KafkaServer, tmp_path: Path) -> None:
+    """Kafka -> kafka-source -> mesh -> kafka-sink -> Kafka, each connector its own process; both are
+    killed with SIGKILL mid-stream and the broker is killed and restarted. Every message arrives,
+    under one event id each and with its key; copies (Kafka cannot deduplicate) share that id."""
+    inbound, outbound = new_topic_name("in"), new_topic_name("out")
+    await create_topic(kafka_server.bootstrap, inbound, partitions=3)
+    await create_topic(kafka_server.bootstrap, outbound, partitions=3)
+    mesh = EmbeddedMesh(port=free_port(), data_dir=tmp_path / "mesh", redelivery_timeout=3.0)
+    await mesh.start()
+    common = {"bootstrap_servers": [kafka_server.bootstrap], "timeout": 3}
+
+    def worker_config(name: str, connector: str, block: dict[str, Any], **sections: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "connector": connector,
+            "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+            "registry": {"kind": "file", "path": str(tmp_path / "registry"), "lease_ttl": 2},
+            "admin": {"host": "127.0.0.1", "port": free_port()},
+            "log": {"format": "json"},
+            "config": {**common, **block},
+            **sections,
+        }
+
+    source = WorkerProcess(
+        KafkaSource,
+        worker_config(
+            "kafka-in",
+            "kafka-source",
+            {"topics": [inbound], "format": "json"},
+            source={"topic": "orders", "checkpoint_every": 20, "checkpoint_interval": 0.2},
+        ),
+        tmp_path,
+    )
+    sink = WorkerProcess(
+        KafkaSink,
+        worker_config(
+            "kafka-out",
+            "kafka-sink",
+            {"topic": outbound},
+            sink={"topics": ["orders"], "batch_size": 50, "linger_ms": 20, "retry_initial": 0.1, "retry_max": 1.0},
+        ),
+        tmp_path,
+    )
+    produced = 0
+
+    async def feed(count: int) -> None:
+        nonlocal produced
+        messages = [(orjson.dumps({"n": n}), str(n).encode(), []) for n in range(produced, produced + count)]
+        for _ in range(100):  # the broker may be restarting
+            try:
+                await produce(kafka_server.bootstrap, inbound, messages)
+                break
+            except KafkaError:
+                await asyncio.sleep(0.3)
+        else:
+            raise AssertionError("the broker did not come back")
+        produced += count
+
+    try:
+        await sink.start(30)
+        await source.start(30)
+        await feed(200)
+        await asyncio.sleep(0.3)  # let the source be mid-stream, then kill it
+        await source.kill()
+        await feed(100)
+        await source.start(30)
+        await feed(100)
+        await sink.kill()
+        await feed(100)
+        await sink.start(30)
+        kafka_server.kill()
+        await asyncio.sleep(1.0)  # both connectors retry against a broker that is away
+        kafka_server.start()
+        await feed(100)
+
+        async def arrived() -> dict[int, set[tuple[bytes, bytes | None]]]:
+            found: dict[int, set[tuple[bytes, bytes | None]]] = {}
+            for message in await read_topic(kafka_server.bootstrap, outbound):
+                found.setdefault(orjson.loads(message.value)["n"], set()).add((dict(message.headers)["ce_id"], message.key))
+            return found
+
+        deadline = asyncio.get_running_loop().time() + 90
+        found = await arrived()
+        while len(found) < produced and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+            found = await arrived()
+        lost = sorted(set(range(produced)) - set(found))
+        assert not lost, (
+            f"{len(lost)} of {produced} lost (first {lost[:5]}); source:\n{source.log_tail()}\nsink:\n{sink.log_tail()}"
+        )
+        unstable = {n: copies for n, copies in found.items() if len(copies) != 1}
+        assert not unstable, f"messages written under several ids or keys: {dict(list(unstable.items())[:3])}"
+        assert all(key == str(n).encode() for n, copies in found.items() for _, key in copies)
+        assert mesh.topic_depth("kafka-in-dlq") == 0 and mesh.topic_depth("kafka-out-dlq") == 0
+        assert await source.terminate(30) == 0 and await sink.terminate(30) == 0
+    finally:
+        await source.kill()
+        await sink.kill()
+        await mesh.stop()
