@@ -143,9 +143,7 @@ def record_from_message(
         elif value is None:  # a tombstone: an event without data
             record = ConnectorRecord(timestamp=moment, extensions=extensions, **where)
         else:
-            record = record_from_payload(value, payload_format, **where, extensions=extensions)
-            if payload_format != "cloudevents":
-                record = replace(record, timestamp=moment)
+            record = record_from_payload(value, payload_format, **where, extensions=extensions, timestamp=moment)
     except DataError as exc:
         problems.append(exc.reason)
         record = _undecodable(value, moment, where, extensions)
