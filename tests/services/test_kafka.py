@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiokafka.errors import KafkaError
@@ -43,7 +44,7 @@ def _event(n: int, subject: str = "orders", **overrides: Any) -> ConnectorRecord
 
 
 def _source_config(kafka: KafkaServer, topics: list[str], **config: Any) -> KafkaSourceConfig:
-    return KafkaSourceConfig.model_validate({"bootstrap_servers": [kafka.bootstrap], "topics": topics, "timeout": 3, **config})
+    return KafkaSourceConfig.model_validate({"bootstrap_servers": [kafka.bootstrap], "topics": topics, "timeout": 3} | config)
 
 
 async def _source(config: KafkaSourceConfig, offsets: dict[str, Any] | None = None) -> KafkaSource:
@@ -55,7 +56,7 @@ async def _source(config: KafkaSourceConfig, offsets: dict[str, Any] | None = No
 
 
 async def _sink(kafka: KafkaServer, **config: Any) -> KafkaSink:
-    sink = KafkaSink(KafkaSinkConfig.model_validate({"bootstrap_servers": [kafka.bootstrap], "timeout": 3, **config}))
+    sink = KafkaSink(KafkaSinkConfig.model_validate({"bootstrap_servers": [kafka.bootstrap], "timeout": 3} | config))
     await sink.start(SinkContext(connector_name="kafka-test"))
     return sink
 
@@ -145,26 +146,28 @@ async def test_source_refuses_keys_and_headers_that_are_not_text(kafka_server: K
     assert (bad_key.data, bad_key.offset, bad_key.extensions["kafkatopic"]) == (b"a", {"offset": 0}, topic)
 
 
-async def test_poll_while_the_broker_is_down_is_retriable(tmp_path: Path) -> None:
-    broker = KafkaServer.running()
-    assert isinstance(broker, KafkaServer)
+def _running(broker: KafkaServer) -> None:
+    """Start ``broker`` again if a test left it killed (the session shares it)."""
+    if broker.proc is None or broker.proc.poll() is not None:
+        broker.start()
+
+
+async def test_poll_while_the_broker_is_down_is_retriable(kafka_server: KafkaServer) -> None:
+    topic = new_topic_name()
+    await create_topic(kafka_server.bootstrap, topic)
+    source = await _source(_source_config(kafka_server, [topic], timeout=1.5))
     try:
-        topic = new_topic_name()
-        await create_topic(broker.bootstrap, topic)
-        source = await _source(_source_config(broker, [topic]))
-        try:
-            assert await poll_until(source, 1, within=1.5) == []
-            broker.kill()
-            with pytest.raises(RetriableError, match="Kafka unavailable"):
-                for _ in range(10):  # the first polls may still be served from what was fetched
-                    await source.poll()
-            sink = KafkaSink(KafkaSinkConfig.model_validate({"bootstrap_servers": [broker.bootstrap], "timeout": 2}))
-            with pytest.raises(RetriableError):
-                await sink.start(SinkContext(connector_name="kafka-test"))
-        finally:
-            await source.stop()
+        assert await poll_until(source, 1, within=1.5) == []
+        kafka_server.kill()
+        with pytest.raises(RetriableError, match="Kafka unavailable"):
+            for _ in range(10):  # the first polls may still be served from what was fetched
+                await source.poll()
+        sink = KafkaSink(KafkaSinkConfig.model_validate({"bootstrap_servers": [kafka_server.bootstrap], "timeout": 1.5}))
+        with pytest.raises(RetriableError):
+            await sink.start(SinkContext(connector_name="kafka-test"))
     finally:
-        broker.stop()
+        await source.stop()
+        _running(kafka_server)
 
 
 async def test_sink_binary_mode_writes_ce_headers_and_the_key(kafka_server: KafkaServer) -> None:
@@ -251,30 +254,26 @@ async def test_sink_rejects_an_event_whose_subject_is_no_topic_name(kafka_server
     assert len(rejected) == 1 and "not a Kafka topic name" in rejected[0].reason
 
 
-async def test_sink_while_the_broker_is_down_is_retriable_and_recovers(tmp_path: Path) -> None:
-    broker = KafkaServer.running()
-    assert isinstance(broker, KafkaServer)
+async def test_sink_while_the_broker_is_down_is_retriable_and_recovers(kafka_server: KafkaServer) -> None:
+    topic = new_topic_name()
+    await create_topic(kafka_server.bootstrap, topic)
+    sink = await _sink(kafka_server, topic=topic, timeout=1.5)
     try:
-        topic = new_topic_name()
-        await create_topic(broker.bootstrap, topic)
-        sink = await _sink(broker, topic=topic)
-        try:
-            assert await sink.put([_event(1)]) == []
-            broker.kill()
-            with pytest.raises(RetriableError, match="Kafka unavailable"):
-                await sink.put([_event(2)])
-            broker.start()
-            for _ in range(60):  # the worker's retry loop
-                try:
-                    assert await sink.put([_event(2)]) == []
-                    break
-                except RetriableError:
-                    await asyncio.sleep(0.5)
-        finally:
-            await sink.stop()
-        ids = [dict(message.headers)["ce_id"] for message in await read_topic(broker.bootstrap, topic)]
+        assert await sink.put([_event(1)]) == []
+        kafka_server.kill()
+        with pytest.raises(RetriableError, match="Kafka unavailable"):
+            await sink.put([_event(2)])
+        kafka_server.start()
+        for _ in range(60):  # the worker's retry loop
+            try:
+                assert await sink.put([_event(2)]) == []
+                break
+            except RetriableError:
+                await asyncio.sleep(0.5)
     finally:
-        broker.stop()
+        await sink.stop()
+        _running(kafka_server)
+    ids = [dict(message.headers)["ce_id"] for message in await read_topic(kafka_server.bootstrap, topic)]
     # A batch that failed may still be written once the broker is back: a copy under the same ce_id.
     assert ids[0] == b"id-1" and set(ids) == {b"id-1", b"id-2"}
 
@@ -497,3 +496,34 @@ async def test_pipeline_through_kills_and_a_broker_restart_loses_nothing(kafka_s
         await source.kill()
         await sink.kill()
         await mesh.stop()
+
+
+async def test_the_sasl_password_appears_in_no_log_line_and_no_status(kafka_server: KafkaServer, tmp_path: Path) -> None:
+    """A sink whose SASL handshake fails (the broker speaks PLAINTEXT) logs its config and its errors, never the password."""
+    config = {
+        "name": "kafka-secret",
+        "connector": "kafka-sink",
+        "mesh": {"address": f"127.0.0.1:{free_port()}"},
+        "sink": {"topics": ["orders"], "retry_initial": 0.1, "retry_max": 0.5},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json"},
+        "config": {
+            "bootstrap_servers": [kafka_server.bootstrap],
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-256",
+            "sasl_plain_username": "meshconnect",
+            "sasl_plain_password": "hunter2-kafka-secret",
+            "timeout": 1,
+        },
+    }
+    worker = WorkerProcess(KafkaSink, config, tmp_path)
+    with pytest.raises(AssertionError, match="not running within"):
+        await worker.start(8)  # no mesh and a refused handshake: it never gets ready
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{worker.admin_port}/status") as status:
+            body = await status.text()
+    finally:
+        await worker.kill()
+    log = worker.log_path.read_text()
+    assert '"starting"' in log and "sasl_plain_username" in log
+    assert "hunter2" not in log and "hunter2" not in body
