@@ -16,6 +16,7 @@ message (no valid topic name, no key at ``key_path``, too large) is dead-lettere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -91,7 +92,8 @@ class KafkaSink(Sink[KafkaSinkConfig]):
         try:
             await kafka_call("connect", producer.start(), self.config.timeout)
         except BaseException:
-            await asyncio.wait_for(producer.stop(), self.config.timeout)
+            with contextlib.suppress(TimeoutError):  # the start's own error is the one to report
+                await asyncio.wait_for(producer.stop(), self.config.timeout)
             raise
         self._producer = producer
 
@@ -108,7 +110,8 @@ class KafkaSink(Sink[KafkaSinkConfig]):
             except DataError as exc:
                 rejections.append(Rejection(record, exc.reason))
         if sent:
-            # Every future settles by itself within the request timeout; the bound covers a wedged client.
+            # While no broker answers, the producer keeps a message waiting for one: the bound turns
+            # that into a retriable failure (the message may still go out later: a copy, same ce_id).
             results = await kafka_call(
                 "produce", asyncio.gather(*(future for _, future in sent), return_exceptions=True), 2 * self.config.timeout + 5
             )

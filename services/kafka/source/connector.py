@@ -106,14 +106,19 @@ class KafkaSource(Source[KafkaSourceConfig]):
             topic, _, partition = group.rpartition("/")
             if topic in wanted:
                 self._assigned.append(TopicPartition(topic, int(partition)))
-        self._consumer = self._consumer_for(self.config.client_id or context.connector_name)
-        await kafka_call("connect", self._consumer.start(), self.config.timeout)
-        self._consumer.assign(self._assigned)
+        consumer = self._consumer_for(self.config.client_id or context.connector_name)
+        try:
+            await kafka_call("connect", consumer.start(), self.config.timeout)
+        except BaseException:
+            await stop_consumer(consumer, self.config.timeout)  # the worker retries start() with a new one
+            raise
+        self._consumer = consumer
+        consumer.assign(self._assigned)
         resumed = {}
         for assigned in self._assigned:
             offset = context.offset({"topic": assigned.topic, "partition": assigned.partition})
             if offset is not None:
-                self._consumer.seek(assigned, int(offset["offset"]) + 1)
+                consumer.seek(assigned, int(offset["offset"]) + 1)
                 resumed[_group_name(assigned.topic, assigned.partition)] = int(offset["offset"]) + 1
         log.info("kafka source reading", partitions=[_group_name(p.topic, p.partition) for p in self._assigned], resumed=resumed)
 
