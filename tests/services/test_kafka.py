@@ -35,6 +35,7 @@ from services.kafka.sink.connector import KafkaSink, KafkaSinkConfig
 from services.kafka.source.connector import KafkaSource, KafkaSourceConfig
 from tests.servers import KafkaServer, free_port
 from tests.services.kafka_client import create_topic, new_topic_name, produce, read_topic
+from tests.services.workers import readiness, until
 
 
 def _event(n: int, subject: str = "orders", **overrides: Any) -> ConnectorRecord:
@@ -110,6 +111,20 @@ async def test_source_resumes_after_the_checkpointed_offset_and_never_commits_to
     finally:
         await source.stop()
     assert sorted(record.id or "" for record in records) == ["id-4", "id-5", "id-7", "id-8"]  # the CloudEvents keep their ids
+
+
+async def test_source_starting_from_latest_reads_only_new_messages(kafka_server: KafkaServer) -> None:
+    topic = new_topic_name()
+    await create_topic(kafka_server.bootstrap, topic)
+    await produce(kafka_server.bootstrap, topic, [(b"old-0", None, []), (b"old-1", None, [])])
+    source = await _source(_source_config(kafka_server, [topic], format="text", start_from="latest"))
+    try:
+        await produce(kafka_server.bootstrap, topic, [(b"new-2", None, [])])
+        records = await poll_until(source, 1)
+        assert await poll_until(source, 1, within=1.5) == []
+    finally:
+        await source.stop()
+    assert [(record.data, record.offset) for record in records] == [("new-2", {"offset": 2})]
 
 
 async def test_source_reads_only_the_partitions_whose_leases_it_holds(kafka_server: KafkaServer) -> None:
@@ -468,7 +483,8 @@ async def test_pipeline_through_kills_and_a_broker_restart_loses_nothing(kafka_s
         await feed(100)
         await sink.start(30)
         kafka_server.kill()
-        await asyncio.sleep(1.0)  # both connectors retry against a broker that is away
+        async with aiohttp.ClientSession() as http:  # the source finds the broker away and says so
+            await until(lambda: readiness(http, source.admin_port)(503, "Kafka unavailable"), "source not ready", within=30)
         kafka_server.start()
         await feed(100)
 

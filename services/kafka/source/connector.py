@@ -74,7 +74,9 @@ class KafkaSource(Source[KafkaSourceConfig]):
             **client_options(self.config, client_id),
             group_id=None,  # the registry, not Kafka, keeps the offsets
             enable_auto_commit=False,
-            auto_offset_reset=self.config.start_from,
+            # A checkpoint that retention already deleted resumes at the oldest message kept, whatever
+            # start_from says: skipping to the newest would pass over messages that are still there.
+            auto_offset_reset="earliest",
             isolation_level=self.config.isolation_level,
             max_partition_fetch_bytes=self.config.max_partition_fetch_bytes,
             fetch_max_bytes=self.config.fetch_max_bytes,
@@ -115,11 +117,16 @@ class KafkaSource(Source[KafkaSourceConfig]):
         self._consumer = consumer
         consumer.assign(self._assigned)
         resumed = {}
+        fresh = []
         for assigned in self._assigned:
             offset = context.offset({"topic": assigned.topic, "partition": assigned.partition})
             if offset is not None:
                 consumer.seek(assigned, int(offset["offset"]) + 1)
                 resumed[_group_name(assigned.topic, assigned.partition)] = int(offset["offset"]) + 1
+            else:
+                fresh.append(assigned)
+        if fresh and self.config.start_from == "latest":
+            await kafka_call("seek to end", consumer.seek_to_end(*fresh), self.config.timeout)
         log.info("kafka source reading", partitions=[_group_name(p.topic, p.partition) for p in self._assigned], resumed=resumed)
 
     async def poll(self) -> Sequence[ConnectorRecord]:
