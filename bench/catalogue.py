@@ -39,6 +39,7 @@ import nats  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from aiohttp import web  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
 from runtime import record_to_json  # noqa: E402
 from runtime.connector import Sink, SinkContext, Source, SourceContext  # noqa: E402
@@ -53,6 +54,9 @@ from services.file_source.connector import FileSource, FileSourceConfig  # noqa:
 from services.http.knative.connector import KnativeSink, KnativeSinkConfig  # noqa: E402
 from services.http.sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
 from services.http.source.connector import HttpSource, HttpSourceConfig  # noqa: E402
+from services.kafka.binding import record_to_message  # noqa: E402
+from services.kafka.sink.connector import KafkaSink, KafkaSinkConfig  # noqa: E402
+from services.kafka.source.connector import KafkaSource, KafkaSourceConfig  # noqa: E402
 from services.mqtt.sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
 from services.mqtt.source.connector import MqttSource, MqttSourceConfig  # noqa: E402
 from services.nats.sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
@@ -64,7 +68,8 @@ from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig  #
 from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
 from services.redis.sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
 from services.redis.source.connector import RedisSource, RedisSourceConfig  # noqa: E402
-from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.servers import KafkaServer, MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.services.kafka_client import create_topic  # noqa: E402
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "4000"))
 BATCH = 500
@@ -684,6 +689,83 @@ def jetstream(server: NatsServer) -> tuple[tuple[Measure, Measure], tuple[Measur
     return (sink, sink_raw), (source, source_raw)
 
 
+# -- kafka -------------------------------------------------------------------------------------
+
+
+def kafka(server: KafkaServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
+    async def topic() -> str:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        await create_topic(server.bootstrap, name)
+        return name
+
+    async def producer() -> AIOKafkaProducer:
+        client = AIOKafkaProducer(bootstrap_servers=server.bootstrap, acks="all", enable_idempotence=True)
+        await client.start()
+        return client
+
+    async def sink() -> float:
+        config = KafkaSinkConfig(bootstrap_servers=[server.bootstrap], topic=await topic())
+        return await _sink_run(KafkaSink(config), _records(EVENTS))
+
+    async def sink_raw() -> float:  # the same binary-mode messages, each batch awaited whole as put does
+        name = await topic()
+        client = await producer()
+        try:
+            started = time.perf_counter()
+            for batch in _batches(_records(EVENTS)):
+                messages = [record_to_message(r, mode="binary", key=None) for r in batch]
+                futures = [await client.send(name, m.value, headers=m.headers) for m in messages]
+                await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await client.stop()
+
+    async def filled() -> str:
+        name = await topic()
+        client = await producer()
+        try:
+            for batch in _batches(_records(EVENTS)):
+                await asyncio.gather(*[await client.send(name, record_to_json(r)) for r in batch])
+        finally:
+            await client.stop()
+        return name
+
+    async def source() -> float:
+        name = await filled()
+        kafka_source = KafkaSource(KafkaSourceConfig(bootstrap_servers=[server.bootstrap], topics=[name], batch_size=BATCH))
+        groups = frozenset(await kafka_source.partition_groups())
+        await kafka_source.start(SourceContext(connector_name="bench", committed_offsets={}, assigned_groups=groups))
+        try:
+            started = time.perf_counter()
+            seen = 0
+            while seen < EVENTS:
+                seen += len(await kafka_source.poll())  # offsets live in the registry: nothing to ack upstream
+            return time.perf_counter() - started
+        finally:
+            await kafka_source.stop()
+
+    async def source_raw() -> float:
+        name = await filled()
+        consumer = AIOKafkaConsumer(bootstrap_servers=server.bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partition = TopicPartition(name, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_beginning(partition)
+            started = time.perf_counter()
+            seen = 0
+            while seen < EVENTS:
+                for messages in (await consumer.getmany(timeout_ms=1000, max_records=BATCH)).values():
+                    for message in messages:
+                        orjson.loads(message.value)
+                        seen += 1
+            return time.perf_counter() - started
+        finally:
+            await consumer.stop()
+
+    return (sink, sink_raw), (source, source_raw)
+
+
 # -- postgres ----------------------------------------------------------------------------------
 
 
@@ -832,6 +914,7 @@ async def main() -> None:
                 ("redis", RedisServer, redis),
                 ("mqtt", MosquittoServer, mqtt),
                 ("nats", NatsServer, jetstream),
+                ("kafka", KafkaServer, kafka),
                 ("postgres", PostgresServer, postgres),
             )
             for system, server_class, pairs in systems:
