@@ -137,7 +137,7 @@ def record_from_message(
     moment = datetime.fromtimestamp(position.timestamp_ms / 1000, UTC)
     try:
         if binary:
-            record = _record_from_binary(value, headers, content_type, where, extensions)
+            record = _record_from_binary(value, headers, content_type, where, extensions, received=moment)
         elif structured:
             record = record_from_json(value or b"", **where, extensions=extensions)
         elif value is None:  # a tombstone: an event without data
@@ -165,7 +165,11 @@ def _record_from_binary(
     content_type: str | None,
     where: Mapping[str, Any],
     extensions: dict[str, str | int | bool],
+    *,
+    received: datetime,
 ) -> ConnectorRecord:
+    """A binary-mode event: attributes from the ``ce_`` headers, data from the value; ``received`` is
+    its time when it has no ``ce_time``."""
     attributes: dict[str, str] = {}
     for name, raw in headers:
         if not name.startswith(_PREFIX):
@@ -195,17 +199,18 @@ def _record_from_binary(
             data = value.decode()
         except UnicodeDecodeError as exc:
             raise DataError(f"data declared {content_type} is not UTF-8 text") from exc
-    # The broker's extensions win over headers of the same name: they say where the event was read.
-    record = record_from_json(
-        orjson.dumps({"specversion": "1.0", **{k: v for k, v in fixed.items() if v is not None}, **attributes}),
-        **where,
-        extensions=extensions,
-    )
-    return replace(
-        record,
+    return ConnectorRecord(
         data=data,
         datacontenttype=content_type,
-        timestamp=record.timestamp if moment is None else _parse_time(moment),
+        timestamp=received if moment is None else _parse_time(moment),
+        id=fixed["id"],
+        source=fixed["source"],
+        type=fixed["type"],
+        subject=fixed["subject"],
+        dataschema=fixed["dataschema"],
+        # The broker's extensions win over headers of the same name: they say where the event was read.
+        extensions={**attributes, **extensions},
+        **where,
     )
 
 

@@ -145,16 +145,23 @@ async def test_source_reads_only_the_partitions_whose_leases_it_holds(kafka_serv
 async def test_source_refuses_keys_and_headers_that_are_not_text(kafka_server: KafkaServer) -> None:
     topic = new_topic_name()
     await create_topic(kafka_server.bootstrap, topic)
+    binary_event = [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/s"), ("ce_type", b"t")]
     await produce(
         kafka_server.bootstrap,
         topic,
-        [(b"a", b"\xff\xfe", []), (b"b", b"k", [("h", b"\xc3\x28")]), (b"c", None, [("ce_specversion", b"1.0")])],
+        [
+            (b"a", b"\xff\xfe", []),
+            (b"b", b"k", [("h", b"\xc3\x28")]),
+            (b"c", None, [("ce_specversion", b"1.0")]),
+            (b"d", None, [*binary_event, ("ce_Bad-Name", b"v")]),
+        ],
     )
     source = await _source(_source_config(kafka_server, [topic]))
     try:
-        bad_key, bad_header, bad_event = await poll_until(source, 3)
+        bad_key, bad_header, bad_event, bad_extension = await poll_until(source, 4)
     finally:
         await source.stop()
+    assert bad_extension.refusal is not None and "'Bad-Name' is invalid" in bad_extension.refusal
     assert bad_key.refusal is not None and "key is not UTF-8" in bad_key.refusal
     assert bad_header.refusal is not None and "header 'h'" in bad_header.refusal
     assert bad_event.refusal is not None and "ce_id" in bad_event.refusal
