@@ -48,7 +48,7 @@ from bench.catalogue_common import (  # noqa: E402
     source_run,
     timed,
 )
-from bench.catalogue_servers import jetstream, mqtt, postgres, rabbitmq, redis  # noqa: E402
+from bench.catalogue_servers import jetstream, kafka, mqtt, postgres, rabbitmq, redis  # noqa: E402
 from runtime import record_to_json  # noqa: E402
 from runtime.connector import SourceContext  # noqa: E402
 from services.chat.client import ChatbotSink  # noqa: E402
@@ -62,7 +62,7 @@ from services.http.knative.connector import KnativeSink, KnativeSinkConfig  # no
 from services.http.sink.connector import HttpSink, HttpSinkConfig  # noqa: E402
 from services.http.source.connector import HttpSource, HttpSourceConfig  # noqa: E402
 from services.prometheus_source.connector import PrometheusSource, PrometheusSourceConfig  # noqa: E402
-from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.servers import KafkaServer, MosquittoServer, NatsServer, PostgresServer, RedisServer, free_port  # noqa: E402
 
 # -- file --------------------------------------------------------------------------------------
 
@@ -439,6 +439,7 @@ async def main() -> None:
                 ("redis", RedisServer, redis),
                 ("mqtt", MosquittoServer, mqtt),
                 ("nats", NatsServer, jetstream),
+                ("kafka", KafkaServer, kafka),
                 ("postgres", PostgresServer, postgres),
             )
             for system, server_class, pairs in systems:

@@ -1,5 +1,5 @@
 """The catalogue's measures of the connectors whose system is a server: Redis, RabbitMQ, MQTT, NATS JetStream,
-PostgreSQL (see bench/catalogue.py)."""
+Kafka, PostgreSQL (see bench/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,13 @@ import asyncpg  # noqa: E402
 import nats  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
 from bench.catalogue_common import BATCH, EVENTS, Measure, batches, make_records, sink_run, source_run  # noqa: E402
 from runtime import record_to_json  # noqa: E402
+from services.kafka.binding import record_to_message  # noqa: E402
+from services.kafka.sink.connector import KafkaSink, KafkaSinkConfig  # noqa: E402
+from services.kafka.source.connector import KafkaSource, KafkaSourceConfig  # noqa: E402
 from services.mqtt.sink.connector import MqttSink, MqttSinkConfig  # noqa: E402
 from services.mqtt.source.connector import MqttSource, MqttSourceConfig  # noqa: E402
 from services.nats.sink.connector import NatsSink, NatsSinkConfig  # noqa: E402
@@ -32,7 +36,8 @@ from services.rabbitmq.sink.connector import RabbitmqSink, RabbitmqSinkConfig  #
 from services.rabbitmq.source.connector import RabbitmqSource, RabbitmqSourceConfig  # noqa: E402
 from services.redis.sink.connector import RedisSink, RedisSinkConfig  # noqa: E402
 from services.redis.source.connector import RedisSource, RedisSourceConfig  # noqa: E402
-from tests.servers import MosquittoServer, NatsServer, PostgresServer, RedisServer  # noqa: E402
+from tests.servers import KafkaServer, MosquittoServer, NatsServer, PostgresServer, RedisServer  # noqa: E402
+from tests.services.kafka_client import create_topic  # noqa: E402
 
 # -- redis -------------------------------------------------------------------------------------
 
@@ -277,6 +282,83 @@ def jetstream(server: NatsServer) -> tuple[tuple[Measure, Measure], tuple[Measur
             return time.perf_counter() - started
         finally:
             await client.close()
+
+    return (sink, sink_raw), (source, source_raw)
+
+
+# -- kafka -------------------------------------------------------------------------------------
+
+
+def kafka(server: KafkaServer) -> tuple[tuple[Measure, Measure], tuple[Measure, Measure]]:
+    async def topic() -> str:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        await create_topic(server.bootstrap, name)
+        return name
+
+    async def producer() -> AIOKafkaProducer:
+        client = AIOKafkaProducer(bootstrap_servers=server.bootstrap, acks="all", enable_idempotence=True)
+        await client.start()
+        return client
+
+    async def sink() -> float:
+        config = KafkaSinkConfig(bootstrap_servers=[server.bootstrap], topic=await topic())
+        return await sink_run(KafkaSink(config), make_records(EVENTS))
+
+    async def sink_raw() -> float:  # the same binary-mode messages, each batch awaited whole as put does
+        name = await topic()
+        client = await producer()
+        try:
+            started = time.perf_counter()
+            for batch in batches(make_records(EVENTS)):
+                messages = [record_to_message(r, mode="binary", key=None) for r in batch]
+                futures = [await client.send(name, m.value, headers=m.headers) for m in messages]
+                await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await client.stop()
+
+    async def filled() -> str:
+        name = await topic()
+        client = await producer()
+        try:
+            for batch in batches(make_records(EVENTS)):
+                await asyncio.gather(*[await client.send(name, record_to_json(r)) for r in batch])
+        finally:
+            await client.stop()
+        return name
+
+    async def source() -> float:
+        name = await filled()
+        kafka_source = KafkaSource(KafkaSourceConfig(bootstrap_servers=[server.bootstrap], topics=[name], batch_size=BATCH))
+        groups = frozenset(await kafka_source.partition_groups())
+        await kafka_source.start(SourceContext(connector_name="bench", committed_offsets={}, assigned_groups=groups))
+        try:
+            started = time.perf_counter()
+            seen = 0
+            while seen < EVENTS:
+                seen += len(await kafka_source.poll())  # offsets live in the registry: nothing to ack upstream
+            return time.perf_counter() - started
+        finally:
+            await kafka_source.stop()
+
+    async def source_raw() -> float:
+        name = await filled()
+        consumer = AIOKafkaConsumer(bootstrap_servers=server.bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partition = TopicPartition(name, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_beginning(partition)
+            started = time.perf_counter()
+            seen = 0
+            while seen < EVENTS:
+                for messages in (await consumer.getmany(timeout_ms=1000, max_records=BATCH)).values():
+                    for message in messages:
+                        orjson.loads(message.value)
+                        seen += 1
+            return time.perf_counter() - started
+        finally:
+            await consumer.stop()
 
     return (sink, sink_raw), (source, source_raw)
 

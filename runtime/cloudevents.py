@@ -335,13 +335,16 @@ def record_from_payload(
     partition: Mapping[str, JsonValue],
     offset: Mapping[str, JsonValue],
     extensions: Mapping[str, str | int | bool] | None = None,
+    timestamp: datetime | None = None,
 ) -> ConnectorRecord:
     """The record of one message payload read by a source, at ``partition``/``offset``.
 
     A payload that is not what ``payload_format`` promises is not dropped: invalid JSON keeps its
     JSON content type, so the worker dead-letters it with the parse error as the reason; a payload
     that is no valid CloudEvent travels on as binary data with the reason in the ``meshformaterror``
-    extension, so a stray message on a shared queue is visible, not lost.
+    extension, so a stray message on a shared queue is visible, not lost. ``timestamp`` (the time
+    the system stored the message) is the time of a record that is not a CloudEvent with its own;
+    without it, the time of reading.
     """
     position: dict[str, Any] = {"partition": partition, "offset": offset, "extensions": extensions or {}}
     if payload_format == "cloudevents":
@@ -349,7 +352,11 @@ def record_from_payload(
             return record_from_json(payload, **position)
         except DataError as exc:
             position["extensions"] = {**position["extensions"], "meshformaterror": exc.reason[:500]}
+            if timestamp is not None:
+                position["timestamp"] = timestamp
             return ConnectorRecord(data=payload, datacontenttype="application/octet-stream", **position)
+    if timestamp is not None:
+        position["timestamp"] = timestamp
     if payload_format == "json":
         try:
             return ConnectorRecord(data=orjson.loads(payload), datacontenttype="application/json", **position)

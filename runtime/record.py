@@ -90,6 +90,9 @@ class ConnectorRecord:
     target: str | None = None
     """Where a sink writes this record when a ``route`` transform step chose it (mysql-sink: the table);
     None: where its config says. Never part of the event: a source's records do not carry it."""
+    refusal: str | None = None
+    """Set by a source for input it read but cannot turn into an event (a message key that is not
+    text, say): the worker dead-letters the record with this reason instead of publishing it."""
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:

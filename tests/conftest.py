@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import MariaDBServer, MosquittoServer, NatsServer, PostgresServer, RedisClusterSetup, RedisServer
+from tests.servers import KafkaServer, MariaDBServer, MosquittoServer, NatsServer, PostgresServer, RedisClusterSetup, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -48,5 +48,12 @@ def nats_server() -> Iterator[NatsServer]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer.running()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    server = KafkaServer.running()
     yield server  # type: ignore[misc]
     server.stop()

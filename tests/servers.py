@@ -6,8 +6,10 @@ Under ``CI=true`` a missing binary fails the test; elsewhere it skips it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
+import hashlib
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +27,7 @@ import pytest
 import redis
 
 __all__ = [
+    "KafkaServer",
     "MariaDBServer",
     "MosquittoServer",
     "MotoS3Server",
@@ -658,40 +662,5 @@ class PostgresServer(ServerProcess):
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
 
-class MotoS3Server(ServerProcess):
-    """moto's S3 in server mode: a real HTTP S3 endpoint, its objects in memory (a restart empties it).
-
-    ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT) make it an endpoint that stops answering and comes
-    back with its objects: an outage that keeps the data, as a real store's would.
-    """
-
-    name = "moto"
-    access_key = "testing-access-key"
-    secret_key = "testing-secret-key"
-
-    def __init__(self) -> None:
-        try:
-            import moto.server  # noqa: F401
-        except ImportError:
-            unavailable("moto[s3] with flask is not installed (pip install -e '.[dev]')")
-        super().__init__()
-
-    def command(self) -> Sequence[str]:
-        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.resume()  # a stopped process acts on SIGTERM only once continued
-        super().terminate()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+import base64
+import contextlib

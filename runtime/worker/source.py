@@ -9,10 +9,10 @@ The order is the promise of at-least-once, stated once here:
    step fails on goes to the dead-letter topic with the step and the reason.
    Each record becomes its CloudEvent's message body (:func:`~runtime.cloudevents.record_to_body`) and is published
    through the client's window (``mesh.max_in_flight`` unacknowledged events at most). A record that
-   cannot become an event (:class:`~runtime.errors.DataError`) goes to the dead-letter topic
-   instead, and counts as done once that publish is acknowledged. So does an event the mesh refuses
-   for what it is (too large, invalid), at once and with its data cut if that is what it takes
-   (:mod:`runtime.worker.refusals`); a record whose smallest dead letter is refused too is logged,
+   cannot become an event (:class:`~runtime.errors.DataError`, or a ``refusal`` the source set on
+   it) goes to the dead-letter topic instead, and counts as done once that publish is acknowledged.
+   So does an event the mesh refuses for what it is (too large, invalid), at once and with its data
+   cut if that is what it takes (:mod:`runtime.worker.refusals`); a record whose smallest dead letter is refused too is logged,
    counted (``meshconnect_dead_letters_dropped_total``) and counts as done, so no record can hold
    its partition's offsets back for good.
 3. Acks come back in any order; an offset becomes committable only when every earlier record of
@@ -361,6 +361,8 @@ class _ActiveSession:
 
     def _event_for(self, record: ConnectorRecord) -> EncodedEvent:
         rules = self.worker.rules
+        if record.refusal is not None:
+            return EncodedEvent(event_to_body(self._dead_letter_for(record, record.refusal)))
         if not self.source.names_own_topics:
             refusal = rules.refusal(record.subject)
             if refusal is not None:  # a replay goes to the configured topic, never to the one the input asked for

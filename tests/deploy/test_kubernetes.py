@@ -179,6 +179,13 @@ NOT_FILES = {
     ("http-source", "path"),  # the URL path it accepts POSTs on
     ("http-sink", "ca_file"),  # configuration, mounted read-only like the config file
     ("knative-sink", "ca_file"),
+    ("kafka-sink", "key_path"),  # a path into the event data
+    ("kafka-source", "ssl_cafile"),  # TLS files: configuration, mounted read-only like the config file
+    ("kafka-source", "ssl_certfile"),
+    ("kafka-source", "ssl_keyfile"),
+    ("kafka-sink", "ssl_cafile"),
+    ("kafka-sink", "ssl_certfile"),
+    ("kafka-sink", "ssl_keyfile"),
 }
 PATH_LIKE_FIELD = re.compile(r"(^|_)(path|paths|dir|directory|file|files)$")
 WORKDIR = PurePosixPath("/var/lib/meshconnect")  # the image's working directory: relative paths land there

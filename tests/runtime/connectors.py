@@ -21,6 +21,7 @@ class CounterConfig(ConnectorConfig):
     big_every: int = Field(0, description="Every n-th number carries big_size bytes of padding (0: none).")
     big_size: int = Field(5000, description="Padding of the big numbers, bytes.")
     broken_text_every: int = Field(0, description="Every n-th number is text holding a lone surrogate (0: none).")
+    refused_every: int = Field(0, description="Every n-th number is refused by the source itself (0: none).")
 
 
 class CounterSource(Source[CounterConfig]):
@@ -48,12 +49,14 @@ class CounterSource(Source[CounterConfig]):
                         ConnectorRecord(data=f"n={k} \udcff", datacontenttype="text/plain", partition={"p": p}, offset={"n": k})
                     )
                     continue
+                refused = self.config.refused_every and k % self.config.refused_every == self.config.refused_every - 1
                 records.append(
                     ConnectorRecord(
                         data="not json" if poison else number,
                         datacontenttype="application/json" if poison else None,
                         partition={"p": p},
                         offset={"n": k},
+                        refusal=f"number {k} is refused by the source" if refused else None,
                     )
                 )
             self.next[p] = min(n + self.config.batch, self.config.limit)

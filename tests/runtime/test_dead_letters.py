@@ -129,6 +129,25 @@ async def test_text_that_is_not_valid_unicode_is_dead_lettered_and_the_source_go
     assert all("Unicode" in str(letter.get_extension("dlqreason")) for letter in letters)
 
 
+async def test_a_record_the_source_refused_is_dead_lettered_with_its_reason_and_the_offsets_move_on(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        letters: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "counter-dlq", 2, letters))
+        stop = asyncio.Event()
+        config = source_config(mesh, tmp_path, limit=10, partitions=1, refused_every=5)
+        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
+        await offset_reaches(tmp_path, {"n": 9}, within=20)
+        await asyncio.wait_for(reader, 20)
+        stop.set()
+        assert await source == 0
+        assert mesh.topic_depth("numbers") == 8
+    assert sorted(letter.get_data()["offset"]["n"] for letter in letters) == [4, 9]  # type: ignore[index]
+    assert {str(letter.get_extension("dlqreason")) for letter in letters} == {
+        "number 4 is refused by the source",
+        "number 9 is refused by the source",
+    }
+
+
 def event_with_frame_of(size: int, data_key: str, id_: str) -> CloudEvent:
     """An event on topic ``numbers`` whose publish frame is ``size`` bytes long."""
     attributes = {"id": id_, "source": "/test", "type": "t", "subject": "numbers", "specversion": "1.0"}

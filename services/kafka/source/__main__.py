@@ -1,0 +1,4 @@
+from runtime import main_for
+from services.kafka.source.connector import KafkaSource
+
+main_for(KafkaSource)
