@@ -22,7 +22,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
 from bench.catalogue_common import BATCH, EVENTS, Measure, batches, make_records, sink_run, source_run  # noqa: E402
-from runtime import record_to_json  # noqa: E402
+from runtime import SourceContext, record_to_json  # noqa: E402
 from services.kafka.binding import record_to_message  # noqa: E402
 from services.kafka.sink.connector import KafkaSink, KafkaSinkConfig  # noqa: E402
 from services.kafka.source.connector import KafkaSource, KafkaSourceConfig  # noqa: E402

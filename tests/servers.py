@@ -662,5 +662,124 @@ class PostgresServer(ServerProcess):
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
 
-import base64
-import contextlib
+class MotoS3Server(ServerProcess):
+    """moto's S3 in server mode: a real HTTP S3 endpoint, its objects in memory (a restart empties it).
+
+    ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT) make it an endpoint that stops answering and comes
+    back with its objects: an outage that keeps the data, as a real store's would.
+    """
+
+    name = "moto"
+    access_key = "testing-access-key"
+    secret_key = "testing-secret-key"
+
+    def __init__(self) -> None:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            unavailable("moto[s3] with flask is not installed (pip install -e '.[dev]')")
+        super().__init__()
+
+    def command(self) -> Sequence[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()  # a stopped process acts on SIGTERM only once continued
+        super().terminate()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+KAFKA_POM = Path(__file__).parent / "services/kafka/pom.xml"
+
+
+def kafka_classpath() -> str:
+    """The classpath of the Kafka broker the pom names, resolved by Maven into the user's cache once.
+
+    The jars stay in ``~/.m2``; the resolved list is kept beside them in ``~/.cache/meshconnect``
+    under the pom's hash, so later sessions start the broker without running Maven again.
+    """
+    digest = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()[:16]
+    cached = Path.home() / ".cache/meshconnect" / f"kafka-broker-{digest}.classpath"
+    if cached.exists():
+        classpath = cached.read_text().strip()
+        if all(os.path.exists(jar) for jar in classpath.split(os.pathsep)):
+            return classpath
+    mvn = require_binary("mvn")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    resolving = cached.with_suffix(f".{os.getpid()}.tmp")
+    done = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:build-classpath", f"-Dmdep.outputFile={resolving}"],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
+        raise RuntimeError(f"mvn could not resolve the Kafka broker of {KAFKA_POM}:\n{output}")
+    os.replace(resolving, cached)
+    return cached.read_text().strip()
+
+
+class KafkaServer(ServerProcess):
+    """One Apache Kafka node in KRaft mode (broker and controller), PLAINTEXT on loopback.
+
+    The broker comes from Maven Central (``tests/services/kafka/pom.xml``) and runs on Java 17; its
+    storage is formatted once in ``prepare``, so a kill and restart keeps topics and messages.
+    """
+
+    name = "kafka"
+
+    def __init__(self) -> None:
+        self.java = require_binary("java")
+        self.classpath = kafka_classpath()
+        super().__init__()
+        self.controller_port = free_port()
+
+    def _java(self, main: str, *arguments: str) -> list[str]:
+        # A small heap, the client compiler and serial GC: the broker is up in seconds on a busy machine.
+        options = ["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+        return [self.java, *options, "-cp", self.classpath, main, *arguments]
+
+    def prepare(self) -> None:
+        (self.dir / "server.properties").write_text(
+            "process.roles=broker,controller\nnode.id=1\n"
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}\n"
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}\n"
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
+            "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            f"log.dirs={self.dir / 'data'}\nnum.partitions=1\n"
+            "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
+            "share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n"
+        )
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties")),
+            check=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+
+    def command(self) -> Sequence[str]:
+        return self._java("kafka.Kafka", str(self.dir / "server.properties"))
+
+    def ready(self) -> None:
+        wait_for_port(self.port, timeout=90, proc=self.proc)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
