@@ -14,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +28,7 @@ __all__ = [
     "MosquittoServer",
     "NatsServer",
     "PostgresServer",
+    "PulsarServer",
     "RedisServer",
     "RedisSentinelSetup",
     "ServerProcess",
@@ -419,6 +422,79 @@ class NatsServer(ServerProcess):
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+
+_PULSAR_POM = Path(__file__).parent / "services" / "pulsar" / "pom.xml"
+_pulsar_classpath: str | None = None
+
+
+def pulsar_classpath() -> str:
+    """The Pulsar broker's classpath, resolved by Maven once per test session (cached in ~/.m2)."""
+    global _pulsar_classpath  # noqa: PLW0603 - one resolution per session
+    if _pulsar_classpath is None:
+        mvn = require_binary("mvn")
+        with tempfile.TemporaryDirectory(prefix="meshconnect-pulsar-cp-") as scratch:
+            out = Path(scratch) / "classpath.txt"
+            command = [mvn, "-q", "-B", "-f", str(_PULSAR_POM), "dependency:build-classpath", f"-Dmdep.outputFile={out}"]
+            done = subprocess.run(command, capture_output=True, timeout=900, check=False)
+            if done.returncode != 0:
+                output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+                unavailable(f"Maven could not resolve the Pulsar broker: {output}")
+            _pulsar_classpath = out.read_text().strip()
+    return _pulsar_classpath
+
+
+class PulsarServer(ServerProcess):
+    """Pulsar's standalone mode from Maven Central: a broker, one bookie and RocksDB metadata in one JVM."""
+
+    name = "pulsar"
+
+    def __init__(self) -> None:
+        self.java = require_binary("java")
+        self.classpath = pulsar_classpath()
+        super().__init__()
+        self.web_port = free_port()
+        self.bookie_port = free_port()
+
+    def prepare(self) -> None:
+        (self.dir / "standalone.conf").write_text(
+            "clusterName=standalone\n"
+            "bindAddress=127.0.0.1\nadvertisedAddress=127.0.0.1\n"
+            f"brokerServicePort={self.port}\nwebServicePort={self.web_port}\n"
+            "managedLedgerDefaultEnsembleSize=1\nmanagedLedgerDefaultWriteQuorum=1\nmanagedLedgerDefaultAckQuorum=1\n"
+            "functionsWorkerEnabled=false\nbrokerDeleteInactiveTopicsEnabled=false\nbrokerShutdownTimeoutMs=3000\n"
+        )
+
+    def command(self) -> Sequence[str]:
+        return [
+            self.java,
+            *("-Xmx512m", "-XX:MaxDirectMemorySize=256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"),
+            *("-cp", self.classpath, "org.apache.pulsar.PulsarStandaloneStarter"),
+            *("-c", str(self.dir / "standalone.conf"), "--no-functions-worker", "--no-stream-storage"),
+            *("--bookkeeper-dir", str(self.dir / "bookkeeper"), "--metadata-dir", str(self.dir / "metadata")),
+            *("--bookkeeper-port", str(self.bookie_port), "--stream-storage-port", str(free_port())),
+        ]
+
+    def ready(self) -> None:
+        """Up once the default namespace answers: topics can then be created and looked up."""
+        wait_for_port(self.port, timeout=120, proc=self.proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.admin_url}/admin/v2/namespaces/public/default", timeout=5):
+                    return
+            except (urllib.error.URLError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Pulsar answered no admin request within 60 s: {exc}") from exc
+                time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"pulsar://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
 
 
 class PostgresServer(ServerProcess):

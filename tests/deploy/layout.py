@@ -23,6 +23,7 @@ PLANNED = frozenset(
     {
         "mysql-sink", "mysql-source", "http-source", "http-sink", "file-source", "file-sink", "redis-source",
         "redis-sink", "rabbitmq-source", "rabbitmq-sink", "mqtt-source", "mqtt-sink", "nats-source", "nats-sink",
+        "pulsar-source", "pulsar-sink",
         "postgres-source", "postgres-sink", "prometheus-source", "knative-sink", "slack-sink", "dingtalk-sink",
         "wecom-sink", "lark-sink",
     }
