@@ -12,15 +12,17 @@ from typing import Any
 
 import orjson
 import pulsar
+import pulsar.asyncio
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from runtime import record_to_json
 from runtime.connector import SinkContext, SourceContext
-from runtime.errors import RetriableError
+from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, SourceHarness, poll_until, run_sink_conformance, run_source_conformance
+from services.pulsar.client import pulsar_error
 from services.pulsar.sink.connector import PulsarSink, PulsarSinkConfig
 from services.pulsar.source.connector import PulsarSource, PulsarSourceConfig
 from tests.servers import PulsarServer
@@ -310,3 +312,11 @@ async def test_pulsar_source_conformance(pulsar_server: PulsarServer, tmp_path: 
         ),
         workdir=tmp_path,
     )
+
+
+def test_refused_credentials_are_a_config_error_naming_the_token_and_the_rest_retriable() -> None:
+    refused = pulsar_error("subscribe", pulsar.exceptions.AuthenticationError("Failed authentication"))
+    assert isinstance(refused, ConfigError) and refused.key == "config.token"
+    assert isinstance(pulsar_error("subscribe", pulsar.exceptions.ConnectError("Connection refused")), RetriableError)
+    refused_async = pulsar_error("send", pulsar.asyncio.PulsarException(pulsar.Result.AuthorizationError))
+    assert isinstance(refused_async, ConfigError) and refused_async.key == "config.token"
