@@ -26,7 +26,8 @@ __all__ = ["TOPIC_NAME", "client_options", "pulsar_blocking", "pulsar_call", "pu
 
 T = TypeVar("T")
 
-TOPIC_NAME = r"(persistent|non-persistent)://[A-Za-z0-9_.-]+/[A-Za-z0-9_.=:-]+/[A-Za-z0-9_.=:-]+"
+_NAME = r"[A-Za-z0-9_.=:-]*[A-Za-z0-9_=:-][A-Za-z0-9_.=:-]*"  # not dots alone: "." and ".." wedge lookups
+TOPIC_NAME = rf"(persistent|non-persistent)://{_NAME}/{_NAME}/{_NAME}"
 """A fully qualified Pulsar topic: domain, tenant, namespace and local name, no other ``/``."""
 
 _CREDENTIAL_RESULTS = frozenset(

@@ -215,11 +215,15 @@ async def test_sink_dead_letters_events_whose_subject_or_topic_cannot_take_them(
     _admin(pulsar_server, "POST", f"/admin/v2/namespaces/{namespace}/autoTopicCreation", {"allowAutoTopicCreation": False})
     sink = await _sink(pulsar_server.url, topic=f"persistent://{namespace}/{{topic}}")
     try:
-        rejections = await sink.put([_event(1, subject="../default/x"), _event(2, subject="nothing-here")])
+        rejections = await sink.put(
+            [_event(1, subject="../default/x"), _event(2, subject="nothing-here"), _event(3, subject="..")]
+        )
     finally:
         await sink.stop()
+    not_a_name = "not a topic name (one name of letters, digits, -_.=: and not dots alone)"
     assert [(r.record.id, r.reason) for r in rejections] == [
-        ("id-1", f"subject '../default/x' makes 'persistent://{namespace}/../default/x', not a topic name (one name, no '/')"),
+        ("id-1", f"subject '../default/x' makes 'persistent://{namespace}/../default/x', {not_a_name}"),
+        ("id-3", f"subject '..' makes 'persistent://{namespace}/..', {not_a_name}"),
         (
             "id-2",
             f"not published to persistent://{namespace}/nothing-here: "

@@ -91,7 +91,10 @@ class PulsarSink(Sink[PulsarSinkConfig]):
     def _topic_for(self, record: ConnectorRecord) -> str:
         topic = self.config.topic.replace("{topic}", record.subject or "")
         if not _TOPIC.fullmatch(topic):
-            raise DataError(f"subject {record.subject!r} makes {topic!r}, not a topic name (one name, no '/')")
+            raise DataError(
+                f"subject {record.subject!r} makes {topic!r}, not a topic name"
+                " (one name of letters, digits, -_.=: and not dots alone)"
+            )
         return topic
 
     async def _producer(self, topic: str) -> pulsar.asyncio.Producer:
