@@ -445,7 +445,7 @@ def pulsar_classpath() -> str:
 
 
 class PulsarServer(ServerProcess):
-    """Pulsar's standalone mode from Maven Central: a broker, one bookie and RocksDB metadata in one JVM."""
+    """Pulsar's standalone mode from Maven Central: a broker (plain and TLS), one bookie and RocksDB metadata in one JVM."""
 
     name = "pulsar"
 
@@ -455,12 +455,19 @@ class PulsarServer(ServerProcess):
         super().__init__()
         self.web_port = free_port()
         self.bookie_port = free_port()
+        self.tls_port = free_port()
+        self.ca_file = self.dir / "tls" / "ca.pem"
 
     def prepare(self) -> None:
+        """Plain TCP on ``port``, TLS on ``tls_port`` with a certificate for 127.0.0.1 signed by ``ca_file``."""
+        self.ca_file.parent.mkdir()
+        _, cert, key = make_tls_files(self.ca_file.parent)
         (self.dir / "standalone.conf").write_text(
             "clusterName=standalone\n"
             "bindAddress=127.0.0.1\nadvertisedAddress=127.0.0.1\n"
             f"brokerServicePort={self.port}\nwebServicePort={self.web_port}\n"
+            f"brokerServicePortTls={self.tls_port}\ntlsCertificateFilePath={cert}\ntlsKeyFilePath={key}\n"
+            f"tlsTrustCertsFilePath={self.ca_file}\n"
             "managedLedgerDefaultEnsembleSize=1\nmanagedLedgerDefaultWriteQuorum=1\nmanagedLedgerDefaultAckQuorum=1\n"
             "functionsWorkerEnabled=false\nbrokerDeleteInactiveTopicsEnabled=false\nbrokerShutdownTimeoutMs=3000\n"
         )
@@ -491,6 +498,10 @@ class PulsarServer(ServerProcess):
     @property
     def url(self) -> str:
         return f"pulsar://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"pulsar+ssl://127.0.0.1:{self.tls_port}"
 
     @property
     def admin_url(self) -> str:

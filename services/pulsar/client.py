@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pulsar
@@ -47,13 +48,22 @@ _client_log = logging.getLogger("meshconnect.pulsar")
 _client_log.setLevel(logging.WARNING)
 
 
-def client_options(token: Secret | None, seconds: float) -> dict[str, Any]:
-    """Keyword arguments of ``pulsar.Client`` / ``pulsar.asyncio.Client``: timeouts, credentials, logging."""
+def client_options(token: Secret | None, seconds: float, ca_file: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``pulsar.Client`` / ``pulsar.asyncio.Client``: timeouts, credentials, TLS, logging.
+
+    Over ``pulsar+ssl://`` the broker's certificate is checked against ``ca_file`` (else the system's
+    CAs) and must name the host connected to: pulsar-client checks no host name unless asked.
+    """
     options: dict[str, Any] = {
         "operation_timeout_seconds": max(1, round(seconds)),
         "connection_timeout_ms": max(1, round(seconds * 1000)),
         "logger": _client_log,
+        "tls_validate_hostname": True,
     }
+    if ca_file is not None:
+        if not Path(ca_file).is_file():
+            raise ConfigError("config.ca_file", f"{ca_file} is not a readable file", "give the path of a PEM file of CAs")
+        options["tls_trust_certs_file_path"] = ca_file
     if token is not None:
         options["authentication"] = pulsar.AuthenticationToken(token.get_secret_value())
     return options

@@ -253,6 +253,38 @@ async def test_sink_while_the_broker_is_down_is_retriable_and_recovers(pulsar_se
     assert ids[0] == "id-1" and "id-2" in ids
 
 
+async def test_both_sides_over_tls_trust_the_given_ca_and_check_the_host_name(pulsar_server: PulsarServer) -> None:
+    topic = _topic()
+    ca_file = str(pulsar_server.ca_file)
+    sink = await _sink(pulsar_server.tls_url, topic=topic, ca_file=ca_file)
+    try:
+        assert await sink.put([_event(1)]) == []
+    finally:
+        await sink.stop()
+    source = await _source(pulsar_server.tls_url, topic, ca_file=ca_file)
+    try:
+        assert [record.id for record in await poll_until(source, 1)] == ["id-1"]
+    finally:
+        await source.stop()
+    # a certificate from a CA not trusted, or not naming the host connected to, is refused
+    wrong_host = pulsar_server.tls_url.replace("127.0.0.1", "localhost")
+    for url, trusted in ((pulsar_server.tls_url, None), (wrong_host, ca_file)):
+        sink = PulsarSink(PulsarSinkConfig.model_validate({"service_url": url, "topic": topic, "ca_file": trusted, "timeout": 2}))
+        try:
+            with pytest.raises(RetriableError, match="certificate verify failed"):
+                await sink.start(SinkContext(connector_name="pulsar-test"))  # a fixed topic: its producer comes up now
+        finally:
+            await sink.stop()
+    assert [orjson.loads(message.data())["id"] for message in _read_all(pulsar_server.url, topic)] == ["id-1"]
+
+
+async def test_a_ca_file_that_is_not_there_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    sink = PulsarSink(PulsarSinkConfig.model_validate({"ca_file": str(tmp_path / "missing.pem")}))
+    with pytest.raises(ConfigError) as refused:
+        await sink.start(SinkContext(connector_name="pulsar-test"))
+    assert refused.value.key == "config.ca_file"
+
+
 def test_sink_config_names_a_topic_that_is_no_full_name() -> None:
     with pytest.raises(ValidationError, match="not a full topic name"):
         PulsarSinkConfig.model_validate({"topic": "orders-{topic}"})

@@ -55,6 +55,7 @@ _REJECTED = {
 class PulsarSinkConfig(ConnectorConfig):
     service_url: str = Field("pulsar://127.0.0.1:6650", description="Broker URL: pulsar:// or pulsar+ssl://.")
     token: Secret | None = Field(None, description="JWT for token authentication, if the broker wants one.")
+    ca_file: str | None = Field(None, description="PEM bundle of CAs to trust for pulsar+ssl:// instead of the system ones.")
     topic: str = Field(
         "persistent://public/default/{topic}", description="Full topic name to publish to; {topic} = the event's subject."
     )
@@ -84,7 +85,9 @@ class PulsarSink(Sink[PulsarSinkConfig]):
         self._producers: OrderedDict[str, pulsar.asyncio.Producer] = OrderedDict()
 
     async def start(self, context: SinkContext) -> None:
-        self._client = pulsar.asyncio.Client(self.config.service_url, **client_options(self.config.token, self.config.timeout))
+        self._client = pulsar.asyncio.Client(
+            self.config.service_url, **client_options(self.config.token, self.config.timeout, self.config.ca_file)
+        )
         if "{topic}" not in self.config.topic:  # one fixed topic: reach it now, so a wrong one fails at start
             await self._producer(self.config.topic)
 

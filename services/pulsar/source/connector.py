@@ -43,6 +43,7 @@ _BATCH_WAIT_MS = 200
 class PulsarSourceConfig(ConnectorConfig):
     service_url: str = Field("pulsar://127.0.0.1:6650", description="Broker URL: pulsar:// or pulsar+ssl://.")
     token: Secret | None = Field(None, description="JWT for token authentication, if the broker wants one.")
+    ca_file: str | None = Field(None, description="PEM bundle of CAs to trust for pulsar+ssl:// instead of the system ones.")
     topics: list[str] = Field(min_length=1, description="Topics to read (tenant/namespace/topic or full persistent:// names).")
     subscription: str | None = Field(None, description="Durable subscription name; default the instance name.")
     subscription_type: Literal["failover", "exclusive"] = Field(
@@ -77,7 +78,9 @@ class PulsarSource(Source[PulsarSourceConfig]):
     async def start(self, context: SourceContext) -> None:
         self._context = context
         subscription = self.config.subscription or context.connector_name
-        self._client = pulsar.Client(self.config.service_url, **client_options(self.config.token, self.config.timeout))
+        self._client = pulsar.Client(
+            self.config.service_url, **client_options(self.config.token, self.config.timeout, self.config.ca_file)
+        )
         policy = pulsar.ConsumerBatchReceivePolicy(self.config.batch_size, self.config.batch_bytes, _BATCH_WAIT_MS)
         client = self._client
         self._consumer = await pulsar_blocking(
