@@ -6,7 +6,11 @@ Under ``CI=true`` a missing binary fails the test; elsewhere it skips it.
 
 from __future__ import annotations
 
+import base64
 import getpass
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import signal
@@ -457,9 +461,20 @@ class PulsarServer(ServerProcess):
         self.bookie_port = free_port()
         self.tls_port = free_port()
         self.ca_file = self.dir / "tls" / "ca.pem"
+        self.token_key = os.urandom(32)
+
+    def token(self, subject: str, key: bytes | None = None) -> str:
+        """A JWT (HS256) for ``subject`` signed with the broker's key, or with ``key``."""
+
+        def part(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        unsigned = part(b'{"alg":"HS256"}') + "." + part(json.dumps({"sub": subject}).encode())
+        signature = hmac.new(key or self.token_key, unsigned.encode(), hashlib.sha256).digest()
+        return unsigned + "." + part(signature)
 
     def prepare(self) -> None:
-        """Plain TCP on ``port``, TLS on ``tls_port`` with a certificate for 127.0.0.1 signed by ``ca_file``."""
+        """Plain TCP on ``port``, TLS on ``tls_port`` (a certificate for 127.0.0.1 signed by ``ca_file``), tokens."""
         self.ca_file.parent.mkdir()
         _, cert, key = make_tls_files(self.ca_file.parent)
         (self.dir / "standalone.conf").write_text(
@@ -470,6 +485,10 @@ class PulsarServer(ServerProcess):
             f"tlsTrustCertsFilePath={self.ca_file}\n"
             "managedLedgerDefaultEnsembleSize=1\nmanagedLedgerDefaultWriteQuorum=1\nmanagedLedgerDefaultAckQuorum=1\n"
             "functionsWorkerEnabled=false\nbrokerDeleteInactiveTopicsEnabled=false\nbrokerShutdownTimeoutMs=3000\n"
+            # Token authentication; a client without a token is let in as "anonymous", one with a bad token is not.
+            "authenticationEnabled=true\nauthorizationEnabled=false\nanonymousUserRole=anonymous\n"
+            "authenticationProviders=org.apache.pulsar.broker.authentication.AuthenticationProviderToken\n"
+            f"tokenSecretKey=data:;base64,{base64.b64encode(self.token_key).decode()}\n"
         )
 
     def command(self) -> Sequence[str]:

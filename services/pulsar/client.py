@@ -1,9 +1,11 @@
 """The Pulsar client both sides share: client options, bounded calls, pulsar-client's errors translated.
 
-pulsar-source and pulsar-sink reach the broker only through these helpers, so a refused credential
-is a :class:`ConfigError` naming ``config.token``, a topic name the broker refuses one naming
-``config.topics`` or ``config.topic``, and anything else the broker or the network does is a
-:class:`RetriableError`, the same way on both sides.
+pulsar-source and pulsar-sink reach the broker only through these helpers, so a credential the
+client reports refused is a :class:`ConfigError` naming ``config.token``, a topic name the broker
+refuses one naming ``config.topics`` or ``config.topic``, and anything else the broker or the network
+does is a :class:`RetriableError`, the same way on both sides. A token refused while connecting
+reaches us only as a timeout (the client retries the connection until then): that error names the
+token as one possible cause.
 
 pulsar-client raises two exception families: the blocking API's ``pulsar.exceptions`` classes and
 ``pulsar.asyncio.PulsarException`` carrying a ``pulsar.Result``. Both are read here, by their result.
@@ -41,6 +43,7 @@ _BLOCKING_RESULTS: dict[type[Exception], pulsar.Result] = {
     pulsar.exceptions.InvalidTopicName: pulsar.Result.InvalidTopicName,
     pulsar.exceptions.MessageTooBig: pulsar.Result.MessageTooBig,
     pulsar.exceptions.AlreadyClosed: pulsar.Result.AlreadyClosed,
+    pulsar.exceptions.Timeout: pulsar.Result.Timeout,
 }
 
 # The C++ client logs every (re)connection at INFO; only its warnings and errors reach our logs.
@@ -87,6 +90,12 @@ def pulsar_error(what: str, exc: Exception, topic_key: str = "config.topic") -> 
     if result == pulsar.Result.InvalidTopicName:
         return ConfigError(
             topic_key, f"Pulsar refused the topic name during {what} ({exc})", "name topics tenant/namespace/topic"
+        )
+    if isinstance(exc, TimeoutError | pulsar.exceptions.Timeout) or result == pulsar.Result.Timeout:
+        # pulsar-client retries a connection the broker refused for its token until the operation
+        # times out, and reports only the timeout.
+        return RetriableError(
+            f"Pulsar gave no answer during {what} in time: the broker is down or unreachable, or it refuses config.token"
         )
     return RetriableError(f"Pulsar unavailable during {what}: {exc!r}")
 

@@ -350,9 +350,31 @@ async def test_pulsar_source_conformance(pulsar_server: PulsarServer, tmp_path: 
     )
 
 
-def test_refused_credentials_are_a_config_error_naming_the_token_and_the_rest_retriable() -> None:
+async def test_a_token_is_presented_and_a_refused_one_is_named_but_never_shown(pulsar_server: PulsarServer) -> None:
+    topic = _topic()
+    sink = await _sink(pulsar_server.url, topic=topic, token=pulsar_server.token("writer"))
+    try:
+        assert await sink.put([_event(1)]) == []
+    finally:
+        await sink.stop()
+    forged = pulsar_server.token("writer", key=b"another key of thirty-two bytes!")
+    settings = {"service_url": pulsar_server.url, "token": forged, "timeout": 2}
+    sink = PulsarSink(PulsarSinkConfig.model_validate({**settings, "topic": topic}))
+    source = PulsarSource(PulsarSourceConfig.model_validate({**settings, "topics": [topic]}))
+    starts = ((sink.start(SinkContext("pulsar-test")), sink), (source.start(SourceContext("pulsar-test", {})), source))
+    for start, connector in starts:
+        try:
+            # the broker refuses the connection; pulsar-client retries it and reports a timeout
+            with pytest.raises(RetriableError, match=r"refuses config\.token") as refused:
+                await start
+        finally:
+            await connector.stop()
+        assert forged.split(".")[2] not in str(refused.value)
+
+
+def test_credentials_the_client_reports_refused_are_a_config_error_naming_the_token() -> None:
     refused = pulsar_error("subscribe", pulsar.exceptions.AuthenticationError("Failed authentication"))
     assert isinstance(refused, ConfigError) and refused.key == "config.token"
-    assert isinstance(pulsar_error("subscribe", pulsar.exceptions.ConnectError("Connection refused")), RetriableError)
     refused_async = pulsar_error("send", pulsar.asyncio.PulsarException(pulsar.Result.AuthorizationError))
     assert isinstance(refused_async, ConfigError) and refused_async.key == "config.token"
+    assert isinstance(pulsar_error("subscribe", pulsar.exceptions.ConnectError("Connection refused")), RetriableError)
