@@ -209,6 +209,23 @@ async def test_sink_routes_by_subject_and_the_source_reads_the_cloudevents_back(
     ]
 
 
+async def test_sink_with_more_topics_in_a_batch_than_open_producers_publishes_them_all(pulsar_server: PulsarServer) -> None:
+    prefix = f"m{uuid.uuid4().hex[:6]}"
+    sink = await _sink(pulsar_server.url, topic=f"persistent://public/default/{prefix}-{{topic}}", max_producers=2)
+    try:
+        events = [_event(n, subject=subject) for n, subject in enumerate("abcab")]
+        assert await sink.put(events) == []
+    finally:
+        await sink.stop()
+    stored = {
+        subject: [
+            orjson.loads(m.data())["id"] for m in _read_all(pulsar_server.url, f"persistent://public/default/{prefix}-{subject}")
+        ]
+        for subject in "abc"
+    }
+    assert stored == {"a": ["id-0", "id-3"], "b": ["id-1", "id-4"], "c": ["id-2"]}
+
+
 async def test_sink_dead_letters_events_whose_subject_or_topic_cannot_take_them(pulsar_server: PulsarServer) -> None:
     namespace = f"public/closed{uuid.uuid4().hex[:6]}"
     _admin(pulsar_server, "PUT", f"/admin/v2/namespaces/{namespace}")

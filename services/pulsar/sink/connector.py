@@ -4,11 +4,12 @@ The topic is ``topic`` with ``{topic}`` replaced by the event's subject; the res
 topic name (``persistent://tenant/namespace/name``), so a subject cannot reach another namespace:
 an event whose subject does not make one is dead-lettered with the reason, and so is an event for a
 topic the broker does not have (auto-creation off) or one larger than the broker takes. A batch is
-sent at once through one producer per topic (the ``max_producers`` most recently used stay open) and
-awaited as a whole; a lost broker or a timeout makes it retriable. Every message carries the event's
-``ce_id``, ``ce_source`` and ``ce_type`` as properties and its time as the event time, so consumers
-drop a redelivered event (Pulsar's own deduplication needs sequence ids the mesh does not give).
-The payload is the structured CloudEvent JSON, or the event data alone with ``payload: data``.
+sent at once through one producer per topic (the ``max_producers`` most recently used stay open; a
+batch for more topics goes out in parts, in order) and awaited as a whole; a lost broker or a
+timeout makes it retriable. Every message carries the event's ``ce_id``, ``ce_source`` and
+``ce_type`` as properties and its time as the event time, so consumers drop a redelivered event
+(Pulsar's own deduplication needs sequence ids the mesh does not give). The payload is the
+structured CloudEvent JSON, or the event data alone with ``payload: data``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import pulsar
 import pulsar.asyncio
@@ -50,6 +52,10 @@ _REJECTED = {
     pulsar.Result.TopicNotFound: "its topic does not exist and the broker does not create topics",
     pulsar.Result.TopicTerminated: "its topic is terminated",
 }
+
+
+_Send: TypeAlias = tuple[ConnectorRecord, str, bytes, dict[str, str]]
+"""One message to send: the record, its topic, the payload and the properties."""
 
 
 class PulsarSinkConfig(ConnectorConfig):
@@ -127,7 +133,7 @@ class PulsarSink(Sink[PulsarSinkConfig]):
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         rejections: list[Rejection] = []
-        sends: list[tuple[ConnectorRecord, str, bytes, dict[str, str]]] = []
+        sends: list[_Send] = []
         for record in records:
             try:
                 topic = self._topic_for(record)
@@ -140,11 +146,25 @@ class PulsarSink(Sink[PulsarSinkConfig]):
                 if value:
                     properties[name] = value
             sends.append((record, topic, payload, properties))
-        for start in range(0, len(sends), _MAX_PENDING):
-            rejections += await self._send(sends[start : start + _MAX_PENDING])
+        for part in self._slices(sends):
+            rejections += await self._send(part)
         return rejections
 
-    async def _send(self, sends: list[tuple[ConnectorRecord, str, bytes, dict[str, str]]]) -> list[Rejection]:
+    def _slices(self, sends: list[_Send]) -> list[list[_Send]]:
+        """Consecutive slices of at most _MAX_PENDING messages to at most max_producers topics: the
+        producers of a slice all stay open while it is sent (one more topic would close one of them)."""
+        slices: list[list[_Send]] = [[]]
+        topics: set[str] = set()
+        for send in sends:
+            topic = send[1]
+            if len(slices[-1]) == _MAX_PENDING or (topic not in topics and len(topics) == self.config.max_producers):
+                slices.append([])
+                topics = set()
+            slices[-1].append(send)
+            topics.add(topic)
+        return slices
+
+    async def _send(self, sends: list[_Send]) -> list[Rejection]:
         """Send one slice concurrently; the records the broker refused for their own sake come back."""
         rejections: list[Rejection] = []
         producers: dict[str, pulsar.asyncio.Producer | str] = {}  # a producer, or why its topic takes nothing
