@@ -27,7 +27,8 @@ from services.pulsar.sink.connector import PulsarSink, PulsarSinkConfig
 from services.pulsar.source.connector import PulsarSource, PulsarSourceConfig
 from tests.servers import PulsarServer
 
-pytestmark = pytest.mark.timeout(300)
+# The first test also resolves the broker from Maven (about 500 MB on a machine that never did) and starts it.
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
