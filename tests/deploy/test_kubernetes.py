@@ -179,6 +179,8 @@ NOT_FILES = {
     ("http-source", "path"),  # the URL path it accepts POSTs on
     ("http-sink", "ca_file"),  # configuration, mounted read-only like the config file
     ("knative-sink", "ca_file"),
+    ("pulsar-source", "ca_file"),
+    ("pulsar-sink", "ca_file"),
 }
 PATH_LIKE_FIELD = re.compile(r"(^|_)(path|paths|dir|directory|file|files)$")
 WORKDIR = PurePosixPath("/var/lib/meshconnect")  # the image's working directory: relative paths land there
