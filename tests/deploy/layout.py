@@ -24,6 +24,7 @@ PLANNED = frozenset(
         "mysql-sink", "mysql-source", "http-source", "http-sink", "file-source", "file-sink", "redis-source",
         "redis-sink", "rabbitmq-source", "rabbitmq-sink", "mqtt-source", "mqtt-sink", "nats-source", "nats-sink",
         "kafka-source", "kafka-sink",
+        "pulsar-source", "pulsar-sink",
         "postgres-source", "postgres-sink", "prometheus-source", "knative-sink", "slack-sink", "dingtalk-sink",
         "wecom-sink", "lark-sink", "wechat-sink", "s3-source", "s3-sink",
     }

@@ -23,7 +23,7 @@ from tests.deploy.layout import (
 )
 
 CONNECTORS = registered_connectors()
-INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "prometheus", "minio"}
+INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "pulsar", "prometheus", "minio"}
 CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
 
 
@@ -206,7 +206,7 @@ def test_compose_publishes_only_documented_ports_each_overridable(compose: dict[
     assert variables, "no MESHCONNECT_..._PORT variable in docker-compose.yml"
     defaults = published_host_ports(compose)
     assert sorted(defaults.values()) == sorted(int(port) for port in variables.values())
-    for infrastructure in ("redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "minio"):
+    for infrastructure in ("redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "pulsar", "minio"):
         assert not [key for key in defaults if key[0] == infrastructure], f"{infrastructure} is published on the host"
     moved = {name: str(20000 + index) for index, name in enumerate(sorted(variables))}
     environment = {"PATH": os.environ.get("PATH", ""), **moved}

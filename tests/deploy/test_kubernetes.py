@@ -186,6 +186,8 @@ NOT_FILES = {
     ("kafka-sink", "ssl_cafile"),
     ("kafka-sink", "ssl_certfile"),
     ("kafka-sink", "ssl_keyfile"),
+    ("pulsar-source", "ca_file"),
+    ("pulsar-sink", "ca_file"),
 }
 PATH_LIKE_FIELD = re.compile(r"(^|_)(path|paths|dir|directory|file|files)$")
 WORKDIR = PurePosixPath("/var/lib/meshconnect")  # the image's working directory: relative paths land there
