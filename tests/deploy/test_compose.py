@@ -23,7 +23,9 @@ from tests.deploy.layout import (
 )
 
 CONNECTORS = registered_connectors()
-INFRASTRUCTURE = {"eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "pulsar", "prometheus", "minio"}
+INFRASTRUCTURE = {
+    "eventmesh", "redis", "mysql", "postgres", "rabbitmq", "mosquitto", "nats", "kafka", "pulsar", "prometheus", "minio",
+}  # fmt: skip
 CONFIG_MOUNT = "/etc/meshconnect/config.yaml"
 
 
