@@ -125,6 +125,9 @@ def _hello(mesh: EmbeddedMesh, session: Session, package: Package) -> None:
     assert agent is not None
     if session.user_agent is None:
         session.user_agent = agent
+        if agent.unack > 0:
+            session.push_window = min(agent.unack, mesh.max_unacked_per_session)
+            session.push_window_bytes = mesh.max_unacked_bytes_per_session
         log.info("mesh.session.hello", peer=session.peer, group=agent.group, purpose=agent.purpose, user=agent.username)
     session.reply(package)
 
