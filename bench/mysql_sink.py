@@ -49,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from protocol import free_port, spawn, stop  # noqa: E402
+from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
 
 from runtime import SinkContext, cloudevent_to_record  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
@@ -62,7 +62,6 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "40000"))
 BATCH = 500
 SWEEP_BATCHES = (250, 500, 1000, 2000, 5000)
 SINK_CPU, OTHER_CPU = 1, 0  # --taskset: the sink worker alone on one core, everything else on the other
-TICKS = os.sysconf("SC_CLK_TCK")
 NOTE = "n" * 300
 FIELDS = {"id": "id", "customer.name": "customer", "amount.total": "total", "status": "status", "note": "note"}
 MAPPED_DDL = "(id BIGINT PRIMARY KEY, customer VARCHAR(40), total DOUBLE, status VARCHAR(10), note TEXT)"
@@ -143,12 +142,6 @@ def start_worker(config: Path, pinned: bool) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (its threads included), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def cpu_of(pids: dict[str, int]) -> dict[str, float]:
