@@ -6,7 +6,9 @@ a sink worker running a no-op sink that only counts. Everything the runtime does
 record -> CloudEvent, publish window and acks, per-partition offset tracking and checkpoints to a
 file registry, pushes, batching, acks after ``put``. The rate is events delivered to the sink per
 second from the source's first poll to the sink's last record. Each process's stderr is kept in the
-run's temp dir; when one exits early (or the run times out) the tail of each is printed.
+run's temp dir; when one exits early (or the run times out) the tail of each is printed. The CPU
+microseconds per event of each process (from /proc/<pid>/stat, first poll to last record) are printed
+as medians over the runs.
 
 Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/protocol.py``
 (length-prefixed frames of the same size, an ack per frame, the same window), one way only.

@@ -50,7 +50,6 @@ import base64
 import functools
 import json
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -310,7 +309,7 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 
     Raises ``DataError`` when the body is not a valid CloudEvent (the caller dead-letters it).
     """
-    attributes, data, transport = _decode_body(body, _random_event_id)
+    attributes, data, transport = _decode_body(body, None)
     had_time = "time" in attributes
     try:
         event = CloudEvent(attributes, data)
@@ -322,11 +321,6 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
     return event, transport
 
 
-def _random_event_id() -> str:
-    """The id of an event published without one, as the CloudEvents SDK makes it up."""
-    return str(uuid.uuid4())
-
-
 def body_to_attributes(body: bytes, *, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any]:
     """(the attributes, the data) of the original event of a message body, without building a CloudEvent
     (once per pushed event): the SDK's defaults (specversion, an id) applied and its verdicts given
@@ -336,8 +330,9 @@ def body_to_attributes(body: bytes, *, new_id: Callable[[], str]) -> tuple[dict[
     return attributes, data
 
 
-def _decode_body(body: bytes, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """The one decoding of a message body: (its valid attributes, its data, the transport extensions).
+def _decode_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The one decoding of a message body: (its valid attributes, its data, the transport extensions); a body
+    without ``id`` gets ``new_id()``, or keeps none when ``new_id`` is None (the CloudEvents SDK makes one up).
 
     A body with no extension of its own (what sources publish as a rule, the runtime's stamps allowed)
     is read by a typed decoder that checks in C what :func:`attribute_problem` checks; any other body
@@ -348,11 +343,11 @@ def _decode_body(body: bytes, new_id: Callable[[], str]) -> tuple[dict[str, Any]
     return plain if plain is not None else _read_any_body(body, new_id)
 
 
-def _read_any_body(body: bytes, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def _read_any_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """:func:`_decode_body` for any body: the general reader, then the checks."""
     attributes, data, transport = _read_body(body)
     attributes.setdefault("specversion", "1.0")
-    if "id" not in attributes:
+    if "id" not in attributes and new_id is not None:
         attributes["id"] = new_id()
     problem = attribute_problem(attributes)
     if problem is not None:
@@ -388,7 +383,7 @@ _TRANSPORT_AT = _BASE64 + 1
 _TRANSPORT_NAMES = _MEMBER_NAMES[_TRANSPORT_AT:]
 
 
-def _read_plain_body(body: bytes, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+def _read_plain_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
     """What :func:`_decode_body` returns for a body without extensions of its own, or None for any other."""
     try:
         values = msgspec.structs.astuple(_PLAIN_DECODER.decode(body))
@@ -411,7 +406,7 @@ def _read_plain_body(body: bytes, new_id: Callable[[], str]) -> tuple[dict[str, 
             attributes["datacontenttype"] = original_type
     if values[_TIME] is not _UNSET:
         attributes["time"] = _parse_time(values[_TIME])
-    if "id" not in attributes:
+    if "id" not in attributes and new_id is not None:
         attributes["id"] = new_id()
     transport_values = values[_TRANSPORT_AT:]
     if transport_values.count(_UNSET) == len(transport_values):
@@ -429,10 +424,11 @@ def _parse_time(moment: str) -> datetime:
 
 def attribute_problem(attributes: Mapping[str, Any]) -> str | None:
     """What the CloudEvents SDK would refuse in these v1.0 attributes (see ``CloudEvent.__init__``), or None;
-    a timezone on the time and the extension names are left to the caller (``ConnectorRecord`` checks them)."""
+    a timezone on the time and the extension names are left to the caller (``ConnectorRecord`` checks them).
+    No ``id`` at all is no refusal: the SDK makes one up."""
     for name in ("id", "source", "type"):
         value = attributes.get(name)
-        if not value or not isinstance(value, str):
+        if (not value or not isinstance(value, str)) and (name != "id" or name in attributes):
             return f"attribute {name!r} must be a non-empty string"
     if attributes["specversion"] != "1.0":
         return "attribute 'specversion' must be '1.0'"
