@@ -73,9 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-unacked-bytes-per-session",
         type=int,
-        default=16 * 1024 * 1024,
-        help="bytes of pushes in flight per session that asks a window (2 MiB to one that asks none); one push"
-        " always goes, however large (default: %(default)s, 16 MiB)",
+        default=2 * 1024 * 1024,
+        help="bytes of pushes in flight per session, per 1000 pushes of its window; one push always goes, however"
+        " large (default: %(default)s, 2 MiB)",
     )
     parser.add_argument(
         "--max-event-size", type=int, default=None, help="largest event data accepted, in bytes (default: no limit)"

@@ -59,10 +59,10 @@ Where the Java runtime loses events, this mesh does better:
   ``topic ... is full``: the publisher backs off and retries, nothing is dropped silently. Each
   session has a push window, so a slow consumer slows its group down instead of filling memory, and
   a peer that does not read what the mesh writes is not read from until it does: the pushes its
-  HELLO asks (``unack``; a meshconnect sink asks two batches), at most ``max_unacked_per_session``
-  and ``max_unacked_bytes_per_session``; a session that asks none (the Java SDK) gets 1000 pushes
-  and 2 MiB, one push always allowed, because the Java SDK's acks echo the whole event and a burst
-  of large ones fills its channel.
+  HELLO asks (``unack``; a meshconnect sink asks two batches) within ``max_unacked_per_session``,
+  or 1000 when it asks none. Pushes in flight are bounded in bytes as well,
+  ``max_unacked_bytes_per_session`` per 1000 pushes of the window, one push always allowed, because
+  the Java SDK's acks echo the whole event and a burst of large ones fills its channel.
 
 Floods are refused, each with a ``mesh.refused`` log line: at most ``max_connections`` connections;
 a connection that has not said HELLO within ``hello_timeout`` or has buffered more than

@@ -32,17 +32,13 @@ from runtime.protocol.frames import (
 if TYPE_CHECKING:
     from runtime.mesh.server import EmbeddedMesh
 
-__all__ = ["DEFAULT_PUSH_WINDOW", "DEFAULT_PUSH_WINDOW_BYTES", "REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
+__all__ = ["DEFAULT_PUSH_WINDOW", "REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
 
 log = structlog.get_logger("meshconnect.mesh")
 
 SUCCESS = "success"
 DEFAULT_PUSH_WINDOW = 1000
 """Pushes in flight to a session whose HELLO asks no window (``unack`` 0, as the Java SDK sends)."""
-DEFAULT_PUSH_WINDOW_BYTES = 2 * 1024 * 1024
-"""Bytes of pushes in flight to such a session: the Java SDK echoes each event in its ack, and a burst of
-large ones fills its channel. A session that asks a window (a meshconnect sink, whose acks carry no body)
-gets the mesh's whole byte bound."""
 
 # The answer to each request command (and to a command sent before HELLO), as the Java runtime's table.
 REPLY_COMMAND = {
@@ -90,7 +86,7 @@ class Session(asyncio.Protocol):
         self.inflight_bytes = 0  # the bodies' sizes of ``inflight``
         # Pushes in flight at most: what the HELLO asks (a sink sizes it to its batches), within the mesh's bound.
         self.push_window = min(DEFAULT_PUSH_WINDOW, mesh.max_unacked_per_session)
-        self.push_window_bytes = min(DEFAULT_PUSH_WINDOW_BYTES, mesh.max_unacked_bytes_per_session)
+        self.push_window_bytes = mesh.max_unacked_bytes_per_session
         self.waiting_requests = 0  # this session's REQUEST_TO_SERVERs not answered yet
         # Pushes taken back after redelivery_timeout, by seq: an ack arriving late still counts (bounded, oldest out).
         self.expired: dict[str, Delivery] = {}
