@@ -1,4 +1,4 @@
-"""mysql-sink throughput: events/s pushed by the embedded mesh and written to MariaDB, against raw aiomysql.
+"""mysql-sink throughput: events/s pushed by the embedded mesh and written to MariaDB, against two baselines.
 
 A throwaway MariaDB and the embedded mesh (its own process) start first. For each mode (``events``
 table and ``mapped`` columns) the topic is filled with EVENTS CloudEvents, then the mysql-sink
@@ -8,16 +8,27 @@ table, so start-up is not in it. A COUNT(*) sees the first rows land; then the s
 ``Handler_write`` counter (the throwaway server serves only this bench) is sampled every 20 ms
 until it grew by every row, and COUNT(*) again confirms the last commit. COUNT(*) scans the table:
 sampled all along, it cost the server about 6 us of CPU per event on these two cores, which the
-baseline does not pay.
+baselines do not pay.
 
-Baseline, measured in the same run: aiomysql inserting the same rows with the same batch size
-(``executemany`` + commit per batch, one connection) straight into an identical table.
-The last line is ``ratio: <slowest mode's events/s / its baseline's rows/s>`` (target >= 0.7).
+Baselines, measured in the same run, straight into an identical table over one connection with a
+commit per batch of the sink's size: ``raw`` is aiomysql ``executemany`` (the driver binding each
+row), ``literal`` is the multi-row upsert the sink itself sends, its rows built by
+:mod:`services.mysql.literals` (what the sink could reach with no decoding, batching or acks at all).
+Over the same window the CPU of each process (sink worker, mesh, MariaDB) is read from
+``/proc/<pid>/stat`` and printed in microseconds per event.
+
+Options: ``--taskset`` pins the sink worker alone on CPU 1 and the mesh, MariaDB and this script on
+CPU 0 (figures that do not depend on the scheduler's placement); ``--sweep`` runs mapped mode at batch
+sizes 250, 500, 1000, 2000 and 5000 (push window derived from each) and says whether every size is
+within 20% of the best. The last line is ``ratio: <mapped mode's events/s / its raw baseline's rows/s>``
+(the median over the runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import statistics
@@ -38,19 +49,24 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from protocol import free_port, spawn, stop  # noqa: E402
+from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
 
 from runtime import SinkContext, cloudevent_to_record  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
+from services.mysql.literals import literals_for  # noqa: E402
 from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "40000"))
 BATCH = 500
+SWEEP_BATCHES = (250, 500, 1000, 2000, 5000)
+SINK_CPU, OTHER_CPU = 1, 0  # --taskset: the sink worker alone on one core, everything else on the other
 NOTE = "n" * 300
 FIELDS = {"id": "id", "customer.name": "customer", "amount.total": "total", "status": "status", "note": "note"}
 MAPPED_DDL = "(id BIGINT PRIMARY KEY, customer VARCHAR(40), total DOUBLE, status VARCHAR(10), note TEXT)"
+MAPPED_COLUMNS = ("id", "customer", "total", "status", "note")
+EVENT_COLUMNS = ("source", "id", "type", "subject", "time", "datacontenttype", "dataschema", "data", "extensions")
 EVENTS_DDL = """(
   `source` VARCHAR(255) NOT NULL, `id` VARCHAR(255) NOT NULL, `type` VARCHAR(255) NOT NULL, `subject` VARCHAR(255) NULL,
   `time` DATETIME(6) NULL, `datacontenttype` VARCHAR(255) NULL, `dataschema` VARCHAR(1024) NULL, `data` JSON NULL,
@@ -118,13 +134,18 @@ async def rows_written(conn: Any) -> int:
     return int(value)
 
 
-def start_worker(config: Path) -> subprocess.Popen[bytes]:
+def start_worker(config: Path, pinned: bool) -> subprocess.Popen[bytes]:
+    pin = ["taskset", "-c", str(SINK_CPU)] if pinned else []
     return subprocess.Popen(
-        [sys.executable, "-m", "services.mysql.sink", "--config", str(config)],
+        [*pin, sys.executable, "-m", "services.mysql.sink", "--config", str(config)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -134,19 +155,40 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def sink_rate(server: MariaDBServer, mesh_port: int, mode: str, run: int, state: Path) -> tuple[float, float]:
-    database = f"bench_{mode}_{run}"
+class Setup:
+    """The servers every measurement uses, and where the sink worker's configs go."""
+
+    def __init__(self, server: MariaDBServer, mesh: subprocess.Popen[bytes], mesh_port: int, state: Path, pinned: bool) -> None:
+        self.server = server
+        self.mesh = mesh
+        self.mesh_port = mesh_port
+        self.state = state
+        self.pinned = pinned
+
+
+class SinkRun:
+    """What one drain by the sink worker measured."""
+
+    def __init__(self, rate: float, peak_rss: float, cpu_us: dict[str, float]) -> None:
+        self.rate = rate
+        self.peak_rss = peak_rss
+        self.cpu_us = cpu_us  # process -> CPU microseconds per event, over the measured window
+
+
+async def sink_rate(setup: Setup, mode: str, run: int, batch: int) -> SinkRun:
+    server = setup.server
+    database = f"bench_{mode}_{run}_{batch}"
     table = "orders" if mode == "mapped" else "cloudevents"
     server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
     if mode == "mapped":
         server.sql(f"CREATE TABLE {table} {MAPPED_DDL}", database)
-    topic = f"orders-{mode}-{run}"
-    await fill_topic(mesh_port, topic)
+    topic = f"orders-{mode}-{run}-{batch}"
+    await fill_topic(setup.mesh_port, topic)
     config = {
-        "name": f"bench-{mode}-{run}",
+        "name": f"bench-{mode}-{run}-{batch}",
         "connector": "mysql-sink",
-        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
-        "sink": {"topics": [topic], "batch_size": BATCH, "linger_ms": 20},
+        "mesh": {"address": f"127.0.0.1:{setup.mesh_port}", "max_in_flight": 1000},
+        "sink": {"topics": [topic], "batch_size": batch, "linger_ms": 20},
         # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
         # may be taken by another process before the worker binds it (the worker then exits with 2).
         "admin": {"host": "127.0.0.1", "port": 0},
@@ -154,22 +196,26 @@ async def sink_rate(server: MariaDBServer, mesh_port: int, mode: str, run: int, 
         "config": {"port": server.port, "database": database, "mode": mode, "table": table}
         | ({"fields": FIELDS} if mode == "mapped" else {}),
     }
-    path = state / f"{mode}-{run}.yaml"
+    path = setup.state / f"{mode}-{run}-{batch}.yaml"
     path.write_text(yaml.safe_dump(config))
     conn = await aiomysql.connect(host="127.0.0.1", port=server.port, user="root", db=database)
     before = await rows_written(conn)
-    worker = start_worker(path)
+    worker = start_worker(path, setup.pinned)
+    assert server.proc is not None
+    pids = {"sink worker": worker.pid, "mesh": setup.mesh.pid, "mariadb": server.proc.pid}
     try:
         deadline = time.monotonic() + 300
-        first_at, first_rows = 0.0, 0
+        first_at, first_rows, first_cpu = 0.0, 0, {}
         while True:
             # COUNT(*) while the table is near empty, and once every row was written (is the last one committed?).
             rows = await count(conn, table) if not first_at or await rows_written(conn) - before >= EVENTS else 0
             now = time.perf_counter()
             if rows and not first_at:
-                first_at, first_rows = now, rows
+                first_at, first_rows, first_cpu = now, rows, cpu_of(pids)
             if rows >= EVENTS:
-                return (EVENTS - first_rows) / (now - first_at), peak_rss_mib(worker.pid)
+                events = EVENTS - first_rows
+                spent = {name: (seconds - first_cpu[name]) * 1e6 / events for name, seconds in cpu_of(pids).items()}
+                return SinkRun(events / (now - first_at), peak_rss_mib(worker.pid), spent)
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError(f"the sink wrote {rows} of {EVENTS} rows")
             await asyncio.sleep(0.02)
@@ -178,25 +224,48 @@ async def sink_rate(server: MariaDBServer, mesh_port: int, mode: str, run: int, 
         stop(worker)
 
 
-async def raw_rate(server: MariaDBServer, mode: str, run: int) -> float:
-    database = f"raw_{mode}_{run}"
+def create_target(server: MariaDBServer, database: str, mode: str) -> None:
     server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
-    if mode == "mapped":
-        server.sql(f"CREATE TABLE orders {MAPPED_DDL}", database)
-        statement = "INSERT INTO orders (id, customer, total, status, note) VALUES (%s, %s, %s, %s, %s)"
-    else:
-        server.sql(f"CREATE TABLE cloudevents {EVENTS_DDL}", database)
-        statement = (
-            "INSERT INTO cloudevents (source, id, type, subject, time, datacontenttype, dataschema, data, extensions)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        )
+    server.sql(f"CREATE TABLE orders {MAPPED_DDL}" if mode == "mapped" else f"CREATE TABLE cloudevents {EVENTS_DDL}", database)
+
+
+async def raw_rate(server: MariaDBServer, mode: str, run: int, batch: int) -> float:
+    """aiomysql ``executemany`` of the rows, a commit per batch: the driver binds each row."""
+    database = f"raw_{mode}_{run}"
+    create_target(server, database, mode)
+    table, columns = ("orders", MAPPED_COLUMNS) if mode == "mapped" else ("cloudevents", EVENT_COLUMNS)
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
     rows = [raw_row(mode, n) for n in range(EVENTS)]
     conn = await aiomysql.connect(host="127.0.0.1", port=server.port, user="root", db=database, charset="utf8mb4")
     try:
         started = time.perf_counter()
         async with conn.cursor() as cursor:
-            for offset in range(0, EVENTS, BATCH):
-                await cursor.executemany(statement, rows[offset : offset + BATCH])
+            for offset in range(0, EVENTS, batch):
+                await cursor.executemany(statement, rows[offset : offset + batch])
+                await conn.commit()
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+async def literal_rate(server: MariaDBServer, mode: str, run: int, batch: int) -> float:
+    """The sink's own statement with none of its work before it: one multi-row upsert per batch, its rows
+    built by the fast literal builder, a commit per batch."""
+    database = f"literal_{mode}_{run}"
+    create_target(server, database, mode)
+    table, columns, key = (
+        ("orders", MAPPED_COLUMNS, ("id",)) if mode == "mapped" else ("cloudevents", EVENT_COLUMNS, ("source", "id"))
+    )
+    head = f"INSERT INTO {table} ({','.join(columns)}) VALUES "
+    tail = " ON DUPLICATE KEY UPDATE " + ",".join(f"{c}=VALUES({c})" for c in columns if c not in key)
+    rows = [raw_row(mode, n) for n in range(EVENTS)]
+    conn = await aiomysql.connect(host="127.0.0.1", port=server.port, user="root", db=database, charset="utf8mb4")
+    try:
+        started = time.perf_counter()
+        async with conn.cursor() as cursor:
+            for offset in range(0, EVENTS, batch):
+                literals = literals_for(conn)
+                await cursor.execute(head + ",".join([literals.row(row) for row in rows[offset : offset + batch]]) + tail)
                 await conn.commit()
         return EVENTS / (time.perf_counter() - started)
     finally:
@@ -225,35 +294,94 @@ async def put_only_rate(server: MariaDBServer, mode: str, run: int) -> float:
         await sink.stop()
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Keep process ``pid`` (all its threads) on ``cpu``."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def cpu_table(runs: list[SinkRun]) -> str:
+    names = list(runs[0].cpu_us)
+    medians = {name: statistics.median(run.cpu_us[name] for run in runs) for name in names}
+    return ", ".join(f"{name} {value:.1f}" for name, value in medians.items())
+
+
+async def compare_modes(setup: Setup) -> float:
+    """Both modes at the default batch size against both baselines; the median mapped-mode ratio to raw."""
+    ratios: dict[tuple[str, str], list[float]] = {}
+    runs: dict[str, list[SinkRun]] = {"events": [], "mapped": []}
+    for run in range(RUNS):
+        for mode in ("events", "mapped"):
+            sink = await sink_rate(setup, mode, run, BATCH)
+            raw = await raw_rate(setup.server, mode, run, BATCH)
+            literal = await literal_rate(setup.server, mode, run, BATCH)
+            alone = await put_only_rate(setup.server, mode, run)
+            runs[mode].append(sink)
+            ratios.setdefault((mode, "raw"), []).append(sink.rate / raw)
+            ratios.setdefault((mode, "literal"), []).append(sink.rate / literal)
+            print(
+                f"    run {run + 1} {mode:>6}: mysql-sink {sink.rate:,.0f} events/s; raw executemany {raw:,.0f} rows/s"
+                f" (ratio {sink.rate / raw:.2f}); literal upsert {literal:,.0f} rows/s (ratio {sink.rate / literal:.2f});"
+                f" sink peak RSS {sink.peak_rss:.0f} MiB"
+            )
+            print(f"{'':18}MysqlSink.put() alone (no worker, no mesh): {alone:,.0f} events/s ({alone / raw:.2f} of raw)")
+            print(f"{'':18}CPU us/event: " + ", ".join(f"{name} {value:.1f}" for name, value in sink.cpu_us.items()))
+    for mode in ("events", "mapped"):
+        print(
+            f"{mode} mode: median ratio {statistics.median(ratios[mode, 'raw']):.3f} to raw executemany,"
+            f" {statistics.median(ratios[mode, 'literal']):.3f} to the literal upsert;"
+            f" CPU us/event (median) {cpu_table(runs[mode])}"
+        )
+    print(f"sink worker peak RSS: {max(run.peak_rss for mode_runs in runs.values() for run in mode_runs):.0f} MiB")
+    return statistics.median(ratios["mapped", "raw"])
+
+
+async def sweep(setup: Setup) -> float:
+    """Mapped mode at each batch size (push window derived); the median mapped-mode ratio to raw at BATCH."""
+    rates: dict[int, list[float]] = {}
+    raw_at_default: list[float] = []
+    for run in range(RUNS):
+        for batch in SWEEP_BATCHES:
+            sink = await sink_rate(setup, "mapped", run, batch)
+            rates.setdefault(batch, []).append(sink.rate)
+            print(f"    run {run + 1} batch {batch:>5}: mysql-sink {sink.rate:,.0f} events/s")
+        raw = await raw_rate(setup.server, "mapped", run, BATCH)
+        raw_at_default.append(rates[BATCH][-1] / raw)
+    medians = {batch: statistics.median(values) for batch, values in rates.items()}
+    best = max(medians.values())
+    for batch, rate in medians.items():
+        print(f"batch {batch:>5}: median {rate:,.0f} events/s, {rate / best:.2f} of the best")
+    worst = min(medians.values()) / best
+    print(f"every batch size within 20% of the best: {'yes' if worst >= 0.8 else 'no'} (worst {worst:.2f})")
+    return statistics.median(raw_at_default)
+
+
 async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sweep", action="store_true", help="mapped mode at batch sizes " + ", ".join(map(str, SWEEP_BATCHES)))
+    parser.add_argument(
+        "--taskset", action="store_true", help=f"the sink worker alone on CPU {SINK_CPU}, the rest on CPU {OTHER_CPU}"
+    )
+    args = parser.parse_args()
+    if args.taskset:
+        os.sched_setaffinity(0, {OTHER_CPU})  # this script, and MariaDB and the mesh started below inherit it
     server = MariaDBServer.running()
     mesh_port = free_port()
     mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port)
-    ratios: dict[str, list[float]] = {"events": [], "mapped": []}
-    rss: list[float] = []
-    print(f"events: {EVENTS} per mode, batch {BATCH}, runs: {RUNS}")
+    if args.taskset:
+        assert server.proc is not None
+        for pid in (server.proc.pid, mesh.pid):
+            pin(pid, OTHER_CPU)
+    what = f"batch sizes {', '.join(map(str, SWEEP_BATCHES))}" if args.sweep else f"batch {BATCH}"
+    print(f"events: {EVENTS} per mode, {what}, runs: {RUNS}, pinned: {'yes' if args.taskset else 'no'}")
     try:
         with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
-            for run in range(RUNS):
-                for mode in ("events", "mapped"):
-                    sink, peak = await sink_rate(server, mesh_port, mode, run, Path(directory))
-                    raw = await raw_rate(server, mode, run)
-                    alone = await put_only_rate(server, mode, run)
-                    rss.append(peak)
-                    ratios[mode].append(sink / raw)
-                    print(
-                        f"    run {run + 1} {mode:>6}: mysql-sink {sink:,.0f} events/s, raw aiomysql {raw:,.0f} rows/s,"
-                        f" ratio {sink / raw:.2f}, sink peak RSS {peak:.0f} MiB"
-                    )
-                    print(f"{'':18}MysqlSink.put() alone (no worker, no mesh): {alone:,.0f} events/s ({alone / raw:.2f} of raw)")
+            measure = sweep if args.sweep else compare_modes
+            ratio = await measure(Setup(server, mesh, mesh_port, Path(directory), args.taskset))
     finally:
         stop(mesh)
-        server.stop()
-    medians = {mode: statistics.median(values) for mode, values in ratios.items()}
-    for mode, value in medians.items():
-        print(f"{mode} mode: median ratio {value:.3f}")
-    print(f"sink worker peak RSS: {max(rss):.0f} MiB")
-    print(f"ratio: {min(medians.values()):.3f}")
+        with contextlib.suppress(Exception):
+            server.stop()
+    print(f"ratio: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ events from the first to the last one the consumer receives: binlog read and dec
 CloudEvent, publish with ack, offset checkpoints, push to the consumer.
 
 Baseline, measured in the same run: python-mysql-replication alone reading the same row events
-from the same binlog position (non-blocking, in this process, no mesh).
+from the same binlog position (non-blocking, in this process, no mesh). The CPU microseconds per
+event of the source worker and the mesh (from /proc/<pid>/stat, first to last event) are printed too.
 The last line is ``ratio: <mysql-source events/s / bare binlog rows/s>``.
 """
 
@@ -28,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from protocol import free_port, spawn, stop  # noqa: E402
+from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
 from pymysqlreplication import BinLogStreamReader  # noqa: E402
 from pymysqlreplication.row_event import WriteRowsEvent  # noqa: E402
 
@@ -74,7 +75,11 @@ def bulk_insert(server: MariaDBServer, database: str) -> None:
         )
 
 
-async def source_rate(server: MariaDBServer, mesh_port: int, run: int, state: Path) -> tuple[float, float, tuple[str, int]]:
+async def source_rate(
+    server: MariaDBServer, mesh: subprocess.Popen[bytes], mesh_port: int, run: int, state: Path, *, cpu_us: dict[str, list[float]]
+) -> tuple[float, float, tuple[str, int]]:
+    """Change events/s, the worker's peak RSS and the binlog position before the insert; ``cpu_us`` gets the
+    CPU microseconds per event of the source worker and the mesh between the first and the last event."""
     database = f"bench_{run}"
     server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
     server.sql("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40), qty INT, note VARCHAR(200))", database)
@@ -100,6 +105,11 @@ async def source_rate(server: MariaDBServer, mesh_port: int, run: int, state: Pa
         await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
         await client.listen()
 
+        started: dict[str, float] = {}
+
+        def cpu_now() -> dict[str, float]:
+            return {"source worker": cpu_seconds(worker.pid), "mesh": cpu_seconds(mesh.pid)}
+
         async def consume() -> None:
             nonlocal received, first, last
             async for pushed in client.pushed():
@@ -107,8 +117,11 @@ async def source_rate(server: MariaDBServer, mesh_port: int, run: int, state: Pa
                 received += 1
                 if received == 1:
                     first = time.perf_counter()
+                    started.update(cpu_now())
                 if received >= ROWS:
                     last = time.perf_counter()
+                    for name, seconds in cpu_now().items():
+                        cpu_us.setdefault(name, []).append((seconds - started[name]) * 1e6 / (ROWS - 1))
                     done.set()
 
         consumer = asyncio.create_task(consume())
@@ -178,11 +191,12 @@ async def main() -> None:
     mesh = spawn(["-m", "runtime.commands.mesh", "--port", str(mesh_port), "--log-level", "error"], mesh_port)
     ratios: list[float] = []
     rss: list[float] = []
+    cpu_us: dict[str, list[float]] = {}
     print(f"rows: {ROWS} inserted in transactions of {CHUNK}; runs: {RUNS}")
     try:
         with tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory:
             for run in range(RUNS):
-                rate, peak, position = await source_rate(server, mesh_port, run, Path(directory))
+                rate, peak, position = await source_rate(server, mesh, mesh_port, run, Path(directory), cpu_us=cpu_us)
                 bare = await asyncio.to_thread(bare_binlog_rate, server, position)
                 alone = await poll_only_rate(server, run)
                 ratios.append(rate / bare)
@@ -192,10 +206,12 @@ async def main() -> None:
                     f" ratio {rate / bare:.2f}, source peak RSS {peak:.0f} MiB"
                 )
                 print(f"           MysqlSource.poll() alone (no worker, no mesh): {alone:,.0f} events/s")
+                print("           CPU us/event: " + ", ".join(f"{name} {values[-1]:.1f}" for name, values in cpu_us.items()))
     finally:
         stop(mesh)
         server.stop()
     print(f"source worker peak RSS: {max(rss):.0f} MiB")
+    print("CPU us/event (median): " + ", ".join(f"{name} {statistics.median(values):.1f}" for name, values in cpu_us.items()))
     print(f"ratio: {statistics.median(ratios):.3f}")
 
 

@@ -6,7 +6,9 @@ a sink worker running a no-op sink that only counts. Everything the runtime does
 record -> CloudEvent, publish window and acks, per-partition offset tracking and checkpoints to a
 file registry, pushes, batching, acks after ``put``. The rate is events delivered to the sink per
 second from the source's first poll to the sink's last record. Each process's stderr is kept in the
-run's temp dir; when one exits early (or the run times out) the tail of each is printed.
+run's temp dir; when one exits early (or the run times out) the tail of each is printed. The CPU
+microseconds per event of each process (from /proc/<pid>/stat, first poll to last record) are printed
+as medians over the runs.
 
 Baseline, measured in the same run: the raw asyncio publish-with-ack of ``bench/protocol.py``
 (length-prefixed frames of the same size, an ack per frame, the same window), one way only.
@@ -40,7 +42,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from protocol import RAW_SERVER, free_port, one_kib_event, publish_raw, spawn, stop  # noqa: E402
+from protocol import RAW_SERVER, cpu_seconds, free_port, one_kib_event, publish_raw, spawn, stop  # noqa: E402
 
 from runtime import ConnectorConfig, ConnectorRecord, Rejection, Sink, Source, SourceContext  # noqa: E402
 from runtime.protocol.events import publish_frame  # noqa: E402
@@ -161,9 +163,12 @@ def undelivered(processes: dict[str, tuple[subprocess.Popen[bytes], Path]], why:
     return RuntimeError(f"the pipeline did not deliver every event: {why}")
 
 
-def pipeline_rate(run: int, external_mesh: str | None = None, spool_under: Path | None = None) -> float:
+def pipeline_rate(
+    run: int, external_mesh: str | None = None, spool_under: Path | None = None, cpu_us: dict[str, list[float]] | None = None
+) -> float:
     """Events/s through a fresh embedded mesh, or through ``external_mesh`` (HOST:PORT) if given; with
-    ``spool_under`` the sink spools there (``sink.spool``)."""
+    ``spool_under`` the sink spools there (``sink.spool``). ``cpu_us`` gets each process's CPU microseconds
+    per event, from the source's first poll to the sink's last record."""
     with (
         tempfile.TemporaryDirectory(prefix="meshconnect-bench-") as directory,
         tempfile.TemporaryDirectory(prefix="meshconnect-bench-spool-", dir=spool_under) as spool_directory,
@@ -201,7 +206,10 @@ def pipeline_rate(run: int, external_mesh: str | None = None, spool_under: Path 
             time.sleep(1.0)  # the sink subscribes first, so the rate is not a replay of a backlog
             processes["source"] = run_worker("pipeline:NoopSource", source_config)
             deadline = time.monotonic() + 300
+            started: dict[str, float] = {}
             while not sink_report.exists():
+                if not started and source_report.exists():
+                    started = {name: cpu_seconds(process.pid) for name, (process, _) in processes.items()}
                 dead = [name for name, (process, _) in processes.items() if process.poll() is not None]
                 if dead:
                     raise undelivered(processes, f"{' and '.join(dead)} exited early")
@@ -210,6 +218,9 @@ def pipeline_rate(run: int, external_mesh: str | None = None, spool_under: Path 
                 time.sleep(0.05)
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
+            if cpu_us is not None and started:
+                for name, (process, _) in processes.items():
+                    cpu_us.setdefault(name, []).append((cpu_seconds(process.pid) - started[name]) * 1e6 / EVENTS)
             return EVENTS / (last - first)
         finally:
             for process, _ in reversed(processes.values()):  # the workers, then the mesh
@@ -240,8 +251,9 @@ def main() -> None:
     spool_under = (args.spool_dir or Path(tempfile.gettempdir())) if args.spool else None
     print(f"events: {EVENTS} of about 1 KiB; window {WINDOW}; runs: {RUNS}")
     pipeline_rates, raw_rates, external_rates, spooled_rates = [], [], [], []
+    cpu_us: dict[str, list[float]] = {}
     for run in range(RUNS):
-        pipeline_rates.append(pipeline_rate(run))
+        pipeline_rates.append(pipeline_rate(run, cpu_us=cpu_us))
         raw_rates.append(raw_rate())
         line = f"    run {run + 1}: pipeline {pipeline_rates[-1]:,.0f} events/s, raw publish-with-ack {raw_rates[-1]:,.0f}/s"
         if args.mesh:
@@ -253,6 +265,8 @@ def main() -> None:
         print(line)
     pipeline, raw = statistics.median(pipeline_rates), statistics.median(raw_rates)
     print(f"source -> embedded mesh -> sink (3 processes): {pipeline:,.0f} events/s (median)")
+    cpu = ", ".join(f"{name} {statistics.median(values):.1f}" for name, values in cpu_us.items())
+    print(f"CPU us/event (median, from the first poll to the last record): {cpu}")
     if external_rates:
         external = statistics.median(external_rates)
         share = external / pipeline

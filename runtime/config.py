@@ -172,6 +172,12 @@ class SinkSettings(_Strict):
     topics: list[str] = Field(default_factory=list, description="Topics to subscribe (CLUSTERING, ASYNC).")
     batch_size: int = Field(500, ge=1, description="Records per put() at most.")
     linger_ms: int = Field(50, ge=0, description="Wait this long for a batch to fill.")
+    push_window: int | None = Field(
+        None,
+        ge=1,
+        description="Pushes in flight to the sink at most: the window it asks of the mesh (HELLO unack) and the size of"
+        " its push buffer; default 2 x batch_size, so that the next batch fills while one is written.",
+    )
     max_attempts: int = Field(10, ge=1, description="Attempts of a record that keeps failing as data before it is dead-lettered.")
     dead_letter_topic: str | None = Field(None, description="Topic for dead letters; default <name>-dlq.")
     retry_initial: float = Field(0.2, gt=0, description="First retry delay, seconds (exponential, with jitter).")
@@ -181,6 +187,26 @@ class SinkSettings(_Strict):
         description="A durable spool: pushed events are acked once on disk and written from there (for a real"
         " EventMesh runtime, which does not redeliver); none: acked once written.",
     )
+
+    @property
+    def effective_push_window(self) -> int:
+        """``push_window``, or what ``batch_size`` asks: two batches, the one written and the one filling."""
+        return self.push_window if self.push_window is not None else 2 * self.batch_size
+
+    def flow_problem(self) -> str | None:
+        """What keeps batches from filling with this ``batch_size`` and ``push_window``, or None."""
+        window = self.effective_push_window
+        if window < self.batch_size:
+            return (
+                f"sink.push_window {window} is below sink.batch_size {self.batch_size}: a batch closes at {window}"
+                f" events, never full; raise push_window to {2 * self.batch_size} (or unset it)"
+            )
+        if window < 2 * self.batch_size:
+            return (
+                f"sink.push_window {window} is below twice sink.batch_size {self.batch_size}: the next batch cannot"
+                f" fill while one is written; raise push_window to {2 * self.batch_size} (or unset it)"
+            )
+        return None
 
 
 class RegistrySettings(_Strict):

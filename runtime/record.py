@@ -20,10 +20,10 @@ import hashlib
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
+import msgspec
 import orjson
 
 from runtime.errors import DataError
@@ -66,9 +66,8 @@ def derive_event_id(connector: str, partition: Mapping[str, JsonValue], offset: 
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectorRecord:
-    """One unit of data moving through a connector.
+class ConnectorRecord(msgspec.Struct, frozen=True):
+    """One unit of data moving through a connector: a frozen value (change a copy with ``record.replace(...)``).
 
     ``partition`` and ``offset`` are opaque, JSON-able maps owned by the source: the framework
     stores the offset of the last record of each partition once the mesh acknowledged it, and
@@ -77,16 +76,16 @@ class ConnectorRecord:
     """
 
     data: JsonValue | bytes = None
-    partition: Mapping[str, JsonValue] = field(default_factory=dict)
-    offset: Mapping[str, JsonValue] = field(default_factory=dict)
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    partition: Mapping[str, JsonValue] = msgspec.field(default_factory=dict)
+    offset: Mapping[str, JsonValue] = msgspec.field(default_factory=dict)
+    timestamp: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
     id: str | None = None
     source: str | None = None
     type: str | None = None
     subject: str | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
-    extensions: Mapping[str, str | int | bool] = field(default_factory=dict)
+    extensions: Mapping[str, str | int | bool] = msgspec.field(default_factory=dict)
     target: str | None = None
     """Where a sink writes this record when a ``route`` transform step chose it (mysql-sink: the table);
     None: where its config says. Never part of the event: a source's records do not carry it."""
@@ -105,6 +104,10 @@ class ConnectorRecord:
                 )
             if value is None or not isinstance(value, str | int | bool):
                 raise DataError(f"extension {name!r} must be a string, integer or boolean, got {value!r}")
+
+    def replace(self, **changes: Any) -> ConnectorRecord:
+        """A copy of this record with ``changes`` applied, checked as a new record is."""
+        return msgspec.structs.replace(self, **changes)
 
     @property
     def topic(self) -> str | None:

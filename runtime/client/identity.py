@@ -48,8 +48,10 @@ def user_agent_for(
     idc: str = "DEFAULT",
     env: str = "PRD",
     subsystem: str = "5023",
+    unack: int = 0,
 ) -> UserAgent:
-    """A complete HELLO identity: pid, host and version filled in from this process."""
+    """A complete HELLO identity: pid, host and version filled in from this process; ``unack`` is the push
+    window asked of the mesh (0: the mesh's default)."""
     return UserAgent(
         env=env,
         subsystem=subsystem,
@@ -64,5 +66,5 @@ def user_agent_for(
         idc=idc,
         group=group,
         purpose=purpose,
-        unack=0,
+        unack=unack,
     )

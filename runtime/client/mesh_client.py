@@ -139,8 +139,11 @@ class MeshClient:
         self._closing = False
 
     @classmethod
-    def from_settings(cls, settings: MeshSettings, *, group: str, purpose: Literal["pub", "sub"]) -> MeshClient:
-        """A client configured from a worker's ``mesh:`` section (``group`` when it names none)."""
+    def from_settings(
+        cls, settings: MeshSettings, *, group: str, purpose: Literal["pub", "sub"], push_window: int | None = None
+    ) -> MeshClient:
+        """A client configured from a worker's ``mesh:`` section (``group`` when it names none); ``push_window``
+        pushes are asked of the mesh and fit the push buffer (None: the mesh's default window, a buffer of 1000)."""
         identity = user_agent_for(
             settings.group or group,
             purpose,
@@ -150,6 +153,7 @@ class MeshClient:
             idc=settings.idc,
             env=settings.env,
             subsystem=settings.subsystem,
+            unack=push_window or 0,
         )
         return cls(
             settings.address,
@@ -159,6 +163,7 @@ class MeshClient:
             request_timeout=settings.request_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             max_in_flight=settings.max_in_flight,
+            push_buffer=push_window or 1000,
         )
 
     # -- state ---------------------------------------------------------------------------------

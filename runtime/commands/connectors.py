@@ -135,6 +135,8 @@ def check_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return report_config_error(exc)
     print(f"ok: {args.config} is a valid {cls.name} config for instance {config.name!r}")
+    if cls.side == "sink" and (problem := config.sink.flow_problem()) is not None:
+        print(f"warning: {problem}", file=sys.stderr)
     if not args.connect:
         return 0
     configure_logging(config.log, stream=sys.stderr)

@@ -65,13 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-topic-events", type=int, default=100_000, help="retained events per topic before publishes are refused"
     )
     parser.add_argument(
-        "--max-unacked-per-session", type=int, default=1000, help="pushes in flight per session (default: %(default)s)"
+        "--max-unacked-per-session",
+        type=int,
+        default=10_000,
+        help="pushes in flight per session at most: what its HELLO asks (unack), else 1000 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-unacked-bytes-per-session",
         type=int,
         default=2 * 1024 * 1024,
-        help="bytes of pushes in flight per session; one push always goes, however large (default: %(default)s, 2 MiB)",
+        help="bytes of pushes in flight per session, per 1000 pushes of its window; one push always goes, however"
+        " large (default: %(default)s, 2 MiB)",
     )
     parser.add_argument(
         "--max-event-size", type=int, default=None, help="largest event data accepted, in bytes (default: no limit)"

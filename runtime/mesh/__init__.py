@@ -57,11 +57,12 @@ Where the Java runtime loses events, this mesh does better:
   Delivery is at least once: consumers must be idempotent, as every sink here is.
 * When a topic's log holds ``max_topic_events`` events the publish is answered code 1
   ``topic ... is full``: the publisher backs off and retries, nothing is dropped silently. Each
-  session has at most ``max_unacked_per_session`` pushes in flight, so a slow consumer slows its
-  group down instead of filling memory, and a peer that does not read what the mesh writes is not
-  read from until it does. Pushes in flight are bounded in bytes as well
-  (``max_unacked_bytes_per_session``), one push always allowed, because the Java SDK's acks echo
-  the whole event and a burst of large ones fills its channel.
+  session has a push window, so a slow consumer slows its group down instead of filling memory, and
+  a peer that does not read what the mesh writes is not read from until it does: the pushes its
+  HELLO asks (``unack``; a meshconnect sink asks two batches) within ``max_unacked_per_session``,
+  or 1000 when it asks none. Pushes in flight are bounded in bytes as well,
+  ``max_unacked_bytes_per_session`` per 1000 pushes of the window, one push always allowed, because
+  the Java SDK's acks echo the whole event and a burst of large ones fills its channel.
 
 Floods are refused, each with a ``mesh.refused`` log line: at most ``max_connections`` connections;
 a connection that has not said HELLO within ``hello_timeout`` or has buffered more than

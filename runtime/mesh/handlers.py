@@ -17,7 +17,7 @@ import structlog
 from runtime.errors import RemoteProtocolError
 from runtime.mesh.broker import Delivery, Refusal
 from runtime.mesh.limits import MAX_TOPIC_LENGTH, append_refusal, topic_too_long
-from runtime.mesh.session import SUCCESS
+from runtime.mesh.session import DEFAULT_PUSH_WINDOW, SUCCESS
 from runtime.protocol.frames import Command, Header, Package, SubscriptionMode, SubscriptionType, UserAgent
 from runtime.record import EXTENSION_NAME
 
@@ -125,6 +125,11 @@ def _hello(mesh: EmbeddedMesh, session: Session, package: Package) -> None:
     assert agent is not None
     if session.user_agent is None:
         session.user_agent = agent
+        if agent.unack > 0:
+            session.push_window = min(agent.unack, mesh.max_unacked_per_session)
+            # The byte bound is per default window (the Java SDK echoes each event in its ack, and a burst of
+            # large ones fills its channel): a session that asks for more pushes gets as many more bytes.
+            session.push_window_bytes = mesh.max_unacked_bytes_per_session * max(1, session.push_window // DEFAULT_PUSH_WINDOW)
         log.info("mesh.session.hello", peer=session.peer, group=agent.group, purpose=agent.purpose, user=agent.username)
     session.reply(package)
 

@@ -52,7 +52,10 @@ class EmbeddedMesh:
     again. ``session_timeout`` (s): a session that sent no HEARTBEAT_REQUEST for that long is closed.
     ``max_topic_events``: retained events per topic before publishes are refused.
     ``max_unacked_per_session`` and ``max_unacked_bytes_per_session``: pushes, and bytes of pushes, in
-    flight per session (one push always may be, whatever its size). ``max_event_size``: data bytes per event.
+    flight per session at most (one push always may be, whatever its size); a session's push window is
+    what its HELLO asks (``unack``) within ``max_unacked_per_session``, or ``DEFAULT_PUSH_WINDOW`` when it
+    asks none; the byte bound is per ``DEFAULT_PUSH_WINDOW`` pushes (a session asking 5000 gets five times it).
+    ``max_event_size``: data bytes per event.
     ``group_expiry`` (s): a consumer group with no session for that long is dropped, so that a group
     renamed or retired no longer holds its topics' logs (None: kept forever).
 
@@ -74,7 +77,7 @@ class EmbeddedMesh:
         redelivery_timeout: float = 30.0,
         session_timeout: float = 60.0,
         max_topic_events: int = 100_000,
-        max_unacked_per_session: int = 1000,
+        max_unacked_per_session: int = 10_000,
         max_unacked_bytes_per_session: int = 2 * 1024 * 1024,
         max_event_size: int | None = None,
         group_expiry: float | None = 7 * 24 * 3600.0,

@@ -32,11 +32,13 @@ from runtime.protocol.frames import (
 if TYPE_CHECKING:
     from runtime.mesh.server import EmbeddedMesh
 
-__all__ = ["REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
+__all__ = ["DEFAULT_PUSH_WINDOW", "REPLY_COMMAND", "SUCCESS", "RequestPush", "Session"]
 
 log = structlog.get_logger("meshconnect.mesh")
 
 SUCCESS = "success"
+DEFAULT_PUSH_WINDOW = 1000
+"""Pushes in flight to a session whose HELLO asks no window (``unack`` 0, as the Java SDK sends)."""
 
 # The answer to each request command (and to a command sent before HELLO), as the Java runtime's table.
 REPLY_COMMAND = {
@@ -82,6 +84,9 @@ class Session(asyncio.Protocol):
         self.push_commands: dict[str, Command] = {}
         self.inflight: dict[str, Delivery | RequestPush] = {}
         self.inflight_bytes = 0  # the bodies' sizes of ``inflight``
+        # Pushes in flight at most: what the HELLO asks (a sink sizes it to its batches), within the mesh's bound.
+        self.push_window = min(DEFAULT_PUSH_WINDOW, mesh.max_unacked_per_session)
+        self.push_window_bytes = mesh.max_unacked_bytes_per_session
         self.waiting_requests = 0  # this session's REQUEST_TO_SERVERs not answered yet
         # Pushes taken back after redelivery_timeout, by seq: an ack arriving late still counts (bounded, oldest out).
         self.expired: dict[str, Delivery] = {}
@@ -232,8 +237,7 @@ class Session(asyncio.Protocol):
         inflight = self.inflight
         if not inflight:
             return True
-        mesh = self._mesh
-        return len(inflight) < mesh.max_unacked_per_session and self.inflight_bytes + size <= mesh.max_unacked_bytes_per_session
+        return len(inflight) < self.push_window and self.inflight_bytes + size <= self.push_window_bytes
 
     def push(self, consumer: Consumer, offset: int, body: bytes, fanout: Fanout | None) -> None:
         mesh = self._mesh

@@ -51,11 +51,11 @@ import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 import orjson
 from cloudevents.core.v1.event import CloudEvent
 
@@ -221,9 +221,9 @@ def event_to_body(event: CloudEvent) -> bytes:
     return attributes_to_body(event.get_attributes(), event.get_data())
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedEvent:
-    """A CloudEvents 1.0 event already in its message-body form: the client publishes it without encoding it again."""
+class EncodedEvent(msgspec.Struct, frozen=True):
+    """A CloudEvents 1.0 event already in its message-body form: the client publishes it without encoding it again
+    (one per published record: a msgspec Struct, cheaper to build than a frozen dataclass)."""
 
     body: bytes
 
@@ -307,7 +307,7 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 
     Raises ``DataError`` when the body is not a valid CloudEvent (the caller dead-letters it).
     """
-    attributes, data, transport = _read_body(body)
+    attributes, data, transport = _decode_body(body, None)
     had_time = "time" in attributes
     try:
         event = CloudEvent(attributes, data)
@@ -322,24 +322,111 @@ def body_to_event_and_transport(body: bytes) -> tuple[CloudEvent, dict[str, Any]
 def body_to_attributes(body: bytes, *, new_id: Callable[[], str]) -> tuple[dict[str, Any], Any]:
     """(the attributes, the data) of the original event of a message body, without building a CloudEvent
     (once per pushed event): the SDK's defaults (specversion, an id) applied and its verdicts given
-    (:func:`attribute_problem`), which a test holds equal to ``body_to_event``'s over generated bodies.
-    The codec draws no random id itself: ``new_id()`` is called only for a body without ``id``."""
-    attributes, data, _ = _read_body(body)
+    (:func:`attribute_problem`). The codec draws no random id itself: ``new_id()`` is called only for a
+    body without ``id``."""
+    attributes, data, _ = _decode_body(body, new_id)
+    return attributes, data
+
+
+def _decode_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The one decoding of a message body: (its valid attributes, its data, the transport extensions); a body
+    without ``id`` gets ``new_id()``, or keeps none when ``new_id`` is None (the CloudEvents SDK makes one up).
+
+    A body with no extension of its own (what sources publish as a rule, the runtime's stamps allowed)
+    is read by a typed decoder that checks in C what :func:`attribute_problem` checks; any other body
+    (an extension, an odd member, invalid JSON) is read by the general reader, which gives the same
+    result (a test holds the two equal over generated bodies) and the reason of a refusal.
+    """
+    plain = _read_plain_body(body, new_id)
+    return plain if plain is not None else _read_any_body(body, new_id)
+
+
+def _read_any_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """:func:`_decode_body` for any body: the general reader, then the checks."""
+    attributes, data, transport = _read_body(body)
     attributes.setdefault("specversion", "1.0")
-    if "id" not in attributes:
+    if "id" not in attributes and new_id is not None:
         attributes["id"] = new_id()
     problem = attribute_problem(attributes)
     if problem is not None:
         raise DataError(f"message body is not a valid CloudEvent: {problem}")
-    return attributes, data
+    return attributes, data, transport
+
+
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_UNSET: Any = msgspec.UNSET
+_OPTIONAL_TEXT = _Text | msgspec.UnsetType
+_PLAIN_ATTRIBUTES = ("source", "type", "id", "subject", "datacontenttype", "dataschema")
+# The members of a body without extensions of its own, typed as attribute_problem wants them (in this
+# order, which astuple() keeps): what does not fit (an extension, an empty id, a number as subject,
+# invalid JSON ...) goes to the general reader.
+_PLAIN_MEMBERS: tuple[tuple[str, Any, Any] | tuple[str, Any], ...] = (
+    ("source", _Text),
+    ("type", _Text),
+    *((name, _OPTIONAL_TEXT, _UNSET) for name in _PLAIN_ATTRIBUTES[2:]),
+    ("specversion", Literal["1.0"], "1.0"),
+    ("time", str | msgspec.UnsetType, _UNSET),
+    (DATA_ENCODING_EXTENSION, Literal["json", "text", "base64", "none"] | msgspec.UnsetType, _UNSET),
+    (CONTENT_TYPE_EXTENSION, _OPTIONAL_TEXT, _UNSET),
+    ("data", Any, None),
+    ("data_base64", Any, None),
+    *((name, Any, _UNSET) for name in sorted(TRANSPORT_EXTENSIONS)),
+)
+_PLAIN_DECODER = msgspec.json.Decoder(msgspec.defstruct("_PlainBody", _PLAIN_MEMBERS, forbid_unknown_fields=True))
+_MEMBER_NAMES = [member[0] for member in _PLAIN_MEMBERS]
+_TIME, _ENCODING, _ORIGINAL_TYPE, _DATA, _BASE64 = (
+    _MEMBER_NAMES.index(name) for name in ("time", DATA_ENCODING_EXTENSION, CONTENT_TYPE_EXTENSION, "data", "data_base64")
+)
+_TRANSPORT_AT = _BASE64 + 1
+_TRANSPORT_NAMES = _MEMBER_NAMES[_TRANSPORT_AT:]
+
+
+def _read_plain_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+    """What :func:`_decode_body` returns for a body without extensions of its own, or None for any other."""
+    try:
+        values = msgspec.structs.astuple(_PLAIN_DECODER.decode(body))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    attributes: dict[str, Any] = {"specversion": "1.0"}
+    for name, value in zip(_PLAIN_ATTRIBUTES, values, strict=False):
+        if value is not _UNSET:
+            attributes[name] = value
+    encoding = values[_ENCODING]
+    if encoding is _UNSET:
+        wire_data, wire_base64 = values[_DATA], values[_BASE64]
+        data = _decode_base64(wire_base64) if wire_data is None and wire_base64 is not None else wire_data
+    else:
+        data = _restore_data(encoding, values[_DATA])
+        original_type = values[_ORIGINAL_TYPE]
+        if original_type is _UNSET:
+            attributes.pop("datacontenttype", None)
+        else:
+            attributes["datacontenttype"] = original_type
+    if values[_TIME] is not _UNSET:
+        attributes["time"] = _parse_time(values[_TIME])
+    if "id" not in attributes and new_id is not None:
+        attributes["id"] = new_id()
+    transport_values = values[_TRANSPORT_AT:]
+    if transport_values.count(_UNSET) == len(transport_values):
+        return attributes, data, {}
+    transport = {name: value for name, value in zip(_TRANSPORT_NAMES, transport_values, strict=True) if value is not _UNSET}
+    return attributes, data, transport
+
+
+def _parse_time(moment: str) -> datetime:
+    try:
+        return datetime.fromisoformat(moment)
+    except ValueError as exc:
+        raise DataError(f"event time {moment!r} is not RFC 3339") from exc
 
 
 def attribute_problem(attributes: Mapping[str, Any]) -> str | None:
     """What the CloudEvents SDK would refuse in these v1.0 attributes (see ``CloudEvent.__init__``), or None;
-    a timezone on the time and the extension names are left to the caller (``ConnectorRecord`` checks them)."""
+    a timezone on the time and the extension names are left to the caller (``ConnectorRecord`` checks them).
+    No ``id`` at all is no refusal: the SDK makes one up."""
     for name in ("id", "source", "type"):
         value = attributes.get(name)
-        if not value or not isinstance(value, str):
+        if (not value or not isinstance(value, str)) and (name != "id" or name in attributes):
             return f"attribute {name!r} must be a non-empty string"
     if attributes["specversion"] != "1.0":
         return "attribute 'specversion' must be '1.0'"
@@ -354,7 +441,7 @@ def attribute_problem(attributes: Mapping[str, Any]) -> str | None:
 
 
 def _read_body(body: bytes) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """(the event's attributes, its data, the transport extensions) of a message body, the mapping undone."""
+    """(the event's attributes, its data, the transport extensions) of any message body, the mapping undone."""
     document = _load_json(body)
     if not isinstance(document, dict):
         raise DataError(f"message body is a JSON {type(document).__name__}, not a CloudEvent object")
@@ -377,10 +464,7 @@ def _read_body(body: bytes) -> tuple[dict[str, Any], Any, dict[str, Any]]:
             document["datacontenttype"] = original_type
     moment = document.get("time")
     if isinstance(moment, str):
-        try:
-            document["time"] = datetime.fromisoformat(moment)
-        except ValueError as exc:
-            raise DataError(f"event time {moment!r} is not RFC 3339") from exc
+        document["time"] = _parse_time(moment)
     return document, data, transport
 
 

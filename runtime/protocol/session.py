@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
 
+import msgspec
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.errors import HelloRefusedError, LocalProtocolError, MeshRejectedError, RemoteProtocolError
@@ -190,9 +191,9 @@ class Expired(Generic[Token]):
     connection_lost: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Pushed:
-    """The mesh pushed an event; acknowledge it with :meth:`ClientSession.ack` once handled."""
+class Pushed(msgspec.Struct, frozen=True):
+    """The mesh pushed an event; acknowledge it with :meth:`ClientSession.ack` once handled (one per push: a
+    msgspec Struct, cheaper to build than a frozen dataclass)."""
 
     package: Package
     connection: int

@@ -17,8 +17,10 @@ __all__ = ["build_client", "mesh_session"]
 
 
 def build_client(config: WorkerConfig, purpose: Literal["pub", "sub"]) -> MeshClient:
-    """A :class:`MeshClient` for ``config.mesh``, in the group ``mesh.group`` or else the instance name."""
-    return MeshClient.from_settings(config.mesh, group=config.name, purpose=purpose)
+    """A :class:`MeshClient` for ``config.mesh``, in the group ``mesh.group`` or else the instance name; a
+    subscriber asks the sink's push window (see ``SinkSettings.effective_push_window``)."""
+    push_window = config.sink.effective_push_window if purpose == "sub" else None
+    return MeshClient.from_settings(config.mesh, group=config.name, purpose=purpose, push_window=push_window)
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,11 @@ The order is the promise of at-least-once, stated once here:
 1. The session says HELLO as ``sub`` in the group ``mesh.group`` (default: the instance name),
    subscribes every ``sink.topics`` (CLUSTERING, ASYNC) and listens. Pushed events queue in a
    bounded buffer; when it is full the worker stops reading (TCP backpressure up to the mesh).
-2. A batch closes at ``sink.batch_size`` events or ``sink.linger_ms`` after its first event. Its
-   events are decoded into records while ``put`` still writes the batch before (one batch ahead).
+2. A batch closes at ``sink.batch_size`` events, ``sink.linger_ms`` after its first event, or as
+   soon as the sink holds ``sink.push_window`` un-acked pushes (the window it asked of the mesh:
+   none can come before an ack, so waiting would only stall). Its events are decoded into records
+   while ``put`` still writes the batch before (one batch ahead); the window, two batches by
+   default, lets the next batch fill meanwhile.
    The ``transforms:`` steps run on each record then (:mod:`runtime.transforms`): one a filter
    drops is acknowledged with the batch and not written; one a step fails on is dead-lettered as
    it arrived, with the step and the reason.
@@ -144,10 +147,14 @@ class SinkWorker:
         self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
         self.transforms = transforms_for(config, type(sink), metrics)
         self.handling = False
+        self.push_window = self.settings.effective_push_window
+        self.held = 0  # pushes taken from the client and not acked yet (spooled or written)
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until ``stop`` is set, then finish the batch in hand and return."""
+        if (problem := self.settings.flow_problem()) is not None:
+            self.log.warning("sink batches cannot fill", problem=problem)
         spool = None
         if self.settings.spool is not None:
             spool = Spool(Path(self.settings.spool.path), self.settings.spool.max_bytes)
@@ -252,7 +259,9 @@ class SinkWorker:
 
     def _acker(self, client: MeshClient) -> _Settle:
         async def ack(items: list[_Item]) -> None:
-            client.ack_all([item.pushed for item in items if item.pushed is not None])
+            pushes = [item.pushed for item in items if item.pushed is not None]
+            client.ack_all(pushes)
+            self.held -= len(pushes)
 
         return ack
 
@@ -262,6 +271,7 @@ class SinkWorker:
             return None
         batch = client.take_pushes(self.settings.batch_size)
         await self._fill(batch, client, stop)
+        self.held += len(batch)
         return batch
 
     async def _serve_spooled(self, client: MeshClient, spool: Spool, publisher: MeshClient, stop: asyncio.Event) -> None:
@@ -331,6 +341,7 @@ class SinkWorker:
                         return  # the batch stays un-acked: the mesh still owns it
                 await self._retry(functools.partial(spool.append, bodies), what="spool write", stop=stop)
                 client.ack_all(batch)
+                self.held -= len(batch)
                 self.metrics.spool_bytes.set(spool.pending_bytes)
         except Stopped:
             return
@@ -379,13 +390,15 @@ class SinkWorker:
         await batches.put(None)
 
     async def _fill(self, batch: list[PushedEvent], client: MeshClient, stop: asyncio.Event) -> None:
-        """Add to ``batch`` until it is full or the linger time since its first event passed."""
+        """Add to ``batch`` until it is full, the linger time since its first event passed, or the pushes
+        held reach the push window (the mesh sends no more before an ack)."""
         size = self.settings.batch_size
+        room = self.push_window - self.held  # what the mesh may still push while the batches before wait
         deadline = time.monotonic() + self.settings.linger_ms / 1000
         while True:
             batch.extend(client.take_pushes(size - len(batch)))
             left = deadline - time.monotonic()
-            if len(batch) >= size or left <= 0 or stop.is_set():
+            if len(batch) >= size or len(batch) >= room or left <= 0 or stop.is_set():
                 return
             try:
                 async with asyncio.timeout(left):

@@ -19,7 +19,7 @@ record is refused with the reason and the worker dead-letters it (its data and p
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,7 +148,7 @@ def record_from_message(
         problems.append(exc.reason)
         record = _undecodable(value, moment, where, extensions)
     if problems:
-        return replace(record, refusal="; ".join(problems))
+        return record.replace(refusal="; ".join(problems))
     return record
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from runtime.cloudevents import body_to_record, cloudevent_to_record
 from runtime.errors import DataError, LocalProtocolError
+from runtime.protocol import events as event_codec
 from runtime.protocol import jackson
 from runtime.protocol.events import (
     TRANSPORT_EXTENSIONS,
@@ -387,3 +388,78 @@ def test_base64_data_beyond_ascii_is_a_data_error_not_a_crash() -> None:
         body_to_event(body)
     with pytest.raises(DataError, match="base64"):
         body_to_record(body, now=_now, new_id=_new_id)
+
+
+@st.composite
+def plain_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A message body without extensions of its own (what the typed reader takes), some members odd or missing,
+    some of the runtime's transport stamps added, its data in each wire encoding."""
+    encoding = draw(st.sampled_from(["json", "text", "base64", "none", None]))
+    data: Any = {
+        "json": draw(_any_value | st.dictionaries(st.text(max_size=3), _any_value, max_size=3)),
+        "text": draw(st.text(max_size=8)),
+        "base64": base64.b64encode(draw(st.binary(max_size=8))).decode(),
+        "none": "",
+        None: draw(_any_value),
+    }[encoding]
+    document: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "/s",
+        "type": "t",
+        "subject": "orders",
+        "datacontenttype": "application/cloudevents+json",
+        "dataschema": "https://example.com/schema",
+        "time": "2026-01-01T00:00:00Z",
+        "meshcontenttype": draw(st.sampled_from(["application/json", "text/plain", "application/octet-stream"])),
+        "data": data,
+    }
+    if encoding is not None:
+        document["meshdataenc"] = encoding
+    if draw(st.booleans()):
+        document.update(draw(st.dictionaries(st.sampled_from(sorted(TRANSPORT_EXTENSIONS)), st.text(max_size=4), max_size=3)))
+    if encoding is None and draw(st.booleans()):
+        document["data_base64"] = draw(st.sampled_from([base64.b64encode(b"\x00\xff").decode(), "not base64!", 7]))
+    for _ in range(draw(st.integers(0, 2))):
+        name = draw(st.sampled_from(sorted(document)))
+        if draw(st.booleans()):
+            del document[name]
+        elif name == "time":
+            document[name] = draw(_time_values)
+        else:
+            document[name] = draw(_attribute_values)
+    return document
+
+
+def _decoded_or_refusal(read: Any, body: bytes) -> Any:
+    try:
+        return read(body, lambda: "made-up")
+    except DataError:
+        return DataError
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plain_bodies() | bodies())
+def test_the_typed_reader_gives_what_the_general_reader_gives(document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()  # integers beyond 64 bits too
+    typed = _decoded_or_refusal(event_codec._read_plain_body, body)
+    if typed is not None:  # None: a body the typed reader leaves to the general one
+        general = _decoded_or_refusal(event_codec._read_any_body, body)
+        assert typed == general
+        if typed is not DataError:
+            assert [type(value) for value in typed[0].values()] == [type(general[0][name]) for name in typed[0]]
+            assert type(typed[1]) is type(general[1])
+
+
+def test_the_typed_reader_takes_what_sources_publish_and_what_the_runtime_pushes() -> None:
+    event = make_event(b"\x00\x01", datacontenttype="application/octet-stream")
+    published = event_to_body(event)
+    pushed = orjson.dumps({**orjson.loads(published), **_SERVER_EXTENSIONS})
+    for body in (published, pushed, event_to_body(make_event({"n": 1})), event_to_body(make_event("text"))):
+        assert event_codec._read_plain_body(body, _new_id) is not None, body
+    attributes, data, transport = event_codec._read_plain_body(pushed, _new_id) or ({}, None, {})
+    assert (data, attributes["datacontenttype"], transport) == (b"\x00\x01", "application/octet-stream", _SERVER_EXTENSIONS)
+    # An extension of the event's own takes the general reader, which keeps it.
+    with_extension = event_to_body(make_event({"n": 1}, pgtable="public.orders"))
+    assert event_codec._read_plain_body(with_extension, _new_id) is None
+    assert body_to_record(with_extension, now=_now, new_id=_new_id).extensions == {"pgtable": "public.orders"}

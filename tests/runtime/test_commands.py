@@ -133,6 +133,18 @@ def test_check_accepts_a_valid_config_and_names_the_key_of_a_bad_one(tmp_path: P
     assert "meshconnect list" in result.stderr
 
 
+def test_check_warns_about_a_push_window_that_cannot_keep_a_batch_filling(tmp_path: Path) -> None:
+    config = {"name": "files", "connector": "file-sink", "sink": {"topics": ["t"], "batch_size": 800}}
+    config["config"] = {"directory": str(tmp_path)}
+    result = meshconnect("check", "file-sink", "--config", str(write_config(tmp_path, config)))
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr  # the window follows the batch
+    config["sink"] = {**config["sink"], "push_window": 1000}
+    result = meshconnect("check", "file-sink", "--config", str(write_config(tmp_path, config)))
+    assert result.returncode == 0
+    assert "warning: sink.push_window 1000 is below twice sink.batch_size 800" in result.stderr
+    assert "raise push_window to 1600" in result.stderr
+
+
 def test_check_connect_shows_the_first_records_of_a_source(tmp_path: Path, mesh_port: int) -> None:
     lines = tmp_path / "in.log"
     lines.write_text("first line\nsecond line\n")

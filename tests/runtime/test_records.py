@@ -140,3 +140,15 @@ def test_record_to_body_writes_the_body_of_the_sdk_event(record: ConnectorRecord
             record_to_body(record, **defaults)  # type: ignore[arg-type]
         return
     assert record_to_body(record, **defaults).body == expected  # type: ignore[arg-type]
+
+
+def test_a_record_is_frozen_and_a_changed_copy_is_checked_as_a_new_record() -> None:
+    record = ConnectorRecord(data={"n": 1}, extensions={"ext": "x"})
+    with pytest.raises(AttributeError):
+        record.data = {"n": 2}  # type: ignore[misc]
+    changed = record.replace(data=b"\x00", id="e-2")
+    assert (changed.data, changed.id, changed.extensions, record.data) == (b"\x00", "e-2", {"ext": "x"}, {"n": 1})
+    with pytest.raises(DataError, match="extension name"):
+        record.replace(extensions={"Not-Valid": "x"})
+    with pytest.raises(DataError, match="timezone-aware"):
+        record.replace(timestamp=datetime(2026, 1, 1))

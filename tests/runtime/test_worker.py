@@ -449,3 +449,53 @@ def test_a_record_goes_to_the_group_its_source_names() -> None:
     assert group_of(default, groups, {"p": 0}) == "default"
     assert group_of(custom, groups, {"group": "g0", "p": 1}) == "g1"
     assert group_of(custom, ("only",), {"p": 1}) == "only", "a single group takes every record"
+
+
+async def test_the_mesh_keeps_to_the_push_window_a_session_asks(tmp_path: Path) -> None:
+    async with EmbeddedMesh(port=0) as mesh:
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            for n in range(30):
+                await producer.publish(CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"n": n}))
+        held: dict[str, int] = {}
+        for asked in (5, 0):
+            group = f"asked-{asked}"
+            async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(group, "sub", unack=asked)) as client:
+                await client.subscribe("numbers", SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+                await client.listen()
+                # The answer to a request comes after every push the mesh wrote before it.
+                await client.subscribe("numbers", SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+                held[group] = len(client.take_pushes(1000))
+    assert held == {"asked-5": 5, "asked-0": 30}  # asking none: the mesh's default window (1000)
+
+
+async def test_a_batch_closes_once_the_pushes_held_fill_the_window_instead_of_lingering(tmp_path: Path) -> None:
+    # The mesh lets 20 pushes be in flight to a session; batches of 50 could never fill.
+    async with EmbeddedMesh(port=0, max_unacked_per_session=20) as mesh:
+        stop_source, stop_sink = asyncio.Event(), asyncio.Event()
+        source = asyncio.create_task(
+            serve(CounterSource, source_config(mesh, tmp_path, limit=60, batch=20), stop=stop_source, install_signals=False)
+        )
+        await eventually(lambda: mesh.topic_depth("numbers") == 120)
+        sink = asyncio.create_task(
+            serve(
+                ListSink,
+                sink_config(mesh, batch_size=50, push_window=20, linger_ms=600_000),
+                stop=stop_sink,
+                install_signals=False,
+            )
+        )
+        await eventually(lambda: len(received_numbers()) == 120, what="every event written long before the linger time")
+        stop_source.set()
+        stop_sink.set()
+        assert (await source, await sink) == (0, 0)
+    assert max(connectors.PUTS) <= 20
+    assert sum(connectors.PUTS) == 120
+
+
+def test_the_push_window_follows_the_batch_size_unless_set_and_a_window_that_cannot_fill_a_batch_is_named() -> None:
+    settings = WorkerConfig.model_validate({"name": "s", "connector": "list-sink", "sink": {"batch_size": 700}}).sink
+    assert (settings.effective_push_window, settings.flow_problem()) == (1400, None)
+    small = settings.model_copy(update={"push_window": 1000})
+    assert "twice sink.batch_size" in (small.flow_problem() or "")
+    tiny = settings.model_copy(update={"push_window": 100})
+    assert "a batch closes at 100 events" in (tiny.flow_problem() or "")

@@ -254,7 +254,7 @@ class HttpSource(Source[HttpSourceConfig]):
             return web.json_response({"accepted": 0})
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         for record in records:
-            self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": self._next_seq}))
+            self._queue.put_nowait(record.replace(partition=self._partition, offset={"seq": self._next_seq}))
             self._next_seq += 1
         self._waiting.append(_Waiting(last_seq=self._next_seq - 1, stored=stored))
         try:
@@ -354,7 +354,7 @@ class HttpSource(Source[HttpSourceConfig]):
             _require_attributes({key[3:] for key in headers if key.startswith("ce-")}, "ce-")
             record = _to_record(ce_http.from_binary, message)
             if body and content_type and not content_type.startswith("text/") and not is_json_content_type(content_type):
-                record = dataclasses.replace(record, data=body)  # the SDK decodes any UTF-8 body to text: keep binary binary
+                record = record.replace(data=body)  # the SDK decodes any UTF-8 body to text: keep binary binary
             return [record]
         if content_type == STRUCTURED:
             event = _parse_json(body)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 
 import aio_pika
 import structlog
@@ -105,7 +104,7 @@ class RabbitmqSource(Source[RabbitmqSourceConfig]):
         offset = {"session": self._session, "n": self._received}
         record = record_from_payload(message.body, payload_format, partition=self._partition, offset=offset)
         if record.id is None and message.message_id:
-            record = replace(record, id=message.message_id)
+            record = record.replace(id=message.message_id)
         return record
 
     async def commit(self, records: Sequence[ConnectorRecord]) -> None:
