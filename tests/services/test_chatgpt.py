@@ -79,12 +79,18 @@ class Pump:
     def __init__(self, source: ChatGptSource) -> None:
         self.source = source
         self.seen: list[ConnectorRecord] = []
+        self.polled = asyncio.Event()
+        self.committing = asyncio.Event()
+        self.committing.set()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             records = await self.source.poll()
             self.seen.extend(records)
+            if records:
+                self.polled.set()
+            await self.committing.wait()
             if records:
                 await self.source.commit(records)
 
@@ -164,6 +170,20 @@ async def test_a_prompt_becomes_one_call_as_documented_and_its_answer_one_event(
     [record] = pump.seen
     assert (record.id, record.type, record.refusal) == ("p-1", EVENT_TYPE, None)
     assert record.data == {"answer": "echo: what is a mesh?", "model": "gpt-test", "finish_reason": "stop"}
+
+
+async def test_the_sender_is_answered_only_once_the_event_is_stored(
+    fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]
+) -> None:
+    source, pump = running
+    pump.committing.clear()
+    request = asyncio.create_task(_post(source, {"text": "hi", "id": "p-5"}))
+    await asyncio.wait_for(pump.polled.wait(), 10)
+    with pytest.raises(TimeoutError):  # polled, not committed: no answer yet
+        await asyncio.wait_for(asyncio.shield(request), 0.3)
+    pump.committing.set()
+    status, answer, _ = await asyncio.wait_for(request, 10)
+    assert (status, answer["id"]) == (200, "p-5")
 
 
 async def test_the_id_comes_from_idempotency_key_when_the_body_has_none(
