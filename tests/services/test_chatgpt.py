@@ -19,14 +19,18 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from cloudevents.core.v1.event import CloudEvent
 from structlog.testing import capture_logs
 
+from runtime.client import MeshClient, user_agent_for
 from runtime.config import validate_model
 from runtime.connector import SourceContext
 from runtime.errors import ConfigError
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
-from runtime.testing import SourceHarness, run_source_conformance
+from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
 from services.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
@@ -338,6 +342,67 @@ def test_the_api_key_is_required() -> None:
 
 
 # -- end to end: the real worker, through the embedded mesh --------------------------------------
+
+
+async def test_through_the_worker_answers_are_published_and_malformed_ones_dead_lettered(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    mesh = EmbeddedMesh(port=0)
+    await mesh.start()
+    received: dict[str, list[CloudEvent]] = {"answers": [], "chatgpt-answers-dlq": []}
+
+    async def read(topic: str) -> None:
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
+            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+            await client.listen()
+            async for pushed in client.pushed():
+                received[topic].append(pushed.event)
+                await pushed.ack()
+
+    port = free_port()
+    config = {
+        "name": "chatgpt-answers",
+        "connector": ChatGptSource.name,
+        "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+        "source": {"topic": "answers"},
+        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json"},
+        "config": {"host": "127.0.0.1", "port": port, "api_key": API_KEY, "base_url": fake.base_url, "backoff_base": 0.01},
+    }
+    worker = WorkerProcess(ChatGptSource, config, tmp_path)
+    readers = [asyncio.create_task(read(topic)) for topic in received]
+    try:
+        await worker.start(30)
+        fake.server.faults = [PASS, Canned(500), Canned(200, {"choices": [{"message": {"content": 7}}]})]
+        async with aiohttp.ClientSession() as session:
+            for n in (1, 2):
+                async with session.post(
+                    f"http://127.0.0.1:{port}/chatgpt", json={"text": f"prompt {n}", "id": f"p-{n}"}
+                ) as response:
+                    assert response.status == 200, await response.text()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if received["answers"] and received["chatgpt-answers-dlq"]:
+                break
+            await asyncio.sleep(0.1)
+        assert await worker.terminate(30) == 0, worker.log_tail()
+    finally:
+        await worker.kill()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await mesh.stop()
+    [answer] = received["answers"]
+    assert (answer.get_id(), answer.get_type(), answer.get_data()) == (
+        "p-1",
+        EVENT_TYPE,
+        {"answer": "echo: prompt 1", "model": "gpt-4o-mini", "finish_reason": "stop"},
+    )
+    [dead] = received["chatgpt-answers-dlq"]
+    assert dead.get_id() == "p-2" and "malformed answer" in str(dead.get_attributes()["dlqreason"])
+    assert fake.server.calls == 3  # the 500 was retried once, the malformed answer not at all
+    assert API_KEY not in worker.log_path.read_text()
 
 
 async def test_chatgpt_source_conformance(fake: FakeOpenAI, tmp_path: Path) -> None:
