@@ -134,7 +134,7 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         self._waiting: deque[_Waiting] = deque()
         self._next_seq = 0
         self._committed_seq = -1
-        self._in_progress = 0
+        self._asking = 0  # requests admitted whose answer is not queued yet
         self._calls = asyncio.Semaphore(config.max_concurrent_calls)
         self._partition = {"path": config.path}
         self._runner: web.AppRunner | None = None
@@ -199,7 +199,6 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
     # -- request handling -------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self._in_progress += 1
         try:
             async with asyncio.timeout(self.config.response_timeout):
                 return await self._answer_request(request)
@@ -209,16 +208,18 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
             return _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
         except TimeoutError:
             return _error(503, "no answer stored within response_timeout; retry later", retry_after=self.config.retry_after)
-        finally:
-            self._in_progress -= 1
 
     async def _answer_request(self, request: web.Request) -> web.Response:
         self._authenticate(request)
         prompt, event_id = await self._read_prompt(request)
-        if self._pending() + self._in_progress > self.config.queue_size:
+        if self._pending() + self._asking >= self.config.queue_size:
             raise _Rejected(503, "too many prompts waiting; retry later", retry_after=self.config.retry_after)
-        async with self._calls:
-            record = await self._complete(prompt, event_id)
+        self._asking += 1
+        try:
+            async with self._calls:
+                record = await self._complete(prompt, event_id)
+        finally:
+            self._asking -= 1
         seq = self._next_seq
         self._next_seq += 1
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

@@ -190,6 +190,22 @@ async def test_the_sender_is_answered_only_once_the_event_is_stored(
     assert (status, answer["id"]) == (200, "p-5")
 
 
+async def test_more_prompts_than_queue_size_are_refused_with_retry_after(fake: FakeOpenAI) -> None:
+    source, pump = await _started(_config(fake, queue_size=1, retry_after=3))
+    try:
+        pump.committing.clear()
+        first = asyncio.create_task(_post(source, {"text": "first"}))
+        await asyncio.wait_for(pump.polled.wait(), 10)
+        status, answer, headers = await _post(source, {"text": "second"})
+        assert (status, headers["Retry-After"]) == (503, "3") and "too many prompts" in answer["error"]
+        assert fake.server.calls == 1  # the refused prompt cost no call
+        pump.committing.set()
+        assert (await asyncio.wait_for(first, 10))[0] == 200
+    finally:
+        await pump.close()
+        await source.stop()
+
+
 async def test_the_id_comes_from_idempotency_key_when_the_body_has_none(
     fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]
 ) -> None:
