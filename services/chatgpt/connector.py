@@ -1,0 +1,366 @@
+"""chatgpt-source: an HTTP endpoint that asks an OpenAI-compatible chat model about each text POSTed to it.
+
+Accepted requests: ``POST <path>`` with ``Content-Type: application/json`` and a body
+``{"text": "<prompt>", "id": "<optional delivery id>"}``. The text becomes the user message of one
+Chat Completions call (``POST <base_url>/chat/completions``, ``Authorization: Bearer <api_key>``,
+body ``{"model", "messages", "max_tokens"}`` plus ``temperature`` when set), after the configured
+``system_prompt`` if any. The answer (``choices[0].message.content``) is published as one event on
+``source.topic``, with data ``{"answer", "model", "finish_reason"}``. The request's text is only ever
+prompt text: it chooses no topic, URL, model or option.
+
+The event id is the sender's (``id`` in the body, else an ``Idempotency-Key`` header), so a retried
+delivery is the same event for idempotent sinks; without one, each request is a new event.
+
+The sender's response is held until the event is durably in the mesh (as http-source does): 200
+means stored. What the API answers:
+
+* 200 with a well-formed completion: published;
+* 200 with a malformed body (not JSON, no ``choices[0].message.content`` text), or a 400/413/422
+  refusing this prompt: the request is dead-lettered with the reason (the sender gets 200 with
+  ``"dead_lettered": true``: it was stored, retrying cannot help);
+* 429, 5xx, a timeout or a dropped connection: retried up to ``max_attempts`` times with
+  exponential backoff and full jitter, honouring ``Retry-After``, within ``response_timeout``; then the
+  sender gets 503 with ``Retry-After`` and nothing is published;
+* 401, 403, 404 (key, permission or model wrong): logged as a setup problem, the sender gets 503.
+
+Bounds: request bodies (``max_body_bytes``), prompt length (``max_prompt_chars``), answer size
+(``max_tokens``, ``max_response_bytes``), calls in flight (``max_concurrent_calls``), events waiting
+(``queue_size``), every network wait (``connect_timeout``, ``request_timeout``) and every request
+(``response_timeout``). The API key appears in no log line or error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import math
+import random
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import Field
+
+from runtime import (
+    ConfigError,
+    ConnectorConfig,
+    ConnectorRecord,
+    HttpEndpoint,
+    RetriableError,
+    Secret,
+    Source,
+    SourceContext,
+)
+
+__all__ = ["ChatGptSource", "ChatGptSourceConfig"]
+
+log = structlog.get_logger()
+
+EVENT_TYPE = "com.openai.chat.completion"
+_REFUSED_PROMPT_STATUS = frozenset({400, 413, 422})  # the API says this prompt cannot be answered
+_SETUP_STATUS = frozenset({401, 403, 404})  # key, permission or model: every prompt would fail alike
+_EXCERPT = 300  # characters of an API error body kept in a reason
+
+
+class ChatGptSourceConfig(ConnectorConfig):
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    path: str = Field("/chatgpt", pattern=r"^/", description="URL path that accepts POSTed prompts.")
+    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from senders with this token.")
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest request body accepted (413 above).")
+    max_prompt_chars: int = Field(16_000, ge=1, description="Longest prompt text accepted, in characters (413 above).")
+    api_key: Secret = Field(description="API key of the chat API, sent as 'Authorization: Bearer <api_key>'.")
+    base_url: HttpEndpoint = Field(
+        "https://api.openai.com/v1",
+        description="Base URL of an OpenAI-compatible API; '/chat/completions' is appended.",
+    )
+    model: str = Field("gpt-4o-mini", min_length=1, description="Model asked, e.g. gpt-4o-mini.")
+    system_prompt: str | None = Field(None, description="System message sent before each prompt (operator text, not data).")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; unset = the API's default.")
+    max_tokens: int = Field(1024, ge=1, le=1_000_000, description="Most tokens an answer may have (sent as max_tokens).")
+    max_response_bytes: int = Field(
+        1024 * 1024, ge=1024, le=4 * 1024 * 1024, description="Largest API answer read, in bytes; larger is dead-lettered."
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect to the API.")
+    request_timeout: float = Field(60.0, gt=0, description="Seconds one API call may take in all.")
+    max_attempts: int = Field(4, ge=1, le=20, description="API calls per prompt at most (429, 5xx and network errors).")
+    backoff_base: float = Field(1.0, gt=0, description="Seconds of the first backoff; doubled per attempt, full jitter.")
+    backoff_max: float = Field(30.0, gt=0, description="Longest backoff in seconds (a longer Retry-After gives up).")
+    max_concurrent_calls: int = Field(8, ge=1, description="API calls in flight at most; more requests wait.")
+    queue_size: int = Field(100, ge=1, description="Answers not yet in the mesh, at most (503 above).")
+    batch_size: int = Field(100, ge=1, description="Events handed to the worker per poll, at most.")
+    response_timeout: float = Field(
+        180.0, gt=0, description="Seconds a request may take in all (API calls, retries, storing); 503 after."
+    )
+    retry_after: int = Field(5, ge=0, description="Seconds sent in Retry-After with a 503 when the API gave none.")
+
+
+class _Rejected(Exception):
+    """A request answered with an HTTP error; nothing of it was published."""
+
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+_REFUSAL_KINDS = {400: "malformed", 401: "auth", 413: "size", 415: "content_type", 503: "busy"}
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    seq: int
+    stored: asyncio.Future[bool]
+
+
+class ChatGptSource(Source[ChatGptSourceConfig]):
+    name = "chatgpt-source"
+    description = "HTTP endpoint that asks an OpenAI-compatible chat model about each POSTed text and publishes the answer."
+    config_model = ChatGptSourceConfig
+    exclusive: ClassVar[bool] = False
+
+    def __init__(self, config: ChatGptSourceConfig) -> None:
+        super().__init__(config)
+        self.port = config.port
+        self._url = f"{config.base_url.rstrip('/')}/chat/completions"
+        self._queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(maxsize=config.queue_size)
+        self._waiting: deque[_Waiting] = deque()
+        self._next_seq = 0
+        self._committed_seq = -1
+        self._asking = 0  # requests admitted whose answer is not queued yet
+        self._calls = asyncio.Semaphore(config.max_concurrent_calls)
+        self._partition = {"path": config.path}
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._context = SourceContext(connector_name=self.name, committed_offsets={})
+
+    async def start(self, context: SourceContext) -> None:
+        self._context = context
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=self.config.connect_timeout)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post(self.config.path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        except OSError as exc:
+            await self._release()
+            if exc.errno == 98:  # EADDRINUSE: a config problem, not a passing one
+                raise ConfigError("config.port", f"port {self.config.port} is already in use", "choose a free port") from exc
+            raise RetriableError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
+        self.port = int(self._runner.addresses[0][1])
+        log.info("chatgpt source listening", host=self.config.host, port=self.port, path=self.config.path, api=self._url)
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        try:
+            first = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+        except TimeoutError:
+            return []
+        records = [first]
+        while len(records) < self.config.batch_size and not self._queue.empty():
+            records.append(self._queue.get_nowait())
+        return records
+
+    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        seqs = [int(record.offset["seq"]) for record in records if "seq" in record.offset]
+        if seqs:
+            self._committed_seq = max(self._committed_seq, *seqs)
+        while self._waiting and self._waiting[0].seq <= self._committed_seq:
+            waiting = self._waiting.popleft()
+            if not waiting.stored.done():
+                waiting.stored.set_result(True)
+
+    async def stop(self) -> None:
+        for waiting in self._waiting:
+            if not waiting.stored.done():
+                waiting.stored.set_result(False)
+        self._waiting.clear()
+        while not self._queue.empty():  # their senders got a 503 and will send them again
+            self._queue.get_nowait()
+        self._committed_seq = self._next_seq - 1
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- request handling -------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(self.config.response_timeout):
+                return await self._answer_request(request)
+        except _Rejected as rejected:
+            log.info("chatgpt request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
+            self._context.count_refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+            return _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+        except TimeoutError:
+            return _error(503, "no answer stored within response_timeout; retry later", retry_after=self.config.retry_after)
+
+    async def _answer_request(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        prompt, event_id = await self._read_prompt(request)
+        if self._pending() + self._asking >= self.config.queue_size:
+            raise _Rejected(503, "too many prompts waiting; retry later", retry_after=self.config.retry_after)
+        self._asking += 1
+        try:
+            async with self._calls:
+                record = await self._complete(prompt, event_id)
+        finally:
+            self._asking -= 1
+        seq = self._next_seq
+        self._next_seq += 1
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(seq=seq, stored=stored))
+        self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": seq}))
+        if not await asyncio.shield(stored):
+            return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
+        return web.json_response({"id": record.id, "dead_lettered": record.refusal is not None})
+
+    def _pending(self) -> int:
+        return self._next_seq - 1 - self._committed_seq
+
+    def _authenticate(self, request: web.Request) -> None:
+        if self.config.token is None:
+            return
+        expected = f"Bearer {self.config.token.get_secret_value()}".encode()
+        given = request.headers.get("Authorization", "").encode(errors="replace")
+        if not hmac.compare_digest(given, expected):
+            raise _Rejected(401, "missing or wrong bearer token")
+
+    async def _read_prompt(self, request: web.Request) -> tuple[str, str]:
+        if request.content_type != "application/json":
+            raise _Rejected(415, f"unsupported content type {request.content_type[:100]}; send application/json")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _Rejected(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Rejected(400, f"invalid JSON: {exc}") from exc
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str) or not parsed["text"].strip():
+            raise _Rejected(400, 'send a JSON object {"text": "<prompt>"} with a non-empty text')
+        unknown = sorted(set(parsed) - {"text", "id"})
+        if unknown:
+            raise _Rejected(400, f"unknown field(s) {', '.join(name[:50] for name in unknown[:5])}; send only text and id")
+        text: str = parsed["text"]
+        if len(text) > self.config.max_prompt_chars:
+            raise _Rejected(
+                413, f"text of {len(text)} characters is longer than max_prompt_chars ({self.config.max_prompt_chars})"
+            )
+        given_id = parsed.get("id", request.headers.get("Idempotency-Key"))
+        if given_id is not None and (not isinstance(given_id, str) or not 0 < len(given_id) <= 200):
+            raise _Rejected(400, "id must be a text of 1 to 200 characters")
+        return text, given_id or str(uuid.uuid4())
+
+    # -- the chat API -----------------------------------------------------------------
+
+    def _payload(self, prompt: str) -> dict[str, Any]:
+        messages = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        payload: dict[str, Any] = {"model": self.config.model, "messages": messages, "max_tokens": self.config.max_tokens}
+        if self.config.temperature is not None:
+            payload["temperature"] = self.config.temperature
+        return payload
+
+    async def _complete(self, prompt: str, event_id: str) -> ConnectorRecord:
+        """The record for ``prompt``: its answer, or a refusal to dead-letter; _Rejected(503) when the API stays away."""
+        payload = orjson.dumps(self._payload(prompt))
+        for attempt in range(1, self.config.max_attempts + 1):
+            try:
+                status, retry_after, body = await self._call(payload)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem, retry_after = f"the chat API could not be reached ({type(exc).__name__})", None
+            else:
+                if status == 200 and len(body) > self.config.max_response_bytes:
+                    reason = f"answer from the chat API larger than max_response_bytes ({self.config.max_response_bytes})"
+                    return _refused(prompt, event_id, reason)
+                if status == 200:
+                    return _answer_record(body, prompt, event_id)
+                excerpt = body[:_EXCERPT].decode(errors="replace")
+                if status in _REFUSED_PROMPT_STATUS:
+                    return _refused(prompt, event_id, f"the chat API refused the prompt: HTTP {status}: {excerpt}")
+                if status in _SETUP_STATUS:
+                    log.error("chat API refuses the connector's setup; check api_key, base_url and model", status=status)
+                    raise _Rejected(503, f"the chat API answered {status}; the connector's setup needs fixing")
+                problem = f"the chat API answered {status}: {excerpt}"
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            if attempt == self.config.max_attempts or delay > self.config.backoff_max:
+                log.warning("chat API unavailable; sender asked to retry", attempts=attempt, problem=problem)
+                raise _Rejected(503, f"{problem}; retry later", retry_after=math.ceil(delay) or self.config.retry_after)
+            log.info("chat API call failed; retrying", attempt=attempt, delay=round(delay, 2), problem=problem)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1)))
+
+    async def _call(self, payload: bytes) -> tuple[int, float | None, bytes]:
+        assert self._session is not None, "start() opens the session"
+        headers = {
+            "Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
+        async with self._session.post(self._url, data=payload, headers=headers, allow_redirects=False) as response:
+            body = await response.content.read(self.config.max_response_bytes + 1)
+            while len(body) <= self.config.max_response_bytes and not response.content.at_eof():
+                body += await response.content.read(self.config.max_response_bytes + 1 - len(body))
+            return response.status, _retry_after(response.headers.get("Retry-After")), body
+
+
+def _answer_record(body: bytes, prompt: str, event_id: str) -> ConnectorRecord:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _refused(prompt, event_id, f"malformed answer from the chat API: not JSON ({len(body)} bytes)")
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        return _refused(prompt, event_id, "malformed answer from the chat API: no text in choices[0].message.content")
+    model = parsed.get("model")
+    finish_reason = first.get("finish_reason")
+    return ConnectorRecord(
+        data={
+            "answer": content,
+            "model": model if isinstance(model, str) else None,
+            "finish_reason": finish_reason if isinstance(finish_reason, str) else None,
+        },
+        id=event_id,
+        type=EVENT_TYPE,
+        datacontenttype="application/json",
+    )
+
+
+def _refused(prompt: str, event_id: str, reason: str) -> ConnectorRecord:
+    return ConnectorRecord(
+        data={"text": prompt}, id=event_id, type=EVENT_TYPE, datacontenttype="application/json", refusal=reason
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a delta-seconds ``Retry-After`` (the form OpenAI sends); None otherwise."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _error(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": reason}, status=status, headers=headers)
