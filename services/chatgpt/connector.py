@@ -224,7 +224,7 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         self._next_seq += 1
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(seq=seq, stored=stored))
-        self._queue.put_nowait(dataclasses.replace(record, partition=self._partition, offset={"seq": seq}))
+        self._queue.put_nowait(record.replace(partition=self._partition, offset={"seq": seq}))
         if not await asyncio.shield(stored):
             return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
         return web.json_response({"id": record.id, "dead_lettered": record.refusal is not None})
