@@ -23,6 +23,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,25 +102,28 @@ def _jq_map(spec: Any, key: str, _view: EventView) -> Reshape:
     return reshape
 
 
-def _structured_event(view: EventView) -> Callable[[ConnectorRecord], dict[str, Any]]:
+def _structured_event(view: EventView, members: frozenset[str] | None = None) -> Callable[[ConnectorRecord], dict[str, Any]]:
     """How to give a record to EventMesh's rules: its structured CloudEvent as a mapping, attributes and
-    extensions as members, JSON data parsed, text data as text, binary data as ``data_base64``."""
-    attributes = tuple((name, view.getter(name)) for name in ATTRIBUTES if name != "datacontenttype")
+    extensions as members, JSON data parsed, text data as text, binary data as ``data_base64``; only the
+    attributes and data in ``members`` when the rule reads no others (a filter: its pattern's keys)."""
+    wanted = frozenset((*ATTRIBUTES, "data")) if members is None else members
+    attributes = tuple((name, view.getter(name)) for name in ATTRIBUTES if name != "datacontenttype" and name in wanted)
+    extensions, content_type, data = members is None, "datacontenttype" in wanted, "data" in wanted
 
     def event(record: ConnectorRecord) -> dict[str, Any]:
-        structured: dict[str, Any] = dict(record.extensions)
+        structured: dict[str, Any] = dict(record.extensions) if extensions else {}
         for name, read in attributes:
             value = read(record)
             if value is not None:
                 structured[name] = value
-        content_type = record.effective_content_type
-        if content_type is not None:
-            structured["datacontenttype"] = content_type
-        data = event_data(record)
-        if isinstance(data, bytes):
-            structured["data_base64"] = base64.b64encode(data).decode("ascii")
-        elif data is not None:
-            structured["data"] = data
+        if content_type and record.effective_content_type is not None:
+            structured["datacontenttype"] = record.effective_content_type
+        if data:
+            value = event_data(record)
+            if isinstance(value, bytes):
+                structured["data_base64"] = base64.b64encode(value).decode("ascii")
+            elif value is not None:
+                structured["data"] = value
         return structured
 
     return event
@@ -138,7 +142,9 @@ def _eventmesh_filter(spec: Any, key: str, view: EventView) -> Test:
     except ImportError as exc:
         raise _not_installed(key, exc) from None
     event_filter = compile_eventmesh_filter(spec, key=key)
-    event = _structured_event(view)
+    # The pattern compiled, so it is a JSON object whose keys are the attributes (and data) it reads.
+    pattern = json.loads(spec) if isinstance(spec, str) else spec
+    event = _structured_event(view, frozenset(pattern))
     return lambda record: event_filter(event(record))
 
 
