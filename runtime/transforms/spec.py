@@ -2,7 +2,7 @@
 
 Each step key takes its language's text directly (``filter: 'type != "heartbeat"'`` is CEL,
 ``map: '.after'`` is jq), or a mapping naming the language (``filter: {cel: ...}``,
-``map: {jq: ...}``), so that another language is one more key of that mapping.
+``map: {jq: ...}``, ``{eventmesh: ...}`` for Apache EventMesh's filter patterns and transformers).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class MaskSpec(_Strict):
 class StepSpec(_Strict):
     name: str | None = Field(None, min_length=1, description="The step's name in errors, dead letters and metrics.")
     filter: str | dict[str, Any] | None = Field(
-        None, description="Keep the event when this CEL expression is true; else drop it (committed, not dead-lettered)."
+        None,
+        description="Keep the event when this CEL expression (or {eventmesh: pattern}) holds; else drop it (committed).",
     )
     route: str | None = Field(
         None, description="CEL giving the topic (source; one the config allows) or the sink's target (e.g. mysql-sink's table)."
@@ -51,7 +52,9 @@ class StepSpec(_Strict):
         None, description="Attribute (type, datacontenttype, dataschema, time) or extension name -> CEL giving its value."
     )
     remove: list[str] | None = Field(None, description="Extensions (or dataschema) to remove.")
-    map: str | dict[str, Any] | None = Field(None, description="jq program giving the new data from the data.")
+    map: str | dict[str, Any] | None = Field(
+        None, description="jq program giving the new data from the data (or {eventmesh: transformer} giving it from the event)."
+    )
     mask: MaskSpec | None = Field(None, description="Fields of the data to hash (keyed HMAC) or redact.")
 
     @model_validator(mode="after")

@@ -13,12 +13,16 @@
 ``filter`` and ``map`` take a language: a step's text is CEL (filter) or jq (map), and a mapping
 names one of :data:`FILTER_LANGUAGES` / :data:`MAP_LANGUAGES`; a language is a compiler from its
 spec to a test (filter) or a reshaping (map) of a record, given the step's config key and the view.
+``eventmesh`` is both: Apache EventMesh's filter patterns and transformers (:mod:`.eventmesh`),
+which read the event as its structured CloudEvent.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +36,7 @@ from runtime.record import CONTEXT_ATTRIBUTES, EXTENSION_NAME, ConnectorRecord, 
 from runtime.transforms.cel import CelProgram
 from runtime.transforms.jq import JqProgram
 from runtime.transforms.spec import MaskSpec, StepSpec
-from runtime.transforms.view import EventView, event_data
+from runtime.transforms.view import ATTRIBUTES, EventView, event_data, json_value
 
 __all__ = ["FILTER_LANGUAGES", "MAP_LANGUAGES", "Routing", "Step", "build_step"]
 
@@ -85,8 +89,76 @@ def _jq_map(spec: Any, key: str, _view: EventView) -> Reshape:
     return reshape
 
 
-FILTER_LANGUAGES: dict[str, FilterCompiler] = {"cel": _cel_filter}
-MAP_LANGUAGES: dict[str, MapCompiler] = {"jq": _jq_map}
+def _structured_event(view: EventView, members: frozenset[str] | None = None) -> Callable[[ConnectorRecord], dict[str, Any]]:
+    """How to give a record to EventMesh's rules: its structured CloudEvent as a mapping, attributes and
+    extensions as members, JSON data parsed, text data as text, binary data as ``data_base64``; only the
+    attributes and data in ``members`` when the rule reads no others (a filter: its pattern's keys)."""
+    wanted = frozenset((*ATTRIBUTES, "data")) if members is None else members
+    attributes = tuple((name, view.getter(name)) for name in ATTRIBUTES if name != "datacontenttype" and name in wanted)
+    extensions, content_type, data = members is None, "datacontenttype" in wanted, "data" in wanted
+
+    def event(record: ConnectorRecord) -> dict[str, Any]:
+        structured: dict[str, Any] = dict(record.extensions) if extensions else {}
+        for name, read in attributes:
+            value = read(record)
+            if value is not None:
+                structured[name] = value
+        if content_type and record.effective_content_type is not None:
+            structured["datacontenttype"] = record.effective_content_type
+        if data:
+            value = event_data(record)
+            if isinstance(value, bytes):
+                structured["data_base64"] = base64.b64encode(value).decode("ascii")
+            elif value is not None:
+                structured["data"] = value
+        return structured
+
+    return event
+
+
+def _not_installed(key: str, exc: ImportError) -> ConfigError:
+    # :mod:`.eventmesh` is imported when a step uses it: its JSONPath library comes with the ``transforms`` extra.
+    return ConfigError(
+        key, f"EventMesh rules need a library that is not installed ({exc.name})", "pip install 'meshconnect[transforms]'"
+    )
+
+
+def _eventmesh_filter(spec: Any, key: str, view: EventView) -> Test:
+    try:
+        from runtime.transforms.eventmesh import compile_eventmesh_filter
+    except ImportError as exc:
+        raise _not_installed(key, exc) from None
+    event_filter = compile_eventmesh_filter(spec, key=key)
+    # The pattern compiled, so it is a JSON object whose keys are the attributes (and data) it reads.
+    pattern = json.loads(spec) if isinstance(spec, str) else spec
+    event = _structured_event(view, frozenset(pattern))
+    return lambda record: event_filter(event(record))
+
+
+def _eventmesh_map(spec: Any, key: str, view: EventView) -> Reshape:
+    """The transformer's text is the new data: the JSON value it holds when the data was JSON and it is
+    JSON (the transformer kept or made JSON), else text (``text/plain``)."""
+    try:
+        from runtime.transforms.eventmesh import compile_eventmesh_transformer
+    except ImportError as exc:
+        raise _not_installed(key, exc) from None
+    transformer = compile_eventmesh_transformer(spec, key=key)
+    event = _structured_event(view)
+
+    def reshape(record: ConnectorRecord) -> tuple[JsonValue, str]:
+        text = transformer(event(record))
+        if is_json_content_type(record.effective_content_type):
+            try:
+                return json_value(text.encode()), "application/json"
+            except ValueError:
+                pass
+        return text, "text/plain"
+
+    return reshape
+
+
+FILTER_LANGUAGES: dict[str, FilterCompiler] = {"cel": _cel_filter, "eventmesh": _eventmesh_filter}
+MAP_LANGUAGES: dict[str, MapCompiler] = {"jq": _jq_map, "eventmesh": _eventmesh_map}
 
 
 def build_step(spec: StepSpec, key: str, view: EventView, routing: Routing) -> Step:

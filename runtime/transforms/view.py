@@ -8,6 +8,7 @@ configured source, type and topic. A sink's records arrive whole, and its view f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 import orjson
 
 from runtime.errors import DataError
+from runtime.protocol import jackson
 from runtime.protocol.events import is_json_content_type
 from runtime.record import ConnectorRecord, derive_event_id
 
-__all__ = ["ATTRIBUTES", "EventView", "event_data"]
+__all__ = ["ATTRIBUTES", "EventView", "event_data", "json_value"]
 
 ATTRIBUTES = ("id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema")
 """The CloudEvent context attributes a step can read, beside ``data`` and ``extensions``."""
@@ -66,6 +68,24 @@ def event_data(record: ConnectorRecord) -> Any:
         except orjson.JSONDecodeError as exc:
             raise DataError(f"data is declared {record.datacontenttype} but is not valid JSON: {exc}") from None
     return data
+
+
+def json_value(text: bytes) -> Any:
+    """The one JSON value ``text`` holds, integers beyond 64 bits kept exact (orjson would read them as floats);
+    ValueError when it is not JSON."""
+    if not jackson.has_long_digits(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(str(exc)) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _extensions(record: ConnectorRecord) -> Any:

@@ -92,6 +92,52 @@ async def test_http_source_answers_a_dropped_event_200_and_routes_the_others_by_
     assert [(event.get_id(), event.get_subject()) for event in plain] == [("p-1", "webhooks")]
 
 
+async def test_http_source_drops_the_events_an_eventmesh_pattern_refuses() -> None:
+    port = free_port()
+    pattern = {"type": [{"anything-but": {"prefix": "heartbeat"}}], "data": {"n": [{"numeric": [">", 1]}]}}
+    async with EmbeddedMesh(port=0) as mesh:
+        config = WorkerConfig.model_validate(
+            {
+                "name": "hooks-em",
+                "connector": "http-source",
+                "mesh": {"address": f"127.0.0.1:{mesh.port}"},
+                "source": {"topic": "webhooks"},
+                "admin": {"host": "127.0.0.1", "port": 0},
+                "config": {"host": "127.0.0.1", "port": port, "path": "/events"},
+                "transforms": [{"name": "eventmesh-rule", "filter": {"eventmesh": pattern}}],
+            }
+        )
+        kept: list[CloudEvent] = []
+        reader = asyncio.create_task(collect(mesh, "webhooks", 2, kept))
+        stop = asyncio.Event()
+        source = asyncio.create_task(serve(HttpSource, config, stop=stop, install_signals=False))
+
+        async def listening() -> bool:
+            try:
+                return await _post(port, _headers("hb-0", "heartbeat.ping")) == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await until(listening, "http-source answers")
+        statuses = [
+            await _post(port, _headers("o-1", "order.created"), b'{"n": 1}'),
+            await _post(port, _headers("o-2", "order.created"), b'{"n": 2}'),
+            await _post(port, _headers("hb-1", "heartbeat.ping"), b'{"n": 5}'),
+            await _post(port, _headers("o-3", "order.paid"), b'{"n": "many"}'),
+            await _post(port, _headers("o-4", "order.paid"), b'{"n": 30}'),
+        ]
+        await asyncio.wait_for(reader, 20)
+        stop.set()
+        assert await source == 0
+    assert statuses == [200] * 5
+    assert [(event.get_id(), event.get_data()) for event in kept] == [("o-2", {"n": 2}), ("o-4", {"n": 30})]
+    dropped = REGISTRY.get_sample_value(
+        "meshconnect_transform_dropped_total",
+        {"connector": "http-source", "name": "hooks-em", "step": "0 'eventmesh-rule' (filter)"},
+    )
+    assert dropped == 4  # hb-0, o-1, hb-1 and o-3 (numeric never matches a non-number)
+
+
 @pytest.fixture
 def database(mariadb_server: MariaDBServer) -> str:
     name = f"transforms_{next(_databases)}"
