@@ -4,7 +4,7 @@ Every connector is driven directly (sinks: ``put`` of batches of ``BATCH``; sour
 ``commit`` until ``EVENTS`` records were read), and its baseline is a plain client of the same
 library doing the same job in the same run: the same payload bytes, the same batching or window,
 the same durability (fsync, publisher confirms, PUBACKs, JetStream acks, committed rows, acks
-upstream). Servers are throwaway (tests/servers.py), RabbitMQ is the machine's, in a vhost of its
+upstream). Servers are throwaway (tests/servers/), RabbitMQ is the machine's, in a vhost of its
 own. A connector whose system is missing is skipped. Each measure is the median of ``RUNS``.
 The measures of the server-based systems are in catalogue_servers.py, what all share in
 catalogue_common.py.

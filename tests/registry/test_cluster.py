@@ -1,6 +1,6 @@
 """The Redis registry on a Redis Cluster: one slot per connector, WAIT on the slot's primary, and a failover.
 
-Real servers on loopback (tests/servers.py): three primaries with a replica each, made with
+Real servers on loopback (tests/servers/): three primaries with a replica each, made with
 ``redis-cli --cluster create``. The store contract and the coordinator tests run on the shared
 cluster too (the ``redis-cluster`` store of tests/registry/conftest.py).
 """

@@ -1,6 +1,6 @@
 """The Redis registry behind Sentinel: replica-acknowledged writes, and a failover that loses nothing.
 
-Real servers on loopback: a primary, a replica and three Sentinels (tests/servers.py).
+Real servers on loopback: a primary, a replica and three Sentinels (tests/servers/).
 """
 
 from __future__ import annotations
