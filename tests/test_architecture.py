@@ -130,28 +130,13 @@ def test_runtime_does_not_import_services() -> None:
 # A module holds one idea; past this many lines it is split by responsibility, not by line count.
 _MAX_MODULE_LINES = 600
 _SIZE_CHECKED = ("runtime", "services", "tests", "bench")
-# Modules still over the limit, each waiting for its split by responsibility. The test fails once one
-# is within the limit (or gone), so that the list never excuses a module that no longer needs it.
-_OVERSIZED_FOR_NOW = {
-    "runtime/transforms/eventmesh.py",  # EventMesh's filter and transformer rules, to be split apart
-}
-
-
-def _line_counts() -> dict[str, int]:
-    return {
-        path.relative_to(ROOT).as_posix(): len(path.read_bytes().splitlines())
-        for folder in _SIZE_CHECKED
-        for path in sorted((ROOT / folder).rglob("*.py"))
-    }
 
 
 def test_no_module_is_longer_than_the_limit() -> None:
-    counts = _line_counts()
     offenders = [
-        f"{path}: {lines} lines"
-        for path, lines in sorted(counts.items())
-        if lines > _MAX_MODULE_LINES and path not in _OVERSIZED_FOR_NOW
+        f"{path.relative_to(ROOT).as_posix()}: {lines} lines"
+        for folder in _SIZE_CHECKED
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (lines := len(path.read_bytes().splitlines())) > _MAX_MODULE_LINES
     ]
     assert offenders == [], f"split these by responsibility into modules of at most {_MAX_MODULE_LINES} lines: {offenders}"
-    stale = sorted(path for path in _OVERSIZED_FOR_NOW if counts.get(path, 0) <= _MAX_MODULE_LINES)
-    assert stale == [], f"these are gone or within {_MAX_MODULE_LINES} lines: remove them from _OVERSIZED_FOR_NOW: {stale}"
