@@ -22,6 +22,7 @@ _CLOCK_READS = {"now", "utcnow", "today"}
 # and its own package. cli and commands are one layer, the command line.
 _LAYERS = (
     {"errors"},
+    {"validation"},
     {"record", "config", "columns"},
     {"protocol", "observability", "registry"},
     {"cloudevents"},

@@ -28,11 +28,12 @@ from runtime.app import EXIT_CONFIG, EXIT_FAILED
 from runtime.client import MeshClient
 from runtime.cloudevents import is_json_content_type
 from runtime.commands.options import positive_int
-from runtime.config import LogSettings, MeshSettings, validate_model
+from runtime.config import LogSettings, MeshSettings
 from runtime.errors import ConfigError, DataError, MeshConnectError, MeshRejectedError
 from runtime.observability import configure_logging
 from runtime.protocol.events import body_to_event
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
+from runtime.validation import validate_model
 
 __all__ = ["register", "structured_json"]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from runtime.config import validate_model
 from runtime.errors import ConfigError, DataError
 from runtime.record import ConnectorRecord
 from runtime.transforms.spec import StepSpec
 from runtime.transforms.steps import Routing, Step, build_step
 from runtime.transforms.view import EventView
+from runtime.validation import validate_model
 
 __all__ = ["StepCounter", "TransformChain", "compile_transforms"]
 

@@ -14,10 +14,11 @@ from typing import TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from runtime.config import RegistrySettings, validate_model
+from runtime.config import RegistrySettings
 from runtime.errors import ConfigError, FencedError, RegistryUnavailableError
 from runtime.registry import Lease
 from runtime.registry.redis import RedisRegistry
+from runtime.validation import validate_model
 from tests.servers import RedisSentinelSetup
 
 T = TypeVar("T")

@@ -23,7 +23,6 @@ from cloudevents.core.v1.event import CloudEvent
 from structlog.testing import capture_logs
 
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import validate_model
 from runtime.connector import SourceContext
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
@@ -31,6 +30,7 @@ from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
 from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
+from runtime.validation import validate_model
 from services.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer

@@ -16,11 +16,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from runtime.config import validate_model
 from runtime.connector import SinkContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, run_sink_conformance
+from runtime.validation import validate_model
 from services.http.knative.connector import KnativeSink, KnativeSinkConfig
 from tests.services.fake_http import DROP, Canned, FakeHttpServer
 

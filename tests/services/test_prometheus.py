@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from runtime.config import validate_model
 from runtime.connector import SourceContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SourceHarness, run_source_conformance
+from runtime.validation import validate_model
 from services.prometheus_source.connector import PrometheusSource, PrometheusSourceConfig
 from tests.services.fake_http import DROP, Canned, FakeHttpServer
 

@@ -20,13 +20,13 @@ import pytest
 from cloudevents.core.v1.event import CloudEvent
 
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import validate_model
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, WorkerProcess, poll_until, run_sink_conformance, run_source_conformance
+from runtime.validation import validate_model
 from services.s3.client import S3Config, s3_client
 from services.s3.sink.connector import S3Sink, S3SinkConfig
 from services.s3.source.connector import S3Source, S3SourceConfig

@@ -26,13 +26,13 @@ from cloudevents.core.v1.event import CloudEvent
 from structlog.testing import capture_logs
 
 from runtime.client import MeshClient, user_agent_for
-from runtime.config import validate_model
 from runtime.connector import SinkContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, WorkerProcess, run_sink_conformance
+from runtime.validation import validate_model
 from services.chat.client import ChatbotSink
 from services.chat.dingtalk.connector import DingtalkSink, DingtalkSinkConfig
 from services.chat.lark.connector import LarkSink, LarkSinkConfig

@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from runtime.config import validate_model
 from runtime.connector import SinkContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, run_sink_conformance
+from runtime.validation import validate_model
 from services.chat.wechat.connector import WechatSink, WechatSinkConfig
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
 
