@@ -214,3 +214,6 @@ class PulsarSink(Sink[PulsarSinkConfig]):
                 await pulsar_call("close", client.close(), self.config.timeout)
             except RetriableError as exc:
                 log.warning("pulsar client did not close cleanly", error=str(exc))
+            finally:
+                # Ends the client's C++ threads now: left to interpreter exit, they can abort the process.
+                client.shutdown()

@@ -158,3 +158,7 @@ class PulsarSource(Source[PulsarSourceConfig]):
                 await pulsar_blocking("close", client.close, self.config.timeout)
             except RetriableError as exc:
                 log.warning("pulsar client did not close cleanly", error=str(exc))
+            finally:
+                # A receive still running in its thread (the broker away) keeps the client's C++ threads
+                # alive; destroyed at interpreter exit they abort the process. shutdown() ends them now.
+                client.shutdown()
