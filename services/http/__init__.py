@@ -1,1 +1,2 @@
-"""HTTP: http-source, http-sink and knative-sink; the sinks share the delivery in :mod:`services.http.client`."""
+"""HTTP: http-source, chatgpt-source, http-sink and knative-sink; the sources share the intake in
+:mod:`services.http.intake`, the sinks the delivery in :mod:`services.http.client`."""

@@ -31,9 +31,10 @@ from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
 from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
 from runtime.validation import validate_model
-from services.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
+from services.http.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
+from tests.services.workers import until
 
 API_KEY = "sk-test-s3cret-key-value"
 SENDER_TOKEN = "sender-s3cret-token"
@@ -258,6 +259,61 @@ async def test_a_sender_token_is_required_when_configured(fake: FakeOpenAI) -> N
     finally:
         await pump.close()
         await source.stop()
+
+
+async def _until_closed(reader: asyncio.StreamReader, within: float = 20.0) -> bytes:
+    """Everything the server sends until it closes the connection (bounded)."""
+    received = b""
+    async with asyncio.timeout(within):
+        while chunk := await reader.read(65536):
+            received += chunk
+    return received
+
+
+async def test_a_request_head_not_sent_within_header_timeout_is_cut_off(fake: FakeOpenAI) -> None:
+    source, pump = await _started(_config(fake, header_timeout=1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+    writer.write(b"POST /chatgpt HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+    try:
+        assert await _until_closed(reader) == b""
+        assert (await _post(source, {"text": "still served"}))[0] == 200
+    finally:
+        writer.close()
+        await pump.close()
+        await source.stop()
+
+
+async def test_connections_beyond_max_connections_are_answered_503_and_the_others_served(fake: FakeOpenAI) -> None:
+    source, pump = await _started(_config(fake, max_connections=3, header_timeout=30.0))
+    held = [await asyncio.open_connection("127.0.0.1", source.port) for _ in range(3)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+        held.append((reader, writer))
+        answer = await _until_closed(reader)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After" in answer
+        for _, held_writer in held[:3]:
+            held_writer.close()
+
+        async def served() -> bool:  # the closes take a moment to reach the server
+            return (await _post(source, {"text": "after"}))[0] == 200
+
+        await until(served, "a request served once the held connections closed")
+    finally:
+        for _, held_writer in held:
+            held_writer.close()
+        await pump.close()
+        await source.stop()
+
+
+async def test_a_port_in_use_is_a_config_error_naming_the_port(fake: FakeOpenAI) -> None:
+    taken, pump = await _started(_config(fake))
+    try:
+        with pytest.raises(ConfigError, match="already in use") as info:
+            await _started(_config(fake, port=taken.port))
+        assert info.value.key == "config.port"
+    finally:
+        await pump.close()
+        await taken.stop()
 
 
 async def test_429_is_retried_after_the_retry_after_it_gives(fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]) -> None:

@@ -21,7 +21,7 @@ else loses nothing. A request waits at most ``response_timeout`` seconds (then 5
 4xx with the reason (415 content type, 400 JSON or attributes, 401 signature/token, 403 topic,
 408 body too slow, 413 body or event size), counted in ``meshconnect_refused_total{reason}``.
 Connections are bounded in number and in the time their request head and body may take
-(:mod:`services.http.source.connections`); signatures are described in :mod:`services.http.source.signing`.
+(:mod:`services.http.connections`); signatures are described in :mod:`services.http.source.signing`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, cast
 
@@ -47,19 +45,16 @@ from pydantic import Field
 
 from runtime import (
     MAX_EVENT_BODY,
-    ConfigError,
-    ConnectorConfig,
     ConnectorRecord,
     DataError,
-    RetriableError,
     Secret,
     Source,
     SourceContext,
     cloudevent_to_record,
     is_json_content_type,
 )
+from services.http.intake import REFUSAL_KINDS, HeldRecords, Listener, ListenerConfig, Refused, error_response
 from services.http.source import signing
-from services.http.source.connections import ConnectionGuard, GuardedSite
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 
@@ -74,9 +69,7 @@ _FORMAT = JSONFormat()
 _DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id", "X-Gitlab-Event-UUID", "X-Request-Id")
 
 
-class HttpSourceConfig(ConnectorConfig):
-    host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+class HttpSourceConfig(ListenerConfig):
     path: str = Field("/", pattern=r"^/", description="URL path that accepts POSTed events.")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
     queue_size: int = Field(1000, ge=1, description="Events received but not yet in the mesh, at most (503 above).")
@@ -111,48 +104,7 @@ class HttpSourceConfig(ConnectorConfig):
         description="Largest event accepted, in bytes of its wire form (the CloudEvent JSON the mesh receives; binary"
         " data in base64); 413 above. The default is the most a 4 MiB EventMesh frame carries.",
     )
-    max_connections: int = Field(512, ge=1, description="Open connections at most; one more is answered 503 and closed.")
-    header_timeout: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds a connection has to send a whole request head (line and headers), from its opening or from"
-        " the first byte of a request; then closed.",
-    )
-    keepalive_timeout: float = Field(
-        75.0, gt=0, description="Seconds a kept-alive connection may stay idle between requests; then closed."
-    )
     body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
-
-
-class _Rejected(Exception):
-    """A request answered with an HTTP error before anything was queued."""
-
-    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(reason)
-
-
-# The reason label of meshconnect_refused_total for each refusal status.
-_REFUSAL_KINDS = {
-    400: "malformed",
-    401: "auth",
-    403: "topic",
-    408: "body_timeout",
-    413: "size",
-    415: "content_type",
-    503: "busy",
-}
-
-
-@dataclasses.dataclass(slots=True)
-class _Waiting:
-    """One request whose events are in flight; answered when the last one is committed."""
-
-    last_seq: int
-    stored: asyncio.Future[bool]
-    """True once every event is in the mesh; False when the source stops first."""
 
 
 class HttpSource(Source[HttpSourceConfig]):
@@ -164,12 +116,8 @@ class HttpSource(Source[HttpSourceConfig]):
     def __init__(self, config: HttpSourceConfig) -> None:
         super().__init__(config)
         self.port = config.port
-        self._queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(maxsize=config.queue_size)
-        self._waiting: deque[_Waiting] = deque()
-        self._next_seq = 0
-        self._committed_seq = -1
-        self._runner: web.AppRunner | None = None
-        self._partition = {"path": config.path}
+        self._held = HeldRecords(queue_size=config.queue_size, partition={"path": config.path})
+        self._listener: Listener | None = None
         self._id_path = tuple(config.id_field.split(".")) if config.id_field else ()
         self._id_headers = [header.lower() for header in config.id_headers]
         # Headers besides ce-* an event's attributes are read from: signed in 'cloudevent' mode, never accepted twice.
@@ -178,64 +126,24 @@ class HttpSource(Source[HttpSourceConfig]):
 
     async def start(self, context: SourceContext) -> None:
         self._context = context
-        guard = ConnectionGuard(
-            self._connection,
-            max_connections=self.config.max_connections,
-            header_timeout=self.config.header_timeout,
-            keepalive_timeout=self.config.keepalive_timeout,
-            retry_after=self.config.retry_after,
-            on_refused=context.count_refused,
-        )
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[guard.middleware])
+        app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post(self.config.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = GuardedSite(self._runner, self.config.host, self.config.port, guard)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            if exc.errno == 98:  # EADDRINUSE: a config problem, not a passing one
-                raise ConfigError("config.port", f"port {self.config.port} is already in use", "choose a free port") from exc
-            raise RetriableError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
-        self.port = int(self._runner.addresses[0][1])  # the OS's choice when port is 0
+        self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
+        await self._listener.start()
+        self.port = self._listener.port
         log.info("http source listening", host=self.config.host, port=self.port, path=self.config.path)
 
-    def _connection(self) -> asyncio.BaseProtocol:
-        """aiohttp's protocol for a new connection (the guard wraps it)."""
-        assert self._runner is not None and self._runner.server is not None
-        return self._runner.server()
-
     async def poll(self) -> Sequence[ConnectorRecord]:
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout=1.0)
-        except TimeoutError:
-            return []
-        records = [first]
-        while len(records) < self.config.batch_size and not self._queue.empty():
-            records.append(self._queue.get_nowait())
-        return records
+        return await self._held.poll(self.config.batch_size)
 
     async def commit(self, records: Sequence[ConnectorRecord]) -> None:
-        seqs = [int(record.offset["seq"]) for record in records if "seq" in record.offset]
-        if seqs:
-            self._committed_seq = max(self._committed_seq, *seqs)
-        while self._waiting and self._waiting[0].last_seq <= self._committed_seq:
-            waiting = self._waiting.popleft()
-            if not waiting.stored.done():
-                waiting.stored.set_result(True)
+        self._held.commit(records)
 
     async def stop(self) -> None:
-        for waiting in self._waiting:
-            if not waiting.stored.done():
-                waiting.stored.set_result(False)
-        self._waiting.clear()
-        while not self._queue.empty():  # their senders got a 503 and will send them again
-            self._queue.get_nowait()
-        self._committed_seq = self._next_seq - 1
-        if self._runner is not None:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
-            self._runner = None
+        self._held.release()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
 
     # -- request handling -------------------------------------------------------------
 
@@ -246,32 +154,25 @@ class HttpSource(Source[HttpSourceConfig]):
             self._authenticate(request, headers, body)
             parsed = self._parse(headers, body)
             records = [self._checked(record, f"batch item {i}: " if len(parsed) > 1 else "") for i, record in enumerate(parsed)]
-            if self._pending() + len(records) > self.config.queue_size:
-                raise _Rejected(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
-        except _Rejected as rejected:
+            if self._held.pending + len(records) > self.config.queue_size:
+                raise Refused(503, "too many events waiting; retry later", retry_after=self.config.retry_after)
+        except Refused as rejected:
             return self._refuse(request, rejected)
         if not records:
             return web.json_response({"accepted": 0})
-        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        for record in records:
-            self._queue.put_nowait(record.replace(partition=self._partition, offset={"seq": self._next_seq}))
-            self._next_seq += 1
-        self._waiting.append(_Waiting(last_seq=self._next_seq - 1, stored=stored))
+        stored = self._held.hold(records)
         try:
             if not await asyncio.wait_for(asyncio.shield(stored), timeout=self.config.response_timeout):
-                return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
+                return error_response(503, "server stopping; retry later", retry_after=self.config.retry_after)
         except TimeoutError:
-            return _error(503, "events not yet stored in the mesh; retry later", retry_after=self.config.retry_after)
+            return error_response(503, "events not yet stored in the mesh; retry later", retry_after=self.config.retry_after)
         return web.json_response({"accepted": len(records)})
 
-    def _pending(self) -> int:
-        return self._next_seq - 1 - self._committed_seq
-
-    def _refuse(self, request: web.Request, rejected: _Rejected) -> web.Response:
+    def _refuse(self, request: web.Request, rejected: Refused) -> web.Response:
         """Every refusal is logged (with its status and reason) and counted before it is answered."""
         log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-        self._context.count_refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
-        response = _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+        self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+        response = error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
         if rejected.status in (408, 413):
             response.force_close()  # the rest of the body is not read: the connection cannot carry another request
         return response
@@ -281,9 +182,9 @@ class HttpSource(Source[HttpSourceConfig]):
             async with asyncio.timeout(self.config.body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise _Rejected(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
         except TimeoutError as exc:
-            raise _Rejected(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
+            raise Refused(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
 
     def _single_headers(self, request: web.Request) -> dict[str, str]:
         """The request's headers by lower-case name. One that makes the event may not come twice (which would
@@ -293,12 +194,12 @@ class HttpSource(Source[HttpSourceConfig]):
             key = name.lower()
             if key.startswith("ce-") or key == "content-type" or key in self._attribute_headers:
                 if key in headers:
-                    raise _Rejected(400, f"header {name[:100]} appears more than once")
+                    raise Refused(400, f"header {name[:100]} appears more than once")
                 if not value.isascii():
                     try:
                         value.encode()
                     except UnicodeEncodeError as exc:
-                        raise _Rejected(400, f"header {name[:100]} is not valid UTF-8") from exc
+                        raise Refused(400, f"header {name[:100]} is not valid UTF-8") from exc
             headers[key] = value
         return headers
 
@@ -306,7 +207,7 @@ class HttpSource(Source[HttpSourceConfig]):
         if self.config.token is not None:
             expected = f"Bearer {self.config.token.get_secret_value()}"
             if not signing.matches(headers.get("authorization", ""), expected):
-                raise _Rejected(401, "missing or wrong bearer token")
+                raise Refused(401, "missing or wrong bearer token")
         if self.config.hmac_secret is None:
             return
         secret = self.config.hmac_secret.get_secret_value().encode()
@@ -318,29 +219,29 @@ class HttpSource(Source[HttpSourceConfig]):
             )
             header, expected = signing.CLOUDEVENT_HEADER, signing.cloudevent_signature(secret, canonical)
         if not signing.matches(headers.get(header.lower(), ""), expected):
-            raise _Rejected(401, f"missing or wrong {header}")
+            raise Refused(401, f"missing or wrong {header}")
 
     def _checked(self, record: ConnectorRecord, where: str) -> ConnectorRecord:
         """``record`` once it may be published: its topic allowed, its extensions ours to take, its size within bounds."""
         subject = record.subject
         rules = self._context.rules
         if subject is not None and not rules.permits(subject):
-            raise _Rejected(
+            raise Refused(
                 403,
                 f"{where}subject {subject[:200]!r} names a topic this endpoint may not publish to; leave the subject out"
                 " (events then go to the configured topic) or ask the operator to add it to source.allowed_topics",
             )
         reserved = sorted(name for name in record.extensions if name.startswith("dlq"))
         if reserved:
-            raise _Rejected(
+            raise Refused(
                 400, f"{where}extension(s) {', '.join(reserved)}: names starting with dlq are reserved for dead letters"
             )
         try:
             size = len(rules.encode(record).body)
         except DataError as exc:
-            raise _Rejected(400, f"{where}invalid event: {exc.reason}") from exc
+            raise Refused(400, f"{where}invalid event: {exc.reason}") from exc
         if size > self.config.max_event_bytes:
-            raise _Rejected(
+            raise Refused(
                 413, f"{where}event of {size} bytes (wire form) is larger than max_event_bytes ({self.config.max_event_bytes})"
             )
         return record
@@ -359,7 +260,7 @@ class HttpSource(Source[HttpSourceConfig]):
         if content_type == STRUCTURED:
             event = _parse_json(body)
             if not isinstance(event, dict):
-                raise _Rejected(400, "a structured CloudEvent must be a JSON object")
+                raise Refused(400, "a structured CloudEvent must be a JSON object")
             _require_structured(event)
             return [_to_record(ce_http.from_structured, message)]
         if content_type == BATCH:
@@ -367,24 +268,24 @@ class HttpSource(Source[HttpSourceConfig]):
         if self.config.webhooks and is_json_content_type(content_type):
             return [self._webhook_record(headers, _parse_json(body))]
         accepted = f"{STRUCTURED}, {BATCH}, binary mode (ce-* headers)" + (", application/json" if self.config.webhooks else "")
-        raise _Rejected(415, f"unsupported content type {content_type or '(none)'}; send {accepted}")
+        raise Refused(415, f"unsupported content type {content_type or '(none)'}; send {accepted}")
 
     def _parse_batch(self, body: bytes) -> list[ConnectorRecord]:
         events = _parse_json(body)
         if not isinstance(events, list):
-            raise _Rejected(400, "a CloudEvents batch must be a JSON array")
+            raise Refused(400, "a CloudEvents batch must be a JSON array")
         if len(events) > self.config.queue_size:
-            raise _Rejected(413, f"batch of {len(events)} events is larger than queue_size {self.config.queue_size}")
+            raise Refused(413, f"batch of {len(events)} events is larger than queue_size {self.config.queue_size}")
         records = []
         for index, item in enumerate(events):
             if not isinstance(item, dict):
-                raise _Rejected(400, f"batch item {index} is not a JSON object")
+                raise Refused(400, f"batch item {index} is not a JSON object")
             item_message = ce_http.HTTPMessage(headers={"content-type": STRUCTURED}, body=orjson.dumps(item))
             try:
                 _require_structured(item)
                 records.append(_to_record(ce_http.from_structured, item_message))
-            except _Rejected as rejected:
-                raise _Rejected(400, f"batch item {index}: {rejected.reason}") from rejected
+            except Refused as rejected:
+                raise Refused(400, f"batch item {index}: {rejected.reason}") from rejected
         return records
 
     def _webhook_record(self, headers: dict[str, str], data: Any) -> ConnectorRecord:
@@ -414,7 +315,7 @@ def _parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _Rejected(400, f"invalid JSON: {exc}") from exc
+        raise Refused(400, f"invalid JSON: {exc}") from exc
 
 
 def _require_structured(event: dict[str, Any]) -> None:
@@ -424,14 +325,14 @@ def _require_structured(event: dict[str, Any]) -> None:
         try:
             base64.b64decode(encoded, validate=True)
         except (binascii.Error, TypeError, ValueError) as exc:
-            raise _Rejected(400, f"invalid CloudEvent: data_base64 is not valid base64 ({exc})") from exc
+            raise Refused(400, f"invalid CloudEvent: data_base64 is not valid base64 ({exc})") from exc
 
 
 def _require_attributes(present: set[str], prefix: str) -> None:
     # The SDK fills in a missing id and specversion; a sender that forgot them made a mistake we report.
     missing = [prefix + name for name in ("specversion", "id", "source", "type") if name not in present]
     if missing:
-        raise _Rejected(400, f"invalid CloudEvent: missing required attribute(s) {', '.join(missing)}")
+        raise Refused(400, f"invalid CloudEvent: missing required attribute(s) {', '.join(missing)}")
 
 
 def _to_record(parse: Callable[..., BaseCloudEvent], message: ce_http.HTTPMessage) -> ConnectorRecord:
@@ -439,13 +340,8 @@ def _to_record(parse: Callable[..., BaseCloudEvent], message: ce_http.HTTPMessag
     try:
         return cloudevent_to_record(cast(CloudEvent, parse(message, _FORMAT, CloudEvent)))
     except BaseCloudEventException as exc:
-        raise _Rejected(400, f"invalid CloudEvent: {exc}") from exc
+        raise Refused(400, f"invalid CloudEvent: {exc}") from exc
     except DataError as exc:
-        raise _Rejected(400, f"invalid CloudEvent: {exc.reason}") from exc
+        raise Refused(400, f"invalid CloudEvent: {exc.reason}") from exc
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed attribute values (e.g. time)
-        raise _Rejected(400, f"invalid CloudEvent: {exc}") from exc
-
-
-def _error(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": reason}, status=status, headers=headers)
+        raise Refused(400, f"invalid CloudEvent: {exc}") from exc

@@ -25,19 +25,18 @@ means stored. What the API answers:
 
 Bounds: request bodies (``max_body_bytes``), prompt length (``max_prompt_chars``), answer size
 (``max_tokens``, ``max_response_bytes``), calls in flight (``max_concurrent_calls``), events waiting
-(``queue_size``), every network wait (``connect_timeout``, ``request_timeout``) and every request
-(``response_timeout``). The API key appears in no log line or error message.
+(``queue_size``), open connections (``max_connections``) and the time a request head may take
+(``header_timeout``, :mod:`services.http.connections`), every network wait (``connect_timeout``,
+``request_timeout``) and every request (``response_timeout``). The API key appears in no log line or error message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import math
 import random
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -49,7 +48,6 @@ from pydantic import Field
 
 from runtime import (
     ConfigError,
-    ConnectorConfig,
     ConnectorRecord,
     HttpEndpoint,
     RetriableError,
@@ -57,6 +55,7 @@ from runtime import (
     Source,
     SourceContext,
 )
+from services.http.intake import REFUSAL_KINDS, HeldRecords, Listener, ListenerConfig, Refused, error_response
 
 __all__ = ["ChatGptSource", "ChatGptSourceConfig"]
 
@@ -68,9 +67,7 @@ _SETUP_STATUS = frozenset({401, 403, 404})  # key, permission or model: every pr
 _EXCERPT = 300  # characters of an API error body kept in a reason
 
 
-class ChatGptSourceConfig(ConnectorConfig):
-    host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+class ChatGptSourceConfig(ListenerConfig):
     path: str = Field("/chatgpt", pattern=r"^/", description="URL path that accepts POSTed prompts.")
     token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from senders with this token.")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest request body accepted (413 above).")
@@ -101,25 +98,6 @@ class ChatGptSourceConfig(ConnectorConfig):
     retry_after: int = Field(5, ge=0, description="Seconds sent in Retry-After with a 503 when the API gave none.")
 
 
-class _Rejected(Exception):
-    """A request answered with an HTTP error; nothing of it was published."""
-
-    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(reason)
-
-
-_REFUSAL_KINDS = {400: "malformed", 401: "auth", 413: "size", 415: "content_type", 503: "busy"}
-
-
-@dataclasses.dataclass(slots=True)
-class _Waiting:
-    seq: int
-    stored: asyncio.Future[bool]
-
-
 class ChatGptSource(Source[ChatGptSourceConfig]):
     name = "chatgpt-source"
     description = "HTTP endpoint that asks an OpenAI-compatible chat model about each POSTed text and publishes the answer."
@@ -130,14 +108,10 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         super().__init__(config)
         self.port = config.port
         self._url = f"{config.base_url.rstrip('/')}/chat/completions"
-        self._queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(maxsize=config.queue_size)
-        self._waiting: deque[_Waiting] = deque()
-        self._next_seq = 0
-        self._committed_seq = -1
+        self._held = HeldRecords(queue_size=config.queue_size, partition={"path": config.path})
         self._asking = 0  # requests admitted whose answer is not queued yet
         self._calls = asyncio.Semaphore(config.max_concurrent_calls)
-        self._partition = {"path": config.path}
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._session: aiohttp.ClientSession | None = None
         self._context = SourceContext(connector_name=self.name, committed_offsets={})
 
@@ -147,51 +121,29 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         self._session = aiohttp.ClientSession(timeout=timeout)
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post(self.config.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
+        self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
         try:
-            await web.TCPSite(self._runner, self.config.host, self.config.port).start()
-        except OSError as exc:
+            await self._listener.start()
+        except (ConfigError, RetriableError):
             await self._release()
-            if exc.errno == 98:  # EADDRINUSE: a config problem, not a passing one
-                raise ConfigError("config.port", f"port {self.config.port} is already in use", "choose a free port") from exc
-            raise RetriableError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
-        self.port = int(self._runner.addresses[0][1])
+            raise
+        self.port = self._listener.port
         log.info("chatgpt source listening", host=self.config.host, port=self.port, path=self.config.path, api=self._url)
 
     async def poll(self) -> Sequence[ConnectorRecord]:
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout=1.0)
-        except TimeoutError:
-            return []
-        records = [first]
-        while len(records) < self.config.batch_size and not self._queue.empty():
-            records.append(self._queue.get_nowait())
-        return records
+        return await self._held.poll(self.config.batch_size)
 
     async def commit(self, records: Sequence[ConnectorRecord]) -> None:
-        seqs = [int(record.offset["seq"]) for record in records if "seq" in record.offset]
-        if seqs:
-            self._committed_seq = max(self._committed_seq, *seqs)
-        while self._waiting and self._waiting[0].seq <= self._committed_seq:
-            waiting = self._waiting.popleft()
-            if not waiting.stored.done():
-                waiting.stored.set_result(True)
+        self._held.commit(records)
 
     async def stop(self) -> None:
-        for waiting in self._waiting:
-            if not waiting.stored.done():
-                waiting.stored.set_result(False)
-        self._waiting.clear()
-        while not self._queue.empty():  # their senders got a 503 and will send them again
-            self._queue.get_nowait()
-        self._committed_seq = self._next_seq - 1
+        self._held.release()
         await self._release()
 
     async def _release(self) -> None:
-        if self._runner is not None:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -202,35 +154,30 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         try:
             async with asyncio.timeout(self.config.response_timeout):
                 return await self._answer_request(request)
-        except _Rejected as rejected:
+        except Refused as rejected:
             log.info("chatgpt request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-            self._context.count_refused(_REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
-            return _error(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+            self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+            return error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
         except TimeoutError:
-            return _error(503, "no answer stored within response_timeout; retry later", retry_after=self.config.retry_after)
+            return error_response(
+                503, "no answer stored within response_timeout; retry later", retry_after=self.config.retry_after
+            )
 
     async def _answer_request(self, request: web.Request) -> web.Response:
         self._authenticate(request)
         prompt, event_id = await self._read_prompt(request)
-        if self._pending() + self._asking >= self.config.queue_size:
-            raise _Rejected(503, "too many prompts waiting; retry later", retry_after=self.config.retry_after)
+        if self._held.pending + self._asking >= self.config.queue_size:
+            raise Refused(503, "too many prompts waiting; retry later", retry_after=self.config.retry_after)
         self._asking += 1
         try:
             async with self._calls:
                 record = await self._complete(prompt, event_id)
         finally:
             self._asking -= 1
-        seq = self._next_seq
-        self._next_seq += 1
-        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(seq=seq, stored=stored))
-        self._queue.put_nowait(record.replace(partition=self._partition, offset={"seq": seq}))
+        stored = self._held.hold([record])
         if not await asyncio.shield(stored):
-            return _error(503, "server stopping; retry later", retry_after=self.config.retry_after)
+            return error_response(503, "server stopping; retry later", retry_after=self.config.retry_after)
         return web.json_response({"id": record.id, "dead_lettered": record.refusal is not None})
-
-    def _pending(self) -> int:
-        return self._next_seq - 1 - self._committed_seq
 
     def _authenticate(self, request: web.Request) -> None:
         if self.config.token is None:
@@ -238,32 +185,30 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         expected = f"Bearer {self.config.token.get_secret_value()}".encode()
         given = request.headers.get("Authorization", "").encode(errors="replace")
         if not hmac.compare_digest(given, expected):
-            raise _Rejected(401, "missing or wrong bearer token")
+            raise Refused(401, "missing or wrong bearer token")
 
     async def _read_prompt(self, request: web.Request) -> tuple[str, str]:
         if request.content_type != "application/json":
-            raise _Rejected(415, f"unsupported content type {request.content_type[:100]}; send application/json")
+            raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise _Rejected(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise _Rejected(400, f"invalid JSON: {exc}") from exc
+            raise Refused(400, f"invalid JSON: {exc}") from exc
         if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str) or not parsed["text"].strip():
-            raise _Rejected(400, 'send a JSON object {"text": "<prompt>"} with a non-empty text')
+            raise Refused(400, 'send a JSON object {"text": "<prompt>"} with a non-empty text')
         unknown = sorted(set(parsed) - {"text", "id"})
         if unknown:
-            raise _Rejected(400, f"unknown field(s) {', '.join(name[:50] for name in unknown[:5])}; send only text and id")
+            raise Refused(400, f"unknown field(s) {', '.join(name[:50] for name in unknown[:5])}; send only text and id")
         text: str = parsed["text"]
         if len(text) > self.config.max_prompt_chars:
-            raise _Rejected(
-                413, f"text of {len(text)} characters is longer than max_prompt_chars ({self.config.max_prompt_chars})"
-            )
+            raise Refused(413, f"text of {len(text)} characters is longer than max_prompt_chars ({self.config.max_prompt_chars})")
         given_id = parsed.get("id", request.headers.get("Idempotency-Key"))
         if given_id is not None and (not isinstance(given_id, str) or not 0 < len(given_id) <= 200):
-            raise _Rejected(400, "id must be a text of 1 to 200 characters")
+            raise Refused(400, "id must be a text of 1 to 200 characters")
         return text, given_id or str(uuid.uuid4())
 
     # -- the chat API -----------------------------------------------------------------
@@ -277,7 +222,7 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
         return payload
 
     async def _complete(self, prompt: str, event_id: str) -> ConnectorRecord:
-        """The record for ``prompt``: its answer, or a refusal to dead-letter; _Rejected(503) when the API stays away."""
+        """The record for ``prompt``: its answer, or a refusal to dead-letter; Refused(503) when the API stays away."""
         payload = orjson.dumps(self._payload(prompt))
         for attempt in range(1, self.config.max_attempts + 1):
             try:
@@ -295,12 +240,12 @@ class ChatGptSource(Source[ChatGptSourceConfig]):
                     return _refused(prompt, event_id, f"the chat API refused the prompt: HTTP {status}: {excerpt}")
                 if status in _SETUP_STATUS:
                     log.error("chat API refuses the connector's setup; check api_key, base_url and model", status=status)
-                    raise _Rejected(503, f"the chat API answered {status}; the connector's setup needs fixing")
+                    raise Refused(503, f"the chat API answered {status}; the connector's setup needs fixing")
                 problem = f"the chat API answered {status}: {excerpt}"
             delay = retry_after if retry_after is not None else self._backoff(attempt)
             if attempt == self.config.max_attempts or delay > self.config.backoff_max:
                 log.warning("chat API unavailable; sender asked to retry", attempts=attempt, problem=problem)
-                raise _Rejected(503, f"{problem}; retry later", retry_after=math.ceil(delay) or self.config.retry_after)
+                raise Refused(503, f"{problem}; retry later", retry_after=math.ceil(delay) or self.config.retry_after)
             log.info("chat API call failed; retrying", attempt=attempt, delay=round(delay, 2), problem=problem)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -359,8 +304,3 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _error(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": reason}, status=status, headers=headers)

@@ -1,4 +1,4 @@
-"""The listening side of http-source: a limit on open connections and a deadline for each request's head.
+"""The listening side of the HTTP sources: a limit on open connections and a deadline for each request's head.
 
 aiohttp reads a request's line and headers as slowly as the peer sends them, so a peer that
 trickles a byte now and then (slow-loris) holds a connection, and a few hundred such peers hold

@@ -1,0 +1,189 @@
+"""The intake shared by the HTTP sources: a guarded listener, and records held until the mesh stored them.
+
+A sender's response waits until its events are durably in the mesh, so 200 means "stored":
+
+* :class:`HeldRecords` numbers each queued record (``offset={"seq": n}``), hands them to the
+  worker in :meth:`~HeldRecords.poll`, and resolves the waiting senders, oldest first, when
+  :meth:`~HeldRecords.commit` reports them stored; :meth:`~HeldRecords.release` (at stop) tells the
+  waiting senders "not stored" (they answer 503 and are sent again) and empties the queue;
+* :class:`Listener` serves an aiohttp application on host and port through a
+  :class:`~services.http.connections.ConnectionGuard` (a cap on open connections, a deadline for
+  each request head), as a :class:`ListenerConfig` sets them; a port already in use is a
+  :class:`ConfigError`.
+
+A request refused before anything of it was queued raises :class:`Refused`; :func:`error_response`
+answers it, and :data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+from pydantic import Field
+
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError
+from services.http.connections import ConnectionGuard, GuardedSite
+
+__all__ = ["REFUSAL_KINDS", "HeldRecords", "Listener", "ListenerConfig", "Refused", "error_response"]
+
+_POLL_WAIT = 1.0  # seconds poll waits for a first record before it returns none
+
+
+# The reason label of meshconnect_refused_total for each refusal status.
+REFUSAL_KINDS = {
+    400: "malformed",
+    401: "auth",
+    403: "topic",
+    408: "body_timeout",
+    413: "size",
+    415: "content_type",
+    503: "busy",
+}
+
+
+class Refused(Exception):
+    """A request answered with an HTTP error before anything of it was queued."""
+
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+def error_response(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+    """The JSON answer ``{"error": reason}`` with ``status``, and ``Retry-After`` when given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+class ListenerConfig(ConnectorConfig):
+    """Where an HTTP source listens, and the bounds on its connections."""
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    max_connections: int = Field(512, ge=1, description="Open connections at most; one more is answered 503 and closed.")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a whole request head (line and headers), from its opening or from"
+        " the first byte of a request; then closed.",
+    )
+    keepalive_timeout: float = Field(
+        75.0, gt=0, description="Seconds a kept-alive connection may stay idle between requests; then closed."
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    """One request whose records are in flight; answered when the last one is committed."""
+
+    last_seq: int
+    stored: asyncio.Future[bool]
+    """True once every record is in the mesh; False when the source stops first."""
+
+
+class HeldRecords:
+    """At most ``queue_size`` records on their way to the mesh, each with a sender waiting for it to be stored."""
+
+    def __init__(self, *, queue_size: int, partition: dict[str, str]) -> None:
+        self._queue: asyncio.Queue[ConnectorRecord] = asyncio.Queue(maxsize=queue_size)
+        self._waiting: deque[_Waiting] = deque()
+        self._partition = partition
+        self._next_seq = 0
+        self._committed_seq = -1
+
+    @property
+    def pending(self) -> int:
+        """Records queued or handed to the worker, not yet committed."""
+        return self._next_seq - 1 - self._committed_seq
+
+    def hold(self, records: Sequence[ConnectorRecord]) -> asyncio.Future[bool]:
+        """Queue ``records`` (the caller checked :attr:`pending` leaves room for them); the future becomes True once
+        all are stored, False when the source stops first."""
+        for record in records:
+            self._queue.put_nowait(record.replace(partition=self._partition, offset={"seq": self._next_seq}))
+            self._next_seq += 1
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(last_seq=self._next_seq - 1, stored=stored))
+        return stored
+
+    async def poll(self, batch_size: int) -> list[ConnectorRecord]:
+        """The next records, up to ``batch_size``; none after a second without any."""
+        try:
+            first = await asyncio.wait_for(self._queue.get(), timeout=_POLL_WAIT)
+        except TimeoutError:
+            return []
+        records = [first]
+        while len(records) < batch_size and not self._queue.empty():
+            records.append(self._queue.get_nowait())
+        return records
+
+    def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        """``records`` are in the mesh: answer the senders whose records all are."""
+        seqs = [int(record.offset["seq"]) for record in records if "seq" in record.offset]
+        if seqs:
+            self._committed_seq = max(self._committed_seq, *seqs)
+        while self._waiting and self._waiting[0].last_seq <= self._committed_seq:
+            waiting = self._waiting.popleft()
+            if not waiting.stored.done():
+                waiting.stored.set_result(True)
+
+    def release(self) -> None:
+        """The source stops: every waiting sender hears "not stored" and the queue is emptied."""
+        for waiting in self._waiting:
+            if not waiting.stored.done():
+                waiting.stored.set_result(False)
+        self._waiting.clear()
+        while not self._queue.empty():  # their senders got a 503 and will send them again
+            self._queue.get_nowait()
+        self._committed_seq = self._next_seq - 1
+
+
+class Listener:
+    """Serves ``app`` where ``config`` says, its connections bounded by a :class:`ConnectionGuard`; a connection
+    over the limit is answered 503 with ``retry_after``, and each refusal reported to ``on_refused``."""
+
+    def __init__(
+        self, app: web.Application, config: ListenerConfig, *, retry_after: int, on_refused: Callable[[str], None]
+    ) -> None:
+        self._guard = ConnectionGuard(
+            self._connection,
+            max_connections=config.max_connections,
+            header_timeout=config.header_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            retry_after=retry_after,
+            on_refused=on_refused,
+        )
+        app.middlewares.append(self._guard.middleware)
+        self._app = app
+        self._host = config.host
+        self.port = config.port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen; :attr:`port` is then the bound one (the OS's choice when it was 0)."""
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        try:
+            await GuardedSite(self._runner, self._host, self.port, self._guard).start()
+        except OSError as exc:
+            await self.stop()
+            if exc.errno == 98:  # EADDRINUSE: a config problem, not a passing one
+                raise ConfigError("config.port", f"port {self.port} is already in use", "choose a free port") from exc
+            raise RetriableError(f"cannot listen on {self._host}:{self.port}: {exc}") from exc
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=5.0)
+            self._runner = None
+
+    def _connection(self) -> asyncio.BaseProtocol:
+        """aiohttp's protocol for a new connection (the guard wraps it)."""
+        assert self._runner is not None and self._runner.server is not None
+        return self._runner.server()
