@@ -8,8 +8,9 @@ A sender's response waits until its events are durably in the mesh, so 200 means
   waiting senders "not stored" (they answer 503 and are sent again) and empties the queue;
 * :class:`Listener` serves an aiohttp application on host and port through a
   :class:`~services.http.connections.ConnectionGuard` (a cap on open connections, a deadline for
-  each request head), as a :class:`ListenerConfig` sets them; a port already in use is a
-  :class:`ConfigError`.
+  each request head); a port already in use is a :class:`ConfigError`;
+* :class:`IntakeSource` puts the two together: a source whose author writes ``_handle`` (the
+  answer to a ``POST <path>``), configured by a subclass of :class:`IntakeConfig`.
 
 A request refused before anything of it was queued raises :class:`Refused`; :func:`error_response`
 answers it, and :data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``.
@@ -21,14 +22,15 @@ import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import ClassVar, TypeVar
 
 from aiohttp import web
 from pydantic import Field
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
 from services.http.connections import ConnectionGuard, GuardedSite
 
-__all__ = ["REFUSAL_KINDS", "HeldRecords", "Listener", "ListenerConfig", "Refused", "error_response"]
+__all__ = ["REFUSAL_KINDS", "HeldRecords", "IntakeConfig", "IntakeSource", "Listener", "Refused", "error_response"]
 
 _POLL_WAIT = 1.0  # seconds poll waits for a first record before it returns none
 
@@ -61,11 +63,17 @@ def error_response(status: int, reason: str, *, retry_after: int | None = None) 
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
-class ListenerConfig(ConnectorConfig):
-    """Where an HTTP source listens, and the bounds on its connections."""
+class IntakeConfig(ConnectorConfig):
+    """Where an HTTP source listens and what it holds; a subclass gives path, max_body_bytes, queue_size and
+    retry_after the default and description that fit its requests."""
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    path: str = Field(pattern=r"^/", description="URL path that accepts POSTed requests.")
+    max_body_bytes: int = Field(ge=1, description="Largest request body accepted (413 above).")
+    queue_size: int = Field(ge=1, description="Records not yet in the mesh, at most (503 above).")
+    batch_size: int = Field(100, ge=1, description="Events handed to the worker per poll, at most.")
+    retry_after: int = Field(ge=0, description="Seconds sent in Retry-After with a 503.")
     max_connections: int = Field(512, ge=1, description="Open connections at most; one more is answered 503 and closed.")
     header_timeout: float = Field(
         10.0,
@@ -149,7 +157,7 @@ class Listener:
     over the limit is answered 503 with ``retry_after``, and each refusal reported to ``on_refused``."""
 
     def __init__(
-        self, app: web.Application, config: ListenerConfig, *, retry_after: int, on_refused: Callable[[str], None]
+        self, app: web.Application, config: IntakeConfig, *, retry_after: int, on_refused: Callable[[str], None]
     ) -> None:
         self._guard = ConnectionGuard(
             self._connection,
@@ -187,3 +195,49 @@ class Listener:
         """aiohttp's protocol for a new connection (the guard wraps it)."""
         assert self._runner is not None and self._runner.server is not None
         return self._runner.server()
+
+
+IntakeConfigT = TypeVar("IntakeConfigT", bound=IntakeConfig)
+
+
+class IntakeSource(Source[IntakeConfigT]):
+    """An HTTP source whose senders are answered once their records are stored.
+
+    :meth:`start` listens (a :class:`Listener`) and routes ``POST <path>`` to :meth:`_handle`, which
+    queues records with ``self._held.hold`` and awaits the future it returns; :meth:`poll`,
+    :meth:`commit` and :meth:`stop` run :class:`HeldRecords`. ``self._context`` is the worker's
+    once started.
+    """
+
+    exclusive: ClassVar[bool] = False
+
+    def __init__(self, config: IntakeConfigT) -> None:
+        super().__init__(config)
+        self.port = config.port
+        self._held = HeldRecords(queue_size=config.queue_size, partition={"path": config.path})
+        self._listener: Listener | None = None
+        self._context = SourceContext(connector_name=self.name, committed_offsets={})
+
+    async def start(self, context: SourceContext) -> None:
+        self._context = context
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post(self.config.path, self._handle)
+        self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
+        await self._listener.start()
+        self.port = self._listener.port
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        """The answer to one ``POST <path>``."""
+        raise NotImplementedError
+
+    async def poll(self) -> Sequence[ConnectorRecord]:
+        return await self._held.poll(self.config.batch_size)
+
+    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
+        self._held.commit(records)
+
+    async def stop(self) -> None:
+        self._held.release()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

@@ -1,4 +1,5 @@
-"""What the http-source tests share: a started source on a free port, a stand-in worker, a POST."""
+"""What the http-source tests share: a started source on a free port, a stand-in worker, a POST; and what the
+chatgpt-source tests share with them: reading a connection until the server closes it."""
 
 from __future__ import annotations
 
@@ -74,3 +75,12 @@ def refused_count(reason: str) -> float:
     """meshconnect_refused_total of the test sources (instance "test") for ``reason``."""
     labels = {"connector": "http-source", "name": "test", "reason": reason}
     return REGISTRY.get_sample_value("meshconnect_refused_total", labels) or 0.0
+
+
+async def until_closed(reader: asyncio.StreamReader, within: float = 20.0) -> bytes:
+    """Everything the server sends until it closes the connection (bounded)."""
+    received = b""
+    async with asyncio.timeout(within):
+        while chunk := await reader.read(65536):
+            received += chunk
+    return received

@@ -34,6 +34,7 @@ from runtime.validation import validate_model
 from services.http.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
+from tests.services.http_source import until_closed
 from tests.services.workers import until
 
 API_KEY = "sk-test-s3cret-key-value"
@@ -261,21 +262,12 @@ async def test_a_sender_token_is_required_when_configured(fake: FakeOpenAI) -> N
         await source.stop()
 
 
-async def _until_closed(reader: asyncio.StreamReader, within: float = 20.0) -> bytes:
-    """Everything the server sends until it closes the connection (bounded)."""
-    received = b""
-    async with asyncio.timeout(within):
-        while chunk := await reader.read(65536):
-            received += chunk
-    return received
-
-
 async def test_a_request_head_not_sent_within_header_timeout_is_cut_off(fake: FakeOpenAI) -> None:
     source, pump = await _started(_config(fake, header_timeout=1.0))
     reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
     writer.write(b"POST /chatgpt HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
     try:
-        assert await _until_closed(reader) == b""
+        assert await until_closed(reader) == b""
         assert (await _post(source, {"text": "still served"}))[0] == 200
     finally:
         writer.close()
@@ -289,7 +281,7 @@ async def test_connections_beyond_max_connections_are_answered_503_and_the_other
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
         held.append((reader, writer))
-        answer = await _until_closed(reader)
+        answer = await until_closed(reader)
         assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After" in answer
         for _, held_writer in held[:3]:
             held_writer.close()

@@ -18,18 +18,9 @@ from runtime.testing import (
 )
 from services.http.source.connector import HttpSource
 from tests.servers import free_port
-from tests.services.http_source import Pump, post_event, refused_count, source_config, started_source
+from tests.services.http_source import Pump, post_event, refused_count, source_config, started_source, until_closed
 
 # -- connections: head and body deadlines, a limit on their number -------------------------------
-
-
-async def _until_closed(reader: asyncio.StreamReader, within: float = 20.0) -> bytes:
-    """Everything the server sends until it closes the connection (bounded)."""
-    received = b""
-    async with asyncio.timeout(within):
-        while chunk := await reader.read(65536):
-            received += chunk
-    return received
 
 
 async def _trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
@@ -48,7 +39,7 @@ async def test_a_slow_request_head_is_cut_off_after_header_timeout() -> None:
     trickling = asyncio.create_task(_trickle(writer, b"POST /events HTTP/1.1\r\nHost: x\r\n"))
     try:
         before = refused_count("header_timeout")
-        assert await _until_closed(reader) == b""
+        assert await until_closed(reader) == b""
         assert refused_count("header_timeout") == before + 1
     finally:
         trickling.cancel()
@@ -61,7 +52,7 @@ async def test_a_slow_body_is_answered_408_after_body_timeout() -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
     writer.write(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
     try:
-        answer = await _until_closed(reader)
+        answer = await until_closed(reader)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"body_timeout" in answer
     finally:
         writer.close()
@@ -80,7 +71,7 @@ async def test_a_kept_alive_connection_may_idle_longer_than_the_head_deadline_un
                 assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
                 await reader.readuntil(b'{"accepted": 1}')
             await asyncio.sleep(1.5)  # idle for longer than header_timeout: a client's pooled connection
-        assert await _until_closed(reader) == b""  # ... but not beyond keepalive_timeout
+        assert await until_closed(reader) == b""  # ... but not beyond keepalive_timeout
     finally:
         writer.close()
         await pump.close()
@@ -99,14 +90,14 @@ async def test_the_connection_limit_holds_under_a_flood_and_requests_succeed_aft
             slow.append((reader, writer))
         before = refused_count("busy")
         flood = [await asyncio.open_connection("127.0.0.1", source.port) for _ in range(200)]
-        answers = await asyncio.gather(*(_until_closed(reader) for reader, _ in flood), return_exceptions=True)
+        answers = await asyncio.gather(*(until_closed(reader) for reader, _ in flood), return_exceptions=True)
         refused = [a for a in answers if isinstance(a, bytes) and a.startswith(b"HTTP/1.1 503 ") and b"max_connections 20" in a]
         # Every connection over the limit is answered 503 at once (a reset may beat the answer to a few clients).
         assert len(refused) >= 150 and all(isinstance(a, bytes | ConnectionError) for a in answers)
         assert refused_count("busy") == before + 200
         assert all(not reader.at_eof() for reader, _ in slow[:5])  # the 20 within the limit are still open
         for reader, _ in slow:  # ... until their head deadline closes them
-            assert await _until_closed(reader) == b""
+            assert await until_closed(reader) == b""
         status, _, _ = await post_event(source, b'{"after": "flood"}', {"content-type": "application/json"})
         assert status == 200 and pump.seen[-1].data == {"after": "flood"}
     finally:
@@ -220,7 +211,7 @@ async def test_no_malformed_request_ends_the_http_source_worker(tmp_path: Path) 
             for raw in RAW_REQUESTS:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(raw)
-                answer = await _until_closed(reader)
+                answer = await until_closed(reader)
                 writer.close()
                 assert not answer or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), (raw, answer[:100])
             async with session.post(url, data=b'{"still": "serving"}', headers={"content-type": "application/json"}) as response:

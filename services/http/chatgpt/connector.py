@@ -37,8 +37,7 @@ import hmac
 import math
 import random
 import uuid
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import aiohttp
 import orjson
@@ -52,10 +51,9 @@ from runtime import (
     HttpEndpoint,
     RetriableError,
     Secret,
-    Source,
     SourceContext,
 )
-from services.http.intake import REFUSAL_KINDS, HeldRecords, Listener, ListenerConfig, Refused, error_response
+from services.http.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["ChatGptSource", "ChatGptSourceConfig"]
 
@@ -67,7 +65,7 @@ _SETUP_STATUS = frozenset({401, 403, 404})  # key, permission or model: every pr
 _EXCERPT = 300  # characters of an API error body kept in a reason
 
 
-class ChatGptSourceConfig(ListenerConfig):
+class ChatGptSourceConfig(IntakeConfig):
     path: str = Field("/chatgpt", pattern=r"^/", description="URL path that accepts POSTed prompts.")
     token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from senders with this token.")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest request body accepted (413 above).")
@@ -91,59 +89,39 @@ class ChatGptSourceConfig(ListenerConfig):
     backoff_max: float = Field(30.0, gt=0, description="Longest backoff in seconds (a longer Retry-After gives up).")
     max_concurrent_calls: int = Field(8, ge=1, description="API calls in flight at most; more requests wait.")
     queue_size: int = Field(100, ge=1, description="Answers not yet in the mesh, at most (503 above).")
-    batch_size: int = Field(100, ge=1, description="Events handed to the worker per poll, at most.")
     response_timeout: float = Field(
         180.0, gt=0, description="Seconds a request may take in all (API calls, retries, storing); 503 after."
     )
     retry_after: int = Field(5, ge=0, description="Seconds sent in Retry-After with a 503 when the API gave none.")
 
 
-class ChatGptSource(Source[ChatGptSourceConfig]):
+class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
     name = "chatgpt-source"
     description = "HTTP endpoint that asks an OpenAI-compatible chat model about each POSTed text and publishes the answer."
     config_model = ChatGptSourceConfig
-    exclusive: ClassVar[bool] = False
 
     def __init__(self, config: ChatGptSourceConfig) -> None:
         super().__init__(config)
-        self.port = config.port
         self._url = f"{config.base_url.rstrip('/')}/chat/completions"
-        self._held = HeldRecords(queue_size=config.queue_size, partition={"path": config.path})
         self._asking = 0  # requests admitted whose answer is not queued yet
         self._calls = asyncio.Semaphore(config.max_concurrent_calls)
-        self._listener: Listener | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._context = SourceContext(connector_name=self.name, committed_offsets={})
 
     async def start(self, context: SourceContext) -> None:
-        self._context = context
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=self.config.connect_timeout)
         self._session = aiohttp.ClientSession(timeout=timeout)
-        app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post(self.config.path, self._handle)
-        self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
         try:
-            await self._listener.start()
+            await super().start(context)
         except (ConfigError, RetriableError):
-            await self._release()
+            await self._close_session()
             raise
-        self.port = self._listener.port
         log.info("chatgpt source listening", host=self.config.host, port=self.port, path=self.config.path, api=self._url)
 
-    async def poll(self) -> Sequence[ConnectorRecord]:
-        return await self._held.poll(self.config.batch_size)
-
-    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
-        self._held.commit(records)
-
     async def stop(self) -> None:
-        self._held.release()
-        await self._release()
+        await super().stop()
+        await self._close_session()
 
-    async def _release(self) -> None:
-        if self._listener is not None:
-            await self._listener.stop()
-            self._listener = None
+    async def _close_session(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None

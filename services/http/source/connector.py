@@ -30,8 +30,8 @@ import asyncio
 import base64
 import binascii
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal, cast
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import orjson
 import structlog
@@ -48,12 +48,11 @@ from runtime import (
     ConnectorRecord,
     DataError,
     Secret,
-    Source,
     SourceContext,
     cloudevent_to_record,
     is_json_content_type,
 )
-from services.http.intake import REFUSAL_KINDS, HeldRecords, Listener, ListenerConfig, Refused, error_response
+from services.http.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 from services.http.source import signing
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
@@ -69,11 +68,10 @@ _FORMAT = JSONFormat()
 _DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id", "X-Gitlab-Event-UUID", "X-Request-Id")
 
 
-class HttpSourceConfig(ListenerConfig):
+class HttpSourceConfig(IntakeConfig):
     path: str = Field("/", pattern=r"^/", description="URL path that accepts POSTed events.")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
     queue_size: int = Field(1000, ge=1, description="Events received but not yet in the mesh, at most (503 above).")
-    batch_size: int = Field(100, ge=1, description="Events handed to the worker per poll, at most.")
     response_timeout: float = Field(30.0, gt=0, description="Seconds a request waits for its events to be stored (503 after).")
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 503.")
     webhooks: bool = Field(True, description="Accept plain JSON bodies (webhooks) besides CloudEvents.")
@@ -107,43 +105,21 @@ class HttpSourceConfig(ListenerConfig):
     body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
 
 
-class HttpSource(Source[HttpSourceConfig]):
+class HttpSource(IntakeSource[HttpSourceConfig]):
     name = "http-source"
     description = "HTTP endpoint receiving CloudEvents (binary, structured, batch) and JSON webhooks."
     config_model = HttpSourceConfig
-    exclusive: ClassVar[bool] = False
 
     def __init__(self, config: HttpSourceConfig) -> None:
         super().__init__(config)
-        self.port = config.port
-        self._held = HeldRecords(queue_size=config.queue_size, partition={"path": config.path})
-        self._listener: Listener | None = None
         self._id_path = tuple(config.id_field.split(".")) if config.id_field else ()
         self._id_headers = [header.lower() for header in config.id_headers]
         # Headers besides ce-* an event's attributes are read from: signed in 'cloudevent' mode, never accepted twice.
         self._attribute_headers = frozenset({"x-github-event", *self._id_headers})
-        self._context = SourceContext(connector_name=self.name, committed_offsets={})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
-        self._context = context
-        app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post(self.config.path, self._handle)
-        self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
-        await self._listener.start()
-        self.port = self._listener.port
+        await super().start(context)
         log.info("http source listening", host=self.config.host, port=self.port, path=self.config.path)
-
-    async def poll(self) -> Sequence[ConnectorRecord]:
-        return await self._held.poll(self.config.batch_size)
-
-    async def commit(self, records: Sequence[ConnectorRecord]) -> None:
-        self._held.commit(records)
-
-    async def stop(self) -> None:
-        self._held.release()
-        if self._listener is not None:
-            await self._listener.stop()
-            self._listener = None
 
     # -- request handling -------------------------------------------------------------
 
