@@ -95,7 +95,13 @@ class PulsarSink(Sink[PulsarSinkConfig]):
             self.config.service_url, **client_options(self.config.token, self.config.timeout, self.config.ca_file)
         )
         if "{topic}" not in self.config.topic:  # one fixed topic: reach it now, so a wrong one fails at start
-            await self._producer(self.config.topic)
+            try:
+                await self._producer(self.config.topic)
+            except BaseException:
+                # The worker retries a failed start with a new client: this one must end now (see stop).
+                client, self._client = self._client, None
+                client.shutdown()
+                raise
 
     def _topic_for(self, record: ConnectorRecord) -> str:
         topic = self.config.topic.replace("{topic}", record.subject or "")

@@ -83,7 +83,20 @@ class PulsarSource(Source[PulsarSourceConfig]):
         )
         policy = pulsar.ConsumerBatchReceivePolicy(self.config.batch_size, self.config.batch_bytes, _BATCH_WAIT_MS)
         client = self._client
-        self._consumer = await pulsar_blocking(
+        try:
+            self._consumer = await self._subscribe(client, subscription, policy, context)
+        except BaseException:
+            # The worker retries a failed start with a new client: this one must end now, as a client
+            # destroyed at interpreter exit with its C++ threads running aborts the process.
+            self._client = None
+            client.shutdown()
+            raise
+        log.info("pulsar source consuming", topics=self.config.topics, subscription=subscription)
+
+    async def _subscribe(
+        self, client: pulsar.Client, subscription: str, policy: pulsar.ConsumerBatchReceivePolicy, context: SourceContext
+    ) -> pulsar.Consumer:
+        return await pulsar_blocking(
             "subscribe",
             lambda: client.subscribe(
                 self.config.topics,
@@ -100,7 +113,6 @@ class PulsarSource(Source[PulsarSourceConfig]):
             ),
             self.config.timeout,
         )
-        log.info("pulsar source consuming", topics=self.config.topics, subscription=subscription)
 
     async def poll(self) -> Sequence[ConnectorRecord]:
         consumer = self._consumer
