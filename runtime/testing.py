@@ -531,5 +531,7 @@ def _main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    from runtime.app import exit_process
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(_main(sys.argv[1:]))
+    exit_process(_main(sys.argv[1:]))

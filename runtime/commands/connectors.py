@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import structlog
 
-from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, open_registry, run_connector
+from runtime.app import DEFAULT_SHUTDOWN_TIMEOUT, EXIT_CONFIG, EXIT_FAILED, exit_process, open_registry, run_connector
 from runtime.commands.completion import CONNECTOR_METAVAR
 from runtime.commands.events import structured_json
 from runtime.commands.options import add_config_argument, load_worker_config, report_config_error
@@ -119,7 +119,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"meshconnect: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(LogSettings(), stream=sys.stderr)  # what the config load warns about, until the config says how
-    return run_connector(args.config, connector_class=cls, shutdown_timeout=args.shutdown_timeout)
+    exit_process(run_connector(args.config, connector_class=cls, shutdown_timeout=args.shutdown_timeout))
 
 
 def check_command(args: argparse.Namespace) -> int:

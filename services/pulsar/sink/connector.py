@@ -98,7 +98,8 @@ class PulsarSink(Sink[PulsarSinkConfig]):
             try:
                 await self._producer(self.config.topic)
             except BaseException:
-                # The worker retries a failed start with a new client: this one must end now (see stop).
+                # The worker retries a failed start with a new client: this one must end now, as a client
+                # destroyed at interpreter exit with its C++ threads running aborts the process.
                 client, self._client = self._client, None
                 client.shutdown()
                 raise
@@ -220,6 +221,3 @@ class PulsarSink(Sink[PulsarSinkConfig]):
                 await pulsar_call("close", client.close(), self.config.timeout)
             except RetriableError as exc:
                 log.warning("pulsar client did not close cleanly", error=str(exc))
-            finally:
-                # Ends the client's C++ threads now: left to interpreter exit, they can abort the process.
-                client.shutdown()

@@ -11,6 +11,7 @@ client reconnects by itself and polls raise ``RetriableError`` (the worker shows
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from runtime import (
     SourceContext,
     record_from_payload,
 )
-from services.pulsar.client import client_options, pulsar_blocking
+from services.pulsar.client import client_options, pulsar_blocking, pulsar_error
 
 __all__ = ["PulsarSource", "PulsarSourceConfig"]
 
@@ -73,6 +74,7 @@ class PulsarSource(Source[PulsarSourceConfig]):
         self._client: pulsar.Client | None = None
         self._consumer: pulsar.Consumer | None = None
         self._unacked: dict[tuple[str, int, int, int], pulsar.MessageId] = {}
+        self._receiving: asyncio.Future[list[pulsar.Message]] | None = None
         self._context = SourceContext(self.name, {})  # the worker's, once started
 
     async def start(self, context: SourceContext) -> None:
@@ -117,7 +119,14 @@ class PulsarSource(Source[PulsarSourceConfig]):
     async def poll(self) -> Sequence[ConnectorRecord]:
         consumer = self._consumer
         assert consumer is not None, "start() first"
-        messages = await pulsar_blocking("receive", consumer.batch_receive, self.config.timeout + _BATCH_WAIT_MS / 1000)
+        # The receive runs on in its thread if this poll is cancelled: stop() waits for it before closing.
+        receiving = self._receiving = asyncio.ensure_future(asyncio.to_thread(consumer.batch_receive))
+        receiving.add_done_callback(_retrieved)
+        try:
+            async with asyncio.timeout(self.config.timeout + _BATCH_WAIT_MS / 1000):
+                messages = await asyncio.shield(receiving)
+        except (pulsar.exceptions.PulsarException, TimeoutError) as exc:
+            raise pulsar_error("receive", exc, "config.topics") from exc
         if not messages:
             if not consumer.is_connected():
                 raise RetriableError(f"Pulsar broker at {self.config.service_url} unreachable; the client reconnects")
@@ -166,11 +175,17 @@ class PulsarSource(Source[PulsarSourceConfig]):
         if self._client is not None:
             client, self._client, self._consumer = self._client, None, None
             # close, not unsubscribe: the subscription keeps the cursor for the next start
+            receiving, self._receiving = self._receiving, None
+            if receiving is not None and not receiving.done():
+                # Closing the client under a receive still running in its thread aborts the process at exit.
+                await asyncio.wait({receiving}, timeout=self.config.timeout + _BATCH_WAIT_MS / 1000)
             try:
                 await pulsar_blocking("close", client.close, self.config.timeout)
             except RetriableError as exc:
                 log.warning("pulsar client did not close cleanly", error=str(exc))
-            finally:
-                # A receive still running in its thread (the broker away) keeps the client's C++ threads
-                # alive; destroyed at interpreter exit they abort the process. shutdown() ends them now.
-                client.shutdown()
+
+
+def _retrieved(receiving: asyncio.Future[list[pulsar.Message]]) -> None:
+    """Reads the outcome of a receive nobody awaits any more (its poll was cancelled), so asyncio logs no error."""
+    if not receiving.cancelled():
+        receiving.exception()
