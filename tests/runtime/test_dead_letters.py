@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import REGISTRY
 
@@ -111,14 +112,26 @@ async def test_a_topic_no_group_subscribes_yet_is_waited_for_never_dead_lettered
     assert topics == {"numbers"}, "nothing went to the dead-letter topic"
 
 
-async def test_text_that_is_not_valid_unicode_is_dead_lettered_and_the_source_goes_on(tmp_path: Path) -> None:
-    """A lone surrogate (what decoding bytes that are not UTF-8 with surrogateescape leaves) cannot be
-    written as JSON: the record is dead-lettered with the reason, the pipeline goes on, nothing ends."""
+@pytest.mark.parametrize(
+    ("broken", "reasons"),
+    [
+        # A lone surrogate (what decoding bytes that are not UTF-8 with surrogateescape leaves) cannot be
+        # written as JSON.
+        ({"broken_text_every": 5}, None),
+        # A record the source itself refused (``ConnectorRecord.refusal``).
+        ({"refused_every": 5}, {"number 4 is refused by the source", "number 9 is refused by the source"}),
+    ],
+    ids=["text-not-unicode", "refused-by-source"],
+)
+async def test_a_record_that_cannot_be_an_event_is_dead_lettered_and_the_offsets_move_on(
+    tmp_path: Path, broken: dict[str, int], reasons: set[str] | None
+) -> None:
+    """The record is dead-lettered with the reason, the pipeline goes on, nothing ends."""
     async with EmbeddedMesh(port=0) as mesh:
         letters: list[CloudEvent] = []
         reader = asyncio.create_task(collect(mesh, "counter-dlq", 2, letters))
         stop = asyncio.Event()
-        config = source_config(mesh, tmp_path, limit=10, partitions=1, broken_text_every=5)
+        config = source_config(mesh, tmp_path, limit=10, partitions=1, **broken)
         source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
         await offset_reaches(tmp_path, {"n": 9}, within=20)
         await asyncio.wait_for(reader, 20)
@@ -126,26 +139,11 @@ async def test_text_that_is_not_valid_unicode_is_dead_lettered_and_the_source_go
         assert await source == 0
         assert mesh.topic_depth("numbers") == 8
     assert sorted(letter.get_data()["offset"]["n"] for letter in letters) == [4, 9]  # type: ignore[index]
-    assert all("Unicode" in str(letter.get_extension("dlqreason")) for letter in letters)
-
-
-async def test_a_record_the_source_refused_is_dead_lettered_with_its_reason_and_the_offsets_move_on(tmp_path: Path) -> None:
-    async with EmbeddedMesh(port=0) as mesh:
-        letters: list[CloudEvent] = []
-        reader = asyncio.create_task(collect(mesh, "counter-dlq", 2, letters))
-        stop = asyncio.Event()
-        config = source_config(mesh, tmp_path, limit=10, partitions=1, refused_every=5)
-        source = asyncio.create_task(serve(CounterSource, config, stop=stop, install_signals=False))
-        await offset_reaches(tmp_path, {"n": 9}, within=20)
-        await asyncio.wait_for(reader, 20)
-        stop.set()
-        assert await source == 0
-        assert mesh.topic_depth("numbers") == 8
-    assert sorted(letter.get_data()["offset"]["n"] for letter in letters) == [4, 9]  # type: ignore[index]
-    assert {str(letter.get_extension("dlqreason")) for letter in letters} == {
-        "number 4 is refused by the source",
-        "number 9 is refused by the source",
-    }
+    found = {str(letter.get_extension("dlqreason")) for letter in letters}
+    if reasons is None:
+        assert all("Unicode" in reason for reason in found), found
+    else:
+        assert found == reasons
 
 
 def event_with_frame_of(size: int, data_key: str, id_: str) -> CloudEvent:
