@@ -35,6 +35,12 @@ __all__ = ["KafkaSink", "KafkaSinkConfig"]
 log = structlog.get_logger()
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names (fullmatch)
+
+
+def _is_topic_name(name: str) -> bool:
+    return _TOPIC_NAME.fullmatch(name) is not None and name not in {".", ".."}
+
+
 _ATTRIBUTES = ("id", "source", "type", "subject", "datacontenttype", "dataschema")
 
 
@@ -65,7 +71,7 @@ class KafkaSinkConfig(KafkaConnectionConfig):
     @classmethod
     def _topic_name(cls, topic: str) -> str:
         sample = topic.replace("{topic}", "t")
-        if not _TOPIC_NAME.fullmatch(sample) or sample in {".", ".."}:
+        if not _is_topic_name(sample):
             raise ValueError("not a Kafka topic name: letters, digits, '.', '_' and '-' (and {topic}), at most 249")
         return topic
 
@@ -132,7 +138,7 @@ class KafkaSink(Sink[KafkaSinkConfig]):
 
     def _topic_for(self, record: ConnectorRecord) -> str:
         topic = self.config.topic.replace("{topic}", record.subject or "")
-        if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
+        if not _is_topic_name(topic):
             raise DataError(f"{topic[:300]!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)")
         return topic
 
