@@ -85,9 +85,12 @@ class KafkaServer(ServerProcess):
             "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
             "share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n"
         )
+        # Written as --cluster-id=...: an id that starts with "-" (one in 32 of them) would read as an option.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties")),
+            self._java(
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.dir / "server.properties")
+            ),
             check=True,
             stdout=self._log,
             stderr=subprocess.STDOUT,
