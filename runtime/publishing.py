@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runtime.cloudevents import record_to_body
@@ -50,6 +50,11 @@ class PublishRules:
     event_type: str = "meshconnect.record"
     topic: str | None = None
     allowed_topics: tuple[str, ...] = ()
+    _allowed: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Compiled here, not looked up per event: a route step and the worker each ask for every event.
+        object.__setattr__(self, "_allowed", _matcher(self.allowed_topics))
 
     @classmethod
     def from_config(cls, config: WorkerConfig) -> PublishRules:
@@ -64,7 +69,7 @@ class PublishRules:
 
     def permits(self, subject: str) -> bool:
         """True when input may send an event to ``subject``."""
-        return subject == self.topic or _matcher(self.allowed_topics).match(subject) is not None
+        return subject == self.topic or self._allowed.match(subject) is not None
 
     def refusal(self, subject: str | None) -> str | None:
         """Why an event whose input named ``subject`` may not be published, or None when it may."""

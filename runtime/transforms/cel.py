@@ -12,7 +12,9 @@ is the one seam where the library's exceptions become meshconnect's.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cel
@@ -22,6 +24,8 @@ from runtime.record import ConnectorRecord
 from runtime.transforms.view import ATTRIBUTES, EventView
 
 __all__ = ["VARIABLES", "CelProgram"]
+
+Getter = Callable[[ConnectorRecord], Any]
 
 VARIABLES = (*ATTRIBUTES, "data", "extensions")
 _HOW = "see the README's transforms section for the language (https://cel.dev) and the event's fields"
@@ -37,6 +41,10 @@ _FUNCTIONS = frozenset(
 _MEMO_VARIABLES = frozenset({"source", "type", "specversion", "subject", "datacontenttype", "dataschema", "extensions"})
 _MEMO_SIZE = 4096
 _ABSENT: Any = object()
+# A member the expression selects of the extensions, and every mention of them: a key needs only the members
+# when all mentions select one (a word before "(" is a method or macro over the whole map, not a member).
+_EXTENSION_MEMBER = re.compile(r"\bextensions\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
+_EXTENSIONS = re.compile(r"\bextensions\b")
 # Comprehension macros bind a variable of their own: list.exists(x, x > 1).
 _BOUND = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 
@@ -44,7 +52,7 @@ _BOUND = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_
 class CelProgram:
     """One compiled expression; calling it on a record evaluates it (DataError when it fails on that record)."""
 
-    __slots__ = ("_getters", "_memo", "_program", "expression")
+    __slots__ = ("_getters", "_key_parts", "_memo", "_program", "expression")
 
     def __init__(self, expression: str, *, key: str, view: EventView) -> None:
         self.expression = expression
@@ -75,16 +83,18 @@ class CelProgram:
         # An expression over a few attributes (a type, a tenant) is a function of their values alone, and events
         # share a handful of them: its results are kept per values (not the errors), up to _MEMO_SIZE of them.
         self._memo: dict[Any, Any] | None = {} if set(names) <= _MEMO_VARIABLES else None
+        self._key_parts = tuple(_key_parts(expression, self._getters))
 
     def __call__(self, record: ConnectorRecord) -> Any:
-        activation = {name: read(record) for name, read in self._getters}
         memo = self._memo
         if memo is None:
-            return self._execute(activation)
-        key = tuple(_memo_key(value) for value in activation.values())
+            return self._execute({name: read(record) for name, read in self._getters})
+        # The key is built from the values alone; the activation only when the program has to run.
+        parts = [read(record) for read in self._key_parts]
+        key = tuple([part if type(part) is str else _memo_key(part) for part in parts])
         result = memo.get(key, _ABSENT)
         if result is _ABSENT:
-            result = self._execute(activation)
+            result = self._execute({name: read(record) for name, read in self._getters})
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = result
@@ -99,10 +109,27 @@ class CelProgram:
             raise DataError(f"{self.expression!r}: {type(exc).__name__}: {exc}") from None
 
 
+def _key_parts(expression: str, getters: tuple[tuple[str, Getter], ...]) -> Iterator[Getter]:
+    """What a result is kept by: the value of each variable the expression reads; of the extensions, only the
+    members it selects (``extensions.tenant``) when it reads them in no other way."""
+    members = _EXTENSION_MEMBER.findall(expression)
+    for name, read in getters:
+        if name == "extensions" and members and len(members) == len(_EXTENSIONS.findall(expression)):
+            for member in dict.fromkeys(members):
+                yield functools.partial(_extension, member)
+        else:
+            yield read
+
+
+def _extension(name: str, record: ConnectorRecord) -> Any:
+    return record.extensions.get(name, _ABSENT)
+
+
 def _memo_key(value: Any) -> Any:
-    """``value`` (an attribute, or the extensions) as part of a key; a value's type too, as True == 1 in Python, not in CEL."""
+    """``value`` (an attribute other than text, or the extensions) as part of a key, with its type, as True == 1 in
+    Python, not in CEL; text stands for itself in the key (no other part of a key is a str)."""
     if isinstance(value, dict):
-        return frozenset((name, type(item), item) for name, item in value.items())
+        return (tuple(value), tuple(map(type, value.values())), tuple(value.values()))
     return (type(value), value)
 
 

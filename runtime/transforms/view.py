@@ -9,6 +9,7 @@ configured source, type and topic. A sink's records arrive whole, and its view f
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,11 @@ class EventView:
             return _specversion
         if name == "id":
             return self._event_id
+        read = operator.attrgetter(name)
         default = {"source": self.source, "type": self.type, "subject": self.subject}.get(name)
         if default is None:
-            return lambda record: getattr(record, name)
-        return lambda record: getattr(record, name) or default
+            return read
+        return lambda record: read(record) or default
 
     def _event_id(self, record: ConnectorRecord) -> str | None:
         if record.id is not None or not record.offset:

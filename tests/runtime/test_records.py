@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -148,6 +149,9 @@ def test_a_record_is_frozen_and_a_changed_copy_is_checked_as_a_new_record() -> N
         record.data = {"n": 2}  # type: ignore[misc]
     changed = record.replace(data=b"\x00", id="e-2")
     assert (changed.data, changed.id, changed.extensions, record.data) == (b"\x00", "e-2", {"ext": "x"}, {"n": 1})
+    assert changed == msgspec.structs.replace(record, data=b"\x00", id="e-2")
+    with pytest.raises(TypeError, match="has no field 'topic'"):
+        record.replace(topic="t")
     with pytest.raises(DataError, match="extension name"):
         record.replace(extensions={"Not-Valid": "x"})
     with pytest.raises(DataError, match="timezone-aware"):

@@ -323,3 +323,26 @@ def test_results_kept_per_attribute_values_tell_true_from_1_and_never_keep_an_er
     for _ in range(2):
         with pytest.raises(DataError, match="the event has no 'flag'"):
             chain.apply(ConnectorRecord(data={}, extensions={}))
+
+
+@pytest.mark.parametrize(
+    ("expression", "extensions", "labels"),
+    [
+        # Read only as members: kept per those members' values, whatever else the extensions hold.
+        ("extensions.tenant", [{"tenant": "a"}, {"tenant": "a", "x": 1}, {"tenant": "b"}], ["a", "a", "b"]),
+        ('has(extensions.flag) ? "flagged" : "plain"', [{"tenant": "a"}, {"flag": True}], ["plain", "flagged"]),
+        # Read as a whole map too: kept per the whole map.
+        (
+            'extensions.tenant + "/" + string(size(extensions))',
+            [{"tenant": "a"}, {"tenant": "a", "x": 1}, {"tenant": "a"}],
+            ["a/1", "a/2", "a/1"],
+        ),
+        ('extensions.exists(name, name == "x") ? "x" : "-"', [{"tenant": "a"}, {"tenant": "a", "x": 1}], ["-", "x"]),
+    ],
+)
+def test_results_kept_per_extension_values_see_every_extension_the_expression_reads(
+    expression: str, extensions: list[dict[str, Any]], labels: list[str]
+) -> None:
+    chain = source_chain([{"set": {"label": expression}}])
+    got = [chain.apply(ConnectorRecord(data={}, extensions=members)).extensions["label"] for members in extensions]
+    assert got == labels
