@@ -1,11 +1,4 @@
-"""chatgpt-source against a fake of OpenAI's Chat Completions API that checks requests as OpenAI documents them.
-
-The fake (``POST /v1/chat/completions``) insists on ``Authorization: Bearer <key>`` (else 401 with an
-OpenAI error object), a JSON body with ``model``, ``messages`` (``role`` + ``content`` each) and
-``max_tokens`` and nothing undocumented, and answers a ``chat.completion`` object whose content
-echoes the user message. Faults (429 + ``Retry-After``, 5xx, dropped connections, malformed bodies)
-are scripted per request.
-"""
+"""chatgpt-source (chat mode, the default) against the fake Chat Completions API of :mod:`tests.services.chatgpt_api`."""
 
 from __future__ import annotations
 
@@ -16,93 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
-from aiohttp import web
-from cloudevents.core.v1.event import CloudEvent
 from structlog.testing import capture_logs
 
-from runtime.client import MeshClient, user_agent_for
-from runtime.connector import SourceContext
 from runtime.errors import ConfigError
-from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
-from runtime.publishing import PublishRules
-from runtime.record import ConnectorRecord
-from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
+from runtime.testing import SourceHarness, run_source_conformance
 from runtime.validation import validate_model
 from services.http.chatgpt.connector import EVENT_TYPE, ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
-from tests.services.fake_http import DROP, PASS, Canned, FakeHttpServer
+from tests.services.chatgpt_api import API_KEY, FakeOpenAI, Pump, config_for, post, started, through_the_worker
+from tests.services.fake_http import DROP, PASS, Canned
 from tests.services.http_source import until_closed
 from tests.services.workers import until
 
-API_KEY = "sk-test-s3cret-key-value"
 SENDER_TOKEN = "sender-s3cret-token"
-_DOCUMENTED_KEYS = {"model", "messages", "max_tokens", "temperature"}
-
-
-class FakeOpenAI:
-    """Chat Completions as documented; ``requests`` holds (method, path, headers, body) of each accepted call."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []
-        self.call_times: list[float] = []
-        self.server = FakeHttpServer([("POST", "/v1/chat/completions", self._handle)])
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.server.url}/v1"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.call_times.append(time.monotonic())
-        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
-            error = {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}
-            return web.json_response({"error": error}, status=401)
-        assert request.content_type == "application/json", request.content_type
-        body = await request.json()
-        assert set(body) <= _DOCUMENTED_KEYS and {"model", "messages"} <= set(body), body
-        assert isinstance(body["max_tokens"], int)
-        for message in body["messages"]:
-            assert set(message) == {"role", "content"} and message["role"] in {"system", "user"}, message
-        self.requests.append((request.method, request.path, dict(request.headers), body))
-        user = body["messages"][-1]["content"]
-        return web.json_response(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 1_700_000_000,
-                "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"echo: {user}"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-            }
-        )
-
-
-class Pump:
-    """Stands in for the worker: polls and commits what it polled."""
-
-    def __init__(self, source: ChatGptSource) -> None:
-        self.source = source
-        self.seen: list[ConnectorRecord] = []
-        self.polled = asyncio.Event()
-        self.committing = asyncio.Event()
-        self.committing.set()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            records = await self.source.poll()
-            self.seen.extend(records)
-            if records:
-                self.polled.set()
-            await self.committing.wait()
-            if records:
-                await self.source.commit(records)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -112,59 +32,19 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-def _config(fake: FakeOpenAI, **overrides: Any) -> ChatGptSourceConfig:
-    return ChatGptSourceConfig.model_validate(
-        {
-            "host": "127.0.0.1",
-            "port": 0,
-            "api_key": API_KEY,
-            "base_url": fake.base_url,
-            "model": "gpt-test",
-            "max_tokens": 64,
-            "backoff_base": 0.01,
-            "backoff_max": 5,
-            "max_attempts": 3,
-            **overrides,
-        }
-    )
-
-
-async def _started(config: ChatGptSourceConfig) -> tuple[ChatGptSource, Pump]:
-    source = ChatGptSource(config)
-    rules = PublishRules(connector="test", topic="answers")
-    await source.start(SourceContext(connector_name="test", committed_offsets={}, rules=rules))
-    return source, Pump(source)
-
-
 @pytest.fixture
 async def running(fake: FakeOpenAI) -> AsyncIterator[tuple[ChatGptSource, Pump]]:
-    source, pump = await _started(_config(fake, system_prompt="Answer briefly."))
+    source, pump = await started(config_for(fake, system_prompt="Answer briefly."))
     yield source, pump
     await pump.close()
     await source.stop()
-
-
-async def _post(
-    source: ChatGptSource, body: Any, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{source.port}/chatgpt",
-            data=data,
-            headers={"Content-Type": "application/json", **(headers or {})},
-            timeout=aiohttp.ClientTimeout(total=30),
-        ) as response,
-    ):
-        return response.status, await response.json(), dict(response.headers)
 
 
 async def test_a_prompt_becomes_one_call_as_documented_and_its_answer_one_event(
     fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]
 ) -> None:
     source, pump = running
-    status, answer, _ = await _post(source, {"text": "what is a mesh?", "id": "p-1"})
+    status, answer, _ = await post(source, {"text": "what is a mesh?", "id": "p-1"})
     assert (status, answer) == (200, {"id": "p-1", "dead_lettered": False})
     [(method, path, headers, body)] = fake.requests
     assert (method, path, headers["Authorization"]) == ("POST", "/v1/chat/completions", f"Bearer {API_KEY}")
@@ -183,7 +63,7 @@ async def test_the_sender_is_answered_only_once_the_event_is_stored(
 ) -> None:
     source, pump = running
     pump.committing.clear()
-    request = asyncio.create_task(_post(source, {"text": "hi", "id": "p-5"}))
+    request = asyncio.create_task(post(source, {"text": "hi", "id": "p-5"}))
     await asyncio.wait_for(pump.polled.wait(), 10)
     with pytest.raises(TimeoutError):  # polled, not committed: no answer yet
         await asyncio.wait_for(asyncio.shield(request), 0.3)
@@ -193,12 +73,12 @@ async def test_the_sender_is_answered_only_once_the_event_is_stored(
 
 
 async def test_more_prompts_than_queue_size_are_refused_with_retry_after(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, queue_size=1, retry_after=3))
+    source, pump = await started(config_for(fake, queue_size=1, retry_after=3))
     try:
         pump.committing.clear()
-        first = asyncio.create_task(_post(source, {"text": "first"}))
+        first = asyncio.create_task(post(source, {"text": "first"}))
         await asyncio.wait_for(pump.polled.wait(), 10)
-        status, answer, headers = await _post(source, {"text": "second"})
+        status, answer, headers = await post(source, {"text": "second"})
         assert (status, headers["Retry-After"]) == (503, "3") and "too many prompts" in answer["error"]
         assert fake.server.calls == 1  # the refused prompt cost no call
         pump.committing.set()
@@ -212,7 +92,7 @@ async def test_the_id_comes_from_idempotency_key_when_the_body_has_none(
     fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]
 ) -> None:
     source, pump = running
-    status, answer, _ = await _post(source, {"text": "hi"}, {"Idempotency-Key": "delivery-7"})
+    status, answer, _ = await post(source, {"text": "hi"}, {"Idempotency-Key": "delivery-7"})
     assert (status, answer["id"]) == (200, "delivery-7")
     assert [record.id for record in pump.seen] == ["delivery-7"]
 
@@ -221,7 +101,7 @@ async def test_event_data_is_prompt_text_only_never_model_or_options(
     fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]
 ) -> None:
     source, pump = running
-    status, answer, _ = await _post(source, {"text": "hi", "model": "gpt-expensive", "base_url": "http://evil"})
+    status, answer, _ = await post(source, {"text": "hi", "model": "gpt-expensive", "base_url": "http://evil"})
     assert status == 400 and "unknown field(s) base_url, model" in answer["error"]
     assert fake.server.calls == 0 and pump.seen == []
 
@@ -240,9 +120,9 @@ async def test_event_data_is_prompt_text_only_never_model_or_options(
 async def test_bad_requests_are_refused_with_the_reason_and_cost_no_call(
     fake: FakeOpenAI, body: Any, status: int, reason: str
 ) -> None:
-    source, pump = await _started(_config(fake, max_prompt_chars=100, max_body_bytes=1000))
+    source, pump = await started(config_for(fake, max_prompt_chars=100, max_body_bytes=1000))
     try:
-        got_status, answer, _ = await _post(source, body)
+        got_status, answer, _ = await post(source, body)
         assert got_status == status and reason in answer["error"]
         assert fake.server.calls == 0 and pump.seen == []
     finally:
@@ -251,24 +131,24 @@ async def test_bad_requests_are_refused_with_the_reason_and_cost_no_call(
 
 
 async def test_a_sender_token_is_required_when_configured(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, token=SENDER_TOKEN))
+    source, pump = await started(config_for(fake, token=SENDER_TOKEN))
     try:
-        assert (await _post(source, {"text": "hi"}))[0] == 401
-        assert (await _post(source, {"text": "hi"}, {"Authorization": "Bearer wrong"}))[0] == 401
+        assert (await post(source, {"text": "hi"}))[0] == 401
+        assert (await post(source, {"text": "hi"}, {"Authorization": "Bearer wrong"}))[0] == 401
         assert fake.server.calls == 0
-        assert (await _post(source, {"text": "hi"}, {"Authorization": f"Bearer {SENDER_TOKEN}"}))[0] == 200
+        assert (await post(source, {"text": "hi"}, {"Authorization": f"Bearer {SENDER_TOKEN}"}))[0] == 200
     finally:
         await pump.close()
         await source.stop()
 
 
 async def test_a_request_head_not_sent_within_header_timeout_is_cut_off(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, header_timeout=1.0))
+    source, pump = await started(config_for(fake, header_timeout=1.0))
     reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
     writer.write(b"POST /chatgpt HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
     try:
         assert await until_closed(reader) == b""
-        assert (await _post(source, {"text": "still served"}))[0] == 200
+        assert (await post(source, {"text": "still served"}))[0] == 200
     finally:
         writer.close()
         await pump.close()
@@ -276,7 +156,7 @@ async def test_a_request_head_not_sent_within_header_timeout_is_cut_off(fake: Fa
 
 
 async def test_connections_beyond_max_connections_are_answered_503_and_the_others_served(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, max_connections=3, header_timeout=30.0))
+    source, pump = await started(config_for(fake, max_connections=3, header_timeout=30.0))
     held = [await asyncio.open_connection("127.0.0.1", source.port) for _ in range(3)]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
@@ -287,7 +167,7 @@ async def test_connections_beyond_max_connections_are_answered_503_and_the_other
             held_writer.close()
 
         async def served() -> bool:  # the closes take a moment to reach the server
-            return (await _post(source, {"text": "after"}))[0] == 200
+            return (await post(source, {"text": "after"}))[0] == 200
 
         await until(served, "a request served once the held connections closed")
     finally:
@@ -298,10 +178,10 @@ async def test_connections_beyond_max_connections_are_answered_503_and_the_other
 
 
 async def test_a_port_in_use_is_a_config_error_naming_the_port(fake: FakeOpenAI) -> None:
-    taken, pump = await _started(_config(fake))
+    taken, pump = await started(config_for(fake))
     try:
         with pytest.raises(ConfigError, match="already in use") as info:
-            await _started(_config(fake, port=taken.port))
+            await started(config_for(fake, port=taken.port))
         assert info.value.key == "config.port"
     finally:
         await pump.close()
@@ -312,10 +192,10 @@ async def test_429_is_retried_after_the_retry_after_it_gives(fake: FakeOpenAI, r
     source, pump = running
     rate_limited = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
     fake.server.faults = [Canned(429, rate_limited, {"Retry-After": "1"}), PASS]
-    started = time.monotonic()
-    status, _, _ = await _post(source, {"text": "hi", "id": "p-2"})
+    began = time.monotonic()
+    status, _, _ = await post(source, {"text": "hi", "id": "p-2"})
     assert status == 200 and fake.server.calls == 2
-    assert fake.call_times[0] - started >= 0.9  # the backoff alone (0.01 s base) would have come back at once
+    assert fake.call_times[0] - began >= 0.9  # the backoff alone (0.01 s base) would have come back at once
     assert [record.id for record in pump.seen] == ["p-2"]
 
 
@@ -324,7 +204,7 @@ async def test_a_retry_after_longer_than_backoff_max_is_passed_to_the_sender(
 ) -> None:
     source, pump = running
     fake.server.faults = [Canned(429, {"error": {"message": "quota"}}, {"Retry-After": "60"})]
-    status, answer, headers = await _post(source, {"text": "hi"})
+    status, answer, headers = await post(source, {"text": "hi"})
     assert (status, headers["Retry-After"]) == (503, "60")
     assert "answered 429" in answer["error"]
     assert fake.server.calls == 1 and pump.seen == []
@@ -333,7 +213,7 @@ async def test_a_retry_after_longer_than_backoff_max_is_passed_to_the_sender(
 async def test_5xx_and_dropped_connections_are_retried(fake: FakeOpenAI, running: tuple[ChatGptSource, Pump]) -> None:
     source, pump = running
     fake.server.faults = [Canned(502), DROP, PASS]
-    status, _, _ = await _post(source, {"text": "hi", "id": "p-3"})
+    status, _, _ = await post(source, {"text": "hi", "id": "p-3"})
     assert status == 200 and fake.server.calls == 3
     assert [record.data["answer"] for record in pump.seen] == ["echo: hi"]  # type: ignore[call-overload]
 
@@ -343,7 +223,7 @@ async def test_a_lasting_5xx_is_503_to_the_sender_after_max_attempts(
 ) -> None:
     source, pump = running
     fake.server.faults = [Canned(500), Canned(503), Canned(500), PASS]
-    status, answer, headers = await _post(source, {"text": "hi"})
+    status, answer, headers = await post(source, {"text": "hi"})
     assert status == 503 and "answered 500" in answer["error"] and int(headers["Retry-After"]) >= 1
     assert fake.server.calls == 3 and pump.seen == []  # max_attempts, then nothing published
 
@@ -362,7 +242,7 @@ async def test_a_malformed_or_refused_answer_dead_letters_the_prompt_with_the_re
 ) -> None:
     source, pump = running
     fake.server.faults = [fault]
-    status, answer, _ = await _post(source, {"text": "hi", "id": "p-4"})
+    status, answer, _ = await post(source, {"text": "hi", "id": "p-4"})
     assert (status, answer) == (200, {"id": "p-4", "dead_lettered": True})
     assert fake.server.calls == 1  # retrying cannot help
     [record] = pump.seen
@@ -371,9 +251,9 @@ async def test_a_malformed_or_refused_answer_dead_letters_the_prompt_with_the_re
 
 
 async def test_an_oversized_answer_is_dead_lettered_not_read_whole(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, max_response_bytes=1024))
+    source, pump = await started(config_for(fake, max_response_bytes=1024))
     try:
-        status, answer, _ = await _post(source, {"text": "y" * 2000})
+        status, answer, _ = await post(source, {"text": "y" * 2000})
         assert (status, answer["dead_lettered"]) == (200, True)
         assert pump.seen[0].refusal is not None and "max_response_bytes" in pump.seen[0].refusal
     finally:
@@ -382,12 +262,12 @@ async def test_an_oversized_answer_is_dead_lettered_not_read_whole(fake: FakeOpe
 
 
 async def test_the_api_key_is_in_no_log_response_or_error(fake: FakeOpenAI) -> None:
-    source, pump = await _started(_config(fake, api_key="sk-wrong-s3cret-key"))
+    source, pump = await started(config_for(fake, api_key="sk-wrong-s3cret-key"))
     try:
         with capture_logs() as logs:
             fake.server.faults = [Canned(500), DROP]
-            failing = await _post(source, {"text": "hi"})
-            wrong_key = await _post(source, {"text": "hi"})
+            failing = await post(source, {"text": "hi"})
+            wrong_key = await post(source, {"text": "hi"})
         assert failing[0] == 503 and wrong_key[0] == 503
         assert any("check api_key" in entry["event"] for entry in logs)
         for text in (repr(logs), repr(failing), repr(wrong_key), repr(source.config)):
@@ -411,52 +291,8 @@ def test_the_api_key_is_required() -> None:
 async def test_through_the_worker_answers_are_published_and_malformed_ones_dead_lettered(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    mesh = EmbeddedMesh(port=0)
-    await mesh.start()
-    received: dict[str, list[CloudEvent]] = {"answers": [], "chatgpt-answers-dlq": []}
-
-    async def read(topic: str) -> None:
-        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
-            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-            await client.listen()
-            async for pushed in client.pushed():
-                received[topic].append(pushed.event)
-                await pushed.ack()
-
-    port = free_port()
-    config = {
-        "name": "chatgpt-answers",
-        "connector": ChatGptSource.name,
-        "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
-        "source": {"topic": "answers"},
-        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
-        "admin": {"host": "127.0.0.1", "port": free_port()},
-        "log": {"format": "json"},
-        "config": {"host": "127.0.0.1", "port": port, "api_key": API_KEY, "base_url": fake.base_url, "backoff_base": 0.01},
-    }
-    worker = WorkerProcess(ChatGptSource, config, tmp_path)
-    readers = [asyncio.create_task(read(topic)) for topic in received]
-    try:
-        await worker.start(30)
-        fake.server.faults = [PASS, Canned(500), Canned(200, {"choices": [{"message": {"content": 7}}]})]
-        async with aiohttp.ClientSession() as session:
-            for n in (1, 2):
-                async with session.post(
-                    f"http://127.0.0.1:{port}/chatgpt", json={"text": f"prompt {n}", "id": f"p-{n}"}
-                ) as response:
-                    assert response.status == 200, await response.text()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if received["answers"] and received["chatgpt-answers-dlq"]:
-                break
-            await asyncio.sleep(0.1)
-        assert await worker.terminate(30) == 0, worker.log_tail()
-    finally:
-        await worker.kill()
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        await mesh.stop()
+    fake.server.faults = [PASS, Canned(500), Canned(200, {"choices": [{"message": {"content": 7}}]})]
+    received = await through_the_worker(fake, tmp_path, 2, settings={"backoff_base": 0.01}, source={})
     [answer] = received["answers"]
     assert (answer.get_id(), answer.get_type(), answer.get_data()) == (
         "p-1",
@@ -466,7 +302,6 @@ async def test_through_the_worker_answers_are_published_and_malformed_ones_dead_
     [dead] = received["chatgpt-answers-dlq"]
     assert dead.get_id() == "p-2" and "malformed answer" in str(dead.get_attributes()["dlqreason"])
     assert fake.server.calls == 3  # the 500 was retried once, the malformed answer not at all
-    assert API_KEY not in worker.log_path.read_text()
 
 
 async def test_chatgpt_source_conformance(fake: FakeOpenAI, tmp_path: Path) -> None:
