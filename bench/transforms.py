@@ -81,8 +81,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return used / os.sysconf("SC_CLK_TCK")
 
 
-def pipeline_rate(run: int, transforms: bool) -> tuple[float, float]:
-    """Events/s, and CPU microseconds per event of the three processes from the first poll to the last record."""
+def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
+    """Events/s, and CPU microseconds per event of each of the three processes from the first poll to the last record."""
     with tempfile.TemporaryDirectory(prefix="meshconnect-bench-transforms-") as directory:
         state = Path(directory)
         processes = {}
@@ -119,8 +119,8 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, float]:
             deadline = time.monotonic() + 300
             while not source_report.exists() and time.monotonic() < deadline:
                 time.sleep(0.002)
-            pids = [process.pid for process, _ in processes.values()]
-            cpu_at_first_poll = cpu_seconds(pids)
+            pids = {name: process.pid for name, (process, _) in processes.items()}
+            cpu_at_first_poll = {name: cpu_seconds([pid]) for name, pid in pids.items()}
             while not sink_report.exists():
                 dead = [name for name, (process, _) in processes.items() if process.poll() is not None]
                 if dead:
@@ -128,10 +128,10 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, float]:
                 if time.monotonic() > deadline:
                     raise undelivered(processes, "not all of them within 300 s")
                 time.sleep(0.05)
-            cpu = cpu_seconds(pids) - cpu_at_first_poll
+            cpu = {name: (cpu_seconds([pid]) - cpu_at_first_poll[name]) / EVENTS * 1e6 for name, pid in pids.items()}
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
-            return EVENTS / (last - first), cpu / EVENTS * 1e6
+            return EVENTS / (last - first), cpu
         finally:
             for process, _ in reversed(processes.values()):
                 stop(process)
@@ -175,15 +175,21 @@ def main() -> None:
         print(f"    one step: {label}: {cost(source_chain([step])):.1f} us")
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    by_process: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for run in range(RUNS):
         for transforms in (False, True):
             rate, cpu_per_event = pipeline_rate(run, transforms)
             rates[transforms].append(rate)
-            cpu[transforms].append(cpu_per_event)
+            cpu[transforms].append(sum(cpu_per_event.values()))
+            by_process[transforms].append(cpu_per_event)
         print(
             f"    run {run + 1}: without transforms {rates[False][-1]:,.0f} events/s ({cpu[False][-1]:.0f} us CPU an event),"
             f" with {rates[True][-1]:,.0f} events/s ({cpu[True][-1]:.0f} us CPU an event)"
         )
+    for name in by_process[False][0]:
+        without_cpu = statistics.median(run[name] for run in by_process[False])
+        with_cpu = statistics.median(run[name] for run in by_process[True])
+        print(f"CPU an event in the {name} process (median): without transforms {without_cpu:.1f} us, with {with_cpu:.1f} us")
     # Each run measures both back to back, under the same load of the machine: ratios are medians of the runs' ratios.
     rate_ratio = statistics.median(with_steps / without for with_steps, without in zip(rates[True], rates[False], strict=True))
     cpu_ratio = statistics.median(without / with_steps for with_steps, without in zip(cpu[True], cpu[False], strict=True))
