@@ -31,7 +31,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from pipeline import EVENTS, PARTITION, PAYLOAD, NoopSource, run_worker, undelivered, worker_config  # noqa: E402
-from protocol import free_port, spawn, stop  # noqa: E402
+from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
 
 from runtime import ConnectorRecord  # noqa: E402
 from runtime.transforms import EventView, Routing, TransformChain, compile_transforms  # noqa: E402
@@ -70,15 +70,6 @@ class TenantSource(NoopSource):
             ConnectorRecord(data=record.data, partition=PARTITION, offset=record.offset, extensions={"tenant": TENANT})
             for record in await super().poll()
         ]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds (user and system) the processes ``pids`` used so far, from /proc (Linux)."""
-    used = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        used += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of the line
-    return used / os.sysconf("SC_CLK_TCK")
 
 
 def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
@@ -120,7 +111,7 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
             while not source_report.exists() and time.monotonic() < deadline:
                 time.sleep(0.002)
             pids = {name: process.pid for name, (process, _) in processes.items()}
-            cpu_at_first_poll = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+            cpu_at_first_poll = {name: cpu_seconds(pid) for name, pid in pids.items()}
             while not sink_report.exists():
                 dead = [name for name, (process, _) in processes.items() if process.poll() is not None]
                 if dead:
@@ -128,7 +119,7 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
                 if time.monotonic() > deadline:
                     raise undelivered(processes, "not all of them within 300 s")
                 time.sleep(0.05)
-            cpu = {name: (cpu_seconds([pid]) - cpu_at_first_poll[name]) / EVENTS * 1e6 for name, pid in pids.items()}
+            cpu = {name: (cpu_seconds(pid) - cpu_at_first_poll[name]) / EVENTS * 1e6 for name, pid in pids.items()}
             first = json.loads(source_report.read_text())["first_poll"]
             last = json.loads(sink_report.read_text())["last"]
             return EVENTS / (last - first), cpu
