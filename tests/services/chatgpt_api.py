@@ -25,11 +25,11 @@ from runtime.connector import SourceContext
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
-from runtime.record import ConnectorRecord
 from runtime.testing import WorkerProcess
 from services.http.chatgpt.connector import ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import FakeHttpServer
+from tests.services.http_source import Pump
 
 API_KEY = "sk-test-s3cret-key-value"
 _DOCUMENTED_KEYS = {"model", "messages", "max_tokens", "temperature"}
@@ -72,32 +72,6 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
             }
         )
-
-
-class Pump:
-    """Stands in for the worker: polls and commits what it polled."""
-
-    def __init__(self, source: ChatGptSource) -> None:
-        self.source = source
-        self.seen: list[ConnectorRecord] = []
-        self.polled = asyncio.Event()
-        self.committing = asyncio.Event()
-        self.committing.set()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            records = await self.source.poll()
-            self.seen.extend(records)
-            if records:
-                self.polled.set()
-            await self.committing.wait()
-            if records:
-                await self.source.commit(records)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 def config_for(fake: FakeOpenAI, **overrides: Any) -> ChatGptSourceConfig:

@@ -16,6 +16,7 @@ from runtime.connector import SourceContext
 from runtime.observability import ConnectorMetrics
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
+from services.http.intake import IntakeSource
 from services.http.source.connector import HttpSource, HttpSourceConfig
 
 
@@ -35,11 +36,13 @@ async def started_source(config: ConnectorConfig, rules: PublishRules = RULES) -
 
 
 class Pump:
-    """Stands in for the worker: polls, and commits what it polled (unless paused)."""
+    """Stands in for the worker: polls an HTTP intake source (``polled`` is set once it polled records), and
+    commits what it polled (unless paused: ``committing`` cleared)."""
 
-    def __init__(self, source: HttpSource) -> None:
+    def __init__(self, source: IntakeSource[Any]) -> None:
         self.source = source
         self.seen: list[ConnectorRecord] = []
+        self.polled = asyncio.Event()
         self.committing = asyncio.Event()
         self.committing.set()
         self._task = asyncio.create_task(self._run())
@@ -48,6 +51,8 @@ class Pump:
         while True:
             records = await self.source.poll()
             self.seen.extend(records)
+            if records:
+                self.polled.set()
             await self.committing.wait()
             if records:
                 await self.source.commit(records)
