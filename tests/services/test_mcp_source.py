@@ -105,6 +105,25 @@ async def test_the_call_is_answered_only_once_the_event_is_stored(running: tuple
     assert [(record.subject, record.data) for record in pump.seen] == [("audit.login", {"user": "ann"})]
 
 
+async def test_a_call_over_queue_size_is_answered_is_error_and_publishes_nothing() -> None:
+    source, pump = await _started(_config(queue_size=1))
+    try:
+        pump.committing.clear()
+        async with _agent(source.port) as agent:
+            first = asyncio.create_task(agent.call_tool("publish", {"topic": "agents", "n": 1}))
+            async with asyncio.timeout(10):
+                while not pump.seen:  # noqa: ASYNC110 - the pump's list fills from another task
+                    await asyncio.sleep(0.02)
+            busy = await agent.call_tool("publish", {"topic": "agents", "n": 2})
+            pump.committing.set()
+            stored = await asyncio.wait_for(first, 10)
+    finally:
+        await pump.close()
+        await source.stop()
+    assert busy.is_error and "too many calls" in busy.content[0].text  # type: ignore[union-attr]
+    assert not stored.is_error and [record.data for record in pump.seen] == [{"n": 1}]
+
+
 async def test_a_topic_not_allowed_is_refused_and_nothing_is_published(running: tuple[McpSource, Pump]) -> None:
     source, pump = running
     async with _agent(source.port) as agent:
@@ -187,6 +206,7 @@ async def test_malformed_requests_are_answered_and_the_server_keeps_serving(runn
     statuses = [status for status, _ in answers]
     assert statuses == [400, 400, 400, 200, 200, 400, 404, 415, 400, 403, 401, 413, 405]
     assert [answer["error"]["code"] for _, answer in answers[:5]] == [-32700, -32600, -32600, -32601, -32602]
+    assert "batches are not part" in answers[1][1]["error"]["message"]
     assert await _post(port, b'{"jsonrpc": "2.0", "id": 11, "method": "ping"}', session) == (
         200,
         {"jsonrpc": "2.0", "id": 11, "result": {}},
