@@ -52,8 +52,8 @@ from runtime import (
     cloudevent_to_record,
     is_json_content_type,
 )
-from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 from services.http.source import signing
+from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 
