@@ -10,14 +10,18 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from runtime.connector import SinkContext
+from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError, RetriableError
 from runtime.mesh import EmbeddedMesh
+from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
 from runtime.testing import SinkHarness, run_sink_conformance
 from runtime.validation import validate_model
 from services.mcp.sink.connector import McpSink, McpSinkConfig
+from services.mcp.sink.session import SseDecoder
+from services.mcp.source.connector import McpSource, McpSourceConfig
 from tests.servers import free_port
+from tests.services.http_source import Pump
 from tests.services.mcp_peer import POISON, McpPeer
 from tests.services.workers import dead_letters, publish, readiness, sink_worker, until
 
@@ -110,6 +114,34 @@ async def test_a_server_without_the_tool_is_not_used_and_says_which_tools_it_has
             await sink.start(SinkContext("test"))
     finally:
         await sink.stop()
+
+
+def test_the_event_stream_decoder_takes_events_split_anywhere() -> None:
+    stream = b': comment\r\nevent: message\r\nid: 1\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata:{"b": 2}\n\n'
+    for split in range(len(stream)):
+        decoder = SseDecoder()
+        events = [*decoder.feed(stream[:split]), *decoder.feed(stream[split:])]
+        assert events == [b'{"a":\n1}', b'{"b": 2}'], split
+
+
+async def test_a_server_answering_plain_json_is_called_alike() -> None:
+    """mcp-source answers application/json where the SDK's server streams: the sink reads both."""
+    tools = [{"name": "store", "input_schema": {"type": "object", "required": ["event_id", "n", "text"]}}]
+    config = McpSourceConfig.model_validate({"host": "127.0.0.1", "port": 0, "tools": tools})
+    source = McpSource(config)
+    await source.start(SourceContext(connector_name="test", committed_offsets={}, rules=PublishRules(topic="notes")))
+    pump = Pump(source)  # type: ignore[arg-type]  # any intake source polls and commits alike
+    url = f"http://127.0.0.1:{source.port}/mcp"
+    sink = McpSink(McpSinkConfig.model_validate({"url": url, "tool": "store", "id_argument": "event_id"}))
+    try:
+        await sink.start(SinkContext("test"))
+        rejections = await sink.put([_record("json", 1), ConnectorRecord(data={"n": 2}, id="json-2")])
+    finally:
+        await sink.stop()
+        await pump.close()
+        await source.stop()
+    assert [(rejection.record.id, "text" in rejection.reason) for rejection in rejections] == [("json-2", True)]
+    assert [record.data for record in pump.seen] == [{"n": 1, "text": "hello", "event_id": "json-1"}]
 
 
 def test_a_secret_header_is_refused_at_start() -> None:

@@ -15,15 +15,19 @@ from typing import Any
 import aiohttp
 import httpx2
 import pytest
+from cloudevents.core.v1.event import CloudEvent
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from structlog.testing import capture_logs
 
+from runtime.client import MeshClient, user_agent_for
 from runtime.connector import SourceContext
 from runtime.errors import ConfigError
+from runtime.mesh import EmbeddedMesh
+from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
-from runtime.testing import SourceHarness, run_source_conformance
+from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
 from services.mcp.source.connector import McpSource, McpSourceConfig
 from tests.servers import free_port
 from tests.services.http_source import Pump
@@ -243,6 +247,60 @@ async def test_the_token_is_required_and_in_no_log_line(running: tuple[McpSource
 
 
 # -- through the worker and the embedded mesh -----------------------------------------------------
+
+
+async def test_through_the_worker_calls_are_events_in_the_mesh_with_the_tools_attributes(tmp_path: Path) -> None:
+    mesh = EmbeddedMesh(port=0)
+    await mesh.start()
+    received: dict[str, list[CloudEvent]] = {"orders": [], "audit.login": []}
+
+    async def read(topic: str) -> None:
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
+            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+            await client.listen()
+            async for pushed in client.pushed():
+                received[topic].append(pushed.event)
+                await pushed.ack()
+
+    port = free_port()
+    config = {
+        "name": "mcp-agents",
+        "connector": McpSource.name,
+        "mesh": {"address": f"127.0.0.1:{mesh.port}", "request_timeout": 5},
+        "source": {"topic": "agents", "allowed_topics": ["orders", "audit.*"], "event_source": "/mcp"},
+        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json"},
+        "config": {"host": "127.0.0.1", "port": port, "token": TOKEN, "tools": TOOLS},
+    }
+    worker = WorkerProcess(McpSource, config, tmp_path)
+    readers = [asyncio.create_task(read(topic)) for topic in received]
+    try:
+        await worker.start(30)
+        async with _agent(port) as agent:
+            ordered = await agent.call_tool("place_order", {"sku": "B-2", "qty": 1, "idempotency_key": "order-9"})
+            noted = await agent.call_tool("publish", {"topic": "audit.login", "user": "bo"})
+        async with asyncio.timeout(30):
+            while not all(received.values()):  # noqa: ASYNC110 - the readers fill the lists
+                await asyncio.sleep(0.05)
+        assert await worker.terminate(30) == 0, worker.log_tail()
+    finally:
+        await worker.kill()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await mesh.stop()
+    assert not ordered.is_error and not noted.is_error
+    [order], [login] = received["orders"], received["audit.login"]
+    assert (order.get_id(), order.get_type(), order.get_source(), order.get_data()) == (
+        "order-9",
+        "shop.order.placed",
+        "/mcp",
+        {"sku": "B-2", "qty": 1},
+    )
+    assert order.get_attributes()["mcptool"] == "place_order"
+    assert login.get_id() == noted.structured_content["id"] and login.get_data() == {"user": "bo"}  # type: ignore[index]
+    assert TOKEN not in worker.log_path.read_text()
 
 
 async def test_conformance(tmp_path: Path) -> None:
