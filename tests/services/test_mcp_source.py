@@ -221,6 +221,20 @@ async def test_malformed_requests_are_answered_and_the_server_keeps_serving(runn
     assert (await _post(port, b'{"jsonrpc": "2.0", "id": 12, "method": "ping"}', session))[0] == 404
 
 
+async def test_sessions_are_bounded_and_the_least_recently_used_is_dropped() -> None:
+    source, pump = await _started(_config(max_sessions=2))
+    ping = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    try:
+        first, second = await _raw_session(source.port), await _raw_session(source.port)
+        assert (await _post(source.port, ping, {"Mcp-Session-Id": first}))[0] == 200  # first is now the most recent
+        third = await _raw_session(source.port)
+        statuses = [(await _post(source.port, ping, {"Mcp-Session-Id": session}))[0] for session in (first, second, third)]
+    finally:
+        await pump.close()
+        await source.stop()
+    assert statuses == [200, 404, 200]
+
+
 async def test_a_call_resent_with_its_session_and_request_id_is_the_same_event(running: tuple[McpSource, Pump]) -> None:
     source, pump = running
     session = await _raw_session(source.port)
