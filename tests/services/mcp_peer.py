@@ -62,7 +62,8 @@ class McpPeer:
         await asyncio.to_thread(self.kill_now)
 
     def start_now(self, within: float = 30.0) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.services.mcp_peer", str(self.port), str(self.stored)])
+        command = [sys.executable, "-m", "tests.services.mcp_peer", str(self.port), str(self.stored)]
+        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2])
         deadline = time.monotonic() + within
         while not _accepts(self.port):
             assert self.process.poll() is None, f"the MCP test server exited with {self.process.returncode}"
