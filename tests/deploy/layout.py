@@ -26,7 +26,7 @@ PLANNED = frozenset(
         "kafka-source", "kafka-sink",
         "pulsar-source", "pulsar-sink",
         "postgres-source", "postgres-sink", "prometheus-source", "knative-sink", "slack-sink", "dingtalk-sink",
-        "wecom-sink", "lark-sink", "wechat-sink", "s3-source", "s3-sink", "chatgpt-source",
+        "wecom-sink", "lark-sink", "wechat-sink", "s3-source", "s3-sink", "chatgpt-source", "mcp-source", "mcp-sink",
     }
 )  # fmt: skip
 """Connectors the deployment files are written for; a registered connector missing here fails the tests."""

@@ -178,6 +178,7 @@ DATA_PATHS: dict[str, dict[str, str]] = {
 NOT_FILES = {
     ("http-source", "path"),  # the URL path it accepts POSTs on
     ("chatgpt-source", "path"),
+    ("mcp-source", "path"),
     ("http-sink", "ca_file"),  # configuration, mounted read-only like the config file
     ("knative-sink", "ca_file"),
     ("kafka-sink", "key_path"),  # a path into the event data

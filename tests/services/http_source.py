@@ -16,8 +16,8 @@ from runtime.connector import SourceContext
 from runtime.observability import ConnectorMetrics
 from runtime.publishing import PublishRules
 from runtime.record import ConnectorRecord
-from services.http.intake import IntakeSource
 from services.http.source.connector import HttpSource, HttpSourceConfig
+from services.intake import IntakeSource
 
 
 def source_config(**overrides: Any) -> HttpSourceConfig:

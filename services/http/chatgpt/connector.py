@@ -40,7 +40,7 @@ means stored. What the API answers:
 Bounds: request bodies (``max_body_bytes``), prompt length (``max_prompt_chars``), answer size
 (``max_tokens``, ``max_response_bytes``), calls in flight (``max_concurrent_calls``), events waiting
 (``queue_size``), open connections (``max_connections``) and the time a request head may take
-(``header_timeout``, :mod:`services.http.connections`), every network wait (``connect_timeout``,
+(``header_timeout``, :mod:`services.connections`), every network wait (``connect_timeout``,
 ``request_timeout``) and every request (``response_timeout``). The API key appears in no log line or error message.
 """
 
@@ -71,7 +71,7 @@ from runtime import (
     Secret,
     SourceContext,
 )
-from services.http.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
+from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["ChatGptSource", "ChatGptSourceConfig"]
 

@@ -21,7 +21,7 @@ else loses nothing. A request waits at most ``response_timeout`` seconds (then 5
 4xx with the reason (415 content type, 400 JSON or attributes, 401 signature/token, 403 topic,
 408 body too slow, 413 body or event size), counted in ``meshconnect_refused_total{reason}``.
 Connections are bounded in number and in the time their request head and body may take
-(:mod:`services.http.connections`); signatures are described in :mod:`services.http.source.signing`.
+(:mod:`services.connections`); signatures are described in :mod:`services.http.source.signing`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from runtime import (
     cloudevent_to_record,
     is_json_content_type,
 )
-from services.http.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 from services.http.source import signing
+from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 

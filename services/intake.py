@@ -1,4 +1,5 @@
-"""The intake shared by the HTTP sources: a guarded listener, and records held until the mesh stored them.
+"""The intake shared by the sources that are HTTP servers, of any system: a guarded listener, and records held
+until the mesh stored them.
 
 A sender's response waits until its events are durably in the mesh, so 200 means "stored":
 
@@ -7,10 +8,10 @@ A sender's response waits until its events are durably in the mesh, so 200 means
   :meth:`~HeldRecords.commit` reports them stored; :meth:`~HeldRecords.release` (at stop) tells the
   waiting senders "not stored" (they answer 503 and are sent again) and empties the queue;
 * :class:`Listener` serves an aiohttp application on host and port through a
-  :class:`~services.http.connections.ConnectionGuard` (a cap on open connections, a deadline for
+  :class:`~services.connections.ConnectionGuard` (a cap on open connections, a deadline for
   each request head); a port already in use is a :class:`ConfigError`;
 * :class:`IntakeSource` puts the two together: a source whose author writes ``_handle`` (the
-  answer to a ``POST <path>``), configured by a subclass of :class:`IntakeConfig`.
+  answer to a ``POST <path>``; ``_routes`` adds other methods), configured by a subclass of :class:`IntakeConfig`.
 
 A request refused before anything of it was queued raises :class:`Refused`; :func:`error_response`
 answers it, and :data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``.
@@ -28,7 +29,7 @@ from aiohttp import web
 from pydantic import Field
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
-from services.http.connections import ConnectionGuard, GuardedSite
+from services.connections import ConnectionGuard, GuardedSite
 
 __all__ = ["REFUSAL_KINDS", "HeldRecords", "IntakeConfig", "IntakeSource", "Listener", "Refused", "error_response"]
 
@@ -221,10 +222,14 @@ class IntakeSource(Source[IntakeConfigT]):
     async def start(self, context: SourceContext) -> None:
         self._context = context
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post(self.config.path, self._handle)
+        self._routes(app)
         self._listener = Listener(app, self.config, retry_after=self.config.retry_after, on_refused=context.count_refused)
         await self._listener.start()
         self.port = self._listener.port
+
+    def _routes(self, app: web.Application) -> None:
+        """Route the requests this source answers: ``POST <path>`` to :meth:`_handle`."""
+        app.router.add_post(self.config.path, self._handle)
 
     async def _handle(self, request: web.Request) -> web.Response:
         """The answer to one ``POST <path>``."""
