@@ -55,7 +55,7 @@ A complete source, runnable with ``meshconnect run`` once registered::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -175,6 +175,13 @@ class Source(_Connector[ConfigT]):
     ``topic_template``): ``source.topic`` is then optional and subjects are not checked. False: a
     subject on a record came from the input and must be ``source.topic`` or match
     ``source.allowed_topics`` (see :mod:`runtime.publishing`)."""
+
+    @classmethod
+    def configured_topics(cls, config: Any) -> Iterable[tuple[str, str]]:
+        """(config key, topic) for each topic this source's own ``config`` sends events to (mcp-source: a
+        tool's topic). Each must be ``source.topic`` or match ``source.allowed_topics``: the worker and
+        ``meshconnect check`` refuse the config otherwise, naming the key. None by default."""
+        return ()
 
     async def start(self, context: SourceContext) -> None:
         """Connect; resume from ``context.offset(...)``."""

@@ -91,15 +91,23 @@ class PublishRules:
         )
 
 
-def check_source_topics(source: type[Source[Any]], settings: SourceSettings) -> None:
-    """Refuse a config under which ``source`` could produce events without a topic (see the module docstring)."""
-    if source.names_own_topics or settings.topic:
-        return
-    raise ConfigError(
-        "source.topic",
-        f"{source.name} publishes events whose input names no topic, and no topic is configured for them",
-        "set source.topic to the topic these events go to (and source.allowed_topics to let the input choose others)",
-    )
+def check_source_topics(source: type[Source[Any]], settings: SourceSettings, config: Any) -> None:
+    """Refuse a config under which ``source`` could produce events without a topic, or under which its own
+    ``config`` names a topic the rules do not allow (:meth:`Source.configured_topics`; see the module docstring)."""
+    if not source.names_own_topics and not settings.topic:
+        raise ConfigError(
+            "source.topic",
+            f"{source.name} publishes events whose input names no topic, and no topic is configured for them",
+            "set source.topic to the topic these events go to (and source.allowed_topics to let the input choose others)",
+        )
+    rules = PublishRules(topic=settings.topic, allowed_topics=tuple(settings.allowed_topics))
+    for key, topic in source.configured_topics(config):
+        if not rules.permits(topic):
+            raise ConfigError(
+                key,
+                f"topic {topic[:200]!r} is neither source.topic nor matched by source.allowed_topics",
+                "add it to source.allowed_topics, or name an allowed topic",
+            )
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,12 +23,12 @@ from structlog.testing import capture_logs
 
 from runtime.client import MeshClient, user_agent_for
 from runtime.connector import SourceContext
-from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
 from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
 from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
 from services.mcp.source.connector import McpSource, McpSourceConfig
+from tests.runtime.test_commands import meshconnect, write_config
 from tests.servers import free_port
 from tests.services.http_source import Pump
 
@@ -140,10 +140,20 @@ async def test_a_topic_not_allowed_is_refused_and_nothing_is_published(running: 
     assert [record.subject for record in pump.seen] == ["agents"]
 
 
-async def test_a_tool_whose_topic_is_not_allowed_stops_the_start() -> None:
-    tools = [{"name": "leak", "topic": "payroll"}]
-    with pytest.raises(ConfigError, match=r"config\.tools\[0\]\.topic"):
-        await _started(_config(tools=tools))
+def test_a_tool_whose_topic_is_not_allowed_fails_check_and_the_start_naming_its_key(tmp_path: Path) -> None:
+    config = {
+        "name": "mcp-agents",
+        "connector": McpSource.name,
+        "source": {"topic": "agents", "allowed_topics": ["orders", "audit.*"]},
+        "registry": {"kind": "file", "path": str(tmp_path / "registry")},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "config": {"host": "127.0.0.1", "port": 0, "tools": [*TOOLS, {"name": "leak", "topic": "payroll"}]},
+    }
+    path = write_config(tmp_path, config)
+    for command in ("check", "run"):
+        result = meshconnect(command, McpSource.name, "--config", str(path))
+        assert result.returncode == 2, result.stderr
+        assert f"config.tools[{len(TOOLS)}].topic" in result.stderr and "payroll" in result.stderr, result.stderr
 
 
 async def test_calls_outside_the_schema_and_unknown_tools_are_json_rpc_errors(running: tuple[McpSource, Pump]) -> None:

@@ -34,6 +34,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, Self
 
 import jsonschema
@@ -42,7 +43,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runtime import MAX_EVENT_BODY, ConfigError, ConnectorRecord, DataError, Secret, SourceContext
+from runtime import MAX_EVENT_BODY, ConnectorRecord, DataError, Secret, SourceContext
 from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 from services.mcp.client import (
     INVALID_PARAMS,
@@ -178,14 +179,11 @@ class McpSource(IntakeSource[McpSourceConfig]):
         self._validators = {tool.name: jsonschema.Draft202012Validator(tool.input_schema) for tool in config.tools}
         self._sessions: OrderedDict[str, float] = OrderedDict()  # session id -> when last used (monotonic)
 
+    @classmethod
+    def configured_topics(cls, config: McpSourceConfig) -> Iterable[tuple[str, str]]:
+        return [(f"config.tools[{index}].topic", tool.topic) for index, tool in enumerate(config.tools) if tool.topic is not None]
+
     async def start(self, context: SourceContext) -> None:
-        for index, tool in enumerate(self.config.tools):
-            if tool.topic is not None and not context.rules.permits(tool.topic):
-                raise ConfigError(
-                    f"config.tools[{index}].topic",
-                    f"topic {tool.topic!r} is neither source.topic nor matched by source.allowed_topics",
-                    "add it to source.allowed_topics or name an allowed topic",
-                )
         await super().start(context)
         log.info("mcp source listening", host=self.config.host, port=self.port, path=self.config.path, tools=list(self._tools))
 
