@@ -154,6 +154,9 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._rules: tuple[ColumnRule, ...] = ()  # mapped, cdc: what each column of the table takes
         self._columns: tuple[str, ...] = ()  # mapped, cdc: the table's columns in order
         self._column_set: frozenset[str] = frozenset()
+        self._unchecked: tuple[frozenset[type], ...] = ()  # per column: the value types that fit without a look
+        self._fitting: tuple[frozenset[type], ...] = ()  # the same, and integers: their range is seen in _ranged
+        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -178,6 +181,9 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             self._rules = tuple(_column_rule(row) for row in columns)
             self._columns = tuple(rule.column for rule in self._rules)
             self._column_set = frozenset(self._columns)
+            self._ranged = tuple(rule for rule in self._rules if rule.kind is ColumnKind.INTEGER)
+            self._unchecked = tuple(rule.unchecked for rule in self._rules)
+            self._fitting = tuple(rule.unchecked | ({int} if rule in self._ranged else set()) for rule in self._rules)
         return columns
 
     async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
@@ -282,7 +288,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 rejections.append(Rejection(record, exc.reason))
                 mismatched = True
                 continue
-            key = tuple(orjson.dumps(data.get(column)) for column in self.config.key)
+            key = tuple(map(orjson.dumps, map(data.get, self.config.key)))
             rows.pop(key, None)
             rows[key] = data  # the last event for a key wins, and keeps its place at the end
         if not rows:
@@ -298,9 +304,15 @@ class PostgresSink(Sink[PostgresSinkConfig]):
 
     def _check_row(self, row: dict[str, Any]) -> None:
         """DataError naming the first field whose value does not fit its column (see :mod:`runtime.columns`)."""
-        for rule in self._rules:
-            value = row.get(rule.column)
-            if type(value) not in rule.unchecked:
+        if all(map(frozenset.__contains__, self._fitting, map(type, map(row.get, self._columns)))):
+            # The common case, the types in one C-level pass: only integers' ranges are left to see.
+            for rule in self._ranged:
+                value = row.get(rule.column)
+                if type(value) is int and not rule.low <= value <= rule.high:
+                    rule.check(value)
+            return
+        for rule, unchecked, value in zip(self._rules, self._unchecked, map(row.get, self._columns), strict=True):
+            if type(value) not in unchecked:
                 rule.check(value)
 
     async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -328,11 +340,13 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                     await connection.execute(f"TRUNCATE TABLE {self._table}")
                 elif step == "delete":
                     await connection.execute(self._delete, orjson.dumps(list(rows.values())).decode())
-                else:  # the keys of a run of upserts are distinct: rows setting the same columns go as one statement
-                    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                else:  # the keys of a run of upserts are distinct: rows with the same fields go as one statement
+                    by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                     for row in rows.values():
-                        by_columns.setdefault(tuple(column for column in self._columns if column in row), []).append(row)
-                    for columns, same in by_columns.items():
+                        by_fields.setdefault(tuple(row), []).append(row)
+                    for fields, same in by_fields.items():
+                        present = set(fields)
+                        columns = [column for column in self._columns if column in present]
                         await connection.execute(self._upsert(columns), orjson.dumps(same).decode())
 
     def _change_steps(
@@ -379,7 +393,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             if not steps or steps[-1][0] != step:
                 steps.append((step, {}))
             rows = steps[-1][1]
-            key = tuple(orjson.dumps(row.get(column)) for column in self.config.key)
+            key = tuple(map(orjson.dumps, map(row.get, self.config.key)))
             earlier = rows.pop(key, None)
             if step == "upsert":
                 if unavailable is not None and unavailable in row.values():  # not sent: left as it is
