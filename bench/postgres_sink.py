@@ -13,10 +13,13 @@ transaction per batch of the sink's size: ``raw`` is what a user would write, as
 ``executemany`` of ``INSERT ... ON CONFLICT`` (``DO UPDATE`` for mapped and cdc, ``DO NOTHING`` for
 events; the driver binds each row, the server runs the statement once per row); ``copy`` is the
 fastest raw path, asyncpg ``copy_records_to_table`` (binary COPY) into a temporary table and one
-``INSERT ... SELECT ... ON CONFLICT`` per batch. ``put()`` alone is PostgresSink.put() in this
-process (no worker, no mesh): where the connector's own time goes. Over the sink's window the CPU
-of each process (sink worker, mesh, PostgreSQL: the postmaster and its backends) is read from
-``/proc/<pid>/stat`` and printed in microseconds per event.
+``INSERT ... SELECT ... ON CONFLICT`` per batch (what the sink does in mode events); ``bound`` is one
+statement binding the whole batch (mapped and cdc: one JSON array through ``jsonb_populate_recordset``,
+the sink's statement there; events: one array per column through ``unnest``, what the sink did
+before COPY). Each is printed with the CPU of this process and of PostgreSQL per row. ``put()``
+alone is PostgresSink.put() in this process (no worker, no mesh): where the connector's own time
+goes. Over the sink's window the CPU of each process (sink worker, mesh, PostgreSQL: the postmaster
+and its backends) is read from ``/proc/<pid>/stat`` and printed in microseconds per event.
 
 ``--profile DIR`` records the sink worker with py-spy (``--format raw``, collapsed stacks, one file
 per mode) while it drains. ``--modes`` picks the modes. The last line is ``ratio: <mapped mode's
@@ -168,6 +171,28 @@ class Setup:
         self.profile = profile
 
 
+class Window:
+    """A baseline's timed loop: rows/s, and CPU us/row of this process and of PostgreSQL."""
+
+    def __init__(self, postmaster: int) -> None:
+        self._postmaster = postmaster
+        self.rate = self.client_us = self.postgres_us = 0.0
+        self._started = (0.0, 0.0, 0.0)
+
+    def start(self) -> None:
+        self._started = (time.perf_counter(), time.process_time(), postgres_cpu(self._postmaster))
+
+    def stop(self) -> Window:
+        wall, client, postgres = self._started
+        self.rate = EVENTS / (time.perf_counter() - wall)
+        self.client_us = (time.process_time() - client) * 1e6 / EVENTS
+        self.postgres_us = (postgres_cpu(self._postmaster) - postgres) * 1e6 / EVENTS
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.rate:,.0f} rows/s (CPU us/row: client {self.client_us:.1f}, postgres {self.postgres_us:.1f})"
+
+
 class SinkRun:
     """What one drain by the sink worker measured."""
 
@@ -237,21 +262,21 @@ async def sink_rate(setup: Setup, connection: asyncpg.Connection, mode: str, run
         stop(worker)
 
 
-async def raw_rate(connection: asyncpg.Connection, mode: str, run: int) -> float:
+async def raw_rate(connection: asyncpg.Connection, window: Window, mode: str, run: int) -> Window:
     """asyncpg ``executemany`` of ``INSERT ... ON CONFLICT``, a transaction per batch: the driver binds each row."""
     table = await fresh_schema(connection, f"raw_{mode}_{run}", mode)
     _, columns, _, _ = target_of(mode)
     values = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
     statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) {on_conflict(mode)}"
     rows = [raw_row(mode, n) for n in range(EVENTS)]
-    started = time.perf_counter()
+    window.start()
     for offset in range(0, EVENTS, BATCH):
         async with connection.transaction():
             await connection.executemany(statement, rows[offset : offset + BATCH])
-    return EVENTS / (time.perf_counter() - started)
+    return window.stop()
 
 
-async def copy_rate(connection: asyncpg.Connection, mode: str, run: int) -> float:
+async def copy_rate(connection: asyncpg.Connection, window: Window, mode: str, run: int) -> Window:
     """Binary COPY of a batch into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT``; a transaction each."""
     table = await fresh_schema(connection, f"copy_{mode}_{run}", mode)
     _, columns, _, _ = target_of(mode)
@@ -260,12 +285,37 @@ async def copy_rate(connection: asyncpg.Connection, mode: str, run: int) -> floa
     listed = ", ".join(columns)
     upsert = f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {stage} {on_conflict(mode)}"
     rows = [raw_row(mode, n) for n in range(EVENTS)]
-    started = time.perf_counter()
+    window.start()
     for offset in range(0, EVENTS, BATCH):
         async with connection.transaction():
             await connection.copy_records_to_table(stage, records=rows[offset : offset + BATCH], columns=columns)
             await connection.execute(upsert)
-    return EVENTS / (time.perf_counter() - started)
+    return window.stop()
+
+
+async def bound_rate(connection: asyncpg.Connection, window: Window, mode: str, run: int) -> Window:
+    """One statement binding the batch (a JSON array, or an array per column), a transaction per batch."""
+    table = await fresh_schema(connection, f"bound_{mode}_{run}", mode)
+    _, columns, _, _ = target_of(mode)
+    listed = ", ".join(columns)
+    if mode == "events":
+        types = ("text", "text", "text", "text", "timestamptz", "text", "jsonb", "bytea", "jsonb")
+        arrays = ", ".join(f"${index}::{kind}[]" for index, kind in enumerate(types, 1))
+        statement = f"INSERT INTO {table} ({listed}) SELECT * FROM unnest({arrays}) {on_conflict(mode)}"
+        rows = [raw_row(mode, n) for n in range(EVENTS)]
+    else:
+        source = f"jsonb_populate_recordset(NULL::{table}, $1::jsonb)"
+        statement = f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {source} {on_conflict(mode)}"
+        objects = [row_of(n) for n in range(EVENTS)]
+    window.start()  # the arguments are built in the window, as the sink builds them
+    for offset in range(0, EVENTS, BATCH):
+        if mode == "events":
+            arguments = [list(column) for column in zip(*rows[offset : offset + BATCH], strict=True)]
+        else:
+            arguments = [orjson.dumps(objects[offset : offset + BATCH]).decode()]
+        async with connection.transaction():
+            await connection.execute(statement, *arguments)
+    return window.stop()
 
 
 async def put_only_rate(server: PostgresServer, connection: asyncpg.Connection, mode: str, run: int) -> float:
@@ -294,21 +344,29 @@ async def compare(setup: Setup, modes: Sequence[str]) -> float:
     ratios: dict[tuple[str, str], list[float]] = {}
     runs: dict[str, list[SinkRun]] = {mode: [] for mode in modes}
     connection = await asyncpg.connect(setup.server.dsn)
+    assert setup.server.proc is not None
+    postmaster = setup.server.proc.pid
     try:
         for run in range(RUNS):
             for mode in modes:
                 sink = await sink_rate(setup, connection, mode, run)
-                raw = await raw_rate(connection, mode, run)
-                copy = await copy_rate(connection, mode, run)
+                raw = await raw_rate(connection, Window(postmaster), mode, run)
+                copy = await copy_rate(connection, Window(postmaster), mode, run)
+                bound = await bound_rate(connection, Window(postmaster), mode, run)
                 alone = await put_only_rate(setup.server, connection, mode, run)
                 runs[mode].append(sink)
-                ratios.setdefault((mode, "raw"), []).append(sink.rate / raw)
-                ratios.setdefault((mode, "copy"), []).append(sink.rate / copy)
+                ratios.setdefault((mode, "raw"), []).append(sink.rate / raw.rate)
+                ratios.setdefault((mode, "copy"), []).append(sink.rate / copy.rate)
                 print(
-                    f"    run {run + 1} {mode:>6}: postgres-sink {sink.rate:,.0f} events/s; raw executemany {raw:,.0f} rows/s"
-                    f" (ratio {sink.rate / raw:.2f}); copy + upsert {copy:,.0f} rows/s (ratio {sink.rate / copy:.2f})"
+                    f"    run {run + 1} {mode:>6}: postgres-sink {sink.rate:,.0f} events/s; ratio {sink.rate / raw.rate:.2f}"
+                    f" to raw, {sink.rate / copy.rate:.2f} to copy"
                 )
-                print(f"{'':18}PostgresSink.put() alone (no worker, no mesh): {alone:,.0f} events/s ({alone / raw:.2f} of raw)")
+                print(f"{'':18}raw executemany: {raw}")
+                print(f"{'':18}copy + upsert:   {copy}")
+                print(f"{'':18}{'column arrays' if mode == 'events' else 'json array'}:{'':3}{bound}")
+                print(
+                    f"{'':18}PostgresSink.put() alone (no worker, no mesh): {alone:,.0f} events/s ({alone / raw.rate:.2f} of raw)"
+                )
                 print(f"{'':18}CPU us/event: " + ", ".join(f"{name} {value:.1f}" for name, value in sink.cpu_us.items()))
     finally:
         await connection.close()
