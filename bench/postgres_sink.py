@@ -13,10 +13,10 @@ transaction per batch of the sink's size: ``raw`` is what a user would write, as
 ``executemany`` of ``INSERT ... ON CONFLICT`` (``DO UPDATE`` for mapped and cdc, ``DO NOTHING`` for
 events; the driver binds each row, the server runs the statement once per row); ``copy`` is the
 fastest raw path, asyncpg ``copy_records_to_table`` (binary COPY) into a temporary table and one
-``INSERT ... SELECT ... ON CONFLICT`` per batch (what the sink does in mode events); ``bound`` is one
-statement binding the whole batch (mapped and cdc: one JSON array through ``jsonb_populate_recordset``,
-the sink's statement there; events: one array per column through ``unnest``, what the sink did
-before COPY). Each is printed with the CPU of this process and of PostgreSQL per row. ``put()``
+``INSERT ... SELECT ... ON CONFLICT`` per batch; ``bound`` is the sink's own statement, binding the
+whole batch at once (mapped and cdc: one JSON array through ``jsonb_populate_recordset``; events:
+one array per column through ``unnest``). Each is printed with the CPU of this process and of
+PostgreSQL per row, to weigh the sink's statement against COPY. ``put()``
 alone is PostgresSink.put() in this process (no worker, no mesh): where the connector's own time
 goes. Over the sink's window the CPU of each process (sink worker, mesh, PostgreSQL: the postmaster
 and its backends) is read from ``/proc/<pid>/stat`` and printed in microseconds per event.

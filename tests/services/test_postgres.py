@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from runtime.connector import SinkContext
-from runtime.errors import ConfigError, DataError, RetriableError
+from runtime.errors import DataError, RetriableError
 from runtime.mesh import EmbeddedMesh
 from runtime.record import ConnectorRecord
 from runtime.testing import (
@@ -254,21 +254,6 @@ async def test_mapped_sink_reads_a_widened_column_again_before_refusing(
 async def test_sink_bad_config_fails_at_start(postgres_server: PostgresServer) -> None:
     with pytest.raises(Exception, match="does not exist"):
         await _sink(postgres_server.dsn, mode="mapped", table="no_such_table", key=["id"])
-
-
-async def test_events_sink_without_the_temporary_privilege_fails_at_start(
-    postgres_server: PostgresServer, db: asyncpg.Connection
-) -> None:
-    """Events are staged in a temporary table: a role that may not make one is told at start, not at each batch."""
-    role = f"notemp_{uuid.uuid4().hex[:6]}"
-    await db.execute(f"CREATE ROLE {role} LOGIN; REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC")
-    try:
-        dsn = postgres_server.dsn.replace(f"//{postgres_server.user}@", f"//{role}@")
-        with pytest.raises(ConfigError, match="temporary stage table") as refused:
-            await _sink(dsn, table="not_made", create_table=False)
-        assert refused.value.key == "config.dsn"
-    finally:
-        await db.execute(f"GRANT TEMPORARY ON DATABASE postgres TO PUBLIC; DROP ROLE {role}")
 
 
 async def test_sink_while_the_server_is_down_is_retriable(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:

@@ -6,8 +6,7 @@ Three modes:
     every event is a row of ``table`` (created when missing) keyed by ``(source, id)``:
     ``type, subject, time, datacontenttype, data jsonb`` (JSON data; text as a JSON string),
     ``data_bytes bytea`` (binary data) and ``extensions jsonb``. A redelivered event changes
-    nothing (``ON CONFLICT DO NOTHING``): the sink is idempotent. A batch is staged by binary COPY
-    in a temporary table of the session, then inserted by one statement.
+    nothing (``ON CONFLICT DO NOTHING``): the sink is idempotent.
 ``mapped``
     the JSON object data of each event is a row of an existing ``table``: its fields fill the
     columns of the same name (``jsonb_populate_recordset``) and ``key`` names the primary or
@@ -33,7 +32,7 @@ that no column can be named like (over 63 bytes, a NUL) is dead-lettered; values
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import asyncpg
@@ -74,17 +73,11 @@ CREATE TABLE IF NOT EXISTS {table} (
     PRIMARY KEY (source, id)
 )"""
 
-# Events go by binary COPY into a temporary table of the session, then one INSERT ... SELECT per batch: measured
-# (bench/postgres_sink.py) it takes well under half the client CPU of binding one array per column (unnest).
-_EVENT_COLUMNS = ("source", "id", "type", "subject", "time", "datacontenttype", "data", "data_bytes", "extensions")
-_STAGE = "meshconnect_events_stage"
-_CREATE_STAGE = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
-    source text, id text, type text, subject text, time timestamptz, datacontenttype text, data jsonb, data_bytes bytea,
-    extensions jsonb
-) ON COMMIT DELETE ROWS"""
-_INSERT_EVENTS = f"""
-INSERT INTO {{table}} ({", ".join(_EVENT_COLUMNS)}) SELECT {", ".join(_EVENT_COLUMNS)} FROM pg_temp.{_STAGE}
+_INSERT_EVENTS = """
+INSERT INTO {table} (source, id, type, subject, time, datacontenttype, data, data_bytes, extensions)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::jsonb[], $8::bytea[], $9::jsonb[]
+)
 ON CONFLICT (source, id) DO NOTHING"""
 
 # Each column with its type (a domain's base type): name, category (pg_type.typcategory) and the type as written.
@@ -174,8 +167,6 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                         "create table", connection.execute(_EVENTS_TABLE.format(table=self._table)), self.config.timeout
                     )
                 self._statement = _INSERT_EVENTS.format(table=self._table)
-                # Refused here (no TEMPORARY privilege on the database), it is a config error, not a retry at each batch.
-                await pg_call("create the temporary stage table", connection.execute(_CREATE_STAGE), self.config.timeout)
             else:
                 self._statement = await self._mapped_statement(connection)
         except BaseException:
@@ -219,36 +210,24 @@ class PostgresSink(Sink[PostgresSinkConfig]):
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         if self.config.mode == "cdc":
             return await self._apply_changes(records)
+        arguments: Sequence[Any] | None
         if self.config.mode == "events":
-            rejections, rows = self._event_rows(records)
-            if rows:
-                await self._write("insert events", lambda connection: self._copy_events(connection, rows))
+            rejections, arguments = self._event_rows(records)
+        else:
+            rejections, arguments, mismatched = self._mapped_rows(records)
+            if mismatched:
+                # The verdict may rest on types read before the table changed (a column widened): read them again.
+                try:
+                    await self._read_columns(await self._connection.get(running=True), running=True)
+                except RetriableError:
+                    self._connection.drop()
+                    raise
+                rejections, arguments, _ = self._mapped_rows(records)
+        if arguments is None:
             return rejections
-        rejections, arguments, mismatched = self._mapped_rows(records)
-        if mismatched:
-            # The verdict may rest on types read before the table changed (a column widened): read them again.
-            try:
-                await self._read_columns(await self._connection.get(running=True), running=True)
-            except RetriableError:
-                self._connection.drop()
-                raise
-            rejections, arguments, _ = self._mapped_rows(records)
-        if arguments is not None:
-            await self._write("upsert", lambda connection: connection.execute(self._statement, *arguments))
-        return rejections
-
-    async def _copy_events(self, connection: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-        async with connection.transaction():
-            # In the batch's transaction: a new session, or one whose stage was rolled back, gets it here.
-            await connection.execute(_CREATE_STAGE)
-            await connection.copy_records_to_table(_STAGE, records=rows, columns=_EVENT_COLUMNS, schema_name="pg_temp")
-            await connection.execute(self._statement)
-
-    async def _write(self, what: str, write: Callable[[asyncpg.Connection], Awaitable[Any]]) -> None:
-        """One batch's write under the timeout; a refused value is the batch's DataError, a lost server retriable."""
         connection = await self._connection.get(running=True)
         try:
-            await pg_call(what, write(connection), self.config.timeout, running=True)
+            await pg_call("upsert", connection.execute(self._statement, *arguments), self.config.timeout, running=True)
         except RetriableError:
             self._connection.drop()  # reconnect for the retry
             raise
@@ -256,10 +235,11 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             raise DataError(f"PostgreSQL refused the batch: {exc.__class__.__name__}: {exc}") from exc
         except asyncpg.UndefinedTableError as exc:
             raise RetriableError(f"table {self.config.table} is missing: {exc}") from exc
+        return rejections
 
-    def _event_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], list[tuple[Any, ...]]]:
+    def _event_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[list[Any], ...] | None]:
         rejections: list[Rejection] = []
-        rows: list[tuple[Any, ...]] = []
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
         for record in records:
             if not (record.id and record.source and record.type):
                 rejections.append(Rejection(record, "event has no id, source or type"))
@@ -272,20 +252,20 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             except TypeError as exc:
                 rejections.append(Rejection(record, f"data cannot be stored as JSON: {exc}"))
                 continue
-            rows.append(
-                (
-                    record.source,
-                    record.id,
-                    record.type,
-                    record.subject,
-                    record.timestamp,
-                    record.datacontenttype,
-                    data_json,
-                    data_bytes,
-                    orjson.dumps(dict(record.extensions)).decode(),
-                )
+            values = (
+                record.source,
+                record.id,
+                record.type,
+                record.subject,
+                record.timestamp,
+                record.datacontenttype,
+                data_json,
+                data_bytes,
+                orjson.dumps(dict(record.extensions)).decode(),
             )
-        return rejections, rows
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        return rejections, (columns if columns[0] else None)
 
     def _mapped_rows(self, records: Sequence[ConnectorRecord]) -> tuple[list[Rejection], tuple[str] | None, bool]:
         """The rejections, the argument of the upsert (None: nothing to write), and whether a value did not fit."""
