@@ -2,7 +2,7 @@
 
 postgres-source and postgres-sink reach the server only through these helpers, so a refusal is a
 :class:`ConfigError` at start and a :class:`RetriableError` once running, a lost server is
-retriable, and a name from the config becomes SQL only quoted, on both sides alike.
+retriable, and a name becomes SQL only checked and quoted (:func:`quote_identifier`), on both sides alike.
 """
 
 from __future__ import annotations
@@ -13,37 +13,49 @@ from typing import TypeVar
 
 import asyncpg
 
-from runtime import ConfigError, RetriableError, Secret
+from runtime import ConfigError, DataError, RetriableError, Secret
 
-__all__ = ["PgConnection", "pg_call", "quote_column", "quote_identifier", "quote_relation"]
+__all__ = ["PgConnection", "check_identifier", "pg_call", "quote_identifier", "relation_parts"]
 
 T = TypeVar("T")
 
+_NAME_BYTES = 63  # NAMEDATALEN - 1: the server cuts a longer name to this, which could name another object
 
-def quote_identifier(name: str) -> str:
-    """A ``[schema.]name`` from the config as a quoted SQL identifier; checked, never interpolated raw.
 
-    The dot separates the schema: a name the catalog gives (a column, a relation's parts) may hold dots
-    itself and goes through :func:`quote_column` or :func:`quote_relation` instead.
+def check_identifier(name: str, what: str = "identifier") -> str:
+    """``name`` if PostgreSQL can hold it whole as one identifier: 1 to 63 bytes of UTF-8 and no NUL.
+
+    Any other character is allowed: :func:`quote_identifier` quotes it. A :class:`DataError` otherwise
+    (event data: dead-lettered; a config validator turns it into a refusal naming the key).
     """
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 2 or not all(part and len(part) <= 63 and "\x00" not in part for part in parts):
-        raise ConfigError("config", f"{name!r} is not a valid [schema.]name identifier", "use up to 63 characters per part")
-    return ".".join(_quoted(part) for part in parts)
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
+        size = 0
+    if not 1 <= size <= _NAME_BYTES or "\x00" in name:
+        raise DataError(f"{what} {name[:80]!r} is not a PostgreSQL identifier (1 to 63 bytes of UTF-8, no NUL)")
+    return name
 
 
-def quote_column(name: str) -> str:
-    """One identifier (a column, as the catalog names it: dots and quotes are part of it) quoted for SQL."""
-    return _quoted(name)
+def quote_identifier(*parts: str) -> str:
+    """An identifier, or one qualified by its parts (schema, name), checked and double-quoted for SQL.
+
+    The one way a name (from the config, the catalog or event data) becomes SQL, on both sides.
+    """
+    return ".".join('"' + check_identifier(part).replace('"', '""') + '"' for part in parts)
 
 
-def quote_relation(schema: str, name: str) -> str:
-    """A relation the catalog names by its schema and name (either may hold dots) quoted for SQL."""
-    return f"{_quoted(schema)}.{_quoted(name)}"
-
-
-def _quoted(part: str) -> str:
-    return '"' + part.replace('"', '""') + '"'
+def relation_parts(name: str) -> tuple[str, ...]:
+    """A config's ``[schema.]name`` as its one or two parts, each checked; ValueError for the config's validator."""
+    parts = tuple(name.split("."))
+    if len(parts) > 2:
+        raise ValueError(f"{name!r} is not [schema.]name: more than one dot")
+    try:
+        for part in parts:
+            check_identifier(part, "name part")
+    except DataError as exc:
+        raise ValueError(f"{name!r} is not [schema.]name: {exc.reason}") from exc
+    return parts
 
 
 _REFUSALS = (

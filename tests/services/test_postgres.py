@@ -4,15 +4,18 @@ test_postgres_source.py)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from pydantic import ValidationError
 
 from runtime.connector import SinkContext
 from runtime.errors import DataError, RetriableError
@@ -403,3 +406,104 @@ async def test_a_source_worker_killed_mid_snapshot_resumes_without_gaps_into_a_s
 
 async def _more_than(count: Callable[[], Awaitable[int]], least: int) -> bool:
     return await count() > least
+
+
+# -- cdc: images without unchanged TOASTed values; identifiers from the table, the config and the data ----
+
+
+async def test_an_update_leaving_a_toasted_value_out_keeps_it_in_the_replica(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    """PostgreSQL logs no unchanged TOASTed value: the update's after image lacks it, and the replica keeps it."""
+    await db.execute(f"ALTER TABLE {table} ADD COLUMN body text")  # REPLICA IDENTITY DEFAULT: the key only
+    target = await _target(db)
+    await db.execute(f"ALTER TABLE {target} ADD COLUMN body text")
+    big = secrets.token_urlsafe(6000)  # 8 kB that pglz cannot shrink below 2 kB: stored out of line
+    source = await start_source(postgres_server.dsn, table)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    try:
+        await db.execute(f"INSERT INTO {table} (id, name, body) VALUES (1, 'one', $1)", big)
+        await drain(source, sink)
+        assert await db.fetchval(f"SELECT pg_column_size(body) FROM {table}") > 2000
+        # One batch: a row inserted and updated, and an update of a row already copied.
+        await db.execute(f"INSERT INTO {table} (id, name, body) VALUES (2, 'two', $1)", big[::-1])
+        await db.execute(f"UPDATE {table} SET name = 'changed' WHERE id IN (1, 2)")
+        records = await drain(source, sink)
+    finally:
+        await sink.stop()
+        await source.stop()
+    updates = [record.data["after"] for record in records if record.data.get("op") == "u"]
+    assert [sorted(after) for after in updates] == [["doc", "id", "name", "ok", "price"]] * 2  # no body
+    found = await db.fetch(f"SELECT id, name, body FROM {target} ORDER BY id")
+    assert [tuple(row) for row in found] == [(1, "changed", big), (2, "changed", big[::-1])]
+
+
+async def test_cdc_sink_leaves_a_placeholder_column_as_it_is(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
+    target = await _target(db)
+    await db.execute(f"INSERT INTO {target} (id, name, price) VALUES (1, 'kept', 2.5)")
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    placeholder = "__debezium_unavailable_value"
+    try:
+        changes = [
+            {"op": "u", "before": None, "after": {"id": 1, "name": placeholder, "price": "3.5"}},
+            {"op": "c", "before": None, "after": {"id": 2, "name": "new", "price": "1"}},
+            {"op": "u", "before": None, "after": {"id": 2, "name": placeholder, "price": "4"}},
+        ]
+        assert await sink.put([_event(n, data=change) for n, change in enumerate(changes)]) == []
+    finally:
+        await sink.stop()
+    assert await _rows(db, target) == [(1, "kept", None, Decimal("3.5"), None), (2, "new", None, Decimal("4"), None)]
+
+
+_HOSTILE_COLUMN = 'we"ird; col'
+_DOTTED_COLUMN = "dot.ted"
+_LONGEST_COLUMN = "é" * 31 + "x"  # 63 bytes
+
+
+@pytest.mark.parametrize("mode", ["mapped", "cdc"])
+async def test_sink_quotes_every_column_and_dead_letters_field_names_no_column_can_have(
+    postgres_server: PostgresServer, db: asyncpg.Connection, mode: str
+) -> None:
+    table = f'we"ird {uuid.uuid4().hex[:6]}; x'
+    quoted = '"' + table.replace('"', '""') + '"'
+    await db.execute(
+        f'CREATE TABLE {quoted} (id int PRIMARY KEY, "{_HOSTILE_COLUMN.replace(chr(34), chr(34) * 2)}" text,'
+        f' "{_DOTTED_COLUMN}" text, "{_LONGEST_COLUMN}" text)'
+    )
+    sink = await _sink(postgres_server.dsn, mode=mode, table=table, key=["id"])
+    fields = {
+        "good": {"id": 1, _HOSTILE_COLUMN: "a", _DOTTED_COLUMN: "b", _LONGEST_COLUMN: "c"},
+        "not-a-column": {"id": 2, f'x"; DROP TABLE {quoted}; --': "ignored"},
+        "nul": {"id": 3, "n\x00ul": "x"},
+        "64-bytes": {"id": 4, "x" * 64: "x"},
+        "64-bytes-utf8": {"id": 5, "é" * 32: "x"},  # 32 characters, but the server would cut it to 63 bytes
+        "long-prefix": {"id": 6, _LONGEST_COLUMN + "y": "x"},  # cut to 63 bytes it would name a column
+    }
+
+    def data(row: dict[str, Any]) -> dict[str, Any]:
+        return {"op": "c", "before": None, "after": row} if mode == "cdc" else row
+
+    try:
+        rejections = await sink.put([_event(0, id=name, data=data(row)) for name, row in fields.items()])
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == {"nul", "64-bytes", "64-bytes-utf8", "long-prefix"}
+    assert all("is not a PostgreSQL identifier (1 to 63 bytes of UTF-8, no NUL)" in reason for reason in reasons.values())
+    found = await db.fetch(f"SELECT * FROM {quoted} ORDER BY id")
+    assert [tuple(row) for row in found] == [(1, "a", "b", "c"), (2, None, None, None)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"table": "a.b.c"},
+        {"table": "x" * 64},
+        {"table": "public.t\x00"},
+        {"mode": "mapped", "key": ["i\x00d"]},
+        {"mode": "mapped", "key": ["é" * 32]},
+    ],
+)
+def test_sink_config_refuses_names_postgresql_cannot_hold(config: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="is not"):
+        PostgresSinkConfig.model_validate(config)

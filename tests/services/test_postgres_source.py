@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
 from runtime.connector import SourceContext
 from runtime.errors import RetriableError
@@ -314,3 +315,9 @@ async def test_column_names_with_dots_are_quoted_as_one_identifier(
         await source.stop()
     assert [r.data["after"] for r in records] == [{"k.id": n, "a.b": f"v{n}", "x.y.z": n * 10} for n in range(1, 6)]
     assert records[0].data["key"] == ["k.id"]
+
+
+@pytest.mark.parametrize("table", ["a.b.c", "x" * 64, "public.t\x00", "é" * 32])
+def test_source_config_refuses_table_names_postgresql_cannot_hold(table: str) -> None:
+    with pytest.raises(ValidationError, match=r"is not \[schema.\]name"):
+        PostgresSourceConfig.model_validate({"tables": ["ok", table]})

@@ -17,14 +17,17 @@ Three modes:
 ``cdc``
     each event is a change envelope (postgres-source's or mysql-source's: ``op``, ``before``,
     ``after``) of the rows of ``table``, applied in order: ``c``, ``u`` and ``r`` upsert ``after``
-    as in ``mapped`` (same checks), ``d`` deletes the row keyed by ``before``, and a ``TRUNCATE``
+    as in ``mapped`` (same checks) but set only the columns the image holds (PostgreSQL leaves an
+    unchanged TOASTed value out; Debezium may send a placeholder, which counts as left out), ``d``
+    deletes the row keyed by ``before``, and a ``TRUNCATE``
     (``{"ddl": "TRUNCATE ..."}``) empties ``table``. Its text is never run; other DDL is dead-lettered.
     Replayed after a restart, the same changes in the same order end in the same rows.
 
 A value the table refuses (a constraint) makes the batch a ``DataError``; the worker then
 writes record by record and dead-letters the one at fault. A lost connection is retriable, and so
 is a refused login or privilege after a good start (at start it is a config error).
-Identifiers are validated and quoted; values are always bound parameters.
+Identifiers are validated and quoted (:func:`~services.postgres.client.quote_identifier`); a field
+that no column can be named like (over 63 bytes, a NUL) is dead-lettered; values are always bound.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 import structlog
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from runtime import (
     ColumnKind,
@@ -50,7 +53,7 @@ from runtime import (
     Sink,
     SinkContext,
 )
-from services.postgres.client import PgConnection, pg_call, quote_identifier
+from services.postgres.client import PgConnection, check_identifier, pg_call, quote_identifier, relation_parts
 
 __all__ = ["PostgresSink", "PostgresSinkConfig"]
 
@@ -100,6 +103,27 @@ class PostgresSinkConfig(ConnectorConfig):
     create_table: bool = Field(True, description="Create the events table if missing (mode events).")
     key: list[str] = Field(default_factory=list, description="Columns of the unique key to upsert on (modes mapped, cdc).")
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for connecting or for a batch to commit.")
+    unavailable_value: str | None = Field(
+        "__debezium_unavailable_value",
+        description="Mode cdc: a column of an after image holding this text was not sent (Debezium's placeholder for an"
+        " unchanged TOASTed value) and is left as it is; null: no placeholder.",
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _relation_name(cls, table: str) -> str:
+        relation_parts(table)
+        return table
+
+    @field_validator("key")
+    @classmethod
+    def _column_names(cls, key: list[str]) -> list[str]:
+        try:
+            for column in key:
+                check_identifier(column, "key column")
+        except DataError as exc:
+            raise ValueError(exc.reason) from exc
+        return key
 
     @model_validator(mode="after")
     def _mapped_needs_a_key(self) -> PostgresSinkConfig:
@@ -117,15 +141,22 @@ class PostgresSink(Sink[PostgresSinkConfig]):
 
     def __init__(self, config: PostgresSinkConfig) -> None:
         super().__init__(config)
-        self._table = quote_identifier(config.table)
+        self._table = quote_identifier(*relation_parts(config.table))
         self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
+        self._key = frozenset(config.key)
         keys = ", ".join(quote_identifier(column) for column in config.key)
+        self._conflict = keys
         self._delete = (
             f"DELETE FROM {self._table} WHERE ({keys}) IN"
             f" (SELECT {keys} FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb))"
         )
-        self._rules: tuple[ColumnRule, ...] = ()  # mapped: what each column of the table takes
+        self._rules: tuple[ColumnRule, ...] = ()  # mapped, cdc: what each column of the table takes
+        self._columns: tuple[str, ...] = ()  # mapped, cdc: the table's columns in order
+        self._column_set: frozenset[str] = frozenset()
+        self._unchecked: tuple[frozenset[type], ...] = ()  # per column: the value types that fit without a look
+        self._fitting: tuple[frozenset[type], ...] = ()  # the same, and integers: their range is seen in _ranged
+        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -148,6 +179,11 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         )
         if columns:
             self._rules = tuple(_column_rule(row) for row in columns)
+            self._columns = tuple(rule.column for rule in self._rules)
+            self._column_set = frozenset(self._columns)
+            self._ranged = tuple(rule for rule in self._rules if rule.kind is ColumnKind.INTEGER)
+            self._unchecked = tuple(rule.unchecked for rule in self._rules)
+            self._fitting = tuple(rule.unchecked | ({int} if rule in self._ranged else set()) for rule in self._rules)
         return columns
 
     async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
@@ -157,15 +193,18 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         missing = [column for column in self.config.key if column not in names]
         if missing:
             raise ConfigError("config.key", f"{missing} are not columns of {self.config.table}", f"choose from {names}")
-        quoted = [quote_identifier(name) for name in names]
+        return self._upsert(names)
+
+    def _upsert(self, columns: Sequence[str]) -> str:
+        """The upsert of rows (a JSON array bound as $1) that sets ``columns`` only: the others keep their value."""
+        quoted = [quote_identifier(column) for column in columns]
         updates = ", ".join(
-            f"{column} = EXCLUDED.{column}" for name, column in zip(names, quoted, strict=True) if name not in self.config.key
+            f"{column} = EXCLUDED.{column}" for name, column in zip(columns, quoted, strict=True) if name not in self._key
         )
-        conflict = ", ".join(quote_identifier(column) for column in self.config.key)
         action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
         return (
             f"INSERT INTO {self._table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
-            f"FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb) ON CONFLICT ({conflict}) {action}"
+            f"FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb) ON CONFLICT ({self._conflict}) {action}"
         )
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -239,23 +278,41 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 rejections.append(Rejection(record, f"mode mapped needs JSON object data, got {type(data).__name__}"))
                 continue
             try:
+                self._check_names(data)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                continue
+            try:
                 self._check_row(data)
             except DataError as exc:
                 rejections.append(Rejection(record, exc.reason))
                 mismatched = True
                 continue
-            key = tuple(orjson.dumps(data.get(column)) for column in self.config.key)
+            key = tuple(map(orjson.dumps, map(data.get, self.config.key)))
             rows.pop(key, None)
             rows[key] = data  # the last event for a key wins, and keeps its place at the end
         if not rows:
             return rejections, None, mismatched
         return rejections, (orjson.dumps(list(rows.values())).decode(),), mismatched
 
+    def _check_names(self, row: dict[str, Any]) -> None:
+        """DataError for a field no column can be named like (see :func:`check_identifier`): the event is dead-lettered."""
+        columns = self._column_set
+        for name in row:
+            if name not in columns:
+                check_identifier(name, "field")
+
     def _check_row(self, row: dict[str, Any]) -> None:
         """DataError naming the first field whose value does not fit its column (see :mod:`runtime.columns`)."""
-        for rule in self._rules:
-            value = row.get(rule.column)
-            if type(value) not in rule.unchecked:
+        if all(map(frozenset.__contains__, self._fitting, map(type, map(row.get, self._columns)))):
+            # The common case, the types in one C-level pass: only integers' ranges are left to see.
+            for rule in self._ranged:
+                value = row.get(rule.column)
+                if type(value) is int and not rule.low <= value <= rule.high:
+                    rule.check(value)
+            return
+        for rule, unchecked, value in zip(self._rules, self._unchecked, map(row.get, self._columns), strict=True):
+            if type(value) not in unchecked:
                 rule.check(value)
 
     async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -278,19 +335,28 @@ class PostgresSink(Sink[PostgresSinkConfig]):
 
     async def _run_steps(self, connection: asyncpg.Connection, steps: list[tuple[str, dict[tuple[bytes, ...], Any]]]) -> None:
         async with connection.transaction():
-            for statement, rows in steps:
-                if statement == "truncate":
+            for step, rows in steps:
+                if step == "truncate":
                     await connection.execute(f"TRUNCATE TABLE {self._table}")
-                else:
-                    await connection.execute(statement, orjson.dumps(list(rows.values())).decode())
+                elif step == "delete":
+                    await connection.execute(self._delete, orjson.dumps(list(rows.values())).decode())
+                else:  # the keys of a run of upserts are distinct: rows with the same fields go as one statement
+                    by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                    for row in rows.values():
+                        by_fields.setdefault(tuple(row), []).append(row)
+                    for fields, same in by_fields.items():
+                        present = set(fields)
+                        columns = [column for column in self._columns if column in present]
+                        await connection.execute(self._upsert(columns), orjson.dumps(same).decode())
 
     def _change_steps(
         self, records: Sequence[ConnectorRecord]
     ) -> tuple[list[Rejection], list[tuple[str, dict[tuple[bytes, ...], Any]]], bool]:
-        """The rejections, the statements in order (consecutive upserts or deletes as one), and whether a value did not fit."""
+        """The rejections, the steps in order (consecutive upserts or deletes as one), and whether a value did not fit."""
         rejections: list[Rejection] = []
         steps: list[tuple[str, dict[tuple[bytes, ...], Any]]] = []
         mismatched = False
+        unavailable = self.config.unavailable_value
         for record in records:
             data = record.data
             if not isinstance(data, dict):
@@ -313,17 +379,28 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 rejections.append(Rejection(record, f"change envelope's {image} image lacks the key {self.config.key}"))
                 continue
             try:
+                self._check_names(row)
+            except DataError as exc:
+                rejections.append(Rejection(record, exc.reason))
+                continue
+            try:
                 self._check_row(row)
             except DataError as exc:
                 rejections.append(Rejection(record, exc.reason))
                 mismatched = True
                 continue
-            statement = self._delete if op == "d" else self._statement
-            if not steps or steps[-1][0] != statement:
-                steps.append((statement, {}))
-            key = tuple(orjson.dumps(row.get(column)) for column in self.config.key)
-            steps[-1][1].pop(key, None)
-            steps[-1][1][key] = row  # the last change of a key in a run of upserts wins
+            step = "delete" if op == "d" else "upsert"
+            if not steps or steps[-1][0] != step:
+                steps.append((step, {}))
+            rows = steps[-1][1]
+            key = tuple(map(orjson.dumps, map(row.get, self.config.key)))
+            earlier = rows.pop(key, None)
+            if step == "upsert":
+                if unavailable is not None and unavailable in row.values():  # not sent: left as it is
+                    row = {name: value for name, value in row.items() if not (type(value) is str and value == unavailable)}
+                if earlier is not None:  # a column the image lacks keeps the value the earlier change gave it
+                    row = {**earlier, **row}
+            rows[key] = row  # the last change of a key in a run wins, and keeps its place at the end
         return rejections, steps, mismatched
 
     async def stop(self) -> None:

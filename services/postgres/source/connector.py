@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import asyncpg
 import structlog
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
-from services.postgres.client import PgConnection, pg_call, quote_identifier, quote_relation
+from services.postgres.client import PgConnection, pg_call, quote_identifier, relation_parts
 from services.postgres.source.pgoutput import Begin, Change, Commit, Relation, Truncate, decode
 from services.postgres.source.snapshot import SnapshotChunk, SnapshotReader, read_tables
 
@@ -62,6 +62,13 @@ class PostgresSourceConfig(ConnectorConfig):
     max_peek: int = Field(20_000, ge=100, description="Messages decoded per poll at most (see above).")
     idle_wait: float = Field(0.5, gt=0, le=1.0, description="Seconds to wait before looking again when nothing changed.")
     timeout: float = Field(10.0, gt=0, description="Seconds to wait for connecting or any query.")
+
+    @field_validator("tables")
+    @classmethod
+    def _relation_names(cls, tables: list[str]) -> list[str]:
+        for table in tables:
+            relation_parts(table)
+        return tables
 
 
 class PostgresSource(Source[PostgresSourceConfig]):
@@ -181,7 +188,8 @@ class PostgresSource(Source[PostgresSourceConfig]):
         )
         if found:
             return
-        target = "ALL TABLES" if not self.config.tables else "TABLE " + ", ".join(quote_identifier(t) for t in self.config.tables)
+        tables = ", ".join(quote_identifier(*relation_parts(table)) for table in self.config.tables)
+        target = f"TABLE {tables}" if tables else "ALL TABLES"
         statement = f"CREATE PUBLICATION {quote_identifier(self.config.publication)} FOR {target}"
         try:
             await pg_call("create publication", connection.execute(statement), self.config.timeout)
@@ -330,7 +338,7 @@ class PostgresSource(Source[PostgresSourceConfig]):
             data: dict[str, Any]
             if change.op == "truncate":
                 op = "ddl"
-                data = {"ddl": f"TRUNCATE TABLE {quote_relation(relation.schema, relation.table)}", "source": source}
+                data = {"ddl": f"TRUNCATE TABLE {quote_identifier(relation.schema, relation.table)}", "source": source}
             else:
                 op = _OPS[change.op]
                 key = [name for name, _, in_key in relation.columns if in_key]

@@ -33,7 +33,7 @@ import asyncpg
 import structlog
 
 from runtime import DataError, SourceContext
-from services.postgres.client import pg_call, quote_column, quote_relation
+from services.postgres.client import pg_call, quote_identifier
 from services.postgres.source.pgoutput import column_value
 
 __all__ = ["SnapshotChunk", "SnapshotReader", "Table", "read_tables"]
@@ -80,7 +80,7 @@ async def read_tables(connection: asyncpg.Connection, publication: str, seconds:
     tables: list[Table] = []
     for schema, name in await pg_call("list tables", connection.fetch(_TABLES, publication), seconds):
         try:
-            rows = await pg_call("read columns", connection.fetch(_COLUMNS, quote_relation(schema, name)), seconds)
+            rows = await pg_call("read columns", connection.fetch(_COLUMNS, quote_identifier(schema, name)), seconds)
         except asyncpg.UndefinedTableError:
             log.warning("table dropped before the snapshot read it: skipped", table=f"{schema}.{name}")
             continue
@@ -151,7 +151,7 @@ class SnapshotReader:
 
     async def _open(self, table: Table, catalog: asyncpg.Connection) -> None:
         estimate = await pg_call(
-            "estimate rows", catalog.fetchval(_ESTIMATE, quote_relation(table.schema, table.name)), self._seconds, running=True
+            "estimate rows", catalog.fetchval(_ESTIMATE, quote_identifier(table.schema, table.name)), self._seconds, running=True
         )
         self._opened = table.qualified
         self._total, self._done = int(estimate or 0), 0
@@ -161,14 +161,14 @@ class SnapshotReader:
 
     async def _read(self, reading: asyncpg.Connection, table: Table) -> list[tuple[dict[str, Any], list[str]]]:
         types = {name: sql_type for name, _, sql_type in table.columns}
-        order = [quote_column(column) for column in table.key] or ["ctid"]
+        order = [quote_identifier(column) for column in table.key] or ["ctid"]
         after_types = [types[column] for column in table.key] or ["tid"]
         where = ""
         if self._after is not None:
             literals = ", ".join(f"{_literal(text)}::{sql_type}" for text, sql_type in zip(self._after, after_types, strict=True))
             where = f" WHERE ({', '.join(order)}) > ({literals})"
-        selected = ", ".join([*(quote_column(name) for name, _, _ in table.columns), *(["ctid"] if not table.key else [])])
-        relation = quote_relation(table.schema, table.name)
+        selected = ", ".join([*(quote_identifier(name) for name, _, _ in table.columns), *(["ctid"] if not table.key else [])])
+        relation = quote_identifier(table.schema, table.name)
         query = f"SELECT {selected} FROM {relation}{where} ORDER BY {', '.join(order)} LIMIT {self._chunk}"
         received: list[bytes] = []
 
