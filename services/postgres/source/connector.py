@@ -104,7 +104,18 @@ class PostgresSource(Source[PostgresSourceConfig]):
         connection = await self._connection.get()
         try:
             await self._ensure_publication(connection)
-            if await self._slot_lsn(connection) is None:
+            slot_lsn = await self._slot_lsn(connection)
+            if slot_lsn is not None and committed is None and snapshot:
+                # Left by a run that committed nothing: its snapshot ended with that run, and one read now in a
+                # new transaction would hold rows the slot also streams, published twice under different ids.
+                log.info("replication slot left by a run that committed no offset: made again with its snapshot")
+                await pg_call(
+                    "drop slot",
+                    connection.execute("SELECT pg_drop_replication_slot($1)", self.config.slot),
+                    self.config.timeout,
+                )
+                slot_lsn = None
+            if slot_lsn is None:
                 if isinstance(resume, dict):  # the rows handed out stand before changes the lost slot held
                     log.warning("replication slot is missing mid-snapshot; the snapshot starts again", slot=self.config.slot)
                     resume = None
