@@ -20,16 +20,15 @@ import orjson
 from aiohttp import web
 from cloudevents.core.v1.event import CloudEvent
 
-from runtime.client import MeshClient, user_agent_for
 from runtime.connector import SourceContext
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
 from runtime.testing import WorkerProcess
 from services.http.chatgpt.connector import ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import FakeHttpServer
 from tests.services.http_source import Pump
+from tests.services.workers import gather_events
 
 API_KEY = "sk-test-s3cret-key-value"
 _DOCUMENTED_KEYS = {"model", "messages", "max_tokens", "temperature"}
@@ -129,14 +128,6 @@ async def through_the_worker(
     await mesh.start()
     received: dict[str, list[CloudEvent]] = {topic: [] for topic in topics}
 
-    async def read(topic: str) -> None:
-        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
-            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-            await client.listen()
-            async for pushed in client.pushed():
-                received[topic].append(pushed.event)
-                await pushed.ack()
-
     port = free_port()
     config = {
         "name": "chatgpt-answers",
@@ -149,7 +140,7 @@ async def through_the_worker(
         "config": {"host": "127.0.0.1", "port": port, "api_key": API_KEY, "base_url": fake.base_url, **settings},
     }
     worker = WorkerProcess(ChatGptSource, config, tmp_path)
-    readers = [asyncio.create_task(read(topic)) for topic in received]
+    readers = [asyncio.create_task(gather_events(mesh, topic, received[topic])) for topic in received]
     try:
         await worker.start(30)
         async with aiohttp.ClientSession() as session:

@@ -21,16 +21,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from structlog.testing import capture_logs
 
-from runtime.client import MeshClient, user_agent_for
 from runtime.connector import SourceContext
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.publishing import PublishRules
 from runtime.testing import SourceHarness, WorkerProcess, run_source_conformance
 from services.mcp.source.connector import McpSource, McpSourceConfig
 from tests.runtime.test_commands import meshconnect, write_config
 from tests.servers import free_port
 from tests.services.http_source import Pump
+from tests.services.workers import gather_events
 
 TOKEN = "agent-s3cret-token"
 ORDER_SCHEMA = {
@@ -278,14 +277,6 @@ async def test_through_the_worker_calls_are_events_in_the_mesh_with_the_tools_at
     await mesh.start()
     received: dict[str, list[CloudEvent]] = {"orders": [], "audit.login": []}
 
-    async def read(topic: str) -> None:
-        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
-            await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-            await client.listen()
-            async for pushed in client.pushed():
-                received[topic].append(pushed.event)
-                await pushed.ack()
-
     port = free_port()
     config = {
         "name": "mcp-agents",
@@ -298,7 +289,7 @@ async def test_through_the_worker_calls_are_events_in_the_mesh_with_the_tools_at
         "config": {"host": "127.0.0.1", "port": port, "token": TOKEN, "tools": TOOLS},
     }
     worker = WorkerProcess(McpSource, config, tmp_path)
-    readers = [asyncio.create_task(read(topic)) for topic in received]
+    readers = [asyncio.create_task(gather_events(mesh, topic, received[topic])) for topic in received]
     try:
         await worker.start(30)
         async with _agent(port) as agent:

@@ -59,6 +59,16 @@ async def publish(mesh: EmbeddedMesh, *items: tuple[str, Any]) -> None:
             await producer.publish(CloudEvent(attributes, data))
 
 
+async def gather_events(mesh: EmbeddedMesh, topic: str, into: list[CloudEvent]) -> None:
+    """Append every event pushed on ``topic`` to ``into`` (acked), until cancelled: run it as a task."""
+    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
+        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
+        await client.listen()
+        async for pushed in client.pushed():
+            into.append(pushed.event)
+            await pushed.ack()
+
+
 async def dead_letters(mesh: EmbeddedMesh, count: int, within: float = 30.0) -> dict[str, CloudEvent]:
     """The first ``count`` dead letters, by event id."""
     letters: dict[str, CloudEvent] = {}
