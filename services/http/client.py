@@ -35,6 +35,7 @@ from runtime import (
     data_bytes,
     record_to_json,
 )
+from services.deliveries import Outcome, settled
 
 __all__ = ["CloudEventPoster", "PosterConfig"]
 
@@ -104,20 +105,9 @@ class CloudEventPoster:
                 continue
             for url in targets():
                 sends.append(self._send(url, record, headers, body))
-        outcomes = await asyncio.gather(*sends)
-        failures = [outcome for outcome in outcomes if isinstance(outcome, RetriableError)]
-        if failures:
-            hints = [failure.retry_after for failure in failures if failure.retry_after is not None]
-            raise RetriableError(
-                f"{len(failures)} of {len(outcomes)} requests failed, first: {failures[0]}",
-                retry_after=max(hints) if hints else None,
-            )
-        rejections.extend(outcome for outcome in outcomes if isinstance(outcome, Rejection))
-        return rejections
+        return rejections + settled(await asyncio.gather(*sends), "requests")
 
-    async def _send(
-        self, url: str, record: ConnectorRecord, headers: Mapping[str, str], body: bytes
-    ) -> Rejection | RetriableError | None:
+    async def _send(self, url: str, record: ConnectorRecord, headers: Mapping[str, str], body: bytes) -> Outcome:
         """POST one event; the one seam where aiohttp's errors become ours."""
         assert self._session is not None, "open() first"
         try:

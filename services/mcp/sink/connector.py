@@ -37,6 +37,7 @@ from runtime import (
     Sink,
     SinkContext,
 )
+from services.deliveries import Outcome, settled
 from services.mcp.client import LATEST_VERSION, TOOL_NAME_PATTERN
 from services.mcp.sink.session import McpClientSession, ToolRefused
 
@@ -90,17 +91,9 @@ class McpSink(Sink[McpSinkConfig]):
         await self._session.open()
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
-        outcomes = await asyncio.gather(*(self._deliver(record) for record in records))
-        failures = [outcome for outcome in outcomes if isinstance(outcome, RetriableError)]
-        if failures:
-            hints = [failure.retry_after for failure in failures if failure.retry_after is not None]
-            raise RetriableError(
-                f"{len(failures)} of {len(records)} tool calls failed, first: {failures[0]}",
-                retry_after=max(hints) if hints else None,
-            )
-        return [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
+        return settled(await asyncio.gather(*(self._deliver(record) for record in records)), "tool calls")
 
-    async def _deliver(self, record: ConnectorRecord) -> Rejection | RetriableError | None:
+    async def _deliver(self, record: ConnectorRecord) -> Outcome:
         if not isinstance(record.data, dict):
             kind = type(record.data).__name__
             return Rejection(record, f"event data is a {kind}, not a JSON object: tool arguments are one (shape it with map:)")
