@@ -23,7 +23,6 @@ from runtime.client import MeshClient, user_agent_for
 from runtime.connector import SinkContext, SourceContext
 from runtime.errors import ConfigError
 from runtime.mesh import EmbeddedMesh
-from runtime.protocol.frames import SubscriptionMode, SubscriptionType
 from runtime.record import ConnectorRecord, partition_key
 from runtime.testing import SinkHarness, SourceHarness, WorkerProcess, poll_until, run_sink_conformance, run_source_conformance
 from runtime.validation import validate_model
@@ -31,6 +30,7 @@ from services.s3.client import S3Config, s3_client
 from services.s3.sink.connector import S3Sink, S3SinkConfig
 from services.s3.source.connector import S3Source, S3SourceConfig
 from tests.servers import MotoS3Server, free_port
+from tests.services.workers import gather_events
 
 _buckets = itertools.count()
 
@@ -191,15 +191,6 @@ async def test_object_mode_and_long_lines(bucket: Store) -> None:
 # -- s3-source through the worker and the embedded mesh --------------------------------------------
 
 
-async def _collect(mesh: EmbeddedMesh, topic: str, into: list[CloudEvent]) -> None:
-    async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for(f"{topic}-reader", "sub"), request_timeout=5) as client:
-        await client.subscribe(topic, SubscriptionMode.CLUSTERING, SubscriptionType.ASYNC)
-        await client.listen()
-        async for pushed in client.pushed():
-            into.append(pushed.event)
-            await pushed.ack()
-
-
 def _worker_config(
     name: str, connector: str, mesh: EmbeddedMesh, tmp_path: Path, config: dict[str, Any], **sections: Any
 ) -> dict[str, Any]:
@@ -228,7 +219,10 @@ async def test_source_dead_letters_invalid_json_and_shows_not_ready_while_s3_is_
     await mesh.start()
     events: list[CloudEvent] = []
     dead: list[CloudEvent] = []
-    readers = [asyncio.create_task(_collect(mesh, "lines", events)), asyncio.create_task(_collect(mesh, "s3-lines-dlq", dead))]
+    readers = [
+        asyncio.create_task(gather_events(mesh, "lines", events)),
+        asyncio.create_task(gather_events(mesh, "s3-lines-dlq", dead)),
+    ]
     await bucket.put("a.jsonl", _lines({"n": 0}) + b"{not json\n" + _lines({"n": 2}))
     config = _worker_config(
         "s3-lines",
@@ -463,7 +457,7 @@ async def test_round_trip_through_the_mesh_keeps_every_event_and_its_id(bucket: 
         source={"topic": "replayed", "allowed_topics": ["orders"]},
     )
     sink, source = WorkerProcess(S3Sink, sink_config, tmp_path), WorkerProcess(S3Source, source_config, tmp_path)
-    reader = asyncio.create_task(_collect(mesh, "orders", back))
+    reader = asyncio.create_task(gather_events(mesh, "orders", back))
     sent = []
     try:
         await sink.start(30)
@@ -482,7 +476,7 @@ async def test_round_trip_through_the_mesh_keeps_every_event_and_its_id(bucket: 
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         back.clear()  # what the sink consumed was read too: keep only what the source publishes
-        reader = asyncio.create_task(_collect(mesh, "orders", back))
+        reader = asyncio.create_task(gather_events(mesh, "orders", back))
         await source.start(30)
         await _eventually(lambda: _true(len({event.get_id() for event in back}) == 30))
         assert await source.terminate(30) == 0, source.log_tail()
