@@ -28,7 +28,7 @@ from services.http.chatgpt.connector import ChatGptSource, ChatGptSourceConfig
 from tests.servers import free_port
 from tests.services.fake_http import FakeHttpServer
 from tests.services.http_source import Pump
-from tests.services.workers import gather_events
+from tests.services.workers import gathered
 
 API_KEY = "sk-test-s3cret-key-value"
 _DOCUMENTED_KEYS = {"model", "messages", "max_tokens", "temperature"}
@@ -126,8 +126,6 @@ async def through_the_worker(
     worker with ``settings`` (its config block) and ``source`` (its source block)."""
     mesh = EmbeddedMesh(port=0)
     await mesh.start()
-    received: dict[str, list[CloudEvent]] = {topic: [] for topic in topics}
-
     port = free_port()
     config = {
         "name": "chatgpt-answers",
@@ -140,26 +138,23 @@ async def through_the_worker(
         "config": {"host": "127.0.0.1", "port": port, "api_key": API_KEY, "base_url": fake.base_url, **settings},
     }
     worker = WorkerProcess(ChatGptSource, config, tmp_path)
-    readers = [asyncio.create_task(gather_events(mesh, topic, received[topic])) for topic in received]
     try:
-        await worker.start(30)
-        async with aiohttp.ClientSession() as session:
-            for n in range(1, prompts + 1):
-                async with session.post(
-                    f"http://127.0.0.1:{port}/chatgpt", json={"text": f"prompt {n}", "id": f"p-{n}"}
-                ) as response:
-                    assert response.status == 200, await response.text()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if sum(len(events) for events in received.values()) >= prompts:
-                break
-            await asyncio.sleep(0.1)
-        assert await worker.terminate(30) == 0, worker.log_tail()
+        async with gathered(mesh, *topics) as received:
+            await worker.start(30)
+            async with aiohttp.ClientSession() as session:
+                for n in range(1, prompts + 1):
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/chatgpt", json={"text": f"prompt {n}", "id": f"p-{n}"}
+                    ) as response:
+                        assert response.status == 200, await response.text()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if sum(len(events) for events in received.values()) >= prompts:
+                    break
+                await asyncio.sleep(0.1)
+            assert await worker.terminate(30) == 0, worker.log_tail()
     finally:
         await worker.kill()
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
         await mesh.stop()
     assert API_KEY not in worker.log_path.read_text()
     return received

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import httpx2
 import pytest
-from cloudevents.core.v1.event import CloudEvent
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -29,7 +28,7 @@ from services.mcp.source.connector import McpSource, McpSourceConfig
 from tests.runtime.test_commands import meshconnect, write_config
 from tests.servers import free_port
 from tests.services.http_source import Pump
-from tests.services.workers import gather_events
+from tests.services.workers import gathered
 
 TOKEN = "agent-s3cret-token"
 ORDER_SCHEMA = {
@@ -248,8 +247,7 @@ async def test_a_call_resent_with_its_session_and_request_id_is_the_same_event(r
     source, pump = running
     session = await _raw_session(source.port)
     call = (
-        b'{"jsonrpc": "2.0", "id": 41, "method": "tools/call",'
-        b' "params": {"name": "publish", "arguments": {"topic": "agents"}}}'
+        b'{"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {"name": "publish", "arguments": {"topic": "agents"}}}'
     )
     first = await _post(source.port, call, {"Mcp-Session-Id": session})
     again = await _post(source.port, call, {"Mcp-Session-Id": session})
@@ -275,8 +273,6 @@ async def test_the_token_is_required_and_in_no_log_line(running: tuple[McpSource
 async def test_through_the_worker_calls_are_events_in_the_mesh_with_the_tools_attributes(tmp_path: Path) -> None:
     mesh = EmbeddedMesh(port=0)
     await mesh.start()
-    received: dict[str, list[CloudEvent]] = {"orders": [], "audit.login": []}
-
     port = free_port()
     config = {
         "name": "mcp-agents",
@@ -289,21 +285,18 @@ async def test_through_the_worker_calls_are_events_in_the_mesh_with_the_tools_at
         "config": {"host": "127.0.0.1", "port": port, "token": TOKEN, "tools": TOOLS},
     }
     worker = WorkerProcess(McpSource, config, tmp_path)
-    readers = [asyncio.create_task(gather_events(mesh, topic, received[topic])) for topic in received]
     try:
-        await worker.start(30)
-        async with _agent(port) as agent:
-            ordered = await agent.call_tool("place_order", {"sku": "B-2", "qty": 1, "idempotency_key": "order-9"})
-            noted = await agent.call_tool("publish", {"topic": "audit.login", "user": "bo"})
-        async with asyncio.timeout(30):
-            while not all(received.values()):  # noqa: ASYNC110 - the readers fill the lists
-                await asyncio.sleep(0.05)
-        assert await worker.terminate(30) == 0, worker.log_tail()
+        async with gathered(mesh, "orders", "audit.login") as received:
+            await worker.start(30)
+            async with _agent(port) as agent:
+                ordered = await agent.call_tool("place_order", {"sku": "B-2", "qty": 1, "idempotency_key": "order-9"})
+                noted = await agent.call_tool("publish", {"topic": "audit.login", "user": "bo"})
+            async with asyncio.timeout(30):
+                while not all(received.values()):  # noqa: ASYNC110 - the readers fill the lists
+                    await asyncio.sleep(0.05)
+            assert await worker.terminate(30) == 0, worker.log_tail()
     finally:
         await worker.kill()
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
         await mesh.stop()
     assert not ordered.is_error and not noted.is_error
     [order], [login] = received["orders"], received["audit.login"]

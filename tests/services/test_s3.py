@@ -30,7 +30,7 @@ from services.s3.client import S3Config, s3_client
 from services.s3.sink.connector import S3Sink, S3SinkConfig
 from services.s3.source.connector import S3Source, S3SourceConfig
 from tests.servers import MotoS3Server, free_port
-from tests.services.workers import gather_events
+from tests.services.workers import gather_events, gathered
 
 _buckets = itertools.count()
 
@@ -217,12 +217,6 @@ async def _ready(worker: WorkerProcess) -> int:
 async def test_source_dead_letters_invalid_json_and_shows_not_ready_while_s3_is_down(bucket: Store, tmp_path: Path) -> None:
     mesh = EmbeddedMesh(port=0)
     await mesh.start()
-    events: list[CloudEvent] = []
-    dead: list[CloudEvent] = []
-    readers = [
-        asyncio.create_task(gather_events(mesh, "lines", events)),
-        asyncio.create_task(gather_events(mesh, "s3-lines-dlq", dead)),
-    ]
     await bucket.put("a.jsonl", _lines({"n": 0}) + b"{not json\n" + _lines({"n": 2}))
     config = _worker_config(
         "s3-lines",
@@ -234,21 +228,20 @@ async def test_source_dead_letters_invalid_json_and_shows_not_ready_while_s3_is_
     )
     worker = WorkerProcess(S3Source, config, tmp_path)
     try:
-        await worker.start(30)
-        await _eventually(lambda: _true(len(events) == 2 and len(dead) == 1))
-        bucket.moto.pause()
-        await _eventually(lambda: _is(_ready(worker), 503))
-        bucket.moto.resume()
-        await _eventually(lambda: _is(_ready(worker), 200))
-        await bucket.put("b.jsonl", _lines({"n": 3}))
-        await _eventually(lambda: _true(len(events) == 3))
-        assert await worker.terminate(30) == 0, worker.log_tail()
+        async with gathered(mesh, "lines", "s3-lines-dlq") as received:
+            events, dead = received["lines"], received["s3-lines-dlq"]
+            await worker.start(30)
+            await _eventually(lambda: _true(len(events) == 2 and len(dead) == 1))
+            bucket.moto.pause()
+            await _eventually(lambda: _is(_ready(worker), 503))
+            bucket.moto.resume()
+            await _eventually(lambda: _is(_ready(worker), 200))
+            await bucket.put("b.jsonl", _lines({"n": 3}))
+            await _eventually(lambda: _true(len(events) == 3))
+            assert await worker.terminate(30) == 0, worker.log_tail()
     finally:
         bucket.moto.resume()
         await worker.kill()
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
         await mesh.stop()
     assert [event.get_data()["n"] for event in events] == [0, 2, 3]
     reason = str(dead[0].get_attributes()["dlqreason"])

@@ -69,6 +69,19 @@ async def gather_events(mesh: EmbeddedMesh, topic: str, into: list[CloudEvent]) 
             await pushed.ack()
 
 
+@contextlib.asynccontextmanager
+async def gathered(mesh: EmbeddedMesh, *topics: str) -> AsyncIterator[dict[str, list[CloudEvent]]]:
+    """The events pushed on each of ``topics`` while inside, by topic (see :func:`gather_events`)."""
+    received: dict[str, list[CloudEvent]] = {topic: [] for topic in topics}
+    readers = [asyncio.create_task(gather_events(mesh, topic, received[topic])) for topic in topics]
+    try:
+        yield received
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
 async def dead_letters(mesh: EmbeddedMesh, count: int, within: float = 30.0) -> dict[str, CloudEvent]:
     """The first ``count`` dead letters, by event id."""
     letters: dict[str, CloudEvent] = {}
