@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -77,6 +77,10 @@ class ServerProcess:
     def ready(self) -> None:
         wait_for_port(self.port, proc=self.proc)
 
+    def as_user(self) -> Callable[[], None] | None:
+        """What the child runs before the server starts (a server that may not run as root drops to its user)."""
+        return None
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             list(self.command()),
@@ -84,6 +88,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=self.dir,
             start_new_session=True,
+            preexec_fn=self.as_user(),  # noqa: PLW1509
         )
         self.ready()
 

@@ -87,7 +87,7 @@ class PostgresServer(ServerProcess):
         super().__init__()
         self.user = "postgres"
 
-    def _as_postgres(self) -> Callable[[], None] | None:
+    def as_user(self) -> Callable[[], None] | None:
         if os.geteuid() != 0:
             return None
         import pwd
@@ -101,7 +101,7 @@ class PostgresServer(ServerProcess):
         return demote
 
     def prepare(self) -> None:
-        demote = self._as_postgres()
+        demote = self.as_user()
         if demote is not None:
             shutil.chown(self.dir, "postgres", "postgres")
             os.chmod(self.dir, 0o755)
@@ -136,17 +136,6 @@ class PostgresServer(ServerProcess):
             "-c",
             "max_wal_senders=10",
         ]
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            list(self.command()),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            start_new_session=True,
-            preexec_fn=self._as_postgres(),  # noqa: PLW1509
-        )
-        self.ready()
 
     @property
     def dsn(self) -> str:
