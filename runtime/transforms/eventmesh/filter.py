@@ -93,30 +93,18 @@ _NUMERIC_OPERATORS: Final[Mapping[str, Callable[[tuple[float, ...], tuple[float,
 
 
 @dataclass(frozen=True, slots=True)
-class _Specified:
+class _Text:
+    """The value's text equals ``text`` (``str.__eq__``), starts with it or ends with it."""
+
     text: str
+    test: Callable[[str, str], bool] = str.__eq__
     per_element: ClassVar[bool] = True
 
     def holds(self, value: object, where: str) -> bool:
-        return as_text(value, where) == self.text
+        return self.test(as_text(value, where), self.text)
 
 
-@dataclass(frozen=True, slots=True)
-class _Prefix:
-    text: str
-    per_element: ClassVar[bool] = True
-
-    def holds(self, value: object, where: str) -> bool:
-        return as_text(value, where).startswith(self.text)
-
-
-@dataclass(frozen=True, slots=True)
-class _Suffix:
-    text: str
-    per_element: ClassVar[bool] = True
-
-    def holds(self, value: object, where: str) -> bool:
-        return as_text(value, where).endswith(self.text)
+_TEXT_TESTS: dict[str, Callable[[str, str], bool]] = {"specified": str.__eq__, "prefix": str.startswith, "suffix": str.endswith}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +137,7 @@ class _AnythingBut:
         return not any(condition.holds(value, where) for condition in self.excluded)
 
 
-_Condition = _Specified | _Prefix | _Suffix | _Numeric | _Exists | _AnythingBut
+_Condition = _Text | _Numeric | _Exists | _AnythingBut
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +244,7 @@ def _conditions(value: object, where: str) -> tuple[_Condition, ...]:
 
 def _condition(item: object, where: str) -> _Condition:
     if is_scalar(item):
-        return _Specified(as_text(item, where))
+        return _Text(as_text(item, where))
     if not isinstance(item, Mapping):
         raise ConfigError(
             where, f"a condition is a value or an object, not {describe(item)}", "give values one by one in the field's list"
@@ -272,11 +260,10 @@ def _condition(item: object, where: str) -> _Condition:
 
 
 def _condition_of_kind(kind: object, parameter: object, where: str, *, allow_exists: bool) -> _Condition:
-    if kind in ("specified", "prefix", "suffix"):
+    if isinstance(kind, str) and kind in _TEXT_TESTS:
         if not is_scalar(parameter) or parameter is None:
             raise ConfigError(where, f"{kind} takes a text or a number, not {describe(parameter)}", f'write {{"{kind}": "text"}}')
-        text = as_text(parameter, where)
-        return _Specified(text) if kind == "specified" else _Prefix(text) if kind == "prefix" else _Suffix(text)
+        return _Text(as_text(parameter, where), _TEXT_TESTS[kind])
     if kind == "numeric":
         return _numeric(parameter, where)
     if kind == "exists" and allow_exists:
@@ -313,7 +300,7 @@ def _numeric(parameter: object, where: str) -> _Numeric:
 
 def _anything_but(parameter: object, where: str) -> _AnythingBut:
     if is_scalar(parameter):
-        return _AnythingBut((_Specified(as_text(parameter, where)),))
+        return _AnythingBut((_Text(as_text(parameter, where)),))
     if isinstance(parameter, list | tuple) and parameter:
         excluded: list[_Condition] = []
         for index, value in enumerate(parameter):
@@ -323,7 +310,7 @@ def _anything_but(parameter: object, where: str) -> _AnythingBut:
                     f"anything-but lists values, not {describe(value)}",
                     'write {"anything-but": {"prefix": "x"}} for conditions',
                 )
-            excluded.append(_Specified(as_text(value, where)))
+            excluded.append(_Text(as_text(value, where)))
         return _AnythingBut(tuple(excluded))
     if isinstance(parameter, Mapping) and parameter:
         return _AnythingBut(
