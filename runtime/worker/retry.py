@@ -12,16 +12,20 @@ import structlog
 
 from runtime.errors import RetriableError
 
-__all__ = ["Backoff", "Stopped", "retry_retriable", "wait_or_stop"]
+__all__ = ["MAX_RETRY_AFTER", "Backoff", "Stopped", "retry_retriable", "wait_or_stop"]
 
 T = TypeVar("T")
+
+
+MAX_RETRY_AFTER = 600.0
+"""The longest wait a ``retry_after`` hint (another system's ``Retry-After``) is honoured for, in seconds."""
 
 
 class Backoff:
     """Delays ``initial * 2**n`` capped at ``maximum``, each jittered to between half and all of it.
 
     The jitter spreads replicas that failed together (a database restart) so they do not retry in
-    lock-step. A ``retry_after`` hint from the failing side is honoured as a lower bound.
+    lock-step. A ``retry_after`` hint from the failing side is honoured as a lower bound, up to :data:`MAX_RETRY_AFTER`.
     """
 
     def __init__(self, initial: float, maximum: float, *, rng: Callable[[], float] = random.random) -> None:
@@ -36,7 +40,7 @@ class Backoff:
         self.attempts += 1
         delay = ceiling / 2 + self._rng() * ceiling / 2
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         return delay
 
     def reset(self) -> None:

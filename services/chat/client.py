@@ -24,7 +24,6 @@ logged), never dead-lettered. Anything else the API refuses rejects that event.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import string
 import time
@@ -39,6 +38,7 @@ import structlog
 from pydantic import Field, SecretStr, field_validator
 
 from runtime import ConnectorConfig, ConnectorRecord, DataError, Rejection, RetriableError, Sink, SinkContext
+from services.deliveries import retry_after_seconds
 
 __all__ = [
     "ApiAnswer",
@@ -298,7 +298,7 @@ class ChatbotSink(Sink[ConfigT]):
                 status, retry_after_header = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetriableError(self.redact(f"{self.name}: the API call failed: {exc.__class__.__name__} {exc}")) from exc
-        retry_after = _retry_after(retry_after_header)
+        retry_after = retry_after_seconds(retry_after_header)
         if retry_after is None and status == 429:
             retry_after = self.config.rate_limit_backoff
         try:
@@ -333,14 +333,3 @@ class ChatbotSink(Sink[ConfigT]):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a delta-seconds ``Retry-After`` header, the form the chat APIs send; None otherwise."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < math.inf else None

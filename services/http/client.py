@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import UTC
 from typing import Literal
 from urllib.parse import quote
 
@@ -35,7 +34,7 @@ from runtime import (
     data_bytes,
     record_to_json,
 )
-from services.deliveries import Outcome, settled
+from services.deliveries import Outcome, retry_after_seconds, settled
 
 __all__ = ["CloudEventPoster", "PosterConfig"]
 
@@ -119,7 +118,7 @@ class CloudEventPoster:
             return RetriableError(f"POST {url} failed: {exc.__class__.__name__} {exc}")
         reason = f"POST {url} answered {response.status} {response.reason}: {excerpt}"
         if response.status in _RETRIABLE_STATUS or response.status >= 500:
-            return RetriableError(reason, retry_after=_retry_after(response.headers.get("Retry-After")))
+            return RetriableError(reason, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         log.warning("http sink event rejected", url=url, status=response.status, id=record.id)
         return Rejection(record, reason)
 
@@ -160,16 +159,3 @@ def _header_text(value: str | int | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or garbled."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -14,7 +14,7 @@ from runtime.errors import DataError
 from runtime.protocol.events import body_to_event, event_to_body
 from runtime.record import ConnectorRecord
 from runtime.worker.offsets import OffsetTracker
-from runtime.worker.retry import Backoff
+from runtime.worker.retry import MAX_RETRY_AFTER, Backoff
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**53), max_value=2**53) | st.text(),
@@ -98,6 +98,7 @@ def test_backoff_grows_with_jitter_caps_and_honours_retry_after() -> None:
     assert [round(low.next_delay(), 3) for _ in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
     assert [round(high.next_delay(), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert Backoff(0.1, 1.0).next_delay(retry_after=5.0) == 5.0
+    assert Backoff(0.1, 1.0).next_delay(retry_after=1e12) == MAX_RETRY_AFTER  # another system's hint, bounded
     high.reset()
     assert high.next_delay() == 0.1
 

@@ -71,6 +71,7 @@ from runtime import (
     Secret,
     SourceContext,
 )
+from services.deliveries import retry_after_seconds
 from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["ChatGptSource", "ChatGptSourceConfig"]
@@ -354,7 +355,7 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
             body = await response.content.read(self.config.max_response_bytes + 1)
             while len(body) <= self.config.max_response_bytes and not response.content.at_eof():
                 body += await response.content.read(self.config.max_response_bytes + 1 - len(body))
-            return response.status, _retry_after(response.headers.get("Retry-After")), body
+            return response.status, retry_after_seconds(response.headers.get("Retry-After")), body
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,12 +399,3 @@ def _refused(prompt: str, event_id: str, reason: str, *, answer: str | None = No
     """The record that dead-letters ``prompt`` with ``reason``; with the model's ``answer`` when it was the problem."""
     data = {"text": prompt} if answer is None else {"text": prompt, "answer": answer}
     return ConnectorRecord(data=data, id=event_id, type=EVENT_TYPE, datacontenttype="application/json", refusal=reason)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a delta-seconds ``Retry-After`` (the form OpenAI sends); None otherwise."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None

@@ -30,6 +30,7 @@ import orjson
 import structlog
 
 from runtime import RetriableError
+from services.deliveries import retry_after_seconds
 from services.mcp.client import INVALID_PARAMS, PROTOCOL_VERSIONS, SESSION_HEADER, VERSION_HEADER
 
 __all__ = ["CALLED", "McpClientSession", "SseDecoder", "ToolRefused"]
@@ -244,7 +245,7 @@ class McpClientSession:
             log.error("mcp server refuses the sink's credentials; check token and headers", url=self._url, status=status)
             raise RetriableError(f"{problem}: check token and headers")
         if status in _RETRIABLE_STATUS or status >= 500:
-            raise RetriableError(problem, retry_after=_retry_after(response.headers.get("Retry-After")))
+            raise RetriableError(problem, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         raise RetriableError(f"{problem}; the server does not take this client's requests")
 
     async def _read_response(self, response: aiohttp.ClientResponse, request_id: int, method: str) -> dict[str, Any]:
@@ -301,7 +302,3 @@ def _text_of(result: dict[str, Any]) -> str:
     texts = [item.get("text") for item in content if isinstance(item, dict)] if isinstance(content, list) else []
     text = " ".join(str(part) for part in texts if isinstance(part, str))
     return text[:_EXCERPT] or "(no text)"
-
-
-def _retry_after(value: str | None) -> float | None:
-    return float(value) if value is not None and value.strip().isdigit() else None
