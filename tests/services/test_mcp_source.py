@@ -156,20 +156,23 @@ def test_a_tool_whose_topic_is_not_allowed_fails_check_and_the_start_naming_its_
 
 async def test_calls_outside_the_schema_and_unknown_tools_are_json_rpc_errors(running: tuple[McpSource, Pump]) -> None:
     source, pump = running
-    async with _agent(source.port) as agent:
-        errors = []
-        for name, arguments in [
-            ("place_order", {"sku": "A-1", "qty": 0}),
-            ("place_order", {"sku": "A-1", "qty": 1, "price": 0}),
-            ("place_order", {"sku": "A-1", "qty": 1, "idempotency_key": ""}),
-            ("drop_tables", {}),
-        ]:
-            with pytest.raises(MCPError) as error:
-                await agent.call_tool(name, arguments)
-            errors.append((error.value.code, error.value.message))
-        after = await agent.call_tool("place_order", {"sku": "A-1", "qty": 1})
-    assert [code for code, _ in errors] == [-32602] * 4
+    with capture_logs() as logs:
+        async with _agent(source.port) as agent:
+            errors = []
+            for name, arguments in [
+                ("place_order", {"sku": "A-1", "qty": 0}),
+                ("place_order", {"sku": "A-1", "qty": 1, "price": 0}),
+                ("place_order", {"sku": "A-1", "qty": 1, "idempotency_key": ""}),
+                ("drop_tables", {}),
+                ("place_order", {"sku": "A-1", "qty": "hunter2"}),
+            ]:
+                with pytest.raises(MCPError) as error:
+                    await agent.call_tool(name, arguments)
+                errors.append((error.value.code, error.value.message))
+            after = await agent.call_tool("place_order", {"sku": "A-1", "qty": 1})
+    assert [code for code, _ in errors] == [-32602] * 5
     assert "qty" in errors[0][1] and "price" in errors[1][1] and "unknown tool" in errors[3][1]
+    assert "hunter2" in errors[4][1] and "hunter2" not in repr(logs)  # the caller hears its value, the log does not
     assert not after.is_error and len(pump.seen) == 1
 
 

@@ -161,10 +161,11 @@ class McpSourceConfig(IntakeConfig):
 class _CallError(Exception):
     """A JSON-RPC request answered with an error (HTTP 200): retrying it unchanged cannot help."""
 
-    def __init__(self, code: int, message: str, refusal: str = "malformed") -> None:
+    def __init__(self, code: int, message: str, refusal: str = "malformed", *, logged: str | None = None) -> None:
         self.code = code
         self.message = message
         self.refusal = refusal
+        self.logged = message if logged is None else logged  # what the log line says: no argument's value
         super().__init__(message)
 
 
@@ -214,7 +215,7 @@ class McpSource(IntakeSource[McpSourceConfig]):
         except Refused as rejected:
             return self._refuse(request, rejected)
         except _CallError as failed:
-            log.info("mcp call refused", code=failed.code, reason=failed.message, remote=request.remote)
+            log.info("mcp call refused", code=failed.code, reason=failed.logged, remote=request.remote)
             self._context.count_refused(failed.refusal)
             return web.json_response(jsonrpc_error(request_id, failed.code, failed.message))
         return web.json_response({"jsonrpc": "2.0", "id": request_id, "result": result})
@@ -370,8 +371,9 @@ class McpSource(IntakeSource[McpSourceConfig]):
         error = next(iter(self._validators[tool.name].iter_errors(data)), None)
         if error is not None:
             where = "/".join(str(part) for part in error.absolute_path) or "(the arguments)"
-            problem = f"arguments of {tool.name} do not fit its input schema at {where}: {error.message[:300]}"
-            raise _CallError(INVALID_PARAMS, problem)
+            problem = f"arguments of {tool.name} do not fit its input schema at {where}"
+            # The validator's message repeats the value, which may be a secret: the caller hears it, the log does not.
+            raise _CallError(INVALID_PARAMS, f"{problem}: {error.message[:300]}", logged=f"{problem} ({error.validator})")
         record = ConnectorRecord(
             data=data,
             id=key or f"{session}-{request_id}",
