@@ -187,6 +187,20 @@ async def test_a_slot_left_by_a_run_that_committed_nothing_is_made_again_with_it
     assert all(r.data["op"] == "r" for r in records)  # one snapshot, taken with the new slot: no change after it
 
 
+async def test_without_snapshots_a_slot_left_by_a_run_that_committed_nothing_is_kept(
+    postgres_server: PostgresServer, db: asyncpg.Connection, table: str
+) -> None:
+    source = await start_source(postgres_server.dsn, table, snapshot_mode="never")
+    await source.stop()
+    await db.execute(f"INSERT INTO {table} (id) SELECT generate_series(1, 3)")  # held by the slot: made anew, lost
+    source = await start_source(postgres_server.dsn, table, snapshot_mode="never")
+    try:
+        records = await drain(source)
+    finally:
+        await source.stop()
+    assert [(r.data["op"], r.data["after"]["id"]) for r in records] == [("c", 1), ("c", 2), ("c", 3)]
+
+
 async def test_a_table_without_primary_key_is_snapshot_in_chunks(
     postgres_server: PostgresServer, db: asyncpg.Connection, table: str
 ) -> None:

@@ -108,10 +108,13 @@ class PostgresSource(Source[PostgresSourceConfig]):
             if slot_lsn is not None and committed is None and snapshot:
                 # Left by a run that committed nothing: its snapshot ended with that run, and one read now in a
                 # new transaction would hold rows the slot also streams, published twice under different ids.
-                log.info("replication slot left by a run that committed no offset: made again with its snapshot")
-                await pg_call(
+                log.warning("replication slot left by a run that committed no offset: made again", slot=self.config.slot)
+                await pg_call(  # gone meanwhile (another run dropped it): nothing to drop, no error
                     "drop slot",
-                    connection.execute("SELECT pg_drop_replication_slot($1)", self.config.slot),
+                    connection.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                        self.config.slot,
+                    ),
                     self.config.timeout,
                 )
                 slot_lsn = None
