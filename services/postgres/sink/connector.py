@@ -298,6 +298,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
     def _check_names(self, row: dict[str, Any]) -> None:
         """DataError for a field no column can be named like (see :func:`check_identifier`): the event is dead-lettered."""
         columns = self._column_set
+        if row.keys() <= columns:  # the common case, in one C-level pass: every field is a column
+            return
         for name in row:
             if name not in columns:
                 check_identifier(name, "field")
@@ -397,7 +399,12 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             earlier = rows.pop(key, None)
             if step == "upsert":
                 if unavailable is not None and unavailable in row.values():  # not sent: left as it is
-                    row = {name: value for name, value in row.items() if not (type(value) is str and value == unavailable)}
+                    # A key is always sent (the row is found by it): only the other columns can be left out.
+                    row = {
+                        name: value
+                        for name, value in row.items()
+                        if name in self._key or not (type(value) is str and value == unavailable)
+                    }
                 if earlier is not None:  # a column the image lacks keeps the value the earlier change gave it
                     row = {**earlier, **row}
             rows[key] = row  # the last change of a key in a run wins, and keeps its place at the end
