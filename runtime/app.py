@@ -120,7 +120,7 @@ async def serve(
     try:
         instance = cls(connector_config(cls.config_model, config))
         if isinstance(instance, Source):
-            check_source_topics(type(instance), config.source, instance.config)
+            check_source_topics(type(instance), config, instance.config)
         transforms_for(config, cls)  # the workers compile them again; a bad step stops the start here
         # A sink only reports its membership, and only to a registry its config names.
         wants_registry = cls.side == "source" or "registry" in config.model_fields_set

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runtime.cloudevents import record_to_body
-from runtime.config import SourceSettings, WorkerConfig
+from runtime.config import WorkerConfig
 from runtime.errors import ConfigError
 from runtime.protocol.events import EncodedEvent
 from runtime.record import ConnectorRecord
@@ -91,16 +91,16 @@ class PublishRules:
         )
 
 
-def check_source_topics(source: type[Source[Any]], settings: SourceSettings, config: Any) -> None:
+def check_source_topics(source: type[Source[Any]], worker: WorkerConfig, config: Any) -> None:
     """Refuse a config under which ``source`` could produce events without a topic, or under which its own
     ``config`` names a topic the rules do not allow (:meth:`Source.configured_topics`; see the module docstring)."""
-    if not source.names_own_topics and not settings.topic:
+    if not source.names_own_topics and not worker.source.topic:
         raise ConfigError(
             "source.topic",
             f"{source.name} publishes events whose input names no topic, and no topic is configured for them",
             "set source.topic to the topic these events go to (and source.allowed_topics to let the input choose others)",
         )
-    rules = PublishRules(topic=settings.topic, allowed_topics=tuple(settings.allowed_topics))
+    rules = PublishRules.from_config(worker)
     for key, topic in source.configured_topics(config):
         if not rules.permits(topic):
             raise ConfigError(

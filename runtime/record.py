@@ -67,6 +67,10 @@ def derive_event_id(connector: str, partition: Mapping[str, JsonValue], offset: 
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_CHECKED_FIELDS = frozenset({"timestamp", "extensions"})
+"""The fields ``ConnectorRecord.__post_init__`` checks: a copy that changes none of them needs no check."""
+
+
 class ConnectorRecord(msgspec.Struct, frozen=True):
     """One unit of data moving through a connector: a frozen value (change a copy with ``record.replace(...)``).
 
@@ -94,7 +98,7 @@ class ConnectorRecord(msgspec.Struct, frozen=True):
     """Set by a source for input it read but cannot turn into an event (a message key that is not
     text, say): the worker dead-letters the record with this reason instead of publishing it."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # checks the fields of _CHECKED_FIELDS only: replace() relies on it
         if self.timestamp.tzinfo is None:
             raise DataError("record timestamp must be timezone-aware (use datetime.now(UTC))")
         for name, value in self.extensions.items():
@@ -136,5 +140,4 @@ class ConnectorRecord(msgspec.Struct, frozen=True):
         return "application/json"
 
 
-_UNCHECKED_FIELDS = frozenset(ConnectorRecord.__struct_fields__) - {"timestamp", "extensions"}
-"""The fields ``ConnectorRecord.__post_init__`` does not check."""
+_UNCHECKED_FIELDS = frozenset(ConnectorRecord.__struct_fields__) - _CHECKED_FIELDS

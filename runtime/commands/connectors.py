@@ -128,7 +128,7 @@ def check_command(args: argparse.Namespace) -> int:
         config = load_worker_config(args.config, connector=args.name)
         typed = connector_config(cls.config_model, config)
         if issubclass(cls, Source):
-            check_source_topics(cls, config.source, typed)
+            check_source_topics(cls, config, typed)
         else:
             check_spool_path(config.sink)
         transforms_for(config, cls)

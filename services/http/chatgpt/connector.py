@@ -259,10 +259,10 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
 
     def _user_message(self, prompt: str) -> str:
         """The prompt itself (chat), or the template with the prompt put in place of each ``${text}`` (parse):
-        split and joined, so nothing in the prompt is ever read as a placeholder."""
+        one pass over the template, so nothing in the prompt is ever read as a placeholder."""
         if self.config.parse_prompt is None:
             return prompt
-        return prompt.join(self.config.parse_prompt.split(TEXT_PLACEHOLDER))
+        return self.config.parse_prompt.replace(TEXT_PLACEHOLDER, prompt)
 
     async def _complete(self, prompt: str, event_id: str) -> ConnectorRecord:
         """The record for ``prompt``: its answer, or a refusal to dead-letter; Refused(503) when the API stays away."""
