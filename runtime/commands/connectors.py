@@ -140,6 +140,10 @@ def check_command(args: argparse.Namespace) -> int:
     if not args.connect:
         return 0
     configure_logging(config.log, stream=sys.stderr)
+    exit_process(_connection_check(cls, config, typed))  # it started the connector: ended as a run is
+
+
+def _connection_check(cls: ConnectorClass, config: WorkerConfig, typed: Any) -> int:
     try:
         asyncio.run(_try_connections(cls, config, typed))
     except MeshConnectError as exc:
