@@ -79,6 +79,19 @@ async def test_a_tool_error_or_arguments_the_server_refuses_are_dead_lettered_wi
     assert [call["event_id"] for call in peer.calls("refused-")] == ["refused-1"]
 
 
+async def test_an_answer_over_max_response_bytes_is_dead_lettered_and_the_next_call_goes_on(peer: McpPeer) -> None:
+    sink = await _started(peer, max_response_bytes=1024)
+    long_id = ConnectorRecord(data={"n": 1, "text": "x"}, id="large-" + "i" * 2000)  # its answer names it
+    try:
+        rejections = await sink.put([long_id, _record("large", 2)])
+    finally:
+        await sink.stop()
+    assert [(rejection.record.id, rejection.reason) for rejection in rejections] == [
+        (long_id.id, "the answer of store is larger than max_response_bytes (1024)")
+    ]
+    assert "large-2" in [call["event_id"] for call in peer.calls("large-")]
+
+
 async def test_a_server_that_forgot_the_session_gets_a_new_one_and_the_call_again(peer: McpPeer) -> None:
     sink = await _started(peer)
     try:

@@ -218,9 +218,11 @@ async def test_malformed_requests_are_answered_and_the_server_keeps_serving(runn
         await _post(port, b'{"jsonrpc": "2.0", "id": 9, "method": "ping"}', {**session, "Authorization": "Bearer nope"}),
         await _post(port, b'{"jsonrpc": "2.0", "id": 10, "method": "ping", "x": "' + b"a" * 300_000 + b'"}', session),
         await _post(port, b"", session, method="GET"),
+        await _post(port, b'{"jsonrpc": "2.0", "id": "' + b"i" * 201 + b'", "method": "ping"}', session),
     ]
     statuses = [status for status, _ in answers]
-    assert statuses == [400, 400, 400, 200, 200, 400, 404, 415, 400, 403, 401, 413, 405]
+    assert statuses == [400, 400, 400, 200, 200, 400, 404, 415, 400, 403, 401, 413, 405, 400]
+    assert "id longer than 200" in answers[-1][1]["error"]["message"]
     assert [answer["error"]["code"] for _, answer in answers[:5]] == [-32700, -32600, -32600, -32601, -32602]
     assert "batches are not part" in answers[1][1]["error"]["message"]
     assert await _post(port, b'{"jsonrpc": "2.0", "id": 11, "method": "ping"}', session) == (
