@@ -63,11 +63,9 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from runtime import (
     MAX_EVENT_BODY,
-    ConfigError,
     ConnectorRecord,
     DataError,
     HttpEndpoint,
-    RetriableError,
     Secret,
     SourceContext,
 )
@@ -170,7 +168,7 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
         self._session = aiohttp.ClientSession(timeout=timeout)
         try:
             await super().start(context)
-        except (ConfigError, RetriableError):
+        except BaseException:  # a refusal, or a stop while starting: the session is not left open
             await self._close_session()
             raise
         log.info("chatgpt source listening", host=self.config.host, port=self.port, path=self.config.path, api=self._url)
