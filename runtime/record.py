@@ -71,7 +71,7 @@ _CHECKED_FIELDS = frozenset({"timestamp", "extensions"})
 """The fields ``ConnectorRecord.__post_init__`` checks: a copy that changes none of them needs no check."""
 
 
-class ConnectorRecord(msgspec.Struct, frozen=True):
+class ConnectorRecord(msgspec.Struct, frozen=True, gc=False):
     """One unit of data moving through a connector: a frozen value (change a copy with ``record.replace(...)``).
 
     ``partition`` and ``offset`` are opaque, JSON-able maps owned by the source: the framework

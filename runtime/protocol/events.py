@@ -221,7 +221,7 @@ def event_to_body(event: CloudEvent) -> bytes:
     return attributes_to_body(event.get_attributes(), event.get_data())
 
 
-class EncodedEvent(msgspec.Struct, frozen=True):
+class EncodedEvent(msgspec.Struct, frozen=True, gc=False):
     """A CloudEvents 1.0 event already in its message-body form: the client publishes it without encoding it again
     (one per published record: a msgspec Struct, cheaper to build than a frozen dataclass)."""
 

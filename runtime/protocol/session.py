@@ -191,7 +191,7 @@ class Expired(Generic[Token]):
     connection_lost: bool
 
 
-class Pushed(msgspec.Struct, frozen=True):
+class Pushed(msgspec.Struct, frozen=True, gc=False):
     """The mesh pushed an event; acknowledge it with :meth:`ClientSession.ack` once handled (one per push: a
     msgspec Struct, cheaper to build than a frozen dataclass)."""
 

@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import structlog
 from cloudevents.core.v1.event import CloudEvent
 
@@ -89,28 +90,20 @@ def _random_event_id() -> str:
     return str(uuid.uuid4())
 
 
-class _Item:
-    """A pushed event (straight from the mesh, or from the spool at ``spooled``) and what became of it."""
+class _Item(msgspec.Struct, gc=False):
+    """A pushed event (straight from the mesh, or from the spool at ``spooled``) and what became of it.
 
-    __slots__ = ("attempts", "body", "dropped", "pushed", "reason", "record", "spooled")
+    Untracked by the garbage collector (it refers to nothing that refers back to it): two batches of these
+    are alive at a time, and with every full collection walking them large batches cost more per event."""
 
-    def __init__(
-        self,
-        body: bytes,
-        record: ConnectorRecord | None,
-        reason: str | None,
-        *,
-        pushed: PushedEvent | None = None,
-        spooled: SpoolPosition | None = None,
-    ) -> None:
-        self.body = body
-        self.pushed = pushed
-        self.spooled = spooled
-        self.record = record
-        self.reason = reason
-        self.attempts = 0
-        self.dropped = False
-        """A transform step's filter dropped it: acknowledged, neither written nor dead-lettered."""
+    body: bytes
+    record: ConnectorRecord | None
+    reason: str | None
+    pushed: PushedEvent | None = None
+    spooled: SpoolPosition | None = None
+    attempts: int = 0
+    dropped: bool = False
+    """A transform step's filter dropped it: acknowledged, neither written nor dead-lettered."""
 
     @property
     def event(self) -> CloudEvent:
