@@ -165,7 +165,9 @@ class SpoolSettings(_Strict):
 class SinkSettings(_Strict):
     topics: list[str] = Field(default_factory=list, description="Topics to subscribe (CLUSTERING, ASYNC).")
     batch_size: int = Field(500, ge=1, description="Records per put() at most.")
-    linger_ms: int = Field(50, ge=0, description="Wait this long for a batch to fill.")
+    linger_ms: int = Field(
+        50, ge=0, description="Wait this long for a batch to fill (longer only while put() still writes the batch before)."
+    )
     push_window: int | None = Field(
         None,
         ge=1,

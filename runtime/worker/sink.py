@@ -5,11 +5,12 @@ The order is the promise of at-least-once, stated once here:
 1. The session says HELLO as ``sub`` in the group ``mesh.group`` (default: the instance name),
    subscribes every ``sink.topics`` (CLUSTERING, ASYNC) and listens. Pushed events queue in a
    bounded buffer; when it is full the worker stops reading (TCP backpressure up to the mesh).
-2. A batch closes at ``sink.batch_size`` events, ``sink.linger_ms`` after its first event, or as
-   soon as the sink holds ``sink.push_window`` un-acked pushes (the window it asked of the mesh:
-   none can come before an ack, so waiting would only stall). Its events are decoded into records
-   while ``put`` still writes the batch before (one batch ahead); the window, two batches by
-   default, lets the next batch fill meanwhile.
+2. A batch closes at ``sink.batch_size`` events, ``sink.linger_ms`` after its first event if ``put``
+   is free by then (else when it is: closing it earlier would only split it), or as soon as the sink
+   holds ``sink.push_window`` un-acked pushes (the window it asked of the mesh: none can come before
+   an ack, so waiting would only stall). Its events are decoded into records as they join it, while
+   ``put`` still writes the batch before (one batch ahead); the window, two batches by default, lets
+   the next batch fill meanwhile.
    The ``transforms:`` steps run on each record then (:mod:`runtime.transforms`): one a filter
    drops is acknowledged with the batch and not written; one a step fails on is dead-lettered as
    it arrived, with the step and the reason.
@@ -140,6 +141,7 @@ class SinkWorker:
         self.dead_letter_topic = self.settings.dead_letter_topic or f"{config.name}-dlq"
         self.transforms = transforms_for(config, type(sink), metrics)
         self.handling = False
+        self._writer_free = asyncio.Event()  # set while the writer waits for its next batch
         self.push_window = self.settings.effective_push_window
         self.held = 0  # pushes taken from the client and not acked yet (spooled or written)
         self.log = structlog.get_logger().bind(connector=config.connector, name=config.name)
@@ -242,11 +244,16 @@ class SinkWorker:
                 self.board.set_state("running")
 
     def _taker(self, client: MeshClient, stop: asyncio.Event) -> _Take:
-        """Batches of pushed events, taken straight from the client's bounded push buffer and decoded."""
+        """Batches of pushed events, taken straight from the client's bounded push buffer, each decoded as it
+        is taken: a batch that closes the moment the writer is free is ready to write then."""
 
         async def take() -> list[_Item] | None:
-            batch = await self._take_pushes(client, stop)
-            return None if batch is None else [self._item(pushed.body, pushed=pushed) for pushed in batch]
+            items: list[_Item] = []
+
+            def decode(pushes: list[PushedEvent]) -> None:
+                items.extend(self._item(pushed.body, pushed=pushed) for pushed in pushes)
+
+            return items if await self._take_pushes(client, stop, decode, self._writer_free) else None
 
         return take
 
@@ -258,14 +265,19 @@ class SinkWorker:
 
         return ack
 
-    async def _take_pushes(self, client: MeshClient, stop: asyncio.Event) -> list[PushedEvent] | None:
-        """The next batch of pushed events (see :meth:`_fill`); None once the client closed."""
+    async def _take_pushes(
+        self,
+        client: MeshClient,
+        stop: asyncio.Event,
+        taken: Callable[[list[PushedEvent]], object],
+        writer_free: asyncio.Event | None = None,
+    ) -> bool:
+        """Hand the next batch of pushed events to ``taken``, as they arrive (see :meth:`_fill`); False once the
+        client closed."""
         if not await client.wait_for_pushes():
-            return None
-        batch = client.take_pushes(self.settings.batch_size)
-        await self._fill(batch, client, stop)
-        self.held += len(batch)
-        return batch
+            return False
+        self.held += await self._fill(client, stop, taken, writer_free)
+        return True
 
     async def _serve_spooled(self, client: MeshClient, spool: Spool, publisher: MeshClient, stop: asyncio.Event) -> None:
         """Pushes go to the spool (then are acked) in one task; the batch pipeline writes from the spool."""
@@ -316,7 +328,10 @@ class SinkWorker:
     async def _spool_pushes(self, client: MeshClient, spool: Spool, stop: asyncio.Event) -> None:
         """Append each batch of pushes to the spool, then ack it; hold the input back while the spool is full."""
         try:
-            while not stop.is_set() and (batch := await self._take_pushes(client, stop)) is not None:
+            while not stop.is_set():
+                batch: list[PushedEvent] = []
+                if not await self._take_pushes(client, stop, batch.extend):
+                    return
                 bodies = [pushed.body for pushed in batch]
                 need = sum(len(body) for body in bodies) + RECORD_OVERHEAD * len(bodies)
                 if not spool.has_room(need):
@@ -358,7 +373,10 @@ class SinkWorker:
         try:
             while not stop.is_set():
                 upcoming = asyncio.ensure_future(batches.get())
+                if batches.empty():  # the writer waits: a batch filling for longer than the linger time closes now
+                    self._writer_free.set()
                 done, _ = await asyncio.wait([upcoming, stopping, preparing], return_when=asyncio.FIRST_COMPLETED)
+                self._writer_free.clear()
                 if upcoming not in done:
                     upcoming.cancel()
                     if preparing in done:
@@ -382,23 +400,48 @@ class SinkWorker:
             await batches.put(items)
         await batches.put(None)
 
-    async def _fill(self, batch: list[PushedEvent], client: MeshClient, stop: asyncio.Event) -> None:
-        """Add to ``batch`` until it is full, the linger time since its first event passed, or the pushes
-        held reach the push window (the mesh sends no more before an ack)."""
+    async def _fill(
+        self,
+        client: MeshClient,
+        stop: asyncio.Event,
+        taken: Callable[[list[PushedEvent]], object],
+        writer_free: asyncio.Event | None,
+    ) -> int:
+        """Take pushes into a batch until it is full, the pushes held reach the push window (the mesh sends no
+        more before an ack), or the linger time since its first event passed while the writer is free (set
+        ``writer_free``; None: always). While the batch before is still written, waiting costs no time: the
+        batch goes on filling, where closing it at the linger time would split it in two."""
         size = self.settings.batch_size
         room = self.push_window - self.held  # what the mesh may still push while the batches before wait
         deadline = time.monotonic() + self.settings.linger_ms / 1000
+        count = 0
         while True:
-            batch.extend(client.take_pushes(size - len(batch)))
+            if pushes := client.take_pushes(size - count):
+                taken(pushes)
+                count += len(pushes)
+            if count >= size or count >= room or stop.is_set():
+                return count
             left = deadline - time.monotonic()
-            if len(batch) >= size or len(batch) >= room or left <= 0 or stop.is_set():
-                return
+            if left > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        if not await client.wait_for_pushes():
+                            return count  # the client closed
+                except TimeoutError:
+                    pass
+                continue
+            if writer_free is None or writer_free.is_set():
+                return count
+            # Past the linger time while the batch before is still written: fill on until the writer is free.
+            arrival = asyncio.ensure_future(client.wait_for_pushes())
+            freed = asyncio.ensure_future(writer_free.wait())
             try:
-                async with asyncio.timeout(left):
-                    if not await client.wait_for_pushes():
-                        return
-            except TimeoutError:
-                return
+                await asyncio.wait((arrival, freed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+                freed.cancel()
+            if arrival.done() and not arrival.cancelled() and not arrival.result():
+                return count  # the client closed
 
     async def _handle(self, items: list[_Item], settle: _Settle, publisher: MeshClient, stop: asyncio.Event) -> None:
         self.board.progressed()  # the stall clock starts with the batch: an idle sink was not stalled

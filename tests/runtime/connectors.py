@@ -109,6 +109,8 @@ class ListSinkConfig(ConnectorConfig):
 
 RECEIVED: list[ConnectorRecord] = []
 PUTS: list[int] = []
+HELD_PUTS: list[asyncio.Event] = []
+"""Each put() while this holds events takes the first one and waits until it is set: a target busy writing."""
 
 
 class ListSink(Sink[ListSinkConfig]):
@@ -120,6 +122,8 @@ class ListSink(Sink[ListSinkConfig]):
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         PUTS.append(len(records))
+        if HELD_PUTS:
+            await HELD_PUTS.pop(0).wait()
         if len(PUTS) <= self.config.fail_first:
             raise RetriableError("target is down", retry_after=0.05)
         if any(isinstance(r.data, dict) and "bad" in r.data for r in records):

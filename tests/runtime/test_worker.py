@@ -31,6 +31,7 @@ from tests.servers import free_port
 def _fresh_sink_state() -> None:
     connectors.RECEIVED.clear()
     connectors.PUTS.clear()
+    connectors.HELD_PUTS.clear()
 
 
 def source_config(mesh: EmbeddedMesh, state: Path, **config: Any) -> WorkerConfig:
@@ -490,6 +491,32 @@ async def test_a_batch_closes_once_the_pushes_held_fill_the_window_instead_of_li
         assert (await source, await sink) == (0, 0)
     assert max(connectors.PUTS) <= 20
     assert sum(connectors.PUTS) == 120
+
+
+async def test_a_batch_fills_on_past_the_linger_time_while_the_one_before_is_written(tmp_path: Path) -> None:
+    def numbered(n: int) -> CloudEvent:
+        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
+
+    async with EmbeddedMesh(port=0) as mesh:
+        written = asyncio.Event()
+        connectors.HELD_PUTS.append(written)
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(
+            serve(ListSink, sink_config(mesh, batch_size=40, linger_ms=0), stop=stop_sink, install_signals=False)
+        )
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            await producer.publish(numbered(0))
+            await eventually(lambda: connectors.PUTS == [1], what="the first event written alone (no linger)")
+            for n in range(1, 41):  # each acknowledged before the next: they reach the sink one push at a time
+                await producer.publish(numbered(n))
+            await eventually(lambda: mesh.unacked("lister", "numbers") == 41, what="every event pushed to the sink")
+            await producer.publish(numbered(41))  # a round trip through the mesh: the sink has read the pushes before it
+            written.set()
+            await eventually(lambda: len(received_numbers()) == 42)
+        stop_sink.set()
+        assert await sink == 0
+    # Closed at the linger time, the second batch would have split into batches of one or two while the first waited.
+    assert connectors.PUTS[:2] == [1, 40]
 
 
 def test_the_push_window_follows_the_batch_size_unless_set_and_a_window_that_cannot_fill_a_batch_is_named() -> None:
