@@ -209,8 +209,7 @@ async def test_hmac_signature_and_token_are_checked() -> None:
         good = {"content-type": "application/json", "Authorization": "Bearer tok", "X-Hub-Signature-256": signature}
         assert (await post_event(source, body, good))[0] == 200
         assert (await post_event(source, body, {**good, "X-Hub-Signature-256": "sha256=00"}))[0] == 401
-        status, _, headers = await post_event(source, body, {**good, "Authorization": "Bearer nope"})
-        assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
+        assert (await post_event(source, body, {**good, "Authorization": "Bearer nope"}))[0] == 401
         assert (await post_event(source, b'{"a": 2}', good))[0] == 401  # signature of another body
         assert len(pump.seen) == 1
     finally:
