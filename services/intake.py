@@ -12,26 +12,33 @@ A sender's response waits until its events are durably in the mesh, so 200 means
   each request head); a port already in use is a :class:`ConfigError`;
 * :class:`IntakeSource` puts the two together: a source whose author writes ``_handle`` (the
   answer to a ``POST <path>``; ``_routes`` adds other methods), configured by a subclass of :class:`IntakeConfig`.
+  It also holds what every handler does alike: ``_check_token`` (the bearer token, 401), ``_read_body``
+  (413 over ``max_body_bytes``, 408 after ``body_timeout``) and ``_refuse``.
 
-A request refused before anything of it was queued raises :class:`Refused`; :func:`error_response`
-answers it, and :data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``.
+A request refused before anything of it was queued raises :class:`Refused`; ``_refuse`` logs, counts
+(:data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``) and answers it with
+:func:`error_response`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import ClassVar, TypeVar
 
+import structlog
 from aiohttp import web
 from pydantic import Field
 
-from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Source, SourceContext
+from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
 from services.connections import ConnectionGuard, GuardedSite
 
 __all__ = ["REFUSAL_KINDS", "HeldRecords", "IntakeConfig", "IntakeSource", "Listener", "Refused", "error_response"]
+
+log = structlog.get_logger()
 
 _POLL_WAIT = 1.0  # seconds poll waits for a first record before it returns none
 
@@ -85,6 +92,8 @@ class IntakeConfig(ConnectorConfig):
     keepalive_timeout: float = Field(
         75.0, gt=0, description="Seconds a kept-alive connection may stay idle between requests; then closed."
     )
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
+    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from senders with this token.")
 
 
 @dataclasses.dataclass(slots=True)
@@ -234,6 +243,39 @@ class IntakeSource(Source[IntakeConfigT]):
     async def _handle(self, request: web.Request) -> web.Response:
         """The answer to one ``POST <path>``."""
         raise NotImplementedError
+
+    def _check_token(self, request: web.Request) -> None:
+        """With a ``token`` configured, :class:`Refused` (401) unless the request carries ``Authorization: Bearer
+        <token>``, compared in constant time."""
+        if self.config.token is None:
+            return
+        expected = f"Bearer {self.config.token.get_secret_value()}".encode()
+        # aiohttp keeps bytes that are not UTF-8 as lone surrogates: surrogateescape gives the bytes sent back.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, expected):
+            raise Refused(401, "missing or wrong bearer token")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body; :class:`Refused` when it is larger than ``max_body_bytes`` (413) or not all received
+        within ``body_timeout`` (408)."""
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+        except TimeoutError as exc:
+            raise Refused(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
+
+    def _refuse(self, request: web.Request, rejected: Refused) -> web.Response:
+        """The answer to a refused request, logged (with its status and reason) and counted first."""
+        log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
+        self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
+        response = error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+        if rejected.status == 401 and self.config.token is not None:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        if rejected.status in (408, 413):
+            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
+        return response
 
     async def poll(self) -> Sequence[ConnectorRecord]:
         return await self._held.poll(self.config.batch_size)

@@ -25,7 +25,7 @@ import pulsar.exceptions
 
 from runtime import ConfigError, RetriableError, Secret
 
-__all__ = ["TOPIC_NAME", "client_options", "pulsar_blocking", "pulsar_call", "pulsar_error", "pulsar_result"]
+__all__ = ["TOPIC_NAME", "client_options", "in_thread", "pulsar_blocking", "pulsar_call", "pulsar_error", "pulsar_result"]
 
 T = TypeVar("T")
 
@@ -109,13 +109,32 @@ async def pulsar_call(what: str, call: Awaitable[T], seconds: float, *, topic_ke
         raise pulsar_error(what, exc, topic_key) from exc
 
 
-async def pulsar_blocking(what: str, call: Callable[[], T], seconds: float, *, topic_key: str = "config.topics") -> T:
-    """Run a blocking pulsar-client call in a thread, awaited at most ``seconds``; the other seam.
+def in_thread(call: Callable[[], T]) -> asyncio.Future[T]:
+    """Start a blocking pulsar-client call in a thread; its outcome is read even when nobody awaits it any more."""
+    running = asyncio.ensure_future(asyncio.to_thread(call))
+    running.add_done_callback(_retrieved)
+    return running
 
+
+async def pulsar_blocking(
+    what: str, call: Callable[[], T] | asyncio.Future[T], seconds: float, *, topic_key: str = "config.topics"
+) -> T:
+    """Await a blocking pulsar-client call run in a thread at most ``seconds``; the other seam.
+
+    ``call`` is the function, or the future :func:`in_thread` gave for it when its caller must be able to wait
+    for the thread later: the wait here is shielded, so the future stays pending while the thread runs, also
+    once this wait timed out or was cancelled (a client closed under a running call aborts the process).
     The client bounds its own calls by ``operation_timeout_seconds``; the wait here bounds ours too.
     """
+    running = call if isinstance(call, asyncio.Future) else in_thread(call)
     try:
         async with asyncio.timeout(seconds):
-            return await asyncio.to_thread(call)
+            return await asyncio.shield(running)
     except (pulsar.exceptions.PulsarException, TimeoutError) as exc:
         raise pulsar_error(what, exc, topic_key) from exc
+
+
+def _retrieved(running: asyncio.Future[Any]) -> None:
+    """Reads the outcome of a call nobody awaits any more (its wait was cancelled), so asyncio logs no error."""
+    if not running.cancelled():
+        running.exception()

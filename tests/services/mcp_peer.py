@@ -5,6 +5,9 @@ Its tool ``store(event_id, n, text)`` appends ``{"event_id", "n", "text"}`` as a
 deduplicates as a tool given mcp-sink's ``id_argument`` can), and fails (a tool result with
 ``isError: true``) when the text is ``poison``. Killing the process drops its sessions, as a
 restarted server does. Run: ``python -m tests.services.mcp_peer <port> <file>``.
+
+:class:`McpGate` stands in front of it to answer chosen tool calls with an HTTP refusal (429, 503, 401, ...)
+and to note when each call came.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.servers import free_port
 
 POISON = "poison"
 
@@ -81,6 +89,61 @@ class McpPeer:
             return []
         calls = [json.loads(line) for line in self.stored.read_text().splitlines() if line]
         return [call for call in calls if call["event_id"].startswith(prefix)]
+
+
+class McpGate:
+    """An HTTP hop between mcp-sink and an MCP server that forwards every request and its answer, except a
+    ``tools/call`` while a refusal is scripted: it gets the next of ``refusals`` (status, headers), else ``lasting``
+    when set. ``calls`` holds (when it came, monotonic; the status it got) of each ``tools/call``."""
+
+    _REQUEST_HEADERS = ("Accept", "Authorization", "Content-Type", "Mcp-Session-Id", "MCP-Protocol-Version")
+    _ANSWER_HEADERS = ("Content-Type", "Mcp-Session-Id")
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.refusals: list[tuple[int, dict[str, str]]] = []
+        self.lasting: tuple[int, dict[str, str]] | None = None
+        self.calls: list[tuple[float, int]] = []
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def __aenter__(self) -> McpGate:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        app = web.Application()
+        app.router.add_route("*", "/mcp", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._http is not None
+        body = await request.read()
+        is_call = request.method == "POST" and b'"tools/call"' in body
+        came = time.monotonic()
+        refusal = (self.refusals.pop(0) if self.refusals else self.lasting) if is_call else None
+        if refusal is not None:
+            status, headers = refusal
+            self.calls.append((came, status))
+            return web.json_response({"error": "refused by the gate"}, status=status, headers=headers)
+        headers = {name: request.headers[name] for name in self._REQUEST_HEADERS if name in request.headers}
+        async with self._http.request(request.method, self.upstream, data=body, headers=headers) as answer:
+            content = await answer.read()
+            if is_call:
+                self.calls.append((came, answer.status))
+            kept = {name: answer.headers[name] for name in self._ANSWER_HEADERS if name in answer.headers}
+            return web.Response(status=answer.status, body=content, headers=kept)
 
 
 def _accepts(port: int) -> bool:

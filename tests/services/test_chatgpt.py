@@ -133,7 +133,8 @@ async def test_bad_requests_are_refused_with_the_reason_and_cost_no_call(
 async def test_a_sender_token_is_required_when_configured(fake: FakeOpenAI) -> None:
     source, pump = await started(config_for(fake, token=SENDER_TOKEN))
     try:
-        assert (await post(source, {"text": "hi"}))[0] == 401
+        status, _, headers = await post(source, {"text": "hi"})
+        assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
         assert (await post(source, {"text": "hi"}, {"Authorization": "Bearer wrong"}))[0] == 401
         assert fake.server.calls == 0
         assert (await post(source, {"text": "hi"}, {"Authorization": f"Bearer {SENDER_TOKEN}"}))[0] == 200
@@ -148,6 +149,21 @@ async def test_a_request_head_not_sent_within_header_timeout_is_cut_off(fake: Fa
     writer.write(b"POST /chatgpt HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
     try:
         assert await until_closed(reader) == b""
+        assert (await post(source, {"text": "still served"}))[0] == 200
+    finally:
+        writer.close()
+        await pump.close()
+        await source.stop()
+
+
+async def test_a_body_not_sent_within_body_timeout_is_answered_408_long_before_response_timeout(fake: FakeOpenAI) -> None:
+    source, pump = await started(config_for(fake, body_timeout=0.5, response_timeout=600.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+    writer.write(b'POST /chatgpt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"te')
+    try:
+        answer = await until_closed(reader, within=20.0)  # response_timeout alone would answer after 600 s
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"body_timeout (0.5 s)" in answer
+        assert fake.server.calls == 0
         assert (await post(source, {"text": "still served"}))[0] == 200
     finally:
         writer.close()

@@ -59,6 +59,18 @@ async def test_a_slow_body_is_answered_408_after_body_timeout() -> None:
         await source.stop()
 
 
+async def test_a_wrong_token_is_answered_401_naming_the_scheme_before_the_body_is_read() -> None:
+    source = await started_source(source_config(token="tok", max_body_bytes=1024))
+    oversized = b"x" * 4096  # read first, it would be answered 413
+    try:
+        status, answer, headers = await post_event(
+            source, oversized, {"content-type": "application/json", "Authorization": "Bearer nope"}
+        )
+    finally:
+        await source.stop()
+    assert (status, headers["WWW-Authenticate"], answer["error"]) == (401, "Bearer", "missing or wrong bearer token")
+
+
 async def test_a_kept_alive_connection_may_idle_longer_than_the_head_deadline_until_keepalive_timeout() -> None:
     source = await started_source(source_config(header_timeout=1.0, keepalive_timeout=3.0))
     pump = Pump(source)

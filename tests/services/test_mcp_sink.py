@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from services.mcp.sink.session import SseDecoder
 from services.mcp.source.connector import McpSource, McpSourceConfig
 from tests.servers import free_port
 from tests.services.http_source import Pump
-from tests.services.mcp_peer import POISON, McpPeer
+from tests.services.mcp_peer import POISON, McpGate, McpPeer
 from tests.services.workers import dead_letters, publish, readiness, sink_worker, until
 
 TOKEN = "mcp-s3cret-token-value"
@@ -137,6 +138,40 @@ def test_the_event_stream_decoder_takes_events_split_anywhere() -> None:
         assert events == [b'{"a":\n1}', b'{"b": 2}'], split
 
 
+def test_the_event_stream_decoder_looks_at_each_byte_once() -> None:
+    """A long line in small chunks (as a slow server sends it, up to max_response_bytes): decoding costs its
+    length. Re-splitting all that was buffered on every chunk took seconds of CPU here; this takes milliseconds."""
+    data = b"x" * 1024 * 1024
+    stream = b"data: " + data + b"\n\n"
+    decoder = SseDecoder()
+    began = time.process_time()
+    events = [event for start in range(0, len(stream), 64) for event in decoder.feed(stream[start : start + 64])]
+    assert events == [data]
+    assert time.process_time() - began < 1.0
+
+
+async def test_refused_credentials_are_retriable_and_logged_once_until_the_server_takes_them_again(peer: McpPeer) -> None:
+    async with McpGate(peer.url) as gate:
+        sink = await _started(peer, url=gate.url)
+        try:
+            with capture_logs() as logs:
+                gate.lasting = (403, {})
+                for _ in range(3):
+                    with pytest.raises(RetriableError, match="answered tools/call with HTTP 403: check token and headers"):
+                        await sink.put([_record("credentials", 1)])
+                gate.lasting = None
+                assert await sink.put([_record("credentials", 1)]) == []
+                gate.lasting = (401, {})
+                with pytest.raises(RetriableError, match="HTTP 401"):
+                    await sink.put([_record("credentials", 2)])
+        finally:
+            await sink.stop()
+    refusals = [entry for entry in logs if entry["event"].startswith("mcp server refuses the sink's credentials")]
+    assert [entry["status"] for entry in refusals] == [403, 401]  # once per outage, not once per call
+    assert [status for _, status in gate.calls] == [403, 403, 403, 200, 401]
+    assert [call["event_id"] for call in peer.calls("credentials-")] == ["credentials-1"]
+
+
 async def test_a_server_answering_plain_json_is_called_alike() -> None:
     """mcp-source answers application/json where the SDK's server streams: the sink reads both."""
     tools = [{"name": "store", "input_schema": {"type": "object", "required": ["event_id", "n", "text"]}}]
@@ -195,6 +230,56 @@ async def test_through_the_worker_tool_errors_are_dead_lettered_and_a_server_dow
     finally:
         await mesh.stop()
     assert [call["event_id"] for call in peer.calls("order-")] == ["order-1", "order-3"]  # nothing else dead-lettered
+
+
+async def test_through_the_worker_a_retry_after_on_429_or_503_is_waited_out_before_the_next_call(peer: McpPeer) -> None:
+    mesh = EmbeddedMesh(port=0)
+    await mesh.start()
+    admin_port = free_port()
+    try:
+        async with (
+            McpGate(peer.url) as gate,
+            sink_worker(McpSink, mesh, admin_port, **_config(peer, url=gate.url)),  # retry_max: 0.5 s
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+        ):
+            await until(lambda: readiness(http, admin_port)(200), "the sink is ready")
+            gate.refusals = [(429, {"Retry-After": "2"}), (503, {"Retry-After": "2"})]
+            await publish(mesh, ("later-1", {"n": 1, "text": "later"}))
+            await until(lambda: _stored(peer, "later-1"), "later-1 reaches the tool once the server takes calls")
+    finally:
+        await mesh.stop()
+    [(refused_429, status_429), (refused_503, status_503), (delivered, status)] = gate.calls
+    assert (status_429, status_503, status) == (429, 503, 200)
+    # Each call again comes no sooner than the server asked (the worker's own backoff is at most 0.5 s here).
+    assert refused_503 - refused_429 >= 1.8 and delivered - refused_503 >= 1.8
+
+
+async def test_through_the_worker_refused_credentials_make_the_sink_not_ready_and_are_retried(peer: McpPeer) -> None:
+    mesh = EmbeddedMesh(port=0)
+    await mesh.start()
+    admin_port = free_port()
+    try:
+        async with (
+            McpGate(peer.url) as gate,
+            sink_worker(McpSink, mesh, admin_port, **_config(peer, url=gate.url, token=TOKEN)),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+        ):
+            ready = readiness(http, admin_port)
+            await until(lambda: ready(200), "the sink is ready")
+            gate.lasting = (401, {})
+            await publish(mesh, ("refused-creds-1", {"n": 1, "text": "later"}))
+            await until(lambda: ready(503, "check token and headers"), "the sink says not ready while refused")
+
+            async def retried() -> bool:
+                return len(gate.calls) >= 3
+
+            await until(retried, "the refused call is made again")
+            gate.lasting = None
+            await until(lambda: _stored(peer, "refused-creds-1"), "the event reaches the tool once the server takes it")
+            await until(lambda: ready(200), "the sink is ready again")
+    finally:
+        await mesh.stop()
+    assert {status for _, status in gate.calls[:-1]} == {401} and gate.calls[-1][1] == 200
 
 
 async def _stored(peer: McpPeer, event_id: str) -> bool:

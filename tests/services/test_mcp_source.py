@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx2
+import orjson
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -246,6 +248,43 @@ async def test_sessions_are_bounded_and_the_least_recently_used_is_dropped() -> 
         await pump.close()
         await source.stop()
     assert statuses == [200, 404, 200]
+
+
+async def test_a_session_idle_past_session_idle_timeout_is_forgotten_and_one_in_use_kept() -> None:
+    idle_timeout = 1.0
+    source, pump = await _started(_config(session_idle_timeout=idle_timeout))
+    ping = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    try:
+        idle = await _raw_session(source.port)
+        idle_since = time.monotonic()
+        in_use = await _raw_session(source.port)
+        while time.monotonic() - idle_since <= idle_timeout * 1.5:  # the idle one's time passes; the other is used
+            assert (await _post(source.port, ping, {"Mcp-Session-Id": in_use}))[0] == 200
+            await asyncio.sleep(0.1)
+        forgotten = await _post(source.port, ping, {"Mcp-Session-Id": idle})
+        kept = await _post(source.port, ping, {"Mcp-Session-Id": in_use})
+    finally:
+        await pump.close()
+        await source.stop()
+    assert forgotten[0] == 404 and "initialize a new one" in forgotten[1]["error"]
+    assert kept[0] == 200
+
+
+@pytest.mark.parametrize(("key", "accepted"), [("k" * 200, True), ("k" * 201, False), ("", False), (7, False)])
+async def test_an_idempotency_key_must_be_a_text_of_1_to_200_characters(
+    running: tuple[McpSource, Pump], key: Any, accepted: bool
+) -> None:
+    source, pump = running
+    session = await _raw_session(source.port)
+    params = {"name": "publish", "arguments": {"topic": "agents", "idempotency_key": key}}
+    call = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+    status, answer = await _post(source.port, call, {"Mcp-Session-Id": session})
+    assert status == 200
+    if accepted:
+        assert answer["result"]["structuredContent"]["id"] == key and [record.id for record in pump.seen] == [key]
+    else:
+        assert answer["error"] == {"code": -32602, "message": "idempotency_key must be a text of 1 to 200 characters"}
+        assert pump.seen == []
 
 
 async def test_a_call_resent_with_its_session_and_request_id_is_the_same_event(running: tuple[McpSource, Pump]) -> None:

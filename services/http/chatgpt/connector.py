@@ -39,15 +39,15 @@ means stored. What the API answers:
 
 Bounds: request bodies (``max_body_bytes``), prompt length (``max_prompt_chars``), answer size
 (``max_tokens``, ``max_response_bytes``), calls in flight (``max_concurrent_calls``), events waiting
-(``queue_size``), open connections (``max_connections``) and the time a request head may take
-(``header_timeout``, :mod:`services.connections`), every network wait (``connect_timeout``,
-``request_timeout``) and every request (``response_timeout``). The API key appears in no log line or error message.
+(``queue_size``), open connections (``max_connections``), the time a request head may take
+(``header_timeout``, :mod:`services.connections`) and its body (``body_timeout``, then 408), every
+network wait (``connect_timeout``, ``request_timeout``) and every request (``response_timeout``).
+The API key appears in no log line or error message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 import random
 import re
@@ -70,7 +70,7 @@ from runtime import (
     SourceContext,
 )
 from services.deliveries import retry_after_seconds
-from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
+from services.intake import IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["ChatGptSource", "ChatGptSourceConfig"]
 
@@ -89,7 +89,6 @@ ParseAttribute = Literal["type", "subject", "datacontenttype", "dataschema"]
 
 class ChatGptSourceConfig(IntakeConfig):
     path: str = Field("/chatgpt", pattern=r"^/", description="URL path that accepts POSTed prompts.")
-    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from senders with this token.")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest request body accepted (413 above).")
     max_prompt_chars: int = Field(16_000, ge=1, description="Longest prompt text accepted, in characters (413 above).")
     mode: Literal["chat", "parse"] = Field(
@@ -189,16 +188,14 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
             async with asyncio.timeout(self.config.response_timeout):
                 return await self._answer_request(request)
         except Refused as rejected:
-            log.info("chatgpt request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-            self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
-            return error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
+            return self._refuse(request, rejected)
         except TimeoutError:
             return error_response(
                 503, "no answer stored within response_timeout; retry later", retry_after=self.config.retry_after
             )
 
     async def _answer_request(self, request: web.Request) -> web.Response:
-        self._authenticate(request)
+        self._check_token(request)
         prompt, event_id = await self._read_prompt(request)
         if self._held.pending + self._asking >= self.config.queue_size:
             raise Refused(503, "too many prompts waiting; retry later", retry_after=self.config.retry_after)
@@ -213,21 +210,10 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
             return error_response(503, "server stopping; retry later", retry_after=self.config.retry_after)
         return web.json_response({"id": record.id, "dead_lettered": record.refusal is not None})
 
-    def _authenticate(self, request: web.Request) -> None:
-        if self.config.token is None:
-            return
-        expected = f"Bearer {self.config.token.get_secret_value()}".encode()
-        given = request.headers.get("Authorization", "").encode(errors="replace")
-        if not hmac.compare_digest(given, expected):
-            raise Refused(401, "missing or wrong bearer token")
-
     async def _read_prompt(self, request: web.Request) -> tuple[str, str]:
         if request.content_type != "application/json":
             raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
+        body = await self._read_body(request)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -53,7 +53,7 @@ from runtime import (
     is_json_content_type,
 )
 from services.http.source import signing
-from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
+from services.intake import IntakeConfig, IntakeSource, Refused, error_response
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 
@@ -94,7 +94,6 @@ class HttpSourceConfig(IntakeConfig):
         description="With hmac_secret: 'body' = X-Hub-Signature-256 over the body only (GitHub, Stripe-style webhooks);"
         " 'cloudevent' = X-Meshconnect-Signature over method, target, content type, ce-* headers and body.",
     )
-    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' with this shared token.")
     max_event_bytes: int = Field(
         MAX_EVENT_BODY,
         ge=1,
@@ -102,7 +101,6 @@ class HttpSourceConfig(IntakeConfig):
         description="Largest event accepted, in bytes of its wire form (the CloudEvent JSON the mesh receives; binary"
         " data in base64); 413 above. The default is the most a 4 MiB EventMesh frame carries.",
     )
-    body_timeout: float = Field(30.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
 
 
 class HttpSource(IntakeSource[HttpSourceConfig]):
@@ -125,9 +123,10 @@ class HttpSource(IntakeSource[HttpSourceConfig]):
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
+            self._check_token(request)
             body = await self._read_body(request)
             headers = self._single_headers(request)
-            self._authenticate(request, headers, body)
+            self._check_signature(request, headers, body)
             parsed = self._parse(headers, body)
             records = [self._checked(record, f"batch item {i}: " if len(parsed) > 1 else "") for i, record in enumerate(parsed)]
             if self._held.pending + len(records) > self.config.queue_size:
@@ -143,24 +142,6 @@ class HttpSource(IntakeSource[HttpSourceConfig]):
         except TimeoutError:
             return error_response(503, "events not yet stored in the mesh; retry later", retry_after=self.config.retry_after)
         return web.json_response({"accepted": len(records)})
-
-    def _refuse(self, request: web.Request, rejected: Refused) -> web.Response:
-        """Every refusal is logged (with its status and reason) and counted before it is answered."""
-        log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-        self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
-        response = error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
-        if rejected.status in (408, 413):
-            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
-        return response
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        try:
-            async with asyncio.timeout(self.config.body_timeout):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
-        except TimeoutError as exc:
-            raise Refused(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
 
     def _single_headers(self, request: web.Request) -> dict[str, str]:
         """The request's headers by lower-case name. One that makes the event may not come twice (which would
@@ -179,11 +160,7 @@ class HttpSource(IntakeSource[HttpSourceConfig]):
             headers[key] = value
         return headers
 
-    def _authenticate(self, request: web.Request, headers: dict[str, str], body: bytes) -> None:
-        if self.config.token is not None:
-            expected = f"Bearer {self.config.token.get_secret_value()}"
-            if not signing.matches(headers.get("authorization", ""), expected):
-                raise Refused(401, "missing or wrong bearer token")
+    def _check_signature(self, request: web.Request, headers: dict[str, str], body: bytes) -> None:
         if self.config.hmac_secret is None:
             return
         secret = self.config.hmac_secret.get_secret_value().encode()

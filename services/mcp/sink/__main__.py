@@ -1,4 +1,5 @@
 """mcp-sink: call a tool of a remote MCP server for each event."""
+
 from runtime import main_for
 from services.mcp.sink.connector import McpSink
 

@@ -4,13 +4,15 @@
 ``notifications/initialized``; the ``Mcp-Session-Id`` the server hands out and the negotiated
 ``MCP-Protocol-Version`` go with every later request), checks that the server offers the tool,
 and initializes again when the server answers 404 to the session (it restarted or expired it).
+Only a call that finds no session negotiated takes the lock around initializing, so concurrent
+calls start one handshake between them.
 It is the one seam where aiohttp's errors and the server's answers become meshconnect's:
 
 * a tool result: :data:`CALLED` (success), or a :class:`ToolRefused` reason (``isError: true``, or
   a JSON-RPC ``-32602`` invalid-params error: this event's arguments, to dead-letter);
 * :class:`~runtime.RetriableError`: the server is unreachable, times out, answers 429 or 5xx or
-  another JSON-RPC error, refuses the credentials (401, 403), lacks the tool, or speaks no
-  revision of :data:`~services.mcp.client.PROTOCOL_VERSIONS`.
+  another JSON-RPC error, refuses the credentials (401, 403: logged once, until a request succeeds
+  again), lacks the tool, or speaks no revision of :data:`~services.mcp.client.PROTOCOL_VERSIONS`.
 
 An answer is read as JSON or as a server-sent event stream (:class:`SseDecoder`), at most
 ``max_response_bytes`` of it; requests the server sends on the stream are not answered (the
@@ -53,15 +55,21 @@ class ToolRefused:
 
 class SseDecoder:
     """Server-sent events, sans IO: feed bytes, get the ``data`` of each complete event (lines end in LF or CRLF;
-    the fields other than ``data`` are ignored)."""
+    the fields other than ``data`` are ignored). Each byte is looked at once: a chunk without a line end is only
+    kept, so a long line fed in small chunks costs its length, not its length squared."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial = bytearray()  # the line begun, not yet ended
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+        last_end = chunk.rfind(b"\n")
+        if last_end < 0:
+            self._partial += chunk
+            return
+        self._partial += chunk[: last_end + 1]
+        lines = bytes(self._partial).split(b"\n")[:-1]
+        self._partial = bytearray(chunk[last_end + 1 :])
         for raw in lines:
             line = raw.removesuffix(b"\r")
             if not line:
@@ -100,9 +108,12 @@ class McpClientSession:
         self._session_id: str | None = None
         self._negotiated: str | None = None
         self._opening = asyncio.Lock()
+        self._credentials_refused = False  # logged once until the server takes them again
 
     async def open(self) -> None:
         """Initialize a session, unless one is open; :class:`RetriableError` when the server cannot be used yet."""
+        if self._negotiated is not None:  # the common case, without the lock: nothing to wait for
+            return
         async with self._opening:
             if self._negotiated is not None:
                 return
@@ -237,12 +248,15 @@ class McpClientSession:
     def _check_status(self, response: aiohttp.ClientResponse, method: str, session_id: str | None) -> None:
         status = response.status
         if status == 200:
+            self._credentials_refused = False
             return
         if status == 404 and session_id is not None:
             raise _SessionLost
         problem = f"MCP server at {self._url} answered {method} with HTTP {status}"
         if status in (401, 403):
-            log.error("mcp server refuses the sink's credentials; check token and headers", url=self._url, status=status)
+            if not self._credentials_refused:  # the worker retries: one line for the outage, not one per call
+                self._credentials_refused = True
+                log.error("mcp server refuses the sink's credentials; check token and headers", url=self._url, status=status)
             raise RetriableError(f"{problem}: check token and headers")
         if status in _RETRIABLE_STATUS or status >= 500:
             raise RetriableError(problem, retry_after=retry_after_seconds(response.headers.get("Retry-After")))

@@ -1,4 +1,5 @@
 """mcp-source: an MCP server whose tool calls become events."""
+
 from runtime import main_for
 from services.mcp.source.connector import McpSource
 

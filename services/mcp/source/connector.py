@@ -30,7 +30,6 @@ bounded in number (``max_sessions``, the least recently used is dropped) and idl
 from __future__ import annotations
 
 import asyncio
-import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -43,8 +42,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runtime import MAX_EVENT_BODY, ConnectorRecord, DataError, Secret, SourceContext
-from services.intake import REFUSAL_KINDS, IntakeConfig, IntakeSource, Refused, error_response
+from runtime import MAX_EVENT_BODY, ConnectorRecord, DataError, SourceContext
+from services.intake import IntakeConfig, IntakeSource, Refused
 from services.mcp.client import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -135,7 +134,6 @@ class McpSourceConfig(IntakeConfig):
     queue_size: int = Field(100, ge=1, description="Tool calls whose event is not yet in the mesh, at most (busy above).")
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 503 (too many connections).")
     tools: list[ToolSpec] = Field(min_length=1, description="The tools offered; each call of one becomes an event.")
-    token: Secret | None = Field(None, description="Require 'Authorization: Bearer <token>' from clients with this token.")
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Origin header values accepted (browser clients); a request with any other Origin is refused (403).",
@@ -143,7 +141,7 @@ class McpSourceConfig(IntakeConfig):
     response_timeout: float = Field(
         30.0, gt=0, description="Seconds a tool call waits for its event to be stored; then answered isError (call again)."
     )
-    body_timeout: float = Field(10.0, gt=0, description="Seconds to receive a request body (408 after).")
+    body_timeout: float = Field(10.0, gt=0, description="Seconds a request has to send its whole body; 408 after.")
     max_sessions: int = Field(1000, ge=1, description="Sessions kept at most; the least recently used is dropped.")
     session_idle_timeout: float = Field(3600.0, gt=0, description="Seconds a session may be unused before it is dropped.")
     instructions: str | None = Field(None, description="Text for agents in the initialize answer (operator text).")
@@ -220,26 +218,12 @@ class McpSource(IntakeSource[McpSourceConfig]):
             return web.json_response(jsonrpc_error(request_id, failed.code, failed.message))
         return web.json_response({"jsonrpc": "2.0", "id": request_id, "result": result})
 
-    def _refuse(self, request: web.Request, rejected: Refused) -> web.Response:
-        log.info("mcp request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
-        self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
-        response = error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
-        if rejected.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        if rejected.status in (408, 413):
-            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
-        return response
-
     def _admit(self, request: web.Request) -> None:
         """Origin and token, before any of the body is read."""
         origin = request.headers.get("Origin")
         if origin is not None and origin not in self.config.allowed_origins:
             raise Refused(403, f"origin {origin[:100]!r} is not allowed; ask the operator to add it to allowed_origins")
-        if self.config.token is not None:
-            expected = f"Bearer {self.config.token.get_secret_value()}".encode()
-            given = request.headers.get("Authorization", "").encode(errors="replace")
-            if not hmac.compare_digest(given, expected):
-                raise Refused(401, "missing or wrong bearer token")
+        self._check_token(request)
         version = request.headers.get(VERSION_HEADER)
         if version is not None and version not in PROTOCOL_VERSIONS:
             spoken = ", ".join(PROTOCOL_VERSIONS)
@@ -248,13 +232,7 @@ class McpSource(IntakeSource[McpSourceConfig]):
     async def _read_message(self, request: web.Request) -> dict[str, Any]:
         if request.content_type != "application/json":
             raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
-        try:
-            async with asyncio.timeout(self.config.body_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
-        except TimeoutError as exc:
-            raise Refused(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
+        body = await self._read_body(request)
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

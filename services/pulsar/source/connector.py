@@ -31,7 +31,7 @@ from runtime import (
     SourceContext,
     record_from_payload,
 )
-from services.pulsar.client import client_options, pulsar_blocking, pulsar_error
+from services.pulsar.client import client_options, in_thread, pulsar_blocking
 
 __all__ = ["PulsarSource", "PulsarSourceConfig"]
 
@@ -120,13 +120,8 @@ class PulsarSource(Source[PulsarSourceConfig]):
         consumer = self._consumer
         assert consumer is not None, "start() first"
         # The receive runs on in its thread if this poll is cancelled: stop() waits for it before closing.
-        receiving = self._receiving = asyncio.ensure_future(asyncio.to_thread(consumer.batch_receive))
-        receiving.add_done_callback(_retrieved)
-        try:
-            async with asyncio.timeout(self.config.timeout + _BATCH_WAIT_MS / 1000):
-                messages = await asyncio.shield(receiving)
-        except (pulsar.exceptions.PulsarException, TimeoutError) as exc:
-            raise pulsar_error("receive", exc, "config.topics") from exc
+        receiving = self._receiving = in_thread(consumer.batch_receive)
+        messages = await pulsar_blocking("receive", receiving, self.config.timeout + _BATCH_WAIT_MS / 1000)
         if not messages:
             if not consumer.is_connected():
                 raise RetriableError(f"Pulsar broker at {self.config.service_url} unreachable; the client reconnects")
@@ -183,9 +178,3 @@ class PulsarSource(Source[PulsarSourceConfig]):
                 await pulsar_blocking("close", client.close, self.config.timeout)
             except RetriableError as exc:
                 log.warning("pulsar client did not close cleanly", error=str(exc))
-
-
-def _retrieved(receiving: asyncio.Future[list[pulsar.Message]]) -> None:
-    """Reads the outcome of a receive nobody awaits any more (its poll was cancelled), so asyncio logs no error."""
-    if not receiving.cancelled():
-        receiving.exception()
