@@ -1,9 +1,11 @@
 """Whether a JSON value fits a SQL column: the one rule set of the sinks that map event fields to columns.
 
 A sink maps each column's database type to a :class:`ColumnKind` once per table schema (a
-:class:`ColumnRule`), lets the value types in :attr:`ColumnRule.unchecked` through without a look,
-and asks :meth:`ColumnRule.check` about the rest. ``null`` fits every column (NOT NULL is the
-database's to enforce). The kinds:
+:class:`ColumnRule`; :meth:`ColumnRule.integer` for an integer column of some width). A row's
+values are then looked at in one pass: a value whose type is in :attr:`ColumnRule.fitting` fits,
+once an integer for a :attr:`~ColumnRule.ranged` column is compared with its bounds;
+:meth:`ColumnRule.check` says why any other value does not. ``null`` fits every column (NOT NULL
+is the database's to enforce). The kinds:
 
 ==========  ==============================================  ==============================================
 kind        takes                                           for example
@@ -58,6 +60,7 @@ _TAKES: dict[ColumnKind, frozenset[type]] = {
     ColumnKind.STRING: frozenset({str, _NONE}),
     ColumnKind.STRUCTURED: frozenset({dict, list, str, _NONE}),
 }
+_RANGED = frozenset({ColumnKind.INTEGER, ColumnKind.FLAG})
 _TAKES_IN_WORDS = {
     ColumnKind.FLAG: "booleans and integers from {low} to {high}",
     ColumnKind.INTEGER: "integers from {low} to {high}",
@@ -99,22 +102,32 @@ class ColumnRule:
     low: int = 0
     high: int = 0
 
+    @classmethod
+    def integer(
+        cls, field: str, column: str, sql_type: str, bits: int, *, signed: bool = True, kind: ColumnKind = ColumnKind.INTEGER
+    ) -> ColumnRule:
+        """The rule of a ``bits``-wide integer column (``kind`` FLAG: a 0/1 column such as MySQL's TINYINT(1))."""
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        return cls(field, column, sql_type, kind, low, high)
+
     @property
-    def unchecked(self) -> frozenset[type]:
-        """The value types that always fit: every other value goes through :meth:`check`."""
+    def ranged(self) -> bool:
+        """Whether an integer fits only from ``low`` to ``high``: INTEGER and FLAG columns."""
+        return self.kind in _RANGED
+
+    @property
+    def fitting(self) -> frozenset[type]:
+        """The value types that fit by their type alone, once an integer for a :attr:`ranged` column is compared
+        with the bounds; :meth:`check` judges every other value (a DECIMAL column's strings must be numerals)."""
         takes = _TAKES[self.kind]
-        if self.kind in (ColumnKind.INTEGER, ColumnKind.FLAG):
-            return takes - {int}  # each integer is compared with the range
-        if self.kind is ColumnKind.DECIMAL:
-            return takes - {str}  # each string must be a numeral
-        return takes
+        return takes - {str} if self.kind is ColumnKind.DECIMAL else takes
 
     def check(self, value: Any) -> None:
         """Raise :class:`DataError` naming the field, the column, its type and what the value is, if it does not fit."""
         value_type = type(value)
         if value_type not in _TAKES[self.kind]:
             self._refuse(value_kind(value))
-        if value_type is int and self.kind in (ColumnKind.INTEGER, ColumnKind.FLAG) and not self.low <= value <= self.high:
+        if value_type is int and self.kind in _RANGED and not self.low <= value <= self.high:
             self._refuse("an integer out of range")
         if value_type is str and self.kind is ColumnKind.DECIMAL and _DECIMAL_NUMERAL.fullmatch(value) is None:
             self._refuse("a string that is not a decimal numeral")

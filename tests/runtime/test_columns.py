@@ -43,8 +43,10 @@ def fits(rule: ColumnRule, value: Any) -> bool:
 def test_each_kind_takes_exactly_its_values(kind: ColumnKind) -> None:
     rule = ColumnRule("f", "c", "t", kind, -100, 100)
     assert {name for name, value in SAMPLES.items() if fits(rule, value)} == TAKES[kind]
-    # What passes unchecked is a subset of what fits, so skipping check() for those types never lets a misfit through.
-    assert all(fits(rule, value) for value in SAMPLES.values() if type(value) in rule.unchecked)
+    # A type in fitting always fits (an integer once within a ranged column's bounds): a sink's one-pass look at a
+    # row's types, with the bounds compared apart, never lets a misfit through.
+    assert all(fits(rule, value) for value in SAMPLES.values() if type(value) in rule.fitting)
+    assert rule.ranged is (kind in (ColumnKind.INTEGER, ColumnKind.FLAG))
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,14 @@ def test_integer_bounds_are_inclusive_and_booleans_are_not_integers() -> None:
     rule = ColumnRule("f", "c", "tinyint", ColumnKind.INTEGER, -128, 127)
     assert fits(rule, -128) and fits(rule, 127)
     assert not fits(rule, -129) and not fits(rule, 128) and not fits(rule, True) and not fits(rule, 1.0)
+
+
+def test_an_integer_rule_spans_its_width_signed_or_not() -> None:
+    assert ColumnRule.integer("f", "c", "smallint", 16) == ColumnRule("f", "c", "smallint", ColumnKind.INTEGER, -32768, 32767)
+    unsigned = ColumnRule.integer("f", "c", "bigint unsigned", 64, signed=False)
+    assert (unsigned.low, unsigned.high) == (0, 2**64 - 1)
+    flag = ColumnRule.integer("f", "c", "bit(1)", 1, signed=False, kind=ColumnKind.FLAG)
+    assert fits(flag, True) and fits(flag, 1) and not fits(flag, 2)
 
 
 def test_a_refusal_names_field_column_type_and_kind_never_the_value() -> None:

@@ -96,9 +96,7 @@ def _verdicts(sink: PostgresSink, rows: list[dict[str, Any]]) -> dict[str, str]:
     for number, row in enumerate(rows):
         try:
             for rule in sink._rules:
-                value = row.get(rule.column)
-                if type(value) not in rule.unchecked:
-                    rule.check(value)
+                rule.check(row.get(rule.column))
         except DataError as exc:
             reasons[f"e{number}"] = exc.reason
     return reasons

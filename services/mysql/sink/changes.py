@@ -86,7 +86,7 @@ class Shape:
         ranges = tuple(
             (position, rule.low, rule.high, rule.check)
             for position, (_, _, _, rule) in enumerate(last.values())
-            if rule is not None and rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG)
+            if rule is not None and rule.ranged
         )
         return cls(
             schema.table,
@@ -140,9 +140,7 @@ def _unchecked_binding(rule: ColumnRule, temporal: bool) -> frozenset[type]:
         return frozenset({type(None)})  # strings are ISO date-times to convert
     if rule.kind is ColumnKind.TEXT:
         return frozenset({str, int, type(None)})  # other values become their JSON text
-    if rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG):
-        return rule.unchecked | {int}  # the shape compares integers with the column's range, without a call
-    return rule.unchecked
+    return rule.fitting  # the shape compares integers with a ranged column's bounds, without a call
 
 
 def _bind_checked(rule: ColumnRule, temporal: bool, value: Any) -> Any:

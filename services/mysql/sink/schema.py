@@ -26,16 +26,14 @@ def column_rule(column: Column, field: str) -> ColumnRule:
     """The JSON values ``column`` takes (see :mod:`runtime.columns`); BOOLEAN (TINYINT(1)) and BIT(1) take booleans."""
     data_type = column.data_type
     if data_type in _INTEGER_BYTES:
-        bits = 8 * _INTEGER_BYTES[data_type]
-        unsigned = "unsigned" in column.column_type
-        low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        signed = "unsigned" not in column.column_type
         kind = ColumnKind.FLAG if column.column_type.startswith("tinyint(1)") else ColumnKind.INTEGER
-        return ColumnRule(field, column.name, column.column_type, kind, low, high)
+        return ColumnRule.integer(field, column.name, column.column_type, 8 * _INTEGER_BYTES[data_type], signed=signed, kind=kind)
     if data_type == "bit":
         width = _WIDTH.search(column.column_type)
         bits = int(width[1]) if width else 1
         kind = ColumnKind.FLAG if bits == 1 else ColumnKind.INTEGER
-        return ColumnRule(field, column.name, column.column_type, kind, 0, 2**bits - 1)
+        return ColumnRule.integer(field, column.name, column.column_type, bits, signed=False, kind=kind)
     if data_type == "year":
         return ColumnRule(field, column.name, column.column_type, ColumnKind.INTEGER, 0, 2155)
     if data_type in ("decimal", "numeric"):

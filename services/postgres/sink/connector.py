@@ -154,9 +154,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._rules: tuple[ColumnRule, ...] = ()  # mapped, cdc: what each column of the table takes
         self._columns: tuple[str, ...] = ()  # mapped, cdc: the table's columns in order
         self._column_set: frozenset[str] = frozenset()
-        self._unchecked: tuple[frozenset[type], ...] = ()  # per column: the value types that fit without a look
-        self._fitting: tuple[frozenset[type], ...] = ()  # the same, and integers: their range is seen in _ranged
-        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns
+        self._fitting: tuple[frozenset[type], ...] = ()  # per column: the value types that fit (see ColumnRule.fitting)
+        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns: their values' range is seen apart
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -181,9 +180,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             self._rules = tuple(_column_rule(row) for row in columns)
             self._columns = tuple(rule.column for rule in self._rules)
             self._column_set = frozenset(self._columns)
-            self._ranged = tuple(rule for rule in self._rules if rule.kind is ColumnKind.INTEGER)
-            self._unchecked = tuple(rule.unchecked for rule in self._rules)
-            self._fitting = tuple(rule.unchecked | ({int} if rule in self._ranged else set()) for rule in self._rules)
+            self._fitting = tuple(rule.fitting for rule in self._rules)
+            self._ranged = tuple(rule for rule in self._rules if rule.ranged)
         return columns
 
     async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
@@ -313,8 +311,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                 if type(value) is int and not rule.low <= value <= rule.high:
                     rule.check(value)
             return
-        for rule, unchecked, value in zip(self._rules, self._unchecked, map(row.get, self._columns), strict=True):
-            if type(value) not in unchecked:
+        for rule, fitting, value in zip(self._rules, self._fitting, map(row.get, self._columns), strict=True):
+            if type(value) not in fitting or (type(value) is int and rule.ranged):
                 rule.check(value)
 
     async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -418,8 +416,7 @@ def _column_rule(column: asyncpg.Record) -> ColumnRule:
     """The JSON values a column takes (see :mod:`runtime.columns`), by its (base) type."""
     name, type_name, category, sql_type = column["attname"], column["typname"], column["typcategory"], column["sql_type"]
     if type_name in _INTEGER_BITS:
-        bits = _INTEGER_BITS[type_name]
-        return ColumnRule(name, name, sql_type, ColumnKind.INTEGER, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        return ColumnRule.integer(name, name, sql_type, _INTEGER_BITS[type_name])
     if type_name == "numeric":
         return ColumnRule(name, name, sql_type, ColumnKind.DECIMAL)
     if type_name in _FLOATS or category == "N":  # float4, float8, and money, oid and the like
