@@ -438,6 +438,28 @@ async def test_an_update_leaving_a_toasted_value_out_keeps_it_in_the_replica(
     assert [tuple(row) for row in found] == [(1, "changed", big), (2, "changed", big[::-1])]
 
 
+async def test_cdc_sink_upserts_a_column_set_with_one_statement_built_once(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    """After images holding the same columns, in whatever field order, go as one upsert; its text is built once."""
+    target = await _target(db)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    statements: list[str] = []
+    (await sink._connection.get()).add_query_logger(lambda logged: statements.append(logged.query))
+    images = [{"id": 1, "name": "a", "ok": True}, {"ok": False, "id": 2, "name": "b"}, {"name": "c", "ok": True, "id": 3}]
+    try:
+        for batch in (0, 10):
+            changes = [{"op": "c", "before": None, "after": {**image, "id": image["id"] + batch}} for image in images]
+            assert await sink.put([_event(n, data=change) for n, change in enumerate(changes)]) == []
+    finally:
+        await sink.stop()
+    upserts = [statement for statement in statements if statement.startswith("INSERT")]
+    assert len(upserts) == 2 and upserts[0] is upserts[1]
+    assert [row[:2] for row in await _rows(db, target)] == [
+        (n + batch, name) for batch in (0, 10) for n, name in ((1, "a"), (2, "b"), (3, "c"))
+    ]
+
+
 async def test_cdc_sink_leaves_a_placeholder_column_as_it_is(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:
     target = await _target(db)
     await db.execute(f"INSERT INTO {target} (id, name, price) VALUES (1, 'kept', 2.5)")

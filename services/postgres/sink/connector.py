@@ -32,6 +32,7 @@ that no column can be named like (over 63 bytes, a NUL) is dead-lettered; values
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -145,8 +146,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
         self._key = frozenset(config.key)
+        self._key_columns = tuple(config.key)
         keys = ", ".join(quote_identifier(column) for column in config.key)
-        self._conflict = keys
         self._delete = (
             f"DELETE FROM {self._table} WHERE ({keys}) IN"
             f" (SELECT {keys} FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb))"
@@ -191,19 +192,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         missing = [column for column in self.config.key if column not in names]
         if missing:
             raise ConfigError("config.key", f"{missing} are not columns of {self.config.table}", f"choose from {names}")
-        return self._upsert(names)
-
-    def _upsert(self, columns: Sequence[str]) -> str:
-        """The upsert of rows (a JSON array bound as $1) that sets ``columns`` only: the others keep their value."""
-        quoted = [quote_identifier(column) for column in columns]
-        updates = ", ".join(
-            f"{column} = EXCLUDED.{column}" for name, column in zip(columns, quoted, strict=True) if name not in self._key
-        )
-        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        return (
-            f"INSERT INTO {self._table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
-            f"FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb) ON CONFLICT ({self._conflict}) {action}"
-        )
+        return _upsert(self._table, self._key_columns, tuple(names))
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         if self.config.mode == "cdc":
@@ -340,14 +329,16 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                     await connection.execute(f"TRUNCATE TABLE {self._table}")
                 elif step == "delete":
                     await connection.execute(self._delete, orjson.dumps(list(rows.values())).decode())
-                else:  # the keys of a run of upserts are distinct: rows with the same fields go as one statement
+                else:  # the keys of a run of upserts are distinct: rows setting the same columns go as one statement
                     by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                     for row in rows.values():
                         by_fields.setdefault(tuple(row), []).append(row)
-                    for fields, same in by_fields.items():
+                    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                    for fields, same in by_fields.items():  # fields in another order set the same columns
                         present = set(fields)
-                        columns = [column for column in self._columns if column in present]
-                        await connection.execute(self._upsert(columns), orjson.dumps(same).decode())
+                        by_columns.setdefault(tuple(column for column in self._columns if column in present), []).extend(same)
+                    for columns, same in by_columns.items():
+                        await connection.execute(_upsert(self._table, self._key_columns, columns), orjson.dumps(same).decode())
 
     def _change_steps(
         self, records: Sequence[ConnectorRecord]
@@ -410,6 +401,21 @@ class PostgresSink(Sink[PostgresSinkConfig]):
 
     async def stop(self) -> None:
         await self._connection.close()
+
+
+# Column sets come from event data: the statements kept are bounded (a table's few sets stay, being used).
+@functools.lru_cache(maxsize=64)
+def _upsert(table: str, key: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The upsert into ``table`` (quoted) of rows (a JSON array bound as $1) that sets ``columns`` only: the others keep
+    their value. Built once per column set."""
+    quoted = [quote_identifier(column) for column in columns]
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for name, column in zip(columns, quoted, strict=True) if name not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    conflict = ", ".join(quote_identifier(column) for column in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
+        f"FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) ON CONFLICT ({conflict}) {action}"
+    )
 
 
 def _column_rule(column: asyncpg.Record) -> ColumnRule:
