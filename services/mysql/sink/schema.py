@@ -16,7 +16,7 @@ from services.mysql.sql import Column
 __all__ = ["SchemaCatalog", "column_rule", "sql_type_from_json_schema", "sql_type_from_value"]
 
 _INTEGER_BYTES = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "integer": 4, "bigint": 8}
-_FLOATS = frozenset({"float", "double", "real", "double precision"})
+_DOUBLES = frozenset({"double", "real", "double precision"})
 # JSON columns are LONGTEXT with a json_valid() check in MariaDB: text and JSON take values alike.
 _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "json"})
 _WIDTH = re.compile(r"\((\d+)\)")
@@ -38,7 +38,9 @@ def column_rule(column: Column, field: str) -> ColumnRule:
         return ColumnRule(field, column.name, column.column_type, ColumnKind.INTEGER, 0, 2155)
     if data_type in ("decimal", "numeric"):
         return ColumnRule(field, column.name, column.column_type, ColumnKind.DECIMAL)
-    if data_type in _FLOATS:
+    if data_type == "float":  # single precision: FLOAT(p) with p above 24 is a DOUBLE
+        return ColumnRule.real(field, column.name, column.column_type)
+    if data_type in _DOUBLES:
         return ColumnRule(field, column.name, column.column_type, ColumnKind.FLOAT)
     if data_type in _TEXTS:
         return ColumnRule(field, column.name, column.column_type, ColumnKind.TEXT)

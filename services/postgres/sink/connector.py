@@ -90,7 +90,6 @@ JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oi
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum"""
 _INTEGER_BITS = {"int2": 16, "int4": 32, "int8": 64}
-_FLOATS = frozenset({"float4", "float8"})
 
 
 class PostgresSinkConfig(ConnectorConfig):
@@ -156,7 +155,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._columns: tuple[str, ...] = ()  # mapped, cdc: the table's columns in order
         self._column_set: frozenset[str] = frozenset()
         self._fitting: tuple[frozenset[type], ...] = ()  # per column: the value types that fit (see ColumnRule.fitting)
-        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns: their values' range is seen apart
+        self._ranged: tuple[ColumnRule, ...] = ()  # integer and real columns: their values' range is seen apart
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -294,14 +293,14 @@ class PostgresSink(Sink[PostgresSinkConfig]):
     def _check_row(self, row: dict[str, Any]) -> None:
         """DataError naming the first field whose value does not fit its column (see :mod:`runtime.columns`)."""
         if all(map(frozenset.__contains__, self._fitting, map(type, map(row.get, self._columns)))):
-            # The common case, the types in one C-level pass: only integers' ranges are left to see.
+            # The common case, the types in one C-level pass: only the ranges of numbers are left to see.
             for rule in self._ranged:
                 value = row.get(rule.column)
-                if type(value) is int and not rule.low <= value <= rule.high:
+                if value is not None and not rule.low <= value <= rule.high:
                     rule.check(value)
             return
         for rule, fitting, value in zip(self._rules, self._fitting, map(row.get, self._columns), strict=True):
-            if type(value) not in fitting or (type(value) is int and rule.ranged):
+            if type(value) not in fitting or (value is not None and rule.ranged):
                 rule.check(value)
 
     async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -425,7 +424,9 @@ def _column_rule(column: asyncpg.Record) -> ColumnRule:
         return ColumnRule.integer(name, name, sql_type, _INTEGER_BITS[type_name])
     if type_name == "numeric":
         return ColumnRule(name, name, sql_type, ColumnKind.DECIMAL)
-    if type_name in _FLOATS or category == "N":  # float4, float8, and money, oid and the like
+    if type_name == "float4":
+        return ColumnRule.real(name, name, sql_type)
+    if category == "N":  # float8, and money, oid and the like
         return ColumnRule(name, name, sql_type, ColumnKind.FLOAT)
     if type_name == "bool":
         return ColumnRule(name, name, sql_type, ColumnKind.BOOLEAN)
