@@ -25,16 +25,13 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cloudevents.core.v1.event import CloudEvent
 
@@ -43,9 +40,9 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from protocol import free_port, spawn, stop  # noqa: E402
+from workers import start_sink_worker, start_worker, worker_config  # noqa: E402
 
 from runtime import cloudevent_to_record  # noqa: E402
-from runtime.client import MeshClient, user_agent_for  # noqa: E402
 from services.kafka.binding import record_to_message  # noqa: E402
 from tests.servers import KafkaServer  # noqa: E402
 from tests.services.kafka_client import create_topic  # noqa: E402
@@ -72,14 +69,6 @@ def event_of(n: int, topic: str) -> CloudEvent:
         "partitionkey": f"customer-{n % 977}",
     }
     return CloudEvent(attributes, {"n": n, "payload": PAYLOAD})
-
-
-def start_worker(package: str, config: dict[str, Any], state: Path) -> subprocess.Popen[bytes]:
-    path = state / f"{config['name']}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [sys.executable, "-m", package, "--config", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 async def produce_input(bootstrap: str, topic: str) -> None:
@@ -113,18 +102,18 @@ async def source_rate(kafka: KafkaServer, mesh_port: int, run: int, state: Path)
     await create_topic(kafka.bootstrap, topic, PARTITIONS)
     await produce_input(kafka.bootstrap, topic)
     admin_port = free_port()
-    config = {
-        "name": f"bench-kafka-source-{run}",
-        "connector": "kafka-source",
-        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
+    config = worker_config(
+        f"bench-kafka-source-{run}",
+        "kafka-source",
+        f"127.0.0.1:{mesh_port}",
+        state,
+        registry=state / f"registry-{run}",
         # Checkpoints (and the counter the rate is read from) every 50 ms instead of every second.
-        "source": {"topic": f"orders-from-kafka-{run}", "checkpoint_interval": 0.05},
-        "registry": {"kind": "file", "path": str(state / f"registry-{run}")},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-        "log": {"format": "json", "level": "warning"},
-        "config": {"bootstrap_servers": [kafka.bootstrap], "topics": [topic], "format": "json"},
-    }
-    worker = start_worker("services.kafka.source", config, state)
+        source={"topic": f"orders-from-kafka-{run}", "checkpoint_interval": 0.05},
+        admin={"host": "127.0.0.1", "port": admin_port},
+        config={"bootstrap_servers": [kafka.bootstrap], "topics": [topic], "format": "json"},
+    )
+    worker = start_worker("services.kafka.source", config)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             deadline = time.monotonic() + 300
@@ -164,12 +153,6 @@ async def raw_consume_rate(kafka: KafkaServer, run: int) -> float:
         await consumer.stop()
 
 
-async def fill_mesh(port: int, topic: str) -> None:
-    async with MeshClient(f"127.0.0.1:{port}", user_agent_for("bench-producer", "pub"), request_timeout=30) as client:
-        waiters = [await client.start_publish(event_of(n, topic)) for n in range(EVENTS)]
-        await asyncio.gather(*waiters)
-
-
 async def topic_size(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> int:
     return sum((await consumer.end_offsets(partitions)).values())
 
@@ -178,20 +161,18 @@ async def sink_rate(kafka: KafkaServer, mesh_port: int, run: int, state: Path) -
     topic = f"bench-out-{run}"
     mesh_topic = f"orders-to-kafka-{run}"
     await create_topic(kafka.bootstrap, topic, PARTITIONS)
-    await fill_mesh(mesh_port, mesh_topic)
-    config = {
-        "name": f"bench-kafka-sink-{run}",
-        "connector": "kafka-sink",
-        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
-        "sink": {"topics": [mesh_topic], "batch_size": BATCH, "linger_ms": 20},
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "log": {"format": "json", "level": "warning"},
-        "config": {"bootstrap_servers": [kafka.bootstrap], "topic": topic},
-    }
     probe = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None)
     await probe.start()
     partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    worker = start_worker("services.kafka.sink", config, state)
+    worker = await start_sink_worker(
+        "services.kafka.sink",
+        f"bench-kafka-sink-{run}",
+        mesh_port,
+        state,
+        events=(event_of(n, mesh_topic) for n in range(EVENTS)),
+        sink={"topics": [mesh_topic], "batch_size": BATCH, "linger_ms": 20},
+        config={"bootstrap_servers": [kafka.bootstrap], "topic": topic},
+    )
     try:
         deadline = time.monotonic() + 300
         first_at, first_count = 0.0, 0

@@ -42,17 +42,16 @@ from typing import Any
 import aiomysql
 import orjson
 import pymysql
-import yaml
 from cloudevents.core.v1.event import CloudEvent
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
+from protocol import free_port, spawn, stop  # noqa: E402
+from workers import SinkRun, cpu_of, cpu_table, peak_rss_mib, start_sink_worker  # noqa: E402
 
 from runtime import SinkContext, cloudevent_to_record  # noqa: E402
-from runtime.client import MeshClient, user_agent_for  # noqa: E402
 from services.mysql.literals import literals_for  # noqa: E402
 from services.mysql.sink.connector import MysqlSink, MysqlSinkConfig  # noqa: E402
 from tests.servers import MariaDBServer  # noqa: E402
@@ -109,12 +108,6 @@ def raw_row(mode: str, n: int) -> tuple[Any, ...]:
     )
 
 
-async def fill_topic(port: int, topic: str) -> None:
-    async with MeshClient(f"127.0.0.1:{port}", user_agent_for("bench-producer", "pub"), request_timeout=30) as client:
-        waiters = [await client.start_publish(event_of(n, topic)) for n in range(EVENTS)]
-        await asyncio.gather(*waiters)
-
-
 async def count(conn: Any, table: str) -> int:
     try:
         async with conn.cursor() as cursor:
@@ -135,27 +128,6 @@ async def rows_written(conn: Any) -> int:
     return int(value)
 
 
-def start_worker(config: Path, pinned: bool) -> subprocess.Popen[bytes]:
-    pin = ["taskset", "-c", str(SINK_CPU)] if pinned else []
-    return subprocess.Popen(
-        [*pin, sys.executable, "-m", "services.mysql.sink", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def cpu_of(pids: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class Setup:
     """The servers every measurement uses, and where the sink worker's configs go."""
 
@@ -167,15 +139,6 @@ class Setup:
         self.pinned = pinned
 
 
-class SinkRun:
-    """What one drain by the sink worker measured."""
-
-    def __init__(self, rate: float, peak_rss: float, cpu_us: dict[str, float]) -> None:
-        self.rate = rate
-        self.peak_rss = peak_rss
-        self.cpu_us = cpu_us  # process -> CPU microseconds per event, over the measured window
-
-
 async def sink_rate(setup: Setup, mode: str, run: int, batch: int) -> SinkRun:
     server = setup.server
     database = f"bench_{mode}_{run}_{batch}"
@@ -184,24 +147,19 @@ async def sink_rate(setup: Setup, mode: str, run: int, batch: int) -> SinkRun:
     if mode == "mapped":
         server.sql(f"CREATE TABLE {table} {MAPPED_DDL}", database)
     topic = f"orders-{mode}-{run}-{batch}"
-    await fill_topic(setup.mesh_port, topic)
-    config = {
-        "name": f"bench-{mode}-{run}-{batch}",
-        "connector": "mysql-sink",
-        "mesh": {"address": f"127.0.0.1:{setup.mesh_port}", "max_in_flight": 1000},
-        "sink": {"topics": [topic], "batch_size": batch, "linger_ms": 20},
-        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
-        # may be taken by another process before the worker binds it (the worker then exits with 2).
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "log": {"format": "json", "level": "warning"},
-        "config": {"port": server.port, "database": database, "mode": mode, "table": table}
-        | ({"fields": FIELDS} if mode == "mapped" else {}),
-    }
-    path = setup.state / f"{mode}-{run}-{batch}.yaml"
-    path.write_text(yaml.safe_dump(config))
     conn = await aiomysql.connect(host="127.0.0.1", port=server.port, user="root", db=database)
     before = await rows_written(conn)
-    worker = start_worker(path, setup.pinned)
+    worker = await start_sink_worker(
+        "services.mysql.sink",
+        f"bench-{mode}-{run}-{batch}",
+        setup.mesh_port,
+        setup.state,
+        events=(event_of(n, topic) for n in range(EVENTS)),
+        sink={"topics": [topic], "batch_size": batch, "linger_ms": 20},
+        config={"port": server.port, "database": database, "mode": mode, "table": table}
+        | ({"fields": FIELDS} if mode == "mapped" else {}),
+        cpu=SINK_CPU if setup.pinned else None,
+    )
     assert server.proc is not None
     pids = {"sink worker": worker.pid, "mesh": setup.mesh.pid, "mariadb": server.proc.pid}
     try:
@@ -216,7 +174,7 @@ async def sink_rate(setup: Setup, mode: str, run: int, batch: int) -> SinkRun:
             if rows >= EVENTS:
                 events = EVENTS - first_rows
                 spent = {name: (seconds - first_cpu[name]) * 1e6 / events for name, seconds in cpu_of(pids).items()}
-                return SinkRun(events / (now - first_at), peak_rss_mib(worker.pid), spent)
+                return SinkRun(events / (now - first_at), spent, peak_rss_mib(worker.pid))
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError(f"the sink wrote {rows} of {EVENTS} rows")
             await asyncio.sleep(0.02)
@@ -298,12 +256,6 @@ async def put_only_rate(server: MariaDBServer, mode: str, run: int) -> float:
 def pin(pid: int, cpu: int) -> None:
     """Keep process ``pid`` (all its threads) on ``cpu``."""
     subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL)
-
-
-def cpu_table(runs: list[SinkRun]) -> str:
-    names = list(runs[0].cpu_us)
-    medians = {name: statistics.median(run.cpu_us[name] for run in runs) for name in names}
-    return ", ".join(f"{name} {value:.1f}" for name, value in medians.items())
 
 
 async def compare_modes(setup: Setup) -> float:

@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
@@ -32,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
 from pymysqlreplication import BinLogStreamReader  # noqa: E402
 from pymysqlreplication.row_event import WriteRowsEvent  # noqa: E402
+from workers import peak_rss_mib, start_worker, worker_config  # noqa: E402
 
 from runtime import SourceContext  # noqa: E402
 from runtime.client import MeshClient, user_agent_for  # noqa: E402
@@ -42,22 +41,6 @@ from tests.servers import MariaDBServer  # noqa: E402
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
 ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
 CHUNK = 10_000
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_worker(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.mysql.source", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def master_position(server: MariaDBServer) -> tuple[str, int]:
@@ -84,20 +67,15 @@ async def source_rate(
     server.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}")
     server.sql("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40), qty INT, note VARCHAR(200))", database)
     topic = f"{database}.t"
-    config = {
-        "name": f"bench-source-{run}",
-        "connector": "mysql-source",
-        "mesh": {"address": f"127.0.0.1:{mesh_port}", "max_in_flight": 1000},
-        "source": {"checkpoint_every": 1000},
-        "registry": {"kind": "file", "path": str(state / "registry")},
-        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
-        # may be taken by another process before the worker binds it (the worker then exits with 2).
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "log": {"format": "json", "level": "warning"},
-        "config": {"port": server.port, "include_databases": [database], "snapshot_mode": "never", "replica_id": 63000 + run},
-    }
-    path = state / f"source-{run}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = worker_config(
+        f"bench-source-{run}",
+        "mysql-source",
+        f"127.0.0.1:{mesh_port}",
+        state,
+        registry=state / "registry",
+        source={"checkpoint_every": 1000},
+        config={"port": server.port, "include_databases": [database], "snapshot_mode": "never", "replica_id": 63000 + run},
+    )
     received = 0
     first = last = 0.0
     done = asyncio.Event()
@@ -125,7 +103,7 @@ async def source_rate(
                     done.set()
 
         consumer = asyncio.create_task(consume())
-        worker = start_worker(path)
+        worker = start_worker("services.mysql.source", path)
         try:
             await asyncio.sleep(2.0)  # the worker connects and starts streaming from the current position
             position = await asyncio.to_thread(master_position, server)

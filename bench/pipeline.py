@@ -35,7 +35,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from pydantic import Field
 
 BENCH = Path(__file__).resolve().parent
@@ -43,6 +42,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from protocol import RAW_SERVER, cpu_seconds, free_port, one_kib_event, publish_raw, spawn, stop  # noqa: E402
+from workers import WINDOW, worker_config  # noqa: E402
 
 from runtime import ConnectorConfig, ConnectorRecord, Rejection, Sink, Source, SourceContext  # noqa: E402
 from runtime.protocol.events import publish_frame  # noqa: E402
@@ -50,7 +50,6 @@ from runtime.protocol.frames import Command  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
-WINDOW = 1000
 PAYLOAD = "x" * 800
 PARTITION = {"bench": 0}
 STDERR_TAIL = 30
@@ -116,23 +115,6 @@ class NoopSink(Sink[NoopSinkConfig]):
         return []
 
 
-def worker_config(name: str, connector: str, mesh: str, state: Path, **sections: object) -> Path:
-    config = {
-        "name": name,
-        "connector": connector,
-        "mesh": {"address": mesh, "max_in_flight": WINDOW},
-        "registry": {"kind": "file", "path": str(state / "registry")},
-        # Any free port: nothing here calls the endpoint, and a port picked in advance with free_port()
-        # may be taken by another process before the worker binds it (the worker then exits with 2).
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "log": {"format": "json", "level": "warning"},
-        **sections,
-    }
-    path = state / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def run_worker(target: str, config: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """Start a worker; its stderr (logs, a traceback) goes to ``<config>.stderr`` beside its config."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)])}
@@ -189,6 +171,7 @@ def pipeline_rate(
             "noop-sink",
             mesh,
             state,
+            registry=state / "registry",
             sink={"topics": [topic], "batch_size": 500, "linger_ms": 5}
             | ({"spool": {"path": spool_directory}} if spool_under is not None else {}),
             config={"expect": EVENTS, "report": str(sink_report)},
@@ -198,6 +181,7 @@ def pipeline_rate(
             "noop-source",
             mesh,
             state,
+            registry=state / "registry",
             source={"topic": topic, "checkpoint_every": 1000},
             config={"limit": EVENTS, "report": str(source_report)},
         )

@@ -46,7 +46,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-import yaml
 from cloudevents.core.v1.event import CloudEvent
 
 BENCH = Path(__file__).resolve().parent
@@ -54,9 +53,9 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
+from workers import SinkRun, cpu_of, cpu_table, start_sink_worker  # noqa: E402
 
 from runtime import SinkContext, cloudevent_to_record  # noqa: E402
-from runtime.client import MeshClient, user_agent_for  # noqa: E402
 from services.postgres.sink.connector import PostgresSink, PostgresSinkConfig  # noqa: E402
 from tests.servers import PostgresServer  # noqa: E402
 
@@ -121,12 +120,6 @@ def on_conflict(mode: str) -> str:
     return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
 
-async def fill_topic(port: int, mode: str, topic: str) -> None:
-    async with MeshClient(f"127.0.0.1:{port}", user_agent_for("bench-producer", "pub"), request_timeout=30) as client:
-        waiters = [await client.start_publish(event_of(mode, n, topic)) for n in range(EVENTS)]
-        await asyncio.gather(*waiters)
-
-
 async def fresh_schema(connection: asyncpg.Connection, name: str, mode: str, create: bool = True) -> str:
     """A new schema holding the mode's target table (unless the sink creates it): its qualified name."""
     table, _, _, ddl = target_of(mode)
@@ -152,10 +145,6 @@ def postgres_cpu(postmaster: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += cpu_seconds(int(child))
     return total
-
-
-def cpu_of(pids: dict[str, int]) -> dict[str, float]:
-    return {name: postgres_cpu(pid) if name == "postgres" else cpu_seconds(pid) for name, pid in pids.items()}
 
 
 class Setup:
@@ -193,25 +182,8 @@ class Window:
         return f"{self.rate:,.0f} rows/s (CPU us/row: client {self.client_us:.1f}, postgres {self.postgres_us:.1f})"
 
 
-class SinkRun:
-    """What one drain by the sink worker measured."""
-
-    def __init__(self, rate: float, cpu_us: dict[str, float]) -> None:
-        self.rate = rate
-        self.cpu_us = cpu_us  # process -> CPU microseconds per event, over the measured window
-
-
 def sink_config(server: PostgresServer, mode: str, table: str) -> dict[str, Any]:
     return {"dsn": server.dsn, "mode": mode, "table": table} | ({} if mode == "events" else {"key": ["id"]})
-
-
-def start_worker(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.postgres.sink", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -223,22 +195,19 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
 async def sink_rate(setup: Setup, connection: asyncpg.Connection, mode: str, run: int) -> SinkRun:
     table = await fresh_schema(connection, f"bench_{mode}_{run}", mode, create=mode != "events")
     topic = f"orders-{mode}-{run}"
-    await fill_topic(setup.mesh_port, mode, topic)
-    config = {
-        "name": f"bench-{mode}-{run}",
-        "connector": "postgres-sink",
-        "mesh": {"address": f"127.0.0.1:{setup.mesh_port}", "max_in_flight": 1000},
-        "sink": {"topics": [topic], "batch_size": BATCH, "linger_ms": 20},
-        "admin": {"host": "127.0.0.1", "port": 0},  # any free port: nothing calls it
-        "log": {"format": "json", "level": "warning"},
-        "config": sink_config(setup.server, mode, table),
-    }
-    path = setup.state / f"{mode}-{run}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    worker = start_worker(path)
+    worker = await start_sink_worker(
+        "services.postgres.sink",
+        f"bench-{mode}-{run}",
+        setup.mesh_port,
+        setup.state,
+        events=(event_of(mode, n, topic) for n in range(EVENTS)),
+        sink={"topics": [topic], "batch_size": BATCH, "linger_ms": 20},
+        config=sink_config(setup.server, mode, table),
+    )
     profiler = None if setup.profile is None else start_profiler(worker.pid, setup.profile / f"{mode}-{run}.txt")
     assert setup.server.proc is not None
     pids = {"sink worker": worker.pid, "mesh": setup.mesh.pid, "postgres": setup.server.proc.pid}
+    readers = {"postgres": postgres_cpu}
     try:
         deadline = time.monotonic() + 300
         first_at, first_rows, first_cpu = 0.0, 0, {}
@@ -246,10 +215,10 @@ async def sink_rate(setup: Setup, connection: asyncpg.Connection, mode: str, run
             rows = await count(connection, table)
             now = time.perf_counter()
             if rows and not first_at:
-                first_at, first_rows, first_cpu = now, rows, cpu_of(pids)
+                first_at, first_rows, first_cpu = now, rows, cpu_of(pids, readers)
             if rows >= EVENTS:
                 events = max(1, EVENTS - first_rows)
-                spent = {name: (seconds - first_cpu[name]) * 1e6 / events for name, seconds in cpu_of(pids).items()}
+                spent = {name: (seconds - first_cpu[name]) * 1e6 / events for name, seconds in cpu_of(pids, readers).items()}
                 return SinkRun(events / (now - first_at), spent)
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError(f"the sink wrote {rows} of {EVENTS} rows")
@@ -331,12 +300,6 @@ async def put_only_rate(server: PostgresServer, connection: asyncpg.Connection, 
         return EVENTS / (time.perf_counter() - started)
     finally:
         await sink.stop()
-
-
-def cpu_table(runs: list[SinkRun]) -> str:
-    names = list(runs[0].cpu_us)
-    medians = {name: statistics.median(run.cpu_us[name] for run in runs) for name in names}
-    return ", ".join(f"{name} {value:.1f}" for name, value in medians.items())
 
 
 async def compare(setup: Setup, modes: Sequence[str]) -> float:

@@ -30,8 +30,9 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from pipeline import EVENTS, PARTITION, PAYLOAD, NoopSource, run_worker, undelivered, worker_config  # noqa: E402
+from pipeline import EVENTS, PARTITION, PAYLOAD, NoopSource, run_worker, undelivered  # noqa: E402
 from protocol import cpu_seconds, free_port, spawn, stop  # noqa: E402
+from workers import worker_config  # noqa: E402
 
 from runtime import ConnectorRecord  # noqa: E402
 from runtime.transforms import EventView, Routing, TransformChain, compile_transforms  # noqa: E402
@@ -89,6 +90,7 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
             "noop-sink",
             mesh,
             state,
+            registry=state / "registry",
             sink={"topics": [f"{topic}.{TENANT}"], "batch_size": 500, "linger_ms": 5},
             config={"expect": EVENTS, "report": str(sink_report)},
             transforms=SINK_STEPS if transforms else [],
@@ -99,6 +101,7 @@ def pipeline_rate(run: int, transforms: bool) -> tuple[float, dict[str, float]]:
             "tenant-source",
             mesh,
             state,
+            registry=state / "registry",
             source={**source, "checkpoint_every": 1000},
             config={"limit": EVENTS, "report": str(source_report)},
             transforms=SOURCE_STEPS if transforms else [],

@@ -24,6 +24,7 @@ TAKES = {
     ColumnKind.FLAG: {"null", "true", "int"},
     ColumnKind.BOOLEAN: {"null", "true"},
     ColumnKind.DECIMAL: {"null", "int", "float", "numeral"},
+    ColumnKind.REAL: {"null", "int", "float"},
     ColumnKind.FLOAT: {"null", "int", "float"},
     ColumnKind.TEXT: set(SAMPLES),
     ColumnKind.STRING: {"null", "numeral", "text"},
@@ -43,8 +44,10 @@ def fits(rule: ColumnRule, value: Any) -> bool:
 def test_each_kind_takes_exactly_its_values(kind: ColumnKind) -> None:
     rule = ColumnRule("f", "c", "t", kind, -100, 100)
     assert {name for name, value in SAMPLES.items() if fits(rule, value)} == TAKES[kind]
-    # What passes unchecked is a subset of what fits, so skipping check() for those types never lets a misfit through.
-    assert all(fits(rule, value) for value in SAMPLES.values() if type(value) in rule.unchecked)
+    # A type in fitting always fits (an integer once within a ranged column's bounds): a sink's one-pass look at a
+    # row's types, with the bounds compared apart, never lets a misfit through.
+    assert all(fits(rule, value) for value in SAMPLES.values() if type(value) in rule.fitting)
+    assert rule.ranged is (kind in (ColumnKind.INTEGER, ColumnKind.FLAG, ColumnKind.REAL))
 
 
 @pytest.mark.parametrize(
@@ -63,6 +66,22 @@ def test_integer_bounds_are_inclusive_and_booleans_are_not_integers() -> None:
     rule = ColumnRule("f", "c", "tinyint", ColumnKind.INTEGER, -128, 127)
     assert fits(rule, -128) and fits(rule, 127)
     assert not fits(rule, -129) and not fits(rule, 128) and not fits(rule, True) and not fits(rule, 1.0)
+
+
+def test_an_integer_rule_spans_its_width_signed_or_not() -> None:
+    assert ColumnRule.integer("f", "c", "smallint", 16) == ColumnRule("f", "c", "smallint", ColumnKind.INTEGER, -32768, 32767)
+    unsigned = ColumnRule.integer("f", "c", "bigint unsigned", 64, signed=False)
+    assert (unsigned.low, unsigned.high) == (0, 2**64 - 1)
+    flag = ColumnRule.integer("f", "c", "bit(1)", 1, signed=False, kind=ColumnKind.FLAG)
+    assert fits(flag, True) and fits(flag, 1) and not fits(flag, 2)
+
+
+def test_a_real_column_takes_the_numbers_single_precision_holds() -> None:
+    rule = ColumnRule.real("f", "c", "real")
+    assert all(fits(rule, value) for value in (3.4028235e38, -3.4028235e38, 2**127, -(2**127), 0.5, 0))
+    assert not any(fits(rule, value) for value in (3.4028236e38, -1e39, 2**128, float("inf"), float("nan")))
+    with pytest.raises(DataError, match="holds a floating-point number out of range, which does not fit column c"):
+        rule.check(1e39)
 
 
 def test_a_refusal_names_field_column_type_and_kind_never_the_value() -> None:

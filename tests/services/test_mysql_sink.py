@@ -346,7 +346,7 @@ async def test_cdc_mode_writes_binary_column_values_exactly(mariadb_server: Mari
 async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDBServer, database: str) -> None:
     mariadb_server.sql(
         "CREATE TABLE t (id INT PRIMARY KEY, flag BOOLEAN, bit1 BIT(1), small TINYINT, u INT UNSIGNED, price DECIMAL(10,2),"
-        " ratio DOUBLE, name VARCHAR(40), doc JSON, at DATETIME, kind ENUM('a','b'));"
+        " ratio DOUBLE, name VARCHAR(40), doc JSON, at DATETIME, kind ENUM('a','b'), single FLOAT);"
         " INSERT INTO t (id, name) VALUES (1, 'one')",
         database,
     )
@@ -365,6 +365,8 @@ async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDB
         "bool-decimal": {"id": 11, "price": True},
         "array-double": {"id": 12, "ratio": [1.5]},
         "huge-key": {"id": 2**31, "name": "x"},
+        "huge-single": {"id": 13, "single": 1e39},  # the server would refuse it too, with a reason of its own
+        "text-key-delete": {"id": "14", "op": "d"},
     }
     valid = {
         "all": {
@@ -379,6 +381,7 @@ async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDB
             "doc": True,
             "at": "2026-01-01T00:00:00Z",
             "kind": "b",
+            "single": -2.5e38,
         },
         "text": {"id": 21, "name": True, "doc": {"k": [1]}, "price": 3.25},
         "delete": {"id": 22, "op": "d", "small": "only the key of a delete is bound"},
@@ -400,11 +403,13 @@ async def test_mapped_values_must_fit_their_column_types(mariadb_server: MariaDB
     assert "a floating-point number" in reasons["fraction"] and "an integer" in reasons["epoch"]
     assert "column kind (enum('a','b'))" in reasons["enum-index"] and "column flag (tinyint(1))" in reasons["text-flag"]
     assert "an object" in reasons["object"] and "a boolean" in reasons["bool-decimal"] and "an array" in reasons["array-double"]
-    table = "SELECT id, flag, bit1 + 0, small, u, price, ratio, name, doc, at, kind FROM t ORDER BY id"
+    assert "holds a floating-point number out of range, which does not fit column single (float)" in reasons["huge-single"]
+    assert "holds a string" in reasons["text-key-delete"]
+    table = "SELECT id, flag, bit1 + 0, small, u, price, ratio, name, doc, at, kind, single FROM t ORDER BY id"
     assert rows(mariadb_server, table, database) == [
-        ["1", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "one", "NULL", "NULL", "NULL"],
-        ["20", "1", "0", "-128", "4294967295", "-12.50", "2", "7.5", "true", "2026-01-01 00:00:00", "b"],
-        ["21", "NULL", "NULL", "NULL", "NULL", "3.25", "NULL", "true", '{"k":[1]}', "NULL", "NULL"],
+        ["1", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "one", "NULL", "NULL", "NULL", "NULL"],
+        ["20", "1", "0", "-128", "4294967295", "-12.50", "2", "7.5", "true", "2026-01-01 00:00:00", "b", "-2.5e38"],
+        ["21", "NULL", "NULL", "NULL", "NULL", "3.25", "NULL", "true", '{"k":[1]}', "NULL", "NULL", "NULL"],
     ]
 
 

@@ -237,6 +237,38 @@ async def test_mapped_sink_refuses_values_that_do_not_fit_their_columns(
     ]
 
 
+@pytest.mark.parametrize("mode", ["mapped", "cdc"])
+async def test_a_number_out_of_its_columns_range_is_refused_alone_and_the_batch_lands(
+    postgres_server: PostgresServer, db: asyncpg.Connection, mode: str
+) -> None:
+    """PostgreSQL would refuse the whole batch for one value out of range: the sink refuses that event alone, saying why."""
+    table = f"m_{uuid.uuid4().hex[:6]}"
+    await db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, single real, small int2, double float8)")
+    sink = await _sink(postgres_server.dsn, mode=mode, table=table, key=["id"])
+    rows = {
+        "fits": {"id": 1, "single": -3.4e38, "small": -32768, "double": 1e300},
+        "huge-single": {"id": 2, "single": 1e39},
+        "wide": {"id": 3, "small": 32768},
+        "integer-single": {"id": 4, "single": 2**64 - 1},  # the largest integer an event holds (JSON decoding)
+    }
+    try:
+        rejections = await sink.put(
+            [_event(0, id=name, data=row if mode == "mapped" else {"op": "c", "after": row}) for name, row in rows.items()]
+        )
+    finally:
+        await sink.stop()
+    reasons = {rejection.record.id: rejection.reason for rejection in rejections}
+    assert set(reasons) == {"huge-single", "wide"}
+    assert reasons["huge-single"] == (
+        "field 'single' holds a floating-point number out of range, which does not fit column single (real): it takes"
+        " numbers of magnitude below 3.4e38 (single precision) (fix the event, or the column's type)"
+    )
+    assert "an integer out of range" in reasons["wide"]
+    found = await db.fetch(f"SELECT id, single, small, double FROM {table} ORDER BY id")
+    assert [(row["id"], row["small"], row["double"]) for row in found] == [(1, -32768, 1e300), (4, None, None)]
+    assert found[0]["single"] == pytest.approx(-3.4e38) and found[1]["single"] == pytest.approx(2.0**64)
+
+
 async def test_mapped_sink_reads_a_widened_column_again_before_refusing(
     postgres_server: PostgresServer, db: asyncpg.Connection
 ) -> None:
@@ -436,6 +468,28 @@ async def test_an_update_leaving_a_toasted_value_out_keeps_it_in_the_replica(
     assert [sorted(after) for after in updates] == [["doc", "id", "name", "ok", "price"]] * 2  # no body
     found = await db.fetch(f"SELECT id, name, body FROM {target} ORDER BY id")
     assert [tuple(row) for row in found] == [(1, "changed", big), (2, "changed", big[::-1])]
+
+
+async def test_cdc_sink_upserts_a_column_set_with_one_statement_built_once(
+    postgres_server: PostgresServer, db: asyncpg.Connection
+) -> None:
+    """After images holding the same columns, in whatever field order, go as one upsert; its text is built once."""
+    target = await _target(db)
+    sink = await _sink(postgres_server.dsn, mode="cdc", table=target, key=["id"])
+    statements: list[str] = []
+    (await sink._connection.get()).add_query_logger(lambda logged: statements.append(logged.query))
+    images = [{"id": 1, "name": "a", "ok": True}, {"ok": False, "id": 2, "name": "b"}, {"name": "c", "ok": True, "id": 3}]
+    try:
+        for batch in (0, 10):
+            changes = [{"op": "c", "before": None, "after": {**image, "id": image["id"] + batch}} for image in images]
+            assert await sink.put([_event(n, data=change) for n, change in enumerate(changes)]) == []
+    finally:
+        await sink.stop()
+    upserts = [statement for statement in statements if statement.startswith("INSERT")]
+    assert len(upserts) == 2 and upserts[0] is upserts[1]
+    assert [row[:2] for row in await _rows(db, target)] == [
+        (n + batch, name) for batch in (0, 10) for n, name in ((1, "a"), (2, "b"), (3, "c"))
+    ]
 
 
 async def test_cdc_sink_leaves_a_placeholder_column_as_it_is(postgres_server: PostgresServer, db: asyncpg.Connection) -> None:

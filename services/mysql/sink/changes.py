@@ -51,7 +51,7 @@ class Shape:
     columns: tuple[str, ...]  # the table's spelling of each field's column, each once
     unchecked: tuple[frozenset[type], ...]  # per column: the value types bound as they are, without a look
     binders: tuple[Callable[[Any], Any], ...]  # per column: any other value, checked and made bindable
-    ranges: tuple[tuple[int, int, int, Callable[[Any], None]], ...]  # integer columns: position, bounds, the refusal
+    ranges: tuple[tuple[int, int, int, Callable[[Any], None]], ...]  # integer, real columns: position, bounds, refusal
     pick: tuple[int, ...] | None  # the values to keep when two names are one column (the last wins); None: all
     key_at: tuple[int, ...] | None  # positions of the key columns in ``columns``; None: one of them is not there
 
@@ -86,7 +86,7 @@ class Shape:
         ranges = tuple(
             (position, rule.low, rule.high, rule.check)
             for position, (_, _, _, rule) in enumerate(last.values())
-            if rule is not None and rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG)
+            if rule is not None and rule.ranged
         )
         return cls(
             schema.table,
@@ -113,9 +113,9 @@ class Shape:
                 value if type(value) in unchecked else bind(value)
                 for value, unchecked, bind in zip(values, self.unchecked, self.binders, strict=True)
             ]
-        for index, low, high, refuse in self.ranges:  # integers pass the type test; their range is looked at here
+        for index, low, high, refuse in self.ranges:  # numbers pass the type test; their range is looked at here
             value = values[index]
-            if type(value) is int and not low <= value <= high:
+            if value is not None and not low <= value <= high:
                 refuse(value)
         row = tuple(values)
         key = () if self.key_at is None else tuple([row[index] for index in self.key_at])
@@ -124,10 +124,11 @@ class Shape:
         return Change(self.table, op, self.key_columns, key, self.columns, row, version)
 
     def _bound(self, index: int, value: Any) -> Any:
+        bound = value if type(value) in self.unchecked[index] else self.binders[index](value)  # a misfit type: refused
         for position, low, high, refuse in self.ranges:
-            if position == index and type(value) is int and not low <= value <= high:
-                refuse(value)
-        return value if type(value) in self.unchecked[index] else self.binders[index](value)
+            if position == index and bound is not None and not low <= bound <= high:
+                refuse(bound)
+        return bound
 
     def _missing_key(self, present: Mapping[str, Any]) -> NoReturn:
         missing = [c for c in self.key_columns if present.get(c) is None]
@@ -140,9 +141,7 @@ def _unchecked_binding(rule: ColumnRule, temporal: bool) -> frozenset[type]:
         return frozenset({type(None)})  # strings are ISO date-times to convert
     if rule.kind is ColumnKind.TEXT:
         return frozenset({str, int, type(None)})  # other values become their JSON text
-    if rule.kind in (ColumnKind.INTEGER, ColumnKind.FLAG):
-        return rule.unchecked | {int}  # the shape compares integers with the column's range, without a call
-    return rule.unchecked
+    return rule.fitting  # the shape compares numbers with a ranged column's bounds, without a call
 
 
 def _bind_checked(rule: ColumnRule, temporal: bool, value: Any) -> Any:

@@ -16,7 +16,7 @@ from services.mysql.sql import Column
 __all__ = ["SchemaCatalog", "column_rule", "sql_type_from_json_schema", "sql_type_from_value"]
 
 _INTEGER_BYTES = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "integer": 4, "bigint": 8}
-_FLOATS = frozenset({"float", "double", "real", "double precision"})
+_DOUBLES = frozenset({"double", "real", "double precision"})
 # JSON columns are LONGTEXT with a json_valid() check in MariaDB: text and JSON take values alike.
 _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "json"})
 _WIDTH = re.compile(r"\((\d+)\)")
@@ -26,21 +26,21 @@ def column_rule(column: Column, field: str) -> ColumnRule:
     """The JSON values ``column`` takes (see :mod:`runtime.columns`); BOOLEAN (TINYINT(1)) and BIT(1) take booleans."""
     data_type = column.data_type
     if data_type in _INTEGER_BYTES:
-        bits = 8 * _INTEGER_BYTES[data_type]
-        unsigned = "unsigned" in column.column_type
-        low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        signed = "unsigned" not in column.column_type
         kind = ColumnKind.FLAG if column.column_type.startswith("tinyint(1)") else ColumnKind.INTEGER
-        return ColumnRule(field, column.name, column.column_type, kind, low, high)
+        return ColumnRule.integer(field, column.name, column.column_type, 8 * _INTEGER_BYTES[data_type], signed=signed, kind=kind)
     if data_type == "bit":
         width = _WIDTH.search(column.column_type)
         bits = int(width[1]) if width else 1
         kind = ColumnKind.FLAG if bits == 1 else ColumnKind.INTEGER
-        return ColumnRule(field, column.name, column.column_type, kind, 0, 2**bits - 1)
+        return ColumnRule.integer(field, column.name, column.column_type, bits, signed=False, kind=kind)
     if data_type == "year":
         return ColumnRule(field, column.name, column.column_type, ColumnKind.INTEGER, 0, 2155)
     if data_type in ("decimal", "numeric"):
         return ColumnRule(field, column.name, column.column_type, ColumnKind.DECIMAL)
-    if data_type in _FLOATS:
+    if data_type == "float":  # single precision: FLOAT(p) with p above 24 is a DOUBLE
+        return ColumnRule.real(field, column.name, column.column_type)
+    if data_type in _DOUBLES:
         return ColumnRule(field, column.name, column.column_type, ColumnKind.FLOAT)
     if data_type in _TEXTS:
         return ColumnRule(field, column.name, column.column_type, ColumnKind.TEXT)

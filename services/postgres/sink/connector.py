@@ -32,6 +32,7 @@ that no column can be named like (over 63 bytes, a NUL) is dead-lettered; values
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -89,7 +90,6 @@ JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oi
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum"""
 _INTEGER_BITS = {"int2": 16, "int4": 32, "int8": 64}
-_FLOATS = frozenset({"float4", "float8"})
 
 
 class PostgresSinkConfig(ConnectorConfig):
@@ -145,8 +145,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._connection = PgConnection(config.dsn, config.timeout)
         self._statement = ""
         self._key = frozenset(config.key)
+        self._key_columns = tuple(config.key)
         keys = ", ".join(quote_identifier(column) for column in config.key)
-        self._conflict = keys
         self._delete = (
             f"DELETE FROM {self._table} WHERE ({keys}) IN"
             f" (SELECT {keys} FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb))"
@@ -154,9 +154,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         self._rules: tuple[ColumnRule, ...] = ()  # mapped, cdc: what each column of the table takes
         self._columns: tuple[str, ...] = ()  # mapped, cdc: the table's columns in order
         self._column_set: frozenset[str] = frozenset()
-        self._unchecked: tuple[frozenset[type], ...] = ()  # per column: the value types that fit without a look
-        self._fitting: tuple[frozenset[type], ...] = ()  # the same, and integers: their range is seen in _ranged
-        self._ranged: tuple[ColumnRule, ...] = ()  # the integer columns
+        self._fitting: tuple[frozenset[type], ...] = ()  # per column: the value types that fit (see ColumnRule.fitting)
+        self._ranged: tuple[ColumnRule, ...] = ()  # integer and real columns: their values' range is seen apart
 
     async def start(self, context: SinkContext) -> None:
         connection = await self._connection.get()
@@ -181,9 +180,8 @@ class PostgresSink(Sink[PostgresSinkConfig]):
             self._rules = tuple(_column_rule(row) for row in columns)
             self._columns = tuple(rule.column for rule in self._rules)
             self._column_set = frozenset(self._columns)
-            self._ranged = tuple(rule for rule in self._rules if rule.kind is ColumnKind.INTEGER)
-            self._unchecked = tuple(rule.unchecked for rule in self._rules)
-            self._fitting = tuple(rule.unchecked | ({int} if rule in self._ranged else set()) for rule in self._rules)
+            self._fitting = tuple(rule.fitting for rule in self._rules)
+            self._ranged = tuple(rule for rule in self._rules if rule.ranged)
         return columns
 
     async def _mapped_statement(self, connection: asyncpg.Connection) -> str:
@@ -193,19 +191,7 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         missing = [column for column in self.config.key if column not in names]
         if missing:
             raise ConfigError("config.key", f"{missing} are not columns of {self.config.table}", f"choose from {names}")
-        return self._upsert(names)
-
-    def _upsert(self, columns: Sequence[str]) -> str:
-        """The upsert of rows (a JSON array bound as $1) that sets ``columns`` only: the others keep their value."""
-        quoted = [quote_identifier(column) for column in columns]
-        updates = ", ".join(
-            f"{column} = EXCLUDED.{column}" for name, column in zip(columns, quoted, strict=True) if name not in self._key
-        )
-        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        return (
-            f"INSERT INTO {self._table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
-            f"FROM jsonb_populate_recordset(NULL::{self._table}, $1::jsonb) ON CONFLICT ({self._conflict}) {action}"
-        )
+        return _upsert(self._table, self._key_columns, tuple(names))
 
     async def put(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
         if self.config.mode == "cdc":
@@ -307,14 +293,14 @@ class PostgresSink(Sink[PostgresSinkConfig]):
     def _check_row(self, row: dict[str, Any]) -> None:
         """DataError naming the first field whose value does not fit its column (see :mod:`runtime.columns`)."""
         if all(map(frozenset.__contains__, self._fitting, map(type, map(row.get, self._columns)))):
-            # The common case, the types in one C-level pass: only integers' ranges are left to see.
+            # The common case, the types in one C-level pass: only the ranges of numbers are left to see.
             for rule in self._ranged:
                 value = row.get(rule.column)
-                if type(value) is int and not rule.low <= value <= rule.high:
+                if value is not None and not rule.low <= value <= rule.high:
                     rule.check(value)
             return
-        for rule, unchecked, value in zip(self._rules, self._unchecked, map(row.get, self._columns), strict=True):
-            if type(value) not in unchecked:
+        for rule, fitting, value in zip(self._rules, self._fitting, map(row.get, self._columns), strict=True):
+            if type(value) not in fitting or (value is not None and rule.ranged):
                 rule.check(value)
 
     async def _apply_changes(self, records: Sequence[ConnectorRecord]) -> Sequence[Rejection]:
@@ -342,14 +328,16 @@ class PostgresSink(Sink[PostgresSinkConfig]):
                     await connection.execute(f"TRUNCATE TABLE {self._table}")
                 elif step == "delete":
                     await connection.execute(self._delete, orjson.dumps(list(rows.values())).decode())
-                else:  # the keys of a run of upserts are distinct: rows with the same fields go as one statement
+                else:  # the keys of a run of upserts are distinct: rows setting the same columns go as one statement
                     by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                     for row in rows.values():
                         by_fields.setdefault(tuple(row), []).append(row)
-                    for fields, same in by_fields.items():
+                    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                    for fields, same in by_fields.items():  # fields in another order set the same columns
                         present = set(fields)
-                        columns = [column for column in self._columns if column in present]
-                        await connection.execute(self._upsert(columns), orjson.dumps(same).decode())
+                        by_columns.setdefault(tuple(column for column in self._columns if column in present), []).extend(same)
+                    for columns, same in by_columns.items():
+                        await connection.execute(_upsert(self._table, self._key_columns, columns), orjson.dumps(same).decode())
 
     def _change_steps(
         self, records: Sequence[ConnectorRecord]
@@ -414,15 +402,31 @@ class PostgresSink(Sink[PostgresSinkConfig]):
         await self._connection.close()
 
 
+# Column sets come from event data: the statements kept are bounded (a table's few sets stay, being used).
+@functools.lru_cache(maxsize=64)
+def _upsert(table: str, key: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The upsert into ``table`` (quoted) of rows (a JSON array bound as $1) that sets ``columns`` only: the others keep
+    their value. Built once per column set."""
+    quoted = [quote_identifier(column) for column in columns]
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for name, column in zip(columns, quoted, strict=True) if name not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    conflict = ", ".join(quote_identifier(column) for column in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(quoted)}) SELECT {', '.join(quoted)} "
+        f"FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) ON CONFLICT ({conflict}) {action}"
+    )
+
+
 def _column_rule(column: asyncpg.Record) -> ColumnRule:
     """The JSON values a column takes (see :mod:`runtime.columns`), by its (base) type."""
     name, type_name, category, sql_type = column["attname"], column["typname"], column["typcategory"], column["sql_type"]
     if type_name in _INTEGER_BITS:
-        bits = _INTEGER_BITS[type_name]
-        return ColumnRule(name, name, sql_type, ColumnKind.INTEGER, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        return ColumnRule.integer(name, name, sql_type, _INTEGER_BITS[type_name])
     if type_name == "numeric":
         return ColumnRule(name, name, sql_type, ColumnKind.DECIMAL)
-    if type_name in _FLOATS or category == "N":  # float4, float8, and money, oid and the like
+    if type_name == "float4":
+        return ColumnRule.real(name, name, sql_type)
+    if category == "N":  # float8, and money, oid and the like
         return ColumnRule(name, name, sql_type, ColumnKind.FLOAT)
     if type_name == "bool":
         return ColumnRule(name, name, sql_type, ColumnKind.BOOLEAN)
