@@ -384,6 +384,7 @@ class SinkWorker:
                         return
                     break
                 items = upcoming.result()
+                batches.task_done()
                 if items is None:
                     return  # the input ended: the client closed, or the replay is through
                 self.board.set_state("draining" if stop.is_set() else "running")
@@ -398,6 +399,10 @@ class SinkWorker:
         """The batches ``take`` hands out, one ahead of ``put``; None at the end."""
         while (items := await take()) is not None:
             await batches.put(items)
+            # The next batch starts filling once put took this one: two ahead, a batch would wait here for the
+            # push window held by the one before it, closed at a fraction of its size, and fill while nothing
+            # is written.
+            await batches.join()
         await batches.put(None)
 
     async def _fill(

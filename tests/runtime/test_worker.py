@@ -519,6 +519,39 @@ async def test_a_batch_fills_on_past_the_linger_time_while_the_one_before_is_wri
     assert connectors.PUTS[:2] == [1, 40]
 
 
+async def test_the_next_batch_fills_only_once_put_took_the_one_before_so_each_fills_whole(tmp_path: Path) -> None:
+    def numbered(n: int) -> CloudEvent:
+        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
+
+    def pushed() -> int:  # offsets the mesh has pushed to the sink's group so far
+        return sum(c.next_offset for c in mesh.broker.iter_consumers("numbers") if c.group == "lister")
+
+    async with EmbeddedMesh(port=0) as mesh:
+        first, second = asyncio.Event(), asyncio.Event()
+        connectors.HELD_PUTS.extend([first, second])
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(
+            serve(ListSink, sink_config(mesh, batch_size=10, linger_ms=0), stop=stop_sink, install_signals=False)
+        )
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            await producer.publish(numbered(0))
+            await eventually(lambda: connectors.PUTS == [1], what="the first event written alone")
+            for n in range(1, 31):
+                await producer.publish(numbered(n))
+            # The push window (two batches, 20) is full: 1 in put, a batch of 10 ready, 9 more in the client.
+            await eventually(lambda: pushed() == 20, what="a push window of events pushed")
+            first.set()
+            await eventually(lambda: connectors.PUTS == [1, 10], what="the second batch in put")
+            await eventually(lambda: pushed() == 21, what="the first event's ack making room for one more push")
+            await producer.publish(numbered(31))  # a round trip through the mesh: the sink has read that push before it
+            second.set()
+            await eventually(lambda: len(received_numbers()) == 32)
+        stop_sink.set()
+        assert await sink == 0
+    # Filled two batches ahead, the third would have closed at 9, all the window left it while two batches waited.
+    assert connectors.PUTS[:3] == [1, 10, 10]
+
+
 def test_the_push_window_follows_the_batch_size_unless_set_and_a_window_that_cannot_fill_a_batch_is_named() -> None:
     settings = WorkerConfig.model_validate({"name": "s", "connector": "list-sink", "sink": {"batch_size": 700}}).sink
     assert (settings.effective_push_window, settings.flow_problem()) == (1400, None)
