@@ -36,7 +36,16 @@ from pydantic import Field
 from runtime import ConfigError, ConnectorConfig, ConnectorRecord, RetriableError, Secret, Source, SourceContext
 from services.connections import ConnectionGuard, GuardedSite
 
-__all__ = ["REFUSAL_KINDS", "HeldRecords", "IntakeConfig", "IntakeSource", "Listener", "Refused", "error_response"]
+__all__ = [
+    "REFUSAL_KINDS",
+    "HeldRecords",
+    "IntakeConfig",
+    "IntakeSource",
+    "Listener",
+    "Refused",
+    "error_response",
+    "secret_matches",
+]
 
 log = structlog.get_logger()
 
@@ -58,11 +67,19 @@ REFUSAL_KINDS = {
 class Refused(Exception):
     """A request answered with an HTTP error before anything of it was queued."""
 
-    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None, bearer: bool = False) -> None:
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.bearer = bearer
+        """A 401 for the bearer token: the answer names the scheme (``WWW-Authenticate: Bearer``)."""
         super().__init__(reason)
+
+
+def secret_matches(given: str, expected: str) -> bool:
+    """Whether a header value equals a secret, compared in constant time. aiohttp keeps bytes that are not UTF-8
+    as lone surrogates: surrogateescape gives back the bytes sent."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def error_response(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
@@ -249,11 +266,8 @@ class IntakeSource(Source[IntakeConfigT]):
         <token>``, compared in constant time."""
         if self.config.token is None:
             return
-        expected = f"Bearer {self.config.token.get_secret_value()}".encode()
-        # aiohttp keeps bytes that are not UTF-8 as lone surrogates: surrogateescape gives the bytes sent back.
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, expected):
-            raise Refused(401, "missing or wrong bearer token")
+        if not secret_matches(request.headers.get("Authorization", ""), f"Bearer {self.config.token.get_secret_value()}"):
+            raise Refused(401, "missing or wrong bearer token", bearer=True)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body; :class:`Refused` when it is larger than ``max_body_bytes`` (413) or not all received
@@ -271,10 +285,12 @@ class IntakeSource(Source[IntakeConfigT]):
         log.info("http request rejected", status=rejected.status, reason=rejected.reason, remote=request.remote)
         self._context.count_refused(REFUSAL_KINDS.get(rejected.status, str(rejected.status)))
         response = error_response(rejected.status, rejected.reason, retry_after=rejected.retry_after)
-        if rejected.status == 401 and self.config.token is not None:
+        if rejected.bearer:
             response.headers["WWW-Authenticate"] = "Bearer"
-        if rejected.status in (408, 413):
-            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
+        if not request.content.is_eof():
+            # The rest of the body is not read (408, 413, or refused before reading it): the connection cannot
+            # carry another request, and aiohttp would otherwise go on reading what is left to throw it away.
+            response.force_close()
         return response
 
     async def poll(self) -> Sequence[ConnectorRecord]:

@@ -238,3 +238,20 @@ async def test_no_malformed_request_ends_the_http_source_worker(tmp_path: Path) 
     finally:
         await worker.kill()
         await mesh.stop()
+
+
+async def test_a_request_refused_before_its_body_is_read_closes_the_connection_instead_of_draining_it() -> None:
+    source = await started_source(source_config(token="tok"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+    # A body announced at a megabyte, of which ten bytes come: nothing more of it is read, and nothing waits for it.
+    writer.write(
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer nope\r\n"
+        b"Content-Length: 1000000\r\n\r\n0123456789"
+    )
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+    finally:
+        writer.close()
+        await source.stop()
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"Connection: close" in head

@@ -53,7 +53,7 @@ from runtime import (
     is_json_content_type,
 )
 from services.http.source import signing
-from services.intake import IntakeConfig, IntakeSource, Refused, error_response
+from services.intake import IntakeConfig, IntakeSource, Refused, error_response, secret_matches
 
 __all__ = ["HttpSource", "HttpSourceConfig"]
 
@@ -171,7 +171,7 @@ class HttpSource(IntakeSource[HttpSourceConfig]):
                 request.method, request.raw_path, headers, body, signed_headers=self._attribute_headers
             )
             header, expected = signing.CLOUDEVENT_HEADER, signing.cloudevent_signature(secret, canonical)
-        if not signing.matches(headers.get(header.lower(), ""), expected):
+        if not secret_matches(headers.get(header.lower(), ""), expected):
             raise Refused(401, f"missing or wrong {header}")
 
     def _checked(self, record: ConnectorRecord, where: str) -> ConnectorRecord:

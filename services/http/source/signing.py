@@ -27,7 +27,7 @@ import hashlib
 import hmac
 from collections.abc import Collection, Mapping
 
-__all__ = ["BODY_HEADER", "CLOUDEVENT_HEADER", "body_signature", "canonical_request", "cloudevent_signature", "matches"]
+__all__ = ["BODY_HEADER", "CLOUDEVENT_HEADER", "body_signature", "canonical_request", "cloudevent_signature"]
 
 BODY_HEADER = "X-Hub-Signature-256"
 CLOUDEVENT_HEADER = "X-Meshconnect-Signature"
@@ -51,8 +51,3 @@ def body_signature(secret: bytes, body: bytes) -> str:
 def cloudevent_signature(secret: bytes, canonical: bytes) -> str:
     """The ``X-Meshconnect-Signature`` value for a canonical request."""
     return "sha256=" + hmac.new(secret, canonical, hashlib.sha256).hexdigest()
-
-
-def matches(given: str, expected: str) -> bool:
-    """Compare in constant time."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
