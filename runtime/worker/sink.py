@@ -94,8 +94,9 @@ def _random_event_id() -> str:
 class _Item(msgspec.Struct, gc=False):
     """A pushed event (straight from the mesh, or from the spool at ``spooled``) and what became of it.
 
-    Untracked by the garbage collector (it refers to nothing that refers back to it): two batches of these
-    are alive at a time, and with every full collection walking them large batches cost more per event."""
+    Untracked by the garbage collector: it is in no garbage cycle (what it refers to is plain data, or the
+    long-lived client of its push), and two batches of these are alive at a time, which every full
+    collection would walk, making large batches cost more per event."""
 
     body: bytes
     record: ConnectorRecord | None

@@ -552,6 +552,35 @@ async def test_the_next_batch_fills_only_once_put_took_the_one_before_so_each_fi
     assert connectors.PUTS[:3] == [1, 10, 10]
 
 
+async def test_a_stop_while_a_batch_fills_past_the_linger_time_leaves_that_batch_unacked_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    def numbered(n: int) -> CloudEvent:
+        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
+
+    async with EmbeddedMesh(port=0) as mesh:
+        written = asyncio.Event()
+        connectors.HELD_PUTS.append(written)
+        config = sink_config(mesh, batch_size=40, linger_ms=0)
+        stop_sink = asyncio.Event()
+        sink = asyncio.create_task(serve(ListSink, config, stop=stop_sink, install_signals=False))
+        async with MeshClient(f"127.0.0.1:{mesh.port}", user_agent_for("producer", "pub")) as producer:
+            await producer.publish(numbered(0))
+            await eventually(lambda: connectors.PUTS == [1], what="the first event in put")
+            for n in range(1, 11):  # pushed to the sink into a batch that fills on while put is held
+                await producer.publish(numbered(n))
+            stop_sink.set()
+            written.set()  # the batch in put is finished (a drain); the one filling is neither written nor acked
+            assert await sink == 0
+            assert received_numbers() == {(0, 0)}
+            assert mesh.unacked("lister", "numbers") == 10
+            again = asyncio.Event()
+            rerun = asyncio.create_task(serve(ListSink, config, stop=again, install_signals=False))
+            await eventually(lambda: len(received_numbers()) == 11, what="the unacked batch delivered to the next run")
+            again.set()
+            assert await rerun == 0
+
+
 def test_the_push_window_follows_the_batch_size_unless_set_and_a_window_that_cannot_fill_a_batch_is_named() -> None:
     settings = WorkerConfig.model_validate({"name": "s", "connector": "list-sink", "sink": {"batch_size": 700}}).sink
     assert (settings.effective_push_window, settings.flow_problem()) == (1400, None)
