@@ -82,7 +82,13 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
     """Set up structlog for this process (call once, before the first log line)."""
     out = stream if stream is not None else sys.stderr
     as_json = settings.format == "json" or (settings.format == "auto" and not out.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    # A plain traceback: the rich one structlog picks when rich is installed shows each frame's local variables,
+    # secrets among them (a password, a DSN, a token being compared).
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

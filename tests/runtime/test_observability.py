@@ -176,3 +176,20 @@ async def test_a_sink_records_how_old_events_are_when_it_writes_them() -> None:
         assert await sink == 0
     assert [record.data for record in connectors.RECEIVED] == [{"ok": 1}]
     assert 3590 < ages()[1] - sum_before < 3700
+
+
+def test_a_logged_exception_shows_no_local_variables_in_console_format() -> None:
+    def connect(password: str) -> None:
+        dsn = f"mysql://app:{password}@db/orders"
+        raise ConnectionError(f"cannot reach {dsn.rsplit('@', 1)[1]}")
+
+    secret = "-".join(("hunter2", "in", "a", "local"))  # not in the source lines a traceback quotes
+    out = io.StringIO()
+    configure_logging(LogSettings(format="console"), stream=out)
+    try:
+        connect(secret)
+    except ConnectionError:
+        structlog.get_logger().exception("connect failed")
+    logged = out.getvalue()
+    assert "cannot reach db/orders" in logged  # the traceback is there
+    assert "hunter2-in-a-local" not in logged  # its frames' local variables are not
