@@ -69,6 +69,11 @@ async def eventually(condition: Callable[[], bool], within: float = 20.0, what: 
         pytest.fail(f"{what}: not within {within}s")
 
 
+def numbered(n: int) -> CloudEvent:
+    """Event ``n`` of partition 0 on the topic the test sinks read."""
+    return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
+
+
 def received_numbers() -> set[tuple[int, int]]:
     return {(r.data["p"], r.data["n"]) for r in connectors.RECEIVED if isinstance(r.data, dict)}
 
@@ -494,9 +499,6 @@ async def test_a_batch_closes_once_the_pushes_held_fill_the_window_instead_of_li
 
 
 async def test_a_batch_fills_on_past_the_linger_time_while_the_one_before_is_written(tmp_path: Path) -> None:
-    def numbered(n: int) -> CloudEvent:
-        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
-
     async with EmbeddedMesh(port=0) as mesh:
         written = asyncio.Event()
         connectors.HELD_PUTS.append(written)
@@ -520,9 +522,6 @@ async def test_a_batch_fills_on_past_the_linger_time_while_the_one_before_is_wri
 
 
 async def test_the_next_batch_fills_only_once_put_took_the_one_before_so_each_fills_whole(tmp_path: Path) -> None:
-    def numbered(n: int) -> CloudEvent:
-        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
-
     def pushed() -> int:  # offsets the mesh has pushed to the sink's group so far
         return sum(c.next_offset for c in mesh.broker.iter_consumers("numbers") if c.group == "lister")
 
@@ -555,9 +554,6 @@ async def test_the_next_batch_fills_only_once_put_took_the_one_before_so_each_fi
 async def test_a_stop_while_a_batch_fills_past_the_linger_time_leaves_that_batch_unacked_for_the_next_run(
     tmp_path: Path,
 ) -> None:
-    def numbered(n: int) -> CloudEvent:
-        return CloudEvent({"id": f"e{n}", "source": "/t", "type": "t", "subject": "numbers"}, {"p": 0, "n": n})
-
     async with EmbeddedMesh(port=0) as mesh:
         written = asyncio.Event()
         connectors.HELD_PUTS.append(written)
