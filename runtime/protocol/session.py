@@ -155,8 +155,9 @@ _ASYNC_PUSH, _BROADCAST_PUSH, _REQUEST_PUSH = (
 )
 
 
-@dataclass(slots=True)
-class _Pending(Generic[Token]):
+class _Pending(msgspec.Struct, Generic[Token], gc=False):
+    """A request awaiting its answer (one per event in flight: untracked by the garbage collector)."""
+
     kind: RequestKind
     token: Token
     deadline: float
