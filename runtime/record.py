@@ -48,7 +48,9 @@ CONTEXT_ATTRIBUTES = frozenset(
 """The names of a CloudEvent's JSON members that are not extensions."""
 # Events derived from positions share this namespace, so ids are stable across versions.
 _EVENT_ID_NAMESPACE = uuid.UUID("6f7e2c1a-3b8d-5e0f-9a41-0c2d7b6e5f13")
-_EVENT_ID_NAMESPACE_BYTES = _EVENT_ID_NAMESPACE.bytes
+_EVENT_ID_NAMESPACE_SHA1 = hashlib.sha1(_EVENT_ID_NAMESPACE.bytes)
+_RFC4122_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 def partition_key(partition: Mapping[str, JsonValue]) -> str:
@@ -59,12 +61,12 @@ def partition_key(partition: Mapping[str, JsonValue]) -> str:
 def derive_event_id(connector: str, partition: Mapping[str, JsonValue], offset: Mapping[str, JsonValue]) -> str:
     """A stable event id for the record at ``offset`` of ``partition`` of ``connector``: ``str(uuid.uuid5(...))``,
     computed without the UUID object (once per published record)."""
-    name = "\x00".join((connector, partition_key(partition), orjson.dumps(offset, option=orjson.OPT_SORT_KEYS).decode()))
-    digest = bytearray(hashlib.sha1(_EVENT_ID_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    sha1 = _EVENT_ID_NAMESPACE_SHA1.copy()
+    # The UTF-8 of the name uuid5 hashes: connector, partition key and offset, joined by NUL.
+    sha1.update(b"\x00".join((connector.encode(), orjson.dumps(partition, option=_SORTED), orjson.dumps(offset, option=_SORTED))))
+    text = sha1.hexdigest()
+    # Version 5 in the 13th hex digit, the RFC 4122 variant in the top two bits of the 17th.
+    return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_RFC4122_VARIANT[text[16]]}{text[17:20]}-{text[20:32]}"
 
 
 _CHECKED_FIELDS = frozenset({"timestamp", "extensions"})

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import msgspec
 import orjson
 import structlog
 
@@ -54,9 +55,8 @@ class _Refused(Exception):
     """A request the mesh answers with code 1 and this reason."""
 
 
-def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]:
-    """The published CloudEvent as JSON, validated the way the Java runtime validates a publish."""
-    properties = package.header.properties
+def _check_properties(properties: Mapping[str, Any]) -> None:
+    """Refuse a publish whose header properties the Java runtime refuses."""
     for key in PUBLISH_PROPERTIES:
         if not properties.get(key):
             raise _Refused(f"header property '{key}' is missing: publish with protocoltype, protocolversion and protocoldesc")
@@ -65,6 +65,11 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
     for key in properties:
         if not _valid_name(key):
             raise _Refused(f"header property name {key!r} is invalid: extension names are [a-z0-9]+")
+
+
+def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]:
+    """The published CloudEvent as JSON, validated the way the Java runtime validates a publish."""
+    _check_properties(package.header.properties)
     if not package.body:
         raise _Refused("the publish has no body: send the CloudEvent in structured JSON")
     try:
@@ -90,6 +95,56 @@ def _parse_event(package: Package, max_event_size: int | None) -> dict[str, Any]
         if size > max_event_size:
             raise _Refused(f"the event data is {size} bytes, above the mesh's max_event_size of {max_event_size}")
     return event
+
+
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_NULL = msgspec.Raw(b"null")
+
+
+class _PlainPublish(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The members of a published event with no extension but the two of the body mapping (what meshconnect's
+    sources publish), typed as :func:`_parse_event` checks them; ``data`` is left as its raw JSON text."""
+
+    specversion: _Text
+    id: _Text
+    source: _Text
+    type: _Text
+    subject: _Text
+    datacontenttype: Any = None
+    dataschema: Any = None
+    time: Any = None
+    meshdataenc: Any = None
+    meshcontenttype: Any = None
+    data: msgspec.Raw = _NULL
+    data_base64: Any = None
+
+
+_PLAIN_PUBLISH = msgspec.json.Decoder(_PlainPublish)
+
+
+def _topic_of_publish(package: Package, max_event_size: int | None) -> str:
+    """The topic of a publish, refused (``_Refused``) as :func:`_parse_event` refuses it.
+
+    Once per published event: a body :class:`_PlainPublish` fits is validated in C without building its
+    data, each other one (an extension, a size limit to measure, a refusal and its reason) by ``_parse_event``.
+    JSON that is valid but that orjson cannot hold (an integer beyond 64 bits, a number beyond a double)
+    passes in the data here, as the Java runtime's reader takes it; ``_parse_event`` still refuses it (a body
+    with an extension, or under ``max_event_size``).
+    """
+    body = package.body
+    if max_event_size is None and body:
+        try:
+            if not body.isascii():
+                body.decode()  # the strict UTF-8 check orjson makes; msgspec does not check the data it skips
+            event = _PLAIN_PUBLISH.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            pass
+        else:
+            if event.subject.strip() and (event.data != _NULL or event.data_base64 is not None):
+                _check_properties(package.header.properties)
+                return event.subject
+    topic: str = _parse_event(package, max_event_size)["subject"]
+    return topic
 
 
 def handle(mesh: EmbeddedMesh, session: Session, package: Package) -> None:
@@ -241,12 +296,11 @@ def _listen(mesh: EmbeddedMesh, session: Session, package: Package) -> None:
 
 def _publish(mesh: EmbeddedMesh, session: Session, package: Package) -> None:
     try:
-        event = _parse_event(package, mesh.max_event_size)
+        topic = _topic_of_publish(package, mesh.max_event_size)
     except _Refused as refused:
         session.reply(package, code=1, desc=str(refused))
         return
     assert package.body is not None
-    topic: str = event["subject"]
     if len(topic) > MAX_TOPIC_LENGTH:
         session.reply(package, code=1, desc=topic_too_long(topic))
         return

@@ -13,14 +13,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from runtime.record import ConnectorRecord, partition_key
 
 __all__ = ["Checkpoint", "OffsetTracker", "Submitted"]
 
 
-@dataclass(slots=True, eq=False)
-class Submitted:
-    """One record on its way to the mesh; ``acked`` flips once the mesh (or the dead-letter topic) has it."""
+class Submitted(msgspec.Struct, eq=False, gc=False):
+    """One record on its way to the mesh; ``acked`` flips once the mesh (or the dead-letter topic) has it.
+
+    One per published record, alive until its checkpoint: untracked by the garbage collector (``gc=False``; it
+    is never part of a reference cycle), so the records in flight do not make each collection longer.
+    """
 
     record: ConnectorRecord
     key: str

@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import structlog
 from cloudevents.core.v1.event import CloudEvent
 
@@ -507,16 +508,14 @@ class _PollBatch:
         self.unassigned = self.unsettled = size
 
 
-class _Publication:
-    """One record's event on its way to the mesh: the client hands it the mesh's answer (an ``AckWaiter``)."""
+class _Publication(msgspec.Struct, gc=False):
+    """One record's event on its way to the mesh: the client hands it the mesh's answer (an ``AckWaiter``).
+    One per event in flight: untracked by the garbage collector (its references form no cycle that outlives the answer)."""
 
-    __slots__ = ("answered", "entry", "event", "session")
-
-    def __init__(self, session: _ActiveSession, entry: Submitted, event: EncodedEvent) -> None:
-        self.session = session
-        self.entry = entry
-        self.event = event
-        self.answered = False
+    session: _ActiveSession
+    entry: Submitted
+    event: EncodedEvent
+    answered: bool = False
 
     def done(self) -> bool:
         return self.answered

@@ -268,6 +268,7 @@ class BinlogReader:
                         " (meshconnect offsets reset, then restart)"
                     )
                 key = _key_columns(event.primary_key)
+                moment = _moment(event)  # one per event, shared by its rows (a datetime is immutable)
                 for change in event.rows:
                     transaction.rows += 1
                     if not accepted or not self._fresh(transaction.rows):
@@ -286,7 +287,9 @@ class BinlogReader:
                             before=before,
                             after=after,
                             key=key,
-                            **self._at(transaction.rows, transaction.gtid, event),
+                            position=Position(self._boundary.file, self._boundary.pos, transaction.rows),
+                            gtid=transaction.gtid,
+                            timestamp=moment,
                         )
                     )
                     transaction.delivered += 1
@@ -316,11 +319,7 @@ class BinlogReader:
         return not (skip.file == self._boundary.file and skip.pos == self._boundary.pos and row <= skip.row)
 
     def _at(self, row: int, gtid: str | None, event: Any) -> dict[str, Any]:
-        return {
-            "position": Position(self._boundary.file, self._boundary.pos, row),
-            "gtid": gtid,
-            "timestamp": datetime.fromtimestamp(event.timestamp, UTC) if event.timestamp else datetime.now(UTC),
-        }
+        return {"position": Position(self._boundary.file, self._boundary.pos, row), "gtid": gtid, "timestamp": _moment(event)}
 
     def _flush(self, batch: list[ConnectorRecord]) -> None:
         self._put(batch)
@@ -339,6 +338,11 @@ class BinlogReader:
 
 class BinlogMetadataMissing(Exception):
     """Row events without column names (the server wrote them with binlog_row_metadata below FULL)."""
+
+
+def _moment(event: Any) -> datetime:
+    """When the server wrote ``event`` (now, for an event without a timestamp)."""
+    return datetime.fromtimestamp(event.timestamp, UTC) if event.timestamp else datetime.now(UTC)
 
 
 def _image(change: Mapping[str, Any]) -> Mapping[str, Any]:
