@@ -127,9 +127,8 @@ def _topic_of_publish(package: Package, max_event_size: int | None) -> str:
 
     Once per published event: a body :class:`_PlainPublish` fits is validated in C without building its
     data, each other one (an extension, a size limit to measure, a refusal and its reason) by ``_parse_event``.
-    JSON that is valid but that orjson cannot hold (an integer beyond 64 bits, a number beyond a double)
-    passes in the data here, as the Java runtime's reader takes it; ``_parse_event`` still refuses it (a body
-    with an extension, or under ``max_event_size``).
+    A number in the data beyond a double's range (``1e999``) passes here, as the Java runtime's reader takes
+    it; ``_parse_event`` (orjson) still refuses it, in a body with an extension or under ``max_event_size``.
     """
     body = package.body
     if max_event_size is None and body:
