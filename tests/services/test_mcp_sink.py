@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,22 +233,33 @@ async def test_through_the_worker_tool_errors_are_dead_lettered_and_a_server_dow
     assert [call["event_id"] for call in peer.calls("order-")] == ["order-1", "order-3"]  # nothing else dead-lettered
 
 
-async def test_through_the_worker_a_retry_after_on_429_or_503_is_waited_out_before_the_next_call(peer: McpPeer) -> None:
+_Ready = Callable[..., Awaitable[bool]]
+
+
+@contextlib.asynccontextmanager
+async def _gated_worker(peer: McpPeer, **overrides: Any) -> AsyncIterator[tuple[EmbeddedMesh, McpGate, _Ready]]:
+    """A mesh, a gate in front of the peer, and a sink worker calling the peer through it, once it is ready."""
     mesh = EmbeddedMesh(port=0)
     await mesh.start()
     admin_port = free_port()
     try:
         async with (
             McpGate(peer.url) as gate,
-            sink_worker(McpSink, mesh, admin_port, **_config(peer, url=gate.url)),  # retry_max: 0.5 s
+            sink_worker(McpSink, mesh, admin_port, **_config(peer, url=gate.url, **overrides)),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
         ):
-            await until(lambda: readiness(http, admin_port)(200), "the sink is ready")
-            gate.refusals = [(429, {"Retry-After": "2"}), (503, {"Retry-After": "2"})]
-            await publish(mesh, ("later-1", {"n": 1, "text": "later"}))
-            await until(lambda: _stored(peer, "later-1"), "later-1 reaches the tool once the server takes calls")
+            ready = readiness(http, admin_port)
+            await until(lambda: ready(200), "the sink is ready")
+            yield mesh, gate, ready
     finally:
         await mesh.stop()
+
+
+async def test_through_the_worker_a_retry_after_on_429_or_503_is_waited_out_before_the_next_call(peer: McpPeer) -> None:
+    async with _gated_worker(peer) as (mesh, gate, _):  # retry_max: 0.5 s
+        gate.refusals = [(429, {"Retry-After": "2"}), (503, {"Retry-After": "2"})]
+        await publish(mesh, ("later-1", {"n": 1, "text": "later"}))
+        await until(lambda: _stored(peer, "later-1"), "later-1 reaches the tool once the server takes calls")
     [(refused_429, status_429), (refused_503, status_503), (delivered, status)] = gate.calls
     assert (status_429, status_503, status) == (429, 503, 200)
     # Each call again comes no sooner than the server asked (the worker's own backoff is at most 0.5 s here).
@@ -255,30 +267,18 @@ async def test_through_the_worker_a_retry_after_on_429_or_503_is_waited_out_befo
 
 
 async def test_through_the_worker_refused_credentials_make_the_sink_not_ready_and_are_retried(peer: McpPeer) -> None:
-    mesh = EmbeddedMesh(port=0)
-    await mesh.start()
-    admin_port = free_port()
-    try:
-        async with (
-            McpGate(peer.url) as gate,
-            sink_worker(McpSink, mesh, admin_port, **_config(peer, url=gate.url, token=TOKEN)),
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
-        ):
-            ready = readiness(http, admin_port)
-            await until(lambda: ready(200), "the sink is ready")
-            gate.lasting = (401, {})
-            await publish(mesh, ("refused-creds-1", {"n": 1, "text": "later"}))
-            await until(lambda: ready(503, "check token and headers"), "the sink says not ready while refused")
+    async with _gated_worker(peer, token=TOKEN) as (mesh, gate, ready):
+        gate.lasting = (401, {})
+        await publish(mesh, ("refused-creds-1", {"n": 1, "text": "later"}))
+        await until(lambda: ready(503, "check token and headers"), "the sink says not ready while refused")
 
-            async def retried() -> bool:
-                return len(gate.calls) >= 3
+        async def retried() -> bool:
+            return len(gate.calls) >= 3
 
-            await until(retried, "the refused call is made again")
-            gate.lasting = None
-            await until(lambda: _stored(peer, "refused-creds-1"), "the event reaches the tool once the server takes it")
-            await until(lambda: ready(200), "the sink is ready again")
-    finally:
-        await mesh.stop()
+        await until(retried, "the refused call is made again")
+        gate.lasting = None
+        await until(lambda: _stored(peer, "refused-creds-1"), "the event reaches the tool once the server takes it")
+        await until(lambda: ready(200), "the sink is ready again")
     assert {status for _, status in gate.calls[:-1]} == {401} and gate.calls[-1][1] == 200
 
 
