@@ -13,7 +13,8 @@ A sender's response waits until its events are durably in the mesh, so 200 means
 * :class:`IntakeSource` puts the two together: a source whose author writes ``_handle`` (the
   answer to a ``POST <path>``; ``_routes`` adds other methods), configured by a subclass of :class:`IntakeConfig`.
   It also holds what every handler does alike: ``_check_token`` (the bearer token, 401), ``_read_body``
-  (413 over ``max_body_bytes``, 408 after ``body_timeout``) and ``_refuse``.
+  (413 over ``max_body_bytes``, 408 after ``body_timeout``; ``_read_json_body`` also 415 for a body that is no JSON) and
+  ``_refuse``.
 
 A request refused before anything of it was queued raises :class:`Refused`; ``_refuse`` logs, counts
 (:data:`REFUSAL_KINDS` names its reason in ``meshconnect_refused_total``) and answers it with
@@ -279,6 +280,13 @@ class IntakeSource(Source[IntakeConfigT]):
             raise Refused(413, f"body larger than max_body_bytes ({self.config.max_body_bytes} bytes)") from exc
         except TimeoutError as exc:
             raise Refused(408, f"body not received within body_timeout ({self.config.body_timeout:g} s)") from exc
+
+    async def _read_json_body(self, request: web.Request) -> bytes:
+        """The whole body of a request that must be JSON: :class:`Refused` 415 for another content type, else
+        as :meth:`_read_body`."""
+        if request.content_type != "application/json":
+            raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
+        return await self._read_body(request)
 
     def _refuse(self, request: web.Request, rejected: Refused) -> web.Response:
         """The answer to a refused request, logged (with its status and reason) and counted first."""

@@ -211,9 +211,7 @@ class ChatGptSource(IntakeSource[ChatGptSourceConfig]):
         return web.json_response({"id": record.id, "dead_lettered": record.refusal is not None})
 
     async def _read_prompt(self, request: web.Request) -> tuple[str, str]:
-        if request.content_type != "application/json":
-            raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
-        body = await self._read_body(request)
+        body = await self._read_json_body(request)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

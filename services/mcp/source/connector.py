@@ -230,9 +230,7 @@ class McpSource(IntakeSource[McpSourceConfig]):
             raise Refused(400, f"unsupported {VERSION_HEADER} {version[:50]!r}; this server speaks {spoken}")
 
     async def _read_message(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != "application/json":
-            raise Refused(415, f"unsupported content type {request.content_type[:100]}; send application/json")
-        body = await self._read_body(request)
+        body = await self._read_json_body(request)
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
