@@ -136,8 +136,8 @@ def _topic_of_publish(package: Package, max_event_size: int | None) -> str:
             if not body.isascii():
                 body.decode()  # the strict UTF-8 check orjson makes; msgspec does not check the data it skips
             event = _PLAIN_PUBLISH.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-            pass
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass  # the general check gives the verdict (nesting msgspec gives up on, orjson may still take)
         else:
             if event.subject.strip() and (event.data != _NULL or event.data_base64 is not None):
                 _check_properties(package.header.properties)

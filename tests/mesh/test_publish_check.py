@@ -102,3 +102,13 @@ def test_a_number_beyond_a_double_in_plain_data_passes_as_the_java_reader_takes_
     event = CloudEvent({"id": "1", "source": "/s", "type": "t", "subject": "orders"}, {"n": 1})
     body = event_to_body(event).replace(b'{"n":1}', b'{"n":123456789012345678901234567890,"x":1e999}')
     assert _verdict(_topic_of_publish, body, PUBLISH_PROPERTIES) == "topic orders"
+
+
+def test_data_nested_deeper_than_the_typed_decoder_goes_gets_the_general_verdict() -> None:
+    event = CloudEvent({"id": "1", "source": "/s", "type": "t", "subject": "orders"}, {"n": 1})
+    verdicts = {}
+    for depth in (1010, 1100):  # orjson takes up to 1024 levels; msgspec gives up before 1010
+        body = event_to_body(event).replace(b'{"n":1}', b"[" * depth + b"]" * depth)
+        verdicts[depth] = _verdict(_topic_of_publish, body, PUBLISH_PROPERTIES)
+        assert verdicts[depth] == _verdict(_general, body, PUBLISH_PROPERTIES)
+    assert verdicts[1010] == "topic orders" and verdicts[1100].startswith("refused ")
