@@ -385,8 +385,8 @@ def _read_plain_body(body: bytes, new_id: Callable[[], str] | None) -> tuple[dic
     """What :func:`_decode_body` returns for a body without extensions of its own, or None for any other."""
     try:
         values = msgspec.structs.astuple(_PLAIN_DECODER.decode(body))
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None  # the general reader decides (nesting msgspec gives up on, orjson takes up to 1024 levels)
     attributes: dict[str, Any] = {"specversion": "1.0"}
     for name, value in zip(_PLAIN_ATTRIBUTES, values, strict=False):
         if value is not _UNSET:

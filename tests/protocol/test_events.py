@@ -21,6 +21,7 @@ from runtime.protocol import jackson
 from runtime.protocol.events import (
     TRANSPORT_EXTENSIONS,
     ack_frame,
+    body_to_attributes,
     body_to_event,
     body_to_event_and_transport,
     event_to_body,
@@ -463,3 +464,18 @@ def test_the_typed_reader_takes_what_sources_publish_and_what_the_runtime_pushes
     with_extension = event_to_body(make_event({"n": 1}, pgtable="public.orders"))
     assert event_codec._read_plain_body(with_extension, _new_id) is None
     assert body_to_record(with_extension, now=_now, new_id=_new_id).extensions == {"pgtable": "public.orders"}
+
+
+def test_a_pushed_body_nested_deeper_than_the_typed_reader_goes_is_read_or_refused_as_data() -> None:
+    event = CloudEvent({"id": "1", "source": "/s", "type": "t", "subject": "orders"}, {"n": 1})
+    body = event_to_body(event)
+
+    def nested(depth: int) -> bytes:
+        return body.replace(b'{"n":1}', b"[" * depth + b"]" * depth)
+
+    # Past the typed reader's depth the general one decides: it reads up to 1024 levels, and refuses deeper as data
+    # (the sink dead-letters it), where a RecursionError escaped the sink worker's decoding of the push.
+    _, data = body_to_attributes(nested(1010), new_id=lambda: "x")
+    assert isinstance(data, list)
+    with pytest.raises(DataError, match="not JSON"):
+        body_to_attributes(nested(1100), new_id=lambda: "x")
