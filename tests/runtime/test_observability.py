@@ -190,6 +190,8 @@ def test_a_logged_exception_shows_no_local_variables_in_console_format() -> None
         connect(secret)
     except ConnectionError:
         structlog.get_logger().exception("connect failed")
+    finally:
+        structlog.reset_defaults()
     logged = out.getvalue()
     assert "cannot reach db/orders" in logged  # the traceback is there
     assert "hunter2-in-a-local" not in logged  # its frames' local variables are not
