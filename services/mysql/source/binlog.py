@@ -253,8 +253,17 @@ class BinlogReader:
                         transaction.rows += 1
                         row = transaction.rows
                         if self._fresh(row) and self._accept(*target):
-                            at = self._at(row, transaction.gtid, event)
-                            batch.append(self._build(op="ddl", db=target[0], table=target[1], ddl=statement, **at))
+                            batch.append(
+                                self._build(
+                                    op="ddl",
+                                    db=target[0],
+                                    table=target[1],
+                                    ddl=statement,
+                                    position=self._position(row),
+                                    gtid=transaction.gtid,
+                                    timestamp=_moment(event),
+                                )
+                            )
                             transaction.delivered += 1
                     step = transaction.mark(Mark.STATEMENT if target is None else Mark.DDL)
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
@@ -268,7 +277,7 @@ class BinlogReader:
                         " (meshconnect offsets reset, then restart)"
                     )
                 key = _key_columns(event.primary_key)
-                moment = _moment(event)  # one per event, shared by its rows (a datetime is immutable)
+                moment = _moment(event) if accepted else None  # one per event, shared by its rows (immutable)
                 for change in event.rows:
                     transaction.rows += 1
                     if not accepted or not self._fresh(transaction.rows):
@@ -287,7 +296,7 @@ class BinlogReader:
                             before=before,
                             after=after,
                             key=key,
-                            position=Position(self._boundary.file, self._boundary.pos, transaction.rows),
+                            position=self._position(transaction.rows),
                             gtid=transaction.gtid,
                             timestamp=moment,
                         )
@@ -318,8 +327,9 @@ class BinlogReader:
         skip = self._skip
         return not (skip.file == self._boundary.file and skip.pos == self._boundary.pos and row <= skip.row)
 
-    def _at(self, row: int, gtid: str | None, event: Any) -> dict[str, Any]:
-        return {"position": Position(self._boundary.file, self._boundary.pos, row), "gtid": gtid, "timestamp": _moment(event)}
+    def _position(self, row: int) -> Position:
+        """Where row ``row`` of the transaction at the current boundary is."""
+        return Position(self._boundary.file, self._boundary.pos, row)
 
     def _flush(self, batch: list[ConnectorRecord]) -> None:
         self._put(batch)
