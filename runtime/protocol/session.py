@@ -156,7 +156,9 @@ _ASYNC_PUSH, _BROADCAST_PUSH, _REQUEST_PUSH = (
 
 
 class _Pending(msgspec.Struct, Generic[Token], gc=False):
-    """A request awaiting its answer (one per event in flight: untracked by the garbage collector)."""
+    """A request awaiting its answer (one per published event in flight, most of them): untracked by the garbage
+    collector, as the cycles its token may be in (a waiting task, a publication) end with the answer, its
+    expiry or the session's close."""
 
     kind: RequestKind
     token: Token

@@ -508,7 +508,7 @@ class _PollBatch:
         self.unassigned = self.unsettled = size
 
 
-class _Publication(msgspec.Struct, gc=False):
+class _Publication(msgspec.Struct, eq=False, gc=False):
     """One record's event on its way to the mesh: the client hands it the mesh's answer (an ``AckWaiter``).
     One per event in flight: untracked by the garbage collector (its references form no cycle that outlives the answer)."""
 
